@@ -1,0 +1,71 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tf_dlthesis.experiments.results_store import ResultsStore
+
+
+def test_record_has_get_rows_roundtrip_with_arrays(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    logits = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    store.record("5.1", {"source": "init", "lr": 0.1}, 0, {"logits": logits, "acc": 0.5, "nan": float("nan")})
+    assert store.has("5.1", {"lr": 0.1, "source": "init"}, 0)  # key order irrelevant
+    assert not store.has("5.1", {"source": "init", "lr": 0.1}, 1)
+    got = store.get("5.1", {"source": "init", "lr": 0.1}, 0)
+    assert got["logits"].dtype == np.float32 and got["logits"].tobytes() == logits.tobytes()
+    assert np.isnan(got["nan"])
+    rows = store.rows("5.1")
+    assert len(rows) == 1 and rows[0]["run"] == 0 and rows[0]["config"]["source"] == "init"
+    (flat,) = store.table("5.1")
+    assert np.isnan(flat.pop("nan"))
+    assert flat == {"source": "init", "lr": 0.1, "run": 0, "acc": 0.5}  # arrays left out of the flat table
+    store.record("5.1", {"source": "init", "lr": 0.1}, 0, {"acc": 0.7})  # same key replaces
+    assert len(store.rows("5.1")) == 1 and store.get("5.1", {"source": "init", "lr": 0.1}, 0) == {"acc": 0.7}
+    assert store.get("missing", {}, 0) is None
+
+
+def test_bad_input(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    with pytest.raises(TypeError, match="JSON-able"):
+        store.record("x", {}, 0, {"obj": object()})
+    with pytest.raises(ValueError, match="run"):
+        store.record("x", {}, -1, {})
+    with pytest.raises(TypeError, match="config"):
+        store.has("x", [1], 0)
+    with pytest.raises(ValueError, match="Cannot open"):
+        ResultsStore("/proc/forbidden/r.sqlite")
+
+
+def test_kill_9_mid_write_leaves_every_finished_run(tmp_path):
+    path = tmp_path / "r.sqlite"
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, sys
+        from tf_dlthesis.experiments.results_store import ResultsStore
+        store = ResultsStore({str(path)!r})
+        for run in range(100000):
+            store.record("kill", {{"k": 1}}, run, {{"payload": np.full(20000, run, np.float64)}})
+            if run == 2:
+                print("ready", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = ResultsStore(path)
+    rows = store.rows("kill")
+    assert len(rows) >= 3
+    runs = sorted(r["run"] for r in rows)
+    assert runs == list(range(len(runs)))  # every finished run, no gaps, no partial row
+    for r in rows:
+        assert r["result"]["payload"].shape == (20000,) and np.all(r["result"]["payload"] == r["run"])
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"

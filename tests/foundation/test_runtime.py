@@ -1,0 +1,50 @@
+import os
+
+import numpy as np
+import pytest
+
+from tf_dlthesis import runtime
+
+
+def test_configure_reports_settings_and_is_idempotent():
+    first = runtime.configure(seed=3, deterministic=True)
+    second = runtime.configure(seed=3, deterministic=True)
+    assert first == second
+    assert first["seed"] == 3 and first["deterministic"] is True
+    assert "--xla_gpu_deterministic_ops=true" in os.environ["XLA_FLAGS"].split()
+    assert os.environ["XLA_FLAGS"].split().count("--xla_gpu_deterministic_ops=true") == 1
+    off = runtime.configure(deterministic=False)
+    assert off["deterministic"] is False
+    assert "--xla_gpu_deterministic_ops=true" not in os.environ.get("XLA_FLAGS", "")
+    runtime.configure(deterministic=True)
+
+
+@pytest.mark.parametrize("kwargs", [{"seed": 1.5}, {"seed": "1"}, {"deterministic": 1}, {"jit": "yes"}])
+def test_configure_rejects_bad_types(kwargs):
+    with pytest.raises(TypeError, match="Received"):
+        runtime.configure(**kwargs)
+
+
+def test_configure_rejects_negative_seed():
+    with pytest.raises(ValueError, match="seed=-1"):
+        runtime.configure(seed=-1)
+
+
+def test_jit_compile_default_is_off_on_cpu():
+    assert runtime.jit_compile() is False
+
+
+def _train_once():
+    from tf_dlthesis.experiments import train_classifier
+
+    runtime.configure(seed=0, deterministic=True)
+    model, _ = train_classifier("cnn", epochs=2, seed=5, model_kwargs={"filters": (8, 16)})
+    return model.get_weights()
+
+
+def test_two_deterministic_runs_give_bit_identical_weights():
+    a = _train_once()
+    b = _train_once()
+    assert len(a) == len(b)
+    for wa, wb in zip(a, b):
+        assert wa.tobytes() == wb.tobytes()

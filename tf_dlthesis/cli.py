@@ -1,0 +1,187 @@
+"""The `tf-dlthesis` command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+
+
+def _writable_dir(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".tf-dlthesis-write-test")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot write to output folder {path!r}: {err.strerror or err}")
+    return path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tf-dlthesis",
+        description="Reproduce 'Understanding and Improving Deep Learning' (Summers, 2021) with Keras 3.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common_run(p):
+        p.add_argument("--scale", choices=("quick", "full"), default="quick", help="quick: digits-sized CPU run; full: the thesis's settings (GPU)")
+        p.add_argument("--dataset", default="digits", help="'digits' (embedded) or a tfds name such as cifar10")
+        p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
+        p.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out", help="output folder (report.md, figures/, results.sqlite)")
+        p.add_argument("--tensorboard", type=_writable_dir, default=None, metavar="DIR", help="write every training run's curves here")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    rep = sub.add_parser("reproduce", help="rerun the thesis's tables and figures and write a report")
+    common_run(rep)
+    rep.add_argument("--only", default=None, help="comma-separated ids, e.g. 2.1,4.1,fig2.2")
+
+    for kind in ("table", "figure"):
+        one = sub.add_parser(kind, help=f"reproduce one {kind} (e.g. `{kind} {'2.1' if kind == 'table' else '4.1'}`)")
+        one.add_argument("id")
+        common_run(one)
+
+    sub.add_parser("list", help="list the registered tables and figures")
+
+    train = sub.add_parser("train", help="train and evaluate one model, recording the result")
+    train.add_argument("--dataset", default="digits")
+    train.add_argument("--data-dir", default=None)
+    train.add_argument("--model", default="cnn", help="linear, mlp, conv1, cnn, preact_resnet6|8|10|14|18")
+    train.add_argument("--norm", default="batch", help="batch, none, group:G, ghost:B, batch_group:G:B, ...")
+    train.add_argument("--epochs", type=_positive_int, default=20)
+    train.add_argument("--batch-size", type=_positive_int, default=64)
+    train.add_argument("--lr", type=_positive_float, default=0.05)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--image-size", type=_positive_int, default=None, help="resize images (e.g. 32)")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--deterministic", action="store_true", help="enable TF op determinism")
+    train.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out")
+    return parser
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hides the C++ start-up banner TensorFlow prints on import (absl ignores
+    TF_CPP_MIN_LOG_LEVEL for it). Python exceptions still surface after the block."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded use): nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _fail(message: str) -> int:
+    print(f"tf-dlthesis: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    """Entry point of `tf-dlthesis`."""
+    args = _parser().parse_args(argv)
+    with _quiet_native_stderr():
+        import tensorflow  # noqa: F401
+
+    from tf_dlthesis import data, experiments, models, runtime
+
+    if args.command == "list":
+        for exp in experiments.registry.select():
+            print(f"{exp.id:10s} ch.{exp.chapter!s:3s} ~{exp.quick_minutes:4.1f} min (quick)  {exp.title}")
+        return 0
+
+    if args.command == "train":
+        try:
+            data.info(args.dataset, data_dir=args.data_dir)
+            if args.model not in models.MODEL_NAMES:
+                models.build(args.model, (8, 8, 1), 10)  # raises the helpful error
+            models.norm_factory(args.norm)
+        except (ValueError, TypeError) as err:
+            return _fail(str(err))
+        runtime.configure(seed=args.seed, deterministic=args.deterministic)
+        try:
+            model, metrics = experiments.train_classifier(
+                args.model,
+                args.dataset,
+                norm=args.norm,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.lr,
+                seed=args.seed,
+                augment=not args.no_augment,
+                image_size=args.image_size,
+                data_dir=args.data_dir,
+                verbose=1,
+            )
+        except (ValueError, TypeError) as err:
+            return _fail(str(err))
+        store = experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))
+        config = {k: getattr(args, k) for k in ("dataset", "model", "norm", "epochs", "batch_size", "lr", "image_size", "no_augment", "deterministic")}
+        store.record("train", config, args.seed, metrics)
+        print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%  test loss {metrics['test_loss']:.4f}  -> {store.path}")
+        return 0
+
+    # reproduce / table / figure
+    if args.dataset != "digits":
+        try:
+            data.info(args.dataset, data_dir=args.data_dir)
+        except (ValueError, TypeError) as err:
+            return _fail(str(err))
+    try:
+        if args.command == "reproduce":
+            only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+            if only is not None:
+                experiments.registry.select(only)
+        else:
+            only = [experiments.get(args.id).id]
+    except ValueError as err:
+        return _fail(str(err))
+    path, failed = experiments.reproduce(
+        scale=args.scale,
+        dataset=args.dataset,
+        out_dir=args.out,
+        only=only,
+        tensorboard=args.tensorboard,
+        progress=not args.no_progress,
+    )
+    print(f"report: {os.path.abspath(path)}")
+    print(f"figures: {os.path.abspath(os.path.join(args.out, 'figures'))}")
+    print(f"results: {os.path.abspath(os.path.join(args.out, 'results.sqlite'))}")
+    if failed:
+        print(f"tf-dlthesis: {failed} experiment(s) failed; see the report", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

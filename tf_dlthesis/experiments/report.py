@@ -1,0 +1,152 @@
+"""Runs registered experiments and writes the Markdown report."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import traceback
+
+from tf_dlthesis.experiments.registry import Output, fmt, select
+
+
+def _table_md(table) -> list:
+    has_thesis = bool(table.thesis)
+    header = ["row"]
+    for col in table.columns:
+        header += ([f"{col} (thesis)"] if has_thesis else []) + [f"{col} (ours)"]
+    lines = [
+        f"**Table {table.id}: {table.title}**",
+        "",
+        f"- ours: {table.setting}",
+    ]
+    if has_thesis:
+        lines.append(f"- thesis: {table.thesis_setting}")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    keys = list(table.rows) + [k for k in (table.thesis or {}) if k not in table.rows]
+    for key in keys:
+        ours = table.rows.get(key, {})
+        theirs = (table.thesis or {}).get(key, {})
+        cells = [str(key)]
+        for col in table.columns:
+            if has_thesis:
+                cells.append(fmt(theirs.get(col)))
+            cells.append(fmt(ours.get(col)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def save_figures(output: Output, out_dir) -> list:
+    """Saves an output's figures as `out_dir/figures/<name>.png` and closes them."""
+    import matplotlib.pyplot as plt
+
+    fig_dir = os.path.join(out_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    paths = []
+    for name, figure in output.figures:
+        path = os.path.join(fig_dir, f"{name}.png")
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float) -> str:
+    """Writes `report.md` (and figure PNGs under `figures/`) into `out_dir`.
+
+    Args:
+        sections: list of `(experiment, Output or None, seconds, error text or None)`.
+
+    Returns:
+        The report path.
+    """
+    fig_dir = os.path.join(out_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    verdicts = {}
+    for _, output, _, _ in sections:
+        for finding in (output.findings if output else []):
+            verdicts[finding.verdict] = verdicts.get(finding.verdict, 0) + 1
+    lines = [
+        "# tf_dlthesis reproduction report",
+        "",
+        f"Scale `{scale}`, dataset `{dataset}`; generated {datetime.datetime.now().isoformat(timespec='seconds')} "
+        f"in {total_seconds / 60:.1f} min. Thesis numbers come from `thesis_tables.json`; "
+        "verdicts are computed from the numbers below.",
+        "",
+        "Verdicts: " + (", ".join(f"{v}: {n}" for v, n in sorted(verdicts.items())) or "none"),
+        "",
+        "| id | title | time (s) | status |",
+        "|---|---|---|---|",
+    ]
+    for exp, output, seconds, error in sections:
+        status = "failed" if error else "ok"
+        lines.append(f"| {exp.id} | {exp.title} | {seconds:.0f} | {status} |")
+    lines.append("")
+    for exp, output, seconds, error in sections:
+        lines += [f"## {exp.id}: {exp.title}", ""]
+        if error:
+            lines += ["Failed:", "", "```", error.strip(), "```", ""]
+            continue
+        for table in output.tables:
+            lines += _table_md(table)
+        for name, figure in output.figures:
+            if not os.path.exists(os.path.join(fig_dir, f"{name}.png")):
+                save_figures(output, out_dir)
+            lines += [f"![{name}](figures/{name}.png)", ""]
+        if output.findings:
+            lines += ["| finding | verdict | evidence |", "|---|---|---|"]
+            for f in output.findings:
+                lines.append(f"| {f.claim} | **{f.verdict}** | {f.evidence} |")
+            lines.append("")
+    path = os.path.join(out_dir, "report.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def reproduce(*, scale: str = "quick", dataset: str = "digits", out_dir="tf-dlthesis-out", only=None, tensorboard=None, progress: bool = True):
+    """Runs every registered table/figure and writes the report.
+
+    Finished training runs are recorded in `out_dir/results.sqlite`, so a rerun
+    (after an interruption, say) skips them. An experiment that raises is reported
+    as failed and the others still run.
+
+    Returns:
+        `(report_path, number_of_failed_experiments)`.
+    """
+    from tf_dlthesis import runtime
+    from tf_dlthesis.experiments.registry import set_tensorboard
+    from tf_dlthesis.experiments.results_store import ResultsStore
+
+    experiments = select(only)
+    os.makedirs(out_dir, exist_ok=True)
+    store = ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    set_tensorboard(tensorboard)
+    sections = []
+    start = time.time()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(experiments, desc="reproduce", unit="item", disable=not progress)
+    try:
+        for exp in bar:
+            bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}")
+            runtime.configure(seed=0, deterministic=True)
+            t0 = time.time()
+            try:
+                output, error = exp(scale, dataset, store, out=out_dir), None
+            except Exception:  # keep going: one failure must not lose the others' results
+                output, error = None, traceback.format_exc(limit=8)
+                bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
+            if output is not None:
+                save_figures(output, out_dir)
+            sections.append((exp, output, time.time() - t0, error))
+            write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
+    finally:
+        set_tensorboard(None)
+    path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
+    return path, sum(1 for s in sections if s[3])
+
+
+__all__ = ["Output", "reproduce", "save_figures", "write_report"]

@@ -1,0 +1,198 @@
+"""SQLite results store: one atomic row per finished run, resumable."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    experiment TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    run INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (experiment, config_hash, run)
+)
+"""
+
+
+def _encode(obj):
+    if isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        return {"__ndarray__": base64.b64encode(arr.tobytes()).decode("ascii"), "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"Results must be JSON-able (dicts, lists, numbers, strings, NumPy arrays). Received: {type(obj).__name__}")
+
+
+def _decode(obj):
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            data = base64.b64decode(obj["__ndarray__"])
+            return np.frombuffer(data, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+        if "__float__" in obj:
+            return float(obj["__float__"])
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def config_hash(config: dict) -> str:
+    """Stable hash of a JSON-able config (key order does not matter)."""
+    text = json.dumps(_encode(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ResultsStore:
+    """Experiment results in one SQLite file (WAL mode), keyed by run.
+
+    Every finished run is one row keyed by `(experiment, config hash, run index)`,
+    written in a single transaction, so a process killed at any moment leaves a
+    readable store holding every run that finished before it; a rerun asks `has`
+    and skips them. Results may hold NumPy arrays (stored losslessly: dtype, shape
+    and bytes). Safe to use from several processes at once (each opens its own
+    connection; writers wait for each other).
+
+    Example:
+
+    >>> import tempfile, os
+    >>> from tf_dlthesis.experiments import ResultsStore
+    >>> store = ResultsStore(os.path.join(tempfile.mkdtemp(), "results.sqlite"))
+    >>> store.record("2.1", {"method": "mixup"}, 0, {"error_pct": 4.3})
+    >>> store.has("2.1", {"method": "mixup"}, 0)
+    True
+
+    Args:
+        path: the SQLite file (created with its folder if missing).
+
+    Raises:
+        ValueError: if the path cannot be created or opened as a results store.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self._local = threading.local()
+            self._connect()
+        except (OSError, sqlite3.Error) as err:
+            raise ValueError(f"Cannot open results store at {self.path!r}: {err}") from None
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(_SCHEMA)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @staticmethod
+    def _check(experiment, config, run):
+        if not isinstance(experiment, str) or not experiment:
+            raise TypeError(f"`experiment` must be a non-empty string. Received: experiment={experiment!r}")
+        if not isinstance(config, dict):
+            raise TypeError(f"`config` must be a dict. Received: config={config!r}")
+        if isinstance(run, bool) or not isinstance(run, (int, np.integer)) or run < 0:
+            raise ValueError(f"`run` must be an int >= 0. Received: run={run!r}")
+
+    def record(self, experiment: str, config: dict, run: int, result: dict) -> None:
+        """Stores one finished run atomically (replacing an earlier row with the same key).
+
+        Raises:
+            TypeError: non-JSON-able config/result, or wrong argument types.
+        """
+        self._check(experiment, config, run)
+        if not isinstance(result, dict):
+            raise TypeError(f"`result` must be a dict. Received: result={type(result).__name__}")
+        row = (
+            experiment,
+            config_hash(config),
+            int(run),
+            json.dumps(_encode(config), sort_keys=True),
+            json.dumps(_encode(result)),
+            time.time(),
+        )
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)", row)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def has(self, experiment: str, config: dict, run: int) -> bool:
+        """Whether this run has finished and been recorded."""
+        self._check(experiment, config, run)
+        cur = self._connect().execute(
+            "SELECT 1 FROM results WHERE experiment=? AND config_hash=? AND run=?",
+            (experiment, config_hash(config), int(run)),
+        )
+        return cur.fetchone() is not None
+
+    def get(self, experiment: str, config: dict, run: int):
+        """The recorded result dict of a run, or None."""
+        self._check(experiment, config, run)
+        cur = self._connect().execute(
+            "SELECT result FROM results WHERE experiment=? AND config_hash=? AND run=?",
+            (experiment, config_hash(config), int(run)),
+        )
+        row = cur.fetchone()
+        return None if row is None else _decode(json.loads(row[0]))
+
+    def rows(self, experiment: str | None = None) -> list[dict]:
+        """All recorded runs (of one experiment, or all), oldest first.
+
+        Returns:
+            A list of dicts with keys `experiment`, `config`, `run`, `result`.
+        """
+        query = "SELECT experiment, config, run, result FROM results"
+        args: tuple = ()
+        if experiment is not None:
+            query += " WHERE experiment=?"
+            args = (experiment,)
+        cur = self._connect().execute(query + " ORDER BY created, rowid", args)
+        return [
+            {"experiment": e, "config": _decode(json.loads(c)), "run": r, "result": _decode(json.loads(res))}
+            for e, c, r, res in cur.fetchall()
+        ]
+
+    def table(self, experiment: str) -> list[dict]:
+        """One flat dict per run: config keys, `run`, and the result's scalar entries."""
+        flat = []
+        for row in self.rows(experiment):
+            entry = dict(row["config"])
+            entry["run"] = row["run"]
+            entry.update({k: v for k, v in row["result"].items() if not isinstance(v, (np.ndarray, list, dict))})
+            flat.append(entry)
+        return flat
+
+    def __repr__(self):
+        return f"ResultsStore({self.path!r})"

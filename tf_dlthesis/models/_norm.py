@@ -1,0 +1,114 @@
+"""The `norm=` argument of `models.build`: strings or callables -> layer factories."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+import keras
+
+_FACTORIES: dict = {}
+# Packages that register further kinds when imported (chapter 4's layers). They are
+# imported the first time an unknown kind is asked for, so `models` needs no import
+# of the higher-level package and `norm="ghost:16"` still works in a fresh process.
+_PLUGINS = ["tf_dlthesis.normalization"]
+
+
+def _load_plugins():
+    import importlib
+
+    while _PLUGINS:
+        module = _PLUGINS.pop(0)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def register_norm(kind: str, factory) -> None:
+    """Registers a normalization kind usable as `norm="kind:arg1:arg2"` in `build`.
+
+    Args:
+        kind: the name before the first colon, e.g. `"ghost"`.
+        factory: `factory(channels, *int_args, name=...) -> keras.layers.Layer`;
+            the integer arguments are parsed from the string (`"ghost:16"` calls
+            `factory(C, 16, name=...)`).
+
+    Raises:
+        TypeError: if `factory` is not callable.
+        ValueError: if `kind` is empty or contains a colon.
+    """
+    if not isinstance(kind, str) or not kind or ":" in kind:
+        raise ValueError(f"`kind` must be a non-empty name without ':'. Received: kind={kind!r}")
+    if not callable(factory):
+        raise TypeError(f"`factory` must be callable. Received: factory={factory!r}")
+    _FACTORIES[kind] = factory
+
+
+def _batch(channels, *, name):
+    return keras.layers.BatchNormalization(name=name)
+
+
+def _group(channels, groups, *, name):
+    if channels % groups:
+        raise ValueError(f"norm='group:{groups}' needs groups dividing the channels; layer {name!r} has {channels} channels.")
+    return keras.layers.GroupNormalization(groups=groups, name=name)
+
+
+register_norm("batch", _batch)
+register_norm("group", _group)
+
+
+def norm_factory(norm):
+    """Resolves a `norm=` value into `make(channels, name) -> Layer | None`.
+
+    Accepted: `"none"`/`None` (no normalization), `"batch"`, `"group:G"`, any kind
+    registered with `register_norm` (chapter 4 registers `"ghost:B"`,
+    `"batch_group:G:B"`, ...), or a callable returning a layer, called as
+    `norm(channels=..., name=...)` when it accepts those keywords, else `norm()`.
+
+    Raises:
+        ValueError: unknown kind (with suggestions) or malformed arguments.
+        TypeError: anything other than a string, None or a callable.
+    """
+    if norm is None or norm == "none":
+        return lambda channels, name: None
+    if callable(norm):
+        params = inspect.signature(norm).parameters
+        takes = {k for k in ("channels", "name") if k in params} or (
+            {"channels", "name"} if any(p.kind == p.VAR_KEYWORD for p in params.values()) else set()
+        )
+
+        def make(channels, name):
+            kwargs = {"channels": channels, "name": name}
+            layer = norm(**{k: v for k, v in kwargs.items() if k in takes})
+            if not isinstance(layer, keras.layers.Layer):
+                raise TypeError(f"The `norm` callable must return a keras Layer. Received: {layer!r}")
+            return layer
+
+        return make
+    if not isinstance(norm, str):
+        raise TypeError(f"`norm` must be a string, None or a callable returning a layer. Received: norm={norm!r}")
+    kind, *args = norm.split(":")
+    if kind not in _FACTORIES:
+        _load_plugins()
+    if kind not in _FACTORIES:
+        close = difflib.get_close_matches(kind, list(_FACTORIES) + ["none"], n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Unknown norm kind {kind!r}. Expected one of {sorted(_FACTORIES) + ['none']} "
+            f"(with ':'-separated integer arguments, e.g. 'group:32'). Received: norm={norm!r}.{hint}"
+        )
+    try:
+        int_args = [int(a) for a in args]
+    except ValueError:
+        raise ValueError(f"norm arguments must be integers, e.g. 'ghost:16'. Received: norm={norm!r}") from None
+    if any(a <= 0 for a in int_args):
+        raise ValueError(f"norm arguments must be positive integers. Received: norm={norm!r}")
+    factory = _FACTORIES[kind]
+    try:
+        inspect.signature(factory).bind(1, *int_args, name="x")
+    except TypeError:
+        raise ValueError(f"Wrong number of arguments for norm kind {kind!r}. Received: norm={norm!r}") from None
+    return lambda channels, name: factory(channels, *int_args, name=name)

@@ -1,0 +1,131 @@
+"""Process-wide runtime settings: seeds, op determinism and XLA.
+
+`configure` is the one place that touches process-global state. Everything else in
+the library takes explicit seeds, so two runs with the same seeds and
+`deterministic=True` produce bit-identical weights on CPU (and on GPU, where every
+op used has a deterministic kernel).
+
+What `configure(deterministic=True)` sets:
+
+* `tf.config.experimental.enable_op_determinism()` - deterministic kernels for
+  every TF op (ops without one raise instead of running nondeterministically); this
+  also forces `tf.data` to run stateful random ops serially.
+* environment `TF_DETERMINISTIC_OPS=1` and `TF_CUDNN_DETERMINISTIC=1` (read by
+  older TF builds and by subprocesses started afterwards).
+* `XLA_FLAGS += --xla_gpu_deterministic_ops=true` - XLA's GPU backend otherwise
+  uses atomics in reductions and scatters. XLA reads its flags when the first XLA
+  computation is compiled, so call `configure` before building or compiling models.
+
+`jit` chooses whether the library's own training loops compile with XLA
+(`model.compile(jit_compile=...)`): `True` or `False` forces it (and is also applied
+to TF's auto-clustering, `tf.config.optimizer.set_jit`); `None` picks XLA when a GPU
+is visible and not on CPU, where compiling small models costs more than it saves.
+(Keras's own default, `"auto"`, picks XLA even on CPU.)
+
+Reference: Thesis Ch. 5, Sec. 5.2 (sources of nondeterminism); arXiv:2103.04514.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import tensorflow as tf
+
+_XLA_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+_STATE: dict = {"seed": None, "deterministic": False, "jit": None}
+
+
+def configure(seed: int | None = None, deterministic: bool = False, jit: bool | None = None) -> dict:
+    """Sets seeds, op determinism and XLA for this process.
+
+    Safe to call more than once; a later call with `deterministic=False` turns op
+    determinism off again.
+
+    Example:
+
+    >>> from tf_dlthesis import runtime
+    >>> settings = runtime.configure(seed=0, deterministic=True)
+    >>> settings["deterministic"]
+    True
+
+    Args:
+        seed: Seeds Python's `random`, NumPy's legacy global RNG and TF's global
+            generator (`keras.utils.set_random_seed`). `None` leaves them alone.
+        deterministic: Enables TF op determinism and the XLA GPU flag above.
+        jit: `True`/`False` forces XLA for the library's training loops and TF
+            auto-clustering; `None` keeps the current choice.
+
+    Returns:
+        A dict of what is now in force: `seed`, `deterministic`, `jit`,
+        `xla_flags`, `tf_deterministic_ops`.
+
+    Raises:
+        TypeError: if `seed` is not an int, or the flags are not bools.
+        ValueError: if `seed` is negative.
+    """
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        if seed < 0:
+            raise ValueError(f"`seed` must be >= 0. Received: seed={seed}")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"`deterministic` must be a bool. Received: deterministic={deterministic!r}")
+    if jit is not None and not isinstance(jit, bool):
+        raise TypeError(f"`jit` must be True, False or None. Received: jit={jit!r}")
+
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(int(seed))
+        random.seed(int(seed))
+        _STATE["seed"] = int(seed)
+
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+        os.environ["TF_DETERMINISTIC_OPS"] = "1"
+        os.environ["TF_CUDNN_DETERMINISTIC"] = "1"
+        if _XLA_DETERMINISTIC_FLAG not in flags:
+            flags.append(_XLA_DETERMINISTIC_FLAG)
+    else:
+        from tensorflow.python.framework import config as _tf_config  # only public toggle-off
+
+        _tf_config.disable_op_determinism()
+        os.environ.pop("TF_DETERMINISTIC_OPS", None)
+        os.environ.pop("TF_CUDNN_DETERMINISTIC", None)
+        flags = [f for f in flags if f != _XLA_DETERMINISTIC_FLAG]
+    if flags:
+        os.environ["XLA_FLAGS"] = " ".join(flags)
+    else:
+        os.environ.pop("XLA_FLAGS", None)
+    _STATE["deterministic"] = deterministic
+
+    if jit is not None:
+        tf.config.optimizer.set_jit("autoclustering" if jit else False)
+        _STATE["jit"] = jit
+
+    return {
+        "seed": _STATE["seed"],
+        "deterministic": _STATE["deterministic"],
+        "jit": _STATE["jit"],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "tf_deterministic_ops": os.environ.get("TF_DETERMINISTIC_OPS", "0") == "1",
+    }
+
+
+def jit_compile() -> bool:
+    """The `jit_compile` value the library's own `compile` calls use.
+
+    Until `configure(jit=...)` forces a choice: `True` when a GPU is visible,
+    else `False`.
+    """
+    if _STATE["jit"] is None:
+        return bool(tf.config.list_physical_devices("GPU"))
+    return _STATE["jit"]
+
+
+def is_deterministic() -> bool:
+    """Whether `configure(deterministic=True)` is in force."""
+    return bool(_STATE["deterministic"])
