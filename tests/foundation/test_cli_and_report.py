@@ -92,3 +92,31 @@ def test_train_command_reaches_95_percent_on_digits(tmp_path):
     assert accuracy >= 95.0, line
     rows = experiments.ResultsStore(tmp_path / "results.sqlite").rows("train")
     assert rows and abs(rows[0]["result"]["test_accuracy"] * 100 - accuracy) < 0.01
+
+
+def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store(tmp_path, monkeypatch):
+    from tf_dlthesis.experiments import training
+
+    calls = []
+
+    @experiments.register("T.2", title="resumable", chapter="T", quick_minutes=0.0)
+    def _resumable(scale, dataset, store, *, out=None):
+        config = {"model": "linear"}
+        result = store.get("T.2", config, 0)
+        if result is None:
+            calls.append(1)
+            _, result = training.train_classifier("linear", epochs=1, run_name="t2-linear")
+            store.record("T.2", config, 0, result)
+        table = Table("T.2", "acc", "digits", ["acc"], {"linear": {"acc": result["test_accuracy"]}})
+        return Output(tables=[table])
+
+    try:
+        _, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.2"], tensorboard=str(tmp_path / "tb"), progress=False)
+        assert failed == 0 and calls == [1]
+        assert any((tmp_path / "tb" / "t2-linear").rglob("events.out.tfevents.*"))
+        monkeypatch.setattr(training, "train_classifier", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+        path, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.2"], progress=False)
+        assert failed == 0 and calls == [1]
+        assert experiments.fit_callbacks("x") == []  # TensorBoard switched off again after the run
+    finally:
+        experiments.REGISTRY.pop("T.2")
