@@ -1,0 +1,173 @@
+"""Benchmark: tf_dlthesis.normalization layers vs Keras BatchNormalization (thesis Ch. 4).
+
+Prints ratios measured in one run (interleaved repeats, medians):
+
+1. train-step time of a small pre-activation ResNet with each of our layers /
+   the same net with Keras 3 ``BatchNormalization`` (goal <= 1.10x), with
+   ``jit_compile`` off and on; the peer ratio is tf_keras's Ghost BN
+   (``virtual_batch_size=16``) / tf_keras BN on the same net (if tf_keras is
+   installed);
+2. inference with example weight alpha > 0 / Keras BN inference (goal <= 1.10x);
+3. ``sweep_example_weight`` over 11 alphas vs re-patching the model per alpha
+   (goal >= 5x faster).
+
+Usage: ``python benchmarks/bench_normalization.py [--quick|--full]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tf_dlthesis import models  # noqa: E402
+from tf_dlthesis.normalization import patch_model, sweep_example_weight  # noqa: E402
+
+
+def _step_fn(model, jit):
+    opt = keras.optimizers.SGD(0.01)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    opt.build(model.trainable_variables)
+
+    @tf.function(jit_compile=jit)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return step
+
+
+def _time(fn, args, iters):
+    fn(*args)  # compile / warm up
+    start = time.perf_counter()
+    for _ in range(iters):
+        out = fn(*args)
+    np.asarray(out)
+    return (time.perf_counter() - start) / iters
+
+
+def _interleaved(fns, args, iters, repeats):
+    times = {k: [] for k in fns}
+    for k, f in fns.items():
+        f(*args)
+    for _ in range(repeats):
+        for k, f in fns.items():
+            times[k].append(_time(f, args, iters))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _tfk_net(norm, input_shape, classes):
+    import tf_keras
+
+    inp = tf_keras.Input(input_shape)
+    h = tf_keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(inp)
+    for filters in (32, 64):
+        h = norm()(h)
+        h = tf_keras.layers.ReLU()(h)
+        h = tf_keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+    h = tf_keras.layers.GlobalAveragePooling2D()(h)
+    return tf_keras.Model(inp, tf_keras.layers.Dense(classes)(h))
+
+
+def _tfk_step(model):
+    import tf_keras
+
+    opt = tf_keras.optimizers.SGD(0.01)
+    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", default=True, help="small sizes (default, ~2 min on 2 CPUs)")
+    group.add_argument("--full", action="store_true", help="ResNet-18 width, CIFAR-size inputs (GPU)")
+    args = parser.parse_args(argv)
+    full = args.full
+    size, batch, repeats, iters = (32, 128, 5, 10) if full else (16, 64, 5, 3)
+    name = "preact_resnet18" if full else "preact_resnet6"
+    kwargs = {} if full else {"width_multiplier": 0.25}
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(size=(batch, size, size, 3)).astype("float32"))
+    y = tf.constant(rng.integers(0, 10, batch))
+    print(f"device: {tf.config.list_logical_devices()[-1].device_type}; model {name} {kwargs}, batch {batch}, "
+          f"input {size}x{size}x3; medians of {repeats} interleaved repeats")
+    rows = []
+    norms = {"keras_bn": "batch", "ew_batch": "ew_batch", "ghost:16": "ghost:16", "batch_group:8:16": "batch_group:8:16"}
+    for jit in (False, True):
+        fns = {k: _step_fn(models.build(name, (size, size, 3), 10, norm=n, seed=0, **kwargs), jit)
+               for k, n in norms.items()}
+        t = _interleaved(fns, (x, y), iters, repeats)
+        for k in norms:
+            if k == "keras_bn":
+                continue
+            rows.append((f"train step {k} (jit={jit})", t[k], t["keras_bn"], "<= 1.10x"))
+            print(f"train step jit={jit!s:5} {k:18} {1e3 * t[k]:8.2f} ms vs Keras BN {1e3 * t['keras_bn']:8.2f} ms "
+                  f"-> {t[k] / t['keras_bn']:.3f}x")
+    try:
+        import tf_keras
+
+        tfk = {"tfk_bn": _tfk_step(_tfk_net(lambda: tf_keras.layers.BatchNormalization(), (size, size, 3), 10)),
+               "tfk_ghost16": _tfk_step(_tfk_net(
+                   lambda: tf_keras.layers.BatchNormalization(virtual_batch_size=16), (size, size, 3), 10))}
+        t = _interleaved(tfk, (x, y), iters, repeats)
+        print(f"peer: tf_keras Ghost BN (virtual_batch_size=16) / tf_keras BN, 3-conv net: "
+              f"{t['tfk_ghost16'] / t['tfk_bn']:.3f}x")
+        rows.append(("peer: tf_keras virtual_batch_size=16 train step", t["tfk_ghost16"], t["tfk_bn"], "(peer)"))
+    except ImportError:
+        print("tf_keras not installed: peer ratio skipped")
+
+    base = models.build(name, (size, size, 3), 10, norm="batch", seed=0, **kwargs)
+    patched = patch_model(base, 0.1)
+    inf = {"keras_bn": tf.function(lambda v: base(v, training=False)),
+           "alpha=0.1": tf.function(lambda v: patched(v, training=False))}
+    t = _interleaved(inf, (x,), iters * 3, repeats)
+    rows.append(("inference alpha=0.1", t["alpha=0.1"], t["keras_bn"], "<= 1.10x"))
+    print(f"inference alpha=0.1 {1e3 * t['alpha=0.1']:.2f} ms vs Keras BN {1e3 * t['keras_bn']:.2f} ms -> "
+          f"{t['alpha=0.1'] / t['keras_bn']:.3f}x")
+
+    alphas = np.linspace(0, 0.2, 11)
+    data = (rng.uniform(size=(256, size, size, 3)).astype("float32"), rng.integers(0, 10, 256))
+    sweeps, repatch = [], []
+    for _ in range(3 if not full else 5):
+        t0 = time.perf_counter()
+        sweep_example_weight(base, data, alphas)
+        sweeps.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for a in alphas:  # the naive way: a fresh patched model (and compiled function) per alpha
+            m = patch_model(base, float(a))
+            m.predict(data[0], batch_size=256, verbose=0)
+        repatch.append(time.perf_counter() - t0)
+    ts, tr = statistics.median(sweeps), statistics.median(repatch)
+    rows.append(("sweep 11 alphas vs re-patch per alpha", ts, tr, ">= 5x faster"))
+    print(f"sweep_example_weight 11 alphas {ts:.2f} s vs re-patching per alpha {tr:.2f} s -> {tr / ts:.1f}x faster")
+
+    print("\n| benchmark | ours | peer | ratio | goal |\n|---|---|---|---|---|")
+    for label, ours, peer, goal in rows:
+        unit = "s" if "sweep" in label else "ms"
+        scale = 1.0 if unit == "s" else 1e3
+        ratio = peer / ours if "sweep" in label else ours / peer
+        print(f"| {label} | {scale * ours:.2f} {unit} | {scale * peer:.2f} {unit} | {ratio:.2f}x | {goal} |")
+
+
+if __name__ == "__main__":
+    main()

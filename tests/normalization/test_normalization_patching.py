@@ -1,0 +1,182 @@
+"""patch_model / set_example_weight / sweep_example_weight, weight decay and the App. A.1 bound."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_dlthesis.normalization import (
+    CenteredL2,
+    ExampleWeightedGroupNormalization,
+    GhostBatchNormalization,
+    apply_normalization_weight_decay,
+    measure_output_range,
+    normalization_layers,
+    output_bound,
+    patch_model,
+    set_example_weight,
+    sweep_example_weight,
+)
+
+
+def _randomize_bn(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c).astype("float32"), rng.normal(0, 0.1, c).astype("float32"),
+                               rng.normal(0, 0.1, c).astype("float32"), rng.uniform(0.5, 2, c).astype("float32")])
+
+
+@pytest.mark.parametrize("app", ["ResNet50", "MobileNetV2"])
+def test_patch_keras_applications(app):
+    base = getattr(keras.applications, app)(weights=None, input_shape=(32, 32, 3), classes=5,
+                                            classifier_activation=None)
+    _randomize_bn(base)
+    x = np.random.default_rng(1).uniform(size=(2, 32, 32, 3)).astype("float32")
+    patched = patch_model(base, 0.0)
+    n_bn = sum(isinstance(l, keras.layers.BatchNormalization) for l in base._flatten_layers())
+    assert len(normalization_layers(patched)) == n_bn
+    assert not normalization_layers(base)  # the original is untouched
+    np.testing.assert_allclose(patched(x, training=False).numpy(), base(x, training=False).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    fn = tf.function(lambda v: patched(v, training=False))
+    a = fn(x).numpy()
+    assert set_example_weight(patched, 0.3) == n_bn
+    b = fn(x).numpy()
+    assert fn.experimental_get_tracing_count() == 1
+    assert not np.allclose(a, b)
+
+
+def test_patch_nested_sequential_in_functional():
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.BatchNormalization()],
+                             name="inner")
+    inputs = keras.Input((6,))
+    out = keras.layers.Dense(3)(inner(inputs))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(out))
+    _randomize_bn(model, seed=3)
+    x = np.random.default_rng(2).normal(size=(4, 6)).astype("float32")
+    patched = patch_model(model, 0.0)
+    assert len(normalization_layers(patched)) == 2
+    np.testing.assert_allclose(patched(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+    for w_new, w_old in zip(patched.weights, model.weights):
+        np.testing.assert_array_equal(w_new.numpy(), w_old.numpy())
+
+
+def test_patch_batch_renorm_uses_moving_statistics():
+    model = keras.Sequential([keras.Input((5,)), keras.layers.BatchNormalization(renorm=True)])
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32") * 2 + 1
+    model(x, training=True)
+    patched = patch_model(model, 0.0)
+    np.testing.assert_allclose(patched(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_patch_group_normalization_alpha1_is_gn():
+    model = keras.Sequential([keras.Input((4, 4, 8)), keras.layers.GroupNormalization(4)])
+    x = np.random.default_rng(0).normal(size=(3, 4, 4, 8)).astype("float32")
+    patched = patch_model(model, 1.0)
+    assert isinstance(patched.layers[0], ExampleWeightedGroupNormalization)
+    np.testing.assert_allclose(patched(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class _Sub(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, x):
+        return self.bn(self.dense(x))
+
+
+def test_patch_errors():
+    sub = _Sub()
+    sub(np.zeros((1, 2), "float32"))
+    with pytest.raises(ValueError, match="subclassed"):
+        patch_model(sub, 0.1)
+    inputs = keras.Input((2,))
+    nested = keras.Model(inputs, keras.layers.Dense(2)(sub(inputs)))
+    with pytest.raises(ValueError, match="subclassed"):
+        patch_model(nested, 0.1)
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="no BatchNormalization"):
+        patch_model(plain, 0.1)
+    with pytest.raises(ValueError, match="example_weight"):
+        patch_model(plain, 2.0)
+    with pytest.raises(TypeError):
+        patch_model("model", 0.1)
+    with pytest.raises(ValueError, match="patch_model first"):
+        set_example_weight(plain, 0.1)
+
+
+def test_sweep_matches_manual_evaluation():
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.Dense(3)])
+    _randomize_bn(model, 4)
+    x = rng.normal(size=(40, 5)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    result = sweep_example_weight(model, (x, y), [0.0, 0.5, 1.0], batch_size=16)
+    patched = patch_model(model, 0.0)
+    for i, alpha in enumerate([0.0, 0.5, 1.0]):
+        set_example_weight(patched, alpha)
+        logits = patched.predict(x, verbose=0).astype(np.float64)
+        logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        assert result["accuracy"][i] == pytest.approx(np.mean(logits.argmax(1) == y))
+        assert result["cross_entropy"][i] == pytest.approx(-np.mean(logp[np.arange(40), y]), rel=1e-4)
+    assert result["cross_entropy"][0] != pytest.approx(result["cross_entropy"][2])
+    with pytest.raises(ValueError):
+        sweep_example_weight(model, (x, y), [1.2])
+
+
+def test_weight_decay_on_built_model_and_serializable(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                              GhostBatchNormalization(2)])
+    assert not model.losses
+    gamma = np.array([0.5, 2.0, 1.0, 3.0], "float32")
+    beta = np.array([1.0, -1.0, 0.0, 2.0], "float32")
+    model.layers[1].gamma.assign(gamma)
+    model.layers[1].beta.assign(beta)
+    assert apply_normalization_weight_decay(model, 0.1, gamma_center=1.0) == 2
+    expected = 0.1 * (np.sum((gamma - 1) ** 2) + np.sum(beta ** 2)) + 0.0  # layer 2: gamma=1, beta=0
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-6)
+    path = tmp_path / "wd.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert float(sum(loaded.losses)) == pytest.approx(expected, rel=1e-6)
+    assert CenteredL2.from_config(CenteredL2(0.2, 1.0).get_config()).center == 1.0
+    with pytest.raises(ValueError):
+        apply_normalization_weight_decay(model, -1.0)
+    with pytest.raises(ValueError, match="no normalization"):
+        apply_normalization_weight_decay(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), 0.1)
+
+
+def test_output_bound_formula_and_tightness():
+    lo, hi = output_bound([2.0], [0.5], 32)
+    assert hi[0] == pytest.approx(0.5 + 2 * np.sqrt(31))
+    assert lo[0] == pytest.approx(0.5 - 2 * np.sqrt(31))
+    # App. A.1: x_0 = 0, x_i = a is the tight case (epsilon -> 0).
+    B = 32
+    x = np.full((B, 1), 1000.0, "float32")
+    x[0] = 0.0
+    bn = keras.layers.BatchNormalization(epsilon=1e-12)
+    out = bn(x, training=True).numpy()
+    assert out[0, 0] == pytest.approx(-np.sqrt(B - 1), rel=1e-4)
+    with pytest.raises(ValueError):
+        output_bound([1.0], [0.0], 0)
+
+
+def test_training_outputs_never_exceed_bound():
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(6, 3, padding="same"),
+                              keras.layers.BatchNormalization(name="bn")])
+    _randomize_bn(model, 1)
+    x = rng.standard_exponential(size=(64, 4, 4, 1)).astype("float32") ** 3  # heavy tails
+    before = [w.numpy().copy() for w in model.non_trainable_weights]
+    for batch in (1, 2, 8):
+        r = measure_output_range(model, "bn", x, batch_size=batch)
+        assert r["values_per_statistic"] == batch * 16
+        assert r["train_within_bound"]
+        assert r["bound_min"] <= r["train_min"] and r["train_max"] <= r["bound_max"]
+    for w, v in zip(model.non_trainable_weights, before):
+        np.testing.assert_array_equal(w.numpy(), v)  # moving statistics restored

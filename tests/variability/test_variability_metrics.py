@@ -1,0 +1,180 @@
+"""Variability metrics and CKA against hand-computed values and scipy (Thesis Sec. 5.3.1)."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from tf_dlthesis.variability import (
+    accuracy_sd,
+    bootstrap_sd,
+    cka_matrix,
+    cross_entropy_sd,
+    ensemble_delta,
+    linear_cka,
+    mean_pairwise_cka,
+    pairwise_correlation,
+    pairwise_correlation_matrix,
+    pairwise_disagreement,
+    variability_metrics,
+)
+
+# 3 runs, 4 examples, 2 classes. Predictions (argmax):
+#   run 0: 0 1 0 1   run 1: 0 1 1 1   run 2: 1 1 1 1        labels: 0 1 1 0
+LOGITS = np.array(
+    [
+        [[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]],
+        [[1.0, 0.0], [0.0, 2.0], [0.0, 1.0], [0.0, 1.0]],
+        [[0.0, 1.0], [0.0, 4.0], [0.0, 2.0], [1.0, 2.0]],
+    ]
+)
+LABELS = np.array([0, 1, 1, 0])
+
+
+def test_accuracy_sd_by_hand():
+    # accuracies: run0 2/4, run1 3/4, run2 2/4 -> SD (ddof=1) of (.5, .75, .5)
+    mean = (0.5 + 0.75 + 0.5) / 3
+    expected = np.sqrt(((0.5 - mean) ** 2 * 2 + (0.75 - mean) ** 2) / 2)
+    assert accuracy_sd(LOGITS, LABELS) == pytest.approx(expected, abs=1e-15)
+
+
+def test_cross_entropy_sd_by_hand():
+    def ce(z, y):
+        return -(z[y] - np.log(np.exp(z).sum()))
+
+    per_run = [np.mean([ce(LOGITS[r, n], LABELS[n]) for n in range(4)]) for r in range(3)]
+    assert cross_entropy_sd(LOGITS, LABELS) == pytest.approx(np.std(per_run, ddof=1), rel=1e-12)
+
+
+def test_pairwise_disagreement_by_hand():
+    # pairs (0,1): differ on ex 2 -> 1/4; (0,2): ex 0, 2 -> 2/4; (1,2): ex 0 -> 1/4
+    assert pairwise_disagreement(LOGITS) == pytest.approx((0.25 + 0.5 + 0.25) / 3, abs=1e-15)
+
+
+def test_pairwise_correlation_matches_scipy_loop_with_ties():
+    rng = np.random.default_rng(0)
+    logits = np.round(rng.normal(size=(6, 50, 4)), 1)  # rounding creates ties
+    expected = np.mean([spearmanr(logits[i].ravel(), logits[j].ravel())[0] for i, j in itertools.combinations(range(6), 2)])
+    assert pairwise_correlation(logits) == pytest.approx(expected, abs=1e-12)
+    mat = pairwise_correlation_matrix(logits)
+    assert mat[1, 4] == pytest.approx(spearmanr(logits[1].ravel(), logits[4].ravel())[0], abs=1e-12)
+    np.testing.assert_allclose(np.diag(mat), 1.0)
+
+
+def test_identical_runs_have_no_variability():
+    logits = np.repeat(LOGITS[:1], 4, axis=0)
+    m = variability_metrics(logits, LABELS, bootstrap_samples=50)
+    assert m["accuracy_sd"] == 0 and m["cross_entropy_sd"] == 0 and m["disagreement"] == 0
+    assert m["correlation"] == pytest.approx(1.0, abs=1e-12) and m["ensemble_delta"] == 0
+
+
+def test_ensemble_delta_by_hand():
+    # Eq. 5.1 with f = accuracy, ensemble = mean logits.
+    acc = lambda z: np.mean(np.argmax(z, -1) == LABELS)  # noqa: E731
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = np.mean([acc((LOGITS[i] + LOGITS[j]) / 2) - (acc(LOGITS[i]) + acc(LOGITS[j])) / 2 for i, j in pairs])
+    assert ensemble_delta(LOGITS, LABELS) == pytest.approx(expected, abs=1e-15)
+    # By hand: single accuracies .5, .75, .5; ensembles (0,1) 2/4, (0,2) 3/4, (1,2) 3/4
+    # -> deltas -.125, .25, .125 -> mean .25 / 3. Chunking over pairs must not matter.
+    assert expected == pytest.approx(0.25 / 3, abs=1e-15)
+    assert ensemble_delta(LOGITS, LABELS, max_chunk_bytes=1) == pytest.approx(expected, abs=1e-15)
+
+
+def test_ensemble_delta_cross_entropy_is_negative_for_diverse_models():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 40, 3))
+    labels = rng.integers(0, 3, size=40)
+    # Cross-entropy is convex in the logits: ensembling never raises it.
+    assert ensemble_delta(logits, labels, metric="cross_entropy") < 0
+
+
+def test_bootstrap_sd_properties():
+    assert bootstrap_sd(np.full(10, 3.0)) == 0.0
+    rng = np.random.default_rng(2)
+    vals = rng.normal(size=400)
+    err = bootstrap_sd(vals, num_samples=400, seed=0)
+    # Standard error of a normal sample SD: sigma / sqrt(2 (R - 1)).
+    assert err == pytest.approx(np.std(vals, ddof=1) / np.sqrt(2 * 399), rel=0.25)
+    assert bootstrap_sd(3.0 * vals, num_samples=400, seed=0) == pytest.approx(3.0 * err, rel=1e-12)
+
+
+def _gram_cka(x, y):
+    n = x.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l = x @ x.T, y @ y.T
+    hsic = lambda a, b: np.trace(a @ h @ b @ h)  # noqa: E731
+    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+def test_linear_cka_equals_gram_form_and_invariances():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 5))
+    y = x @ rng.normal(size=(5, 7)) + 0.5 * rng.normal(size=(30, 7))
+    assert linear_cka(x, y) == pytest.approx(_gram_cka(x, y), rel=1e-10)
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    assert linear_cka(x, 2.5 * x @ q + 1.0) == pytest.approx(1.0, abs=1e-12)
+    assert 0.0 <= linear_cka(x, rng.normal(size=(30, 3))) < 1.0
+
+
+def test_cka_matrix_matches_pairwise_linear_cka():
+    rng = np.random.default_rng(4)
+    reps = [rng.normal(size=(20, d)) for d in (3, 4, 6)]
+    mat = cka_matrix(reps)
+    for i, j in itertools.combinations(range(3), 2):
+        assert mat[i, j] == pytest.approx(linear_cka(reps[i], reps[j]), rel=1e-10)
+    assert np.allclose(np.diag(mat), 1.0)
+    assert mean_pairwise_cka(reps) == pytest.approx(np.mean([mat[0, 1], mat[0, 2], mat[1, 2]]), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "logits, labels, match",
+    [
+        (LOGITS[:1], LABELS, "at least 2 runs"),
+        (LOGITS[0], LABELS, r"shape \(R, N, C\)"),
+        (LOGITS, LABELS[:3], "must have shape"),
+        (np.where(np.arange(24).reshape(3, 4, 2) == 5, np.nan, LOGITS), LABELS, "NaN"),
+        (LOGITS, np.array([0, 1, 2, 0]), r"lie in \[0, 2\)"),
+    ],
+)
+def test_bad_input_raises(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        variability_metrics(logits, labels)
+
+
+def test_bad_input_other():
+    with pytest.raises(ValueError, match="same examples"):
+        linear_cka(np.ones((4, 2)), np.ones((5, 2)))
+    with pytest.raises(ValueError, match="constant"):
+        linear_cka(np.ones((4, 2)), np.arange(8.0).reshape(4, 2))
+    with pytest.raises(ValueError, match="metric"):
+        ensemble_delta(LOGITS, LABELS, metric="f1")
+    with pytest.raises(TypeError, match="integer"):
+        accuracy_sd(LOGITS, LABELS.astype(float))
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap_sd([1.0])
+
+
+def test_layer_cka_per_layer():
+    import keras
+
+    from tf_dlthesis.variability import layer_activations, layer_cka
+
+    def model(seed):
+        init = lambda s: keras.initializers.GlorotUniform(seed=seed * 10 + s)  # noqa: E731
+        inputs = keras.Input((3, 3, 1))
+        x = keras.layers.Flatten(name="flat")(inputs)
+        x = keras.layers.Dense(6, activation="relu", kernel_initializer=init(1), name="hidden")(x)
+        return keras.Model(inputs, keras.layers.Dense(2, kernel_initializer=init(2), name="out")(x))
+
+    images = np.random.default_rng(5).normal(size=(40, 3, 3, 1)).astype("float32")
+    a, b = model(0), model(1)
+    acts = layer_activations(a, images, ["hidden", "out"])
+    assert acts["hidden"].shape == (40, 6) and acts["hidden"].dtype == np.float64
+    same = layer_cka([a, a], images)
+    assert set(same) == {"hidden", "out"} and all(v == pytest.approx(1.0, abs=1e-9) for v in same.values())
+    diff = layer_cka([a, b], images)
+    expected = linear_cka(acts["hidden"], layer_activations(b, images, ["hidden"])["hidden"])
+    assert diff["hidden"] == pytest.approx(expected, rel=1e-9) and diff["hidden"] < 1.0
+    with pytest.raises(ValueError, match="Unknown layer"):
+        layer_cka([a, b], images, ["nope"])

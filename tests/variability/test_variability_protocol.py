@@ -1,0 +1,170 @@
+"""The R-run protocol: store/resume, controls, executors, kill -9 + resume (Thesis Sec. 5.3.1)."""
+
+import functools
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tf_dlthesis.experiments import ResultsStore
+from tf_dlthesis.experiments.chapter5 import TrainSettings, train_run
+from tf_dlthesis.variability import run_protocol, variability_metrics
+
+N, C = 30, 4
+LABELS = np.arange(N) % C
+CALLS = []
+
+
+def toy_train(plan, nan=False, leak=False, width=C):
+    """NumPy stand-in for training: logits depend on the init and shuffle seeds only."""
+    CALLS.append((plan.source, plan.run))
+    base = np.eye(C)[LABELS] * 2.0
+    noise = np.random.default_rng([plan.init, plan.shuffle]).normal(size=(N, C))
+    logits = (base + noise)[:, :width]
+    if nan:
+        logits[0, 0] = np.nan
+    return {
+        "logits": logits,
+        "variants": {"smooth": base + 0.5 * noise},
+        "init_hash": str(plan.init if not leak else plan.run),
+        "order_hash": str(plan.shuffle),
+    }
+
+
+def test_serial_protocol_metrics_store_and_resume(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    CALLS.clear()
+    res = run_protocol(toy_train, sources=["init", "shuffle", "augment"], runs=3, labels=LABELS, store=store, executor="serial", progress=False)
+    assert len(CALLS) == 9
+    assert set(res.rows) == {"init", "shuffle", "augment", "init/smooth", "shuffle/smooth", "augment/smooth"}
+    assert res.logits["init"].shape == (3, N, C)
+    expected = variability_metrics(res.logits["init"], LABELS)
+    assert res.rows["init"] == expected
+    # augment does not reach the toy's logits: zero variability, identical runs
+    assert res.rows["augment"]["accuracy_sd"] == 0 and res.rows["augment"]["disagreement"] == 0
+    assert len(store.rows("variability")) == 9
+    CALLS.clear()
+    again = run_protocol(toy_train, sources=["init", "shuffle", "augment"], runs=3, labels=LABELS, store=store, executor="serial", progress=False)
+    assert CALLS == [] and again.rows == res.rows  # resumed from the store, nothing retrained
+    more = run_protocol(toy_train, sources=["init"], runs=4, labels=LABELS, store=store, executor="serial", progress=False)
+    assert CALLS == [("init", 3)] and more.rows["init"]["runs"] == 4
+
+
+def test_controls_are_verified():
+    with pytest.raises(RuntimeError, match="init_hash differs"):
+        run_protocol(functools.partial(toy_train, leak=True), sources=["shuffle"], runs=2, labels=LABELS, executor="serial", progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"sources": ["cudnn"]}, ValueError, "Unknown nondeterminism source"),
+        ({"runs": 1}, ValueError, "runs"),
+        ({"executor": "threads"}, ValueError, "executor"),
+        ({"labels": LABELS[:-1]}, ValueError, r"shape \(N, C\) with N = len\(labels\) = 29"),
+        ({"train_fn": functools.partial(toy_train, nan=True)}, ValueError, "NaN"),
+        ({"train_fn": functools.partial(toy_train, width=3), "num_classes": 4}, ValueError, "expected 4"),
+        ({"sources": "init"}, TypeError, "list of source names"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    args = {"train_fn": toy_train, "sources": ["init"], "runs": 2, "labels": LABELS, "executor": "serial", "progress": False}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        run_protocol(**args)
+
+
+def test_ray_executor_without_ray_raises(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'tf-dlthesis\[ray\]'"):
+        run_protocol(toy_train, sources=["init"], runs=2, labels=LABELS, executor="ray", progress=False)
+
+
+SETTINGS = TrainSettings(model="linear", epochs=1, batch_size=256, tta=())
+TINY = functools.partial(train_run, settings=SETTINGS)
+SOURCES = ["init", "bit_change"]
+
+_SCRIPT = """
+import functools, sys
+from tf_dlthesis.experiments import ResultsStore
+from tf_dlthesis.experiments.chapter5 import TrainSettings, train_run
+from tf_dlthesis import data
+from tf_dlthesis.variability import run_protocol
+
+if __name__ == "__main__":
+    fn = functools.partial(train_run, settings=TrainSettings(model="linear", epochs=1, batch_size=256, tta=()))
+    run_protocol(fn, sources={sources!r}, runs=2, labels=data.load_arrays("digits", "test")[1],
+                 store=ResultsStore(sys.argv[1]), executor="local", workers=1, progress=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def test_labels():
+    from tf_dlthesis import data
+
+    return data.load_arrays("digits", "test")[1]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, test_labels):
+    """An uninterrupted local run of the tiny protocol."""
+    store = ResultsStore(tmp_path_factory.mktemp("ref") / "r.sqlite")
+    return run_protocol(TINY, sources=SOURCES, runs=2, labels=test_labels, store=store, executor="local", workers=2, progress=False)
+
+
+def test_kill_9_mid_protocol_then_resume_gives_the_same_table(tmp_path, reference, test_labels):
+    path = tmp_path / "r.sqlite"
+    script = tmp_path / "protocol_script.py"
+    script.write_text(textwrap.dedent(_SCRIPT.format(sources=SOURCES)))
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if path.exists():
+                store = store or ResultsStore(path)
+                if len(store.rows("variability")) >= 1:
+                    break
+            assert proc.poll() is None, "protocol subprocess exited before the kill"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the subprocess, its forkserver and its workers
+        proc.wait()
+    before = {(r["config"]["source"], r["run"]): r["result"] for r in store.rows("variability")}
+    assert 1 <= len(before) < 4, "kill must land mid-protocol"
+    resumed = run_protocol(TINY, sources=SOURCES, runs=2, labels=test_labels, store=ResultsStore(path), executor="local", progress=False)
+    after = {(r["config"]["source"], r["run"]): r["result"] for r in ResultsStore(path).rows("variability")}
+    assert len(after) == 4  # nothing lost, nothing duplicated
+    for key, result in before.items():  # finished runs were kept, not retrained
+        assert after[key]["info:train_seconds"] == result["info:train_seconds"]
+    assert resumed.rows == reference.rows
+    for row in reference.logits:
+        np.testing.assert_array_equal(resumed.logits[row], reference.logits[row])
+
+
+def test_linear_bit_change_is_stable_and_hashes_control(reference):
+    # Sec. 5.4.2 on a tiny scale: a linear model's bit change leaves predictions unchanged.
+    assert reference.rows["bit_change"]["disagreement"] == 0
+    assert reference.rows["init"]["disagreement"] > 0
+    init_hashes = {h[0] for h in reference.hashes["init"]}
+    assert len(init_hashes) == 2 and len({h[0] for h in reference.hashes["bit_change"]}) == 1
+    assert len({h[1] for hs in reference.hashes.values() for h in hs}) == 1  # one data order throughout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (optional [ray] extra)")
+def test_ray_executor_matches_local(tmp_path, reference, test_labels):
+    import ray
+
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
+        res = run_protocol(TINY, sources=["init"], runs=2, labels=test_labels, store=ResultsStore(tmp_path / "r.sqlite"), executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    np.testing.assert_array_equal(res.logits["init"], reference.logits["init"])
+    assert res.rows["init"] == reference.rows["init"]

@@ -1,0 +1,141 @@
+"""SeedPlan, bit change, stochastic-layer re-seeding, hashes, bit-identical runs (Thesis Sec. 5.3-5.4)."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from tf_dlthesis.variability import SeedPlan, bit_change, order_hash, parse_source, reseed_stochastic_layers, weights_hash
+
+FIELDS = ("init", "shuffle", "augment", "stochastic")
+
+
+def _values(plan):
+    return {f: getattr(plan, f) for f in FIELDS + ("deterministic_ops", "bit_change")}
+
+
+@pytest.mark.parametrize("source", FIELDS)
+def test_vary_changes_only_that_source(source):
+    base = SeedPlan(init=1, shuffle=1, augment=1, stochastic=1)
+    plans = [base.vary(source, r) for r in range(5)]
+    for plan in plans:
+        changed = {k for k, v in _values(plan).items() if v != _values(base)[k]}
+        assert changed == {source}
+    assert len({getattr(p, source) for p in plans}) == 5  # distinct per run
+    assert base.vary(source, 3) == plans[3]  # reproducible
+
+
+def test_combinations_ops_and_bit_change():
+    base = SeedPlan()
+    ops = base.vary("ops", 0)
+    assert ops.deterministic_ops is False and _values(ops)["init"] == base.init
+    combo = base.vary("shuffle+augment+ops", 2)
+    assert combo.shuffle != base.shuffle and combo.augment != base.augment and not combo.deterministic_ops
+    assert combo.init == base.init
+    every = base.vary("all", 1)
+    assert all(getattr(every, f) != getattr(base, f) for f in FIELDS) and every.bit_change is None
+    bit = base.vary("bit_change", 4)
+    assert bit.bit_change is not None and {k for k, v in _values(bit).items() if v != _values(base)[k]} == {"bit_change"}
+    assert parse_source("all") == ("init", "shuffle", "augment", "stochastic", "ops")
+
+
+def test_onset_epoch_keeps_base_seeds_before_onset():
+    base = SeedPlan(shuffle=7)
+    plan = base.vary("shuffle", 1, onset_epoch=3)
+    assert [plan.epoch_seed("shuffle", e) == 7 for e in range(5)] == [True, True, True, False, False]
+    assert plan.epoch_seed("augment", 0) == base.augment
+
+
+def test_seed_plan_bad_input():
+    with pytest.raises(ValueError, match="Unknown nondeterminism source 'cudnn'"):
+        SeedPlan().vary("cudnn", 0)
+    with pytest.raises(ValueError, match="run"):
+        SeedPlan().vary("init", -1)
+    with pytest.raises(ValueError, match="onset_epoch"):
+        SeedPlan().vary("init", 0, onset_epoch=2)
+    with pytest.raises(TypeError, match="init"):
+        SeedPlan(init=1.5)
+    with pytest.raises(TypeError, match="source"):
+        SeedPlan().vary(3, 0)
+
+
+def _model(seed=0):
+    init = keras.initializers.GlorotUniform(seed=seed)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, kernel_initializer=init, name="first"),
+            keras.layers.Dropout(0.5, seed=1, name="drop"),
+            keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1), name="second"),
+        ]
+    )
+
+
+def test_bit_change_moves_exactly_one_element_by_one_ulp():
+    model = _model()
+    before = [w.numpy().copy() for w in model.weights]
+    change = bit_change(model, seed=11)
+    after = [w.numpy() for w in model.weights]
+    kernel_before, kernel_after = before[0], after[0]
+    diff = np.argwhere(kernel_before != kernel_after)
+    assert diff.shape == (1, 2) and tuple(diff[0]) == change.index
+    assert change.layer == "first" and change.variable.endswith("kernel")
+    ulps = abs(int(kernel_after.view(np.int32)[change.index]) - int(kernel_before.view(np.int32)[change.index]))
+    assert ulps == 1  # adjacent float32 (same sign: one step of the integer representation)
+    assert np.float32(change.new) == np.nextafter(np.float32(change.old), np.float32(np.inf * change.direction))
+    for b, a in zip(before[1:], after[1:]):
+        np.testing.assert_array_equal(a, b)
+    other = _model()
+    assert bit_change(other, seed=11).index == change.index  # seeded choice
+    assert weights_hash(model) != weights_hash(_model())
+
+
+def test_bit_change_layer_selection_and_errors():
+    model = _model()
+    assert bit_change(model, seed=0, layer="second").layer == "second"
+    with pytest.raises(ValueError, match="No layer named"):
+        bit_change(model, seed=0, layer="nope")
+    with pytest.raises(TypeError, match="seed"):
+        bit_change(model, seed=None)
+    empty = keras.Sequential([keras.Input((3,)), keras.layers.Flatten()])
+    with pytest.raises(ValueError, match="no layer with trainable weights"):
+        bit_change(empty, seed=0)
+
+
+def test_reseed_stochastic_layers_controls_dropout():
+    x = np.ones((4, 6), np.float32)
+
+    def masks(seed):
+        model = _model()
+        assert reseed_stochastic_layers(model, seed) == 1
+        return np.asarray(model(x, training=True))
+
+    np.testing.assert_array_equal(masks(5), masks(5))
+    assert not np.array_equal(masks(5), masks(6))
+    # Dropout state is not part of the initial-weight hash.
+    a, b = _model(), _model()
+    reseed_stochastic_layers(b, 99)
+    assert weights_hash(a) == weights_hash(b)
+
+
+def test_order_hash():
+    assert order_hash([0, 1, 2]) == order_hash(np.array([0, 1, 2]))
+    assert order_hash([0, 1, 2]) != order_hash([0, 2, 1])
+
+
+def test_same_plan_is_bit_identical_and_order_hash_matches_stream():
+    from tf_dlthesis import data
+    from tf_dlthesis.experiments.chapter5 import TrainSettings, _stream, data_order, train_run
+
+    settings = TrainSettings(model="mlp", epochs=2, batch_size=128, tta=(), model_kwargs=(("hidden", 16),))
+    plan = SeedPlan().vary("all", 0)
+    plan = dataclasses.replace(plan, deterministic_ops=True)
+    first, second = train_run(plan, settings), train_run(plan, settings)
+    np.testing.assert_array_equal(first["logits"], second["logits"])
+    assert first["init_hash"] == second["init_hash"] and first["order_hash"] == second["order_hash"]
+    # the hashed order is the order the training stream really feeds
+    n = len(data.load_arrays("digits", "train")[1])
+    stream = _stream(np.zeros((n, 1, 1, 1), np.float32), np.arange(n), dataclasses.replace(settings, augment=False), plan)
+    fed = np.concatenate([b.numpy() for _, b in stream])
+    np.testing.assert_array_equal(fed, data_order(n, 2, plan))

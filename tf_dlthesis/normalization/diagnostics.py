@@ -1,0 +1,102 @@
+"""The train-time output bound of Batch Normalization (thesis App. A.1/A.2, Eq. 4.2)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["output_bound", "measure_output_range"]
+
+
+def output_bound(gamma, beta, values_per_statistic: int):
+    """Per-channel train-time range of BN: ``beta -/+ |gamma| * sqrt(B - 1)``.
+
+    App. A.1 proves ``|BN(x) - beta| <= |gamma| sqrt(B - 1)`` during training
+    (tight as ``epsilon -> 0``), where ``B`` counts every value a statistic
+    averages: batch size x spatial positions for BN, ghost size x spatial for
+    Ghost BN. Inference with moving statistics is unbounded.
+
+    Args:
+        gamma: ``(C,)`` scale (``None`` = 1).
+        beta: ``(C,)`` offset (``None`` = 0).
+        values_per_statistic: ``B >= 1``.
+
+    Returns:
+        ``(lower, upper)`` arrays of shape ``(C,)``.
+
+    Reference:
+        Thesis Eq. 4.2 and App. A.1.
+    """
+    b = int(values_per_statistic)
+    if b < 1:
+        raise ValueError(f"`values_per_statistic` must be >= 1. Received: values_per_statistic={values_per_statistic}")
+    gamma = np.ones(1) if gamma is None else np.asarray(gamma, np.float64)
+    beta = np.zeros_like(gamma) if beta is None else np.asarray(beta, np.float64)
+    half = np.abs(gamma) * np.sqrt(b - 1.0)
+    return beta - half, beta + half
+
+
+def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) -> dict:
+    """Output range of a BN-type layer in training vs inference mode vs the Eq. 4.2 bound.
+
+    Runs ``images`` through ``model`` in batches of ``batch_size`` (a trailing
+    partial batch is dropped), once in training mode (batch statistics;
+    every layer's moving statistics are restored afterwards, so the model is
+    unchanged) and once in inference mode, recording the layer's outputs.
+
+    Args:
+        model: A built Functional/Sequential model containing ``layer``.
+        layer: The layer (or its name); must have ``gamma``/``beta``.
+        images: Array of inputs, at least ``batch_size`` of them.
+        batch_size: Examples per training-mode statistic.
+
+    Returns:
+        dict with ``values_per_statistic`` (B), ``train_min``/``train_max``,
+        ``inference_min``/``inference_max``, ``bound_min``/``bound_max``
+        (extremes over channels) and ``train_within_bound`` (per-channel check
+        of every training output, with a 1e-5 relative float tolerance).
+    """
+    if isinstance(layer, str):
+        layer = model.get_layer(layer)
+    images = np.asarray(images)
+    if batch_size < 1 or len(images) < batch_size:
+        raise ValueError(f"`batch_size` must be in [1, {len(images)}]. Received: batch_size={batch_size}")
+    probe = keras.Model(model.inputs, layer.output)
+    saved = [w.numpy() for w in model.non_trainable_weights]
+    n = (len(images) // batch_size) * batch_size
+    train_out, infer_out = [], []
+    run_train = tf.function(lambda v: probe(v, training=True))
+    run_infer = tf.function(lambda v: probe(v, training=False))
+    try:
+        for i in range(0, n, batch_size):
+            xb = tf.convert_to_tensor(images[i:i + batch_size])
+            train_out.append(run_train(xb).numpy())
+            infer_out.append(run_infer(xb).numpy())
+    finally:
+        for w, v in zip(model.non_trainable_weights, saved):
+            w.assign(v)
+    train_out = np.concatenate(train_out)
+    infer_out = np.concatenate(infer_out)
+    axis = getattr(layer, "axis", -1)
+    axis = axis[0] if isinstance(axis, (list, tuple)) else axis
+    axis = axis % train_out.ndim
+    spatial = int(np.prod([train_out.shape[i] for i in range(1, train_out.ndim) if i != axis]))
+    ghost = getattr(layer, "ghost_batch_size", None) or batch_size
+    per_stat = min(ghost, batch_size) * spatial
+    groups = getattr(layer, "_groups", None)
+    if groups is not None:
+        per_stat *= train_out.shape[axis] // groups
+    gamma = None if getattr(layer, "gamma", None) is None else layer.gamma.numpy()
+    beta = None if getattr(layer, "beta", None) is None else layer.beta.numpy()
+    lo, hi = output_bound(gamma, beta, per_stat)
+    moved = np.moveaxis(train_out, axis, -1).reshape(-1, train_out.shape[axis])
+    tol = 1e-5 * (1.0 + np.abs(hi - lo))
+    within = bool(np.all(moved >= lo - tol) and np.all(moved <= hi + tol))
+    return {
+        "values_per_statistic": per_stat,
+        "train_min": float(train_out.min()), "train_max": float(train_out.max()),
+        "inference_min": float(infer_out.min()), "inference_max": float(infer_out.max()),
+        "bound_min": float(lo.min()), "bound_max": float(hi.max()),
+        "train_within_bound": within,
+    }

@@ -1,0 +1,261 @@
+"""Retroactive inference example weighing for trained Keras models (thesis Sec. 4.3.1).
+
+`patch_model` swaps every `BatchNormalization` (and `GroupNormalization`) of a
+Sequential / Functional model, nested ones included, for the example-weighted
+layer with the same weights; `set_example_weight` changes alpha in place
+(a variable: no retracing); `sweep_example_weight` produces the Fig. 4.1/4.2/4.4
+curves (accuracy and cross-entropy per alpha).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ._base import ExampleGroupNormalization, check_example_weight
+from .example_weighted_batch_normalization import ExampleWeightedBatchNormalization
+from .example_weighted_group_normalization import ExampleWeightedGroupNormalization
+
+__all__ = ["patch_model", "set_example_weight", "sweep_example_weight", "normalization_layers"]
+
+_DROP = ("renorm", "renorm_clipping", "renorm_momentum", "synchronized")
+
+
+def _is_functional(model) -> bool:
+    return any(c.__name__ == "Functional" for c in type(model).__mro__)
+
+
+def _children(layer):
+    if isinstance(layer, keras.Sequential) or _is_functional(layer):
+        return list(layer.layers)
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _walk(layer):
+    for child in _children(layer):
+        yield child
+        yield from _walk(child)
+
+
+def normalization_layers(model) -> list[ExampleGroupNormalization]:
+    """All example-weightable layers of ``model`` (nested models included)."""
+    return [layer for layer in _walk(model) if isinstance(layer, ExampleGroupNormalization)]
+
+
+def _convert(layer, alpha: float):
+    """The example-weighted replacement for one layer, or ``None``."""
+    if isinstance(layer, ExampleGroupNormalization):
+        config = layer.get_config()
+        config["example_weight"] = alpha
+        return type(layer).from_config(config)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        config = {k: v for k, v in layer.get_config().items() if k not in _DROP}
+        return ExampleWeightedBatchNormalization(example_weight=alpha, **config)
+    if isinstance(layer, keras.layers.GroupNormalization):
+        config = layer.get_config()
+        new = {k: config[k] for k in ("name", "dtype", "trainable", "groups", "axis", "epsilon", "center", "scale",
+                                      "beta_initializer", "gamma_initializer", "beta_regularizer",
+                                      "gamma_regularizer", "beta_constraint", "gamma_constraint") if k in config}
+        return ExampleWeightedGroupNormalization(example_weight=alpha, **new)
+    return None
+
+
+def _check_patchable(model) -> int:
+    """Counts normalization layers; refuses subclassed models that hide some."""
+    count = 0
+    for layer in [model, *_walk(model)]:
+        if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization,
+                              ExampleGroupNormalization)):
+            count += 1
+        elif isinstance(layer, keras.Model) and not (isinstance(layer, keras.Sequential) or _is_functional(layer)):
+            inner = [s for s in _walk(layer) if isinstance(
+                s, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))]
+            if inner:
+                raise ValueError(
+                    f"patch_model cannot rewrite normalization layers inside the subclassed model "
+                    f"'{layer.name}' ({type(layer).__name__}): only Sequential and Functional models (nested "
+                    "ones included) can be patched. Build it functionally, or construct it with "
+                    "tf_dlthesis.normalization layers directly.")
+    return count
+
+
+def patch_model(model: keras.Model, example_weight: float = 0.0) -> keras.Model:
+    """Returns a copy of ``model`` whose BN (and GN) layers use inference example weighing.
+
+    Every `keras.layers.BatchNormalization` becomes an
+    `ExampleWeightedBatchNormalization`, every `keras.layers.GroupNormalization`
+    an `ExampleWeightedGroupNormalization` (and this package's layers are
+    re-created), with identical weights; all other layers are cloned with
+    their weights, so the original model is untouched. At
+    ``example_weight=0`` the outputs equal the original model's inference
+    outputs. Batch Renormalization layers are patched too (their inference
+    only uses the moving statistics).
+
+    Note: a Keras `GroupNormalization` has no moving statistics; its patched
+    version starts with ``moving_mean=0, moving_variance=1``, so use alpha = 1
+    (plain GN) unless those statistics were tracked in training (train with
+    `ExampleWeightedGroupNormalization` for Fig. 4.2 style sweeps).
+
+    Example:
+
+    >>> patched = patch_model(keras.applications.ResNet50(weights=None), 0.1)
+    >>> set_example_weight(patched, 0.05)  # no retracing
+
+    Args:
+        model: A Sequential or Functional model (nested ones allowed).
+        example_weight: alpha in [0, 1] for every patched layer.
+
+    Returns:
+        The new model.
+
+    Raises:
+        TypeError: ``model`` is not a Keras Sequential/Functional model.
+        ValueError: alpha outside [0, 1]; no normalization layer; BN inside
+            a subclassed model.
+
+    Reference:
+        Thesis Sec. 4.3.1; https://arxiv.org/abs/1906.03548.
+    """
+    alpha = check_example_weight(example_weight)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"patch_model expects a keras.Model. Received: model={type(model).__name__}")
+    if not (isinstance(model, keras.Sequential) or _is_functional(model)):
+        raise ValueError(
+            f"patch_model supports Sequential and Functional models; '{model.name}' is a subclassed "
+            f"{type(model).__name__}. Build it functionally or use tf_dlthesis.normalization layers directly.")
+    if not model.built:
+        raise ValueError(f"patch_model needs a built model; '{model.name}' is not built yet.")
+    if _check_patchable(model) == 0:
+        raise ValueError(f"Model '{model.name}' has no BatchNormalization or GroupNormalization layer to patch.")
+
+    pairs = []
+
+    def clone(layer):
+        new = _convert(layer, alpha)
+        if new is None:
+            new = type(layer).from_config(layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    patched = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    for old, new in pairs:
+        _copy_weights(old, new)
+    return patched
+
+
+def _copy_weights(old, new) -> None:
+    """Copies weights by name (a GN has fewer, a renorm BN more weights than the new layer)."""
+    if not old.weights:
+        return
+    old_by_name = {w.name: w for w in old.weights}
+    new_by_name = {w.name: w for w in new.weights}
+    unique = len(old_by_name) == len(old.weights) and len(new_by_name) == len(new.weights)
+    if unique and (set(old_by_name) <= set(new_by_name) or set(new_by_name) <= set(old_by_name)):
+        for name in set(old_by_name) & set(new_by_name):
+            new_by_name[name].assign(old_by_name[name])
+    else:
+        new.set_weights(old.get_weights())
+
+
+def set_example_weight(model: keras.Model, example_weight: float) -> int:
+    """Sets alpha of every example-weighted layer of ``model`` in place.
+
+    Alpha lives in a variable, so compiled functions (``predict``,
+    ``tf.function``, XLA) keep running without retracing.
+
+    Args:
+        model: A model containing this package's normalization layers (e.g.
+            the result of `patch_model`).
+        example_weight: alpha in [0, 1].
+
+    Returns:
+        The number of layers changed.
+
+    Raises:
+        ValueError: alpha outside [0, 1] or no such layer in ``model``.
+    """
+    alpha = check_example_weight(example_weight)
+    layers = normalization_layers(model) if not isinstance(model, ExampleGroupNormalization) else [model]
+    if not layers:
+        raise ValueError(f"Model '{model.name}' has no example-weighted normalization layer; call patch_model first.")
+    for layer in layers:
+        layer.example_weight_variable.assign(alpha)
+    return len(layers)
+
+
+def _as_dataset(data, batch_size: int):
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            raise ValueError("sweep_example_weight needs a dataset of (images, labels) pairs.")
+        if spec[0].shape.rank is not None and spec[0].shape.rank >= 1 and spec[1].shape.rank == 0:
+            data = data.batch(batch_size)  # unbatched examples
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tf.data.Dataset.from_tensor_slices((np.asarray(data[0]), np.asarray(data[1]))).batch(batch_size)
+    raise TypeError(f"`dataset` must be a tf.data.Dataset or an (x, y) tuple. Received: {type(data).__name__}")
+
+
+def sweep_example_weight(
+    model: keras.Model,
+    dataset,
+    alphas: Iterable[float],
+    *,
+    from_logits: bool = True,
+    batch_size: int = 256,
+) -> dict[str, np.ndarray]:
+    """Accuracy and cross-entropy of ``model`` for each inference example weight alpha.
+
+    The model is patched once (if it is not already example-weighted); alpha
+    is then changed in place, so one compiled inference function serves the
+    whole sweep. The model's alpha is restored afterwards.
+
+    Args:
+        model: A Keras model with BN/GN layers (or already patched).
+        dataset: ``tf.data.Dataset`` of ``(images, labels)`` (batched or
+            unbatched; labels sparse ints) or a tuple of arrays.
+        alphas: Values in [0, 1].
+        from_logits: Whether the model outputs logits (else probabilities).
+        batch_size: Batch size used when ``dataset`` is unbatched.
+
+    Returns:
+        ``{"alpha": (A,), "accuracy": (A,), "cross_entropy": (A,)}``.
+
+    Reference:
+        Thesis Figures 4.1, 4.2, 4.4 and A.2-A.4.
+    """
+    alphas = [check_example_weight(a) for a in alphas]
+    if not alphas:
+        raise ValueError("`alphas` must contain at least one value in [0, 1]. Received: alphas=[]")
+    layers = normalization_layers(model)
+    if not layers:
+        model = patch_model(model, 0.0)
+        layers = normalization_layers(model)
+    previous = [layer.example_weight for layer in layers]
+    ds = _as_dataset(dataset, batch_size)
+
+    @tf.function
+    def step(x, y):
+        out = tf.cast(model(x, training=False), tf.float32)
+        y = tf.cast(tf.reshape(y, [-1]), tf.int64)
+        ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=from_logits)
+        correct = tf.cast(tf.equal(tf.argmax(out, axis=-1), y), tf.float32)
+        return tf.reduce_sum(correct), tf.reduce_sum(ce), tf.cast(tf.size(y), tf.float32)
+
+    acc, ces = [], []
+    try:
+        for alpha in alphas:
+            for layer in layers:
+                layer.example_weight_variable.assign(alpha)
+            totals = np.zeros(3)
+            for x, y, *_ in ds:
+                totals += np.array([t.numpy() for t in step(x, y)])
+            acc.append(totals[0] / totals[2])
+            ces.append(totals[1] / totals[2])
+    finally:
+        for layer, value in zip(layers, previous):
+            layer.example_weight_variable.assign(value)
+    return {"alpha": np.asarray(alphas), "accuracy": np.asarray(acc), "cross_entropy": np.asarray(ces)}

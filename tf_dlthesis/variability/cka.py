@@ -1,0 +1,158 @@
+"""Linear centered kernel alignment (CKA) between representations (Thesis Fig. 5.1).
+
+Linear CKA (Kornblith et al., 2019) of two representations X (N, d1) and Y (N, d2)
+of the same N examples, with columns centred:
+
+    CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)
+
+This feature-space form costs O(N d^2); the equivalent Gram-matrix form
+tr(K H L H) / sqrt(tr(K H K H) tr(L H L H)) with K = X X^T costs O(N^2 d) and
+O(N^2) memory. For the average over many models (`mean_pairwise_cka`) the Gram
+form is vectorized instead: each model's centred, normalised Gram matrix is one
+unit vector and every pair's CKA is one entry of their Gram product.
+
+Reference: Thesis Ch. 5, Sec. 5.3.1-5.3.2 and Fig. 5.1; arXiv:2103.04514;
+Kornblith et al., "Similarity of Neural Network Representations Revisited",
+arXiv:1905.00414.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _as_features(x, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim < 2:
+        raise ValueError(f"`{name}` must have shape (N, ...) with one row per example. Received: shape={arr.shape}")
+    arr = arr.reshape(arr.shape[0], -1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    return arr
+
+
+def linear_cka(x, y) -> float:
+    """Linear CKA between two representations of the same examples.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(100, 8))
+    >>> round(linear_cka(x, 3.0 * x), 6)
+    1.0
+
+    Args:
+        x: (N, ...) activations of model A (flattened per example).
+        y: (N, ...) activations of model B for the same N examples.
+
+    Returns:
+        CKA in [0, 1] (float64 arithmetic).
+
+    Raises:
+        ValueError: if the example counts differ, N < 2, or a representation is
+            constant (CKA undefined).
+    """
+    a = _as_features(x, "x")
+    b = _as_features(y, "y")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"`x` and `y` must hold the same examples. Received: N={a.shape[0]} and N={b.shape[0]}")
+    if a.shape[0] < 2:
+        raise ValueError(f"CKA needs at least 2 examples. Received: N={a.shape[0]}")
+    a = a - a.mean(axis=0, keepdims=True)
+    b = b - b.mean(axis=0, keepdims=True)
+    cross = np.sum((b.T @ a) ** 2)
+    norm_a = np.linalg.norm(a.T @ a)
+    norm_b = np.linalg.norm(b.T @ b)
+    if norm_a == 0 or norm_b == 0:
+        raise ValueError("CKA is undefined for a constant representation (all examples map to the same point).")
+    return float(cross / (norm_a * norm_b))
+
+
+def _unit_centred_gram(features: np.ndarray) -> np.ndarray:
+    f = features - features.mean(axis=0, keepdims=True)
+    gram = f @ f.T
+    norm = np.linalg.norm(gram)
+    if norm == 0:
+        raise ValueError("CKA is undefined for a constant representation (all examples map to the same point).")
+    return (gram / norm).ravel()
+
+
+def cka_matrix(representations: Sequence) -> np.ndarray:
+    """CKA between every pair of R representations of the same N examples.
+
+    Args:
+        representations: R arrays of shape (N, ...) (feature widths may differ).
+
+    Returns:
+        (R, R) symmetric matrix with ones on the diagonal.
+    """
+    reps = [_as_features(r, f"representations[{i}]") for i, r in enumerate(representations)]
+    if len(reps) < 2:
+        raise ValueError(f"`representations` must hold at least 2 models. Received: {len(reps)}")
+    n = {r.shape[0] for r in reps}
+    if len(n) != 1:
+        raise ValueError(f"All representations must hold the same examples. Received example counts: {sorted(n)}")
+    grams = np.stack([_unit_centred_gram(r) for r in reps])  # (R, N*N) unit vectors
+    return grams @ grams.T
+
+
+def mean_pairwise_cka(representations: Sequence) -> float:
+    """Mean CKA over all R(R-1)/2 pairs of models (one layer of Fig. 5.1)."""
+    mat = cka_matrix(representations)
+    iu = np.triu_indices(mat.shape[0], k=1)
+    return float(mat[iu].mean())
+
+
+def layer_activations(model, images, layers: Sequence[str] | None = None, *, batch_size: int = 256) -> dict:
+    """Activations of named layers of a Keras functional model, flattened per example.
+
+    Args:
+        model: A built functional/sequential `keras.Model`.
+        images: (N, H, W, C) inputs.
+        layers: Layer names; `None` takes every layer with weights plus the output.
+        batch_size: Prediction batch size.
+
+    Returns:
+        Dict layer name -> (N, D) float64 array.
+    """
+    import keras
+
+    if layers is None:
+        layers = [l.name for l in model.layers if l.weights]
+    names = list(layers)
+    known = {l.name for l in model.layers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"Unknown layer names {unknown}; the model has {sorted(known)}")
+    outputs = [model.get_layer(n).output for n in names]
+    extractor = keras.Model(model.inputs, outputs)
+    acts = extractor.predict(np.asarray(images), batch_size=batch_size, verbose=0)
+    if len(names) == 1:
+        acts = [acts]
+    return {n: np.asarray(a, dtype=np.float64).reshape(a.shape[0], -1) for n, a in zip(names, acts)}
+
+
+def layer_cka(models: Sequence, images, layers: Sequence[str] | None = None, *, batch_size: int = 256) -> dict:
+    """Mean pairwise linear CKA per layer across R models (Thesis Fig. 5.1).
+
+    The R models must share an architecture (the same layer names), e.g. the R
+    runs of one nondeterminism source.
+
+    Args:
+        models: R >= 2 Keras models.
+        images: (N, H, W, C) probe inputs (the thesis uses test images).
+        layers: Layer names (default: every layer with weights).
+        batch_size: Prediction batch size.
+
+    Returns:
+        Dict layer name -> mean pairwise CKA.
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"`models` must hold at least 2 models. Received: {len(models)}")
+    if layers is None:
+        layers = [l.name for l in models[0].layers if l.weights]
+    acts = [layer_activations(m, images, layers, batch_size=batch_size) for m in models]
+    return {name: mean_pairwise_cka([a[name] for a in acts]) for name in layers}

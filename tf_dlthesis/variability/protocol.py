@@ -1,0 +1,355 @@
+"""The R-run nondeterminism protocol (Thesis Sec. 5.3.1) with resumable executors.
+
+For every source (or combination of sources) the protocol trains R models, each
+from `SeedPlan.vary(source, r)`, i.e. varying only that source's seed while all
+other seeds stay at the base plan's values, collects each model's test logits and
+computes the variability metrics of the thesis's tables.
+
+* One process per run: op determinism is process-global, and the "ops" source
+  needs runs with it switched off next to runs with it on. Executors:
+  ``"local"`` (a process pool; a fresh process for every run), ``"ray"`` (a Ray
+  cluster, `ray.init(address=...)`; a Ray worker process per run), and
+  ``"serial"`` (in the calling process; for notebooks and debugging).
+* Resumable: each finished run is written to the results store at once, keyed by
+  (experiment, config + source, run). A rerun after a crash (even `kill -9`)
+  trains only the runs that are not in the store - nothing lost, nothing twice.
+* Controlled: `train_fn` may report the hash of its initial weights (before any
+  bit change) and of its data order (`weights_hash`, `order_hash`); the protocol
+  checks that sources not being varied stayed fixed across runs and stores both.
+
+Reference: Thesis Ch. 5, Sec. 5.3.1 and App. B.6; arXiv:2103.04514.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import multiprocessing
+import os
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from tf_dlthesis.variability.metrics import variability_metrics
+from tf_dlthesis.variability.seed_plan import SeedPlan, parse_source
+
+EXECUTORS = ("local", "ray", "serial")
+_VARIANT_PREFIX = "variant:"
+
+
+@dataclasses.dataclass
+class ProtocolResult:
+    """What `run_protocol` returns.
+
+    Attributes:
+        rows: Row name -> metrics dict (`variability_metrics`). One row per
+            source, plus ``"source/variant"`` rows for every extra evaluation
+            `train_fn` returned under ``"variants"`` (e.g. TTA, snapshots).
+        logits: Row name -> (R, N, C) float array.
+        hashes: Source -> list of (init_hash, order_hash) per run.
+        labels: The (N,) labels.
+    """
+
+    rows: dict
+    logits: dict
+    hashes: dict
+    labels: np.ndarray
+
+    def table(self, columns: Sequence[str] | None = None) -> dict:
+        """Rows restricted to `columns` (all metrics by default)."""
+        if columns is None:
+            return {k: dict(v) for k, v in self.rows.items()}
+        return {k: {c: v[c] for c in columns} for k, v in self.rows.items()}
+
+
+class _MemoryStore:
+    """In-memory stand-in used when `store=None` (no resume)."""
+
+    def __init__(self):
+        self._data = {}
+
+    @staticmethod
+    def _key(experiment, config, run):
+        import json
+
+        return (experiment, json.dumps(config, sort_keys=True), int(run))
+
+    def has(self, experiment, config, run):
+        return self._key(experiment, config, run) in self._data
+
+    def get(self, experiment, config, run):
+        return self._data.get(self._key(experiment, config, run))
+
+    def record(self, experiment, config, run, result):
+        self._data[self._key(experiment, config, run)] = result
+
+
+def _normalize_output(out, plan: SeedPlan) -> dict:
+    if isinstance(out, Mapping):
+        if "logits" not in out:
+            raise ValueError(f"train_fn returned a dict without 'logits' (keys: {sorted(out)}) for {plan.source!r} run {plan.run}.")
+        result = {
+            "logits": np.asarray(out["logits"], dtype=np.float32),
+            "init_hash": out.get("init_hash"),
+            "order_hash": out.get("order_hash"),
+        }
+        for name, arr in (out.get("variants") or {}).items():
+            result[_VARIANT_PREFIX + str(name)] = np.asarray(arr, dtype=np.float32)
+        for key, val in (out.get("info") or {}).items():
+            result["info:" + str(key)] = val
+    else:
+        result = {"logits": np.asarray(out, dtype=np.float32), "init_hash": None, "order_hash": None}
+    result["plan"] = plan.to_config()
+    return result
+
+
+def _run_one(train_fn: Callable, plan: SeedPlan, threads: int | None, global_seed: int | None = 0) -> dict:
+    """Runs one plan: op determinism per the plan, then `train_fn(plan)`.
+
+    In a fresh process the global seeds are fixed too (`global_seed`), so anything
+    `train_fn` forgot to seed explicitly is at least constant across runs.
+    """
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+        except RuntimeError:  # context already initialised (serial executor)
+            pass
+    from tf_dlthesis import runtime
+
+    runtime.configure(seed=global_seed, deterministic=plan.deterministic_ops)
+    return _normalize_output(train_fn(plan), plan)
+
+
+def _validate_run(result: dict, labels: np.ndarray, num_classes: int | None, source: str, run: int) -> None:
+    for key, arr in result.items():
+        if key != "logits" and not key.startswith(_VARIANT_PREFIX):
+            continue
+        if arr.ndim != 2 or arr.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"train_fn must return logits of shape (N, C) with N = len(labels) = {labels.shape[0]}; "
+                f"{key!r} of source {source!r} run {run} has shape {arr.shape}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"train_fn returned NaN or infinite {key!r} for source {source!r} run {run} (diverged?).")
+        if num_classes is not None and arr.shape[1] != num_classes:
+            raise ValueError(f"{key!r} of source {source!r} run {run} has {arr.shape[1]} classes, expected {num_classes}.")
+
+
+def _check_controls(hashes: dict, onset_epoch: int) -> None:
+    """Unvaried sources must share hashes; varied ones must differ."""
+    groups = {"init": ("init_hash", ("init",)), "shuffle": ("order_hash", ("shuffle",))}
+    for label, (idx_name, names) in groups.items():
+        idx = 0 if idx_name == "init_hash" else 1
+        fixed_values = {}
+        for source, pairs in hashes.items():
+            varied = parse_source(source)
+            values = [p[idx] for p in pairs if p[idx] is not None]
+            if not values:
+                continue
+            if any(n in varied for n in names):
+                if not (label == "shuffle" and onset_epoch) and len(set(values)) != len(values):
+                    raise RuntimeError(
+                        f"Source {source!r} varies {label} but runs share a {idx_name}: train_fn ignores the plan's {label} seed."
+                    )
+            else:
+                fixed_values[source] = set(values)
+        union = set().union(*fixed_values.values()) if fixed_values else set()
+        if len(union) > 1:
+            raise RuntimeError(
+                f"{idx_name} differs between runs that do not vary {label} ({sorted(fixed_values)}): "
+                f"an uncontrolled source of nondeterminism leaks into train_fn."
+            )
+
+
+def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, progress):
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        # The server imports TF once; each run is a fresh fork of it (a new process,
+        # so op determinism stays per run) without paying the TF import again.
+        preload = ["tensorflow", "keras", "tf_dlthesis.variability.protocol"]
+        target = getattr(train_fn, "func", train_fn)  # unwrap functools.partial
+        module = getattr(target, "__module__", None)
+        if module and module not in ("__main__", "functools"):
+            preload.append(module)
+        ctx.set_forkserver_preload(preload)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+        pending = {pool.submit(_run_one, train_fn, plan, threads): (source, run, plan) for source, run, plan in tasks}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    source, run, plan = pending.pop(fut)
+                    on_done(source, run, fut.result())
+                    progress.update(1)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+def _executor_ray(tasks, train_fn, threads, ray_address, on_done, progress):
+    try:
+        ray = importlib.import_module("ray")
+    except ImportError as exc:
+        raise ImportError(
+            "executor='ray' needs Ray, which is not installed. Install the extra: pip install 'tf-dlthesis[ray]'"
+        ) from exc
+    if not ray.is_initialized():
+        kwargs = {"address": ray_address, "ignore_reinit_error": True, "log_to_driver": False}
+        if ray_address is None:
+            kwargs["include_dashboard"] = False
+        ray.init(**kwargs)
+    remote = ray.remote(num_cpus=threads or 1, max_calls=1)(_run_one)  # max_calls=1: a fresh worker per run
+    refs = {remote.remote(train_fn, plan, threads): (source, run) for source, run, plan in tasks}
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        for ref in done:
+            source, run = refs.pop(ref)
+            on_done(source, run, ray.get(ref))
+            progress.update(1)
+
+
+def run_protocol(
+    train_fn: Callable,
+    *,
+    sources: Sequence[str],
+    runs: int,
+    labels,
+    store=None,
+    executor: str = "local",
+    experiment: str = "variability",
+    config: Mapping | None = None,
+    base_plan: SeedPlan | None = None,
+    onset_epoch: int = 0,
+    workers: int | None = None,
+    threads_per_run: int | None = 1,
+    start_method: str | None = None,
+    ray_address: str | None = None,
+    num_classes: int | None = None,
+    bootstrap_samples: int = 1000,
+    progress: bool = True,
+) -> ProtocolResult:
+    """Trains R models per nondeterminism source and returns the variability table.
+
+    Example:
+
+    >>> # def train(plan): ...build with seed=plan.init, shuffle with plan.epoch_seed("shuffle", e)...
+    >>> # result = run_protocol(train, sources=["init", "shuffle", "bit_change", "all"],
+    >>> #                       runs=100, labels=y_test, store=ResultsStore("ch5.sqlite"))
+    >>> # result.rows["init"]["accuracy_sd"]
+
+    Args:
+        train_fn: Picklable (module-level) function `train_fn(plan) -> logits`
+            (N, C), or a dict with `"logits"` and optionally `"init_hash"`,
+            `"order_hash"`, `"variants"` ({name: (N, C) logits} of extra
+            evaluations of the same model, e.g. TTA) and `"info"` (JSON-able).
+        sources: Source names (`SOURCES`, `"all"`, `"a+b"` combinations).
+        runs: R >= 2 runs per source.
+        labels: (N,) integer test labels.
+        store: A `tf_dlthesis.experiments.ResultsStore` (or anything with
+            `has`/`get`/`record`); `None` keeps results in memory (no resume).
+        executor: `"local"` (process pool), `"ray"` or `"serial"`.
+        experiment: Experiment key in the store.
+        config: Extra JSON-able config identifying this protocol in the store
+            (model, epochs, ...); the source and onset are added to it.
+        base_plan: The plan all runs start from (`SeedPlan()` by default).
+        onset_epoch: Fig. 5.2's onset of nondeterminism (per-epoch sources only).
+        workers: Local pool size (default: CPU count, at most 2).
+        threads_per_run: TF intra/inter-op threads per run (`None`: TF default).
+        start_method: Local executor start method: `"forkserver"` (default on
+            POSIX: TF is imported once by the server) or `"spawn"`.
+        ray_address: Passed to `ray.init(address=...)` (`None`: local Ray).
+        num_classes: If given, checked against the logits' width.
+        bootstrap_samples: Resamples for the "±" error bars.
+        progress: Show a progress bar over runs.
+
+    Returns:
+        A `ProtocolResult`.
+
+    Raises:
+        ValueError: for an unknown source or executor, runs < 2, labels that are
+            not (N,) integers, or logits of the wrong shape or with NaNs.
+        ImportError: for `executor="ray"` without Ray installed.
+        RuntimeError: if a source that should stay fixed changed between runs.
+    """
+    if isinstance(sources, str):
+        raise TypeError(f"`sources` must be a list of source names, not a string. Received: sources={sources!r}")
+    sources = list(sources)
+    if not sources:
+        raise ValueError("`sources` must name at least one source.")
+    for source in sources:
+        parse_source(source)
+    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 2:
+        raise ValueError(f"`runs` must be an int >= 2 (a standard deviation needs two runs). Received: runs={runs!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"`executor` must be one of {EXECUTORS}. Received: executor={executor!r}")
+    if executor == "ray":
+        try:
+            importlib.import_module("ray")
+        except ImportError as exc:
+            raise ImportError(
+                "executor='ray' needs Ray, which is not installed. Install the extra: pip install 'tf-dlthesis[ray]'"
+            ) from exc
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"`labels` must be a 1-D integer array. Received: shape={lab.shape}, dtype={lab.dtype}")
+    base_plan = SeedPlan() if base_plan is None else base_plan
+    if not isinstance(base_plan, SeedPlan):
+        raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
+    if workers is None:
+        workers = max(1, min(2, os.cpu_count() or 1))
+    if start_method is None:
+        start_method = "forkserver" if sys.platform != "win32" else "spawn"
+    if store is None:
+        store = _MemoryStore()
+    config = dict(config or {})
+
+    def key(source):
+        return {**config, "source": source, "onset_epoch": int(onset_epoch)}
+
+    plans = {(s, r): base_plan.vary(s, r, onset_epoch=onset_epoch) for s in sources for r in range(int(runs))}
+    tasks = [(s, r, plans[(s, r)]) for s in sources for r in range(int(runs)) if not store.has(experiment, key(s), r)]
+
+    def on_done(source, run, result):
+        _validate_run(result, lab, num_classes, source, run)
+        if not store.has(experiment, key(source), run):
+            store.record(experiment, key(source), run, result)
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(tasks), desc=f"{experiment} runs", disable=not progress or not tasks, leave=False) as bar:
+        if tasks:
+            if executor == "serial":
+                from tf_dlthesis import runtime
+
+                previous = runtime.is_deterministic()
+                try:
+                    for source, run, plan in tasks:
+                        on_done(source, run, _run_one(train_fn, plan, None, global_seed=None))
+                        bar.update(1)
+                finally:
+                    runtime.configure(deterministic=previous)
+            elif executor == "local":
+                _executor_local(tasks, train_fn, threads_per_run, workers, start_method, on_done, bar)
+            else:
+                _executor_ray(tasks, train_fn, threads_per_run, ray_address, on_done, bar)
+
+    rows, logits, hashes = {}, {}, {}
+    for source in sources:
+        results = [store.get(experiment, key(source), r) for r in range(int(runs))]
+        for r, res in enumerate(results):
+            _validate_run(res, lab, num_classes, source, r)
+        hashes[source] = [(res.get("init_hash"), res.get("order_hash")) for res in results]
+        names = ["logits"] + sorted(k for k in results[0] if k.startswith(_VARIANT_PREFIX))
+        for name in names:
+            row = source if name == "logits" else f"{source}/{name[len(_VARIANT_PREFIX):]}"
+            stack = np.stack([np.asarray(res[name]) for res in results])
+            logits[row] = stack
+            rows[row] = variability_metrics(stack, lab, bootstrap_samples=bootstrap_samples)
+    _check_controls(hashes, int(onset_epoch))
+    return ProtocolResult(rows=rows, logits=logits, hashes=hashes, labels=lab)

@@ -1,0 +1,120 @@
+"""Test-time augmentation (TTA) by averaging logits over augmented views (Thesis Sec. 5.5, B.3).
+
+Views per mode (pad p, image H x W):
+
+* ``"none"``: the image itself (1 view);
+* ``"flip"``: the image and its horizontal mirror (2 views);
+* ``"crop"``: every H x W crop of the image zero-padded by p on each side,
+  (2p + 1)^2 views (81 for the CIFAR-10 setting p = 4);
+* ``"flip_crop"``: every crop and its mirror, 2 (2p + 1)^2 views (162);
+* ``"grid_crop"`` / ``"flip_grid_crop"``: the large-image variant of Sec. B.3
+  (ImageNet): a 3 x 3 grid of `crop_size` crops starting at the top-left corner,
+  `grid_spacing` pixels apart (9 or 18 views); the model sees `crop_size` inputs.
+
+The prediction is the mean of the views' logits (the thesis's ensemble rule).
+
+Reference: Thesis Ch. 5, Sec. 5.5 and App. B.3; arXiv:2103.04514.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TTA_MODES = ("none", "flip", "crop", "flip_crop", "grid_crop", "flip_grid_crop")
+
+
+def tta_views(mode: str, *, pad: int = 4, grid: int = 3, grid_spacing: int = 16) -> list[tuple[int, int, bool]]:
+    """The (row offset, column offset, flipped) triples of a TTA mode.
+
+    Offsets index the zero-padded image for the crop modes and the raw image for
+    the grid modes; ``len(tta_views("flip_crop", pad=4)) == 162``.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"`mode` must be one of {TTA_MODES}. Received: mode={mode!r}")
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"`pad` must be an int >= 0. Received: pad={pad!r}")
+    flips = (False, True) if mode.startswith("flip") else (False,)
+    if mode in ("none", "flip"):
+        offsets = [(pad, pad)]  # the unshifted image inside the padding
+    elif mode in ("crop", "flip_crop"):
+        offsets = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    else:
+        offsets = [(gy * grid_spacing, gx * grid_spacing) for gy in range(grid) for gx in range(grid)]
+    return [(dy, dx, f) for dy, dx in offsets for f in flips]
+
+
+def predict_tta(
+    model,
+    images,
+    mode: str = "flip",
+    pad: int = 4,
+    *,
+    batch_size: int = 512,
+    crop_size: int | None = None,
+    grid: int = 3,
+    grid_spacing: int = 16,
+) -> np.ndarray:
+    """Mean logits of `model` over the TTA views of `images`.
+
+    Example:
+
+    >>> # logits = predict_tta(model, x_test, mode="flip_crop", pad=4)  # 162 views on CIFAR
+
+    Args:
+        model: A callable Keras model mapping (B, h, w, C) images to logits.
+        images: (N, H, W, C) float images.
+        mode: One of `TTA_MODES`.
+        pad: Zero padding of the crop modes (4 for CIFAR-10, 1 for MNIST).
+        batch_size: Maximum number of view images per forward pass.
+        crop_size: Side of the grid-mode crops (required for the grid modes).
+        grid: Grid side of the grid modes (3 in the thesis).
+        grid_spacing: Pixel spacing of the grid crops (16 in the thesis).
+
+    Returns:
+        (N, num_classes) float64 mean logits.
+
+    Raises:
+        ValueError: for a bad mode, images that are not 4-D, or a grid that does
+            not fit the image.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"`images` must have shape (N, H, W, C). Received: shape={x.shape}")
+    views = tta_views(mode, pad=pad, grid=grid, grid_spacing=grid_spacing)
+    n, h, w, _ = x.shape
+    if mode in ("grid_crop", "flip_grid_crop"):
+        if crop_size is None or crop_size < 1:
+            raise ValueError(f"Grid TTA needs `crop_size` >= 1. Received: crop_size={crop_size!r}")
+        reach = (grid - 1) * grid_spacing + crop_size
+        if reach > min(h, w):
+            raise ValueError(
+                f"A {grid}x{grid} grid of {crop_size}px crops {grid_spacing}px apart needs {reach}px; images are {h}x{w}."
+            )
+        source, out_h, out_w = x, crop_size, crop_size
+    else:
+        source = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+        out_h, out_w = h, w
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+
+    def view(dy, dx, flip, lo, hi):
+        v = source[lo:hi, dy : dy + out_h, dx : dx + out_w]
+        return v[:, :, ::-1] if flip else v
+
+    total = None
+    per_chunk = max(1, batch_size // max(1, n))  # whole views per forward pass when N is small
+    if per_chunk > 1:
+        for start in range(0, len(views), per_chunk):
+            chunk = views[start : start + per_chunk]
+            batch = np.concatenate([view(dy, dx, f, 0, n) for dy, dx, f in chunk])
+            out = np.asarray(model.predict_on_batch(batch), dtype=np.float64).reshape(len(chunk), n, -1).sum(axis=0)
+            total = out if total is None else total + out
+    else:
+        for dy, dx, f in views:
+            parts = [
+                np.asarray(model.predict_on_batch(np.ascontiguousarray(view(dy, dx, f, lo, lo + batch_size))), dtype=np.float64)
+                for lo in range(0, n, batch_size)
+            ]
+            out = np.concatenate(parts)
+            total = out if total is None else total + out
+    return total / len(views)
