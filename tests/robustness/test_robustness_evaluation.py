@@ -1,0 +1,110 @@
+"""Evaluation against a model whose robust accuracy is known in closed form."""
+
+import keras
+import numpy as np
+import pytest
+
+from tf_dlthesis import robustness as R
+from tf_dlthesis.experiments.results_store import ResultsStore
+
+
+def _threshold_model(scale=10.0, softmax=False):
+    """One pixel v -> logits scale*(v - 0.5, 0.5 - v): class 0 iff v > 0.5."""
+    inp = keras.Input((1, 1, 1))
+    flat = keras.layers.Flatten()(inp)
+    dense = keras.layers.Dense(2, activation="softmax" if softmax else None)
+    out = dense(flat)
+    dense.set_weights([np.array([[scale, -scale]], np.float32), np.array([-scale / 2, scale / 2], np.float32)])
+    return keras.Model(inp, out)
+
+
+@pytest.fixture(scope="module")
+def data():
+    v = np.linspace(0.005, 0.995, 100).astype(np.float32)
+    return v.reshape(-1, 1, 1, 1), (v < 0.5).astype(np.int64)
+
+
+def _closed_form(v, eps):
+    return float((np.abs(v - 0.5) > eps).mean())  # the attack moves v toward 0.5 by eps
+
+
+def test_white_box_accuracy_matches_closed_form(data):
+    x, y = data
+    model = _threshold_model()
+    acc = R.evaluate_white_box(model, (x, y), ["natural", "fgsm", "pgd5", "pgd20"], epsilon=0.2, step_size=0.1,
+                               batch_size=32)
+    v = x.reshape(-1)
+    assert acc["natural"] == 1.0
+    for name in ("fgsm", "pgd5", "pgd20"):
+        assert abs(acc[name] - _closed_form(v, 0.2)) <= 0.011, (name, acc[name])
+
+
+def test_sample_and_dataset_input(data):
+    import tensorflow as tf
+    x, y = data
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    acc, details = R.evaluate_white_box(_threshold_model(), ds, ["natural", "fgsm"], epsilon=0.1,
+                                        sample={"fgsm": 30}, return_details=True)
+    assert len(details["natural"]) == 100 and len(details["fgsm"]) == 30
+
+
+def test_black_box_matrix_diagonal_is_white_box(data):
+    x, y = data
+    m1, m2 = _threshold_model(10.0), _threshold_model(-10.0)  # m2 is always wrong on clean data
+    table = R.black_box_matrix({"a": m1, "b": m2}, (x, y), "pgd10", epsilon=0.2, step_size=0.05, batch_size=50)
+    white = R.evaluate_white_box(m1, (x, y), ["pgd10"], epsilon=0.2, step_size=0.05, batch_size=50)["pgd10"]
+    assert table["a"]["a"] == pytest.approx(white)
+    assert set(table) == {"a", "b"} and set(table["a"]) == {"a", "b"}
+    # adversarial examples from the inverted model push away from 0.5: the true model stays correct
+    assert table["a"]["b"] == 1.0
+
+
+def test_logit_statistics_hand_computed(data):
+    x, y = data
+    stats = R.logit_statistics(_threshold_model(), (x, y), bins=10)
+    logits = 10.0 * np.stack([x.reshape(-1) - 0.5, 0.5 - x.reshape(-1)], -1)
+    assert stats["variance"] == pytest.approx(logits.var(), rel=1e-4)
+    assert stats["dynamic_range"] == pytest.approx(logits.max() - logits.min(), rel=1e-4)
+    assert stats["histogram"].sum() == logits.size
+
+
+def test_sanity_report_passes_and_flags_probabilities(data):
+    x, y = data
+    good = R.sanity_report(_threshold_model(), (x, y), epsilon=0.1, step_size=0.025)
+    assert good.passed, str(good)
+    bad = R.sanity_report(_threshold_model(softmax=True), (x, y), epsilon=0.1, step_size=0.025)
+    names = {c.name: c.passed for c in bad.checks}
+    assert names["outputs_logits"] is False and not bad.passed
+
+
+def test_per_example_results_resume_from_store(data, tmp_path):
+    x, y = data
+    store = ResultsStore(str(tmp_path / "r.sqlite"))
+    calls = []
+
+    def attack(model, xb, yb, seed):
+        calls.append(len(xb))
+        return xb
+
+    first = R.evaluate_white_box(_threshold_model(), (x, y), {"slow": attack}, batch_size=25, store=store,
+                                 store_key="m")
+    assert len(calls) == 4
+
+    def broken(model, xb, yb, seed):
+        raise AssertionError("must not be recomputed")
+
+    again = R.evaluate_white_box(_threshold_model(), (x, y), {"slow": broken}, batch_size=25, store=store,
+                                 store_key="m")
+    assert again == first
+    with pytest.raises(ValueError, match="store_key"):
+        R.evaluate_white_box(_threshold_model(), (x, y), ["natural"], store=store)
+
+
+def test_evaluation_bad_input(data):
+    x, y = data
+    with pytest.raises(ValueError, match="Unknown attack"):
+        R.evaluate_white_box(_threshold_model(), (x, y), ["cw"])
+    with pytest.raises(TypeError, match="dataset"):
+        R.evaluate_white_box(_threshold_model(), "digits", ["natural"])
+    with pytest.raises(ValueError, match="differ in length"):
+        R.evaluate_white_box(_threshold_model(), (x, y[:5]), ["natural"])

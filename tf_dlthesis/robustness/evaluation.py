@@ -1,0 +1,330 @@
+"""White-box / black-box evaluation, logit statistics and an attack sanity report (thesis Ch. 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from . import attacks as _attacks
+
+#: Columns of thesis Tables 3.1/3.3/3.5.
+WHITE_BOX_ATTACKS = ("natural", "fgsm", "pgd5", "pgd10", "pgd20")
+#: Columns of thesis Table 3.6.
+STRONG_ATTACKS = ("pgd20", "pgd1000", "spsa")
+_EVAL_EXPERIMENT = "robustness/per_example"
+
+
+def to_arrays(dataset, max_examples: int | None = None):
+    """``(x, y)`` numpy arrays from a ``(x, y)`` tuple or a (batched or unbatched) ``tf.data.Dataset``.
+
+    Integer images are scaled to ``[0, 1]`` floats; one-hot labels become sparse.
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if isinstance(dataset, tf.data.Dataset):
+        spec = dataset.element_spec
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            raise TypeError(f"Dataset elements must be (image, label) tuples. Received element_spec={spec}")
+        batched = spec[0].shape.rank == 4
+        ds = dataset if batched else dataset.batch(512)
+        xs, ys, n = [], [], 0
+        for xb, yb in ds.map(lambda *e: (e[0], e[1])):
+            xs.append(xb.numpy()), ys.append(yb.numpy())
+            n += len(xs[-1])
+            if max_examples is not None and n >= max_examples:
+                break
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    elif isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+        x, y = np.asarray(dataset[0]), np.asarray(dataset[1])
+    else:
+        raise TypeError(f"`dataset` must be a tf.data.Dataset or an (x, y) tuple. Received: {type(dataset).__name__}")
+    if len(x) != len(y):
+        raise ValueError(f"Images and labels differ in length. Received: {len(x)} images, {len(y)} labels")
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32) / 255.0
+    x = x.astype(np.float32, copy=False)
+    if y.ndim == 2:
+        y = y.argmax(-1)
+    y = y.astype(np.int64)
+    if max_examples is not None:
+        x, y = x[:max_examples], y[:max_examples]
+    return x, y
+
+
+def _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params):
+    if isinstance(attacks, str):
+        attacks = (attacks,)
+    if isinstance(attacks, dict):
+        out = {}
+        for name, fn in attacks.items():
+            out[name] = fn if callable(fn) else _attacks.make_attack(fn, epsilon=epsilon, step_size=step_size,
+                                                                    clip_range=clip_range, spsa_params=spsa_params)
+        return out
+    return {name: _attacks.make_attack(name, epsilon=epsilon, step_size=step_size, clip_range=clip_range,
+                                       spsa_params=spsa_params) for name in attacks}
+
+
+def _predict(model, x, batch_size):
+    fn = _attacks.inference_fn(model)
+    return np.concatenate([np.asarray(fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)])
+
+
+def per_example_correct(model, x, y, attack, *, batch_size=128, seed=0, store=None, store_key=None,
+                        store_config=None, progress=None):
+    """Per-example correctness (bool array) of ``model`` on ``attack(model, x, y, seed)``.
+
+    With ``store`` (a ``ResultsStore``) each batch's result is recorded under
+    ``("robustness/per_example", {model: store_key, **store_config}, batch_index)``
+    and batches already recorded are skipped, so an interrupted long evaluation
+    (PGD-1000, SPSA) resumes where it stopped.
+    """
+    out = []
+    seed = int(seed)
+    for b, i in enumerate(range(0, len(x), batch_size)):
+        cfg = None
+        if store is not None:
+            cfg = {"model": store_key, "n": int(len(x)), "batch_size": int(batch_size), "seed": seed,
+                   **(store_config or {})}
+            hit = store.get(_EVAL_EXPERIMENT, cfg, b)
+            if hit is not None:
+                out.append(np.asarray(hit["correct"], bool))
+                continue
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        adv = attack(model, tf.constant(xb), tf.constant(yb), tf.constant([seed, b], tf.int64))
+        pred = np.asarray(_attacks.inference_fn(model)(adv)).argmax(-1)
+        correct = pred == yb
+        if store is not None:
+            store.record(_EVAL_EXPERIMENT, cfg, b, {"correct": correct.astype(np.int8)})
+        out.append(correct)
+        if progress is not None:
+            progress(b)
+    return np.concatenate(out) if out else np.zeros([0], bool)
+
+
+def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: float = 0.03,
+                       step_size: float = 0.0078, clip_range=(0.0, 1.0), batch_size: int = 128, seed: int = 0,
+                       max_examples: int | None = None, sample: dict | None = None, spsa_params: dict | None = None,
+                       store=None, store_key: str | None = None, return_details: bool = False):
+    """White-box accuracy of ``model`` under each attack (a row of thesis Tables 3.1/3.3/3.5/3.6).
+
+    Example:
+        >>> evaluate_white_box(model, (x_test, y_test), ["natural", "fgsm", "pgd10"], epsilon=0.03)
+        {'natural': 0.87, 'fgsm': 0.06, 'pgd10': 0.0}
+
+    Args:
+        model: Keras model returning logits (or ``RobustModel``).
+        dataset: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(image, label)``.
+        attacks: names from ``ATTACK_NAMES`` / ``"pgd<N>"``, or a dict name ->
+            name or ``fn(model, x, y, seed)``.
+        epsilon, step_size, clip_range: attack settings (thesis: 0.03, 0.0078).
+        batch_size: attack batch size.
+        seed: base seed (batch b uses ``[seed, b]``).
+        max_examples: evaluate the first N examples only.
+        sample: ``{attack_name: n}`` evaluates that attack on a fixed random
+            subsample of n examples (SPSA on 1,000 images in the thesis).
+        spsa_params: passed to :func:`tf_dlthesis.robustness.spsa`.
+        store, store_key: record per-example results (resumable); ``store_key``
+            names the model and is required with ``store``.
+        return_details: also return per-example correctness arrays.
+
+    Returns:
+        ``{attack: accuracy in [0, 1]}`` (and ``{attack: bool array}`` if
+        ``return_details``).
+
+    Raises:
+        ValueError: unknown attack, ``store`` without ``store_key``.
+
+    Reference:
+        Thesis Sec. 3.5, Tables 3.1, 3.3, 3.5, 3.6.
+    """
+    if store is not None and not store_key:
+        raise ValueError(f"`store_key` (a name for the model) is required with `store`. Received: store_key={store_key!r}")
+    x, y = to_arrays(dataset, max_examples)
+    fns = _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params)
+    sample = dict(sample or {})
+    unknown = set(sample) - set(fns)
+    if unknown:
+        raise ValueError(f"`sample` names attacks not evaluated: {sorted(unknown)}")
+    acc, details = {}, {}
+    for name, fn in fns.items():
+        xs, ys = x, y
+        if name in sample and sample[name] < len(x):
+            idx = np.sort(np.random.default_rng(seed).permutation(len(x))[: int(sample[name])])
+            xs, ys = x[idx], y[idx]
+        cfg = {"attack": name, "epsilon": float(epsilon), "step_size": float(step_size),
+               "clip_range": list(clip_range) if clip_range else None, "sample": int(len(xs)),
+               "spsa": dict(spsa_params or {}) if name == "spsa" else None}
+        correct = per_example_correct(model, xs, ys, fn, batch_size=batch_size, seed=seed, store=store,
+                                      store_key=store_key, store_config=cfg)
+        acc[name] = float(correct.mean()) if len(correct) else float("nan")
+        details[name] = correct
+    return (acc, details) if return_details else acc
+
+
+def black_box_matrix(models: dict, dataset, attack: str = "pgd10", *, targets: dict | None = None,
+                     epsilon: float = 0.03, step_size: float = 0.0078, clip_range=(0.0, 1.0),
+                     batch_size: int = 128, seed: int = 0, max_examples: int | None = None):
+    """Black-box transfer accuracy: adversarial examples from each source, evaluated on each target.
+
+    Example:
+        >>> black_box_matrix({"pgd": m1, "alp": m2}, (x, y), targets={"pgd": t1, "alp": t2})
+
+    Args:
+        models: ``{name: source model}``.
+        dataset: ``(x, y)`` or ``tf.data.Dataset``.
+        attack: attack name used on the sources (thesis: PGD-10).
+        targets: ``{name: target model}``; defaults to ``models`` (the thesis
+            uses independently trained targets, see Table 3.2).
+        epsilon, step_size, clip_range, batch_size, seed, max_examples: as in
+            :func:`evaluate_white_box`.
+
+    Returns:
+        ``{target: {source: accuracy}}`` (rows = targets, columns = sources, as
+        in thesis Tables 3.2/3.4).
+
+    Raises:
+        ValueError: empty ``models`` or unknown attack.
+    """
+    if not models:
+        raise ValueError("`models` must be a non-empty dict of source models.")
+    targets = models if targets is None else targets
+    x, y = to_arrays(dataset, max_examples)
+    fn = _resolve_attacks((attack,), epsilon, step_size, clip_range, None)[attack]
+    table = {t: {} for t in targets}
+    for s_name, source in models.items():
+        advs = [np.asarray(fn(source, tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
+                              tf.constant([seed, b], tf.int64)))
+                for b, i in enumerate(range(0, len(x), batch_size))]
+        adv = np.concatenate(advs)
+        for t_name, target in targets.items():
+            table[t_name][s_name] = float((_predict(target, adv, batch_size).argmax(-1) == y).mean())
+    return table
+
+
+def logit_statistics(model, dataset, *, bins: int = 60, value_range=None, attack: str | None = None,
+                     epsilon: float = 0.03, step_size: float = 0.0078, clip_range=(0.0, 1.0),
+                     batch_size: int = 256, seed: int = 0, max_examples: int | None = None):
+    """Statistics of the logits on a test set (thesis Figs. 3.1 left, 3.2 right).
+
+    Args:
+        model: model returning logits.
+        dataset: ``(x, y)`` or ``tf.data.Dataset``.
+        bins, value_range: histogram settings (``value_range`` defaults to the data range).
+        attack: optional attack name; statistics are then on adversarial examples
+            (Fig. 3.2 bottom right uses PGD).
+        epsilon, step_size, clip_range, batch_size, seed, max_examples: attack / data settings.
+
+    Returns:
+        dict with ``variance`` (of all N*C logits; thesis: 8.31 PGD vs 4.02 ALP),
+        ``mean``, ``std``, ``dynamic_range`` (max - min logit; thesis: ~20 vs ~1.2
+        with label smoothing 0.75), ``central_range`` (99.5th - 0.5th percentile),
+        ``histogram`` (counts) and ``bin_edges``, ``logits`` (N, C).
+    """
+    x, y = to_arrays(dataset, max_examples)
+    if attack is not None and attack != "natural":
+        fn = _resolve_attacks((attack,), epsilon, step_size, clip_range, None)[attack]
+        x = np.concatenate([np.asarray(fn(model, tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
+                                          tf.constant([seed, b], tf.int64)))
+                            for b, i in enumerate(range(0, len(x), batch_size))])
+    logits = _predict(model, x, batch_size)
+    flat = logits.reshape(-1).astype(np.float64)
+    counts, edges = np.histogram(flat, bins=bins, range=value_range)
+    lo, hi = np.percentile(flat, [0.5, 99.5])
+    return {"variance": float(flat.var()), "mean": float(flat.mean()), "std": float(flat.std()),
+            "dynamic_range": float(flat.max() - flat.min()), "central_range": float(hi - lo),
+            "histogram": counts, "bin_edges": edges, "logits": logits}
+
+
+@dataclasses.dataclass
+class SanityCheck:
+    """One check of :func:`sanity_report`."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class SanityReport:
+    """Result of :func:`sanity_report`: the checks and the accuracies they used."""
+
+    checks: list
+    accuracies: dict
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def __str__(self):
+        lines = [f"[{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0.0078, clip_range=(0.0, 1.0),
+                  epsilons=None, large_epsilon: float | None = None, large_epsilon_max_accuracy: float = 0.05,
+                  transfer_source=None, spsa_params: dict | None = None, tolerance: float = 0.02,
+                  max_examples: int = 256, batch_size: int = 128, seed: int = 0) -> SanityReport:
+    """Sanity checks on an attack evaluation, in the spirit of Carlini et al. 2019.
+
+    Checks: the model outputs logits, not probabilities; iterative PGD-10 is at
+    least as strong as FGSM; more PGD steps are never weaker (5 -> 10 -> 20);
+    PGD success grows with epsilon and reaches ~100% (accuracy <=
+    ``large_epsilon_max_accuracy``) at a large epsilon (default: half the
+    clip range); the gradient-free SPSA attack (if ``spsa_params`` is given) and a
+    transfer attack from ``transfer_source`` (if given) are not stronger than
+    white-box PGD.  Each comparison allows ``tolerance`` (accuracy units).
+
+    Returns:
+        :class:`SanityReport` (``report.passed``, ``str(report)``).
+
+    Reference:
+        Carlini et al., "On Evaluating Adversarial Robustness", https://arxiv.org/abs/1902.06705.
+    """
+    x, y = to_arrays(dataset, max_examples)
+    lo, hi = clip_range
+    large_epsilon = (hi - lo) / 2 if large_epsilon is None else large_epsilon
+    epsilons = list(epsilons) if epsilons is not None else [epsilon / 2, epsilon, 2 * epsilon, 4 * epsilon]
+    checks = []
+    probs = _predict(model, x[:batch_size], batch_size)
+    is_prob = bool(np.all(probs >= 0) and np.all(probs <= 1) and np.allclose(probs.sum(-1), 1.0, atol=1e-3))
+    checks.append(SanityCheck("outputs_logits", not is_prob,
+                              "model outputs probabilities (rows in [0,1] summing to 1): return logits, softmax "
+                              "saturation masks gradients" if is_prob else "outputs are not a probability simplex"))
+
+    def acc(name, eps=epsilon, step=step_size, model_=model, params=None):
+        res = evaluate_white_box(model_, (x, y), (name,), epsilon=eps, step_size=min(step, eps),
+                                 clip_range=clip_range, batch_size=batch_size, seed=seed, spsa_params=params)
+        return res[name]
+
+    a = {n: acc(n) for n in ("natural", "fgsm", "pgd5", "pgd10", "pgd20")}
+    checks.append(SanityCheck("iterative_beats_single_step", a["pgd10"] <= a["fgsm"] + tolerance,
+                              f"PGD-10 {a['pgd10']:.3f} vs FGSM {a['fgsm']:.3f}"))
+    checks.append(SanityCheck("more_steps_not_weaker",
+                              a["pgd10"] <= a["pgd5"] + tolerance and a["pgd20"] <= a["pgd10"] + tolerance,
+                              f"PGD-5/10/20 {a['pgd5']:.3f}/{a['pgd10']:.3f}/{a['pgd20']:.3f}"))
+    sweep = [acc("pgd10", e, max(step_size * e / epsilon, e / 4)) for e in epsilons]
+    mono = all(b <= c + tolerance for c, b in zip(sweep, sweep[1:]))
+    checks.append(SanityCheck("success_grows_with_epsilon", mono,
+                              "PGD-10 accuracy at eps " + ", ".join(f"{e:.3g}: {v:.3f}" for e, v in zip(epsilons, sweep))))
+    big = acc("pgd20", large_epsilon, large_epsilon / 8)
+    a[f"pgd20@{large_epsilon:.3g}"] = big
+    checks.append(SanityCheck("large_epsilon_reaches_full_success", big <= large_epsilon_max_accuracy,
+                              f"PGD-20 accuracy {big:.3f} at eps {large_epsilon:.3g} (want <= {large_epsilon_max_accuracy})"))
+    if spsa_params is not None:
+        a["spsa"] = acc("spsa", params=spsa_params)
+        checks.append(SanityCheck("gradient_free_not_stronger", a["spsa"] >= a["pgd20"] - tolerance,
+                                  f"SPSA {a['spsa']:.3f} vs PGD-20 {a['pgd20']:.3f} (lower SPSA suggests gradient masking)"))
+    if transfer_source is not None:
+        t = black_box_matrix({"source": transfer_source}, (x, y), "pgd10", targets={"target": model},
+                             epsilon=epsilon, step_size=step_size, clip_range=clip_range, batch_size=batch_size,
+                             seed=seed)["target"]["source"]
+        a["transfer_pgd10"] = t
+        checks.append(SanityCheck("transfer_not_stronger", t >= a["pgd10"] - tolerance,
+                                  f"transfer PGD-10 {t:.3f} vs white-box PGD-10 {a['pgd10']:.3f}"))
+    for e, v in zip(epsilons, sweep):
+        a[f"pgd10@{e:.3g}"] = v
+    return SanityReport(checks, a)
+
