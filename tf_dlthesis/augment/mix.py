@@ -1,0 +1,280 @@
+"""`mix_pair` and `mix_batch`: the pure, vectorized mixing functions (Thesis Sec. 2.3).
+
+Both are thin front ends over one vectorized core that mixes a batch of pairs
+(x1[b], x2[b]) with per-pair randomness from one stateless seed; they run eagerly, in
+`tf.data` maps, in `tf.function` and under XLA (`jit_compile=True`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tf_dlthesis.augment import _masks as M
+from tf_dlthesis.augment.methods import METHODS, get_method, resolve
+
+_PAIRINGS = ("permute", "reverse")
+
+
+def as_seed(seed, name="seed"):
+    """A shape-[2] int64 stateless seed from an int, a pair, or an integer tensor."""
+    if seed is None:
+        raise ValueError(f"`{name}` is required (stateless randomness): pass an int or a "
+                         f"shape-[2] integer tensor. Received: {name}=None")
+    if isinstance(seed, bool):
+        raise TypeError(f"`{name}` must be an int or a shape-[2] integer tensor. "
+                        f"Received: {name}={seed!r}")
+    if isinstance(seed, (int, np.integer)):
+        return tf.constant([int(seed), 0], tf.int64)
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise TypeError(f"`{name}` must be integer-valued. Received dtype {seed.dtype.name} "
+                        f"for {name}={seed!r}")
+    if seed.shape.rank is not None and seed.shape != (2,):
+        raise ValueError(f"`{name}` tensor must have shape [2]. Received shape "
+                         f"{seed.shape} for {name}.")
+    return tf.cast(seed, tf.int64)
+
+
+def _images(x, rank, name):
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != rank:
+        what = "(batch, height, width, channels)" if rank == 4 else "(height, width, channels)"
+        raise ValueError(f"`{name}` must have rank {rank} {what}. Received shape {x.shape} "
+                         f"for {name}.")
+    if not (x.dtype.is_floating or x.dtype.is_integer) or x.dtype == tf.bool:
+        raise TypeError(f"`{name}` must be a float or integer (e.g. uint8) tensor. "
+                        f"Received dtype {x.dtype.name}.")
+    return x
+
+
+def _is_eager(t):
+    return tf.executing_eagerly() and hasattr(t, "numpy")
+
+
+def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
+    """Sparse int labels -> one-hot float32; float one-hot/soft labels pass through."""
+    labels = tf.convert_to_tensor(labels)
+    if num_classes is not None and (isinstance(num_classes, bool)
+                                    or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"`num_classes` must be a positive int. Received: "
+                         f"num_classes={num_classes!r}")
+    if labels.dtype.is_integer:
+        if labels.shape.rank != sparse_rank:
+            raise ValueError(f"Sparse integer `{name}` must have rank {sparse_rank}; one-hot or "
+                             f"soft labels must be float. Received shape {labels.shape}, dtype "
+                             f"{labels.dtype.name}.")
+        if num_classes is None:
+            raise ValueError(f"Sparse integer `{name}` need `num_classes=` to be one-hot "
+                             f"encoded. Received: num_classes=None")
+        if _is_eager(labels):
+            values = labels.numpy()
+            if values.size and (values.min() < 0 or values.max() >= num_classes):
+                raise ValueError(f"`{name}` out of range for num_classes={num_classes}: "
+                                 f"expected values in [0, {num_classes - 1}]. Received min "
+                                 f"{values.min()}, max {values.max()}.")
+            deps = []
+        else:
+            deps = [tf.debugging.assert_non_negative(labels, message=f"{name} out of range"),
+                    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype),
+                                             message=f"{name} >= num_classes={num_classes}")]
+        with tf.control_dependencies(deps):
+            return tf.one_hot(labels, num_classes, dtype=tf.float32)
+    if not labels.dtype.is_floating:
+        raise TypeError(f"`{name}` must be integer (sparse) or float (one-hot/soft). "
+                        f"Received dtype {labels.dtype.name}.")
+    if labels.shape.rank != sparse_rank + 1:
+        raise ValueError(f"One-hot/soft `{name}` must have rank {sparse_rank + 1}. Received "
+                         f"shape {labels.shape}.")
+    if num_classes is not None and labels.shape[-1] is not None and labels.shape[-1] != num_classes:
+        raise ValueError(f"`{name}` have {labels.shape[-1]} classes but num_classes="
+                         f"{num_classes}.")
+    return labels
+
+
+def mix_pairs(x1, y1, x2, y2, names, params, seed):
+    """Core: mix pairs (x1[b], x2[b]) (float32 (B,H,W,C)) and (y1[b], y2[b]) (float (B,K)).
+
+    `names`/`params` come from `methods.resolve`; with several names each pair draws
+    one method uniformly at random.
+    """
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=len(names) + 1,
+                                                              alg="philox"),
+                       num=len(names) + 1)
+    specs = [get_method(n) for n in names]
+    centred = None
+    if any(s.center for s in specs):
+        mu1 = tf.reduce_mean(x1, axis=[1, 2, 3], keepdims=True)
+        mu2 = tf.reduce_mean(x2, axis=[1, 2, 3], keepdims=True)
+        centred = (x1 - mu1, x2 - mu2, mu1, mu2)
+
+    def inputs(spec):
+        return (centred[0], centred[1]) if spec.center else (x1, x2)
+
+    plans = [spec.plan(s, *inputs(spec), params[spec.name]) for spec, s in zip(specs, seeds[1:])]
+    if len(plans) == 1:
+        return M.mix(*inputs(specs[0]), plans[0], y1, y2)
+
+    # Several methods: every pair picks one; select its plan element-wise (exact: the
+    # selector is 0/1, so a selected weight is copied bit-for-bit).
+    k = len(plans)
+    b = tf.shape(x1)[0]
+    choice = tf.minimum(tf.cast(tf.floor(M.uniform(seeds[0], [b]) * k), tf.int32), k - 1)
+    sel = tf.one_hot(choice, k, dtype=tf.float32)
+    full_c = tf.shape(x1)[3] if any(p.weight.shape[3] != 1 for p in plans) else 1
+    full = tf.stack([b, tf.shape(x1)[1], tf.shape(x1)[2], full_c])
+    weight = 0.0
+    label = 0.0
+    scale = 0.0
+    centre_flag = 0.0
+    rows, cols = None, None
+    for i, (spec, plan) in enumerate(zip(specs, plans)):
+        on = sel[:, i]
+        weight += M.per_pair(on) * tf.broadcast_to(plan.weight, full)
+        lab = plan.label if plan.label is not None else tf.reduce_mean(plan.weight, [1, 2, 3])
+        label += on * lab
+        scale += on * (plan.scale if plan.scale is not None else 1.0)
+        if spec.center:
+            centre_flag += on
+        pick = tf.equal(choice, i)[:, None]
+        if plan.source_rows is not None:
+            base = rows if rows is not None else M.index_range(tf.shape(x1)[1]) + tf.zeros(
+                tf.stack([b, 1]), tf.int32)
+            rows = tf.where(pick, plan.source_rows, base)
+        if plan.source_cols is not None:
+            base = cols if cols is not None else M.index_range(tf.shape(x1)[2]) + tf.zeros(
+                tf.stack([b, 1]), tf.int32)
+            cols = tf.where(pick, plan.source_cols, base)
+    a, c = x1, x2
+    if centred is not None:
+        flag = M.per_pair(centre_flag)
+        a = x1 - flag * centred[2]
+        c = x2 - flag * centred[3]
+    plan = M.MixPlan(weight=weight, label=label, scale=scale, source_rows=rows, source_cols=cols)
+    return M.mix(a, c, plan, y1, y2)
+
+
+def _out_dtype(x):
+    return x.dtype if x.dtype.is_floating else tf.float32
+
+
+def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=None, **params):
+    """Mixes every example of a batch with a partner from the same batch.
+
+    Each output example b mixes images[b] (x1) with images[partner[b]] (x2) by one of
+    the Sec. 2.3 methods, with its own random coefficients; the output label is the
+    fraction each input contributes (the realised mask mean for mask methods, lambda
+    for mixup/BC/BC+/noisy mixup). Works in eager mode, inside `tf.function`,
+    `tf.data` and XLA (`jit_compile=True`). A seed gives the same output in eager and
+    graph mode; under XLA the output is deterministic too but differs, because XLA's
+    Philox kernel orders its random stream differently.
+
+    BC+ and VH-BC+ zero-mean each image (and VH-BC+ does so before concatenating), so
+    a model trained with them should also see per-image zero-mean images at test time,
+    as in the authors' preprocessing.
+
+    Example:
+
+    >>> x = tf.random.uniform([8, 32, 32, 3])
+    >>> y = tf.one_hot(tf.range(8) % 10, 10)
+    >>> xm, ym = mix_batch(x, y, "vh_mixup", seed=tf.constant([0, 1]))
+
+    Args:
+        images: (B, H, W, C) float or integer (e.g. uint8) images, B >= 2.
+        labels: (B, K) one-hot/soft float labels, or (B,) sparse int labels (then
+            `num_classes` is required).
+        method: a name in `METHODS` (or a list of names: each pair then draws one).
+        seed: int or shape-[2] integer tensor (may be a traced tensor).
+        pairing: "permute" (a random permutation, as in mixup) or "reverse".
+        num_classes: number of classes for sparse labels.
+        **params: method hyperparameters (thesis defaults): `alpha=1.0` (lambda ~
+            Beta(alpha, alpha)); `epsilon=1e-3` (BC+ std guard); `p=0.5` (Random 2x2
+            grid lines in the middle p of each axis); `size=0.5` (Random Square side:
+            float fraction of min(H, W), i.e. 16 px on 32x32, or int pixels);
+            `source="random"` (Random Square/intervals: x2 region drawn at random, or
+            "same"); `noise_std=0.025` and `noisy_label="lambda"` (noisy mixup).
+
+    Returns:
+        (images, labels): mixed images (input float dtype; float32 for integer input;
+        BC+ outputs are zero-mean, not in [0, 1]) and soft labels (B, K).
+
+    Raises:
+        ValueError: unknown method (with a suggestion), wrong rank, batch of 1, bad
+            hyperparameter, sparse labels without `num_classes` or out of range.
+        TypeError: unexpected hyperparameter, non-numeric images/labels.
+
+    Reference:
+        Thesis Sec. 2.3; Summers & Dinneen, WACV 2019, https://arxiv.org/abs/1805.11272
+    """
+    names, full = resolve(method, params)
+    images = _images(images, 4, "images")
+    if pairing not in _PAIRINGS:
+        raise ValueError(f"`pairing` must be one of {_PAIRINGS}. Received: pairing={pairing!r}")
+    soft = labels_to_soft(labels, num_classes, 1)
+    b_static = images.shape[0]
+    if b_static is not None and b_static < 2:
+        raise ValueError(f"Batch mode needs at least 2 examples to pair; received a batch of "
+                         f"{b_static} (images shape {images.shape}).")
+    if b_static is not None and soft.shape[0] is not None and soft.shape[0] != b_static:
+        raise ValueError(f"images and labels disagree on batch size: {images.shape} vs "
+                         f"{tf.convert_to_tensor(labels).shape}.")
+    x, y = batch_core(tf.cast(images, tf.float32), soft, names, full, as_seed(seed), pairing)
+    return tf.cast(x, _out_dtype(images)), y
+
+
+def batch_core(x1, soft, names, full, seed, pairing):
+    """Validated-input core of `mix_batch`: x1 float32 (B,H,W,C), soft labels (B,K)."""
+    s_pair, s_mix = tf.unstack(tf.random.experimental.stateless_split(seed, num=2, alg="philox"),
+                               num=2)
+    b = tf.shape(x1)[0]
+    if pairing == "permute":
+        partner = tf.argsort(tf.random.stateless_uniform([b], s_pair, alg="philox"), stable=True)
+    else:
+        partner = tf.reverse(tf.range(b), [0])
+    x2 = tf.gather(x1, partner)
+    y2 = tf.gather(soft, partner)
+    return mix_pairs(x1, soft, x2, y2, names, full, s_mix)
+
+
+def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
+    """Mixes one pair of examples (Eq. 2.2): (x, y) = f((x1, y1), (x2, y2)).
+
+    Example:
+
+    >>> x, y = mix_pair(img_a, tf.one_hot(3, 10), img_b, tf.one_hot(7, 10),
+    ...                 "vertical_concat", seed=42)
+
+    Args:
+        x1, x2: (H, W, C) images of equal shape (float or integer).
+        y1, y2: (K,) one-hot/soft float labels, or int scalars with `num_classes`.
+        method: a name in `METHODS` or a list of names (one is drawn).
+        seed: int or shape-[2] integer tensor.
+        num_classes: number of classes for sparse labels.
+        **params: method hyperparameters, as in `mix_batch`.
+
+    Returns:
+        (image (H, W, C), label (K,)).
+
+    Raises:
+        ValueError / TypeError: as `mix_batch`, plus mismatched image or label shapes.
+
+    Reference:
+        Thesis Sec. 2.3; https://arxiv.org/abs/1805.11272
+    """
+    names, full = resolve(method, params)
+    x1 = _images(x1, 3, "x1")
+    x2 = _images(x2, 3, "x2")
+    if x1.shape != x2.shape:
+        raise ValueError(f"x1 and x2 must have the same shape. Received {x1.shape} and "
+                         f"{x2.shape}.")
+    s1 = labels_to_soft(y1, num_classes, 0, "y1")
+    s2 = labels_to_soft(y2, num_classes, 0, "y2")
+    if s1.shape != s2.shape:
+        raise ValueError(f"y1 and y2 must have the same shape. Received {s1.shape} and "
+                         f"{s2.shape}.")
+    x, y = mix_pairs(tf.cast(x1, tf.float32)[None], s1[None], tf.cast(x2, tf.float32)[None],
+                     s2[None], names, full, as_seed(seed))
+    return tf.cast(x[0], _out_dtype(x1)), y[0]
+
+
+__all__ = ["METHODS", "mix_batch", "mix_pair"]
