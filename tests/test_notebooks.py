@@ -19,7 +19,6 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
     monkeypatch.setenv("TF_DLTHESIS_TINY", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()

@@ -33,6 +33,9 @@ import random
 import numpy as np
 import tensorflow as tf
 
+# TF exports `enable_op_determinism` but neither its inverse nor the query; both live here.
+from tensorflow.python.framework import config as _tf_config
+
 _XLA_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 _STATE: dict = {"seed": None, "deterministic": False, "jit": None}
 
@@ -90,8 +93,6 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
         if _XLA_DETERMINISTIC_FLAG not in flags:
             flags.append(_XLA_DETERMINISTIC_FLAG)
     else:
-        from tensorflow.python.framework import config as _tf_config  # only public toggle-off
-
         _tf_config.disable_op_determinism()
         os.environ.pop("TF_DETERMINISTIC_OPS", None)
         os.environ.pop("TF_CUDNN_DETERMINISTIC", None)
@@ -127,5 +128,5 @@ def jit_compile() -> bool:
 
 
 def is_deterministic() -> bool:
-    """Whether `configure(deterministic=True)` is in force."""
-    return bool(_STATE["deterministic"])
+    """Whether TF op determinism is on (by `configure` or a direct TF call)."""
+    return bool(_tf_config.is_op_determinism_enabled())

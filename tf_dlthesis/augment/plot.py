@@ -49,8 +49,6 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, **par
     Reference:
         Thesis Figure 2.2, Sec. 2.3.
     """
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from tf_dlthesis.augment.methods import default_params
 

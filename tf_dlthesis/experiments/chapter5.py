@@ -387,9 +387,6 @@ def table_5_3(scale, dataset, store, *, out=None):
 
 @register("fig5.2", title="Onset of nondeterminism", chapter=5, quick_minutes=0.7)
 def figure_5_2(scale, dataset, store, *, out=None):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cfg = scale_settings(scale, dataset)
