@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _common import sgd_train_step  # noqa: E402
 from tf_dlthesis import models  # noqa: E402
 from tf_dlthesis.augment import METHODS, MixedExample, mix_dataset  # noqa: E402
 
@@ -103,20 +104,14 @@ def bench_layer(rounds, steps, depth):
     x = tf.random.stateless_uniform((BATCH,) + SHAPE, [0, 0])
     y = tf.one_hot(tf.range(BATCH) % CLASSES, CLASSES)
 
-    def make(mix):
-        @tf.function
-        def step(x, y):
-            if mix:
-                batch = mixer({"images": x, "labels": y}, training=True)
-                x, y = batch["images"], batch["labels"]
-            with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-        return step
+    def mix(x, y):
+        batch = mixer({"images": x, "labels": y}, training=True)
+        return batch["images"], batch["labels"]
 
-    fns = {"train step": make(False), "train step + MixedExample": make(True)}
+    fns = {
+        "train step": sgd_train_step(model, opt, loss_fn),
+        "train step + MixedExample": sgd_train_step(model, opt, loss_fn, before=mix),
+    }
     for f in fns.values():
         f(x, y).numpy()
     times = {k: [] for k in fns}

@@ -27,6 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _common import sgd_train_step  # noqa: E402
 from tf_dlthesis import models  # noqa: E402
 from tf_dlthesis.normalization import patch_model, sweep_example_weight  # noqa: E402
 
@@ -35,16 +36,7 @@ def _step_fn(model, jit):
     opt = keras.optimizers.SGD(0.01)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     opt.build(model.trainable_variables)
-
-    @tf.function(jit_compile=jit)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    return step
+    return sgd_train_step(model, opt, loss_fn, jit=jit)
 
 
 def _time(fn, args, iters):
@@ -84,16 +76,7 @@ def _tfk_step(model):
 
     opt = tf_keras.optimizers.SGD(0.01)
     loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    return step
+    return sgd_train_step(model, opt, loss_fn)
 
 
 def main(argv=None):

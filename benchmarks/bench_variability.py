@@ -73,7 +73,6 @@ def bench_correlation(quick: bool):
 
 
 def _gram_cka_explicit_h(x, y):
-    n = x.shape[0]
     k, l = x @ x.T, y @ y.T
     kc = k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()  # H K H without forming H
     lc = l - l.mean(0, keepdims=True) - l.mean(1, keepdims=True) + l.mean()

@@ -1,6 +1,5 @@
 """Executes every notebook end to end at a tiny size (TF_DLTHESIS_TINY=1)."""
 
-import os
 import pathlib
 
 import pytest

@@ -22,24 +22,19 @@ def _writable_dir(path: str) -> str:
     return path
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _positive(kind):
+    """argparse type: a number of `kind` (int or float) that is > 0."""
 
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,11 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", default=None)
     train.add_argument("--model", default="cnn", help="linear, mlp, conv1, cnn, preact_resnet6|8|10|14|18")
     train.add_argument("--norm", default="batch", help="batch, none, group:G, ghost:B, batch_group:G:B, ...")
-    train.add_argument("--epochs", type=_positive_int, default=20)
-    train.add_argument("--batch-size", type=_positive_int, default=64)
-    train.add_argument("--lr", type=_positive_float, default=0.05)
+    train.add_argument("--epochs", type=_positive(int), default=20)
+    train.add_argument("--batch-size", type=_positive(int), default=64)
+    train.add_argument("--lr", type=_positive(float), default=0.05)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--image-size", type=_positive_int, default=None, help="resize images (e.g. 32)")
+    train.add_argument("--image-size", type=_positive(int), default=None, help="resize images (e.g. 32)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--deterministic", action="store_true", help="enable TF op determinism")
     train.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out")
@@ -111,7 +106,7 @@ def main(argv=None) -> int:
     """Entry point of `tf-dlthesis`."""
     args = _parser().parse_args(argv)
     with _quiet_native_stderr():
-        import tensorflow  # noqa: F401
+        import tensorflow  # noqa: F401  (imported here, quietly, before the subpackages)
 
     from tf_dlthesis import data, experiments, models, runtime
 

@@ -1,6 +1,5 @@
 import os
 
-import numpy as np
 import pytest
 
 from tf_dlthesis import runtime
