@@ -215,7 +215,7 @@ def fmt(value) -> str:
             return f"{value:.1f}"
         if a >= 1:
             return f"{value:.2f}"
-        return f"{value:.4f}"
+        return f"{value:.4g}"  # 0.1, 0.0074, 0.8716: significant digits, no padding
     if isinstance(value, (list, tuple)):
         return ", ".join(fmt(v) for v in value)
     return str(value)
