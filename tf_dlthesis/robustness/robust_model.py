@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tf_dlthesis.augment import mix_batch  # robustness may use augment (DESIGN.md: LRM's VH-mixup)
+
 from . import attacks as _attacks
 from .losses import decoupled_parts, label_smoothing_cross_entropy, logit_pairing, logit_squeezing
 
@@ -126,7 +128,6 @@ class RobustModel(keras.Model):
         self.seed = int(seed)
         self.defense_params = params
         self.attack_trace_count = 0  # incremented only when the attack is traced (Python side effect)
-        self._mix_fn = None
         if model.built:
             self.built = True
 
@@ -171,14 +172,10 @@ class RobustModel(keras.Model):
         method = self.defense_params["mixing"]
         if method is None:
             return x, y
-        if self._mix_fn is None:
-            from tf_dlthesis.augment import mix_batch  # robustness may use augment (DESIGN.md)
-
-            self._mix_fn = mix_batch
         num_classes = self.model.output_shape[-1]
         if y.shape.rank == 1 or (y.shape.rank == 2 and y.shape[-1] == 1):
             y = tf.one_hot(tf.reshape(tf.cast(y, tf.int64), [-1]), num_classes)
-        return self._mix_fn(x, tf.cast(y, tf.float32), method, seed=seed)
+        return mix_batch(x, tf.cast(y, tf.float32), method, seed=seed)
 
     def defense_loss(self, x, y, step, training=True):
         """Return ``(loss, logits, labels)`` of the defense on one batch (logits/labels for metrics).
