@@ -7,11 +7,16 @@ Prints ratios measured in one run (interleaved repeats, medians):
    ``jit_compile`` off and on; the peer ratio is tf_keras's Ghost BN
    (``virtual_batch_size=16``) / tf_keras BN on the same net (if tf_keras is
    installed);
-2. inference with example weight alpha > 0 / Keras BN inference (goal <= 1.10x);
+2. inference with example weight alpha > 0 / Keras BN inference (goal <= 1.10x),
+   with ``jit_compile`` off and on;
 3. ``sweep_example_weight`` over 11 alphas vs re-patching the model per alpha
    (goal >= 5x faster).
 
-Usage: ``python benchmarks/bench_normalization.py [--quick|--full]``.
+Usage: ``python benchmarks/bench_normalization.py [--quick|--medium|--full]``:
+``--quick`` (default) a ResNet-6 at width 0.25 on 16x16 inputs, batch 64, where
+normalization is a large share of the step (the hardest case for the ratios);
+``--medium`` a ResNet-6 at width 0.5 on 32x32 inputs, batch 128 (the issue's
+batch size); ``--full`` ResNet-18 on 32x32 inputs, batch 128 (meant for a GPU).
 """
 
 from __future__ import annotations
@@ -82,13 +87,17 @@ def _tfk_step(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", default=True, help="small sizes (default, ~2 min on 2 CPUs)")
+    group.add_argument("--quick", action="store_true", default=True, help="small sizes (default, ~1 min on 2 CPUs)")
+    group.add_argument("--medium", action="store_true", help="ResNet-6 width 0.5, 32x32, batch 128 (~6 min on 2 CPUs)")
     group.add_argument("--full", action="store_true", help="ResNet-18 width, CIFAR-size inputs (GPU)")
     args = parser.parse_args(argv)
     full = args.full
-    size, batch, repeats, iters = (32, 128, 5, 10) if full else (16, 64, 5, 3)
-    name = "preact_resnet18" if full else "preact_resnet6"
-    kwargs = {} if full else {"width_multiplier": 0.25}
+    if full:
+        size, batch, repeats, iters, name, kwargs = 32, 128, 5, 10, "preact_resnet18", {}
+    elif args.medium:
+        size, batch, repeats, iters, name, kwargs = 32, 128, 5, 2, "preact_resnet6", {"width_multiplier": 0.5}
+    else:
+        size, batch, repeats, iters, name, kwargs = 16, 64, 5, 3, "preact_resnet6", {"width_multiplier": 0.25}
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(size=(batch, size, size, 3)).astype("float32"))
     y = tf.constant(rng.integers(0, 10, batch))
@@ -121,12 +130,13 @@ def main(argv=None):
 
     base = models.build(name, (size, size, 3), 10, norm="batch", seed=0, **kwargs)
     patched = patch_model(base, 0.1)
-    inf = {"keras_bn": tf.function(lambda v: base(v, training=False)),
-           "alpha=0.1": tf.function(lambda v: patched(v, training=False))}
-    t = _interleaved(inf, (x,), iters * 3, repeats)
-    rows.append(("inference alpha=0.1", t["alpha=0.1"], t["keras_bn"], "<= 1.10x"))
-    print(f"inference alpha=0.1 {1e3 * t['alpha=0.1']:.2f} ms vs Keras BN {1e3 * t['keras_bn']:.2f} ms -> "
-          f"{t['alpha=0.1'] / t['keras_bn']:.3f}x")
+    for jit in (False, True):
+        inf = {"keras_bn": tf.function(lambda v: base(v, training=False), jit_compile=jit),
+               "alpha=0.1": tf.function(lambda v: patched(v, training=False), jit_compile=jit)}
+        t = _interleaved(inf, (x,), iters * 3, repeats)
+        rows.append((f"inference alpha=0.1 (jit={jit})", t["alpha=0.1"], t["keras_bn"], "<= 1.10x"))
+        print(f"inference jit={jit!s:5} alpha=0.1 {1e3 * t['alpha=0.1']:.2f} ms vs Keras BN {1e3 * t['keras_bn']:.2f} ms "
+              f"-> {t['alpha=0.1'] / t['keras_bn']:.3f}x")
 
     alphas = np.linspace(0, 0.2, 11)
     data = (rng.uniform(size=(256, size, size, 3)).astype("float32"), rng.integers(0, 10, 256))

@@ -316,3 +316,112 @@ def test_batch_group_gradients_match_reshape_reference():
     a, b, ga, gb = both(x)
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
     np.testing.assert_allclose(ga.numpy(), gb.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [1, 2, -1])
+def test_any_channel_axis_ghost_training_and_weighted_inference(axis):
+    # The flat (n, k, C[, r]) view must give the same statistics whatever the
+    # channel position: channels first (r > 1), in the middle (k and r > 1), last.
+    x = _data((7, 4, 5, 3)).astype(np.float64)
+    c_axis = axis % 4
+    c = x.shape[c_axis]
+    g, b, mm, mv = _params(c)
+    layer = _built(GhostBatchNormalization(3, axis=axis, momentum=0.5), x, [g, b, mm, mv])
+    pshape = [1, 1, 1, 1]
+    pshape[c_axis] = c
+    red = tuple(i for i in range(4) if i != c_axis)
+    gp, bp = g.reshape(pshape), b.reshape(pshape)
+    expected = [_np_norm(ch, ch.mean(red, keepdims=True), ch.var(red, keepdims=True), gp, bp)
+                for ch in (x[0:3], x[3:6], x[6:7])]
+    # dynamic batch and spatial sizes exercise the run-time shape arithmetic
+    spec = [None] * 4
+    spec[c_axis] = c
+    fn = tf.function(lambda v: layer(v, training=True), input_signature=[tf.TensorSpec(spec)])
+    np.testing.assert_allclose(fn(x.astype("float32")).numpy(), np.concatenate(expected), rtol=1e-4, atol=1e-4)
+
+    alpha = 0.4
+    mm2, mv2 = layer.moving_mean.numpy().reshape(pshape), layer.moving_variance.numpy().reshape(pshape)
+    layer.example_weight = alpha
+    red_e = tuple(i for i in range(1, 4) if i != c_axis)
+    mu = alpha * x.mean(red_e, keepdims=True) + (1 - alpha) * mm2
+    ex2 = alpha * (x ** 2).mean(red_e, keepdims=True) + (1 - alpha) * (mv2 + mm2 ** 2)  # Eq. 4.3
+    np.testing.assert_allclose(layer(x.astype("float32"), training=False).numpy(),
+                               _np_norm(x, mu, ex2 - mu ** 2, gp, bp), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [1, 2, -1])
+def test_any_channel_axis_batch_group(axis):
+    # Channel groups split the channel axis of the flat view; check them at every position.
+    c_axis = axis % 4
+    shape = [5, 3, 4, 2]
+    shape[c_axis] = 6
+    x = _data(tuple(shape)).astype(np.float64)
+    g, b, mm, mv = _params(6)
+    layer = _built(BatchGroupNormalization(2, ghost_batch_size=2, axis=axis, momentum=0.5), x, [g, b, mm, mv])
+    out = layer(x.astype("float32"), training=True).numpy()
+    pshape = [1, 1, 1, 1]
+    pshape[c_axis] = 6
+    expected = np.empty_like(x)
+    for start in range(0, 5, 2):
+        for grp in range(2):
+            index = [slice(start, start + 2), slice(None), slice(None), slice(None)]
+            index[c_axis] = slice(3 * grp, 3 * grp + 3)
+            chunk = x[tuple(index)]
+            expected[tuple(index)] = (chunk - chunk.mean()) / np.sqrt(chunk.var() + EPS)
+    expected = expected * g.reshape(pshape) + b.reshape(pshape)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def _reference_training(x, gamma, beta, axis, ghost, groups):
+    """Plain TF implementation (moved axes, a loop over ghost batches, tf.nn.moments)."""
+    rank = len(x.shape)
+    axis = axis % rank
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    xt = tf.transpose(x, perm)
+    c = xt.shape[-1]
+    size = ghost or xt.shape[0]
+    outs = []
+    for start in range(0, xt.shape[0], size):
+        chunk = xt[start:start + size]
+        shape = tf.shape(chunk)
+        grouped = tf.reshape(chunk, [shape[0], -1, groups, c // groups])
+        m, v = tf.nn.moments(grouped, [0, 1, 3], keepdims=True)
+        outs.append(tf.reshape((grouped - m) / tf.sqrt(v + EPS), shape) * gamma + beta)
+    return tf.transpose(tf.concat(outs, 0), np.argsort(perm))
+
+
+@pytest.mark.parametrize("layer_kwargs, shape", [
+    ({"axis": -1}, (6, 3, 3, 4)),                                   # BN
+    ({"ghost_batch_size": 3, "axis": -1}, (7, 3, 3, 4)),            # Ghost BN, padded last ghost batch
+    ({"ghost_batch_size": 2, "groups": 2, "axis": 1}, (6, 4, 3, 2)),  # Batch Group Norm, channels first
+    ({"ghost_batch_size": 1, "groups": 3, "axis": 2}, (4, 3, 6, 2)),  # Group Norm, channels in the middle
+])
+def test_training_gradients_match_autodiff_reference(layer_kwargs, shape):
+    # The closed-form backward (dx, dgamma, dbeta) against automatic
+    # differentiation of a plain implementation, eagerly and under XLA.
+    from tf_dlthesis.normalization._base import ExampleGroupNormalization
+
+    rng = np.random.default_rng(3)
+    x = tf.constant((rng.normal(size=shape) * 2 + 1).astype("float32"))
+    w = tf.constant(rng.normal(size=shape).astype("float32"))
+    layer = ExampleGroupNormalization(**layer_kwargs)
+    layer.build(shape)
+    c = shape[layer_kwargs["axis"]]
+    layer.gamma.assign(rng.normal(size=c).astype("float32"))
+    layer.beta.assign(rng.normal(size=c).astype("float32"))
+    groups = layer_kwargs.get("groups", c)
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn()
+            loss = tf.reduce_sum(tf.sin(out) * w)
+        return [out, *tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])]
+
+    ref = grads(lambda: _reference_training(x, layer.gamma.value, layer.beta.value, layer_kwargs["axis"],
+                                            layer_kwargs.get("ghost_batch_size"), groups))
+    ours = grads(lambda: layer(x, training=True))
+    xla = tf.function(lambda: grads(lambda: layer(x, training=True)), jit_compile=True)()
+    for got in (ours, xla):
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=2e-4)

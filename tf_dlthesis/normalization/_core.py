@@ -14,9 +14,17 @@ Group Normalization                    1                   ``G``
 Batch Group Normalization (Sec 4.3.4)  ``B'`` or batch     ``G``
 =====================================  ==================  ==============
 
-The op works by reshaping (never transposing) the input to
-``(n, g, *spatial_before, G, C/G, *spatial_after)`` and reducing over every axis
-except ``n`` and ``G``.
+The op works by reshaping (never transposing) the input to the flat view
+``(n, k, C, r)``: ``n`` groups of examples, ``k`` the group's examples times
+the positions before the channel axis, and ``r`` the positions after it
+(size-1 parts are left out, so channels-last BN is a plain ``(k, C)`` view).
+Per-channel moments reduce over ``k`` and ``r``; channel groups are formed
+afterwards on the small ``(n, C)`` statistics (law of total variance), so
+the large tensor is only ever reduced per channel. Both choices are for
+speed: XLA on CPU reduces a ``(k, C)`` view about twice as fast as the same
+reduction over three axes of the 4-D tensor, and splitting the channel axis
+into ``(G, C/G)`` made Batch Group Norm 1.3x slower without XLA. The backward
+pass is the closed form of Ioffe & Szegedy (`_normalize_view`).
 
 Inference follows Eq. 4.3 with the example weight ``alpha``: the example's own
 statistics (over its spatial positions and the channels of its group) are
@@ -38,60 +46,86 @@ Reference:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 __all__ = ["grouped_moments", "normalize_training", "normalize_inference"]
 
 
-def _layout(x: tf.Tensor, axis: int, ghost: int | None):
-    """Reshape target and reduction axes for per-(example group, channel) moments.
+class _View(NamedTuple):
+    """The flat view of the input (see `_layout`)."""
 
-    ``ghost=None``: statistics over the whole batch (no reshape); ``1``: per
-    example (no reshape, the batch axis is kept); otherwise the batch axis is
-    split into ``(n, ghost)``. Channel groups are formed afterwards on the
-    small statistics tensors (`_pool_channels`), so the input is never
-    reshaped across its channel axis.
+    shape: list          # reshape target (n, k, C[, r]) or (k, C[, r])
+    reduce_axes: list    # axes a per-channel statistic reduces over
+    param_shape: list    # where a (C,) parameter or statistic goes
 
-    Returns:
-        ``(new_shape or None, reduce_axes, param_shape, channel_axis)`` in the
-        (possibly reshaped) layout.
-    """
-    rank = x.shape.rank
-    channels = x.shape[axis]
-    if ghost is None or ghost == 1:
-        keep = {axis} if ghost is None else {0, axis}
-        param_shape = [1] * rank
-        param_shape[axis] = channels
-        return None, [i for i in range(rank) if i not in keep], param_shape, axis
+
+def _static_or_dynamic_dims(x: tf.Tensor):
     shape = tf.shape(x)
-    dims = [x.shape[i] if x.shape[i] is not None else shape[i] for i in range(rank)]
-    new_shape = [-1, ghost] + dims[1:]
-    c_axis = axis + 1
-    param_shape = [1] * (rank + 1)
-    param_shape[c_axis] = channels
-    return new_shape, [i for i in range(1, rank + 1) if i != c_axis], param_shape, c_axis
+    return [x.shape[i] if x.shape[i] is not None else shape[i] for i in range(x.shape.rank)]
 
 
-def _pool_channels(mean, variance, groups: int, c_axis: int):
-    """Pools per-channel moments into moments of groups of ``C / groups`` channels.
+def _product(dims):
+    out = 1
+    for d in dims:
+        out = out * d
+    return out
+
+
+def _layout(x: tf.Tensor, axis: int, ghost: int | None) -> _View:
+    """The flat view of ``x`` the statistics are computed on (module docstring).
+
+    Args:
+        x: The input; ``axis`` (positive) is its channel axis.
+        ghost: Examples per statistic: ``None`` = the whole batch (the view
+            is then ``(k, C[, r])``: one implicit example group), ``1`` = per
+            example, otherwise the batch is split into groups of ``ghost``.
+    """
+    dims = _static_or_dynamic_dims(x)
+    before = _product(dims[1:axis])
+    after = _product(dims[axis + 1:])
+    head = [-1] if ghost is None else [-1, ghost * before]
+    tail = [] if isinstance(after, int) and after == 1 else [after]
+    shape = head + [x.shape[axis]] + tail
+    c_axis = len(head)
+    reduce_axes = [c_axis - 1] + ([c_axis + 1] if tail else [])
+    param_shape = [1] * len(shape)
+    param_shape[c_axis] = x.shape[axis]
+    return _View(shape, reduce_axes, param_shape)
+
+
+def _group_sum(t: tf.Tensor, groups: int, channels: int) -> tf.Tensor:
+    """Sums a per-channel statistic over each channel group, broadcast back to its channels.
+
+    ``t`` holds one value per (example group, channel) (every other axis has
+    size 1); ``groups == channels`` returns it unchanged.
+    """
+    if groups == channels:
+        return t
+    shape = tf.shape(t)
+    r = tf.reshape(t, [-1, groups, channels // groups])
+    return tf.reshape(tf.broadcast_to(tf.reduce_sum(r, axis=2, keepdims=True), tf.shape(r)), shape)
+
+
+def _pool_channels(mean, variance, groups: int, channels: int):
+    """Per-channel moments -> moments of their channel group, broadcast per channel.
 
     Exact for equal counts per channel (law of total variance):
-    ``mu_g = mean_c mu_c``, ``var_g = mean_c var_c + mean_c (mu_c - mu_g)^2``;
-    both are broadcast back to every channel of the group. Non-negative by
-    construction.
+    ``mu_g = mean_c mu_c``, ``var_g = mean_c var_c + mean_c (mu_c - mu_g)^2``.
+    Non-negative by construction.
     """
-    channels = mean.shape[c_axis]
     if groups == channels:
         return mean, variance
-    shape = tf.shape(mean)
-    n = shape[0]
-    m = tf.reshape(mean, [n, groups, channels // groups])
-    v = tf.reshape(variance, [n, groups, channels // groups])
-    mg = tf.reduce_mean(m, axis=2, keepdims=True)
-    vg = tf.reduce_mean(v, axis=2, keepdims=True) + tf.reduce_mean(tf.math.squared_difference(m, mg), axis=2,
-                                                                     keepdims=True)
-    ones = tf.ones_like(m)
-    return tf.reshape(mg * ones, shape), tf.reshape(vg * ones, shape)
+    per_group = channels // groups
+    mu_g = _group_sum(mean, groups, channels) / per_group
+    var_g = _group_sum(variance + tf.math.squared_difference(mean, mu_g), groups, channels) / per_group
+    return mu_g, var_g
+
+
+def _count(xr: tf.Tensor, reduce_axes, mask: tf.Tensor) -> tf.Tensor:
+    """Number of unmasked values each per-channel statistic averages."""
+    return tf.reduce_sum(tf.broadcast_to(mask, tf.shape(xr)), reduce_axes, keepdims=True)
 
 
 def grouped_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None):
@@ -104,22 +138,73 @@ def grouped_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None):
             (padding) do not count.
 
     Returns:
-        ``(mean, variance, count)``; ``count`` is the number of values each
-        statistic averages (a tensor when ``mask`` is given, else ``None``).
+        ``(mean, variance)``.
     """
     # stop_gradient as in tf.nn.moments: d var / d mean = -2 mean(x - mean) = 0
     # exactly, so the backward pass skips that reduction.
     if mask is None:
         mean = tf.reduce_mean(xr, reduce_axes, keepdims=True)
         variance = tf.reduce_mean(tf.math.squared_difference(xr, tf.stop_gradient(mean)), reduce_axes, keepdims=True)
-        return mean, variance, None
-    ones = tf.broadcast_to(mask, tf.shape(xr))
-    count = tf.reduce_sum(ones, reduce_axes, keepdims=True)
-    safe = tf.maximum(count, 1.0)
-    mean = tf.reduce_sum(xr, reduce_axes, keepdims=True) / safe
-    variance = tf.reduce_sum(ones * tf.math.squared_difference(xr, tf.stop_gradient(mean)), reduce_axes,
+        return mean, variance
+    safe = tf.maximum(_count(xr, reduce_axes, mask), 1.0)
+    mean = tf.reduce_sum(xr * mask, reduce_axes, keepdims=True) / safe
+    variance = tf.reduce_sum(mask * tf.math.squared_difference(xr, tf.stop_gradient(mean)), reduce_axes,
                              keepdims=True) / safe
-    return mean, variance, count
+    return mean, variance
+
+
+def _normalize_view(xr: tf.Tensor, gamma, beta, view: _View, groups: int, epsilon: float, mask):
+    """Training-mode normalization of the flat view, with the closed-form backward.
+
+    Forward: two-pass per-channel moments, pooled over channel groups, then
+    `_affine`. Backward (Ioffe & Szegedy 2015, for statistics over any set of
+    values): with ``xhat = (x - mu) * s``, ``s = 1 / sqrt(var + eps)`` and
+    ``g = dL/dy * gamma``, ``dL/dx = s * (g - mean(g) - xhat * mean(g * xhat))``
+    (means over the values of each statistic), ``dL/dgamma = sum(dL/dy * xhat)``
+    and ``dL/dbeta = sum(dL/dy)``: two fused reductions and one elementwise
+    pass, about half of what automatic differentiation of the forward
+    produces (that difference kept Ghost BN 10-20% behind Keras BN under XLA).
+    The statistics are returned for the moving averages and are not
+    differentiated.
+    """
+    gamma = None if gamma is None else tf.convert_to_tensor(gamma)  # read variables outside
+    beta = None if beta is None else tf.convert_to_tensor(beta)
+    params = [p for p in (gamma, beta) if p is not None]
+    channels = max(view.param_shape)
+    outer_axes = [a for a, d in enumerate(view.param_shape) if d == 1]   # every axis but C
+
+    @tf.custom_gradient
+    def normalize(x, *param_values):
+        values = iter(param_values)
+        gamma_t = None if gamma is None else next(values)
+        beta_t = None if beta is None else next(values)
+        mean, variance = _pool_channels(*grouped_moments(x, view.reduce_axes, mask), groups, channels)
+        y = _affine(x, mean, variance, gamma_t, beta_t, epsilon, view.param_shape)
+
+        def backward(dy, *_unused_stat_grads):
+            inv_std = tf.math.rsqrt(variance + epsilon)
+            xhat = (x - mean) * inv_std
+            dy_sum = tf.reduce_sum(dy, view.reduce_axes, keepdims=True)              # per (n, C)
+            dy_xhat_sum = tf.reduce_sum(dy * xhat, view.reduce_axes, keepdims=True)
+            g, g_sum, g_xhat_sum = dy, dy_sum, dy_xhat_sum
+            if gamma_t is not None:
+                gamma_b = tf.reshape(gamma_t, view.param_shape)
+                g, g_sum, g_xhat_sum = dy * gamma_b, dy_sum * gamma_b, dy_xhat_sum * gamma_b
+            per_channel = (tf.cast(tf.size(x) // tf.size(mean), tf.float32) if mask is None
+                           else tf.maximum(_count(x, view.reduce_axes, mask), 1.0))
+            n = per_channel * (channels // groups)
+            dx = inv_std * (g - (_group_sum(g_sum, groups, channels)
+                                 + xhat * _group_sum(g_xhat_sum, groups, channels)) / n)
+            grads = [dx]
+            if gamma_t is not None:
+                grads.append(tf.reshape(tf.reduce_sum(dy_xhat_sum, outer_axes), [-1]))
+            if beta_t is not None:
+                grads.append(tf.reshape(tf.reduce_sum(dy_sum, outer_axes), [-1]))
+            return grads
+
+        return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), backward
+
+    return normalize(xr, *params)
 
 
 def _affine(xr, mean, variance, gamma, beta, epsilon, param_shape):
@@ -139,7 +224,7 @@ def _affine(xr, mean, variance, gamma, beta, epsilon, param_shape):
 
 
 def _to_channels(stat: tf.Tensor, weights) -> tf.Tensor:
-    """Weighted average over example groups of per-channel stats -> (C,).
+    """Weighted average over example groups of per-channel stats -> ``(C,)``.
 
     ``stat`` has the example-group axis first (size 1 when the batch was not
     split); ``weights`` is ``None`` (plain mean) or an ``(n,)`` vector.
@@ -210,19 +295,20 @@ def normalize_training(
     batch = shape[0]
 
     def run(xin, ghost, mask_rows):
-        new_shape, axes, param_shape, c_axis = _layout(xin, axis, ghost)
-        xr = xin if new_shape is None else tf.reshape(xin, new_shape)
-        mask = None
-        if mask_rows is not None:
-            mshape = [-1, ghost] + [1] * (len(new_shape) - 2)
-            mask = tf.reshape(mask_rows, mshape)
-        mean, variance, count = grouped_moments(xr, axes, mask)
-        mean, variance = _pool_channels(mean, variance, groups, c_axis)
-        y = _affine(xr, mean, variance, gamma, beta, epsilon, param_shape)
+        view = _layout(xin, axis, ghost)
+        xr = tf.reshape(xin, view.shape)
+        mask = count = None
+        if mask_rows is not None:  # one entry per example -> one per row of the (n, k, ...) view
+            per_example = view.shape[1] // ghost
+            rows = mask_rows if isinstance(per_example, int) and per_example == 1 else tf.repeat(
+                mask_rows, per_example)
+            mask = tf.reshape(rows, [-1, view.shape[1]] + [1] * (len(view.shape) - 2))
+            count = _count(xr, view.reduce_axes, mask)
+        y, mean, variance = _normalize_view(xr, gamma, beta, view, groups, epsilon, mask)
         n_groups = tf.shape(mean)[0]
         w, eff = _stat_weights(n_groups, count, moving_update, momentum)
         return (
-            y if new_shape is None else tf.reshape(y, tf.shape(xin)),
+            tf.reshape(y, tf.shape(xin)),
             _to_channels(mean, w),
             _to_channels(variance, w),
             eff,
@@ -284,24 +370,18 @@ def normalize_inference(
     Returns:
         The normalized tensor (float32).
     """
+    view = _layout(x, axis, 1)
     channels = x.shape[axis]
-    per_group = channels // groups
-    _, axes, param_shape, _ = _layout(x, axis, 1)
-    mm, mv = moving_mean, moving_variance
-    if per_group > 1:
-        mm, mv = _pool_channels(mm[None], mv[None], groups, 1)
-        mm, mv = mm[0], mv[0]
-    mu_m = tf.reshape(mm, param_shape)
-    var_m = tf.reshape(mv, param_shape)
-    xr = x
+    mu_m, var_m = _pool_channels(tf.reshape(moving_mean, view.param_shape),
+                                 tf.reshape(moving_variance, view.param_shape), groups, channels)
+    xr = tf.reshape(x, view.shape)
     alpha = tf.cast(example_weight, tf.float32)
 
     # No tf.cond on alpha: at alpha = 0 the blend reduces exactly to the
     # moving statistics (0 * finite + 1 * m == m in IEEE arithmetic), and a
     # cond per layer multiplies tracing time of deep nets (ResNet-50: 7x).
-    mu_e, var_e, _ = grouped_moments(xr, axes)
-    mu_e, var_e = _pool_channels(mu_e, var_e, groups, axis)
+    mu_e, var_e = _pool_channels(*grouped_moments(xr, view.reduce_axes), groups, channels)
     mu = alpha * mu_e + (1.0 - alpha) * mu_m
     var = alpha * var_e + (1.0 - alpha) * var_m + alpha * (1.0 - alpha) * tf.math.squared_difference(mu_e, mu_m)
-    y = _affine(xr, mu, var, gamma, beta, epsilon, param_shape)
-    return y
+    y = _affine(xr, mu, var, gamma, beta, epsilon, view.param_shape)
+    return tf.reshape(y, tf.shape(x))
