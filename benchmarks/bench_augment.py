@@ -4,6 +4,8 @@ Pipelines: 32x32x3 float32 images, batches of 128, from a cached `tf.data` datas
 Peers: identity (no mixing), `keras.layers.MixUp`, `keras.layers.CutMix` and a naive
 per-pair `zip` + `map` mixup. Every round runs every pipeline once, in an interleaved
 order, and the report gives medians over rounds (the machine is shared and noisy).
+Each measurement is steady-state: a fresh iterator, `batches` untimed batches (start-up
+and buffered read-ahead), then `batches` timed ones.
 The last section times a pre-activation ResNet train step with and without the
 `MixedExample` layer inside it.
 
@@ -70,28 +72,39 @@ def pipelines(n):
     return {k: v.prefetch(2) for k, v in out.items()}
 
 
-def _throughput(ds, batches):
+def _throughput(ds, batches, settle):
+    """Steady-state images/s of `ds` (a repeated pipeline).
+
+    A fresh iterator per measurement, so no pipeline fills its buffers in the
+    background while another one is timed, and the first `settle` batches are not
+    timed: they include the start-up and whatever the pipeline's buffers (prefetch,
+    parallel map/batch results) produced ahead, which would otherwise be counted as
+    throughput (by a lot for a stage that emits several batches per call).
+    """
     it = iter(ds)
-    next(it)                                   # warm-up (tracing, cache fill)
+    for _ in range(settle):
+        next(it)
     count = 0
     start = time.perf_counter()
     for _ in range(batches):
         x, _ = next(it)
         count += int(x.shape[0])
-    return count / (time.perf_counter() - start)
+    rate = count / (time.perf_counter() - start)
+    del it
+    return rate
 
 
 def bench_pipelines(rounds, batches, n):
     pipes = pipelines(n)
     names = list(pipes)
-    for name in names:                         # first pass: fill caches, trace maps
-        _throughput(pipes[name].repeat(), 2)
-    results = {name: [] for name in names}
     repeated = {name: pipes[name].repeat() for name in names}
+    for name in names:                         # first pass: fill caches, trace maps
+        _throughput(repeated[name], 2, settle=n // BATCH + 1)
+    results = {name: [] for name in names}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            results[name].append(_throughput(repeated[name], batches))
+            results[name].append(_throughput(repeated[name], batches, settle=batches))
     return {name: statistics.median(v) for name, v in results.items()}
 
 
@@ -131,11 +144,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the default")
     parser.add_argument("--skip-layer", action="store_true", help="skip the train-step part")
     args = parser.parse_args()
-    rounds, batches, n = (7, 40, 128 * 40) if args.full else (3, 15, 128 * 16)
+    rounds, batches, n = (7, 100, 128 * 40) if args.full else (5, 30, 128 * 16)
     tput = bench_pipelines(rounds, batches, n)
     mix = tput["batch mixup"]
-    print(f"\nimages/s (median of {rounds} interleaved rounds, {batches} batches of {BATCH} "
-          f"x {SHAPE}); {os.cpu_count()} CPUs")
+    print(f"\nimages/s (median of {rounds} interleaved rounds, {batches} timed batches of {BATCH} "
+          f"x {SHAPE} after {batches} untimed; steady state); {os.cpu_count()} CPUs")
     print(f"{'pipeline':32s} {'img/s':>10s}")
     for name, v in tput.items():
         print(f"{name:32s} {v:10.0f}")

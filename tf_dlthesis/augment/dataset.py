@@ -10,6 +10,10 @@ from tf_dlthesis.augment.mix import (_images, _out_dtype, as_seed, batch_core, l
 
 _MODES = ("pair", "batch")
 _COMPILED: dict = {}
+#: Pair mode, `pairs_per_call=None`: mix about this many input bytes per map call
+#: (at most `_AUTO_MAX_PAIRS` pairs), so the fixed cost of a call is amortized.
+_AUTO_CHUNK_BYTES = 32 << 20
+_AUTO_MAX_PAIRS = 1024
 
 
 def _deinterleave(t):
@@ -27,30 +31,42 @@ def _core(kind, names, full, pairing, jit):
 
     XLA fuses a method's mask construction and mixing into one pass over the batch,
     several times faster on CPU than op-by-op execution for the mask methods. The
-    function is cached per (method, params) so pipelines rebuilt every epoch or run
-    reuse the compilation.
+    per-call seed (`_call_seed`), the cast of integer images to float32 and, in pair
+    mode, the de-interleaving are done inside the compiled function too, so a map
+    call runs one compiled program instead of a dozen small ops. The function is
+    cached per (method, params) so pipelines rebuilt every epoch or run reuse the
+    compilation.
     """
     key = (kind, names, tuple((n, tuple(sorted(full[n].items()))) for n in names), pairing, jit)
     fn = _COMPILED.get(key)
     if fn is None:
         if kind == "pair":
-            def core(x, y, seed):
+            def core(x, y, seed, epoch, index):
+                s = _call_seed(seed, epoch, index)
+                n = tf.shape(x)[0] // 2                  # an odd trailing example is dropped
+                x = tf.cast(x[:2 * n], tf.float32)
                 # (2n, ...) consecutive pairs -> x1 = x[0::2], x2 = x[1::2], without
                 # strided slices (~10x slower in tf.data on CPU).
                 x1, x2 = _deinterleave(x)
-                y1, y2 = _deinterleave(y)
-                return mix_pairs(x1, y1, x2, y2, names, full, seed)
+                y1, y2 = _deinterleave(y[:2 * n])
+                return mix_pairs(x1, y1, x2, y2, names, full, s)
         else:
-            def core(x, y, seed):
-                return batch_core(x, y, names, full, seed, pairing)
+            def core(x, y, seed, epoch, index):
+                return batch_core(tf.cast(x, tf.float32), y, names, full,
+                                  _call_seed(seed, epoch, index), pairing)
         fn = tf.function(core, jit_compile=jit, reduce_retracing=True)
         _COMPILED[key] = fn
     return fn
 
 
-def _epoch_seed(seed, epoch):
-    epoch = tf.cast(tf.convert_to_tensor(epoch), tf.int32)
-    return tf.random.experimental.stateless_fold_in(seed, epoch, alg="philox")
+def _call_seed(seed, epoch, index):
+    """The stateless seed of map call `index` of epoch `epoch`."""
+    epoch_seed = tf.random.experimental.stateless_fold_in(seed, epoch, alg="philox")
+    return tf.random.experimental.stateless_fold_in(epoch_seed, index, alg="philox")
+
+
+def _as_int32(value):
+    return tf.cast(tf.convert_to_tensor(value), tf.int32)
 
 
 def _split_element(element):
@@ -63,7 +79,7 @@ def _split_element(element):
 
 
 def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0,
-                batch_size=None, pairs_per_call=64, preserve_length=True, pairing="permute",
+                batch_size=None, pairs_per_call=None, preserve_length=True, pairing="permute",
                 num_parallel_calls=tf.data.AUTOTUNE, jit_compile=True, **params):
     """Adds mixed-example augmentation to a `tf.data` pipeline.
 
@@ -74,7 +90,8 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     paired and each example is used once; to keep the epoch length, the stream is
     iterated twice per epoch (`preserve_length=True`, as the authors' pipeline did), so
     an epoch of N examples yields N mixed examples. Pairs are mixed vectorized,
-    `pairs_per_call` (or `batch_size`) pairs per map call, not one `map` per element.
+    `pairs_per_call` pairs per XLA-compiled map call (the input is batched in parallel,
+    order preserved), not one `map` per element.
     With `preserve_length=False` the stream is read once and yields floor(N / 2)
     examples: a trailing unpaired example (odd N) is dropped.
 
@@ -105,7 +122,12 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         epoch: int or scalar integer tensor/variable folded into the seed.
         batch_size: pair mode only: emit batches of this many mixed examples directly
             (faster than `.batch()` afterwards); None emits unbatched examples.
-        pairs_per_call: pair mode with `batch_size=None`: pairs mixed per map call.
+        pairs_per_call: pair mode: pairs mixed per map call. None (default): about
+            32 MiB of input per call, at most 1024 pairs (1024 for 32x32x3 images), 64
+            if the image shape is not static. With `batch_size` it is rounded down to
+            a multiple of `batch_size` (at least `batch_size`) and each call's output
+            is split into batches. Larger calls amortize the per-call cost; the
+            pairing, the epoch length and the output distribution do not depend on it.
         preserve_length: pair mode: iterate the input twice per epoch (N in, N out).
         pairing: batch mode: "permute" or "reverse".
         num_parallel_calls: passed to `Dataset.map` (order is always deterministic).
@@ -154,14 +176,12 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
             x, y, _ = _split_element(element)
             x = _images(x, 4, "images")
             soft = labels_to_soft(y, num_classes, 1)
-            s = tf.random.experimental.stateless_fold_in(_epoch_seed(seed, epoch),
-                                                         tf.cast(index, tf.int32), alg="philox")
-            xm, ym = core(tf.cast(x, tf.float32), soft, s)
+            xm, ym = core(x, soft, seed, _as_int32(epoch), _as_int32(index))
             return pack(tf.cast(xm, _out_dtype(x)), ym)
         return dataset.enumerate().map(mix_one_batch, num_parallel_calls=num_parallel_calls,
                                        deterministic=True)
 
-    chunk = batch_size or pairs_per_call
+    chunk = _pairs_per_call(pairs_per_call, batch_size, x_spec)
     core = _core("pair", names, full, pairing, jit_compile)
     length = dataset.cardinality()
     stream = dataset.repeat(2) if preserve_length else dataset
@@ -170,20 +190,40 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         x, y, _ = _split_element(element)
         x = _images(x, 4, "images")
         soft = labels_to_soft(y, num_classes, 1)
-        n = tf.shape(x)[0] // 2
-        xf = tf.cast(x, tf.float32)
-        s = tf.random.experimental.stateless_fold_in(_epoch_seed(seed, epoch),
-                                                     tf.cast(index, tf.int32), alg="philox")
-        xm, ym = core(xf[:2 * n], soft[:2 * n], s)
+        xm, ym = core(x, soft, seed, _as_int32(epoch), _as_int32(index))
         return pack(tf.cast(xm, _out_dtype(x)), ym)
 
-    out = stream.batch(2 * chunk).enumerate().map(
+    # Pair mode reads two input examples per output, so batching the input stream is
+    # half its cost: the batch copies run in parallel (order stays deterministic).
+    out = stream.batch(2 * chunk, num_parallel_calls=num_parallel_calls,
+                       deterministic=True).enumerate().map(
         mix_chunk, num_parallel_calls=num_parallel_calls, deterministic=True)
+    known = int(length) if int(length) >= 0 else None
+    pairs = None if known is None else (known if preserve_length else known // 2)
     if batch_size is None:
         out = out.unbatch()
-        known = int(length) if int(length) >= 0 else None
-        if known is not None:
-            out = out.apply(tf.data.experimental.assert_cardinality(
-                known if preserve_length else known // 2))
+    elif chunk > batch_size:
+        # Calls mix a multiple of batch_size pairs: split their output into batches
+        # (only the last batch of the stream can be partial, as with `.batch()`).
+        out = out.rebatch(batch_size)
+    else:
+        pairs = None                     # cardinality already known to tf.data
+    if pairs is not None:
+        n_out = pairs if batch_size is None else -(-pairs // batch_size)
+        out = out.apply(tf.data.experimental.assert_cardinality(n_out))
     return out
+
+
+def _pairs_per_call(pairs_per_call, batch_size, x_spec):
+    """Pairs mixed per map call: a multiple of `batch_size` when one is given."""
+    if pairs_per_call is None:
+        shape = x_spec.shape
+        if shape.is_fully_defined():
+            pair_bytes = 2 * shape.num_elements() * max(x_spec.dtype.size, 4)
+            pairs_per_call = max(1, min(_AUTO_MAX_PAIRS, _AUTO_CHUNK_BYTES // pair_bytes))
+        else:
+            pairs_per_call = 64
+    if batch_size is None:
+        return pairs_per_call
+    return batch_size * max(1, pairs_per_call // batch_size)
 

@@ -2,8 +2,14 @@
 
 Each method is a small function ``plan(seed, x1, x2, params) -> MixPlan`` (see
 `_masks.py`): it only decides the per-element weight of x1, the label weight and,
-for BC+ and the region methods, a scale or a re-indexing of x2. Mixing itself, the
+for BC+ and the region methods, a scale or a re-indexing of x2. The BC+ family
+(``center=True``) gets the zero-meaned inputs and their per-image statistics
+(`mix.PairStats`, computed once per image) as a fifth argument. Mixing itself, the
 batch/pair/dataset/layer front ends and validation are shared.
+
+Per-element randomness (Random Pixels/Elements, Noisy Mixup, Random 2x2 cells) comes
+from `_masks.random_words`: a Philox key per pair and a fused integer hash per
+element, far cheaper on CPU than one Philox draw per element.
 
 Reference: Thesis Sec. 2.3 (Eqs. 2.2-2.7); C. Summers and M. J. Dinneen, "Improved
 Mixed-Example Data Augmentation", WACV 2019, https://arxiv.org/abs/1805.11272.
@@ -104,15 +110,18 @@ class _Method:
     name: str
     plan: Callable
     defaults: dict = field(default_factory=dict)
-    center: bool = False          # zero-mean each input image first (BC+ family)
+    # Zero-mean each input image first (BC+ family); the plan is then called as
+    # plan(seed, x1 - mean1, x2 - mean2, params, stats) with `mix.PairStats`.
+    center: bool = False
+    row_col: bool = False         # needs PairStats.row_col (VH-BC+)
 
 
 _REGISTRY: dict[str, _Method] = {}
 
 
-def _register(name, defaults, center=False):
+def _register(name, defaults, center=False, row_col=False):
     def wrap(fn):
-        _REGISTRY[name] = _Method(name, fn, dict(defaults), center)
+        _REGISTRY[name] = _Method(name, fn, dict(defaults), center, row_col)
         return fn
     return wrap
 
@@ -136,6 +145,13 @@ def _cut(lam, n):
     return tf.minimum(tf.cast(tf.floor(lam * M.as_float(n)), tf.int32), tf.cast(n, tf.int32))
 
 
+def _frac(mask):
+    """Mean of a (B, H, 1, 1) row or (B, 1, W, 1) column mask: the label of a mask
+    built from row/column factors follows from these (exactly the realised fraction)
+    without reducing the full (B, H, W, 1) weight."""
+    return M.mean_per_pair(mask)
+
+
 def _vertical(seed, b, h, alpha):
     return M.cut_mask(_cut(_beta(seed, b, alpha), h), h)          # (B, H)
 
@@ -147,12 +163,11 @@ def _horizontal(seed, b, w, alpha):
 def _std(x, epsilon):
     """Per-image std over all pixels and channels, + epsilon (Sec. 2.4.1's guard).
 
-    One pass (E[x^2] - E[x]^2): the inputs are already zero-meaned, so this loses no
-    precision, and XLA fuses both sums into one read of the batch.
+    Two-pass (mean, then mean squared deviation) as `tf.nn.moments`: exact 0 for a
+    constant image, and the form XLA's CPU backend reduces fastest.
     """
-    mean = tf.reduce_mean(x, axis=[1, 2, 3])
-    mean_sq = tf.reduce_mean(tf.square(x), axis=[1, 2, 3])
-    return tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0)) + epsilon
+    _, var = tf.nn.moments(x, axes=[1, 2, 3])
+    return tf.sqrt(var) + epsilon
 
 
 def _bc_plus_p(lam, sigma1, sigma2):
@@ -178,10 +193,12 @@ _register("bc", {"alpha": 1.0})(_mixup)
 
 
 @_register("bc_plus", {"alpha": 1.0, "epsilon": 1e-3}, center=True)
-def _bc_plus(seed, x1, x2, params):
+def _bc_plus(seed, x1, x2, params, stats):
     b = _dims(x1)[0]
     lam = _beta(seed, b, params["alpha"])
-    p = _bc_plus_p(lam, _std(x1, params["epsilon"]), _std(x2, params["epsilon"]))
+    eps = params["epsilon"]
+    # sigma of the (centred) inputs = the per-image std computed once in `mix_pairs`.
+    p = _bc_plus_p(lam, stats.std1 + eps, stats.std2 + eps)
     return M.MixPlan(weight=M.per_pair(p), label=lam, scale=_bc_scale(p))
 
 
@@ -206,7 +223,9 @@ def _mixed_concat(seed, x1, x2, params):
     top = M.rows(_vertical(s1, b, h, params["alpha"]))
     left = M.cols(_horizontal(s2, b, w, params["alpha"]))
     # top-left and bottom-right from x1.
-    return M.MixPlan(weight=top * left + (1.0 - top) * (1.0 - left))
+    fa, fc = _frac(top), _frac(left)
+    return M.MixPlan(weight=top * left + (1.0 - top) * (1.0 - left),
+                     label=fa * fc + (1.0 - fa) * (1.0 - fc))
 
 
 @_register("random_2x2", {"alpha": 1.0, "p": 0.5})
@@ -227,7 +246,10 @@ def _random_2x2(seed, x1, x2, params):
     c = [M.per_pair(cells[:, k]) for k in range(4)]
     weight = (c[0] * top * left + c[1] * top * (1.0 - left)
               + c[2] * (1.0 - top) * left + c[3] * (1.0 - top) * (1.0 - left))
-    return M.MixPlan(weight=weight)
+    fa, fc = _frac(top), _frac(left)
+    label = (cells[:, 0] * fa * fc + cells[:, 1] * fa * (1.0 - fc)
+             + cells[:, 2] * (1.0 - fa) * fc + cells[:, 3] * (1.0 - fa) * (1.0 - fc))
+    return M.MixPlan(weight=weight, label=label)
 
 
 @_register("vh_mixup", {"alpha": 1.0})
@@ -236,25 +258,38 @@ def _vh_mixup(seed, x1, x2, params):
     s1, s2, s3 = _split(seed, 3)
     top = M.rows(_vertical(s1, b, h, params["alpha"]))
     left = M.cols(_horizontal(s2, b, w, params["alpha"]))
-    lam3 = M.per_pair(_beta(s3, b, params["alpha"]))
-    # Eq. 2.7: mixup (weight lam3) of Vertical Concat. and Horizontal Concat.
-    return M.MixPlan(weight=lam3 * top + (1.0 - lam3) * left)
-
-
-@_register("vh_bc_plus", {"alpha": 1.0, "epsilon": 1e-3}, center=True)
-def _vh_bc_plus(seed, x1, x2, params):
-    # x1, x2 arrive zero-meaned: the thesis centres *before* concatenating.
-    b, h, w, _ = _dims(x1)
-    s1, s2, s3 = _split(seed, 3)
-    top = M.rows(_vertical(s1, b, h, params["alpha"]))
-    left = M.cols(_horizontal(s2, b, w, params["alpha"]))
     lam3 = _beta(s3, b, params["alpha"])
-    vert = top * x1 + (1.0 - top) * x2
-    horiz = left * x1 + (1.0 - left) * x2
+    # Eq. 2.7: mixup (weight lam3) of Vertical Concat. and Horizontal Concat.
+    return M.MixPlan(weight=M.per_pair(lam3) * top + M.per_pair(1.0 - lam3) * left,
+                     label=lam3 * _frac(top) + (1.0 - lam3) * _frac(left))
+
+
+@_register("vh_bc_plus", {"alpha": 1.0, "epsilon": 1e-3}, center=True, row_col=True)
+def _vh_bc_plus(seed, x1, x2, params, stats):
+    # x1, x2 arrive zero-meaned: the thesis centres *before* concatenating.
+    b, h, w, c = _dims(x1)
+    s1, s2, s3 = _split(seed, 3)
+    top = _vertical(s1, b, h, params["alpha"])            # (B, H)
+    left = _horizontal(s2, b, w, params["alpha"])         # (B, W)
+    lam3 = _beta(s3, b, params["alpha"])
+    # sigma of Vertical Concat.(x1, x2) and Horizontal Concat.(x1, x2): every row
+    # (column) of the concatenation is a row (column) of x1 or of x2, so its sums of
+    # values and squares are the selected inputs' row (column) sums; the inputs'
+    # sums are computed once per image (`PairStats.row_col`) instead of materializing
+    # both concatenations.
+    (r1, rq1, c1, cq1), (r2, rq2, c2, cq2) = stats.row_col
+    n = M.as_float(h * w * c)
     eps = params["epsilon"]
-    p = _bc_plus_p(lam3, _std(vert, eps), _std(horiz, eps))
+
+    def concat_std(mask, s1_, q1_, s2_, q2_):
+        total = tf.reduce_sum(mask * s1_ + (1.0 - mask) * s2_, axis=1) / n
+        total_sq = tf.reduce_sum(mask * q1_ + (1.0 - mask) * q2_, axis=1) / n
+        return tf.sqrt(tf.maximum(total_sq - tf.square(total), 0.0)) + eps
+
+    p = _bc_plus_p(lam3, concat_std(top, r1, rq1, r2, rq2), concat_std(left, c1, cq1, c2, cq2))
     pp = M.per_pair(p)
-    label = lam3 * tf.reduce_mean(top, [1, 2, 3]) + (1.0 - lam3) * tf.reduce_mean(left, [1, 2, 3])
+    top, left = M.rows(top), M.cols(left)
+    label = lam3 * _frac(top) + (1.0 - lam3) * _frac(left)
     return M.MixPlan(weight=pp * top + (1.0 - pp) * left, label=label, scale=_bc_scale(p))
 
 
@@ -282,8 +317,8 @@ def _random_square(seed, x1, x2, params):
 
     r1, r2 = span(s_r, h)
     c1, c2 = span(s_c, w)
-    inside = M.rows(M.interval_mask(r1, r2, h)) * M.cols(M.interval_mask(c1, c2, w))
-    plan = M.MixPlan(weight=1.0 - inside)
+    in_rows, in_cols = M.rows(M.interval_mask(r1, r2, h)), M.cols(M.interval_mask(c1, c2, w))
+    plan = M.MixPlan(weight=1.0 - in_rows * in_cols, label=1.0 - _frac(in_rows) * _frac(in_cols))
     sr = _source_start(s_sr, h, r2 - r1, params["source"])
     if sr is not None:
         sc = _source_start(s_sc, w, c2 - c1, params["source"])
@@ -352,8 +387,7 @@ def _noisy_mixup(seed, x1, x2, params):
     b, h, w, _ = _dims(x1)
     s1, s2 = _split(seed, 2)
     lam = _beta(s1, b, params["alpha"])
-    noise = tf.random.stateless_normal(tf.stack([b, h, w, 1]), s2, dtype=tf.float32,
-                                     alg="philox")
+    noise = M.word_normal(s2, tf.stack([b, h, w, 1]))    # N(0, 1) per pixel
     weight = tf.clip_by_value(M.per_pair(lam) + params["noise_std"] * noise, 0.0, 1.0)
     label = lam if params["noisy_label"] == "lambda" else None
     return M.MixPlan(weight=weight, label=label)

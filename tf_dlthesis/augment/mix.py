@@ -7,6 +7,8 @@ Both are thin front ends over one vectorized core that mixes a batch of pairs
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 import tensorflow as tf
 
@@ -92,26 +94,85 @@ def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
     return labels
 
 
-def mix_pairs(x1, y1, x2, y2, names, params, seed):
+class PairStats(NamedTuple):
+    """Per-image statistics of the two inputs of each pair (BC+ family).
+
+    mean/std: (B,), over all pixels and channels (std without epsilon). row_col (only
+    for methods registered with `row_col=True`): for each input, the sums of the
+    centred image and of its square per row (B, H) and per column (B, W), as
+    ((rows1, rows_sq1, cols1, cols_sq1), (rows2, ...)).
+    """
+
+    mean1: tf.Tensor
+    mean2: tf.Tensor
+    std1: tf.Tensor
+    std2: tf.Tensor
+    row_col: Optional[tuple] = None
+
+
+def _image_moments(x):
+    mean, var = tf.nn.moments(x, axes=[1, 2, 3])
+    return mean, tf.sqrt(var)
+
+
+def _row_col_sums(c):
+    """Sums of c and c^2 per row (B, H) and per column (B, W) of c (B, H, W, C).
+
+    Written as contractions with ones; under XLA the centring and squaring fuse into
+    them, so neither the squared image nor a concatenation is materialized.
+    """
+    shape = tf.shape(c)
+    h, w, ch = shape[1], shape[2], shape[3]
+    flat = tf.reshape(c, tf.stack([shape[0], h, w * ch]))
+    ones_row = tf.ones(tf.stack([w * ch]), c.dtype)
+    ones_col = tf.ones(tf.stack([h, ch]), c.dtype)
+    sq = c * c
+    return (tf.einsum("bhn,n->bh", flat, ones_row),
+            tf.einsum("bhn,n->bh", tf.reshape(sq, tf.shape(flat)), ones_row),
+            tf.einsum("bhwc,hc->bw", c, ones_col),
+            tf.einsum("bhwc,hc->bw", sq, ones_col))
+
+
+def mix_pairs(x1, y1, x2, y2, names, params, seed, partner=None):
     """Core: mix pairs (x1[b], x2[b]) (float32 (B,H,W,C)) and (y1[b], y2[b]) (float (B,K)).
 
     `names`/`params` come from `methods.resolve`; with several names each pair draws
-    one method uniformly at random.
+    one method uniformly at random. `partner` (batch mode) says that x2 = x1[partner]:
+    the per-image statistics of x2 (BC+ family) are then gathered from x1's instead of
+    being recomputed.
     """
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=len(names) + 1,
                                                               alg="philox"),
                        num=len(names) + 1)
     specs = [get_method(n) for n in names]
-    centred = None
+    stats = None
     if any(s.center for s in specs):
-        mu1 = tf.reduce_mean(x1, axis=[1, 2, 3], keepdims=True)
-        mu2 = tf.reduce_mean(x2, axis=[1, 2, 3], keepdims=True)
-        centred = (x1 - mu1, x2 - mu2, mu1, mu2)
+        mean1, std1 = _image_moments(x1)
+        if partner is not None:
+            mean2, std2 = tf.gather(mean1, partner), tf.gather(std1, partner)
+        else:
+            mean2, std2 = _image_moments(x2)
+        # Centred inputs: elementwise, so XLA fuses them into their consumers.
+        centred = (x1 - M.per_pair(mean1), x2 - M.per_pair(mean2))
+        row_col = None
+        if any(s.row_col for s in specs):
+            first = _row_col_sums(centred[0])
+            if partner is not None:
+                second = tuple(tf.gather(t, partner) for t in first)
+            else:
+                second = _row_col_sums(centred[1])
+            row_col = (first, second)
+        stats = PairStats(mean1, mean2, std1, std2, row_col)
 
     def inputs(spec):
-        return (centred[0], centred[1]) if spec.center else (x1, x2)
+        return centred if spec.center else (x1, x2)
 
-    plans = [spec.plan(s, *inputs(spec), params[spec.name]) for spec, s in zip(specs, seeds[1:])]
+    def make_plan(spec, s):
+        if spec.center:
+            return spec.plan(s, *centred, params[spec.name], stats)
+        return spec.plan(s, x1, x2, params[spec.name])
+
+    plans = [make_plan(spec, s) for spec, s in zip(specs, seeds[1:])]
     if len(plans) == 1:
         return M.mix(*inputs(specs[0]), plans[0], y1, y2)
 
@@ -146,10 +207,10 @@ def mix_pairs(x1, y1, x2, y2, names, params, seed):
                 tf.stack([b, 1]), tf.int32)
             cols = tf.where(pick, plan.source_cols, base)
     a, c = x1, x2
-    if centred is not None:
+    if stats is not None:
         flag = M.per_pair(centre_flag)
-        a = x1 - flag * centred[2]
-        c = x2 - flag * centred[3]
+        a = x1 - flag * M.per_pair(stats.mean1)
+        c = x2 - flag * M.per_pair(stats.mean2)
     plan = M.MixPlan(weight=weight, label=label, scale=scale, source_rows=rows, source_cols=cols)
     return M.mix(a, c, plan, y1, y2)
 
@@ -233,7 +294,7 @@ def batch_core(x1, soft, names, full, seed, pairing):
         partner = tf.reverse(tf.range(b), [0])
     x2 = tf.gather(x1, partner)
     y2 = tf.gather(soft, partner)
-    return mix_pairs(x1, soft, x2, y2, names, full, s_mix)
+    return mix_pairs(x1, soft, x2, y2, names, full, s_mix, partner=partner)
 
 
 def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
