@@ -11,14 +11,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first
 
 
 def _writable_dir(path: str) -> str:
+    """argparse type: an output folder that can be created and written to.
+
+    Probes by creating the folder and a file in it, then removes whatever the probe
+    created, so a command that fails later (a bad model name, ...) leaves nothing
+    behind; `main` creates the folder once the command is known to be valid.
+    """
+    created = []
+    target = os.path.abspath(path)
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".tf-dlthesis-write-test")
+        missing = target
+        while not os.path.exists(missing):
+            created.append(missing)
+            missing = os.path.dirname(missing)
+        os.makedirs(target, exist_ok=True)
+        probe = os.path.join(target, ".tf-dlthesis-write-test")
         with open(probe, "w") as fh:
             fh.write("ok")
         os.remove(probe)
     except OSError as err:
         raise argparse.ArgumentTypeError(f"cannot write to output folder {path!r}: {err.strerror or err}")
+    finally:
+        for folder in created:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
     return path
 
 
@@ -123,6 +141,7 @@ def main(argv=None) -> int:
             models.norm_factory(args.norm)
         except (ValueError, TypeError) as err:
             return _fail(str(err))
+        os.makedirs(args.out, exist_ok=True)
         runtime.configure(seed=args.seed, deterministic=args.deterministic)
         try:
             model, metrics = experiments.train_classifier(
@@ -161,6 +180,7 @@ def main(argv=None) -> int:
             only = [experiments.get(args.id).id]
     except ValueError as err:
         return _fail(str(err))
+    os.makedirs(args.out, exist_ok=True)
     path, failed = experiments.reproduce(
         scale=args.scale,
         dataset=args.dataset,

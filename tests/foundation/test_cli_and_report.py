@@ -23,9 +23,11 @@ from tf_dlthesis.experiments import Finding, Output, Table  # noqa: E402
     ],
 )
 def test_bad_names_give_one_line_errors(argv, match, capsys, tmp_path):
-    assert cli.main(argv + ["--out", str(tmp_path)]) == 2
+    out = tmp_path / "new" / "out"
+    assert cli.main(argv + ["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1 and err.startswith("tf-dlthesis: error:")
+    assert not (tmp_path / "new").exists()  # a failed command leaves no output folder behind
 
 
 @pytest.mark.parametrize("argv", [["reproduce", "--scale", "huge"], ["reproduce", "--out", "/proc/no/such"], ["train", "--epochs", "0"]])
