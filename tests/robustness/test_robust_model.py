@@ -9,10 +9,7 @@ import pytest
 from tf_dlthesis import robustness as R
 
 
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                             keras.layers.Flatten(), keras.layers.Dense(5)])
+from _tiny_model import tiny_classifier as _model
 
 
 @pytest.fixture(scope="module")

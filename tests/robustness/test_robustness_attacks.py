@@ -10,12 +10,12 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 
 from tf_dlthesis import robustness as R
 
+from _tiny_model import tiny_classifier
+
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(1)
-    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                             keras.layers.Flatten(), keras.layers.Dense(5)])
+    return tiny_classifier(seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,10 @@
+"""The tiny seeded classifier the robustness tests share (imported by module name: pytest puts this folder on sys.path)."""
+
+import keras
+
+
+def tiny_classifier(seed=0):
+    """A seeded 6x6x1 -> 5-class conv net, small enough for exact attack comparisons."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                             keras.layers.Flatten(), keras.layers.Dense(5)])
