@@ -1,6 +1,5 @@
 """CleverHans-based attacks: equality with CleverHans, constraints, SPSA adapter, bad input."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
