@@ -160,16 +160,6 @@ def _horizontal(seed, b, w, alpha):
     return M.cut_mask(_cut(_beta(seed, b, alpha), w), w)          # (B, W)
 
 
-def _std(x, epsilon):
-    """Per-image std over all pixels and channels, + epsilon (Sec. 2.4.1's guard).
-
-    Two-pass (mean, then mean squared deviation) as `tf.nn.moments`: exact 0 for a
-    constant image, and the form XLA's CPU backend reduces fastest.
-    """
-    _, var = tf.nn.moments(x, axes=[1, 2, 3])
-    return tf.sqrt(var) + epsilon
-
-
 def _bc_plus_p(lam, sigma1, sigma2):
     """Eq. 2.4: p = 1 / (1 + sigma1/sigma2 * (1 - lam)/lam), written without division by lam."""
     num = lam * sigma2

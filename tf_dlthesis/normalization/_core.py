@@ -132,7 +132,7 @@ def _count(xr: tf.Tensor, reduce_axes, mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.broadcast_to(mask, tf.shape(xr)), reduce_axes, keepdims=True)
 
 
-def grouped_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None):
+def grouped_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None, count: tf.Tensor | None = None):
     """Two-pass mean and (biased) variance of ``xr`` over ``reduce_axes``.
 
     Args:
@@ -140,6 +140,7 @@ def grouped_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None):
         reduce_axes: Axes to reduce (kept as size-1 dims).
         mask: Optional float mask broadcastable to ``xr``; masked-out entries
             (padding) do not count.
+        count: ``_count(xr, reduce_axes, mask)`` if the caller already has it.
 
     Returns:
         ``(mean, variance)``.
@@ -150,14 +151,14 @@ def grouped_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None):
         mean = tf.reduce_mean(xr, reduce_axes, keepdims=True)
         variance = tf.reduce_mean(tf.math.squared_difference(xr, tf.stop_gradient(mean)), reduce_axes, keepdims=True)
         return mean, variance
-    safe = tf.maximum(_count(xr, reduce_axes, mask), 1.0)
+    safe = tf.maximum(_count(xr, reduce_axes, mask) if count is None else count, 1.0)
     mean = tf.reduce_sum(xr * mask, reduce_axes, keepdims=True) / safe
     variance = tf.reduce_sum(mask * tf.math.squared_difference(xr, tf.stop_gradient(mean)), reduce_axes,
                              keepdims=True) / safe
     return mean, variance
 
 
-def _normalize_view(xr: tf.Tensor, gamma, beta, view: _View, groups: int, epsilon: float, mask):
+def _normalize_view(xr: tf.Tensor, gamma, beta, view: _View, groups: int, epsilon: float, mask, count):
     """Training-mode normalization of the flat view, with the closed-form backward.
 
     Forward: two-pass per-channel moments, pooled over channel groups, then
@@ -169,7 +170,8 @@ def _normalize_view(xr: tf.Tensor, gamma, beta, view: _View, groups: int, epsilo
     pass, about half of what automatic differentiation of the forward
     produces (that difference kept Ghost BN 10-20% behind Keras BN under XLA).
     The statistics are returned for the moving averages and are not
-    differentiated.
+    differentiated. ``mask``/``count``: padded rows and `_count` of them, or
+    ``None`` for both.
     """
     gamma = None if gamma is None else tf.convert_to_tensor(gamma)  # read variables outside
     beta = None if beta is None else tf.convert_to_tensor(beta)
@@ -182,7 +184,7 @@ def _normalize_view(xr: tf.Tensor, gamma, beta, view: _View, groups: int, epsilo
         values = iter(param_values)
         gamma_t = None if gamma is None else next(values)
         beta_t = None if beta is None else next(values)
-        mean, variance = _pool_channels(*grouped_moments(x, view.reduce_axes, mask), groups, channels)
+        mean, variance = _pool_channels(*grouped_moments(x, view.reduce_axes, mask, count), groups, channels)
         y = _affine(x, mean, variance, gamma_t, beta_t, epsilon, view.param_shape)
 
         def backward(dy, *_unused_stat_grads):
@@ -194,8 +196,8 @@ def _normalize_view(xr: tf.Tensor, gamma, beta, view: _View, groups: int, epsilo
             if gamma_t is not None:
                 gamma_b = tf.reshape(gamma_t, view.param_shape)
                 g, g_sum, g_xhat_sum = dy * gamma_b, dy_sum * gamma_b, dy_xhat_sum * gamma_b
-            per_channel = (tf.cast(tf.size(x) // tf.size(mean), tf.float32) if mask is None
-                           else tf.maximum(_count(x, view.reduce_axes, mask), 1.0))
+            per_channel = (tf.cast(tf.size(x) // tf.size(mean), tf.float32) if count is None
+                           else tf.maximum(count, 1.0))
             n = per_channel * (channels // groups)
             dx = inv_std * (g - (_group_sum(g_sum, groups, channels)
                                  + xhat * _group_sum(g_xhat_sum, groups, channels)) / n)
@@ -308,7 +310,7 @@ def normalize_training(
                 mask_rows, per_example)
             mask = tf.reshape(rows, [-1, view.shape[1]] + [1] * (len(view.shape) - 2))
             count = _count(xr, view.reduce_axes, mask)
-        y, mean, variance = _normalize_view(xr, gamma, beta, view, groups, epsilon, mask)
+        y, mean, variance = _normalize_view(xr, gamma, beta, view, groups, epsilon, mask, count)
         n_groups = tf.shape(mean)[0]
         w, eff = _stat_weights(n_groups, count, moving_update, momentum)
         return (
