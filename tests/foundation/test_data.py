@@ -96,8 +96,10 @@ def test_standard_augment_batched_images_get_their_own_crops():
         data.standard_augment(tf.zeros((8, 8)), seed=0)
     with pytest.raises(ValueError, match="pad"):
         data.standard_augment(batch, seed=0, pad=-1)
-    with pytest.raises(TypeError, match="seed"):
-        data.standard_augment(batch, seed=None)
+    with pytest.raises(TypeError, match="seed=1.5"):
+        data.standard_augment(batch, seed=1.5)
+    # seed=None means fresh OS entropy, as everywhere in the library (issue 12, item 6)
+    assert data.standard_augment(batch, seed=None, pad=2, flip=False).shape == batch.shape
 
 
 def _collect(ds):
@@ -134,3 +136,326 @@ def test_non_iid_batches_hold_four_classes_of_32():
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
     with pytest.raises(ValueError, match="divide"):
         data.non_iid_batches((x, y), batch_size=100, classes_per_batch=3, seed=0)
+
+
+# --------------------------------------------------------------------------------------
+# Real 28x28 sets through keras.datasets (Fashion-MNIST, MNIST), offline.
+
+import gzip  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+from tf_dlthesis.data import _registry  # noqa: E402
+
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def _write_idx(path, array):
+    """The IDX format by hand: magic 2049 (labels) / 2051 (images), big-endian dims, gzipped."""
+    array = np.asarray(array, np.uint8)
+    magic = {1: 2049, 3: 2051}[array.ndim]
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def _tiny_idx_set(folder, seed):
+    """Writes 5 train / 3 test random 28x28 images; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 5, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 3, dtype=np.uint8),
+    }
+    os.makedirs(folder, exist_ok=True)
+    for name, array in arrays.items():
+        _write_idx(os.path.join(folder, name), array)
+    return [arrays[n] for n in IDX_FILES]
+
+
+def _run_isolated(script, tmp_path, *args):
+    """Runs `script` in a fresh Python whose Keras cache is an empty temporary folder.
+
+    Keras reads KERAS_HOME once, at import, so the only public way to point
+    `keras.datasets` at another cache is a process started with it set. HOME is
+    moved too, so nothing can reach the real ~/.keras.
+    """
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras_home"), HOME=str(tmp_path / "home"),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    os.makedirs(tmp_path / "home", exist_ok=True)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_FASHION_FROM_FILES = """
+    import json, sys
+    import numpy as np
+    from tf_dlthesis import data
+    from tf_dlthesis.data import _registry
+
+    data_dir, debian_dir, out = sys.argv[1:]
+    (x, y), (xt, yt) = data.load_arrays("fashion_mnist", "train", data_dir=data_dir), \\
+        data.load_arrays("fashion_mnist", "test", data_dir=data_dir)
+    again = data.load_arrays("fashion_mnist", "train", data_dir=data_dir)[0]
+    sliced = [(a.numpy(), int(b)) for a, b in data.load("fashion_mnist", "train[1:3]", data_dir=data_dir)]
+    resized = next(iter(data.load("fashion_mnist", "test", data_dir=data_dir, image_size=32)))[0]
+    # With data_dir=None the Debian package's files come first (its lookup pointed at a
+    # second tiny set here), replacing the differing files in Keras's cache.
+    _registry._debian_package_files = lambda package: {
+        f: f"{debian_dir}/{f}" for f in %r} if package == "dataset-fashion-mnist" else {}
+    dx, dy = data.load_arrays("fashion_mnist", "train")
+    np.savez(out, x=x, y=y, xt=xt, yt=yt, sx=np.stack([s[0] for s in sliced]), sy=[s[1] for s in sliced],
+             dx=dx, dy=dy)
+    print(json.dumps({"cached_is_shared": bool(np.shares_memory(again, x)),
+                      "writeable": bool(x.flags.writeable or y.flags.writeable),
+                      "dtypes": [str(x.dtype), str(y.dtype)], "resized": list(resized.shape)}))
+""" % (IDX_FILES,)
+
+
+def test_fashion_mnist_from_idx_files_the_test_writes(tmp_path):
+    images, labels, test_images, test_labels = _tiny_idx_set(tmp_path / "idx", seed=0)
+    debian_images, debian_labels, _, _ = _tiny_idx_set(tmp_path / "debian", seed=1)
+    result = _run_isolated(_FASHION_FROM_FILES, tmp_path, tmp_path / "idx", tmp_path / "debian", tmp_path / "out.npz")
+    out = np.load(tmp_path / "out.npz")
+    assert out["x"].shape == (5, 28, 28, 1) and result["dtypes"] == ["float32", "int64"]
+    np.testing.assert_array_equal(out["x"][..., 0], images.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(out["y"], labels)
+    np.testing.assert_array_equal(out["xt"][..., 0], test_images.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(out["yt"], test_labels)
+    np.testing.assert_array_equal(out["sx"][..., 0], images[1:3].astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(out["sy"], labels[1:3])
+    assert result["resized"] == [32, 32, 3]
+    # cached in-process, immutable
+    assert result["cached_is_shared"] and not result["writeable"]
+    # data_dir=None: the (stand-in) Debian files, through Keras's cache
+    np.testing.assert_array_equal(out["dx"][..., 0], debian_images.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(out["dy"], debian_labels)
+    cached = tmp_path / "keras_home" / "datasets" / "fashion-mnist"
+    for name in IDX_FILES:  # Keras's cache now holds exactly the last source's files
+        assert (cached / name).read_bytes() == (tmp_path / "debian" / name).read_bytes()
+    assert not (tmp_path / "home" / ".keras").exists()
+
+
+def test_fashion_mnist_without_files_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(_registry, "_debian_package_files", lambda package: {})
+    monkeypatch.setattr(_registry, "_keras_cache_dir", lambda: str(tmp_path / "empty_keras_cache"))
+    with pytest.raises(data.DatasetNotFoundError) as caught:
+        data.load("fashion_mnist")
+    message = str(caught.value)
+    assert isinstance(caught.value, FileNotFoundError)
+    assert "apt-get install dataset-fashion-mnist" in message and "data_dir" in message
+    assert all(name in message for name in IDX_FILES)
+    assert "name='fashion_mnist', data_dir=None" in message
+    # a data_dir without the files names it and the files it lacks
+    _tiny_idx_set(tmp_path / "partial", seed=0)
+    os.remove(tmp_path / "partial" / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(data.DatasetNotFoundError, match="lacks t10k-labels-idx1-ubyte.gz") as caught:
+        data.load_arrays("fashion_mnist", data_dir=str(tmp_path / "partial"))
+    assert f"data_dir={str(tmp_path / 'partial')!r}" in str(caught.value)
+    with pytest.raises(data.DatasetNotFoundError, match="not a folder"):
+        data.load("fashion_mnist", data_dir=str(tmp_path / "missing"))
+    with pytest.raises(data.DatasetNotFoundError, match="mnist.npz"):
+        data.load("mnist", data_dir=str(tmp_path / "empty_keras_cache"))
+
+
+def test_fashion_mnist_rejects_files_that_are_not_idx(tmp_path):
+    _tiny_idx_set(tmp_path, seed=0)
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"not an idx file")
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte.gz is not a gzipped IDX"):
+        data.load("fashion_mnist", data_dir=str(tmp_path))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(4))  # 4 labels for 5 images
+    with pytest.raises(ValueError, match="one label per image"):
+        data.load("fashion_mnist", data_dir=tmp_path)
+    with pytest.raises(TypeError, match="data_dir=3"):
+        data.load("fashion_mnist", data_dir=3)
+
+
+def test_mnist_from_idx_files_and_npz(tmp_path):
+    images, labels, test_images, test_labels = _tiny_idx_set(tmp_path / "idx", seed=2)
+    x, y = data.load_arrays("mnist", "train", data_dir=str(tmp_path / "idx"))
+    np.testing.assert_array_equal(x[..., 0], images.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(y, labels)
+    xt, yt = data.load_arrays("mnist", "test[-2:]", data_dir=str(tmp_path / "idx"))
+    np.testing.assert_array_equal(yt, test_labels[-2:])
+    assert x.dtype == np.float32 and y.dtype == np.int64 and not x.flags.writeable
+    assert len(data.load_arrays("mnist", "train[:40%]", data_dir=str(tmp_path / "idx"))[1]) == 2  # round(0.4 * 5)
+    # an mnist.npz other than Keras's own file (Keras would re-download it) is read directly
+    os.makedirs(tmp_path / "npz")
+    np.savez(tmp_path / "npz" / "mnist.npz", x_train=images, y_train=labels, x_test=test_images, y_test=test_labels)
+    ds = data.load("mnist", "test", data_dir=str(tmp_path / "npz"))
+    got = [(a.numpy(), int(b)) for a, b in ds]
+    np.testing.assert_array_equal(np.stack([g[0] for g in got])[..., 0], test_images / np.float32(255))
+    assert [g[1] for g in got] == test_labels.tolist()
+
+
+def test_keras_dataset_info_and_bad_splits(tmp_path):
+    for name in ("fashion_mnist", "mnist"):
+        info = data.info(name)
+        assert (info.num_classes, info.image_shape, info.splits) == (10, (28, 28, 1), {"train": 60_000, "test": 10_000})
+        assert data.info(name, image_size=32).image_shape == (32, 32, 3)
+    for split in ("validation", "train[:x]", "train+test"):
+        with pytest.raises(ValueError, match=re.escape(f"split={split!r}")):
+            data.load("fashion_mnist", split, data_dir=str(tmp_path))
+    assert len(data.load_arrays("digits", "train[:10]")[1]) == 10
+
+
+def test_debian_package_lookup_reads_the_file_list():
+    files = _registry._debian_package_files("dataset-fashion-mnist")
+    if shutil.which("dpkg-query") is None and not os.path.exists("/var/lib/dpkg/info/dataset-fashion-mnist.list"):
+        assert files == {}
+    assert _registry._debian_package_files("no-such-package-tf-dlthesis") == {}
+    for name, path in files.items():
+        assert os.path.isabs(path) and os.path.basename(path) == name and os.path.isfile(path)
+
+
+_REAL_FASHION = """
+    import json
+    import numpy as np
+    from tf_dlthesis import data
+
+    x, y = data.load_arrays("fashion_mnist", "train")
+    xt, yt = data.load_arrays("fashion_mnist", "test")
+    print(json.dumps({"shapes": [list(x.shape), list(xt.shape)], "classes": sorted(set(y.tolist()) | set(yt.tolist())),
+                      "range": [float(min(x.min(), xt.min())), float(max(x.max(), xt.max()))],
+                      "dtypes": [str(x.dtype), str(y.dtype)], "per_class": np.bincount(y).tolist()}))
+"""
+
+
+@pytest.mark.skipif(
+    not all(n in _registry._debian_package_files("dataset-fashion-mnist") for n in IDX_FILES),
+    reason="the Debian package dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_from_the_debian_package(tmp_path):
+    result = _run_isolated(_REAL_FASHION, tmp_path)
+    assert result["shapes"] == [[60_000, 28, 28, 1], [10_000, 28, 28, 1]]
+    assert result["classes"] == list(range(10)) and result["per_class"] == [6000] * 10
+    assert result["range"] == [0.0, 1.0] and result["dtypes"] == ["float32", "int64"]
+
+
+# --------------------------------------------------------------------------------------
+# tfds: a dataset that is not prepared is one clear error, never a download.
+
+
+def test_tfds_dataset_not_prepared_is_one_clear_error(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError) as caught:
+        data.load("cifar10", "train", data_dir=str(tmp_path))
+    message = str(caught.value)
+    assert "'cifar10'" in message and str(tmp_path) in message
+    assert "tfds build cifar10" in message and "data_dir" in message
+
+
+def test_tfds_missing_module_is_a_clear_import_error(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def builder(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+
+    monkeypatch.setattr(tfds, "builder", builder)
+    with pytest.raises(ImportError, match="pip install importlib-resources") as caught:
+        data.load("cifar10")
+    assert not isinstance(caught.value, ModuleNotFoundError)
+
+
+# --------------------------------------------------------------------------------------
+# as_arrays: the one conversion of "a dataset" to (x float32 [0, 1], y int64).
+
+
+def _expected():
+    x = np.arange(4 * 2 * 2 * 1, dtype=np.uint8).reshape(4, 2, 2, 1) * 10
+    y = np.array([3, 0, 2, 1])
+    return x, y
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["tuple", "list", "onehot", "column_labels", "grey", "dict", "float", "tensors",
+     "unbatched", "batched", "batched_onehot", "triples", "dict_dataset"],
+)
+def test_as_arrays_accepts_every_form(form):
+    x, y = _expected()
+    want_x = x.astype(np.float32) / np.float32(255)
+    onehot = np.eye(5, dtype=np.float32)[y]
+    ds = tf.data.Dataset.from_tensor_slices
+    given = {
+        "tuple": lambda: (x, y),
+        "list": lambda: [x.tolist(), y.tolist()],
+        "onehot": lambda: (x, onehot),
+        "column_labels": lambda: (x, y[:, None]),
+        "grey": lambda: (x[..., 0], y),
+        "dict": lambda: {"image": x, "label": y},
+        "float": lambda: (want_x.astype(np.float64), y.astype(np.float32)),
+        "tensors": lambda: (tf.constant(x), tf.constant(y)),
+        "unbatched": lambda: ds((x, y)),
+        "batched": lambda: ds((x, y)).batch(3),
+        "batched_onehot": lambda: ds((x, onehot)).batch(3),
+        "triples": lambda: ds((x, y, np.ones(4))).batch(2),
+        "dict_dataset": lambda: ds({"images": x, "labels": y}),
+    }[form]()
+    got_x, got_y = data.as_arrays(given)
+    assert got_x.dtype == np.float32 and got_y.dtype == np.int64
+    np.testing.assert_array_equal(got_x, want_x)
+    np.testing.assert_array_equal(got_y, y)
+    short_x, short_y = data.as_arrays(given, max_examples=3)
+    np.testing.assert_array_equal(short_x, want_x[:3])
+    np.testing.assert_array_equal(short_y, y[:3])
+
+
+def test_as_arrays_reads_a_dataset_no_further_than_needed():
+    x, y = _expected()
+    endless = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+    got_x, got_y = data.as_arrays(endless, max_examples=6)
+    np.testing.assert_array_equal(got_y, np.concatenate([y, y])[:6])
+    got_x, got_y = data.as_arrays(endless.batch(4), max_examples=6)
+    assert len(got_x) == 6
+
+
+@pytest.mark.parametrize(
+    "given, error, pattern",
+    [
+        (None, TypeError, "type NoneType"),
+        ("digits", TypeError, "type str"),
+        (np.zeros((4, 2, 2, 1)), TypeError, "type ndarray"),
+        ((np.zeros((4, 2, 2, 1)),) * 3, TypeError, "tuple of length 3"),
+        ({"x": 1, "y": 2}, TypeError, r"Received keys: \['x', 'y'\]"),
+        (tf.data.Dataset.from_tensor_slices(np.zeros((4, 2, 2, 1))), TypeError, "element_spec="),
+        ((np.zeros((4, 2, 2, 1)), np.zeros(3)), ValueError, "4 images, 3 labels"),
+        ((np.zeros((0, 2, 2, 1)), np.zeros(0)), ValueError, "empty"),
+        (tf.data.Dataset.from_tensor_slices((np.zeros((4, 2, 2, 1)), np.zeros(4))).take(0), ValueError, "empty"),
+        (tf.data.Dataset.from_tensor_slices((np.zeros((4, 2)), np.zeros(4))), ValueError, "element_spec="),
+        ((np.zeros((4,)), np.zeros(4)), ValueError, r"images of shape \(4,\)"),
+        ((np.zeros((4, 2, 2, 1, 1)), np.zeros(4)), ValueError, r"images of shape \(4, 2, 2, 1, 1\)"),
+        ((np.zeros((4, 2, 2, 1)), np.zeros((4, 2, 2))), ValueError, r"labels of shape \(4, 2, 2\)"),
+        ((np.zeros((4, 2, 2, 1)), np.array([0, 1, -1, 2])), ValueError, "label of -1"),
+        ((np.zeros((4, 2, 2, 1)), np.array([0, 1.5, 1, 2])), ValueError, "whole numbers"),
+        ((np.zeros((4, 2, 2, 1), dtype=str), np.zeros(4)), TypeError, "dtype <U1"),
+    ],
+)
+def test_as_arrays_rejects_bad_input(given, error, pattern):
+    with pytest.raises(error, match=pattern):
+        data.as_arrays(given)
+
+
+@pytest.mark.parametrize("max_examples", [0, -1, 2.5, True, "3"])
+def test_as_arrays_rejects_bad_max_examples(max_examples):
+    x, y = _expected()
+    with pytest.raises(ValueError, match=f"max_examples={max_examples!r}"):
+        data.as_arrays((x, y), max_examples=max_examples)
+
+
+def test_as_arrays_passes_feature_vectors_through():
+    x, y = data.as_arrays((np.full((3, 5), 255, np.uint8), [0, 1, 2]))
+    assert x.shape == (3, 5) and np.all(x == 1.0) and y.tolist() == [0, 1, 2]

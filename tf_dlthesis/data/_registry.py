@@ -1,22 +1,38 @@
-"""Dataset names, metadata and loading (digits embedded; everything else via tfds)."""
+"""Dataset names, metadata and loading.
+
+Three routes: `"digits"` is embedded (scikit-learn ships it); `"fashion_mnist"` and
+`"mnist"` go through Keras's own `keras.datasets` loaders, fed offline from files on
+this machine (see `load`); every other name goes to tensorflow-datasets,
+which reads a prepared copy and never downloads.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
+import gzip
+import hashlib
+import os
+import pathlib
+import re
+import struct
+import subprocess
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 DIGITS = "digits"
+# Real 28x28 sets read through `keras.datasets` (their original files, offline).
+KERAS_DATASETS = ("fashion_mnist", "mnist")
 # tfds image-classification datasets the thesis uses, with their known metadata, so
 # `info` answers without downloading. Any other tfds name is accepted too.
 _KNOWN_TFDS = {
     "cifar10": (10, (32, 32, 3), {"train": 50_000, "test": 10_000}),
     "cifar100": (100, (32, 32, 3), {"train": 50_000, "test": 10_000}),
     "svhn_cropped": (10, (32, 32, 3), {"train": 73_257, "test": 26_032, "extra": 531_131}),
-    "mnist": (10, (28, 28, 1), {"train": 60_000, "test": 10_000}),
     "caltech101": (102, (None, None, 3), {"train": 3_060, "test": 6_084}),
     "oxford_flowers102": (102, (None, None, 3), {"train": 1_020, "validation": 1_020, "test": 6_149}),
     "caltech_birds2011": (200, (None, None, 3), {"train": 5_994, "test": 5_794}),
@@ -45,6 +61,24 @@ class DatasetInfo:
     splits: dict
 
 
+class DatasetNotFoundError(FileNotFoundError):
+    """A named dataset's files are not on this machine, and nothing is downloaded.
+
+    Raised by `load` and `load_arrays` with one message that says where the data
+    was looked for and how to provide it (`data_dir=`, `apt-get install
+    dataset-fashion-mnist`, `tfds build NAME`). A subclass of `FileNotFoundError`.
+
+    Example:
+
+    >>> from tf_dlthesis import data
+    >>> try:
+    ...     data.load("fashion_mnist", data_dir="/nonexistent")
+    ... except data.DatasetNotFoundError as err:
+    ...     print("data_dir" in str(err))
+    True
+    """
+
+
 def _check_name(name) -> str:
     if not isinstance(name, str) or not name:
         raise TypeError(f"`name` must be a dataset name string. Received: name={name!r}")
@@ -65,7 +99,7 @@ def _digits_arrays():
 
     The split is stratified and involves no RNG: within each class (in the order
     scikit-learn ships the examples), every fifth example is a test example. That
-    gives 360 test / 1,437 train examples on every machine and library version.
+    gives 364 test / 1,433 train examples on every machine and library version.
     """
     from sklearn.datasets import load_digits
 
@@ -79,6 +113,343 @@ def _digits_arrays():
     return x, y, is_test
 
 
+# ------------------------------------------------------------------ split strings
+
+_SPLIT = re.compile(r"^(?P<base>[a-z_]+)(?:\[\s*(?P<start>-?\d+%?)?\s*:\s*(?P<stop>-?\d+%?)?\s*\])?$")
+
+
+def _parse_split(name, split, bases):
+    """`"train"`, `"train[:20000]"`, `"test[10%:]"` -> (base, start, stop) with raw bounds."""
+    match = _SPLIT.match(split.strip()) if isinstance(split, str) else None
+    if match is None or match["base"] not in bases:
+        raise ValueError(
+            f"Unknown split for {name!r}. Expected one of {sorted(bases)}, optionally sliced like "
+            f"'train[:20000]' or 'test[:10%]'. Received: split={split!r}"
+        )
+    return match["base"], match["start"], match["stop"]
+
+
+def _take(x, y, start, stop):
+    """Rows [start:stop] of (x, y); percent bounds are of len(x), rounded."""
+
+    def bound(text):
+        if text is None:
+            return None
+        if text.endswith("%"):
+            return int(round(int(text[:-1]) * len(x) / 100))
+        return int(text)
+
+    rows = slice(bound(start), bound(stop))
+    return x[rows], y[rows]
+
+
+# --------------------------------------------------- keras.datasets route (28x28 sets)
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+_IDX_LIST = ", ".join(_IDX_FILES)
+_KERAS_SPLITS = {"train": 60_000, "test": 10_000}
+_FASHION_PACKAGE = "dataset-fashion-mnist"
+# Where keras.datasets.fashion_mnist.load_data / mnist.load_data look (their
+# `get_file(..., cache_subdir=...)` under Keras's cache folder).
+_FASHION_CACHE_SUBDIR = os.path.join("datasets", "fashion-mnist")
+_MNIST_NPZ = "mnist.npz"
+_MNIST_CACHE_SUBDIR = "datasets"
+# The sha256 keras.datasets.mnist.load_data checks its cached mnist.npz against. Keras
+# re-downloads any other file (impossible offline), so only this exact file goes
+# through Keras; another mnist.npz, or the IDX files, are read here.
+_KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+
+
+def _keras_cache_dir() -> str:
+    """Keras's cache folder, by the rule `keras.utils.get_file` documents.
+
+    `$KERAS_HOME` if set, else `~/.keras`; where that folder is not writable Keras
+    uses `/tmp/.keras`. (Keras reads `KERAS_HOME` once, when it is imported. Files
+    found here are still handed to Keras through `get_file`, so a mismatch would only
+    copy them, never download.)
+    """
+    base = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+    return base
+
+
+def _debian_package_files(package: str) -> dict:
+    """Basename -> path of the files an installed Debian package ships, from its file list.
+
+    Asks dpkg (`dpkg-query -L PACKAGE`, what `dpkg -L` runs); where dpkg is not on the
+    PATH, reads dpkg's list `/var/lib/dpkg/info/PACKAGE.list` itself. Returns {} when
+    the package is not installed.
+    """
+    listing = None
+    try:
+        proc = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode == 0:
+            listing = proc.stdout
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if listing is None:
+        info_dir = pathlib.Path("/var/lib/dpkg/info")
+        for list_file in (info_dir / f"{package}.list", *sorted(info_dir.glob(f"{package}:*.list"))):
+            try:
+                listing = list_file.read_text()
+                break
+            except OSError:
+                continue
+    files = {}
+    for line in (listing or "").splitlines():
+        path = line.strip()
+        if path.startswith("/") and os.path.isfile(path):
+            files.setdefault(os.path.basename(path), path)
+    return files
+
+
+def _read_idx(path, header_only=False):
+    """A gzipped IDX file (the MNIST format) -> its dims, and its uint8 array unless header_only.
+
+    Magic number 0x0000_08_NN: unsigned bytes, NN dimensions, each a big-endian uint32.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) != 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+                raise ValueError("bad magic number")
+            dims = struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
+            if header_only:
+                return dims, None
+            body = f.read()
+    except (OSError, EOFError, struct.error, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a gzipped IDX file of unsigned bytes (magic 2049 for labels, 2051 "
+            f"for images; {err}). Received: {path}"
+        ) from None
+    count = int(np.prod(dims))
+    if len(body) < count:
+        raise ValueError(f"{path} is truncated: its header promises {dims} values, it holds {len(body)}.")
+    return dims, np.frombuffer(body, np.uint8, count=count).reshape(dims)
+
+
+def _check_idx_set(files: dict):
+    """Validates the four IDX files' headers: 28x28 images, as many labels as images."""
+    for prefix in ("train", "t10k"):
+        images, labels = files[f"{prefix}-images-idx3-ubyte.gz"], files[f"{prefix}-labels-idx1-ubyte.gz"]
+        image_dims, _ = _read_idx(images, header_only=True)
+        label_dims, _ = _read_idx(labels, header_only=True)
+        if len(image_dims) != 3 or tuple(image_dims[1:]) != (28, 28):
+            raise ValueError(f"{images} must hold 28x28 images (IDX magic 2051). Received dims {image_dims}")
+        if len(label_dims) != 1 or label_dims[0] != image_dims[0]:
+            raise ValueError(
+                f"{labels} must hold one label per image of {images} (IDX magic 2049, {image_dims[0]} "
+                f"labels). Received dims {label_dims}"
+            )
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path, size, mtime_ns):  # size and mtime_ns key the cache
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_sha256(path):
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _in_dir(folder, names):
+    return {n: os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))}
+
+
+def _keras_source(name, data_dir):
+    """Where `name`'s files come from: (route, {file name: path}).
+
+    route `"keras"`: handed to Keras's loader through its cache; `"idx"` / `"npz"`:
+    MNIST files Keras's loader cannot take, read here.
+    """
+    if data_dir is not None:
+        folder = os.fspath(data_dir)
+        idx = _in_dir(folder, _IDX_FILES)
+        if name == "mnist":
+            npz = _in_dir(folder, [_MNIST_NPZ])
+            if npz:
+                return ("keras" if _file_sha256(npz[_MNIST_NPZ]) == _KERAS_MNIST_SHA256 else "npz"), npz
+        if len(idx) == len(_IDX_FILES):
+            _check_idx_set(idx)
+            return ("keras" if name == "fashion_mnist" else "idx"), idx
+        if not os.path.isdir(folder):
+            where = "it is not a folder"
+        elif not idx:
+            where = "it holds none of the files"
+        else:
+            where = "it lacks " + ", ".join(f for f in _IDX_FILES if f not in idx)
+        if name == "fashion_mnist":
+            raise DatasetNotFoundError(
+                f"`data_dir` does not hold Fashion-MNIST ({where}). A Fashion-MNIST `data_dir` must "
+                f"contain the four original gzipped IDX files: {_IDX_LIST} (or install them with "
+                f"`apt-get install {_FASHION_PACKAGE}` and leave data_dir=None). "
+                f"Received: name={name!r}, data_dir={data_dir!r}"
+            )
+        raise DatasetNotFoundError(
+            f"`data_dir` does not hold MNIST ({where}; no {_MNIST_NPZ} either). An MNIST `data_dir` "
+            f"must contain Keras's {_MNIST_NPZ} or the four original gzipped IDX files: {_IDX_LIST}. "
+            f"Received: name={name!r}, data_dir={data_dir!r}"
+        )
+    cache = _keras_cache_dir()
+    if name == "fashion_mnist":
+        debian = _debian_package_files(_FASHION_PACKAGE)
+        if all(f in debian for f in _IDX_FILES):
+            files = {f: debian[f] for f in _IDX_FILES}
+            _check_idx_set(files)
+            return "keras", files
+        cached = _in_dir(os.path.join(cache, _FASHION_CACHE_SUBDIR), _IDX_FILES)
+        if len(cached) == len(_IDX_FILES):
+            return "keras", cached
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST is not on this machine, and tf_dlthesis never downloads it. Install the "
+            f"Debian package that ships its original files, `apt-get install {_FASHION_PACKAGE}` "
+            f"(found through `dpkg -L {_FASHION_PACKAGE}`), or pass `data_dir=` a folder holding the "
+            f"four original gzipped IDX files: {_IDX_LIST}. Looked in: the package "
+            f"{_FASHION_PACKAGE} ({'installed without those files' if debian else 'not installed'}) "
+            f"and Keras's cache {os.path.join(cache, _FASHION_CACHE_SUBDIR)}. "
+            f"Received: name={name!r}, data_dir=None"
+        )
+    cached = _in_dir(os.path.join(cache, _MNIST_CACHE_SUBDIR), [_MNIST_NPZ])
+    if cached and _file_sha256(cached[_MNIST_NPZ]) == _KERAS_MNIST_SHA256:
+        return "keras", cached
+    raise DatasetNotFoundError(
+        f"MNIST is not on this machine, and tf_dlthesis never downloads it. Pass `data_dir=` a "
+        f"folder holding Keras's {_MNIST_NPZ} or the four original gzipped IDX files: {_IDX_LIST}. "
+        f"Looked in: Keras's cache {os.path.join(cache, _MNIST_CACHE_SUBDIR, _MNIST_NPZ)}. "
+        f"(Fashion-MNIST, MNIST's 28x28 drop-in replacement, installs offline with "
+        f"`apt-get install {_FASHION_PACKAGE}`.) Received: name={name!r}, data_dir=None"
+    )
+
+
+@contextlib.contextmanager
+def _cache_lock():
+    """Serialises filling Keras's cache across processes (POSIX `flock`; a no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(os.path.join(tempfile.gettempdir(), "tf_dlthesis-keras-datasets.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # pragma: no cover - unwritable temp dir
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _quiet_keras():
+    """Keras's "Downloading data from file://..." line and progress bar go to absl logging."""
+    import keras
+
+    was_enabled = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            keras.config.enable_interactive_logging()
+
+
+def _through_keras(name, files):
+    """Places `files` into Keras's cache with `keras.utils.get_file`, then runs Keras's loader.
+
+    `get_file(fname, origin="file://...", cache_subdir=...)` copies a file into the
+    cache folder Keras's loader reads (urllib opens file:// URLs), and, given the
+    source's sha256, replaces a cached file that differs. Keras's loader then finds
+    every file it asks for and downloads nothing.
+    """
+    import keras
+
+    loader, subdir = (
+        (keras.datasets.fashion_mnist.load_data, _FASHION_CACHE_SUBDIR)
+        if name == "fashion_mnist"
+        else (keras.datasets.mnist.load_data, _MNIST_CACHE_SUBDIR)
+    )
+    with _cache_lock(), _quiet_keras():
+        for fname, path in files.items():
+            keras.utils.get_file(
+                fname,
+                origin=pathlib.Path(path).resolve().as_uri(),
+                cache_subdir=subdir,
+                file_hash=_file_sha256(path),
+                hash_algorithm="sha256",
+            )
+        try:
+            return loader()
+        except Exception as err:  # a download attempt: never expected, never let through
+            if "URL fetch failure" not in str(err):
+                raise
+            raise DatasetNotFoundError(
+                f"Keras's loader for {name!r} tried to download although its files were placed "
+                f"in its cache (is $KERAS_HOME set differently from when Keras was imported?). "
+                f"Received: {err}"
+            ) from None
+
+
+def _freeze(x, y):
+    x = (x.astype(np.float32) / np.float32(255.0))[..., None]
+    y = y.astype(np.int64)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+@functools.lru_cache(maxsize=4)
+def _keras_arrays(name, route, files_key):
+    """((x, y) train, (x, y) test) as read-only float32 [0, 1] (N, 28, 28, 1) and int64.
+
+    Cached in-process, keyed by the source files' (name, path, size, mtime).
+    """
+    files = {fname: path for fname, path, _, _ in files_key}
+    if route == "keras":
+        (x, y), (xt, yt) = _through_keras(name, files)
+    elif route == "npz":
+        with np.load(files[_MNIST_NPZ], allow_pickle=False) as npz:
+            keys = {"x_train", "y_train", "x_test", "y_test"}
+            if not keys <= set(npz.files):
+                raise ValueError(f"{files[_MNIST_NPZ]} must hold the arrays {sorted(keys)}. Received: {sorted(npz.files)}")
+            x, y, xt, yt = (npz[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    else:  # "idx"
+        x, y, xt, yt = (_read_idx(files[f])[1] for f in _IDX_FILES)
+    return _freeze(x, y), _freeze(xt, yt)
+
+
+def _keras_split(name, split, data_dir):
+    base, start, stop = _parse_split(name, split, _KERAS_SPLITS)
+    route, files = _keras_source(name, data_dir)
+    key = tuple(sorted((f, os.path.realpath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for f, p in files.items()))
+    train, test = _keras_arrays(name, route, key)
+    x, y = train if base == "train" else test
+    return _take(x, y, start, stop)
+
+
+# ------------------------------------------------------------------ tfds route
+
+
+def _missing_module(err):
+    return ImportError(
+        f"tensorflow-datasets needs the Python module {err.name!r}, which is not installed. Install "
+        f"it with `pip install {str(err.name).replace('_', '-')}` (reinstalling tf_dlthesis brings it "
+        f"too). Received: {type(err).__name__}: {err}"
+    )
+
+
 def _tfds_builder_names():
     import tensorflow_datasets as tfds
 
@@ -88,25 +459,65 @@ def _tfds_builder_names():
         return list(_KNOWN_TFDS)
 
 
+def _tfds_builder(name, data_dir):
+    try:
+        import tensorflow_datasets as tfds
+
+        return tfds.builder(name, data_dir=data_dir)
+    except ModuleNotFoundError as err:
+        raise _missing_module(err) from None
+
+
+def _load_tfds(name, split, data_dir):
+    """A prepared tfds dataset as (image, label); never downloads or prepares it."""
+    builder = _tfds_builder(name, data_dir)
+    try:
+        # `as_dataset` only reads a prepared copy (like `tfds.load(..., download=False)`).
+        return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    except ModuleNotFoundError as err:
+        raise _missing_module(err) from None
+    except AssertionError:  # tfds's "could not find data in ..."
+        root = getattr(builder, "data_dir_root", data_dir)
+        raise DatasetNotFoundError(
+            f"tensorflow-datasets has no prepared copy of {name!r} in {root}, and tf_dlthesis never "
+            f"downloads it. Prepare it on a machine with network access with "
+            f"`tfds build {name} --data_dir DIR`, copy DIR here and pass `data_dir=DIR`. "
+            f"Received: name={name!r}, data_dir={data_dir!r}"
+        ) from None
+    except (ValueError, KeyError) as err:  # tfds raises these for bad split strings
+        raise ValueError(f"Could not load split {split!r} of {name!r}: {err}") from None
+
+
+# ------------------------------------------------------------------ public API
+
+
 def info(name: str, *, image_size: int | None = None, data_dir: str | None = None) -> DatasetInfo:
     """Metadata of a dataset: number of classes, image shape and split sizes.
+
+    Answers without loading or downloading anything for `"digits"`,
+    `"fashion_mnist"`, `"mnist"` and the thesis's tfds datasets (CIFAR-10/100,
+    SVHN, ...); other tfds names read their builder's metadata.
 
     Example:
 
     >>> from tf_dlthesis import data
     >>> data.info("digits").num_classes
     10
+    >>> data.info("fashion_mnist").splits
+    {'train': 60000, 'test': 10000}
 
     Args:
-        name: `"digits"` or a tfds image-classification dataset name.
+        name: `"digits"`, `"fashion_mnist"`, `"mnist"` or a tfds image-classification
+            dataset name.
         image_size: the size `load(..., image_size=...)` would resize to.
         data_dir: tfds data directory (used for names not built in).
 
     Returns:
-        A `DatasetInfo`.
+        A `DatasetInfo`. For `"fashion_mnist"` / `"mnist"` the split sizes are the
+        original sets' (60,000 / 10,000), whatever files `data_dir` holds.
 
     Raises:
-        ValueError: for an unknown dataset name.
+        ValueError: for an unknown dataset name or a bad `image_size`.
     """
     name = _check_name(name)
     image_size = _check_image_size(image_size)
@@ -114,13 +525,14 @@ def info(name: str, *, image_size: int | None = None, data_dir: str | None = Non
         _, y, is_test = _digits_arrays()
         shape = (8, 8, 1) if image_size is None else (image_size, image_size, 3)
         return DatasetInfo(name, 10, shape, {"train": int((~is_test).sum()), "test": int(is_test.sum())})
+    if name in KERAS_DATASETS:
+        shape = (28, 28, 1) if image_size is None else (image_size, image_size, 3)
+        return DatasetInfo(name, 10, shape, dict(_KERAS_SPLITS))
     if name in _KNOWN_TFDS:
         k, shape, splits = _KNOWN_TFDS[name]
     else:
         _check_tfds_name(name)
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder(name, data_dir=data_dir)
+        builder = _tfds_builder(name, data_dir)
         feature = builder.info.features["label"]
         k = feature.num_classes
         shape = tuple(builder.info.features["image"].shape)
@@ -135,11 +547,12 @@ def _check_tfds_name(name):
         return
     names = _tfds_builder_names()
     if name.split(":")[0] not in names:
-        close = difflib.get_close_matches(name, [DIGITS, *names], n=3)
+        close = difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *names], n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
-            f"Unknown dataset name. Expected 'digits' or a tensorflow-datasets image "
-            f"classification name such as 'cifar10'. Received: name={name!r}.{hint}"
+            f"Unknown dataset name. Expected 'digits', 'fashion_mnist', 'mnist' or a "
+            f"tensorflow-datasets image classification name such as 'cifar10'. "
+            f"Received: name={name!r}.{hint}"
         )
 
 
@@ -153,29 +566,65 @@ def _resize(images, image_size):
     return tf.clip_by_value(images, 0.0, 1.0)
 
 
+def _resize_array(x, image_size, chunk=2048):
+    if image_size is None:
+        return x
+    parts = [_resize(tf.constant(x[i : i + chunk]), image_size).numpy() for i in range(0, len(x), chunk)]
+    channels = 3 if x.shape[-1] in (1, 3) else x.shape[-1]
+    return np.concatenate(parts) if parts else np.zeros((0, image_size, image_size, channels), np.float32)
+
+
+def _check_data_dir(data_dir):
+    if data_dir is None:
+        return None
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"`data_dir` must be a path (str or os.PathLike) or None. Received: data_dir={data_dir!r}")
+    return data_dir
+
+
 def load_arrays(name: str, split: str = "train", *, image_size: int | None = None, data_dir: str | None = None):
     """Loads a whole split into memory as NumPy arrays.
 
+    The same data as `load`, as arrays. For `"fashion_mnist"` and `"mnist"` the
+    arrays come from an in-process cache and are read-only views (keyed by the
+    source files, so repeated calls cost nothing); copy them (`x.copy()`) to
+    modify them in place. `image_size` returns new arrays.
+
+    Example:
+
+    >>> from tf_dlthesis import data
+    >>> x, y = data.load_arrays("digits", "test")
+    >>> x.shape, y.dtype
+    ((364, 8, 8, 1), dtype('int64'))
+
     Args:
-        name: `"digits"` or a tfds name.
-        split: `"train"`, `"test"` or `"all"` for digits; any tfds split string otherwise.
+        name: `"digits"`, `"fashion_mnist"`, `"mnist"` or a tfds name.
+        split: `"train"` or `"test"` (also `"all"` for digits), optionally sliced
+            (`"train[:20000]"`, `"test[:10%]"`); any tfds split string for tfds names.
         image_size: resize to image_size x image_size (grey tiled to 3 channels).
-        data_dir: tfds data directory.
+        data_dir: where the files are; see `load`.
 
     Returns:
         `(x, y)`: float32 (N, H, W, C) in [0, 1] and int64 (N,).
+
+    Raises:
+        ValueError: unknown dataset or split, bad `image_size`, or files that are not
+            the dataset's format.
+        DatasetNotFoundError: the dataset's files are not on this machine (the
+            message says what to install or where to point `data_dir`).
     """
     name = _check_name(name)
     image_size = _check_image_size(image_size)
+    data_dir = _check_data_dir(data_dir)
     if name == DIGITS:
         x, y, is_test = _digits_arrays()
-        splits = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}
-        if split not in splits:
-            raise ValueError(f"Unknown split for 'digits'. Expected one of {sorted(splits)}. Received: split={split!r}")
-        x, y = x[splits[split]], y[splits[split]]
-        if image_size is not None:
-            x = _resize(tf.constant(x), image_size).numpy()
-        return x, y
+        masks = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}
+        base, start, stop = _parse_split(DIGITS, split, masks)
+        x, y = _take(x[masks[base]], y[masks[base]], start, stop)
+        return _resize_array(x, image_size), y
+    if name in KERAS_DATASETS:
+        x, y = _keras_split(name, split, data_dir)
+        return _resize_array(x, image_size), y
     ds = load(name, split, data_dir=data_dir, image_size=image_size).batch(1024)
     xs, ys = [], []
     for bx, by in ds.as_numpy_iterator():
@@ -189,12 +638,29 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None, image_
 
     Images are float32 in [0, 1] with shape (H, W, C); labels are int64 scalars.
     The dataset is unbatched and in a fixed order (shuffle it yourself, or use
-    `training_dataset`).
+    `training_dataset`). Nothing is ever downloaded: a dataset that is not on this
+    machine raises `DatasetNotFoundError` saying how to provide it.
 
-    `"digits"` is scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside
-    scikit-learn, so it works offline) with a fixed stratified split of 1,437 train
-    and 360 test images. Every other name goes to `tfds.load` with `data_dir`, so a
-    pre-downloaded tfds directory works without network access.
+    - `"digits"` is scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside
+      scikit-learn, so it works offline) with a fixed stratified split of 1,433 train
+      and 364 test images (every fifth example of each class is a test example).
+    - `"fashion_mnist"` and `"mnist"` (28x28x1, 10 classes, 60,000 train / 10,000
+      test) are read by Keras's own loaders, `keras.datasets.fashion_mnist.load_data()`
+      and `keras.datasets.mnist.load_data()`, from their original files: the four
+      gzipped IDX files (`train-images-idx3-ubyte.gz`, `train-labels-idx1-ubyte.gz`,
+      `t10k-images-idx3-ubyte.gz`, `t10k-labels-idx1-ubyte.gz`) in `data_dir`, or,
+      with `data_dir=None`, for Fashion-MNIST those the Debian package
+      `dataset-fashion-mnist` installed (found through `dpkg -L`), else whatever
+      Keras's cache already holds. The files are copied into Keras's cache
+      (`keras.utils.get_file` with a `file://` origin, replacing cached files that
+      differ) so Keras finds them and downloads nothing. For MNIST, `data_dir` may
+      instead hold Keras's own `mnist.npz`. Keras's MNIST loader accepts only that
+      exact file (it checks a sha256 and would otherwise re-download), so MNIST's
+      IDX files, or another `mnist.npz`, are read directly here, without Keras.
+      Loaded arrays are cached in-process (read-only), so repeated loads are cheap.
+    - Every other name is a tensorflow-datasets dataset, read from a prepared copy in
+      `data_dir` (tfds's default folder when None); it is never downloaded or built
+      here (run `tfds build NAME --data_dir DIR` where there is network access).
 
     Example:
 
@@ -204,32 +670,50 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None, image_
     >>> tuple(image.shape)
     (32, 32, 3)
 
+    With the Debian package installed (`apt-get install dataset-fashion-mnist`):
+
+    >>> ds = data.load("fashion_mnist", "train[:20000]")  # doctest: +SKIP
+    >>> ds.cardinality().numpy()  # doctest: +SKIP
+    20000
+
     Args:
-        name: `"digits"` or a tfds name (`"cifar10"`, `"cifar100"`, `"svhn_cropped"`, ...).
-        split: `"train"`, `"test"` (or `"all"` for digits); any tfds split string
-            such as `"train[:40000]"` for tfds datasets.
-        data_dir: tfds data directory.
+        name: `"digits"`, `"fashion_mnist"`, `"mnist"` or a tfds name (`"cifar10"`,
+            `"cifar100"`, `"svhn_cropped"`, ...).
+        split: `"train"` or `"test"` (also `"all"` for digits), optionally sliced
+            like `"train[:20000]"` or `"test[:10%]"`; any tfds split string for tfds
+            datasets.
+        data_dir: for `"fashion_mnist"` / `"mnist"`, a folder holding the four
+            gzipped IDX files (or, for MNIST, `mnist.npz`); for tfds names, the tfds
+            data directory. Ignored for digits.
         image_size: resize to image_size x image_size; greyscale is tiled to RGB so
-            CIFAR-style models run on digits.
+            CIFAR-style models run on digits and (Fashion-)MNIST.
 
     Returns:
         A `tf.data.Dataset`.
 
     Raises:
-        ValueError: unknown dataset or split.
+        ValueError: unknown dataset or split, bad `image_size`, or files that are not
+            the dataset's format.
+        DatasetNotFoundError: (a `FileNotFoundError`) the dataset is not on this
+            machine; the message names `data_dir`, the files it must contain and
+            `apt-get install dataset-fashion-mnist` (or `tfds build NAME`).
+        ImportError: a module tensorflow-datasets needs is missing.
     """
     name = _check_name(name)
     image_size = _check_image_size(image_size)
+    data_dir = _check_data_dir(data_dir)
     if name == DIGITS:
         x, y = load_arrays(DIGITS, split, image_size=image_size)
         return tf.data.Dataset.from_tensor_slices((x, y))
+    if name in KERAS_DATASETS:
+        x, y = _keras_split(name, split, data_dir)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if image_size is not None:
+            ds = ds.map(lambda image, label: (_resize(image, image_size), label),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds
     _check_tfds_name(name)
-    import tensorflow_datasets as tfds
-
-    try:
-        ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, shuffle_files=False)
-    except (ValueError, KeyError) as err:  # tfds raises these for bad split strings
-        raise ValueError(f"Could not load split {split!r} of {name!r}: {err}") from None
+    ds = _load_tfds(name, split, data_dir)
 
     def convert(image, label):
         image = tf.image.convert_image_dtype(image, tf.float32)
