@@ -118,21 +118,17 @@ def test_pair_mode_multi_batch_calls_keep_pairing_batches_and_cardinality():
     x = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((1, 4, 4, 1), np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, np.arange(n)))
     for per_call in (3, 12, None):          # one batch per call, 4 per call, automatic
-        out = mix_dataset(ds, "vertical_concat", seed=0, num_classes=n, batch_size=3,
+        out = mix_dataset(ds, "vertical_concat", seed=0, num_classes=n, batch_size=2,
                           pairs_per_call=per_call, jit_compile=False)
-        assert out.cardinality().numpy() == 4
+        assert out.cardinality().numpy() == 3   # 10 examples -> 5 pairs -> batches 2, 2, 1
         batches = list(out)
-        assert [int(b[0].shape[0]) for b in batches] == [3, 3, 3, 1]
+        assert [int(b[0].shape[0]) for b in batches] == [2, 2, 1]
         xm = np.concatenate([b[0].numpy() for b in batches])
         ym = np.concatenate([b[1].numpy() for b in batches])
-        for i in range(n):
-            a, b = (2 * i) % n, (2 * i + 1) % n
+        for i in range(n // 2):
+            a, b = 2 * i, 2 * i + 1
             assert set(np.nonzero(ym[i])[0]) <= {a, b}
             assert set(np.unique(xm[i])) <= {float(a), float(b)}
-    once = mix_dataset(ds, "mixup", seed=0, num_classes=n, batch_size=2, pairs_per_call=4,
-                       preserve_length=False)
-    assert once.cardinality().numpy() == 3
-    assert [int(b[0].shape[0]) for b in once] == [2, 2, 1]
 
 
 def test_pair_mode_pairs_per_call_validation():

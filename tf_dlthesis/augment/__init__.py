@@ -20,3 +20,4 @@ from tf_dlthesis.augment.mix import mix_batch as mix_batch
 from tf_dlthesis.augment.mix import mix_pair as mix_pair
 from tf_dlthesis.augment.mixed_example import MixedExample as MixedExample
 from tf_dlthesis.augment.plot import plot_methods as plot_methods
+from tf_dlthesis.augment.stage import MixStage as MixStage

@@ -4,65 +4,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_dlthesis.augment.methods import resolve
-from tf_dlthesis.augment.mix import (_images, _out_dtype, as_seed, batch_core, labels_to_soft,
-                                     mix_pairs)
+from tf_dlthesis.augment.mix import _images, _out_dtype
+from tf_dlthesis.augment.stage import MODES as _MODES
+from tf_dlthesis.augment.stage import MixStage
 
-_MODES = ("pair", "batch")
-_COMPILED: dict = {}
 #: Pair mode, `pairs_per_call=None`: mix about this many input bytes per map call
 #: (at most `_AUTO_MAX_PAIRS` pairs), so the fixed cost of a call is amortized.
 _AUTO_CHUNK_BYTES = 32 << 20
 _AUTO_MAX_PAIRS = 1024
-
-
-def _deinterleave(t):
-    """(2n, ...) -> (t[0::2], t[1::2]) via contiguous halves of each row of (n, 2 * D)."""
-    shape = tf.shape(t)
-    n = shape[0] // 2
-    d = tf.reduce_prod(shape[1:])
-    flat = tf.reshape(t, tf.stack([n, 2 * d]))
-    out_shape = tf.concat([[n], shape[1:]], 0)
-    return tf.reshape(flat[:, :d], out_shape), tf.reshape(flat[:, d:], out_shape)
-
-
-def _core(kind, names, full, pairing, jit):
-    """The mixing core as a (cached) tf.function; XLA-compiled when `jit`.
-
-    XLA fuses a method's mask construction and mixing into one pass over the batch,
-    several times faster on CPU than op-by-op execution for the mask methods. The
-    per-call seed (`_call_seed`), the cast of integer images to float32 and, in pair
-    mode, the de-interleaving are done inside the compiled function too, so a map
-    call runs one compiled program instead of a dozen small ops. The function is
-    cached per (method, params) so pipelines rebuilt every epoch or run reuse the
-    compilation.
-    """
-    key = (kind, names, tuple((n, tuple(sorted(full[n].items()))) for n in names), pairing, jit)
-    fn = _COMPILED.get(key)
-    if fn is None:
-        if kind == "pair":
-            def core(x, y, seed, epoch, index):
-                s = _call_seed(seed, epoch, index)
-                n = tf.shape(x)[0] // 2                  # an odd trailing example is dropped
-                x = tf.cast(x[:2 * n], tf.float32)
-                # (2n, ...) consecutive pairs -> x1 = x[0::2], x2 = x[1::2], without
-                # strided slices (~10x slower in tf.data on CPU).
-                x1, x2 = _deinterleave(x)
-                y1, y2 = _deinterleave(y[:2 * n])
-                return mix_pairs(x1, y1, x2, y2, names, full, s)
-        else:
-            def core(x, y, seed, epoch, index):
-                return batch_core(tf.cast(x, tf.float32), y, names, full,
-                                  _call_seed(seed, epoch, index), pairing)
-        fn = tf.function(core, jit_compile=jit, reduce_retracing=True)
-        _COMPILED[key] = fn
-    return fn
-
-
-def _call_seed(seed, epoch, index):
-    """The stateless seed of map call `index` of epoch `epoch`."""
-    epoch_seed = tf.random.experimental.stateless_fold_in(seed, epoch, alg="philox")
-    return tf.random.experimental.stateless_fold_in(epoch_seed, index, alg="philox")
 
 
 def _as_int32(value):
@@ -79,7 +28,7 @@ def _split_element(element):
 
 
 def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0,
-                batch_size=None, pairs_per_call=None, preserve_length=True, pairing="permute",
+                batch_size=None, pairs_per_call=None, pairing="permute",
                 num_parallel_calls=tf.data.AUTOTUNE, jit_compile=True, **params):
     """Adds mixed-example augmentation to a `tf.data` pipeline.
 
@@ -87,13 +36,13 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     matters by more than 1% on CIFAR-10 (Sec. 2.4.1).
 
     `mode="pair"` follows the thesis: consecutive examples of the (shuffled) stream are
-    paired and each example is used once; to keep the epoch length, the stream is
-    iterated twice per epoch (`preserve_length=True`, as the authors' pipeline did), so
-    an epoch of N examples yields N mixed examples. Pairs are mixed vectorized,
-    `pairs_per_call` pairs per XLA-compiled map call (the input is batched in parallel,
-    order preserved), not one `map` per element.
-    With `preserve_length=False` the stream is read once and yields floor(N / 2)
-    examples: a trailing unpaired example (odd N) is dropped.
+    paired and each example is used once, so a stream of N examples yields floor(N / 2)
+    mixed examples (a trailing unpaired example is dropped). The authors kept the
+    epoch length by reading the training set twice per epoch, with a fresh shuffle
+    each time: `data.training_dataset(..., mix=MixStage(...))` does exactly that in
+    one call (each example paired once per pass, new pairings every epoch), so prefer
+    it for training. Pairs are mixed vectorized, `pairs_per_call` pairs per
+    XLA-compiled map call (the input is batched in parallel, order preserved).
 
     `mode="batch"` takes an already batched dataset and mixes each batch with a
     permutation of itself (`mix_batch`); the epoch length is unchanged.
@@ -128,7 +77,6 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
             a multiple of `batch_size` (at least `batch_size`) and each call's output
             is split into batches. Larger calls amortize the per-call cost; the
             pairing, the epoch length and the output distribution do not depend on it.
-        preserve_length: pair mode: iterate the input twice per epoch (N in, N out).
         pairing: batch mode: "permute" or "reverse".
         num_parallel_calls: passed to `Dataset.map` (order is always deterministic).
         jit_compile: run the mixing core XLA-compiled (default; several times faster on
@@ -148,12 +96,18 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     Reference:
         Thesis Sec. 2.3-2.4.1; https://arxiv.org/abs/1805.11272
     """
+    if "preserve_length" in params:
+        raise TypeError("`preserve_length` was removed: on a multi-epoch stream it repeated the whole stream "
+                        "with the same pairings. Pair mode now reads its input once (N in, N // 2 out); for the "
+                        "thesis's epoch length use `data.training_dataset(..., mix=augment.MixStage(...))`, which "
+                        "reads the training set twice per epoch with fresh pairings. "
+                        f"Received: preserve_length={params['preserve_length']!r}")
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
     if not isinstance(dataset, tf.data.Dataset):
         raise TypeError(f"`dataset` must be a tf.data.Dataset. Received: {type(dataset).__name__}")
-    names, full = resolve(method, params)
-    seed = as_seed(seed)
+    stage = MixStage(method, mode=mode, num_classes=num_classes, seed=seed, pairing=pairing,
+                     jit_compile=jit_compile, **params)
     x_spec, y_spec, as_dict = _split_element(dataset.element_spec)
     rank = 3 if mode == "pair" else 4
     if x_spec.shape.rank != rank:
@@ -170,27 +124,22 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         return {"images": x, "labels": y} if as_dict else (x, y)
 
     if mode == "batch":
-        core = _core("batch", names, full, pairing, jit_compile)
-
         def mix_one_batch(index, element):
             x, y, _ = _split_element(element)
             x = _images(x, 4, "images")
-            soft = labels_to_soft(y, num_classes, 1)
-            xm, ym = core(x, soft, seed, _as_int32(epoch), _as_int32(index))
+            xm, ym = stage.batch(x, y, _as_int32(epoch), _as_int32(index))
             return pack(tf.cast(xm, _out_dtype(x)), ym)
         return dataset.enumerate().map(mix_one_batch, num_parallel_calls=num_parallel_calls,
                                        deterministic=True)
 
     chunk = _pairs_per_call(pairs_per_call, batch_size, x_spec)
-    core = _core("pair", names, full, pairing, jit_compile)
     length = dataset.cardinality()
-    stream = dataset.repeat(2) if preserve_length else dataset
+    stream = dataset
 
     def mix_chunk(index, element):
         x, y, _ = _split_element(element)
         x = _images(x, 4, "images")
-        soft = labels_to_soft(y, num_classes, 1)
-        xm, ym = core(x, soft, seed, _as_int32(epoch), _as_int32(index))
+        xm, ym = stage.interleaved(x, y, _as_int32(epoch), _as_int32(index))
         return pack(tf.cast(xm, _out_dtype(x)), ym)
 
     # Pair mode reads two input examples per output, so batching the input stream is
@@ -199,7 +148,7 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
                        deterministic=True).enumerate().map(
         mix_chunk, num_parallel_calls=num_parallel_calls, deterministic=True)
     known = int(length) if int(length) >= 0 else None
-    pairs = None if known is None else (known if preserve_length else known // 2)
+    pairs = None if known is None else known // 2
     if batch_size is None:
         out = out.unbatch()
     elif chunk > batch_size:

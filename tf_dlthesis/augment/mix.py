@@ -12,30 +12,11 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment import _masks as M
 from tf_dlthesis.augment.methods import METHODS, get_method, resolve
 
 _PAIRINGS = ("permute", "reverse")
-
-
-def as_seed(seed, name="seed"):
-    """A shape-[2] int64 stateless seed from an int, a pair, or an integer tensor."""
-    if seed is None:
-        raise ValueError(f"`{name}` is required (stateless randomness): pass an int or a "
-                         f"shape-[2] integer tensor. Received: {name}=None")
-    if isinstance(seed, bool):
-        raise TypeError(f"`{name}` must be an int or a shape-[2] integer tensor. "
-                        f"Received: {name}={seed!r}")
-    if isinstance(seed, (int, np.integer)):
-        return tf.constant([int(seed), 0], tf.int64)
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer:
-        raise TypeError(f"`{name}` must be integer-valued. Received dtype {seed.dtype.name} "
-                        f"for {name}={seed!r}")
-    if seed.shape.rank is not None and seed.shape != (2,):
-        raise ValueError(f"`{name}` tensor must have shape [2]. Received shape "
-                         f"{seed.shape} for {name}.")
-    return tf.cast(seed, tf.int64)
 
 
 def _images(x, rank, name):

@@ -5,23 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-
-def as_seed(seed) -> tf.Tensor:
-    """Turns an int or a shape-[2] int tensor/sequence into a stateless-op seed.
-
-    Raises:
-        TypeError/ValueError: anything else (None, floats, wrong shape).
-    """
-    if seed is None:
-        raise TypeError("A seed is required (an int or a shape-[2] int tensor). Received: seed=None")
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return tf.constant([int(seed), 0], dtype=tf.int64)
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer:
-        raise TypeError(f"`seed` must be an int or an integer tensor. Received dtype {seed.dtype.name}")
-    if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
-        raise ValueError(f"`seed` must have shape [2]. Received shape {seed.shape}")
-    return tf.cast(seed, tf.int64)
+from tf_dlthesis._seeds import as_seed
 
 
 def _check_pad(pad):
@@ -86,18 +70,83 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = F
     return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
+class EpochSeeds(tuple):
+    """One seed per epoch, for `training_dataset`'s `shuffle_seed` / `augment_seed`.
+
+    Example: `EpochSeeds([7, 7, 7, 9, 9])` keeps seed 7 for epochs 0-2 and switches
+    to 9 from epoch 3 (the onset experiment of Thesis Fig. 5.2).
+
+    Raises:
+        ValueError: an empty sequence or a seed that is not an int >= 0.
+    """
+
+    def __new__(cls, seeds):
+        values = tuple(seeds)
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+            raise ValueError(f"`EpochSeeds` needs a non-empty sequence of ints >= 0. Received: {seeds!r}")
+        return super().__new__(cls, (int(v) for v in values))
+
+
+def _epoch_seed_table(name, seed, epochs):
+    """An int / None / shape-[2] seed -> ([2] seed, False); `EpochSeeds` -> ((E, 2) table, True)."""
+    if isinstance(seed, EpochSeeds):
+        if epochs is None or len(seed) < epochs:
+            raise ValueError(f"`{name}` has {len(seed)} per-epoch seeds; it needs `epochs` set and one seed "
+                             f"per epoch. Received: epochs={epochs}")
+        values = tf.constant(list(seed), tf.int64)
+        return tf.stack([values, tf.zeros_like(values)], axis=1), True
+    return as_seed(seed, name), False
+
+
+def epoch_permutation(num_examples: int, shuffle_seed, epoch: int, part: int | None = None) -> np.ndarray:
+    """The order in which `training_dataset` visits the examples in `epoch`.
+
+    `part` selects one of the two passes of an epoch in pair-mode mixing (0 or 1).
+
+    Example:
+
+    >>> from tf_dlthesis import data
+    >>> sorted(data.epoch_permutation(5, 0, 0).tolist())
+    [0, 1, 2, 3, 4]
+    """
+    return _permutation(int(num_examples), as_seed(shuffle_seed, "shuffle_seed"), tf.constant(epoch, tf.int64),
+                        None if part is None else tf.constant(part, tf.int64)).numpy()
+
+
+def _permutation(n, seed, epoch, part=None):
+    s = tf.random.experimental.stateless_fold_in(seed, epoch)
+    if part is not None:
+        s = tf.random.experimental.stateless_fold_in(s, part)
+    return tf.argsort(tf.random.stateless_uniform([n], s))
+
+
+def epoch_pairs(num_examples: int, shuffle_seed, epoch: int) -> np.ndarray:
+    """The `(pairs, 2)` example indices that pair-mode mixing mixes in `epoch`.
+
+    The training set is read twice per epoch (the authors' way of keeping N mixed
+    examples per epoch, Thesis Sec. 2.4.1); each pass is a fresh permutation whose
+    consecutive examples are paired, so within a pass every example is in exactly
+    one pair (with an odd N one example sits out of each pass).
+    """
+    n = int(num_examples)
+    half = n // 2
+    passes = [epoch_permutation(n, shuffle_seed, epoch, part)[: 2 * half].reshape(half, 2) for part in (0, 1)]
+    return np.concatenate(passes)
+
+
 def training_dataset(
     x,
     y,
     *,
     batch_size: int,
-    shuffle_seed: int,
-    augment_seed: int | None = None,
+    shuffle_seed,
+    augment_seed=None,
     epochs: int | None = None,
     start_epoch: int = 0,
     pad: int = 4,
     flip: bool = False,
     drop_remainder: bool = False,
+    mix=None,
 ) -> tf.data.Dataset:
     """A batched training stream over in-memory arrays, reproducible bit for bit.
 
@@ -106,50 +155,119 @@ def training_dataset(
     given) with a seed derived from `(augment_seed, e, i)`. Nothing depends on
     iteration history, so the stream is identical for any `num_parallel_calls`,
     under op determinism, and when restarted at `start_epoch`. The shuffle and
-    augmentation seeds are separate sources (thesis Sec. 5.2).
+    augmentation seeds are separate sources (thesis Sec. 5.2); either may also be
+    `EpochSeeds`, one seed per epoch (the nondeterminism protocol's onset
+    experiment switches seeds at a given epoch).
+
+    With `mix` (an `augment.MixStage`), mixed-example augmentation runs after the
+    standard augmentation, inside the same pipeline:
+
+    * pair mode (the thesis's): each epoch reads the training set twice, each pass
+      in a fresh order (`epoch_pairs`); consecutive examples of a pass are paired,
+      so every example is paired exactly once per pass, the pairings change every
+      epoch, and an epoch yields N mixed examples (2 x floor(N / 2)).
+    * batch mode: each batch is mixed with a permutation of itself.
+
+    Labels are then soft `(B, num_classes)`.
 
     Use with `model.fit(ds, epochs=E, steps_per_epoch=steps_per_epoch(N, B))`.
+
+    Example:
+
+    >>> from tf_dlthesis import augment, data
+    >>> x, y = data.load_arrays("digits", "train")
+    >>> stage = augment.MixStage("vh_mixup", num_classes=10, seed=2)
+    >>> ds = data.training_dataset(x, y, batch_size=128, shuffle_seed=0, augment_seed=1, pad=1, epochs=3, mix=stage)
 
     Args:
         x: float32 images (N, H, W, C).
         y: labels (N,) or (N, K).
         batch_size: examples per batch.
-        shuffle_seed: seed of the per-epoch permutations.
-        augment_seed: seed of `standard_augment`; `None` disables augmentation.
+        shuffle_seed: seed of the per-epoch permutations (int, None for fresh
+            entropy, or `EpochSeeds` with one int per epoch).
+        augment_seed: seed of `standard_augment` (int or `EpochSeeds`); `None`
+            disables augmentation.
         epochs: number of epochs to yield; `None` repeats forever.
         start_epoch: first epoch to yield (to resume).
         pad, flip: `standard_augment` settings.
         drop_remainder: drop each epoch's last partial batch.
+        mix: an `augment.MixStage` (or any object with `mode` and `pairs` /
+            `batch` methods of the same signature), or None.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)` batches.
+
+    Raises:
+        ValueError: bad sizes, seeds or lengths.
+        TypeError: a `mix` object without the stage interface.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0):
+        raise ValueError(f"`epochs` must be an int >= 0 or None. Received: epochs={epochs!r}")
+    if mix is not None and getattr(mix, "mode", None) not in ("pair", "batch"):
+        raise TypeError(f"`mix` must be an augment.MixStage (mode 'pair' or 'batch'). Received: mix={mix!r}")
     x = np.asarray(x)
     y = np.asarray(y)
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must have the same length. Received {len(x)} and {len(y)}")
     n = len(x)
+    if n == 0:
+        raise ValueError("`x` is empty: a training stream needs at least one example.")
+    if mix is not None and mix.mode == "pair" and n < 2:
+        raise ValueError(f"Pair-mode mixing needs at least 2 examples. Received {n}")
     xs, ys = tf.constant(x), tf.constant(y)
-    shuffle_base = as_seed(shuffle_seed)
-    augment_base = None if augment_seed is None else as_seed(augment_seed)
+    shuffle_table, shuffle_per_epoch = _epoch_seed_table("shuffle_seed", shuffle_seed, epochs)
+    augment_table, augment_per_epoch = (None, False) if augment_seed is None else _epoch_seed_table(
+        "augment_seed", augment_seed, epochs)
+
+    def seed_at(table, per_epoch, e):
+        return tf.gather(table, e) if per_epoch else table
+
+    def augment(images, e, i, part):
+        if augment_table is None:
+            return images
+        s = tf.random.experimental.stateless_fold_in(seed_at(augment_table, augment_per_epoch, e), e)
+        s = tf.random.experimental.stateless_fold_in(s, i)
+        if part is not None:
+            s = tf.random.experimental.stateless_fold_in(s, part)
+        return standard_augment(images, seed=s, pad=pad, flip=flip)
+
+    pair_mode = mix is not None and mix.mode == "pair"
 
     def epoch(e):
-        s = tf.random.experimental.stateless_fold_in(shuffle_base, e)
-        perm = tf.argsort(tf.random.stateless_uniform([n], s))
-        batches = tf.data.Dataset.from_tensor_slices(perm).batch(batch_size, drop_remainder=drop_remainder)
+        seed = seed_at(shuffle_table, shuffle_per_epoch, e)
+        if pair_mode:
+            half = n // 2
+            passes = [tf.reshape(_permutation(n, seed, e, tf.constant(p, tf.int64))[: 2 * half], [half, 2])
+                      for p in (0, 1)]
+            items = tf.data.Dataset.from_tensor_slices(tf.concat(passes, 0))
+        else:
+            items = tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e))
+        batches = items.batch(batch_size, drop_remainder=drop_remainder)
         return batches.enumerate().map(lambda i, idx: (e, i, idx))
 
     def fetch(e, i, idx):
-        images = tf.gather(xs, idx)
-        if augment_base is not None:
-            s = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(augment_base, e), i)
-            images = standard_augment(images, seed=s, pad=pad, flip=flip)
-        return images, tf.gather(ys, idx)
+        if pair_mode:
+            first, second = idx[:, 0], idx[:, 1]
+            x1 = augment(tf.gather(xs, first), e, i, 0)
+            x2 = augment(tf.gather(xs, second), e, i, 1)
+            return mix.pairs(x1, tf.gather(ys, first), x2, tf.gather(ys, second), e, i)
+        images, labels = augment(tf.gather(xs, idx), e, i, None), tf.gather(ys, idx)
+        if mix is not None:
+            return mix.batch(images, labels, e, i)
+        return images, labels
 
     epochs_ds = tf.data.Dataset.counter(start_epoch) if epochs is None else tf.data.Dataset.range(start_epoch, epochs)
     return epochs_ds.flat_map(epoch).map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+
+
+def steps_per_epoch_of(num_examples: int, batch_size: int, *, drop_remainder: bool = False, mix=None) -> int:
+    """Batches per epoch of `training_dataset` with these settings (pair mode: 2 x floor(N / 2) examples)."""
+    n = int(num_examples)
+    if mix is not None and getattr(mix, "mode", None) == "pair":
+        n = 2 * (n // 2)
+    return steps_per_epoch(n, batch_size, drop_remainder)
 
 
 def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 4, seed: int, num_batches: int | None = None) -> tf.data.Dataset:

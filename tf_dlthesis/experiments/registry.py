@@ -10,8 +10,8 @@ import math
 import os
 from importlib import resources
 
-VERDICTS = ("reproduced", "not reproduced", "not comparable at this scale")
-SCALES = ("quick", "full")
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not comparable at this scale")
+SCALES = ("quick", "standard", "full")
 
 
 @dataclasses.dataclass
@@ -21,7 +21,7 @@ class Table:
     Attributes:
         id: thesis table id, e.g. `"2.1"`.
         title: what the table shows.
-        setting: our setting (dataset, model, epochs, runs, scale).
+        setting: our setting (dataset, model, epochs, runs, scale) and how it was chosen.
         columns: column names (metrics).
         rows: row key -> {column: value}.
         thesis: row key -> {column: value} from the thesis, or None.
@@ -37,38 +37,96 @@ class Table:
     thesis_setting: str = ""
 
 
+def _region_text(above, below) -> str:
+    if above is not None and below is not None:
+        return f"in ({fmt(float(above))}, {fmt(float(below))})"
+    return f"> {fmt(float(above))}" if above is not None else f"< {fmt(float(below))}"
+
+
 @dataclasses.dataclass
 class Finding:
-    """A finding of the thesis checked against our numbers.
+    """A finding of the thesis tested against our numbers.
 
-    `verdict` must be computed from the numbers (use `Finding.check`).
+    Build it with `Finding.test` (a measured `stats.Effect` and the region of effects
+    the thesis claims; the verdict follows from the interval) or
+    `Finding.not_comparable` (a claim this scale cannot test, with the reason).
+
+    Attributes:
+        claim: the thesis's claim.
+        verdict: one of `VERDICTS`.
+        evidence: numbers behind the effect, in words.
+        effect: the measured `stats.Effect` (estimate, 95% interval, statistic).
+        region: the claimed region of the effect, e.g. "> 0" or "in (0.5, 2)".
     """
 
     claim: str
     verdict: str
-    evidence: str
+    evidence: str = ""
+    effect: object = None
+    region: str = ""
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"`verdict` must be one of {VERDICTS}. Received: verdict={self.verdict!r}")
+        from tf_dlthesis.experiments.stats import Effect
+
+        if self.verdict != VERDICTS[3] and not isinstance(self.effect, Effect):
+            raise ValueError(f"A {self.verdict!r} verdict needs the measured effect with its interval. "
+                             f"Received: effect={self.effect!r} for claim {self.claim!r}")
 
     @classmethod
-    def check(cls, claim: str, holds: bool, evidence: str, *, comparable: bool = True) -> "Finding":
-        """Builds a finding whose verdict follows from `holds` (a comparison of numbers)."""
-        if not comparable:
-            verdict = "not comparable at this scale"
-        else:
-            verdict = "reproduced" if bool(holds) else "not reproduced"
-        return cls(claim, verdict, evidence)
+    def test(cls, claim: str, effect, *, above=None, below=None, evidence: str = "") -> "Finding":
+        """The finding whose verdict compares `effect`'s interval with the claimed region (`above`, `below`)."""
+        from tf_dlthesis.experiments.stats import verdict
+
+        return cls(claim, verdict(effect, above, below), evidence, effect, _region_text(above, below))
+
+    @classmethod
+    def not_comparable(cls, claim: str, reason: str, effect=None, *, above=None, below=None) -> "Finding":
+        """A claim this scale cannot test; `reason` says why (a measured effect may still be shown)."""
+        region = _region_text(above, below) if (above is not None or below is not None) else ""
+        return cls(claim, VERDICTS[3], reason, effect, region)
+
+
+@dataclasses.dataclass
+class Check:
+    """A regime or health check printed with its table (e.g. "baseline reaches ~0 training error").
+
+    Attributes:
+        name: what is checked.
+        passed: whether it holds.
+        detail: the measured numbers.
+    """
+
+    name: str
+    passed: bool
+    detail: str
 
 
 @dataclasses.dataclass
 class Output:
-    """What an experiment returns: tables, (name, matplotlib figure) pairs, findings."""
+    """What an experiment returns: tables, (name, matplotlib figure) pairs, findings, checks."""
 
     tables: list = dataclasses.field(default_factory=list)
     figures: list = dataclasses.field(default_factory=list)
     findings: list = dataclasses.field(default_factory=list)
+    checks: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def _health_checks(runs) -> list:
+    """One check per collapsed model, or one passing check for all of them."""
+    collapsed = [r for r in runs if r.collapsed]
+    checks = [Check("model not collapsed", False,
+                    f"{r.spec.describe()}, seeds {r.plan.source}/{r.plan.run} (init {r.plan.init}): predicts "
+                    f"{r.info['distinct_predictions']} of {r.info['num_classes']} classes, test accuracy "
+                    f"{100 * r.metrics['test_accuracy']:.1f}%") for r in collapsed]
+    if runs and not collapsed:
+        fewest = min(r.info["distinct_predictions"] for r in runs)
+        checks.append(Check("no collapsed model", True,
+                            f"{len(runs)} trained model(s); each predicts >= {fewest} of "
+                            f"{runs[0].info['num_classes']} classes on the test set"))
+    return checks
 
 
 @dataclasses.dataclass
@@ -80,13 +138,23 @@ class Experiment:
     chapter: int | str
     fn: object
     quick_minutes: float
+    kind: str = "table"
 
-    def __call__(self, scale, dataset, store, *, out=None) -> Output:
+    def __call__(self, scale, dataset, store, *, out=None, tensorboard=None) -> Output:
         if scale not in SCALES:
             raise ValueError(f"`scale` must be one of {SCALES}. Received: scale={scale!r}")
-        result = self.fn(scale, dataset, store, out=out)
+        from tf_dlthesis.experiments.training import RUN_LOG, TENSORBOARD_DIR
+
+        runs: list = []
+        log_token, tb_token = RUN_LOG.set(runs), TENSORBOARD_DIR.set(tensorboard)
+        try:
+            result = self.fn(scale, dataset, store, out=out)
+        finally:
+            RUN_LOG.reset(log_token)
+            TENSORBOARD_DIR.reset(tb_token)
         if not isinstance(result, Output):
             raise TypeError(f"Experiment {self.id!r} must return an Output. Received: {type(result).__name__}")
+        result.checks = list(result.checks) + _health_checks(runs)
         return result
 
 
@@ -109,7 +177,8 @@ def register(id: str, *, title: str, chapter, quick_minutes: float = 1.0):
     def decorator(fn):
         if id in REGISTRY and REGISTRY[id].fn is not fn:
             raise ValueError(f"Experiment id {id!r} is already registered by {REGISTRY[id].fn.__module__}")
-        REGISTRY[id] = Experiment(id, title, chapter, fn, float(quick_minutes))
+        kind = "figure" if id.startswith("fig") else "table"
+        REGISTRY[id] = Experiment(id, title, chapter, fn, float(quick_minutes), kind)
         return fn
 
     return decorator
@@ -170,29 +239,6 @@ def thesis_rows(id: str) -> dict:
     table = thesis_table(id)
     metric = table.get("metric", "value")
     return {row: (dict(vals) if isinstance(vals, dict) else {metric: vals}) for row, vals in table["rows"].items()}
-
-
-# --- run-wide settings the CLI sets (TensorBoard) ---------------------------------
-_SETTINGS: dict = {"tensorboard": None}
-
-
-def set_tensorboard(log_dir) -> None:
-    """Makes `fit_callbacks` add a TensorBoard callback writing under `log_dir` (None: off)."""
-    _SETTINGS["tensorboard"] = None if log_dir is None else os.fspath(log_dir)
-
-
-def fit_callbacks(run_name: str) -> list:
-    """The Keras callbacks every experiment passes to `model.fit`.
-
-    With `tf-dlthesis reproduce --tensorboard DIR`, this is a
-    `keras.callbacks.TensorBoard` writing to `DIR/<run_name>`; otherwise empty.
-    """
-    if _SETTINGS["tensorboard"] is None:
-        return []
-    import keras
-
-    safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(run_name))
-    return [keras.callbacks.TensorBoard(log_dir=os.path.join(_SETTINGS["tensorboard"], safe), update_freq="epoch")]
 
 
 def fmt(value) -> str:

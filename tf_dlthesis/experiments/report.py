@@ -7,7 +7,7 @@ import os
 import time
 import traceback
 
-from tf_dlthesis.experiments.registry import Output, fmt, select
+from tf_dlthesis.experiments.registry import VERDICTS, Output, fmt, select
 
 
 def _table_md(table) -> list:
@@ -63,9 +63,15 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
     fig_dir = os.path.join(out_dir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
     verdicts = {}
-    for _, output, _, _ in sections:
+    n_checks, failed = 0, []
+    for exp, output, _, _ in sections:
         for finding in (output.findings if output else []):
             verdicts[finding.verdict] = verdicts.get(finding.verdict, 0) + 1
+        for check in (output.checks if output else []):
+            n_checks += 1
+            if not check.passed:
+                failed.append(f"{exp.id}: {check.name}")
+    n_failed = len(failed)
     lines = [
         "# tf_dlthesis reproduction report",
         "",
@@ -73,7 +79,15 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
         f"in {total_seconds / 60:.1f} min. Thesis numbers come from `thesis_tables.json`; "
         "verdicts are computed from the numbers below.",
         "",
-        "Verdicts: " + (", ".join(f"{v}: {n}" for v, n in sorted(verdicts.items())) or "none"),
+        "Verdicts: " + (", ".join(f"{v}: {verdicts[v]}" for v in VERDICTS if v in verdicts) or "none"),
+        "",
+        "Each finding names its statistic and shows the effect with its 95% interval. A finding is "
+        "*reproduced* only when the whole interval lies in the region the thesis claims, *not reproduced* "
+        "when the whole interval lies outside it, and *inconclusive* otherwise; *not comparable* findings "
+        "say why this scale cannot test them.",
+        "",
+        f"Regime and health checks: {n_checks - n_failed} of {n_checks} passed"
+        + (f" (failed: {', '.join(failed)})" if failed else "") + ".",
         "",
         "| id | title | time (s) | status |",
         "|---|---|---|---|",
@@ -93,11 +107,22 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
             if not os.path.exists(os.path.join(fig_dir, f"{name}.png")):
                 save_figures(output, out_dir)
             lines += [f"![{name}](figures/{name}.png)", ""]
-        if output.findings:
-            lines += ["| finding | verdict | evidence |", "|---|---|---|"]
-            for f in output.findings:
-                lines.append(f"| {f.claim} | **{f.verdict}** | {f.evidence} |")
+        if output.checks:
+            lines += ["| regime / health check | status | measured |", "|---|---|---|"]
+            for c in output.checks:
+                lines.append(f"| {c.name} | {'ok' if c.passed else '**FAILED**'} | {c.detail} |")
             lines.append("")
+        if output.findings:
+            lines += ["| finding | statistic | effect [95% CI] | claimed | verdict | evidence |",
+                      "|---|---|---|---|---|---|"]
+            for f in output.findings:
+                effect = f.effect.text() if f.effect is not None else "—"
+                statistic = f.effect.statistic if f.effect is not None else "—"
+                lines.append(f"| {f.claim} | {statistic} | {effect} | {f.region or '—'} | **{f.verdict}** | "
+                             f"{f.evidence} |")
+            lines.append("")
+        for note in output.notes:
+            lines += [note, ""]
     path = os.path.join(out_dir, "report.md")
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -117,34 +142,29 @@ def reproduce(*, scale: str = "quick", dataset: str = "digits", out_dir="tf-dlth
         `(report_path, number_of_failed_experiments)`.
     """
     from tf_dlthesis import runtime
-    from tf_dlthesis.experiments.registry import set_tensorboard
     from tf_dlthesis.experiments.results_store import ResultsStore
 
     experiments = select(only)
     os.makedirs(out_dir, exist_ok=True)
     store = ResultsStore(os.path.join(out_dir, "results.sqlite"))
-    set_tensorboard(tensorboard)
     sections = []
     start = time.time()
     from tqdm.auto import tqdm
 
     bar = tqdm(experiments, desc="reproduce", unit="item", disable=not progress)
-    try:
-        for exp in bar:
-            bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}")
-            runtime.configure(seed=0, deterministic=True)
-            t0 = time.time()
-            try:
-                output, error = exp(scale, dataset, store, out=out_dir), None
-            except Exception:  # keep going: one failure must not lose the others' results
-                output, error = None, traceback.format_exc(limit=8)
-                bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
-            if output is not None:
-                save_figures(output, out_dir)
-            sections.append((exp, output, time.time() - t0, error))
-            write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
-    finally:
-        set_tensorboard(None)
+    for exp in bar:
+        bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}")
+        runtime.configure(seed=0, deterministic=True)
+        t0 = time.time()
+        try:
+            output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
+        except Exception:  # keep going: one failure must not lose the others' results
+            output, error = None, traceback.format_exc(limit=8)
+            bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
+        if output is not None:
+            save_figures(output, out_dir)
+        sections.append((exp, output, time.time() - t0, error))
+        write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
     path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
     return path, sum(1 for s in sections if s[3])
 

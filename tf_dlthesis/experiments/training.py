@@ -1,109 +1,659 @@
-"""One training routine for the CLI and the experiments: seeded, resumable data, SGD."""
+"""The one training path: `TrainSpec` says what to train, `train(spec, seeds)` trains it.
+
+Every experiment, `tf-dlthesis train`, the notebooks and README's examples build a
+`TrainSpec` and call `train`. A spec is a frozen, JSON-able description of one
+training setting - data (and subset), model, normalization, mixing stage, defense,
+recipe, epochs, batch size - whose hash is the results store's config key, so a
+run recorded once is read back instead of retrained (`ResultsStore.get_or_compute`).
+
+Seeds: an int `s` seeds initialization (`s`), data order (`s`), augmentation and
+mixing (`s + 1`) and stochastic ops / attacks (`s + 2`); a `variability.SeedPlan`
+gives each source its own seed (Thesis Sec. 5.3.1), including a one-ULP bit change
+and the onset epoch of Fig. 5.2. Nothing else is random: no global seed, no
+op-seed counter, so a run does not depend on what ran before it in the process.
+"""
 
 from __future__ import annotations
 
-import keras
+import contextvars
+import dataclasses
+import json
+import time
+from typing import Callable
+
 import numpy as np
 
-from tf_dlthesis import data, models, runtime
-from tf_dlthesis.experiments.registry import fit_callbacks
+from tf_dlthesis._seeds import check_int_seed
+
+#: The store namespace of training runs.
+RUNS = "runs"
+_FLIP_FREE = ("digits", "mnist")  # classes that mirroring changes (digits)
 
 
-def default_pad(image_shape) -> int:
-    """Crop padding: the thesis's 4 px for 32 px images, scaled (1 px for 8x8 digits)."""
-    return max(1, int(image_shape[0]) // 8)
+def _jsonable(name, value):
+    """A deep copy through JSON (tuples become lists); a clear error for anything else."""
+    try:
+        return json.loads(json.dumps(value, sort_keys=True))
+    except TypeError:
+        raise TypeError(f"`{name}` must be JSON-able (numbers, strings, lists, dicts). Received: {name}={value!r}") from None
 
 
-def train_classifier(
-    model_name: str,
-    dataset: str = "digits",
-    *,
-    norm="batch",
-    epochs: int = 20,
-    batch_size: int = 64,
-    learning_rate: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
-    augment: bool = True,
-    flip: bool | None = None,
-    image_size: int | None = None,
-    data_dir: str | None = None,
-    run_name: str | None = None,
-    verbose: int | str = 0,
-    model_kwargs: dict | None = None,
-    arrays=None,
-):
-    """Trains a `models.build` model with SGD + momentum and a cosine schedule.
+def _norm_config(norm):
+    if norm is None or isinstance(norm, str):
+        return norm or "none"
+    if callable(norm):
+        import functools
 
-    Data order and augmentation come from `data.training_dataset` with seeds
-    derived from `seed`, so runs are reproducible. Weight decay is Keras's
-    decoupled `weight_decay` on the optimizer.
+        if isinstance(norm, functools.partial):
+            return {"callable": f"{norm.func.__module__}.{norm.func.__qualname__}",
+                    "args": _jsonable("norm", list(norm.args)), "kwargs": _jsonable("norm", norm.keywords)}
+        return {"callable": f"{getattr(norm, '__module__', '?')}.{getattr(norm, '__qualname__', repr(norm))}"}
+    raise TypeError(f"`norm` must be a norm string (e.g. 'ghost:16') or a callable returning a layer. Received: norm={norm!r}")
 
-    Args:
-        model_name: a `models.build` name.
-        dataset: a `data.load` name.
-        norm: the `norm=` of `models.build`.
-        epochs, batch_size, learning_rate, momentum, weight_decay: optimisation.
-        seed: seeds the initialization, data order and augmentation.
-        augment: pad-crop (and flip) augmentation.
-        flip: horizontal flips; default off for digits, on otherwise.
-        image_size: resize images (e.g. 32 for CIFAR-style models on digits).
-        run_name: TensorBoard run name (see `fit_callbacks`).
-        verbose: Keras `fit` verbosity (1 shows the progress bar).
-        model_kwargs: extra `models.build` options.
-        arrays: optional `((x_train, y_train), (x_test, y_test))` to skip loading.
 
-    Returns:
-        `(model, metrics)` where metrics has `test_accuracy`, `test_loss`,
-        `train_loss` (last epoch) and `epochs`.
+def _positive_int(name, value, minimum=1, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}{' or None' if allow_none else ''}. Received: {name}={value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """One training setting, frozen and JSON-able; its hash is the results store's key.
+
+    Example:
+
+    >>> from tf_dlthesis.experiments import TrainSpec, train
+    >>> spec = TrainSpec(dataset="digits", model="cnn", model_kwargs={"filters": [16, 32]}, epochs=10,
+    ...                  mixing={"method": "vh_mixup"})
+    >>> [run] = train(spec, seeds=0)
+    >>> run.metrics["test_accuracy"] > 0.9
+    True
+
+    Attributes:
+        dataset: a `data.load` name ("digits", "fashion_mnist", "mnist", tfds names).
+        train_examples: use a stratified subset of this many training examples
+            (the first ones of each class, in the dataset's order; no RNG).
+        validation_examples: hold out this many training examples (stratified,
+            the last ones of each class) as a validation split.
+        test_examples: evaluate on a stratified subset of the test split.
+        image_size: resize images (`data.load(image_size=...)`).
+        model, model_kwargs: `models.build` name and options.
+        norm, norm_kwargs: the `norm=` kind (string, or a callable returning a
+            layer) and the options of every normalization layer (e.g. momentum).
+        norm_weight_decay: `(rate, gamma_center)` L2 on gamma/beta (Sec. 4.3.3),
+            or None (gamma and beta are excluded from weight decay).
+        mixing: `augment.MixStage` settings, e.g. `{"method": "vh_mixup", "mode":
+            "pair", "alpha": 1.0}`, or None.
+        defense: `robustness.RobustModel` settings, e.g. `{"defense": "lrm",
+            "epsilon": 0.1, "step_size": 0.025, "num_steps": 5}`, or None.
+        non_iid_classes: draw each batch from this many classes (Table 4.1's
+            sampler, `data.non_iid_batches`) instead of shuffled epochs.
+        recipe: a `recipes.get` name (optimizer, schedule, weight decay).
+        optimizer: "sgd" (the recipe's) or "adam" (the recipe's schedule, Adam).
+        learning_rate, weight_decay: override the recipe's peak rate / decay.
+        epochs, batch_size: the run length and batch size.
+        augment: standard pad-and-crop (+ flip) augmentation.
+        pad, flip: its settings (default: pad H // 8 >= 1; flips except on digits/MNIST).
+        snapshots: > 0 trains a snapshot ensemble with that many cosine cycles
+            (Thesis Sec. 5.5); the run then also reports the ensemble's accuracy.
     """
-    if arrays is None:
-        train = data.load_arrays(dataset, "train", image_size=image_size, data_dir=data_dir)
-        test = data.load_arrays(dataset, "test", image_size=image_size, data_dir=data_dir)
+
+    dataset: str = "digits"
+    train_examples: int | None = None
+    validation_examples: int = 0
+    test_examples: int | None = None
+    image_size: int | None = None
+    model: str = "cnn"
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    norm: object = "batch"
+    norm_kwargs: dict = dataclasses.field(default_factory=dict)
+    norm_weight_decay: tuple | None = None
+    mixing: dict | None = None
+    defense: dict | None = None
+    non_iid_classes: int | None = None
+    recipe: str = "cosine"
+    optimizer: str = "sgd"
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    augment: bool = True
+    pad: int | None = None
+    flip: bool | None = None
+    snapshots: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise TypeError(f"`dataset` must be a dataset name. Received: dataset={self.dataset!r}")
+        if not isinstance(self.model, str):
+            raise TypeError(f"`model` must be a models.build name. Received: model={self.model!r}")
+        _positive_int("train_examples", self.train_examples, 2, allow_none=True)
+        _positive_int("validation_examples", self.validation_examples, 0)
+        _positive_int("test_examples", self.test_examples, 1, allow_none=True)
+        _positive_int("image_size", self.image_size, 1, allow_none=True)
+        _positive_int("epochs", self.epochs, 1)
+        _positive_int("batch_size", self.batch_size, 1)
+        _positive_int("non_iid_classes", self.non_iid_classes, 1, allow_none=True)
+        _positive_int("snapshots", self.snapshots, 0)
+        _positive_int("pad", self.pad, 0, allow_none=True)
+        for name in ("model_kwargs", "norm_kwargs"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise TypeError(f"`{name}` must be a dict. Received: {name}={value!r}")
+            object.__setattr__(self, name, _jsonable(name, value))
+        for name in ("mixing", "defense"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str):
+                    value = {"method": value} if name == "mixing" else {"defense": value}
+                if not isinstance(value, dict):
+                    raise TypeError(f"`{name}` must be a dict of settings or None. Received: {name}={value!r}")
+                object.__setattr__(self, name, _jsonable(name, value))
+        if self.mixing is not None and "method" not in self.mixing:
+            raise ValueError(f"`mixing` needs a 'method'. Received: mixing={self.mixing!r}")
+        if self.defense is not None and "defense" not in self.defense:
+            raise ValueError(f"`defense` needs a 'defense' name. Received: defense={self.defense!r}")
+        if self.norm_weight_decay is not None:
+            nwd = tuple(self.norm_weight_decay)
+            if len(nwd) != 2:
+                raise ValueError(f"`norm_weight_decay` must be (rate, gamma_center). Received: {self.norm_weight_decay!r}")
+            object.__setattr__(self, "norm_weight_decay", (float(nwd[0]), float(nwd[1])))
+        _norm_config(self.norm)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"`optimizer` must be 'sgd' or 'adam'. Received: optimizer={self.optimizer!r}")
+        from tf_dlthesis import recipes
+
+        recipes.get(self.recipe)
+        if self.non_iid_classes is not None and self.mixing is not None:
+            raise ValueError("`non_iid_classes` and `mixing` cannot be combined.")
+
+    # ------------------------------------------------------------------ config / key
+    def to_config(self) -> dict:
+        """The JSON-able dict the store keys on (and `from_config` reads)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["norm"] = _norm_config(self.norm)
+        out["norm_weight_decay"] = None if self.norm_weight_decay is None else list(self.norm_weight_decay)
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TrainSpec":
+        if isinstance(config.get("norm"), dict):
+            raise ValueError("A spec with a callable `norm` cannot be rebuilt from its config; pass the callable.")
+        return cls(**config)
+
+    def key(self) -> str:
+        """The results store's config hash of this spec."""
+        from tf_dlthesis.experiments.results_store import config_hash
+
+        return config_hash(self.to_config())
+
+    def __hash__(self):
+        return hash(self.key())
+
+    def replace(self, **changes) -> "TrainSpec":
+        """A copy with some fields changed (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ derived settings
+    @property
+    def resolved_pad(self) -> int:
+        if self.pad is not None:
+            return self.pad
+        from tf_dlthesis import data
+
+        return max(1, int(data.info(self.dataset, image_size=self.image_size).image_shape[0]) // 8)
+
+    @property
+    def resolved_flip(self) -> bool:
+        return (self.dataset not in _FLIP_FREE) if self.flip is None else bool(self.flip)
+
+    def describe(self) -> str:
+        """A one-line human description for report settings."""
+        parts = [self.dataset + (f" ({self.train_examples} training examples)" if self.train_examples else ""),
+                 self.model + (f" {self.model_kwargs}" if self.model_kwargs else ""),
+                 f"norm {self.norm if isinstance(self.norm, str) else _norm_config(self.norm)}"
+                 + (f" {self.norm_kwargs}" if self.norm_kwargs else ""),
+                 f"recipe {self.recipe}" + (f" ({self.optimizer})" if self.optimizer != "sgd" else "")
+                 + (f", peak LR {self.learning_rate}" if self.learning_rate is not None else "")
+                 + (f", weight decay {self.weight_decay}" if self.weight_decay is not None else ""),
+                 f"{self.epochs} epochs, batch {self.batch_size}"]
+        if self.augment:
+            parts.append(f"pad-crop {self.resolved_pad}" + (" + flip" if self.resolved_flip else ""))
+        if self.mixing:
+            parts.append(f"mixing {self.mixing}")
+        if self.defense:
+            parts.append(f"defense {self.defense}")
+        if self.non_iid_classes:
+            parts.append(f"non-i.i.d. batches of {self.non_iid_classes} classes")
+        if self.snapshots:
+            parts.append(f"snapshot ensemble of {self.snapshots} cycles")
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------- data
+@dataclasses.dataclass(frozen=True)
+class DataBundle:
+    """The arrays of one spec: training (subset), validation, test; and the class count."""
+
+    train: tuple
+    validation: tuple | None
+    test: tuple
+    num_classes: int
+
+
+def stratified_indices(labels, n: int, *, from_end: bool = False) -> np.ndarray:
+    """`n` indices spread over the classes in proportion to their sizes, without RNG.
+
+    The first (or, with `from_end`, the last) examples of each class in the
+    dataset's order are taken; largest-remainder rounding makes the total exactly `n`.
+
+    Raises:
+        ValueError: `n` larger than the number of examples.
+    """
+    labels = np.asarray(labels)
+    if not 0 <= n <= len(labels):
+        raise ValueError(f"Cannot take {n} examples from {len(labels)}.")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    take = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: n - take.sum()]] += 1
+    picked = []
+    for c, k in zip(classes, take):
+        idx = np.flatnonzero(labels == c)
+        picked.append(idx[len(idx) - k:] if from_end else idx[:k])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def load_data(spec: TrainSpec) -> DataBundle:
+    """The training / validation / test arrays of `spec` (stratified subsets, no RNG)."""
+    from tf_dlthesis import data
+
+    x, y = data.load_arrays(spec.dataset, "train", image_size=spec.image_size)
+    xt, yt = data.load_arrays(spec.dataset, "test", image_size=spec.image_size)
+    num_classes = int(data.info(spec.dataset, image_size=spec.image_size).num_classes)
+    validation = None
+    if spec.validation_examples:
+        if spec.validation_examples >= len(y):
+            raise ValueError(f"`validation_examples`={spec.validation_examples} leaves no training data "
+                             f"({len(y)} examples).")
+        val = stratified_indices(y, spec.validation_examples, from_end=True)
+        keep = np.setdiff1d(np.arange(len(y)), val)
+        validation = (x[val], y[val])
+        x, y = x[keep], y[keep]
+    if spec.train_examples is not None:
+        if spec.train_examples > len(y):
+            raise ValueError(f"`train_examples`={spec.train_examples} exceeds the {len(y)} training examples.")
+        sub = stratified_indices(y, spec.train_examples)
+        x, y = x[sub], y[sub]
+    if spec.test_examples is not None and spec.test_examples < len(yt):
+        sub = stratified_indices(yt, spec.test_examples)
+        xt, yt = xt[sub], yt[sub]
+    return DataBundle((x, y), validation, (xt, yt), num_classes)
+
+
+# ---------------------------------------------------------------------------- runs
+@dataclasses.dataclass
+class RunContext:
+    """What an `evaluate` hook sees: the trained model and everything about its run."""
+
+    model: object
+    spec: TrainSpec
+    plan: object
+    data: DataBundle
+    stage: object = None
+    snapshots: object = None
+    history: dict | None = None
+
+    def test_inputs(self, images):
+        """Images as the model saw them in training (BC+ stages centre each image)."""
+        return images if self.stage is None else np.asarray(self.stage.test_transform(images))
+
+
+@dataclasses.dataclass
+class Run:
+    """One trained (or stored) run of a spec.
+
+    Attributes:
+        spec, plan: what was trained, with which seeds (`SeedPlan`).
+        metrics: test/train/validation accuracy and loss, training loss, time.
+        test_correct: (N,) bool, per test example.
+        test_pred: (N,) predicted class per test example.
+        info: init / data-order hashes, the bit change, distinct predictions.
+        evaluation: what the `evaluate` hook returned (or None).
+        from_store: whether the run was read from the results store.
+    """
+
+    spec: TrainSpec
+    plan: object
+    metrics: dict
+    test_correct: np.ndarray
+    test_pred: np.ndarray
+    info: dict
+    evaluation: dict | None = None
+    from_store: bool = False
+    _model: object = None
+    _weights: list | None = None
+
+    @property
+    def model(self):
+        """The trained Keras model (rebuilt from stored weights when read from the store).
+
+        Raises:
+            RuntimeError: the run came from the store without weights
+                (train with `keep_weights=True` to keep them).
+        """
+        if self._model is None:
+            if self._weights is None:
+                raise RuntimeError("This run was read from the results store without its weights; "
+                                   "train it with `keep_weights=True` to reuse the model.")
+            self._model = _build_model(self.spec, _num_classes(self.spec), self.plan)
+            self._model.set_weights(self._weights)
+        return self._model
+
+    @property
+    def collapsed(self) -> bool:
+        """True when the test predictions cover fewer than half of the classes."""
+        return self.info["distinct_predictions"] < self.info["num_classes"] / 2
+
+
+#: The runs trained or read during one registered experiment (for the report's health checks).
+RUN_LOG: contextvars.ContextVar = contextvars.ContextVar("tf_dlthesis_run_log", default=None)
+#: TensorBoard folder of the current `reproduce` call (None: off).
+TENSORBOARD_DIR: contextvars.ContextVar = contextvars.ContextVar("tf_dlthesis_tensorboard", default=None)
+
+
+def as_plan(seed):
+    """An int seed or a `SeedPlan` -> `SeedPlan` (int s: init s, shuffle s, augment s + 1, stochastic s + 2)."""
+    from tf_dlthesis.variability import SeedPlan
+
+    if isinstance(seed, SeedPlan):
+        return seed
+    s = check_int_seed(seed, "seeds", allow_none=False)
+    return SeedPlan(init=s, shuffle=s, augment=s + 1, stochastic=s + 2)
+
+
+def _num_classes(spec):
+    from tf_dlthesis import data
+
+    return int(data.info(spec.dataset, image_size=spec.image_size).num_classes)
+
+
+def _build_model(spec, num_classes, plan):
+    from tf_dlthesis import data, models
+
+    shape = data.info(spec.dataset, image_size=spec.image_size).image_shape
+    return models.build(spec.model, shape, num_classes, norm=spec.norm, norm_kwargs=spec.norm_kwargs or None,
+                        seed=plan.init, **spec.model_kwargs)
+
+
+def _stage(spec, num_classes, plan):
+    if spec.mixing is None:
+        return None
+    from tf_dlthesis.augment import MixStage
+    from tf_dlthesis.variability import derive_seed
+
+    settings = dict(spec.mixing)
+    method = settings.pop("method")
+    return MixStage(method, num_classes=num_classes, seed=derive_seed(plan.augment, 1), **settings)
+
+
+def _stream(spec, bundle, plan, stage):
+    """(dataset, steps per epoch, data-order fingerprint source)."""
+    from tf_dlthesis import data
+
+    x, y = bundle.train
+    if spec.non_iid_classes is not None:
+        steps = max(1, len(x) // spec.batch_size)
+        ds = data.non_iid_batches((x, y), batch_size=spec.batch_size, classes_per_batch=spec.non_iid_classes,
+                                  seed=plan.shuffle, num_batches=spec.epochs * steps)
+        return ds, steps
+    epochs = spec.epochs
+    onset = plan.base is not None and plan.onset_epoch > 0
+    shuffle = data.EpochSeeds([plan.epoch_seed("shuffle", e) for e in range(epochs)]) if onset else plan.shuffle
+    augment = None
+    if spec.augment:
+        augment = data.EpochSeeds([plan.epoch_seed("augment", e) for e in range(epochs)]) if onset else plan.augment
+    ds = data.training_dataset(x, y, batch_size=spec.batch_size, shuffle_seed=shuffle, augment_seed=augment,
+                               epochs=epochs, pad=spec.resolved_pad, flip=spec.resolved_flip, mix=stage,
+                               drop_remainder=stage is not None)
+    steps = data.steps_per_epoch_of(len(x), spec.batch_size, drop_remainder=stage is not None, mix=stage)
+    return ds, steps
+
+
+def data_order_hash(spec, plan, num_examples):
+    """SHA-256 of the example order the run's stream visits (all epochs)."""
+    from tf_dlthesis import data
+    from tf_dlthesis.variability import order_hash
+
+    if spec.non_iid_classes is not None:
+        return None
+    orders = []
+    for e in range(spec.epochs):
+        seed = plan.epoch_seed("shuffle", e)
+        orders.append(data.epoch_pairs(num_examples, seed, e).reshape(-1) if spec.mixing and
+                      spec.mixing.get("mode", "pair") == "pair" else data.epoch_permutation(num_examples, seed, e))
+    return order_hash(np.concatenate(orders))
+
+
+def _optimizer(spec, steps):
+    import keras
+
+    from tf_dlthesis import recipes
+
+    recipe = recipes.get(spec.recipe)
+    if spec.snapshots:
+        from tf_dlthesis.variability import CyclicCosineSchedule
+
+        schedule = CyclicCosineSchedule(spec.learning_rate or recipe.learning_rate,
+                                        total_steps=spec.epochs * steps, cycles=spec.snapshots)
     else:
-        train, test = arrays
-    (x, y), (xt, yt) = train, test
-    num_classes = int(max(y.max(), yt.max()) + 1)
-    model = models.build(model_name, x.shape[1:], num_classes, norm=norm, seed=seed, **(model_kwargs or {}))
-    steps = data.steps_per_epoch(len(x), batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
-    model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=momentum, nesterov=True, weight_decay=weight_decay or None),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=runtime.jit_compile(),
-    )
-    if flip is None:
-        flip = dataset != "digits"
-    ds = data.training_dataset(
-        x,
-        y,
-        batch_size=batch_size,
-        shuffle_seed=seed,
-        augment_seed=(seed + 1) if augment else None,
-        epochs=epochs,
-        pad=default_pad(x.shape[1:]),
-        flip=flip,
-    )
-    history = model.fit(
-        ds,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        shuffle=False,  # the stream is already shuffled, reproducibly
-        verbose=verbose,
-        callbacks=fit_callbacks(run_name or f"{dataset}-{model_name}-{seed}"),
-    )
-    loss, acc = model.evaluate(xt, yt, batch_size=512, verbose=0)
-    return model, {
-        "test_accuracy": float(acc),
-        "test_loss": float(loss),
-        "train_loss": float(history.history["loss"][-1]),
-        "epochs": int(epochs),
-        "num_test": int(len(yt)),
-    }
+        schedule = recipe.schedule(steps, spec.epochs, learning_rate=spec.learning_rate)
+    wd = recipe.weight_decay if spec.weight_decay is None else spec.weight_decay
+    if spec.optimizer == "adam":
+        opt = keras.optimizers.Adam(schedule, weight_decay=wd or None)
+    else:
+        opt = keras.optimizers.SGD(schedule, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                   weight_decay=wd or None)
+    if wd:
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta"])  # Sec. 4.3.3: off unless asked for
+    return opt
 
 
 def predict_logits(model, x, batch_size: int = 512) -> np.ndarray:
     """Logits of `model` on `x` in inference mode, as float32 NumPy."""
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    import tensorflow as tf
+
+    x = np.asarray(x)
+    if len(x) == 0:
+        raise ValueError("`x` is empty: nothing to predict.")
+    fn = getattr(model, "_tf_dlthesis_predict", None)
+    if fn is None:
+        fn = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
+        try:
+            object.__setattr__(model, "_tf_dlthesis_predict", fn)
+        except (AttributeError, TypeError):
+            pass
+    out = [np.asarray(fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def _cross_entropy(logits, labels):
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def _evaluate_split(model, images, labels, stage):
+    x = images if stage is None else np.asarray(stage.test_transform(images))
+    logits = predict_logits(model, x)
+    pred = logits.argmax(axis=1)
+    return logits, pred, pred == labels, _cross_entropy(logits, labels)
+
+
+def _train_one(spec: TrainSpec, plan, bundle: DataBundle, *, callbacks, verbose, run_name):
+    import keras
+
+    from tf_dlthesis import runtime
+    from tf_dlthesis.variability import SnapshotEnsemble, bit_change, reseed_stochastic_layers, weights_hash
+
+    k = bundle.num_classes
+    model = _build_model(spec, k, plan)
+    reseed_stochastic_layers(model, plan.stochastic)
+    init_hash = weights_hash(model)
+    change = bit_change(model, seed=plan.bit_change) if plan.bit_change is not None else None
+    if spec.norm_weight_decay is not None:
+        from tf_dlthesis.normalization import apply_normalization_weight_decay
+
+        apply_normalization_weight_decay(model, spec.norm_weight_decay[0], gamma_center=spec.norm_weight_decay[1])
+    stage = _stage(spec, k, plan)
+    ds, steps = _stream(spec, bundle, plan, stage)
+    optimizer = _optimizer(spec, steps)
+    callbacks = list(callbacks or [])
+    snapshots = None
+    if spec.snapshots:
+        snapshots = SnapshotEnsemble(cycles=spec.snapshots)
+        callbacks.append(snapshots)
+    log_dir = TENSORBOARD_DIR.get()
+    if log_dir is not None:
+        import os
+
+        safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in run_name)
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, safe), update_freq="epoch"))
+    soft = stage is not None
+    if spec.defense is not None:
+        from tf_dlthesis.robustness import RobustModel
+
+        settings = dict(spec.defense)
+        fitted = RobustModel(model, settings.pop("defense"), seed=plan.stochastic, **settings)
+        fitted.compile(optimizer, metrics=["accuracy"], jit_compile=runtime.jit_compile())
+    else:
+        fitted = model
+        loss = (keras.losses.CategoricalCrossentropy(from_logits=True) if soft
+                else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=runtime.jit_compile())
+    start = time.perf_counter()
+    history = fitted.fit(ds, epochs=spec.epochs, steps_per_epoch=steps, verbose=verbose, callbacks=callbacks,
+                         shuffle=False)  # the stream is already shuffled, reproducibly
+    seconds = time.perf_counter() - start
+    hist = {key: [float(v) for v in values] for key, values in history.history.items()}
+    return model, stage, snapshots, hist, seconds, init_hash, change
+
+
+def _metrics_of(model, spec, bundle, stage, snapshots, hist, seconds):
+    (x, y), (xt, yt) = bundle.train, bundle.test
+    _, test_pred, test_correct, test_loss = _evaluate_split(model, xt, yt, stage)
+    _, _, train_correct, train_loss = _evaluate_split(model, x, y, stage)
+    metrics = {"test_accuracy": float(test_correct.mean()), "test_loss": test_loss,
+               "train_accuracy": float(train_correct.mean()), "train_loss": train_loss,
+               "fit_loss": hist.get("loss", [float("nan")])[-1], "epochs": spec.epochs, "seconds": seconds,
+               "num_train": int(len(y)), "num_test": int(len(yt))}
+    if bundle.validation is not None:
+        xv, yv = bundle.validation
+        _, _, val_correct, val_loss = _evaluate_split(model, xv, yv, stage)
+        metrics.update(validation_accuracy=float(val_correct.mean()), validation_loss=val_loss)
+    if snapshots is not None:
+        x_eval = xt if stage is None else np.asarray(stage.test_transform(xt))
+        ens = np.asarray(snapshots.predict(x_eval))
+        metrics["snapshot_test_accuracy"] = float((ens.argmax(1) == yt).mean())
+    return metrics, test_pred, test_correct
+
+
+def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = None, evaluation: str | None = None,
+          keep_weights: bool = False, callbacks=None, verbose: int | str = 0, data: DataBundle | None = None) -> list:
+    """Trains `spec` once per seed (or reads the runs back from `store`).
+
+    Example:
+
+    >>> runs = train(TrainSpec(dataset="digits", epochs=5), seeds=[0, 1], store=ResultsStore("runs.sqlite"))
+    >>> [r.metrics["test_accuracy"] for r in runs]
+
+    Args:
+        spec: the training setting.
+        seeds: an int, a `variability.SeedPlan`, or a list of them.
+        store: a `ResultsStore` (or None): finished runs are recorded under
+            `("runs", {"spec": ..., "plan": ...}, 0)` and read back instead of retrained.
+        evaluate: optional `evaluate(RunContext) -> dict` computed on the trained
+            model (e.g. an attack, an alpha sweep); stored under `"runs/<evaluation>"`.
+        evaluation: the name of that evaluation (required with `store` and `evaluate`).
+        keep_weights: store the final weights too, so `run.model` works after a
+            resume and other evaluations need no retraining.
+        callbacks: extra Keras callbacks for `fit`.
+        verbose: Keras `fit` verbosity (1: progress bar).
+        data: a preloaded `DataBundle` (default: `load_data(spec)`).
+
+    Returns:
+        A list of `Run`, one per seed.
+
+    Raises:
+        TypeError / ValueError: bad spec, seeds or arguments.
+    """
+    if not isinstance(spec, TrainSpec):
+        raise TypeError(f"`spec` must be a TrainSpec. Received: {type(spec).__name__}")
+    seed_list = list(seeds) if isinstance(seeds, (list, tuple, range)) else [seeds]
+    if not seed_list:
+        raise ValueError("`seeds` is empty: give at least one seed.")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"`evaluate` must be callable. Received: evaluate={evaluate!r}")
+    if evaluate is not None and store is not None and not evaluation:
+        raise ValueError("`evaluation` (a name for the stored evaluation) is required with `store` and `evaluate`.")
+    plans = [as_plan(s) for s in seed_list]
+    runs = []
+    bundle = data
+    log = RUN_LOG.get()
+    for plan in plans:
+        config = {"spec": spec.to_config(), "plan": plan.to_config()}
+        record = store.get(RUNS, config, 0) if store is not None else None
+        evaluated = None
+        if evaluate is not None and store is not None:
+            evaluated = store.get(f"{RUNS}/{evaluation}", config, 0)
+        needs_model = record is None or (evaluate is not None and evaluated is None and "weights" not in record)
+        model = None
+        if needs_model:
+            bundle = bundle or load_data(spec)
+            run_name = f"{spec.dataset}-{spec.model}-{plan.source}-{plan.run}-{spec.key()[:8]}"
+            model, stage, snapshots, hist, seconds, init_hash, change = _train_one(
+                spec, plan, bundle, callbacks=callbacks, verbose=verbose, run_name=run_name)
+            metrics, test_pred, test_correct = _metrics_of(model, spec, bundle, stage, snapshots, hist, seconds)
+            info = {"init_hash": init_hash, "order_hash": data_order_hash(spec, plan, len(bundle.train[1])),
+                    "bit_change": None if change is None else change.to_config(),
+                    "distinct_predictions": int(len(np.unique(test_pred))), "num_classes": bundle.num_classes}
+            record = {"metrics": metrics, "test_correct": test_correct.astype(np.int8),
+                      "test_pred": test_pred.astype(np.int16), "info": info, "history": hist}
+            if keep_weights:
+                record["weights"] = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+            if store is not None:
+                store.record(RUNS, config, 0, record)
+            if evaluate is not None:
+                context = RunContext(model, spec, plan, bundle, stage, snapshots, hist)
+                evaluated = evaluate(context)
+                if store is not None:
+                    store.record(f"{RUNS}/{evaluation}", config, 0, evaluated)
+        elif evaluate is not None and evaluated is None:
+            bundle = bundle or load_data(spec)
+            model = _build_model(spec, bundle.num_classes, plan)
+            model.set_weights(_weights(record))
+            stage = _stage(spec, bundle.num_classes, plan)
+            evaluated = evaluate(RunContext(model, spec, plan, bundle, stage, None, record.get("history")))
+            store.record(f"{RUNS}/{evaluation}", config, 0, evaluated)
+        run = Run(spec, plan, dict(record["metrics"]), np.asarray(record["test_correct"]).astype(bool),
+                  np.asarray(record["test_pred"]).astype(np.int64), dict(record["info"]), evaluated,
+                  from_store=not needs_model, _model=model,
+                  _weights=_weights(record) if "weights" in record else None)
+        runs.append(run)
+        if log is not None:
+            log.append(run)
+    return runs
+
+
+def _weights(record):
+    weights = record["weights"]
+    return [np.asarray(weights[f"w{i}"]) for i in range(len(weights))]
+
+
+__all__ = ["DataBundle", "Run", "RunContext", "TrainSpec", "as_plan", "load_data", "predict_logits",
+           "stratified_indices", "train"]

@@ -120,7 +120,8 @@ def _preact_resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, wi
 _BUILDERS = {"linear": _linear, "mlp": _mlp, "conv1": _conv1, "cnn": _cnn}
 
 
-def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int | None = None, **kwargs) -> keras.Model:
+def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int | None = None,
+          norm_kwargs: dict | None = None, **kwargs) -> keras.Model:
     """Builds an uncompiled Keras model that returns logits.
 
     Models:
@@ -156,6 +157,8 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
         norm: `"batch"` (Keras BatchNormalization), `"none"`, `"group:G"`, a kind
             registered with `register_norm` (e.g. `"ghost:16"`), or a callable.
         seed: base seed; `None` lets Keras draw seeds.
+        norm_kwargs: options of every normalization layer (e.g.
+            `{"momentum": 0.9}`), kept for any `norm` kind.
         **kwargs: model-specific options (see above).
 
     Returns:
@@ -178,7 +181,9 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
         raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"`seed` must be an int >= 0 or None. Received: seed={seed!r}")
-    make_norm = norm_factory(norm)
+    if norm_kwargs is not None and not isinstance(norm_kwargs, dict):
+        raise TypeError(f"`norm_kwargs` must be a dict or None. Received: norm_kwargs={norm_kwargs!r}")
+    make_norm = norm_factory(norm, **(norm_kwargs or {}))
     seeds = _Seeds(None if seed is None else int(seed))
     inputs = keras.Input(input_shape, name="images")
     if name.startswith("preact_resnet"):

@@ -31,9 +31,11 @@ def register_norm(kind: str, factory) -> None:
 
     Args:
         kind: the name before the first colon, e.g. `"ghost"`.
-        factory: `factory(channels, *int_args, name=...) -> keras.layers.Layer`;
+        factory: `factory(channels, *int_args, name=..., **layer_kwargs) -> keras.layers.Layer`;
             the integer arguments are parsed from the string (`"ghost:16"` calls
-            `factory(C, 16, name=...)`).
+            `factory(C, 16, name=...)`) and keyword arguments are the layer's own
+            options (`norm_factory("ghost:16", momentum=0.9)` calls
+            `factory(C, 16, name=..., momentum=0.9)`).
 
     Raises:
         TypeError: if `factory` is not callable.
@@ -46,33 +48,48 @@ def register_norm(kind: str, factory) -> None:
     _FACTORIES[kind] = factory
 
 
-def _batch(channels, *, name):
-    return keras.layers.BatchNormalization(name=name)
+def _batch(channels, *, name, **kwargs):
+    return keras.layers.BatchNormalization(name=name, **kwargs)
 
 
-def _group(channels, groups, *, name):
+def _group(channels, groups, *, name, **kwargs):
     if channels % groups:
         raise ValueError(f"norm='group:{groups}' needs groups dividing the channels; layer {name!r} has {channels} channels.")
-    return keras.layers.GroupNormalization(groups=groups, name=name)
+    return keras.layers.GroupNormalization(groups=groups, name=name, **kwargs)
 
 
 register_norm("batch", _batch)
 register_norm("group", _group)
 
 
-def norm_factory(norm):
+def norm_factory(norm, **layer_kwargs):
     """Resolves a `norm=` value into `make(channels, name) -> Layer | None`.
 
     Accepted: `"none"`/`None` (no normalization), `"batch"`, `"group:G"`, any kind
     registered with `register_norm` (chapter 4 registers `"ghost:B"`,
     `"batch_group:G:B"`, ...), or a callable returning a layer, called as
-    `norm(channels=..., name=...)` when it accepts those keywords, else `norm()`.
+    `norm(channels=..., name=..., **layer_kwargs)` with the keywords it accepts.
+
+    Example:
+
+    >>> make = norm_factory("batch", momentum=0.9)
+    >>> make(16, "bn").momentum
+    0.9
+
+    Args:
+        norm: the kind string, None, or a callable.
+        **layer_kwargs: options of the layer itself (e.g. `momentum=0.9`,
+            `epsilon=1e-5`), passed to every layer the factory makes.
 
     Raises:
-        ValueError: unknown kind (with suggestions) or malformed arguments.
-        TypeError: anything other than a string, None or a callable.
+        ValueError: unknown kind (with suggestions), malformed arguments, or
+            keyword arguments with `norm="none"`.
+        TypeError: anything other than a string, None or a callable, or a
+            keyword the layer does not take.
     """
     if norm is None or norm == "none":
+        if layer_kwargs:
+            raise ValueError(f"norm='none' takes no layer options. Received: {sorted(layer_kwargs)}")
         return lambda channels, name: None
     if callable(norm):
         params = inspect.signature(norm).parameters
@@ -82,7 +99,7 @@ def norm_factory(norm):
 
         def make(channels, name):
             kwargs = {"channels": channels, "name": name}
-            layer = norm(**{k: v for k, v in kwargs.items() if k in takes})
+            layer = norm(**{k: v for k, v in kwargs.items() if k in takes}, **layer_kwargs)
             if not isinstance(layer, keras.layers.Layer):
                 raise TypeError(f"The `norm` callable must return a keras Layer. Received: {layer!r}")
             return layer
@@ -111,4 +128,12 @@ def norm_factory(norm):
         inspect.signature(factory).bind(1, *int_args, name="x")
     except TypeError:
         raise ValueError(f"Wrong number of arguments for norm kind {kind!r}. Received: norm={norm!r}") from None
-    return lambda channels, name: factory(channels, *int_args, name=name)
+    def make(channels, name):
+        try:
+            return factory(channels, *int_args, name=name, **layer_kwargs)
+        except TypeError as err:
+            if "unexpected keyword" in str(err) or "not recognized" in str(err):
+                raise TypeError(f"norm={norm!r} does not take {sorted(layer_kwargs)}: {err}") from None
+            raise
+
+    return make

@@ -42,24 +42,24 @@ from tf_dlthesis.normalization.weight_decay import (
 )
 
 
-def _ghost(channels, ghost_batch_size, *, name):
-    return GhostBatchNormalization(ghost_batch_size, name=name)
+def _ghost(channels, ghost_batch_size, *, name, **kwargs):
+    return GhostBatchNormalization(ghost_batch_size, name=name, **kwargs)
 
 
-def _batch_group(channels, groups, ghost_batch_size=None, *, name):
-    return BatchGroupNormalization(groups, ghost_batch_size=ghost_batch_size, name=name)
+def _batch_group(channels, groups, ghost_batch_size=None, *, name, **kwargs):
+    return BatchGroupNormalization(groups, ghost_batch_size=ghost_batch_size, name=name, **kwargs)
 
 
-def _ew_batch(channels, *, name):
-    return ExampleWeightedBatchNormalization(name=name)
+def _ew_batch(channels, *, name, **kwargs):
+    return ExampleWeightedBatchNormalization(name=name, **kwargs)
 
 
-def _ew_group(channels, groups, *, name):
-    return ExampleWeightedGroupNormalization(groups, name=name)
+def _ew_group(channels, groups, *, name, **kwargs):
+    return ExampleWeightedGroupNormalization(groups, name=name, **kwargs)
 
 
-def _renorm(channels, *, name):
-    return _keras.layers.BatchNormalization(renorm=True, name=name)
+def _renorm(channels, *, name, **kwargs):
+    return _keras.layers.BatchNormalization(renorm=True, name=name, **kwargs)
 
 
 def _register():

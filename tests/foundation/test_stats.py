@@ -1,0 +1,117 @@
+"""Verdict statistics: intervals against hand computations, the verdict rule on known cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tf_dlthesis.experiments import stats
+from tf_dlthesis.experiments.stats import Effect, verdict
+
+
+def test_verdict_rule_on_known_intervals():
+    # directional claim "effect > 0"
+    assert verdict(Effect(2.0, 1.0, 3.0, "x"), above=0) == "reproduced"
+    assert verdict(Effect(-2.0, -3.0, -1.0, "x"), above=0) == "not reproduced"
+    assert verdict(Effect(0.5, -0.5, 1.5, "x"), above=0) == "inconclusive"
+    # a zero-width interval at "no effect" (two identical models) is not evidence either way
+    assert verdict(Effect(0.0, 0.0, 0.0, "x"), above=0) == "inconclusive"
+    # equivalence claim "within a factor of 2"
+    assert verdict(Effect(1.2, 0.8, 1.6, "x"), above=0.5, below=2) == "reproduced"
+    assert verdict(Effect(4.0, 3.0, 6.0, "x"), above=0.5, below=2) == "not reproduced"
+    assert verdict(Effect(1.5, 0.9, 3.0, "x"), above=0.5, below=2) == "inconclusive"
+    # upper-bounded claim "drop <= 3 points"
+    assert verdict(Effect(1.0, 0.2, 2.0, "x"), below=3) == "reproduced"
+    assert verdict(Effect(5.0, 4.0, 6.0, "x"), below=3) == "not reproduced"
+    assert verdict(Effect(math.nan, math.nan, math.nan, "x"), above=0) == "inconclusive"
+    with pytest.raises(ValueError, match="region"):
+        verdict(Effect(1, 0, 2, "x"))
+    with pytest.raises(ValueError, match="above"):
+        verdict(Effect(1, 0, 2, "x"), above=2, below=1)
+
+
+def test_paired_difference_is_the_t_interval():
+    a = np.array([10.0, 11.0, 12.5, 9.0])
+    b = np.array([9.0, 9.5, 11.0, 8.5])
+    d = a - b  # 1.0, 1.5, 1.5, 0.5
+    mean, sd = d.mean(), d.std(ddof=1)
+    half = 3.182446305284263 * sd / 2.0  # t_{0.975, 3} * sd / sqrt(4)
+    e = stats.paired_difference(a, b, unit="pts")
+    assert e.estimate == pytest.approx(mean)
+    assert (e.low, e.high) == pytest.approx((mean - half, mean + half))
+    assert e.n == 4 and "4 seed" in e.statistic
+    one = stats.paired_difference([1.0], [0.0])
+    assert math.isinf(one.low) and verdict(one, above=0) == "inconclusive"
+    with pytest.raises(ValueError, match="pair up"):
+        stats.paired_difference([1, 2], [1])
+    with pytest.raises(ValueError, match="finite"):
+        stats.paired_difference([1, np.nan], [1, 2])
+
+
+def test_wilson_interval_matches_the_formula():
+    e = stats.proportion(np.r_[np.ones(81), np.zeros(19)])  # 81/100
+    # Wilson 95% for 81/100: (0.7222, 0.8749)
+    assert e.estimate == pytest.approx(81.0)
+    assert e.low == pytest.approx(72.22, abs=0.01) and e.high == pytest.approx(87.49, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "p_a, p_b, expected",
+    [(0.9, 0.7, "reproduced"), (0.8, 0.8, "inconclusive"), (0.7, 0.9, "not reproduced")],
+)
+def test_accuracy_difference_verdicts_on_synthetic_classifiers(p_a, p_b, expected):
+    """A clear effect, a null and a reversal: the interval finds each."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    a = rng.random((3, n)) < p_a
+    b = rng.random((3, n)) < p_b
+    e = stats.accuracy_difference(a, b)
+    assert e.estimate == pytest.approx(100 * (a.mean() - b.mean()))
+    assert verdict(e, above=0) == expected
+
+
+def test_accuracy_difference_interval_covers_the_truth_at_about_95_percent():
+    rng = np.random.default_rng(2)
+    hits = 0
+    for _ in range(60):
+        a = rng.random(400) < 0.8
+        b = rng.random(400) < 0.75
+        e = stats.accuracy_difference(a, b, n_boot=400, seed=int(rng.integers(1 << 30)))
+        hits += e.low <= 5.0 <= e.high
+    assert hits >= 50  # binomial(60, 0.95): P(hits < 50) < 1e-3
+
+
+def test_accuracy_difference_includes_seed_spread():
+    """Two runs that disagree a lot give a wider interval than one run."""
+    rng = np.random.default_rng(3)
+    base = rng.random(1000) < 0.8
+    a = np.stack([base, rng.random(1000) < 0.6])
+    b = np.stack([base, base])
+    wide = stats.accuracy_difference(a, b)
+    narrow = stats.accuracy_difference(a[:1], b[:1])
+    assert (wide.high - wide.low) > (narrow.high - narrow.low)
+    with pytest.raises(ValueError, match="same shape"):
+        stats.accuracy_difference(a, b[:, :10])
+
+
+def test_sd_ratio_verdicts():
+    rng = np.random.default_rng(4)
+    same = stats.sd_ratio(rng.normal(0, 1, 200), rng.normal(0, 1, 200))
+    assert verdict(same, above=0.5, below=2) == "reproduced"
+    far = stats.sd_ratio(rng.normal(0, 5, 200), rng.normal(0, 1, 200))
+    assert verdict(far, above=0.5, below=2) == "not reproduced"
+    few = stats.sd_ratio(rng.normal(0, 1, 4), rng.normal(0, 1, 4))
+    assert verdict(few, above=0.5, below=2) == "inconclusive"  # R = 4: SDs are ~40% uncertain
+    with pytest.raises(ValueError, match=">= 2 runs"):
+        stats.sd_ratio([1.0], [1.0, 2.0])
+
+
+def test_bootstrap_is_reproducible_and_scaled_effects_swap_bounds():
+    x = np.arange(20.0)
+    e1 = stats.bootstrap(np.mean, x, what="mean")
+    e2 = stats.bootstrap(np.mean, x, what="mean")
+    assert e1 == e2 and e1.low < 9.5 < e1.high
+    neg = e1.scaled(-1)
+    assert neg.low == -e1.high and neg.high == -e1.low
+    assert stats.mcnemar_counts([1, 1, 0, 0], [1, 0, 1, 1]) == {"a_only": 1, "b_only": 2, "n": 4}
+    assert "[" in e1.text()

@@ -1,0 +1,186 @@
+"""The one training path: TrainSpec, train(), the mixing stage inside training_dataset, the run log."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_dlthesis import augment, data
+from tf_dlthesis.experiments import Output, ResultsStore, TrainSpec, stats, train
+from tf_dlthesis.experiments import registry
+from tf_dlthesis.experiments.training import load_data, stratified_indices
+from tf_dlthesis.variability import SeedPlan
+
+_SMALL = dict(dataset="digits", model="cnn", model_kwargs={"filters": [8, 16]}, epochs=2, train_examples=400,
+              test_examples=200)
+
+
+class _LabelPairs:
+    """A stand-in mixing stage that returns the two labels of each pair, to read the pairing."""
+
+    mode = "pair"
+
+    def pairs(self, x1, y1, x2, y2, epoch, index):
+        return x1, tf.stack([y1, y2], axis=1)
+
+
+def test_pair_mode_pairs_each_example_once_per_pass_with_fresh_pairings():
+    n, epochs = 10, 3
+    x = np.zeros((n, 2, 2, 1), np.float32)
+    ds = data.training_dataset(x, np.arange(n), batch_size=4, shuffle_seed=0, epochs=epochs, mix=_LabelPairs())
+    pairs = np.concatenate([b[1].numpy() for b in ds])
+    assert len(pairs) == epochs * n            # N pairs per epoch: the set is read twice
+    per_epoch = pairs.reshape(epochs, 2, n // 2, 2)
+    pairings = []
+    for e in range(epochs):
+        for p in range(2):                     # each pass: every example in exactly one pair
+            assert sorted(per_epoch[e, p].reshape(-1).tolist()) == list(range(n))
+        pairings.append({frozenset(pr) for pr in per_epoch[e].reshape(-1, 2).tolist()})
+        np.testing.assert_array_equal(per_epoch[e].reshape(-1, 2), data.epoch_pairs(n, 0, e))
+    assert pairings[0] != pairings[1] != pairings[2]  # fresh pairings every epoch
+
+
+def test_training_dataset_mix_gives_soft_labels_and_the_thesis_epoch_length():
+    x, y = data.load_arrays("digits", "train")
+    stage = augment.MixStage("vh_mixup", num_classes=10, seed=3)
+    ds = data.training_dataset(x, y, batch_size=100, shuffle_seed=0, augment_seed=1, pad=1, epochs=1,
+                               mix=stage, drop_remainder=True)
+    batches = list(ds)
+    assert len(batches) == data.steps_per_epoch_of(len(x), 100, drop_remainder=True, mix=stage) == 14
+    xb, yb = batches[0]
+    assert xb.shape == (100, 8, 8, 1) and yb.shape == (100, 10)
+    np.testing.assert_allclose(yb.numpy().sum(1), 1.0, atol=1e-5)
+    again = next(iter(data.training_dataset(x, y, batch_size=100, shuffle_seed=0, augment_seed=1, pad=1, epochs=1,
+                                            mix=stage, drop_remainder=True)))
+    np.testing.assert_array_equal(again[0].numpy(), xb.numpy())
+    with pytest.raises(TypeError, match="MixStage"):
+        data.training_dataset(x, y, batch_size=8, shuffle_seed=0, mix="vh_mixup")
+
+
+def test_epoch_seeds_switch_the_order_at_the_onset():
+    x = np.zeros((12, 2, 2, 1), np.float32)
+    y = np.arange(12)
+
+    def order(seed):
+        return np.concatenate([b[1].numpy() for b in data.training_dataset(x, y, batch_size=12, shuffle_seed=seed,
+                                                                           epochs=3)])
+
+    switched = order(data.EpochSeeds([5, 5, 9]))
+    np.testing.assert_array_equal(switched[:24], order(5)[:24])
+    np.testing.assert_array_equal(switched[24:], order(9)[24:])
+    with pytest.raises(ValueError, match="per-epoch"):
+        data.training_dataset(x, y, batch_size=4, shuffle_seed=data.EpochSeeds([1]), epochs=3)
+    with pytest.raises(ValueError, match="EpochSeeds"):
+        data.EpochSeeds([1, -2])
+
+
+def test_stratified_indices_are_proportional_and_rng_free():
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    idx = stratified_indices(labels, 10)
+    assert np.bincount(labels[idx]).tolist() == [5, 3, 2]
+    assert idx.tolist() == [0, 1, 2, 3, 4, 50, 51, 52, 80, 81]
+    tail = stratified_indices(labels, 10, from_end=True)
+    assert set(tail) & set(idx) == set() and np.bincount(labels[tail]).tolist() == [5, 3, 2]
+    with pytest.raises(ValueError, match="Cannot take"):
+        stratified_indices(labels, 101)
+
+
+def test_spec_is_json_able_hashable_and_validated():
+    spec = TrainSpec(**_SMALL, mixing="vh_mixup", norm="ghost:16", norm_kwargs={"momentum": 0.9})
+    config = spec.to_config()
+    assert json.loads(json.dumps(config)) == config
+    assert TrainSpec.from_config(config) == spec and hash(TrainSpec.from_config(config)) == hash(spec)
+    assert spec.mixing == {"method": "vh_mixup"} and spec.key() != spec.replace(epochs=3).key()
+    assert "vh_mixup" in spec.describe()
+    for bad, match in (({"epochs": 0}, "epochs"), ({"model_kwargs": [1]}, "model_kwargs"),
+                       ({"recipe": "nope"}, "recipe"), ({"optimizer": "rmsprop"}, "optimizer"),
+                       ({"mixing": {"alpha": 1}}, "method"), ({"norm": 3}, "norm"),
+                       ({"model_kwargs": {"f": object()}}, "JSON")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            TrainSpec(**{**_SMALL, **bad})
+
+
+def test_train_resumes_from_the_store_and_keeps_weights(tmp_path):
+    store = ResultsStore(tmp_path / "runs.sqlite")
+    spec = TrainSpec(**_SMALL)
+    calls = []
+
+    def evaluate(ctx):
+        calls.append(1)
+        return {"n_test": len(ctx.data.test[1])}
+
+    first = train(spec, [0, 1], store=store, evaluate=evaluate, evaluation="count", keep_weights=True)
+    assert len(calls) == 2 and not first[0].from_store
+    assert first[0].metrics["num_train"] == 400 and first[0].test_correct.shape == (200,)
+    assert first[0].metrics["test_accuracy"] == pytest.approx(first[0].test_correct.mean())
+    assert first[0].metrics["test_accuracy"] != first[1].metrics["test_accuracy"] or \
+        first[0].info["init_hash"] != first[1].info["init_hash"]
+    again = train(spec, [0, 1], store=store, evaluate=evaluate, evaluation="count")
+    assert len(calls) == 2 and all(r.from_store for r in again)
+    assert again[0].metrics == first[0].metrics and again[0].evaluation == {"n_test": 200}
+    logits = again[0].model.predict(load_data(spec).test[0], verbose=0)
+    np.testing.assert_array_equal(logits.argmax(1), first[0].test_pred)
+    # a new evaluation of a stored run reuses the stored weights: no retraining
+    other = train(spec, 0, store=store, evaluate=lambda ctx: {"ok": 1}, evaluation="other")
+    assert other[0].from_store and other[0].evaluation == {"ok": 1}
+    with pytest.raises(ValueError, match="evaluation"):
+        train(spec, 0, store=store, evaluate=evaluate)
+    with pytest.raises(ValueError, match="empty"):
+        train(spec, [], store=store)
+    with pytest.raises(TypeError, match="seeds"):
+        train(spec, 1.5)
+
+
+def test_the_same_seed_trains_bit_identical_models_and_a_plan_varies_one_source():
+    spec = TrainSpec(**_SMALL, mixing={"method": "mixup"})
+    a, b = train(spec, [0, 0])
+    np.testing.assert_array_equal(a.test_pred, b.test_pred)
+    assert a.info["order_hash"] == b.info["order_hash"] and a.info["init_hash"] == b.info["init_hash"]
+    base = SeedPlan(init=0, shuffle=0, augment=1, stochastic=2)
+    shuffled = train(spec, base.vary("shuffle", 1))[0]
+    assert shuffled.info["init_hash"] == a.info["init_hash"] and shuffled.info["order_hash"] != a.info["order_hash"]
+    changed = train(spec.replace(mixing=None), base.vary("bit_change", 0))[0]
+    assert changed.info["bit_change"] is not None
+
+
+def test_experiment_reports_collapsed_models(tmp_path):
+    spec = TrainSpec(**{**_SMALL, "epochs": 1}, learning_rate=50.0)  # diverges: one class everywhere
+
+    def item(scale, dataset, store, *, out=None):
+        runs = train(spec, 0, store=store)
+        effect = stats.proportion(runs[0].test_correct)
+        return Output(findings=[registry.Finding.test("accuracy above chance", effect, above=10.0)])
+
+    exp = registry.Experiment("T.collapse", "collapse test", "T", item, 0.1)
+    out = exp("quick", "digits", ResultsStore(tmp_path / "s.sqlite"))
+    [check] = out.checks
+    if check.passed:  # the model did not collapse after all: the check must then say so
+        assert "no collapsed model" in check.name
+    else:
+        assert check.name == "model not collapsed" and "predicts" in check.detail
+
+
+def test_items_do_not_depend_on_what_ran_before(tmp_path):
+    """Two items give the same numbers whichever runs first (no global random state)."""
+    from tf_dlthesis import runtime
+
+    def make(spec):
+        def item(scale, dataset, store, *, out=None):
+            run = train(spec, 0)[0]
+            return Output(notes=[repr((run.metrics["test_loss"], run.test_pred.tolist()))])
+        return registry.Experiment("T", "t", "T", item, 0.1)
+
+    first = make(TrainSpec(**_SMALL))
+    second = make(TrainSpec(**{**_SMALL, "model": "mlp", "model_kwargs": {"hidden": 32, "dropout": 0.2}}))
+
+    def run(order):
+        notes = []
+        for exp in order:
+            runtime.configure(seed=0, deterministic=True)
+            notes.append(exp("quick", "digits", None).notes[0])
+        return notes
+
+    a1, b1 = run([first, second])
+    b2, a2 = run([second, first])
+    assert a1 == a2 and b1 == b2

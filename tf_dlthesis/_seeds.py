@@ -1,0 +1,85 @@
+"""One meaning of `seed` for the whole library.
+
+Every public function that draws random numbers takes `seed=` and turns it into a
+stateless-op seed here:
+
+* an int >= 0 (or NumPy integer) -> `[seed, 0]`;
+* a shape-[2] integer tensor / sequence -> used as is (already a stateless seed);
+  a scalar integer tensor `s` -> `[s, 0]`;
+* `None` -> fresh entropy from the operating system, drawn once per call: the
+  result is random and not reproducible, as with Keras's `seed=None`.
+
+Anything else (bools, floats, negative ints, wrong shapes) raises a `TypeError` /
+`ValueError` that names the argument.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def fresh_seed() -> int:
+    """A random int seed in [0, 2**31 - 1) from OS entropy (for `seed=None`)."""
+    return int(np.random.default_rng().integers(0, 2**31 - 1))
+
+
+def check_int_seed(seed, name: str = "seed", *, allow_none: bool = True):
+    """Validates a Python-int seed (`None` passes through when allowed).
+
+    Returns:
+        The seed as an `int`, or `None`.
+
+    Raises:
+        TypeError: not an int (bools and floats included).
+        ValueError: a negative int.
+    """
+    if seed is None and allow_none:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int >= 0{' or None' if allow_none else ''}. Received: {name}={seed!r}")
+    if seed < 0:
+        raise ValueError(f"`{name}` must be >= 0. Received: {name}={seed}")
+    return int(seed)
+
+
+def as_seed(seed, name: str = "seed") -> tf.Tensor:
+    """A shape-[2] int64 stateless seed from an int, a pair, an integer tensor or `None`.
+
+    Example:
+
+    >>> as_seed(3).numpy().tolist()
+    [3, 0]
+
+    Args:
+        seed: int >= 0, shape-[2] integer tensor/sequence, or `None` (fresh entropy).
+        name: the argument's name, for error messages.
+
+    Returns:
+        An int64 tensor of shape [2].
+
+    Raises:
+        TypeError: bools, floats, non-integer tensors.
+        ValueError: negative ints, tensors of another shape.
+    """
+    if seed is None:
+        return tf.constant([fresh_seed(), fresh_seed()], tf.int64)
+    if isinstance(seed, bool):
+        raise TypeError(f"`{name}` must be an int, a shape-[2] integer tensor or None. Received: {name}={seed!r}")
+    if isinstance(seed, (int, np.integer)):
+        return tf.constant([check_int_seed(seed, name), 0], tf.int64)
+    if isinstance(seed, float):
+        raise TypeError(f"`{name}` must be an int, a shape-[2] integer tensor or None. Received: {name}={seed!r}")
+    try:
+        seed = tf.convert_to_tensor(seed)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be an int, a shape-[2] integer tensor or None. Received: {name}={seed!r}") from None
+    if not seed.dtype.is_integer:
+        raise TypeError(f"`{name}` must be integer-valued. Received dtype {seed.dtype.name} for {name}={seed!r}")
+    if seed.shape.rank == 0:  # a scalar integer tensor, e.g. a step counter
+        return tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+    if seed.shape.rank is not None and seed.shape.as_list() != [2] and not (
+        seed.shape.rank == 1 and seed.shape[0] is None
+    ):
+        raise ValueError(f"`{name}` must be an int or have shape [2]. Received shape {seed.shape} for {name}.")
+    return tf.cast(seed, tf.int64)

@@ -1,0 +1,332 @@
+"""The thesis's training recipes: named optimizer settings and learning-rate schedules.
+
+`recipes.get(name)` returns a `Recipe`; `recipe.optimizer(steps_per_epoch, epochs)`
+builds the Keras optimizer with the recipe's serializable schedule. Every recipe
+cites the section it is read from and lists the settings the thesis does not state
+(`assumed`), so nothing is passed off as the thesis's when it is a guess.
+
+| name | thesis | schedule |
+|---|---|---|
+| `cosine` | (library default) | SGD + Nesterov 0.9, cosine decay from `learning_rate` |
+| `ch2_cifar10_baseline`, `ch2_cifar10_mixing`, `ch2_cifar100` | Sec. 2.4.1 | batch 128; 0.01 for 400 steps, 0.1, /10 after 32k, 48k, 70k steps (80k steps); weight decay 5e-4 / 1e-4 / 5e-4 |
+| `ch2_caltech_baseline`, `ch2_caltech_mixing` | Sec. 2.4.1 | batch 64; log-linear warm-up 3e-5 -> 0.03 over 2,000 steps; /10 after 20k, 26k (baseline) or 45k, 57k (mixing) steps; weight decay 4e-5 |
+| `ch3_cifar` | Sec. 3.5.1 | batch 128; 5-epoch warm-up to 0.1, /10 at epochs 100, 150; 200 epochs (101 adversarial); momentum 0.9; weight decay 2e-4 |
+| `ch3_svhn` | Sec. 3.5.1 | 0.001 for 5 epochs, 0.01 to epoch 80, 0.001 after; 101 epochs |
+| `ch4_cifar100` | Sec. 4.4.1 (model only) | the Ch. 2 CIFAR-100 schedule: the thesis states no separate one for Ch. 4 |
+| `ch5_cifar10` | Sec. 5.3.2 | batch 512; 3-epoch warm-up to 0.4, cosine decay over 500 epochs; momentum 0.9; weight decay 5e-4 |
+
+Run lengths: a recipe run for fewer (or more) epochs than the thesis's scales every
+milestone by the same factor, so the shape of the schedule is kept.
+
+Reference: C. Summers, *Understanding and Improving Deep Learning*, 2021,
+Secs. 2.4.1, 3.5.1, 4.4.1, 5.3.2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+
+import keras
+import numpy as np
+
+__all__ = ["Recipe", "WarmupCosine", "WarmupPiecewiseConstant", "get", "names"]
+
+_WARMUPS = ("constant", "linear", "log_linear")
+
+
+def _check_steps(name, value, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_rate(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value > 0:
+        raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class WarmupPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
+    """A warm-up phase, then piecewise-constant rates.
+
+    For `step < warmup_steps` the rate is `warmup_start` (`warmup="constant"`),
+    rises linearly from `warmup_start` to `values[0]` (`"linear"`) or
+    geometrically (`"log_linear"`, a straight line in log-rate). From
+    `warmup_steps` on it is `values[i]`, where `i` counts the `boundaries` that
+    `step` has reached (`step >= boundary`).
+
+    Example:
+
+    >>> s = WarmupPiecewiseConstant(400, 0.01, [32000, 48000, 70000], [0.1, 0.01, 0.001, 1e-4])
+    >>> [round(float(s(t)), 6) for t in (0, 399, 400, 32000)]
+    [0.01, 0.01, 0.1, 0.01]
+
+    Args:
+        warmup_steps: length of the warm-up (0: none).
+        warmup_start: rate at step 0.
+        boundaries: increasing step counts at which the rate changes.
+        values: `len(boundaries) + 1` rates; `values[0]` is the peak after warm-up.
+        warmup: `"constant"`, `"linear"` or `"log_linear"`.
+
+    Raises:
+        ValueError: for non-increasing boundaries, a wrong number of values,
+            non-positive rates or an unknown warm-up kind.
+    """
+
+    def __init__(self, warmup_steps, warmup_start, boundaries, values, warmup="constant", name=None):
+        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
+        if isinstance(warmup_start, bool) or not isinstance(warmup_start, (int, float, np.floating)) or warmup_start < 0:
+            raise ValueError(f"`warmup_start` must be a number >= 0. Received: warmup_start={warmup_start!r}")
+        self.warmup_start = float(warmup_start)
+        self.boundaries = [int(b) for b in boundaries]
+        self.values = [_check_rate("values", v) for v in values]
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError(f"`values` needs len(boundaries) + 1 = {len(self.boundaries) + 1} entries. "
+                             f"Received: values={values!r}")
+        if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
+            raise ValueError(f"`boundaries` must be increasing. Received: boundaries={boundaries!r}")
+        if warmup not in _WARMUPS:
+            raise ValueError(f"`warmup` must be one of {_WARMUPS}. Received: warmup={warmup!r}")
+        if warmup == "log_linear" and self.warmup_start == 0:
+            raise ValueError("A log-linear warm-up needs `warmup_start` > 0. Received: warmup_start=0")
+        self.warmup = warmup
+        self.name = name
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        lr = keras.ops.convert_to_tensor(self.values[0], "float32")
+        for boundary, value in zip(self.boundaries, self.values[1:]):
+            lr = keras.ops.where(step >= float(boundary), value, lr)
+        if self.warmup_steps:
+            frac = step / float(self.warmup_steps)
+            start, peak = self.warmup_start, self.values[0]
+            if self.warmup == "constant":
+                warm = keras.ops.convert_to_tensor(start, "float32") + 0.0 * step
+            elif self.warmup == "linear":
+                warm = start + (peak - start) * frac
+            else:
+                warm = keras.ops.exp(math.log(start) + (math.log(peak) - math.log(start)) * frac)
+            lr = keras.ops.where(step < float(self.warmup_steps), warm, lr)
+        return lr
+
+    def get_config(self):
+        return {"warmup_steps": self.warmup_steps, "warmup_start": self.warmup_start,
+                "boundaries": list(self.boundaries), "values": list(self.values), "warmup": self.warmup,
+                "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to 0 at `total_steps`.
+
+    Example:
+
+    >>> s = WarmupCosine(0.4, total_steps=1000, warmup_steps=100)
+    >>> [round(float(s(t)), 4) for t in (0, 100, 550, 1000)]
+    [0.0, 0.4, 0.2, 0.0]
+
+    Args:
+        peak: the maximum rate, reached at `warmup_steps`.
+        total_steps: step at which the rate reaches 0.
+        warmup_steps: linear warm-up length (0: start at `peak`).
+
+    Raises:
+        ValueError: non-positive peak or total, warm-up not shorter than the run.
+    """
+
+    def __init__(self, peak, total_steps, warmup_steps=0, name=None):
+        self.peak = _check_rate("peak", peak)
+        self.total_steps = _check_steps("total_steps", total_steps, 1)
+        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
+        if self.warmup_steps >= self.total_steps:
+            raise ValueError(f"`warmup_steps` must be < `total_steps`. Received: warmup_steps={warmup_steps}, "
+                             f"total_steps={total_steps}")
+        self.name = name
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        span = float(self.total_steps - self.warmup_steps)
+        progress = keras.ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+        lr = 0.5 * self.peak * (1.0 + keras.ops.cos(math.pi * progress))
+        if self.warmup_steps:
+            lr = keras.ops.where(step < float(self.warmup_steps), self.peak * step / float(self.warmup_steps), lr)
+        return lr
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "name": self.name}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A named training recipe: optimizer, its settings and a learning-rate schedule.
+
+    Attributes:
+        name: the registry name.
+        reference: the thesis section it is read from.
+        schedule_kind: `"cosine"`, `"steps"` (milestones in steps) or `"epochs"`
+            (milestones in epochs).
+        learning_rate: the peak rate.
+        warmup: warm-up length (steps or epochs, as the milestones) and kind.
+        milestones: where the rate changes (steps or epochs).
+        values: the rates from the end of the warm-up on (`schedule_kind` steps/epochs).
+        epochs: the thesis's run length in epochs (`None`: given by steps).
+        total_steps: the thesis's run length in steps (step-based recipes).
+        batch_size: the thesis's batch size.
+        momentum, nesterov, weight_decay: optimizer settings. Weight decay is
+            Keras's `weight_decay` (the weights shrink by `lr * weight_decay` each
+            step: L2 regularization for plain SGD).
+        assumed: settings the thesis does not state (documented guesses).
+    """
+
+    name: str
+    reference: str
+    schedule_kind: str
+    learning_rate: float
+    warmup: float = 0
+    warmup_kind: str = "linear"
+    warmup_start: float = 0.0
+    milestones: tuple = ()
+    values: tuple = ()
+    epochs: int | None = None
+    total_steps: int | None = None
+    batch_size: int | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    assumed: tuple = ()
+
+    def _factor(self, steps_per_epoch: int, epochs: int) -> float:
+        """How much longer (or shorter) this run is than the thesis's."""
+        if self.schedule_kind == "steps" and self.total_steps:
+            return epochs * steps_per_epoch / self.total_steps
+        if self.epochs:
+            return epochs / self.epochs
+        return 1.0
+
+    def schedule(self, steps_per_epoch: int, epochs: int | None = None, *, learning_rate: float | None = None):
+        """The Keras learning-rate schedule for a run of `epochs` x `steps_per_epoch` steps.
+
+        Args:
+            steps_per_epoch: optimizer steps per epoch.
+            epochs: run length; default the thesis's. Milestones scale with it.
+            learning_rate: override the peak rate (the other rates scale with it).
+
+        Returns:
+            A serializable `keras.optimizers.schedules.LearningRateSchedule`.
+        """
+        steps_per_epoch = _check_steps("steps_per_epoch", steps_per_epoch, 1)
+        if epochs is None:
+            if self.epochs is None and not self.total_steps:
+                raise ValueError(f"Recipe {self.name!r} has no default length: pass `epochs`.")
+            epochs = self.epochs or max(1, round(self.total_steps / steps_per_epoch))
+        epochs = _check_steps("epochs", epochs, 1)
+        peak = self.learning_rate if learning_rate is None else _check_rate("learning_rate", learning_rate)
+        ratio = peak / self.learning_rate
+        total = epochs * steps_per_epoch
+        unit = 1 if self.schedule_kind == "steps" else steps_per_epoch
+        factor = self._factor(steps_per_epoch, epochs)
+        warm = int(round(self.warmup * unit * factor))
+        if self.schedule_kind == "cosine":
+            return WarmupCosine(peak, total, min(warm, total - 1))
+        bounds = [max(warm + 1, int(round(m * unit * factor))) for m in self.milestones]
+        for i in range(1, len(bounds)):  # keep them increasing after rounding
+            bounds[i] = max(bounds[i], bounds[i - 1] + 1)
+        start = self.warmup_start * ratio
+        return WarmupPiecewiseConstant(warm, start, bounds, [v * ratio for v in self.values],
+                                       warmup=self.warmup_kind if warm else "constant")
+
+    def optimizer(self, steps_per_epoch: int, epochs: int | None = None, *, learning_rate: float | None = None,
+                  weight_decay: float | None = None):
+        """A Keras SGD optimizer with this recipe's momentum, weight decay and schedule."""
+        wd = self.weight_decay if weight_decay is None else float(weight_decay)
+        return keras.optimizers.SGD(self.schedule(steps_per_epoch, epochs, learning_rate=learning_rate),
+                                    momentum=self.momentum, nesterov=self.nesterov, weight_decay=wd or None)
+
+    def to_config(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _ch2_cifar(name, weight_decay, which):
+    return Recipe(
+        name=name, reference="Thesis Sec. 2.4.1 (schedule of He et al. [36])", schedule_kind="steps",
+        learning_rate=0.1, warmup=400, warmup_kind="constant", warmup_start=0.01,
+        milestones=(32000, 48000, 70000), values=(0.1, 0.01, 0.001, 1e-4), total_steps=80000, batch_size=128,
+        momentum=0.9, weight_decay=weight_decay,
+        assumed=("momentum 0.9 (He et al.'s setting; the thesis names only the schedule)",
+                 "80,000 steps in all (the thesis's 205 epochs at 391 steps per epoch)",
+                 f"weight decay {weight_decay} is the thesis's for {which}"),
+    )
+
+
+def _ch2_caltech(name, milestones, total):
+    return Recipe(
+        name=name, reference="Thesis Sec. 2.4.1 (Caltech-256, Inception-v3)", schedule_kind="steps",
+        learning_rate=0.03, warmup=2000, warmup_kind="log_linear", warmup_start=3e-5, milestones=milestones,
+        values=(0.03, 0.003, 3e-4), total_steps=total, batch_size=64, momentum=0.9, weight_decay=4e-5,
+        assumed=("optimizer: momentum SGD 0.9 (the thesis does not name it)",
+                 f"run length {total} steps (the thesis gives only the decay points)"),
+    )
+
+
+_RECIPES = {
+    "cosine": Recipe(
+        name="cosine", reference="library default (cosine decay: Loshchilov & Hutter, as in Thesis Sec. 5.3.2)",
+        schedule_kind="cosine", learning_rate=0.05, nesterov=True, weight_decay=5e-4,
+        assumed=("not a thesis recipe: the short-run default of the quick and standard scales",)),
+    "ch2_cifar10_baseline": _ch2_cifar("ch2_cifar10_baseline", 5e-4, "the CIFAR-10 baseline"),
+    "ch2_cifar10_mixing": _ch2_cifar("ch2_cifar10_mixing", 1e-4, "CIFAR-10 mixed-example methods"),
+    "ch2_cifar100": _ch2_cifar("ch2_cifar100", 5e-4, "every method on CIFAR-100"),
+    "ch2_caltech_baseline": _ch2_caltech("ch2_caltech_baseline", (20000, 26000), 30000),
+    "ch2_caltech_mixing": _ch2_caltech("ch2_caltech_mixing", (45000, 57000), 60000),
+    "ch3_cifar": Recipe(
+        name="ch3_cifar", reference="Thesis Sec. 3.5.1", schedule_kind="epochs", learning_rate=0.1, warmup=5,
+        warmup_kind="linear", milestones=(100, 150), values=(0.1, 0.01, 0.001), epochs=200, batch_size=128,
+        momentum=0.9, weight_decay=2e-4,
+        assumed=("linear warm-up from 0 (the thesis says only 'a warm up period of 5 epochs')",
+                 "adversarially trained models stop at epoch 101 (pass epochs=101, milestones unchanged)")),
+    "ch3_svhn": Recipe(
+        name="ch3_svhn", reference="Thesis Sec. 3.5.1 (SVHN, ResNet-8)", schedule_kind="epochs", learning_rate=0.01,
+        warmup=5, warmup_kind="constant", warmup_start=0.001, milestones=(80,), values=(0.01, 0.001), epochs=101,
+        batch_size=128, momentum=0.9, weight_decay=2e-4,
+        assumed=("momentum 0.9 and weight decay 2e-4 carried over from the chapter's CIFAR setting",)),
+    "ch5_cifar10": Recipe(
+        name="ch5_cifar10", reference="Thesis Sec. 5.3.2 (ResNet-14, CIFAR-10)", schedule_kind="cosine",
+        learning_rate=0.4, warmup=3, warmup_kind="linear", epochs=500, batch_size=512, momentum=0.9,
+        weight_decay=5e-4, assumed=("plain (not Nesterov) momentum: PyTorch's default, which the authors used",)),
+}
+_RECIPES["ch4_cifar100"] = dataclasses.replace(
+    _RECIPES["ch2_cifar100"], name="ch4_cifar100",
+    reference="Thesis Sec. 4.4.1 names the model (ResNet-18, CIFAR-100 40k/10k) but no schedule",
+    assumed=_RECIPES["ch2_cifar100"].assumed + ("the Ch. 2 CIFAR-100 schedule, reused for Ch. 4",))
+
+
+def names() -> tuple:
+    """The registered recipe names."""
+    return tuple(_RECIPES)
+
+
+def get(name: str) -> Recipe:
+    """The recipe registered under `name`.
+
+    Example:
+
+    >>> from tf_dlthesis import recipes
+    >>> opt = recipes.get("ch3_cifar").optimizer(steps_per_epoch=391)
+
+    Raises:
+        ValueError: unknown name (with the closest names).
+        TypeError: `name` is not a string.
+    """
+    if isinstance(name, Recipe):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a recipe name string. Received: name={name!r}")
+    if name not in _RECIPES:
+        close = difflib.get_close_matches(name, list(_RECIPES), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"Unknown recipe {name!r}. Known: {', '.join(_RECIPES)}.{hint}")
+    return _RECIPES[name]
