@@ -55,6 +55,17 @@ def _positive(kind):
     return parse
 
 
+def _seed(text: str) -> int:
+    """argparse type: an int seed >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int seed >= 0, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tf-dlthesis",
@@ -63,9 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common_run(p):
-        p.add_argument("--scale", choices=("quick", "full"), default="quick", help="quick: digits-sized CPU run; full: the thesis's settings (GPU)")
-        p.add_argument("--dataset", default="digits", help="'digits' (embedded) or a tfds name such as cifar10")
-        p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
+        p.add_argument("--scale", choices=("quick", "standard", "full"), default="quick",
+                       help="quick: digits, minutes on a CPU; standard: Fashion-MNIST in the thesis's regimes, "
+                            "hours on a CPU; full: the thesis's settings (GPU)")
+        p.add_argument("--dataset", default=None,
+                       help="override the scale's dataset (quick: digits, standard: fashion_mnist, full: each "
+                            "table's thesis dataset)")
+        p.add_argument("--data-dir", default=None, help="folder with the dataset's files (IDX files, mnist.npz or a "
+                                                         "prepared tensorflow-datasets directory)")
         p.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out", help="output folder (report.md, figures/, results.sqlite)")
         p.add_argument("--tensorboard", type=_writable_dir, default=None, metavar="DIR", help="write every training run's curves here")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -81,15 +97,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list the registered tables and figures")
 
-    train = sub.add_parser("train", help="train and evaluate one model, recording the result")
-    train.add_argument("--dataset", default="digits")
+    train = sub.add_parser("train", help="train and evaluate one model (a TrainSpec), recording the result")
+    train.add_argument("--dataset", default="digits", help="digits, fashion_mnist, mnist or a tfds name")
     train.add_argument("--data-dir", default=None)
     train.add_argument("--model", default="cnn", help="linear, mlp, conv1, cnn, preact_resnet6|8|10|14|18")
     train.add_argument("--norm", default="batch", help="batch, none, group:G, ghost:B, batch_group:G:B, ...")
+    train.add_argument("--mixing", default=None, help="a Chapter 2 mixing method, e.g. vh_mixup (pair mode)")
+    train.add_argument("--recipe", default="cosine", help="a tf_dlthesis.recipes name")
     train.add_argument("--epochs", type=_positive(int), default=20)
     train.add_argument("--batch-size", type=_positive(int), default=64)
-    train.add_argument("--lr", type=_positive(float), default=0.05)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--lr", type=_positive(float), default=None, help="peak learning rate (default: the recipe's)")
+    train.add_argument("--train-examples", type=_positive(int), default=None, help="train on a stratified subset")
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--image-size", type=_positive(int), default=None, help="resize images (e.g. 32)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--deterministic", action="store_true", help="enable TF op determinism")
@@ -136,37 +155,30 @@ def main(argv=None) -> int:
     if args.command == "train":
         try:
             data.info(args.dataset, data_dir=args.data_dir)
-            if args.model not in models.MODEL_NAMES:
-                models.build(args.model, (8, 8, 1), 10)  # raises the helpful error
-            models.norm_factory(args.norm)
+            spec = experiments.TrainSpec(
+                dataset=args.dataset, model=args.model, norm=args.norm, recipe=args.recipe,
+                mixing=None if args.mixing is None else {"method": args.mixing}, epochs=args.epochs,
+                batch_size=args.batch_size, learning_rate=args.lr, train_examples=args.train_examples,
+                image_size=args.image_size, augment=not args.no_augment)
+            models.build(args.model, data.info(args.dataset, image_size=args.image_size).image_shape, 10,
+                         norm=args.norm)  # raises the helpful error for a bad model or norm
         except (ValueError, TypeError) as err:
             return _fail(str(err))
         os.makedirs(args.out, exist_ok=True)
         runtime.configure(seed=args.seed, deterministic=args.deterministic)
+        store = experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))
         try:
-            model, metrics = experiments.train_classifier(
-                args.model,
-                args.dataset,
-                norm=args.norm,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                learning_rate=args.lr,
-                seed=args.seed,
-                augment=not args.no_augment,
-                image_size=args.image_size,
-                data_dir=args.data_dir,
-                verbose=1,
-            )
+            with experiments.training.data_dir(args.data_dir):
+                [run] = experiments.train(spec, args.seed, store=store, verbose=1)
         except (ValueError, TypeError) as err:
             return _fail(str(err))
-        store = experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))
-        config = {k: getattr(args, k) for k in ("dataset", "model", "norm", "epochs", "batch_size", "lr", "image_size", "no_augment", "deterministic")}
-        store.record("train", config, args.seed, metrics)
-        print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%  test loss {metrics['test_loss']:.4f}  -> {store.path}")
+        m = run.metrics
+        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
+              f"train accuracy {100 * m['train_accuracy']:.2f}%  -> {store.path}")
         return 0
 
     # reproduce / table / figure
-    if args.dataset != "digits":
+    if args.dataset is not None:
         try:
             data.info(args.dataset, data_dir=args.data_dir)
         except (ValueError, TypeError) as err:
@@ -174,16 +186,22 @@ def main(argv=None) -> int:
     try:
         if args.command == "reproduce":
             only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+            if only is not None and not only:
+                return _fail(f"--only must name at least one table or figure id. Received: --only {args.only!r}")
             if only is not None:
                 experiments.registry.select(only)
         else:
-            only = [experiments.get(args.id).id]
+            exp = experiments.get(args.id)
+            if exp.kind != args.command:
+                return _fail(f"{args.id!r} is a {exp.kind}, not a {args.command}: use `tf-dlthesis {exp.kind} {args.id}`")
+            only = [exp.id]
     except ValueError as err:
         return _fail(str(err))
     os.makedirs(args.out, exist_ok=True)
     path, failed = experiments.reproduce(
         scale=args.scale,
         dataset=args.dataset,
+        data_dir=args.data_dir,
         out_dir=args.out,
         only=only,
         tensorboard=args.tensorboard,

@@ -115,3 +115,9 @@ def test_bootstrap_is_reproducible_and_scaled_effects_swap_bounds():
     assert neg.low == -e1.high and neg.high == -e1.low
     assert stats.mcnemar_counts([1, 1, 0, 0], [1, 0, 1, 1]) == {"a_only": 1, "b_only": 2, "n": 4}
     assert "[" in e1.text()
+
+
+def test_exact_effects_have_zero_width():
+    e = stats.exact(0.8, "max |BN(x) - beta| / bound over every output")
+    assert e.low == e.high == 0.8 and "exact" in e.statistic
+    assert verdict(e, below=1.0) == "reproduced" and verdict(e, above=1.0) == "not reproduced"

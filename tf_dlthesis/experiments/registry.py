@@ -12,6 +12,8 @@ from importlib import resources
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not comparable at this scale")
 SCALES = ("quick", "standard", "full")
+#: The dataset each scale runs on when none is given (full: each table's thesis dataset).
+DEFAULT_DATASETS = {"quick": "digits", "standard": "fashion_mnist", "full": "the thesis's dataset of each table"}
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import os
 import time
 import traceback
 
-from tf_dlthesis.experiments.registry import VERDICTS, Output, fmt, select
+from tf_dlthesis.experiments.registry import DEFAULT_DATASETS, VERDICTS, Output, fmt, select
 
 
 def _table_md(table) -> list:
@@ -75,7 +75,7 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
     lines = [
         "# tf_dlthesis reproduction report",
         "",
-        f"Scale `{scale}`, dataset `{dataset}`; generated {datetime.datetime.now().isoformat(timespec='seconds')} "
+        f"Scale `{scale}`, dataset `{dataset or DEFAULT_DATASETS[scale]}`; generated {datetime.datetime.now().isoformat(timespec='seconds')} "
         f"in {total_seconds / 60:.1f} min. Thesis numbers come from `thesis_tables.json`; "
         "verdicts are computed from the numbers below.",
         "",
@@ -131,7 +131,8 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
     return path
 
 
-def reproduce(*, scale: str = "quick", dataset: str = "digits", out_dir="tf-dlthesis-out", only=None, tensorboard=None, progress: bool = True):
+def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-dlthesis-out", only=None,
+              tensorboard=None, progress: bool = True, data_dir=None):
     """Runs every registered table/figure and writes the report.
 
     Finished training runs are recorded in `out_dir/results.sqlite`, so a rerun
@@ -143,6 +144,7 @@ def reproduce(*, scale: str = "quick", dataset: str = "digits", out_dir="tf-dlth
     """
     from tf_dlthesis import runtime
     from tf_dlthesis.experiments.results_store import ResultsStore
+    from tf_dlthesis.experiments.training import data_dir as data_dir_context
 
     experiments = select(only)
     os.makedirs(out_dir, exist_ok=True)
@@ -157,7 +159,8 @@ def reproduce(*, scale: str = "quick", dataset: str = "digits", out_dir="tf-dlth
         runtime.configure(seed=0, deterministic=True)
         t0 = time.time()
         try:
-            output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
+            with data_dir_context(data_dir):
+                output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
         except Exception:  # keep going: one failure must not lose the others' results
             output, error = None, traceback.format_exc(limit=8)
             bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")

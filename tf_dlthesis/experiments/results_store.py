@@ -9,6 +9,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 
 import numpy as np
 
@@ -28,7 +29,12 @@ CREATE TABLE IF NOT EXISTS results (
 def _encode(obj):
     if isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj)
-        return {"__ndarray__": base64.b64encode(arr.tobytes()).decode("ascii"), "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        raw = arr.tobytes()
+        packed = zlib.compress(raw, 6)
+        if len(packed) < len(raw):  # lossless; per-example results and bools shrink several-fold
+            return {"__ndarray__": base64.b64encode(packed).decode("ascii"), "dtype": arr.dtype.str,
+                    "shape": list(arr.shape), "zlib": True}
+        return {"__ndarray__": base64.b64encode(raw).decode("ascii"), "dtype": arr.dtype.str, "shape": list(arr.shape)}
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
@@ -46,6 +52,8 @@ def _decode(obj):
     if isinstance(obj, dict):
         if "__ndarray__" in obj:
             data = base64.b64decode(obj["__ndarray__"])
+            if obj.get("zlib"):
+                data = zlib.decompress(data)
             return np.frombuffer(data, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
         if "__float__" in obj:
             return float(obj["__float__"])

@@ -134,6 +134,15 @@ def _vector(name, values) -> np.ndarray:
     return arr
 
 
+def exact(value: float, statistic: str) -> Effect:
+    """A statistic with no sampling error (a deterministic measurement): a zero-width interval.
+
+    Use it for claims about one fixed object, e.g. "no training-mode output exceeds
+    the bound" measured on every output; `statistic` must say why it is exact.
+    """
+    return Effect(value, value, value, f"{statistic} (exact: no sampling)", 0)
+
+
 def mean_interval(values, *, statistic: str = "mean", confidence: float = CONFIDENCE) -> Effect:
     """Mean with a Student-t interval; a single value gets an infinite interval (no verdict possible)."""
     v = _vector("values", values)
@@ -276,6 +285,6 @@ def mcnemar_counts(correct_a, correct_b) -> dict:
 
 
 __all__ = [
-    "CONFIDENCE", "Effect", "accuracy_difference", "bootstrap", "mcnemar_counts", "mean_interval",
+    "CONFIDENCE", "Effect", "accuracy_difference", "bootstrap", "exact", "mcnemar_counts", "mean_interval",
     "paired_difference", "proportion", "sd_ratio", "verdict",
 ]

@@ -15,6 +15,7 @@ op-seed counter, so a run does not depend on what ran before it in the process.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -272,8 +273,8 @@ def load_data(spec: TrainSpec) -> DataBundle:
     """The training / validation / test arrays of `spec` (stratified subsets, no RNG)."""
     from tf_dlthesis import data
 
-    x, y = data.load_arrays(spec.dataset, "train", image_size=spec.image_size)
-    xt, yt = data.load_arrays(spec.dataset, "test", image_size=spec.image_size)
+    x, y = data.load_arrays(spec.dataset, "train", image_size=spec.image_size, data_dir=DATA_DIR.get())
+    xt, yt = data.load_arrays(spec.dataset, "test", image_size=spec.image_size, data_dir=DATA_DIR.get())
     num_classes = int(data.info(spec.dataset, image_size=spec.image_size).num_classes)
     validation = None
     if spec.validation_examples:
@@ -364,6 +365,18 @@ class Run:
 RUN_LOG: contextvars.ContextVar = contextvars.ContextVar("tf_dlthesis_run_log", default=None)
 #: TensorBoard folder of the current `reproduce` call (None: off).
 TENSORBOARD_DIR: contextvars.ContextVar = contextvars.ContextVar("tf_dlthesis_tensorboard", default=None)
+#: Where `load_data` finds dataset files (`data.load_arrays(data_dir=...)`); machine-specific, so not in a spec.
+DATA_DIR: contextvars.ContextVar = contextvars.ContextVar("tf_dlthesis_data_dir", default=None)
+
+
+@contextlib.contextmanager
+def data_dir(path):
+    """Within the block, `load_data` (and so `train`) reads datasets from `path` (`data.load_arrays(data_dir=)`)."""
+    token = DATA_DIR.set(path)
+    try:
+        yield
+    finally:
+        DATA_DIR.reset(token)
 
 
 def as_plan(seed):

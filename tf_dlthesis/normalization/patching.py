@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis import data
+
 from ._base import ExampleGroupNormalization, check_example_weight
 from .example_weighted_batch_normalization import ExampleWeightedBatchNormalization
 from .example_weighted_group_normalization import ExampleWeightedGroupNormalization
@@ -186,19 +188,6 @@ def set_example_weight(model: keras.Model, example_weight: float) -> int:
     return len(layers)
 
 
-def _as_dataset(data, batch_size: int):
-    if isinstance(data, tf.data.Dataset):
-        spec = data.element_spec
-        if not isinstance(spec, tuple) or len(spec) < 2:
-            raise ValueError("sweep_example_weight needs a dataset of (images, labels) pairs.")
-        if spec[0].shape.rank is not None and spec[0].shape.rank >= 1 and spec[1].shape.rank == 0:
-            data = data.batch(batch_size)  # unbatched examples
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return tf.data.Dataset.from_tensor_slices((np.asarray(data[0]), np.asarray(data[1]))).batch(batch_size)
-    raise TypeError(f"`dataset` must be a tf.data.Dataset or an (x, y) tuple. Received: {type(data).__name__}")
-
-
 def sweep_example_weight(
     model: keras.Model,
     dataset,
@@ -206,6 +195,7 @@ def sweep_example_weight(
     *,
     from_logits: bool = True,
     batch_size: int = 256,
+    per_example: bool = False,
 ) -> dict[str, np.ndarray]:
     """Accuracy and cross-entropy of ``model`` for each inference example weight alpha.
 
@@ -215,14 +205,22 @@ def sweep_example_weight(
 
     Args:
         model: A Keras model with BN/GN layers (or already patched).
-        dataset: ``tf.data.Dataset`` of ``(images, labels)`` (batched or
-            unbatched; labels sparse ints) or a tuple of arrays.
+        dataset: anything `data.as_arrays` accepts: ``(x, y)`` arrays or a
+            ``tf.data.Dataset`` of ``(images, labels)`` (batched or not; sparse
+            or one-hot labels).
         alphas: Values in [0, 1].
         from_logits: Whether the model outputs logits (else probabilities).
-        batch_size: Batch size used when ``dataset`` is unbatched.
+        batch_size: Examples per forward pass.
+        per_example: Also return ``"correct"``, the (A, N) per-example
+            correctness, for paired comparisons between alphas.
 
     Returns:
-        ``{"alpha": (A,), "accuracy": (A,), "cross_entropy": (A,)}``.
+        ``{"alpha": (A,), "accuracy": (A,), "cross_entropy": (A,)}`` (and
+        ``"correct"`` with ``per_example=True``).
+
+    Raises:
+        ValueError / TypeError: bad alphas, batch size or dataset (empty,
+            mismatched lengths, wrong structure).
 
     Reference:
         Thesis Figures 4.1, 4.2, 4.4 and A.2-A.4.
@@ -235,27 +233,34 @@ def sweep_example_weight(
         model = patch_model(model, 0.0)
         layers = normalization_layers(model)
     previous = [layer.example_weight for layer in layers]
-    ds = _as_dataset(dataset, batch_size)
+    x_all, y_all = data.as_arrays(dataset)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def step(x, y):
         out = tf.cast(model(x, training=False), tf.float32)
-        y = tf.cast(tf.reshape(y, [-1]), tf.int64)
         ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=from_logits)
-        correct = tf.cast(tf.equal(tf.argmax(out, axis=-1), y), tf.float32)
-        return tf.reduce_sum(correct), tf.reduce_sum(ce), tf.cast(tf.size(y), tf.float32)
+        return tf.equal(tf.argmax(out, axis=-1), y), ce
 
-    acc, ces = [], []
+    acc, ces, correct_rows = [], [], []
     try:
         for alpha in alphas:
             for layer in layers:
                 layer.example_weight_variable.assign(alpha)
-            totals = np.zeros(3)
-            for x, y, *_ in ds:
-                totals += np.array([t.numpy() for t in step(x, y)])
-            acc.append(totals[0] / totals[2])
-            ces.append(totals[1] / totals[2])
+            correct, ce = [], []
+            for i in range(0, len(y_all), batch_size):
+                c, e = step(tf.constant(x_all[i:i + batch_size]), tf.constant(y_all[i:i + batch_size]))
+                correct.append(c.numpy())
+                ce.append(e.numpy())
+            correct, ce = np.concatenate(correct), np.concatenate(ce)
+            acc.append(correct.mean())
+            ces.append(ce.astype(np.float64).mean())
+            correct_rows.append(correct)
     finally:
         for layer, value in zip(layers, previous):
             layer.example_weight_variable.assign(value)
-    return {"alpha": np.asarray(alphas), "accuracy": np.asarray(acc), "cross_entropy": np.asarray(ces)}
+    out = {"alpha": np.asarray(alphas), "accuracy": np.asarray(acc), "cross_entropy": np.asarray(ces)}
+    if per_example:
+        out["correct"] = np.stack(correct_rows)
+    return out
