@@ -290,3 +290,58 @@ def test_works_in_graph_and_xla_with_tensor_seed():
     np.testing.assert_allclose(first[1].numpy().sum(1), 1.0, atol=1e-6)
     other = xla_step(tf.constant([3, 5]))
     assert not np.allclose(other[0], first[0])
+
+
+# --- issue 11 (interval source) and issue 12 (std_floor) ------------------------------
+
+@pytest.mark.parametrize("method", ["random_column_interval", "random_row_interval"])
+def test_interval_default_takes_x2_from_the_same_position(method):
+    """Sec. 2.3.3 presents the interval methods as generalized concatenations: x2's part stays in place."""
+    x1 = np.zeros((B, H, W, C), np.float32)
+    x2 = np.arange(B * H * W * C, dtype=np.float32).reshape(B, H, W, C) + 1.0
+    out, lam, _ = _mix_pairs_reverse(method, x1, x2, seed=5)
+    from_x2 = out != 0
+    assert from_x2.any()
+    np.testing.assert_array_equal(out[from_x2], x2[from_x2])          # same positions
+    np.testing.assert_allclose(lam, 1 - from_x2.mean(axis=(1, 2, 3)), atol=1e-6)
+    moved, _, _ = _mix_pairs_reverse(method, x1, x2, seed=5, source="random")
+    assert np.any(moved[moved != 0] != x2[moved != 0])               # the option still shifts the region
+    same, _, _ = _mix_pairs_reverse(method, x1, x2, seed=5, source="same")
+    np.testing.assert_array_equal(same, out)
+
+
+def test_random_square_still_defaults_to_a_random_region():
+    from tf_dlthesis.augment import default_params
+    assert default_params("random_square")["source"] == "random"
+    assert default_params("random_row_interval")["source"] == "same"
+    assert default_params("random_column_interval")["source"] == "same"
+
+
+def test_source_error_message_names_both_options():
+    with pytest.raises(ValueError, match="'same'.*'random'"):
+        mix_batch(np.zeros((2, 4, 4, 1), np.float32), np.eye(2, dtype=np.float32), "random_row_interval",
+                  seed=0, source="elsewhere")
+
+
+def test_bc_plus_std_floor_is_added_to_sigma():
+    x1, x2 = _distinct_pair(4)
+    out, lam, _ = _mix_pairs_reverse("bc_plus", x1, x2, seed=4, std_floor=0.5)
+    for b in range(4):
+        np.testing.assert_allclose(out[b], _np_bc_plus(x1[b].astype(np.float64), x2[b].astype(np.float64),
+                                                       lam[b], eps=0.5), atol=2e-5)
+    from tf_dlthesis.augment import default_params
+    assert default_params("bc_plus") == {"alpha": 1.0, "std_floor": 1e-3}
+    assert "epsilon" not in default_params("vh_bc_plus")
+
+
+@pytest.mark.parametrize("method", ["bc_plus", "vh_bc_plus"])
+def test_deprecated_epsilon_alias_of_std_floor(method):
+    x1, x2 = _distinct_pair(5)
+    new, _, _ = _mix_pairs_reverse(method, x1, x2, seed=2, std_floor=0.05)
+    with pytest.warns(DeprecationWarning, match="std_floor"):
+        old, _, _ = _mix_pairs_reverse(method, x1, x2, seed=2, epsilon=0.05)
+    np.testing.assert_array_equal(old, new)
+    with pytest.raises(ValueError, match="not both"):
+        _mix_pairs_reverse(method, x1, x2, std_floor=0.05, epsilon=0.1)
+    with pytest.raises(ValueError, match="std_floor"):
+        _mix_pairs_reverse(method, x1, x2, std_floor=0.0)

@@ -290,8 +290,14 @@ def test_errors_labels_and_params():
         mix_batch(x, np.eye(4), "random_2x2", seed=0, p=0.0)
     with pytest.raises(ValueError, match="size"):
         mix_batch(x, np.eye(4), "random_square", seed=0, size=1.5)
+    with pytest.raises(TypeError, match="seed"):
+        mix_batch(x, np.eye(4), "mixup", seed=1.5)
     with pytest.raises(ValueError, match="seed"):
-        mix_batch(x, np.eye(4), "mixup", seed=None)
+        mix_batch(x, np.eye(4), "mixup", seed=-3)
+    # seed=None: fresh entropy (as everywhere in the library), so two calls differ
+    a = mix_batch(x, np.eye(4), "mixup", seed=None)[1].numpy()
+    b = mix_batch(x, np.eye(4), "mixup", seed=None)[1].numpy()
+    assert not np.array_equal(a, b)
     with pytest.raises(ValueError, match="shape"):
         mix_batch(x, np.eye(4), "mixup", seed=[1, 2, 3])
 

@@ -150,3 +150,66 @@ def test_batched_spsa_reduces_accuracy(model, batch):
     adv = R.spsa(model, x, pred, epsilon=0.3, num_steps=10, spsa_samples=32, learning_rate=0.05, seed=0)
     after = model(adv, training=False).numpy().argmax(-1)
     assert (after == pred).mean() < 1.0
+
+
+# --------------------------------------------------------------------------- seeds, Attack objects, caches
+def test_seed_none_is_fresh_and_int_seeds_reproduce(model, batch):
+    x, y = batch
+    kw = dict(epsilon=0.1, step_size=0.03, num_steps=1)
+    a, b = R.pgd(model, x, y, seed=None, **kw).numpy(), R.pgd(model, x, y, seed=None, **kw).numpy()
+    assert not np.array_equal(a, b)
+    attack = R.make_attack("pgd1", epsilon=0.1, step_size=0.03)
+    a, b = attack(model, x, y).numpy(), attack(model, x, y, seed=None).numpy()
+    assert not np.array_equal(a, b)                        # make_attack no longer turns None into 0
+    np.testing.assert_array_equal(attack(model, x, y, seed=3).numpy(), attack(model, x, y, seed=3).numpy())
+    np.testing.assert_array_equal(attack(model, x, y, seed=3).numpy(), R.pgd(model, x, y, seed=3, **kw).numpy())
+    s1 = R.spsa(model, x, y, epsilon=0.1, num_steps=1, spsa_samples=4, seed=None).numpy()
+    s2 = R.spsa(model, x, y, epsilon=0.1, num_steps=1, spsa_samples=4, seed=None).numpy()
+    assert not np.array_equal(s1, s2)
+    with pytest.raises(TypeError, match="seed"):
+        R.pgd(model, x, y, seed=1.5, **kw)
+
+
+def test_make_attack_returns_an_immutable_attack():
+    attack = R.make_attack("pgd10", epsilon=0.03, step_size=0.0078)
+    assert isinstance(attack, R.Attack) and (attack.kind, attack.num_steps, attack.epsilon) == ("pgd", 10, 0.03)
+    with pytest.raises(AttributeError):
+        attack.epsilon = 0.1
+    assert "pgd10" in repr(attack)
+    import copy
+    import pickle
+    assert copy.deepcopy(attack).epsilon == 0.03 and pickle.loads(pickle.dumps(attack)).num_steps == 10
+    with pytest.raises(ValueError, match="step_size"):
+        R.make_attack("pgd5", epsilon=0.03)
+    with pytest.raises(ValueError, match="spsa_params"):
+        R.make_attack("spsa", epsilon=0.03, spsa_params={"steps": 3})
+
+
+def test_no_module_level_caches():
+    from tf_dlthesis.robustness import attacks
+    for name in ("_FN_CACHE", "_SPSA_FN_CACHE", "_ATTACK_FN_CACHE"):
+        assert not hasattr(attacks, name)
+
+
+def test_compiled_attack_does_not_keep_its_model_alive(batch):
+    import gc
+    import weakref
+    x, y = batch
+    m = tiny_classifier(seed=2)
+    R.make_attack("pgd2", epsilon=0.1, step_size=0.05)(m, x, y, seed=0)
+    R.spsa(m, x, y, epsilon=0.1, num_steps=1, spsa_samples=4, seed=0)
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None
+
+
+def test_eager_attacks_do_not_retrace_cleverhans(model, batch):
+    from cleverhans.tf2.utils import compute_gradient
+    x, y = batch
+    R.fgsm(model, x, y, epsilon=0.1)
+    before = compute_gradient.experimental_get_tracing_count()
+    for _ in range(3):
+        R.fgsm(model, x, y, epsilon=0.1)
+        R.pgd(model, x, y, epsilon=0.1, step_size=0.05, num_steps=2, seed=0)
+    assert compute_gradient.experimental_get_tracing_count() == before

@@ -108,3 +108,69 @@ def test_evaluation_bad_input(data):
         R.evaluate_white_box(_threshold_model(), "digits", ["natural"])
     with pytest.raises(ValueError, match="differ in length"):
         R.evaluate_white_box(_threshold_model(), (x, y[:5]), ["natural"])
+
+
+def _compiled_functions(model):
+    return list(getattr(model, "_tf_dlthesis_attack_cache").compiled.values())
+
+
+def test_repeated_white_box_evaluations_do_not_retrace(data):
+    x, y = data
+    model = _threshold_model()
+    names = ["fgsm", "pgd5", "spsa"]
+    kw = dict(epsilon=0.2, step_size=0.1, batch_size=32, spsa_params={"num_steps": 2, "spsa_samples": 4})
+    first = R.evaluate_white_box(model, (x, y), names, **kw)
+    counts = [f.experimental_get_tracing_count() for f in _compiled_functions(model)]
+    assert len(counts) == 3 and all(c >= 1 for c in counts)
+    for _ in range(2):
+        again = R.evaluate_white_box(model, (x, y), names, **kw)
+        assert again == first                                   # same seeds, same result
+    # another epsilon reuses the same functions (epsilon is a tensor argument)
+    R.evaluate_white_box(model, (x, y), ["fgsm", "pgd5"], epsilon=0.1, step_size=0.05, batch_size=32)
+    assert [f.experimental_get_tracing_count() for f in _compiled_functions(model)] == counts
+
+
+def test_attack_objects_are_accepted(data):
+    x, y = data
+    model = _threshold_model()
+    fgsm = R.make_attack("fgsm", epsilon=0.2)
+    acc = R.evaluate_white_box(model, (x, y), [fgsm, "natural"], batch_size=32)
+    assert set(acc) == {"fgsm", "natural"}
+    assert acc["fgsm"] == R.evaluate_white_box(model, (x, y), ["fgsm"], epsilon=0.2, batch_size=32)["fgsm"]
+    table = R.black_box_matrix({"a": model}, (x, y), R.make_attack("pgd5", epsilon=0.2, step_size=0.1))
+    assert table["a"]["a"] == pytest.approx(acc["fgsm"], abs=0.011)
+
+
+def test_evaluation_seed_none(data):
+    x, y = data
+    acc = R.evaluate_white_box(_threshold_model(), (x, y), ["pgd5"], epsilon=0.2, step_size=0.1, seed=None)
+    assert 0.0 <= acc["pgd5"] <= 1.0
+    with pytest.raises(TypeError, match="seed"):
+        R.evaluate_white_box(_threshold_model(), (x, y), ["natural"], seed=0.5)
+
+
+def _constant_model(num_classes=4):
+    """Predicts class 0 for every input (a collapsed classifier)."""
+    inp = keras.Input((1, 1, 1))
+    dense = keras.layers.Dense(num_classes)
+    out = dense(keras.layers.Flatten()(inp))
+    dense.set_weights([np.zeros((1, num_classes), np.float32), np.eye(num_classes, dtype=np.float32)[0] * 3])
+    return keras.Model(inp, out)
+
+
+def test_sanity_report_flags_a_collapsed_model():
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 1, 1, 1)).astype(np.float32)
+    y = np.arange(64) % 4
+    report = R.sanity_report(_constant_model(), (x, y), epsilon=0.1, step_size=0.025)
+    checks = {c.name: c for c in report.checks}
+    assert checks["not_collapsed"].passed is False and "1 of 4" in checks["not_collapsed"].detail
+    assert report.distinct_predicted_classes == 1 and report.details["num_classes"] == 4
+    assert not report.passed and "not_collapsed" in str(report)
+
+
+def test_sanity_report_counts_distinct_predictions(data):
+    x, y = data
+    report = R.sanity_report(_threshold_model(), (x, y), epsilon=0.1, step_size=0.025)
+    assert report.details == {"distinct_predicted_classes": 2, "num_classes": 2, "classes_in_labels": 2}
+    assert {c.name: c.passed for c in report.checks}["not_collapsed"]

@@ -18,6 +18,7 @@ Mixed-Example Data Augmentation", WACV 2019, https://arxiv.org/abs/1805.11272.
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -58,11 +59,17 @@ def _check_alpha(v):
     return float(v)
 
 
-def _check_epsilon(v):
+def _check_std_floor(v, name="std_floor"):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v) > 0.0:
-        raise ValueError(f"`epsilon` (BC+ standard-deviation guard) must be > 0. "
-                         f"Received: epsilon={v!r}")
+        raise ValueError(f"`{name}` (BC+ / VH-BC+: constant added to each per-image standard "
+                         f"deviation sigma, so sigma = 0 cannot divide by zero) must be > 0. "
+                         f"Received: {name}={v!r}")
     return float(v)
+
+
+def _check_epsilon(v):
+    """Deprecated spelling of `std_floor` (validated the same way; `resolve` renames it)."""
+    return _check_std_floor(v, "epsilon")
 
 
 def _check_p(v):
@@ -82,8 +89,9 @@ def _check_size(v):
 
 def _check_source(v):
     if v not in ("random", "same"):
-        raise ValueError(f"`source` must be 'random' (region of x2 drawn at random, the "
-                         f"thesis's choice) or 'same'. Received: source={v!r}")
+        raise ValueError(f"`source` must be 'same' (x2's region at the same position as the "
+                         f"replaced region of x1) or 'random' (x2's region drawn at a random "
+                         f"position). Received: source={v!r}")
     return v
 
 
@@ -100,9 +108,12 @@ def _check_noisy_label(v):
     return v
 
 
-_PARAM_CHECKS = {"alpha": _check_alpha, "epsilon": _check_epsilon, "p": _check_p,
+_PARAM_CHECKS = {"alpha": _check_alpha, "std_floor": _check_std_floor, "p": _check_p,
                  "size": _check_size, "source": _check_source, "noise_std": _check_noise_std,
-                 "noisy_label": _check_noisy_label}
+                 "noisy_label": _check_noisy_label,
+                 "epsilon": _check_epsilon}    # deprecated alias of std_floor (one release)
+#: Deprecated parameter name -> current name.
+_RENAMED_PARAMS = {"epsilon": "std_floor"}
 
 
 @dataclass(frozen=True)
@@ -182,13 +193,14 @@ def _mixup(seed, x1, x2, params):
 _register("bc", {"alpha": 1.0})(_mixup)
 
 
-@_register("bc_plus", {"alpha": 1.0, "epsilon": 1e-3}, center=True)
+@_register("bc_plus", {"alpha": 1.0, "std_floor": 1e-3}, center=True)
 def _bc_plus(seed, x1, x2, params, stats):
     b = _dims(x1)[0]
     lam = _beta(seed, b, params["alpha"])
-    eps = params["epsilon"]
-    # sigma of the (centred) inputs = the per-image std computed once in `mix_pairs`.
-    p = _bc_plus_p(lam, stats.std1 + eps, stats.std2 + eps)
+    floor = params["std_floor"]
+    # sigma of the (centred) inputs = the per-image std computed once in `mix_pairs`, plus
+    # the additive guard `std_floor` (sigma1 = sigma2 = 0 would make Eq. 2.4 0/0).
+    p = _bc_plus_p(lam, stats.std1 + floor, stats.std2 + floor)
     return M.MixPlan(weight=M.per_pair(p), label=lam, scale=_bc_scale(p))
 
 
@@ -254,7 +266,7 @@ def _vh_mixup(seed, x1, x2, params):
                      label=lam3 * _frac(top) + (1.0 - lam3) * _frac(left))
 
 
-@_register("vh_bc_plus", {"alpha": 1.0, "epsilon": 1e-3}, center=True, row_col=True)
+@_register("vh_bc_plus", {"alpha": 1.0, "std_floor": 1e-3}, center=True, row_col=True)
 def _vh_bc_plus(seed, x1, x2, params, stats):
     # x1, x2 arrive zero-meaned: the thesis centres *before* concatenating.
     b, h, w, c = _dims(x1)
@@ -269,12 +281,12 @@ def _vh_bc_plus(seed, x1, x2, params, stats):
     # both concatenations.
     (r1, rq1, c1, cq1), (r2, rq2, c2, cq2) = stats.row_col
     n = M.as_float(h * w * c)
-    eps = params["epsilon"]
+    floor = params["std_floor"]
 
     def concat_std(mask, s1_, q1_, s2_, q2_):
         total = tf.reduce_sum(mask * s1_ + (1.0 - mask) * s2_, axis=1) / n
         total_sq = tf.reduce_sum(mask * q1_ + (1.0 - mask) * q2_, axis=1) / n
-        return tf.sqrt(tf.maximum(total_sq - tf.square(total), 0.0)) + eps
+        return tf.sqrt(tf.maximum(total_sq - tf.square(total), 0.0)) + floor
 
     p = _bc_plus_p(lam3, concat_std(top, r1, rq1, r2, rq2), concat_std(left, c1, cq1, c2, cq2))
     pp = M.per_pair(p)
@@ -329,14 +341,19 @@ def _interval(seed, b, n, source):
     return mask, index
 
 
-@_register("random_column_interval", {"source": "random"})
+# Random Row/Column Interval (Sec. 2.3.3) are presented as generalizations of the
+# vertical/horizontal concatenations, where x2's rows/columns stay in place; the thesis
+# states a randomly placed x2 region only for Random Square.  So the interval methods
+# default to the same-position region (source="same"); source="random" takes x2's
+# interval of the same length from a uniformly random position instead.
+@_register("random_column_interval", {"source": "same"})
 def _random_column_interval(seed, x1, x2, params):
     b, _, w, _ = _dims(x1)
     mask, index = _interval(seed, b, w, params["source"])
     return M.MixPlan(weight=M.cols(mask), source_cols=index)
 
 
-@_register("random_row_interval", {"source": "random"})
+@_register("random_row_interval", {"source": "same"})
 def _random_row_interval(seed, x1, x2, params):
     b, h, _, _ = _dims(x1)
     mask, index = _interval(seed, b, h, params["source"])
@@ -400,6 +417,9 @@ def canonical_name(name) -> str:
 def resolve(method, params: dict):
     """Validate `method` (name or list of names) and `params`.
 
+    The deprecated parameter name `epsilon` (BC+'s guard on sigma) is accepted for one
+    release as `std_floor`, with a `DeprecationWarning`.
+
     Returns:
         (names tuple, {name: full params dict}) with each method's defaults filled in.
     """
@@ -414,8 +434,18 @@ def resolve(method, params: dict):
     unknown = sorted(set(params) - set(_PARAM_CHECKS))
     if unknown:
         raise TypeError(f"Unexpected parameter(s) {unknown} for method(s) {list(names)}; "
-                        f"accepted: {sorted(_PARAM_CHECKS)}.")
+                        f"accepted: {sorted(set(_PARAM_CHECKS) - set(_RENAMED_PARAMS))}.")
     checked = {k: _PARAM_CHECKS[k](v) for k, v in params.items()}
+    for old, new in _RENAMED_PARAMS.items():
+        if old in checked:
+            value = checked.pop(old)
+            warnings.warn(f"`{old}` is deprecated and will be removed in the next release; use `{new}` "
+                          f"instead (it is the BC+ guard on sigma, not an attack radius). "
+                          f"Received: {old}={value!r}", DeprecationWarning, stacklevel=3)
+            if new in checked and checked[new] != value:
+                raise ValueError(f"Pass either `{new}` or the deprecated `{old}`, not both. "
+                                 f"Received: {new}={checked[new]!r}, {old}={value!r}")
+            checked[new] = value
     full = {n: {k: checked.get(k, d) for k, d in _REGISTRY[n].defaults.items()} for n in names}
     return names, full
 

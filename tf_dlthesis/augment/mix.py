@@ -78,7 +78,7 @@ def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
 class PairStats(NamedTuple):
     """Per-image statistics of the two inputs of each pair (BC+ family).
 
-    mean/std: (B,), over all pixels and channels (std without epsilon). row_col (only
+    mean/std: (B,), over all pixels and channels (std without the std floor). row_col (only
     for methods registered with `row_col=True`): for each input, the sums of the
     centred image and of its square per row (B, H) and per column (B, W), as
     ((rows1, rows_sq1, cols1, cols_sq1), (rows2, ...)).
@@ -230,11 +230,13 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
         pairing: "permute" (a random permutation, as in mixup) or "reverse".
         num_classes: number of classes for sparse labels.
         **params: method hyperparameters (thesis defaults): `alpha=1.0` (lambda ~
-            Beta(alpha, alpha)); `epsilon=1e-3` (BC+ std guard); `p=0.5` (Random 2x2
-            grid lines in the middle p of each axis); `size=0.5` (Random Square side:
-            float fraction of min(H, W), i.e. 16 px on 32x32, or int pixels);
-            `source="random"` (Random Square/intervals: x2 region drawn at random, or
-            "same"); `noise_std=0.025` and `noisy_label="lambda"` (noisy mixup).
+            Beta(alpha, alpha)); `std_floor=1e-3` (BC+ guard added to each image's
+            std); `p=0.5` (Random 2x2 grid lines in the middle p of each axis);
+            `size=0.5` (Random Square side: float fraction of min(H, W), i.e. 16 px on
+            32x32, or int pixels); `source` (where x2's region comes from: "random"
+            for Random Square, as the thesis states; "same" position for the
+            interval methods, which generalize the concatenations); `noise_std=0.025`
+            and `noisy_label="lambda"` (noisy mixup).
 
     Returns:
         (images, labels): mixed images (input float dtype; float32 for integer input;

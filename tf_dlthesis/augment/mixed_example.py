@@ -29,7 +29,7 @@ class MixedExample(keras.layers.Layer):
         seed: int seed of the layer's `SeedGenerator`; None draws one at random.
         num_classes: required when labels are sparse integers.
         pairing: "permute" (default) or "reverse".
-        **kwargs: method hyperparameters (`alpha`, `epsilon`, `p`, `size`, `source`,
+        **kwargs: method hyperparameters (`alpha`, `std_floor`, `p`, `size`, `source`,
             `noise_std`, `noisy_label`; see `mix_batch`) and base `Layer` arguments
             (`name`, `dtype`, ...).
 

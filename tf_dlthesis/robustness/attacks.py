@@ -31,6 +31,25 @@ barely changes.  We deliberately keep CleverHans's scale by default
 settings (Sec. 3.5.3, "the same evaluation settings as provided in [113]");
 ``corrected_gradient=True`` uses the paper's ``mean(loss * sign) / delta``.
 
+Named attacks and compiled functions
+------------------------------------
+:func:`make_attack` returns an :class:`Attack`: an immutable description (name,
+epsilon, step size, clip range, SPSA settings) callable as
+``attack(model, x, y, seed=None)``.  The ``tf.function`` that runs an attack on a
+model belongs to that model: it is compiled on first use and kept in a private
+per-model cache stored on the model object itself (never in this module), keyed
+by the attack's kind, step count and clip range.  Epsilon and the step size are
+tensor arguments of that function, so repeated evaluations, and sweeps over
+epsilon, on the same model and input shape do not retrace, and the cache dies
+with its model.  :func:`inference_fn` keeps the model's ``training=False``
+callable in the same cache, so CleverHans's own ``tf.function``
+(``compute_gradient``, which takes the callable as an argument) is not retraced
+by repeated eager calls either.
+
+Seeds: ``seed=None`` means fresh, non-reproducible entropy drawn once per call
+(``tf_dlthesis._seeds.as_seed``), as everywhere in the library; an int or a
+shape-[2] integer tensor gives a reproducible stateless seed.
+
 Reference:
     Thesis Sec. 3.2 and 3.5.3; Madry et al., https://arxiv.org/abs/1706.06083;
     Uesato et al., https://arxiv.org/abs/1802.05666;
@@ -39,6 +58,8 @@ Reference:
 
 from __future__ import annotations
 
+import functools
+import types
 import weakref
 
 import keras
@@ -48,35 +69,89 @@ from cleverhans.tf2.attacks import spsa as _ch_spsa
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta
 
+from tf_dlthesis._seeds import as_seed
+
 __all__ = [
     "fgsm", "pgd", "spsa", "cleverhans_spsa", "SPSAAdamAdapter", "BatchedSPSAAdam",
-    "inference_fn", "make_attack", "ATTACK_NAMES",
+    "inference_fn", "make_attack", "Attack", "ATTACK_NAMES",
 ]
 
 #: Named attacks understood by :func:`make_attack` (``"pgd<N>"`` for any N also works).
 ATTACK_NAMES = ("natural", "fgsm", "pgd5", "pgd10", "pgd20", "pgd1000", "spsa")
 
-_FN_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 #: PGD with at most this many steps is unrolled (as CleverHans does); longer runs use ``tf.while_loop``.
 _UNROLL_MAX_STEPS = 20
+#: Name of the private attribute holding a model's :class:`_ModelCache`.
+_CACHE_ATTR = "_tf_dlthesis_attack_cache"
+
+
+# --------------------------------------------------------------------------- per-model cache
+class _ModelCache:
+    """What this module compiles for one model, stored on that model (``_tf_dlthesis_attack_cache``).
+
+    ``inference``: the model's ``training=False`` callable; ``compiled``: attack
+    ``tf.function``s keyed by settings.  Copies and pickles of a model start
+    with an empty cache (the compiled functions close over the original model).
+    """
+
+    __slots__ = ("inference", "compiled", "__weakref__")
+
+    def __init__(self):
+        self.inference = None
+        self.compiled = {}
+
+    def __deepcopy__(self, memo):
+        return _ModelCache()
+
+    def __copy__(self):
+        return _ModelCache()
+
+    def __reduce__(self):
+        return (_ModelCache, ())
+
+
+def _model_cache(model) -> _ModelCache:
+    """The model's cache, created on first use; a throw-away one if the model takes no attributes."""
+    cache = model.__dict__.get(_CACHE_ATTR) if hasattr(model, "__dict__") else None
+    if cache is None:
+        cache = _ModelCache()
+        try:
+            # object.__setattr__: bypass Keras's attribute tracking (the cache is not model state)
+            object.__setattr__(model, _CACHE_ATTR, cache)
+        except (AttributeError, TypeError):
+            pass
+    return cache
+
+
+def _model_ref(model):
+    """A weak reference to a model when it allows one (the compiled functions must not keep it alive)."""
+    try:
+        return weakref.ref(model)
+    except TypeError:
+        return lambda: model
 
 
 # --------------------------------------------------------------------------- helpers
 def inference_fn(model):
-    """Return a cached ``x -> model(x, training=False)`` callable for ``model``.
+    """Return the model's ``x -> model(x, training=False)`` callable (one per model).
 
     Keras layers/models are called with ``training=False``; other callables are
-    returned unchanged.  The callable is cached per model so CleverHans's
-    ``@tf.function compute_gradient`` (which takes it as an argument) does not
-    retrace on every attack call.
+    returned unchanged.  The callable is kept on the model (a private cache), so
+    CleverHans's ``@tf.function compute_gradient``, which takes it as an
+    argument, does not retrace on every eager attack call.
+
+    Raises:
+        TypeError: ``model`` is not callable.
     """
     if isinstance(model, keras.layers.Layer):
-        fn = _FN_CACHE.get(model)
-        if fn is None:
-            def fn(x, _ref=weakref.ref(model)):
-                return _ref()(x, training=False)
-            _FN_CACHE[model] = fn
-        return fn
+        cache = _model_cache(model)
+        if cache.inference is None:
+            ref = weakref.ref(model)
+
+            def fn(x):
+                return ref()(x, training=False)
+            cache.inference = fn
+        return cache.inference
     if callable(model):
         return model
     raise TypeError(f"`model` must be a Keras model or a callable returning logits. Received: {model!r}")
@@ -140,20 +215,6 @@ def _prepare_labels(model_fn, x, y):
     return y, None
 
 
-def _seed_tensor(seed):
-    if seed is None:
-        return tf.constant(np.random.default_rng().integers(0, 2**31 - 1, size=2), tf.int64)
-    if tf.is_tensor(seed):
-        seed = tf.cast(seed, tf.int64)
-        return seed if seed.shape.rank == 1 else tf.stack([seed, tf.zeros_like(seed)])
-    if isinstance(seed, (int, np.integer)):
-        return tf.constant([int(seed), 0], tf.int64)
-    seed = np.asarray(seed)
-    if seed.shape != (2,):
-        raise ValueError(f"`seed` must be an int, a shape-[2] int tensor, or None. Received: seed={seed!r}")
-    return tf.constant(seed, tf.int64)
-
-
 # --------------------------------------------------------------------------- FGSM / PGD
 def fgsm(model, x, y=None, *, epsilon: float, clip_range=(0.0, 1.0), loss_fn=None):
     """Fast gradient sign method (L-inf), CleverHans's ``fast_gradient_method``.
@@ -211,7 +272,9 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
         num_steps: number of iterations.
         random_start: start uniformly in the epsilon ball (Madry et al.).
         clip_range: ``(min, max)`` or ``None``.
-        seed: int, shape-[2] int tensor (stateless seed) or ``None`` (fresh random seed).
+        seed: int, shape-[2] int tensor (stateless seed) or ``None`` (fresh
+            entropy drawn once per call; inside a ``tf.function`` once per trace,
+            so pass a seed tensor there).
         loss_fn: optional ``loss_fn(labels=..., logits=...)``.
 
     Returns:
@@ -235,7 +298,7 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
     y, default_loss = _prepare_labels(model_fn, x, y)
     loss_fn = loss_fn or default_loss
     if random_start:
-        eta = tf.random.stateless_uniform(tf.shape(x), _seed_tensor(seed), -epsilon, epsilon, dtype=x.dtype)
+        eta = tf.random.stateless_uniform(tf.shape(x), as_seed(seed), -epsilon, epsilon, dtype=x.dtype)
     else:
         eta = tf.zeros_like(x)
     eta = clip_eta(eta, np.inf, epsilon)
@@ -378,7 +441,59 @@ def cleverhans_spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rat
     return tf.concat(out, axis=0)
 
 
-_SPSA_FN_CACHE: dict = {}
+def _spsa_labels(x, y):
+    y = tf.convert_to_tensor(y)
+    if y.shape.rank == 2:
+        y = tf.argmax(y, axis=-1)
+    y = tf.cast(y, tf.int64)
+    if x.shape[0] is not None and y.shape[0] is not None and y.shape[0] != x.shape[0]:
+        raise ValueError(f"Labels and images must have the same batch size. Received: x.shape={x.shape}, y.shape={y.shape}")
+    return y
+
+
+def _spsa_run(model_fn, optimizer, x, y, seed, epsilon, num_steps, lo, hi):
+    """The batched SPSA loop (graph-buildable); ``optimizer`` is a :class:`BatchedSPSAAdam` built outside."""
+    loss_fn = _margin_loss(model_fn)
+    init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    pert = tf.random.stateless_uniform(tf.shape(x), init_seed, -epsilon, epsilon, dtype=x.dtype)
+    pert = _ch_spsa._project_perturbation(pert, epsilon, x, lo, hi)
+    state = optimizer.init_state([pert])
+    flat_state = tf.nest.flatten(state)
+
+    def body(i, pert, flat_state):
+        optimizer.set_seed(tf.random.experimental.stateless_fold_in(loop_seed, i))
+        st = tf.nest.pack_sequence_as(state, flat_state)
+
+        def wrapped(p):
+            reps = tf.shape(p)[0] // tf.shape(x)[0]
+            tiled = tf.tile(x, tf.concat([[reps], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+            return loss_fn(tiled + p, tf.tile(y, [reps]))
+
+        new, st = optimizer.minimize(wrapped, [pert], st)
+        pert = _ch_spsa._project_perturbation(new[0], epsilon, x, lo, hi)
+        return i + 1, pert, tf.nest.flatten(st)
+
+    _, pert, _ = tf.while_loop(lambda i, *_: i < num_steps, body, (tf.constant(0), pert, flat_state),
+                               parallel_iterations=1)
+    return tf.stop_gradient(x + pert)
+
+
+def _compiled_spsa(model, num_steps, learning_rate, delta, spsa_samples, spsa_iters, lo, hi, corrected_gradient):
+    """The model's compiled SPSA function for these settings (epsilon is a tensor argument)."""
+    cache = _model_cache(model)
+    key = ("spsa", num_steps, float(learning_rate), float(delta), int(spsa_samples), int(spsa_iters), lo, hi,
+           bool(corrected_gradient))
+    fn = cache.compiled.get(key)
+    if fn is None:
+        optimizer = BatchedSPSAAdam(lr=learning_rate, delta=delta, num_samples=spsa_samples, num_iters=spsa_iters,
+                                    corrected_gradient=corrected_gradient)
+        run = functools.partial(_spsa_compiled_body, _model_ref(model), optimizer, num_steps, lo, hi)
+        fn = cache.compiled[key] = tf.function(run, reduce_retracing=True)
+    return fn
+
+
+def _spsa_compiled_body(ref, optimizer, num_steps, lo, hi, x, y, seed, epsilon):
+    return _spsa_run(inference_fn(ref()), optimizer, x, y, seed, epsilon, num_steps, lo, hi)
 
 
 def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 0.01, delta: float = 0.01,
@@ -392,7 +507,9 @@ def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 
     step (CleverHans's ``_project_perturbation``).  All examples of the batch
     are attacked in parallel (one model call on ``spsa_samples * B`` images per
     step); noise is stateless from ``seed``.  See the module docstring for the
-    gradient-scale choice (CleverHans issue #1087).
+    gradient-scale choice (CleverHans issue #1087).  The compiled function is
+    kept on the model (one per setting, epsilon excluded), so repeated calls do
+    not retrace.
 
     Example:
         >>> x_adv = spsa(model, images, labels, epsilon=0.03, num_steps=100, seed=0)
@@ -406,7 +523,7 @@ def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 
         learning_rate, delta, spsa_samples, spsa_iters: CleverHans's SPSA settings
             (defaults are CleverHans's).
         clip_range: ``(min, max)`` (required).
-        seed: int, shape-[2] tensor or ``None``.
+        seed: int, shape-[2] tensor, or ``None`` (fresh entropy per call).
         corrected_gradient: divide the estimate by ``delta`` (issue #1087).
 
     Returns:
@@ -420,110 +537,196 @@ def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 
     """
     epsilon, num_steps, lo, hi = _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta)
     x = as_images(x)
-    y = tf.convert_to_tensor(y)
-    if y.shape.rank == 2:
-        y = tf.argmax(y, axis=-1)
-    y = tf.cast(y, tf.int64)
-    if x.shape[0] is not None and y.shape[0] is not None and y.shape[0] != x.shape[0]:
-        raise ValueError(f"Labels and images must have the same batch size. Received: x.shape={x.shape}, y.shape={y.shape}")
-    key = (id(model), epsilon, num_steps, learning_rate, delta, spsa_samples, spsa_iters, lo, hi, corrected_gradient)
-    entry = _SPSA_FN_CACHE.get(key)
-    if entry is None or entry[0]() is not model:
-        optimizer = BatchedSPSAAdam(lr=learning_rate, delta=delta, num_samples=spsa_samples, num_iters=spsa_iters,
-                                    corrected_gradient=corrected_gradient)
-        loss_fn = _margin_loss(inference_fn(model))
-
-        @tf.function(reduce_retracing=True)
-        def run(x, y, seed):
-            init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            pert = tf.random.stateless_uniform(tf.shape(x), init_seed, -epsilon, epsilon, dtype=x.dtype)
-            pert = _ch_spsa._project_perturbation(pert, epsilon, x, lo, hi)
-            state = optimizer.init_state([pert])
-            flat_state = tf.nest.flatten(state)
-
-            def body(i, pert, flat_state):
-                optimizer.set_seed(tf.random.experimental.stateless_fold_in(loop_seed, i))
-                st = tf.nest.pack_sequence_as(state, flat_state)
-                def wrapped(p):
-                    reps = tf.shape(p)[0] // tf.shape(x)[0]
-                    tiled = tf.tile(x, tf.concat([[reps], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
-                    return loss_fn(tiled + p, tf.tile(y, [reps]))
-
-                new, st = optimizer.minimize(wrapped, [pert], st)
-                pert = _ch_spsa._project_perturbation(new[0], epsilon, x, lo, hi)
-                return i + 1, pert, tf.nest.flatten(st)
-
-            _, pert, _ = tf.while_loop(lambda i, *_: i < num_steps, body, (tf.constant(0), pert, flat_state),
-                                       parallel_iterations=1)
-            return tf.stop_gradient(x + pert)
-
-        entry = (weakref.ref(model) if isinstance(model, keras.layers.Layer) else (lambda m=model: m), run)
-        _SPSA_FN_CACHE[key] = entry
-    return entry[1](x, y, _seed_tensor(seed))
+    y = _spsa_labels(x, y)
+    fn = _compiled_spsa(model, num_steps, learning_rate, delta, spsa_samples, spsa_iters, lo, hi, corrected_gradient)
+    return fn(x, y, as_seed(seed), tf.constant(epsilon, tf.float32))
 
 
 # --------------------------------------------------------------------------- named attacks
-def make_attack(name: str, *, epsilon: float, step_size: float | None = None, clip_range=(0.0, 1.0),
-                spsa_params: dict | None = None):
-    """Return ``attack(model, x, y, seed) -> x_adv`` for a named attack.
+_SPSA_KEYS = ("num_steps", "learning_rate", "delta", "spsa_samples", "spsa_iters", "corrected_gradient")
 
-    Names: ``"natural"`` (identity), ``"fgsm"``, ``"pgd<N>"`` (e.g. ``"pgd10"``,
-    random start, step ``step_size``), ``"spsa"`` (``spsa_params`` passed to
-    :func:`spsa`, default ``num_steps=100``).
+
+class Attack:
+    """A named white-box attack with its settings, callable as ``attack(model, x, y=None, seed=None)``.
+
+    Built by :func:`make_attack`.  Immutable: the functions compiled to run it
+    live on each attacked model (see the module docstring), so one ``Attack``
+    can be applied to any number of models and called repeatedly without
+    retracing.  :meth:`generate` builds the attack inline instead (inside a
+    caller's ``tf.function``, e.g. a train step).
+
+    Example:
+        >>> attack = make_attack("pgd10", epsilon=0.03, step_size=0.0078)
+        >>> x_adv = attack(model, images, labels, seed=0)
+
+    Attributes:
+        name: ``"natural"``, ``"fgsm"``, ``"pgd<N>"`` or ``"spsa"``.
+        kind: ``"natural"``, ``"fgsm"``, ``"pgd"`` or ``"spsa"``.
+        num_steps: PGD / SPSA steps (``None`` otherwise).
+        epsilon, step_size, clip_range, random_start: the settings.
+        spsa_params: the :func:`spsa` settings (SPSA only).
+    """
+
+    __slots__ = ("name", "kind", "num_steps", "epsilon", "step_size", "clip_range", "random_start", "spsa_params")
+
+    def __init__(self, name: str, *, epsilon: float, step_size: float | None = None, clip_range=(0.0, 1.0),
+                 spsa_params: dict | None = None, random_start: bool = True):
+        if not isinstance(name, str):
+            raise TypeError(f"Attack name must be a string. Received: {name!r}")
+        epsilon = _check_float("epsilon", epsilon, minimum=0.0)
+        lo, hi = _check_clip_range(clip_range)
+        clip = None if lo is None else (lo, hi)
+        num_steps, params = None, None
+        if name in ("natural", "fgsm"):
+            kind = name
+        elif name.startswith("pgd") and name[3:].isdigit():
+            kind, num_steps = "pgd", int(name[3:])
+            if step_size is None:
+                raise ValueError(f"Attack {name!r} needs `step_size`. Received: step_size=None")
+            step_size = _check_float("step_size", step_size, minimum=0.0)
+            if step_size > epsilon:
+                raise ValueError(
+                    f"`step_size` must be <= `epsilon`. Received: step_size={step_size}, epsilon={epsilon}")
+        elif name == "spsa":
+            kind = "spsa"
+            params = {"num_steps": 100, **(spsa_params or {})}
+            unknown = set(params) - set(_SPSA_KEYS)
+            if unknown:
+                raise ValueError(f"Unknown `spsa_params` {sorted(unknown)}. Expected some of {_SPSA_KEYS}.")
+            _spsa_args(epsilon, params["num_steps"], clip, params.get("spsa_samples", 128),
+                       params.get("learning_rate", 0.01), params.get("delta", 0.01))
+            num_steps = int(params["num_steps"])
+        else:
+            raise ValueError(f"Unknown attack {name!r}. Expected one of {ATTACK_NAMES} or 'pgd<N>'.")
+        params = None if params is None else types.MappingProxyType(params)  # read-only, like the rest
+        for attr, value in (("name", name), ("kind", kind), ("num_steps", num_steps), ("epsilon", epsilon),
+                            ("step_size", None if step_size is None else float(step_size)), ("clip_range", clip),
+                            ("random_start", bool(random_start)), ("spsa_params", params)):
+            object.__setattr__(self, attr, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Attack is immutable; build a new one with make_attack(). Tried to set {name!r}.")
+
+    def get_config(self) -> dict:
+        """The settings, as ``make_attack`` keyword arguments plus ``name``."""
+        spsa_params = dict(self.spsa_params) if self.spsa_params else None
+        return {"name": self.name, "epsilon": self.epsilon, "step_size": self.step_size,
+                "clip_range": self.clip_range, "spsa_params": spsa_params, "random_start": self.random_start}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Attack":
+        config = dict(config)
+        return cls(config.pop("name"), **config)
+
+    def __reduce__(self):  # copy / pickle through the public settings (instances are immutable)
+        return (Attack.from_config, (self.get_config(),))
+
+    def __eq__(self, other):
+        return isinstance(other, Attack) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(repr(self))
+
+    def __repr__(self):
+        extra = f", step_size={self.step_size}" if self.step_size is not None else ""
+        extra += f", spsa_params={dict(self.spsa_params)}" if self.spsa_params else ""
+        return f"Attack({self.name!r}, epsilon={self.epsilon}{extra}, clip_range={self.clip_range})"
+
+    def generate(self, model, x, y=None, seed=None):
+        """Build the attack inline (traceable inside a caller's ``tf.function``).
+
+        Args:
+            model: Keras model returning logits, or a callable.
+            x: images; integer images are converted to ``[0, 1]`` floats.
+            y: labels (sparse or one-hot), or ``None`` for the model's predictions.
+            seed: int, shape-[2] int tensor, or ``None`` (fresh entropy).
+
+        Returns:
+            Adversarial images (float32).
+        """
+        return self._run(model, as_images(x), y, self.epsilon, self.step_size or 0.0, seed)
+
+    def _run(self, model, x, y, epsilon, step_size, seed):
+        if self.kind == "natural":
+            return x
+        if self.kind == "fgsm":
+            return fgsm(model, x, y, epsilon=epsilon, clip_range=self.clip_range)
+        if self.kind == "pgd":
+            return pgd(model, x, y, epsilon=epsilon, step_size=step_size, num_steps=self.num_steps,
+                       random_start=self.random_start, clip_range=self.clip_range, seed=seed)
+        return spsa(model, x, y, epsilon=epsilon, clip_range=self.clip_range, seed=seed, **self.spsa_params)
+
+    def _compiled(self, model):
+        """The model's compiled function for this attack's kind / steps / clip range (epsilon is an argument)."""
+        cache = _model_cache(model)
+        key = (self.kind, self.num_steps, self.clip_range, self.random_start)
+        fn = cache.compiled.get(key)
+        if fn is None:
+            # a partial, not a closure: TF's frequent-retracing detector keys on `__code__`, which
+            # every model's compiled function would share; a partial gets a detector of its own
+            run = functools.partial(_attack_compiled_body, self, _model_ref(model))
+            fn = cache.compiled[key] = tf.function(run, reduce_retracing=True)
+        return fn
+
+    def __call__(self, model, x, y=None, seed=None):
+        """Attack ``model`` on ``x`` (compiled once per model and input signature).
+
+        Args:
+            model: Keras model returning logits (called with ``training=False``), or a callable.
+            x: images; integer images are converted to ``[0, 1]`` floats.
+            y: sparse or one-hot labels; ``None`` uses the model's predictions
+                (not accepted by SPSA).
+            seed: int, shape-[2] int tensor, or ``None`` (fresh entropy drawn once per call).
+
+        Returns:
+            Adversarial images (float32).
+        """
+        x = as_images(x)
+        if self.kind == "natural":
+            return x
+        if self.kind == "spsa":
+            p = self.spsa_params
+            return spsa(model, x, y, epsilon=self.epsilon, clip_range=self.clip_range, seed=seed, **p)
+        if y is not None:
+            y = tf.convert_to_tensor(y)
+            y = tf.cast(y, tf.float32) if y.shape.rank == 2 else tf.cast(y, tf.int64)
+        return self._compiled(model)(x, y, tf.constant(self.epsilon, tf.float32),
+                                     tf.constant(self.step_size or 0.0, tf.float32), as_seed(seed))
+
+
+def _attack_compiled_body(attack, ref, x, y, epsilon, step_size, seed):
+    return attack._run(ref(), x, y, epsilon, step_size, seed)
+
+
+def make_attack(name: str, *, epsilon: float, step_size: float | None = None, clip_range=(0.0, 1.0),
+                spsa_params: dict | None = None, random_start: bool = True) -> Attack:
+    """Return the :class:`Attack` ``attack(model, x, y, seed=None) -> x_adv`` for a named attack.
+
+    Names (``ATTACK_NAMES``): ``"natural"`` (identity), ``"fgsm"``,
+    ``"pgd<N>"`` (e.g. ``"pgd10"``; random start unless ``random_start=False``,
+    step ``step_size``), ``"spsa"`` (``spsa_params`` passed to :func:`spsa`,
+    default ``num_steps=100``).  ``seed=None`` at call time draws fresh entropy
+    (it is no longer turned into 0).
+
+    Example:
+        >>> attack = make_attack("pgd10", epsilon=0.03, step_size=0.0078)
+        >>> x_adv = attack(model, images, labels, seed=0)
+
+    Args:
+        name: attack name.
+        epsilon: L-inf radius.
+        step_size: PGD step (required for PGD, ``<= epsilon``).
+        clip_range: ``(min, max)`` valid input range, or ``None``.
+        spsa_params: :func:`spsa` keyword arguments (SPSA only).
+        random_start: PGD random start (Madry et al.).
+
+    Returns:
+        An :class:`Attack`.
 
     Raises:
-        ValueError: unknown attack name or missing ``step_size`` for PGD.
+        ValueError: unknown attack name, missing or too large ``step_size`` for
+            PGD, bad epsilon / clip range / SPSA settings.
+        TypeError: a non-string name.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"Attack name must be a string. Received: {name!r}")
-    _check_float("epsilon", epsilon, minimum=0.0)
-    _check_clip_range(clip_range)
-    if name == "natural":
-        return lambda model, x, y, seed=None: as_images(x)
-    if name == "fgsm":
-        fn = _compiled_attack(epsilon, 0.0, None, clip_range)
-        return lambda model, x, y, seed=None: fn(model, x, y, seed)
-    if name.startswith("pgd") and name[3:].isdigit():
-        steps = int(name[3:])
-        if step_size is None:
-            raise ValueError(f"Attack {name!r} needs `step_size`. Received: step_size=None")
-        if step_size > epsilon:
-            raise ValueError(f"`step_size` must be <= `epsilon`. Received: step_size={step_size}, epsilon={epsilon}")
-        fn = _compiled_attack(epsilon, float(step_size), steps, clip_range)
-        return lambda model, x, y, seed=None: fn(model, x, y, seed)
-    if name == "spsa":
-        params = {"num_steps": 100, **(spsa_params or {})}
-        return lambda model, x, y, seed=None: spsa(model, x, y, epsilon=epsilon, clip_range=clip_range,
-                                                   seed=seed, **params)
-    raise ValueError(f"Unknown attack {name!r}. Expected one of {ATTACK_NAMES} or 'pgd<N>'.")
-
-
-_ATTACK_FN_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _compiled_attack(epsilon, step_size, steps, clip_range):
-    """FGSM (``steps=None``) or PGD in one ``tf.function`` per (model, steps, clip range).
-
-    Epsilon and step size are tensor arguments, so sweeping epsilon does not retrace.
-    """
-    clip = tuple(clip_range) if clip_range else None
-
-    def attack(model, x, y, seed):
-        x = as_images(x)
-        eps, step = tf.constant(epsilon, tf.float32), tf.constant(step_size, tf.float32)
-        if not isinstance(model, keras.layers.Layer):
-            return _run_attack(model, x, y, eps, step, steps, clip, seed)
-        fns = _ATTACK_FN_CACHE.setdefault(model, {})
-        if (steps, clip) not in fns:
-            ref = weakref.ref(model)
-            fns[(steps, clip)] = tf.function(
-                lambda x, y, eps, step, seed: _run_attack(ref(), x, y, eps, step, steps, clip, seed),
-                reduce_retracing=True)
-        return fns[(steps, clip)](x, tf.convert_to_tensor(y), eps, step, _seed_tensor(0 if seed is None else seed))
-    return attack
-
-
-def _run_attack(model, x, y, eps, step, steps, clip, seed):
-    if steps is None:
-        return fgsm(model, x, y, epsilon=eps, clip_range=clip)
-    return pgd(model, x, y, epsilon=eps, step_size=step, num_steps=steps, clip_range=clip, seed=seed)
+    return Attack(name, epsilon=epsilon, step_size=step_size, clip_range=clip_range, spsa_params=spsa_params,
+                  random_start=random_start)

@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._seeds import check_int_seed, fresh_seed
+
 from . import attacks as _attacks
 
 #: Columns of thesis Tables 3.1/3.3/3.5.
@@ -55,16 +57,34 @@ def to_arrays(dataset, max_examples: int | None = None):
 
 
 def _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params):
-    if isinstance(attacks, str):
+    """``{column name: attack callable}`` from names, :class:`~.attacks.Attack` objects or a dict of either."""
+    def build(spec):
+        if callable(spec):  # an Attack (reused as is) or a user function fn(model, x, y, seed)
+            return spec
+        return _attacks.make_attack(spec, epsilon=epsilon, step_size=step_size, clip_range=clip_range,
+                                    spsa_params=spsa_params if spec == "spsa" else None)
+
+    if isinstance(attacks, (str, _attacks.Attack)):
         attacks = (attacks,)
     if isinstance(attacks, dict):
-        out = {}
-        for name, fn in attacks.items():
-            out[name] = fn if callable(fn) else _attacks.make_attack(fn, epsilon=epsilon, step_size=step_size,
-                                                                    clip_range=clip_range, spsa_params=spsa_params)
-        return out
-    return {name: _attacks.make_attack(name, epsilon=epsilon, step_size=step_size, clip_range=clip_range,
-                                       spsa_params=spsa_params) for name in attacks}
+        return {name: build(spec) for name, spec in attacks.items()}
+    return {(a.name if isinstance(a, _attacks.Attack) else a): build(a) for a in attacks}
+
+
+def _named_columns(attacks):
+    if isinstance(attacks, str):
+        return {attacks}
+    if isinstance(attacks, dict):
+        return {k for k, v in attacks.items() if isinstance(v, str)}
+    if isinstance(attacks, _attacks.Attack):
+        return set()
+    return {a for a in attacks if isinstance(a, str)}
+
+
+def _base_seed(seed):
+    """An int base seed: ``seed`` itself, or fresh entropy drawn once when it is ``None``."""
+    seed = check_int_seed(seed, "seed")
+    return fresh_seed() if seed is None else seed
 
 
 def _predict(model, x, batch_size):
@@ -76,13 +96,18 @@ def per_example_correct(model, x, y, attack, *, batch_size=128, seed=0, store=No
                         store_config=None, progress=None):
     """Per-example correctness (bool array) of ``model`` on ``attack(model, x, y, seed)``.
 
-    With ``store`` (a ``ResultsStore``) each batch's result is recorded under
+    Batch ``b`` is attacked with the stateless seed ``[seed, b]``; ``seed=None``
+    draws a fresh base seed once per call.  With ``store`` (a ``ResultsStore``)
+    each batch's result is recorded under
     ``("robustness/per_example", {model: store_key, **store_config}, batch_index)``
     and batches already recorded are skipped, so an interrupted long evaluation
     (PGD-1000, SPSA) resumes where it stopped.
+
+    Raises:
+        TypeError / ValueError: a seed that is not an int >= 0 or None.
     """
     out = []
-    seed = int(seed)
+    seed = _base_seed(seed)
     for b, i in enumerate(range(0, len(x), batch_size)):
         cfg = None
         if store is not None:
@@ -117,11 +142,16 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
     Args:
         model: Keras model returning logits (or ``RobustModel``).
         dataset: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(image, label)``.
-        attacks: names from ``ATTACK_NAMES`` / ``"pgd<N>"``, or a dict name ->
-            name or ``fn(model, x, y, seed)``.
-        epsilon, step_size, clip_range: attack settings (thesis: 0.03, 0.0078).
+        attacks: names from ``ATTACK_NAMES`` / ``"pgd<N>"``, :class:`Attack`
+            objects (from ``make_attack``; their own settings are used), or a
+            dict column name -> name, ``Attack`` or ``fn(model, x, y, seed)``.
+            The compiled attack functions live on ``model``, so repeated calls
+            on the same model and input shape do not retrace.
+        epsilon, step_size, clip_range: attack settings for named attacks
+            (thesis: 0.03, 0.0078).
         batch_size: attack batch size.
-        seed: base seed (batch b uses ``[seed, b]``).
+        seed: base seed (batch b uses ``[seed, b]``); ``None`` draws fresh
+            entropy once per call.
         max_examples: evaluate the first N examples only.
         sample: ``{attack_name: n}`` evaluates that attack on a fixed random
             subsample of n examples (SPSA on 1,000 images in the thesis).
@@ -142,8 +172,10 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
     """
     if store is not None and not store_key:
         raise ValueError(f"`store_key` (a name for the model) is required with `store`. Received: store_key={store_key!r}")
+    seed = _base_seed(seed)
     x, y = to_arrays(dataset, max_examples)
     fns = _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params)
+    named = _named_columns(attacks)  # built from names here: their store key follows this call's settings
     sample = dict(sample or {})
     unknown = set(sample) - set(fns)
     if unknown:
@@ -154,9 +186,16 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
         if name in sample and sample[name] < len(x):
             idx = np.sort(np.random.default_rng(seed).permutation(len(x))[: int(sample[name])])
             xs, ys = x[idx], y[idx]
-        cfg = {"attack": name, "epsilon": float(epsilon), "step_size": float(step_size),
-               "clip_range": list(clip_range) if clip_range else None, "sample": int(len(xs)),
-               "spsa": dict(spsa_params or {}) if name == "spsa" else None}
+        if isinstance(fn, _attacks.Attack) and name not in named:
+            cfg = {"attack": fn.name, "epsilon": fn.epsilon, "step_size": fn.step_size,
+                   "clip_range": list(fn.clip_range) if fn.clip_range else None, "sample": int(len(xs)),
+                   "spsa": dict(fn.spsa_params) if fn.kind == "spsa" else None}
+            if fn.kind == "pgd" and not fn.random_start:
+                cfg["random_start"] = False
+        else:
+            cfg = {"attack": name, "epsilon": float(epsilon), "step_size": float(step_size),
+                   "clip_range": list(clip_range) if clip_range else None, "sample": int(len(xs)),
+                   "spsa": dict(spsa_params or {}) if name == "spsa" else None}
         correct = per_example_correct(model, xs, ys, fn, batch_size=batch_size, seed=seed, store=store,
                                       store_key=store_key, store_config=cfg)
         acc[name] = float(correct.mean()) if len(correct) else float("nan")
@@ -175,7 +214,7 @@ def black_box_matrix(models: dict, dataset, attack: str = "pgd10", *, targets: d
     Args:
         models: ``{name: source model}``.
         dataset: ``(x, y)`` or ``tf.data.Dataset``.
-        attack: attack name used on the sources (thesis: PGD-10).
+        attack: attack name (or :class:`Attack`) used on the sources (thesis: PGD-10).
         targets: ``{name: target model}``; defaults to ``models`` (the thesis
             uses independently trained targets, see Table 3.2).
         epsilon, step_size, clip_range, batch_size, seed, max_examples: as in
@@ -191,8 +230,9 @@ def black_box_matrix(models: dict, dataset, attack: str = "pgd10", *, targets: d
     if not models:
         raise ValueError("`models` must be a non-empty dict of source models.")
     targets = models if targets is None else targets
+    seed = _base_seed(seed)
     x, y = to_arrays(dataset, max_examples)
-    fn = _resolve_attacks((attack,), epsilon, step_size, clip_range, None)[attack]
+    fn = next(iter(_resolve_attacks((attack,), epsilon, step_size, clip_range, None).values()))
     table = {t: {} for t in targets}
     for s_name, source in models.items():
         advs = [np.asarray(fn(source, tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
@@ -213,9 +253,10 @@ def logit_statistics(model, dataset, *, bins: int = 60, value_range=None, attack
         model: model returning logits.
         dataset: ``(x, y)`` or ``tf.data.Dataset``.
         bins, value_range: histogram settings (``value_range`` defaults to the data range).
-        attack: optional attack name; statistics are then on adversarial examples
-            (Fig. 3.2 bottom right uses PGD).
-        epsilon, step_size, clip_range, batch_size, seed, max_examples: attack / data settings.
+        attack: optional attack name (or :class:`Attack`); statistics are then on
+            adversarial examples (Fig. 3.2 bottom right uses PGD).
+        epsilon, step_size, clip_range, batch_size, seed, max_examples: attack / data
+            settings (``seed=None``: fresh entropy once per call).
 
     Returns:
         dict with ``variance`` (of all N*C logits; thesis: 8.31 PGD vs 4.02 ALP),
@@ -225,7 +266,8 @@ def logit_statistics(model, dataset, *, bins: int = 60, value_range=None, attack
     """
     x, y = to_arrays(dataset, max_examples)
     if attack is not None and attack != "natural":
-        fn = _resolve_attacks((attack,), epsilon, step_size, clip_range, None)[attack]
+        seed = _base_seed(seed)
+        fn = next(iter(_resolve_attacks((attack,), epsilon, step_size, clip_range, None).values()))
         x = np.concatenate([np.asarray(fn(model, tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
                                           tf.constant([seed, b], tf.int64)))
                             for b, i in enumerate(range(0, len(x), batch_size))])
@@ -249,14 +291,26 @@ class SanityCheck:
 
 @dataclasses.dataclass
 class SanityReport:
-    """Result of :func:`sanity_report`: the checks and the accuracies they used."""
+    """Result of :func:`sanity_report`: the checks, the accuracies they used and other details.
+
+    ``details`` holds ``distinct_predicted_classes`` (how many classes the
+    model's argmax predictions on the clean evaluated examples cover),
+    ``num_classes`` (logit width) and ``classes_in_labels`` (distinct true
+    labels among the evaluated examples).
+    """
 
     checks: list
     accuracies: dict
+    details: dict = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
+
+    @property
+    def distinct_predicted_classes(self):
+        """Number of distinct argmax predictions on the clean evaluated examples (``None`` if not computed)."""
+        return self.details.get("distinct_predicted_classes")
 
     def __str__(self):
         lines = [f"[{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
@@ -269,7 +323,12 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
                   max_examples: int = 256, batch_size: int = 128, seed: int = 0) -> SanityReport:
     """Sanity checks on an attack evaluation, in the spirit of Carlini et al. 2019.
 
-    Checks: the model outputs logits, not probabilities; iterative PGD-10 is at
+    Checks: the model outputs logits, not probabilities; the model has not
+    collapsed (``"not_collapsed"``: its argmax predictions on the clean evaluated
+    examples cover at least half of the classes, counting the classes present
+    among their labels when those are fewer than the logits; a model that
+    predicts one class for every input sits at chance accuracy and makes every
+    robustness number meaningless); iterative PGD-10 is at
     least as strong as FGSM; more PGD steps are never weaker (5 -> 10 -> 20);
     PGD success grows with epsilon and reaches ~100% (accuracy <=
     ``large_epsilon_max_accuracy``) at a large epsilon (default: half the
@@ -277,22 +336,52 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
     transfer attack from ``transfer_source`` (if given) are not stronger than
     white-box PGD.  Each comparison allows ``tolerance`` (accuracy units).
 
+    Example:
+        >>> report = sanity_report(model, (x_test, y_test), epsilon=0.03, step_size=0.0078)
+        >>> print(report); report.distinct_predicted_classes
+
+    Args:
+        model: Keras model returning logits.
+        dataset: ``(x, y)`` arrays or a ``tf.data.Dataset``.
+        epsilon, step_size, clip_range: the evaluated attack's settings.
+        epsilons: the epsilon sweep (default ``epsilon * [1/2, 1, 2, 4]``).
+        large_epsilon, large_epsilon_max_accuracy: the full-success check.
+        transfer_source: optional source model for the transfer check.
+        spsa_params: run the SPSA check with these :func:`spsa` settings.
+        tolerance: slack of each comparison (accuracy units).
+        max_examples, batch_size: evaluated examples and attack batch size.
+        seed: base seed (``None``: fresh entropy once per call).
+
     Returns:
-        :class:`SanityReport` (``report.passed``, ``str(report)``).
+        :class:`SanityReport` (``report.passed``, ``str(report)``,
+        ``report.details["distinct_predicted_classes"]``).
 
     Reference:
         Carlini et al., "On Evaluating Adversarial Robustness", https://arxiv.org/abs/1902.06705.
     """
+    seed = _base_seed(seed)
     x, y = to_arrays(dataset, max_examples)
     lo, hi = clip_range
     large_epsilon = (hi - lo) / 2 if large_epsilon is None else large_epsilon
     epsilons = list(epsilons) if epsilons is not None else [epsilon / 2, epsilon, 2 * epsilon, 4 * epsilon]
     checks = []
-    probs = _predict(model, x[:batch_size], batch_size)
+    logits = _predict(model, x, batch_size)
+    probs = logits[:batch_size]
     is_prob = bool(np.all(probs >= 0) and np.all(probs <= 1) and np.allclose(probs.sum(-1), 1.0, atol=1e-3))
     checks.append(SanityCheck("outputs_logits", not is_prob,
                               "model outputs probabilities (rows in [0,1] summing to 1): return logits, softmax "
                               "saturation masks gradients" if is_prob else "outputs are not a probability simplex"))
+    num_classes = int(logits.shape[-1])
+    in_labels = int(len(np.unique(y)))
+    distinct = int(len(np.unique(logits.argmax(-1)))) if len(logits) else 0
+    reference = min(num_classes, in_labels) if in_labels else num_classes
+    details = {"distinct_predicted_classes": distinct, "num_classes": num_classes, "classes_in_labels": in_labels}
+    collapsed = distinct < reference / 2
+    checks.append(SanityCheck(
+        "not_collapsed", not collapsed,
+        f"predictions cover {distinct} of {reference} classes"
+        + (" (fewer than half: the model has collapsed; its accuracies are not evidence of robustness)"
+           if collapsed else "")))
 
     def acc(name, eps=epsilon, step=step_size, model_=model, params=None):
         res = evaluate_white_box(model_, (x, y), (name,), epsilon=eps, step_size=min(step, eps),
@@ -326,5 +415,5 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
                                   f"transfer PGD-10 {t:.3f} vs white-box PGD-10 {a['pgd10']:.3f}"))
     for e, v in zip(epsilons, sweep):
         a[f"pgd10@{e:.3g}"] = v
-    return SanityReport(checks, a)
+    return SanityReport(checks, a, details)
 

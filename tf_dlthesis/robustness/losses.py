@@ -1,17 +1,32 @@
 """Logit-regularizing losses of thesis Chapter 3.
 
-Reduction convention
---------------------
+Reductions
+----------
 Every function here returns one value **per example** (shape ``(B,)``); the
-Keras ``Loss`` classes average those over the batch (Keras's default
-``"sum_over_batch_size"``).  Within an example the thesis's formulas sum over
-the classes: Eq. 3.9 is the squared L2 *norm* ``||f(x) - f(g(x))||^2``, and the
-regularizers of Eq. 3.11 are squared norms as well.  The original ALP code
-(Kannan et al. 2018, ``tf.losses.mean_squared_error``) instead averaged over
-every logit element, i.e. it divided the per-example sum by the number of
-classes ``C``.  Pass ``reduction="mean"`` to ``logit_pairing`` /
-``logit_squeezing`` to use that convention (the ALP weight 0.5 recommended by
-Kannan et al. was tuned for it); the default ``"sum"`` follows the thesis.
+Keras ``Loss`` classes reduce those over the batch with Keras's own
+``reduction`` argument (default ``"sum_over_batch_size"``).
+
+Within an example, the squared-norm terms reduce over the classes with
+``class_reduction``:
+
+* ``"sum"``: the squared L2 *norm* ``||z||^2``, as the thesis writes Eq. 3.9
+  and the regularizers of Eq. 3.11.
+* ``"mean"``: ``||z||^2 / C``, the mean over logit elements of Kannan et al.'s
+  released code (``tf.losses.mean_squared_error``).  The ALP weights the thesis
+  uses (0.5 on CIFAR-10, 5.0 on CIFAR-100, recommended by Kannan et al.) were
+  tuned for this form, so it is :func:`logit_pairing`'s default: with
+  ``"sum"`` the same weight is ``C`` times stronger (10x on CIFAR-10, 100x on
+  CIFAR-100).
+
+Logit squeezing and the decoupled pairing's norm terms default to ``"sum"``: the
+thesis describes logit squeezing as "L2-regularization on the logits" and Eq.
+3.11 writes squared norms, and neither Kannan et al.'s paper nor the thesis gives
+a weight tuned for a mean.  (Kannan et al.'s released training code has no
+logit-squeezing term to copy a convention from.)
+
+The old keyword names ``reduction`` (functions) and ``reduction_over_classes``
+(``Loss`` classes) still work for one release and emit a ``DeprecationWarning``
+naming ``class_reduction``.
 
 Reference:
     C. Summers, *Understanding and Improving Deep Learning*, 2021, Ch. 3;
@@ -23,17 +38,62 @@ Reference:
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import tensorflow as tf
 
-_REDUCTIONS = ("sum", "mean")
+#: Accepted values of ``class_reduction``.
+CLASS_REDUCTIONS = ("sum", "mean")
+#: Accepted values of ``h_gradient`` (which logits the pairing cross-entropy trains).
+H_GRADIENTS = ("adversarial", "both")
 
 
-def _check_reduction(reduction):
-    if reduction not in _REDUCTIONS:
+# --------------------------------------------------------------------------- validation
+def _check_class_reduction(class_reduction):
+    if class_reduction not in CLASS_REDUCTIONS:
         raise ValueError(
-            f"`reduction` must be one of {_REDUCTIONS}. Received: reduction={reduction!r}"
+            f"`class_reduction` must be one of {CLASS_REDUCTIONS}. Received: class_reduction={class_reduction!r}"
         )
+    return class_reduction
+
+
+def _resolve_class_reduction(class_reduction, old_value, old_name, *, stacklevel=3):
+    """Return the class reduction, mapping the deprecated keyword ``old_name`` onto it."""
+    if old_value is not None:
+        warnings.warn(
+            f"`{old_name}` is deprecated and will be removed in the next release; use `class_reduction` "
+            f"instead. Received: {old_name}={old_value!r}",
+            DeprecationWarning, stacklevel=stacklevel,
+        )
+        if class_reduction is not None and class_reduction != old_value:
+            raise ValueError(
+                f"Pass either `class_reduction` or the deprecated `{old_name}`, not both. "
+                f"Received: class_reduction={class_reduction!r}, {old_name}={old_value!r}"
+            )
+        class_reduction = old_value
+    return class_reduction
+
+
+def _check_h_gradient(h_gradient):
+    if h_gradient not in H_GRADIENTS:
+        raise ValueError(f"`h_gradient` must be one of {H_GRADIENTS}. Received: h_gradient={h_gradient!r}")
+    return h_gradient
+
+
+def _check_beta(beta):
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        raise ValueError(f"`beta` must be a number >= 0. Received: beta={beta!r}")
+    return float(beta)
+
+
+def _check_ratio(ratio):
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < float("inf"):
+        raise ValueError(
+            "`ratio` (adversarial training loss / pairing loss, thesis Sec. 3.4.1) must be a finite number > 0. "
+            f"Received: ratio={ratio!r}"
+        )
+    return float(ratio)
 
 
 def _as_logits(x, name):
@@ -47,21 +107,28 @@ def _as_logits(x, name):
     return x
 
 
-def _check_same_shape(a, b, name_a, name_b):
+def _logit_pair(clean_logits, adv_logits):
+    """Validate a (clean, adversarial) pair of logit tensors: both (B, C), same shape."""
+    a = _as_logits(clean_logits, "clean_logits")
+    b = _as_logits(adv_logits, "adv_logits")
     if a.shape.is_fully_defined() and b.shape.is_fully_defined() and a.shape != b.shape:
         raise ValueError(
-            f"`{name_a}` and `{name_b}` must have the same shape. "
-            f"Received: {name_a}.shape={a.shape}, {name_b}.shape={b.shape}"
+            "`clean_logits` and `adv_logits` must have the same shape. "
+            f"Received: clean_logits.shape={a.shape}, adv_logits.shape={b.shape}"
         )
+    if a.dtype != b.dtype:
+        b = tf.cast(b, a.dtype)
+    return a, b
 
 
-def _squared_norm(logits, reduction):
+def _squared_norm(logits, class_reduction):
     sq = tf.reduce_sum(tf.square(logits), axis=-1)
-    if reduction == "mean":
+    if class_reduction == "mean":
         sq = sq / tf.cast(tf.shape(logits)[-1], logits.dtype)
     return sq
 
 
+# --------------------------------------------------------------------------- functions
 def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float32):
     """Label-smoothing targets of Eq. 3.8 (``1 - s`` true class, ``s/(C-1)`` others).
 
@@ -133,94 +200,206 @@ def label_smoothing_cross_entropy(y_true, y_pred, smoothing: float = 0.1, from_l
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
-def logit_squeezing(logits, reduction: str = "sum"):
-    """Logit squeezing: squared L2 norm of the logits, ``||f(x)||^2``.
+def logit_squeezing(logits, class_reduction: str = "sum", *, reduction: str | None = None):
+    """Logit squeezing: the squared L2 norm of the logits, ``||f(x)||^2``.
+
+    Example:
+        >>> logit_squeezing([[1.0, 2.0]])             # 1 + 4
+        >>> logit_squeezing([[1.0, 2.0]], "mean")     # (1 + 4) / 2
 
     Args:
         logits: ``(B, C)``.
-        reduction: ``"sum"`` over classes (thesis) or ``"mean"`` (original ALP code).
+        class_reduction: ``"sum"`` over classes (default: the thesis's "L2
+            regularization on the logits") or ``"mean"`` (divides by ``C``).
+        reduction: deprecated alias of ``class_reduction``.
 
     Returns:
         ``(B,)`` per-example values.
 
+    Raises:
+        ValueError: an unknown ``class_reduction``.
+
     Reference:
-        Thesis Sec. 3.2-3.3; Kannan et al., https://arxiv.org/abs/1803.06373.
+        Thesis Sec. 3.3.1 (Fig. 3.1 right); Kannan et al., https://arxiv.org/abs/1803.06373.
     """
-    _check_reduction(reduction)
-    return _squared_norm(_as_logits(logits, "logits"), reduction)
+    class_reduction = _resolve_class_reduction(None if class_reduction == "sum" else class_reduction, reduction,
+                                               "reduction")
+    return _squared_norm(_as_logits(logits, "logits"), _check_class_reduction(class_reduction or "sum"))
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
-def logit_pairing(clean_logits, adv_logits, reduction: str = "sum"):
+def logit_pairing(clean_logits, adv_logits, class_reduction: str = "mean", *, reduction: str | None = None):
     """Adversarial logit pairing term, thesis Eq. 3.9: ``||f(x) - f(g(x))||^2``.
+
+    The default ``class_reduction="mean"`` divides the squared norm by the
+    number of classes ``C``: it is Kannan et al.'s ``mean_squared_error``, for
+    which their (and the thesis's) pairing weights 0.5 (CIFAR-10) and 5.0
+    (CIFAR-100) were tuned.  ``"sum"`` is the squared norm exactly as Eq. 3.9
+    writes it (``C`` times larger).
+
+    Example:
+        >>> logit_pairing([[1.0, 2.0]], [[0.0, 0.0]])           # (1 + 4) / 2
+        >>> logit_pairing([[1.0, 2.0]], [[0.0, 0.0]], "sum")    # 1 + 4
 
     Args:
         clean_logits: logits of the original examples, ``(B, C)``.
         adv_logits: logits of their adversarial versions, ``(B, C)``.
-        reduction: ``"sum"`` over classes (thesis Eq. 3.9) or ``"mean"`` over
-            classes (Kannan et al.'s code, ``mean_squared_error``).
+        class_reduction: ``"mean"`` over classes (Kannan et al.'s code,
+            default) or ``"sum"`` (the squared norm of Eq. 3.9).
+        reduction: deprecated alias of ``class_reduction``.
 
     Returns:
         ``(B,)`` per-example values.
 
     Raises:
-        ValueError: on mismatched shapes or an unknown reduction.
+        ValueError: on mismatched shapes or an unknown ``class_reduction``.
 
     Reference:
         Thesis Sec. 3.4.1, Eq. 3.9; https://arxiv.org/abs/1803.06373.
     """
-    _check_reduction(reduction)
-    a = _as_logits(clean_logits, "clean_logits")
-    b = _as_logits(adv_logits, "adv_logits")
-    _check_same_shape(a, b, "clean_logits", "adv_logits")
-    return _squared_norm(a - b, reduction)
+    class_reduction = _resolve_class_reduction(None if class_reduction == "mean" else class_reduction, reduction,
+                                               "reduction")
+    class_reduction = _check_class_reduction(class_reduction or "mean")
+    a, b = _logit_pair(clean_logits, adv_logits)
+    return _squared_norm(a - b, class_reduction)
 
 
-def _pairing_cross_entropy(clean_logits, adv_logits):
-    """``h`` of Eq. 3.11: cross-entropy H(softmax(clean), softmax(adv)), per example."""
-    p_clean = tf.nn.softmax(clean_logits, axis=-1)
-    return -tf.reduce_sum(p_clean * tf.nn.log_softmax(adv_logits, axis=-1), axis=-1)
+def pairing_cross_entropy(clean_logits, adv_logits, h_gradient: str = "adversarial"):
+    """``h`` of Eq. 3.11: the cross-entropy ``H(softmax(f(x)), softmax(f(g(x))))`` per example.
 
-
-def decoupled_parts(clean_logits, adv_logits):
-    """Return ``(h, ||f(x)||^2 + ||f(g(x))||^2)`` per example (the two parts of Eq. 3.11)."""
-    a = _as_logits(clean_logits, "clean_logits")
-    b = _as_logits(adv_logits, "adv_logits")
-    _check_same_shape(a, b, "clean_logits", "adv_logits")
-    h = _pairing_cross_entropy(a, b)
-    reg = tf.reduce_sum(tf.square(a), axis=-1) + tf.reduce_sum(tf.square(b), axis=-1)
-    return h, reg
-
-
-@keras.saving.register_keras_serializable(package="tf_dlthesis")
-def decoupled_logit_pairing(clean_logits, adv_logits, beta: float = 1e-3):
-    """Decoupled logit pairing, thesis Eq. 3.11.
-
-    ``L = h(f(x), f(g(x))) + beta (||f(x)||^2 + ||f(g(x))||^2)`` with
-    ``h`` = cross-entropy between the distributions induced by the logits,
-    ``-sum_c softmax(f(x))_c log softmax(f(g(x)))_c`` (gradients flow into both
-    logit sets, like ALP's L2 term).
+    ``h = -sum_c softmax(f(x))_c log softmax(f(g(x)))_c``.  With the default
+    ``h_gradient="adversarial"`` the clean distribution is the *target*: no
+    gradient flows into ``f(x)`` through ``h``, as with the thesis-era TF1
+    ``tf.losses.softmax_cross_entropy(onehot_labels=..., logits=...)``, which
+    stops gradients into its label argument.  ``h_gradient="both"`` lets
+    gradients flow into both logit sets.  That symmetric form is *not* what the
+    thesis trained: its gradient with respect to ``f(x)`` adds an
+    entropy-minimising term on the clean distribution, and in LRM, where ``h``
+    is weighted by ``stop_gradient(adversarial_loss / h) / ratio`` (a weight
+    that grows as ``h -> 0``), "both outputs one-hot on the same class" becomes
+    an attractor: measured on digits at ratio 0.95, training collapses to a
+    single predicted class.
 
     Args:
         clean_logits: ``(B, C)``.
         adv_logits: ``(B, C)``.
-        beta: weight of the logit-regularization part (``>= 0``).
+        h_gradient: ``"adversarial"`` (default) or ``"both"``.
 
     Returns:
         ``(B,)`` per-example values.
 
     Raises:
-        ValueError: on negative ``beta`` or mismatched shapes.
+        ValueError: mismatched shapes or an unknown ``h_gradient``.
 
     Reference:
         Thesis Sec. 3.4.1, Eq. 3.11; https://arxiv.org/abs/1906.03749.
     """
-    if beta < 0:
-        raise ValueError(f"`beta` must be >= 0. Received: beta={beta}")
-    h, reg = decoupled_parts(clean_logits, adv_logits)
+    _check_h_gradient(h_gradient)
+    a, b = _logit_pair(clean_logits, adv_logits)
+    p_clean = tf.nn.softmax(a, axis=-1)
+    if h_gradient == "adversarial":
+        p_clean = tf.stop_gradient(p_clean)
+    return -tf.reduce_sum(p_clean * tf.nn.log_softmax(b, axis=-1), axis=-1)
+
+
+def decoupled_parts(clean_logits, adv_logits, *, h_gradient: str = "adversarial", class_reduction: str = "sum"):
+    """Return ``(h, ||f(x)||^2 + ||f(g(x))||^2)`` per example: the two parts of Eq. 3.11.
+
+    Args:
+        clean_logits: ``(B, C)``.
+        adv_logits: ``(B, C)``.
+        h_gradient: see :func:`pairing_cross_entropy` (default
+            ``"adversarial"``: no gradient into the clean distribution).
+        class_reduction: reduction of the squared norms over classes,
+            ``"sum"`` (Eq. 3.11, default) or ``"mean"``.
+
+    Returns:
+        Two ``(B,)`` tensors.
+
+    Raises:
+        ValueError: mismatched shapes, unknown ``h_gradient`` / ``class_reduction``.
+    """
+    _check_class_reduction(class_reduction)
+    a, b = _logit_pair(clean_logits, adv_logits)
+    h = pairing_cross_entropy(a, b, h_gradient)
+    return h, _squared_norm(a, class_reduction) + _squared_norm(b, class_reduction)
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+def decoupled_logit_pairing(clean_logits, adv_logits, beta: float = 1e-3, *, h_gradient: str = "adversarial",
+                            class_reduction: str = "sum"):
+    """Decoupled logit pairing, thesis Eq. 3.11.
+
+    ``L = h(f(x), f(g(x))) + beta (||f(x)||^2 + ||f(g(x))||^2)`` with ``h`` the
+    cross-entropy between the distributions the logits induce,
+    ``-sum_c softmax(f(x))_c log softmax(f(g(x)))_c`` (:func:`pairing_cross_entropy`).
+    By default gradients do not flow into the clean distribution through ``h``
+    (the TF1 ``softmax_cross_entropy`` semantics of the thesis's code);
+    ``h_gradient="both"`` is the symmetric form, which collapses LRM training
+    (see :func:`pairing_cross_entropy`).  LRM additionally weights ``h`` so that
+    the pairing term equals the adversarial training loss divided by ``ratio``:
+    see :meth:`DecoupledLogitPairing.terms` and :func:`scale_to_ratio`.
+
+    Example:
+        >>> decoupled_logit_pairing(clean_logits, adv_logits, beta=1e-3)
+
+    Args:
+        clean_logits: ``(B, C)``.
+        adv_logits: ``(B, C)``.
+        beta: weight of the logit-norm part (``>= 0``; thesis: 1e-3 CIFAR-10,
+            3e-5 CIFAR-100, 1e-4 SVHN).
+        h_gradient: ``"adversarial"`` (default) or ``"both"``.
+        class_reduction: ``"sum"`` (squared norms, Eq. 3.11, default) or ``"mean"``.
+
+    Returns:
+        ``(B,)`` per-example values.
+
+    Raises:
+        ValueError: on negative ``beta``, mismatched shapes, unknown
+            ``h_gradient`` / ``class_reduction``.
+
+    Reference:
+        Thesis Sec. 3.4.1, Eq. 3.11; https://arxiv.org/abs/1906.03749.
+    """
+    beta = _check_beta(beta)
+    h, reg = decoupled_parts(clean_logits, adv_logits, h_gradient=h_gradient, class_reduction=class_reduction)
     return h + tf.cast(beta, h.dtype) * reg
 
 
+def scale_to_ratio(term, reference, ratio: float):
+    """``stop_gradient(reference / term) / ratio * term``: ``term`` rescaled to ``reference / ratio``.
+
+    The value is ``reference / ratio`` while the gradient is that of ``term``
+    times the constant ``reference / (ratio * term)``.  This is how the thesis
+    sets "the strength of the pairing loss h as a constant fraction of the
+    adversarial loss ... a constant multiplied by a non-differentiable version of
+    the ratio between the losses" (Sec. 3.4.1), with ``ratio`` = adversarial
+    training loss / pairing loss (Sec. 3.5.2: 0.125 on CIFAR-10, which
+    "focuses the loss on keeping adversarial and original examples similar",
+    0.95 on CIFAR-100 and SVHN).  A zero ``term`` gives 0.
+
+    Example:
+        >>> scale_to_ratio(h=tf.constant(2.0), reference=tf.constant(1.0), ratio=0.125)  # 8.0
+
+    Args:
+        term: scalar tensor (e.g. the batch mean of ``h``).
+        reference: scalar tensor (the adversarial training loss).
+        ratio: ``reference / result``, ``> 0``.
+
+    Returns:
+        Scalar tensor.
+
+    Raises:
+        ValueError: ``ratio <= 0``.
+    """
+    ratio = _check_ratio(ratio)
+    term = tf.convert_to_tensor(term)
+    reference = tf.cast(reference, term.dtype)
+    coefficient = tf.stop_gradient(tf.math.divide_no_nan(reference, term)) / tf.cast(ratio, term.dtype)
+    return coefficient * term
+
+
+# --------------------------------------------------------------------------- Keras losses
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
 class LabelSmoothingCrossEntropy(keras.losses.Loss):
     """Keras loss for :func:`label_smoothing_cross_entropy` (thesis Eq. 3.8).
@@ -231,7 +410,8 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
     Args:
         smoothing: ``s`` in ``[0, 1)`` (checked against ``1 - 1/C`` at call time).
         from_logits: whether predictions are logits.
-        reduction, name: as for ``keras.losses.Loss``.
+        reduction, name, dtype: as for ``keras.losses.Loss`` (``reduction`` is
+            the reduction over the batch).
 
     Raises:
         ValueError: if ``smoothing`` is outside ``[0, 1)``.
@@ -240,7 +420,7 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
     def __init__(self, smoothing: float = 0.1, from_logits: bool = True,
                  reduction="sum_over_batch_size", name="label_smoothing_cross_entropy", dtype=None):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
-        if not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
             raise ValueError(f"`smoothing` must be a float in [0, 1). Received: smoothing={smoothing!r}")
         self.smoothing = float(smoothing)
         self.from_logits = bool(from_logits)
@@ -252,58 +432,217 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "smoothing": self.smoothing, "from_logits": self.from_logits}
 
 
-class _PairLoss(keras.losses.Loss):
-    """Base for losses of a pair of logit tensors: ``y_true`` = clean logits, ``y_pred`` = adversarial logits."""
+class _Identity(keras.losses.Loss):
+    """Returns ``y_pred`` as the per-example loss (used to reuse Keras's batch reduction)."""
+
+    def __init__(self, reduction, dtype):
+        super().__init__(name="identity", reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return y_pred
+
+
+class _LogitLoss(keras.losses.Loss):
+    """Base of the logit regularizers: owns ``class_reduction`` (and its deprecated alias).
+
+    Subclasses set ``_default_class_reduction``.
+    """
+
+    _default_class_reduction = "sum"
+
+    def __init__(self, class_reduction: str | None = None, *, reduction="sum_over_batch_size", name=None,
+                 dtype=None, reduction_over_classes: str | None = None):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+        class_reduction = _resolve_class_reduction(class_reduction, reduction_over_classes,
+                                                   "reduction_over_classes", stacklevel=4)
+        self.class_reduction = _check_class_reduction(class_reduction or self._default_class_reduction)
+        self._batch_reducer = _Identity(self.reduction, dtype)
+
+    def _reduce(self, values, sample_weight=None):
+        """Batch-reduce per-example values exactly as ``__call__`` reduces ``call``'s output."""
+        return self._batch_reducer(values, values, sample_weight)
+
+    @property
+    def reduction_over_classes(self):
+        """Deprecated alias of ``class_reduction`` (read-only)."""
+        warnings.warn("`reduction_over_classes` is deprecated; use `class_reduction`.", DeprecationWarning,
+                      stacklevel=2)
+        return self.class_reduction
+
+    def get_config(self):
+        return {**super().get_config(), "class_reduction": self.class_reduction}
+
+
+class _PairLoss(_LogitLoss):
+    """Base of the losses of a pair of logit tensors.
+
+    Call as ``loss(clean_logits, adv_logits, sample_weight=None)``: ``y_true`` is
+    the clean logits ``f(x)`` and ``y_pred`` the adversarial logits ``f(g(x))``,
+    both ``(B, C)``.  The base validates the pair (rank 2, equal shapes) and
+    hands it to :meth:`pair_loss`, which returns one value per example; Keras's
+    ``reduction`` then reduces over the batch.
+    """
+
+    def call(self, y_true, y_pred):
+        clean, adv = _logit_pair(y_true, y_pred)
+        return self.pair_loss(clean, adv)
+
+    def pair_loss(self, clean_logits, adv_logits):
+        """Per-example loss of a validated pair; implemented by subclasses."""
+        raise NotImplementedError
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
-class LogitSqueezing(keras.losses.Loss):
-    """Keras loss for :func:`logit_squeezing` (``y_true`` is ignored).
+class LogitSqueezing(_LogitLoss):
+    """Keras loss for :func:`logit_squeezing` (``y_true`` is ignored, ``y_pred`` are logits).
+
+    Example:
+        >>> LogitSqueezing()(logits, logits)   # mean over the batch of ||logits||^2
 
     Args:
-        reduction_over_classes: ``"sum"`` (thesis) or ``"mean"`` (original ALP code).
+        class_reduction: ``"sum"`` over classes (default, the thesis's squared
+            norm) or ``"mean"`` (divides by ``C``).
+        reduction, name, dtype: as for ``keras.losses.Loss`` (batch reduction).
+        reduction_over_classes: deprecated alias of ``class_reduction``.
+
+    Raises:
+        ValueError: unknown ``class_reduction``.
+
+    Reference:
+        Thesis Sec. 3.3.1; https://arxiv.org/abs/1803.06373.
     """
 
-    def __init__(self, reduction_over_classes: str = "sum", name="logit_squeezing", **kwargs):
-        super().__init__(name=name, **kwargs)
-        _check_reduction(reduction_over_classes)
-        self.reduction_over_classes = reduction_over_classes
+    _default_class_reduction = "sum"
+
+    def __init__(self, class_reduction: str | None = None, *, reduction="sum_over_batch_size",
+                 name="logit_squeezing", dtype=None, reduction_over_classes: str | None = None):
+        super().__init__(class_reduction, reduction=reduction, name=name, dtype=dtype,
+                         reduction_over_classes=reduction_over_classes)
 
     def call(self, y_true, y_pred):
-        return logit_squeezing(y_pred, self.reduction_over_classes)
-
-    def get_config(self):
-        return {**super().get_config(), "reduction_over_classes": self.reduction_over_classes}
+        return _squared_norm(_as_logits(y_pred, "y_pred"), self.class_reduction)
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
 class LogitPairing(_PairLoss):
-    """Keras loss for :func:`logit_pairing`: ``y_true`` = clean logits, ``y_pred`` = adversarial logits."""
+    """Keras loss for :func:`logit_pairing` (ALP, Eq. 3.9): ``y_true`` = clean, ``y_pred`` = adversarial logits.
 
-    def __init__(self, reduction_over_classes: str = "sum", name="logit_pairing", **kwargs):
-        super().__init__(name=name, **kwargs)
-        _check_reduction(reduction_over_classes)
-        self.reduction_over_classes = reduction_over_classes
+    Example:
+        >>> alp = LogitPairing()                      # Kannan et al.'s mean over logits
+        >>> total = ce + 0.5 * alp(clean_logits, adv_logits)
 
-    def call(self, y_true, y_pred):
-        return logit_pairing(y_true, y_pred, self.reduction_over_classes)
+    Args:
+        class_reduction: ``"mean"`` over classes (default; Kannan et al.'s
+            ``mean_squared_error``, for which the pairing weights 0.5 / 5.0 were
+            tuned) or ``"sum"`` (the squared norm of Eq. 3.9).
+        reduction, name, dtype: as for ``keras.losses.Loss`` (batch reduction).
+        reduction_over_classes: deprecated alias of ``class_reduction``.
 
-    def get_config(self):
-        return {**super().get_config(), "reduction_over_classes": self.reduction_over_classes}
+    Raises:
+        ValueError: unknown ``class_reduction``; at call time, mismatched shapes.
+
+    Reference:
+        Thesis Sec. 3.4.1, Eq. 3.9; https://arxiv.org/abs/1803.06373.
+    """
+
+    _default_class_reduction = "mean"
+
+    def __init__(self, class_reduction: str | None = None, *, reduction="sum_over_batch_size",
+                 name="logit_pairing", dtype=None, reduction_over_classes: str | None = None):
+        super().__init__(class_reduction, reduction=reduction, name=name, dtype=dtype,
+                         reduction_over_classes=reduction_over_classes)
+
+    def pair_loss(self, clean_logits, adv_logits):
+        return _squared_norm(clean_logits - adv_logits, self.class_reduction)
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
 class DecoupledLogitPairing(_PairLoss):
-    """Keras loss for :func:`decoupled_logit_pairing`: ``y_true`` = clean logits, ``y_pred`` = adversarial logits."""
+    """The decoupled logit pairing of LRM (Eq. 3.11): ``y_true`` = clean, ``y_pred`` = adversarial logits.
 
-    def __init__(self, beta: float = 1e-3, name="decoupled_logit_pairing", **kwargs):
-        super().__init__(name=name, **kwargs)
-        if beta < 0:
-            raise ValueError(f"`beta` must be >= 0. Received: beta={beta}")
-        self.beta = float(beta)
+    Called like any Keras loss it returns the batch reduction of Eq. 3.11,
+    ``h + beta (||f(x)||^2 + ||f(g(x))||^2)`` (``h`` with weight 1).  Inside
+    LRM, ``h`` is instead weighted so that the pairing term is the adversarial
+    training loss divided by ``ratio``; :meth:`terms` returns the two weighted
+    terms given that loss.
 
-    def call(self, y_true, y_pred):
-        return decoupled_logit_pairing(y_true, y_pred, self.beta)
+    ``h`` is the cross-entropy ``H(softmax(f(x)), softmax(f(g(x))))``.  By
+    default (``h_gradient="adversarial"``) no gradient flows into the clean
+    distribution, the semantics of the TF1 ``tf.losses.softmax_cross_entropy``
+    the thesis's code used.  ``h_gradient="both"`` is the symmetric form: it
+    adds an entropy-minimising term on the clean distribution, and because the
+    ratio coefficient ``stop_gradient(adversarial_loss / h) / ratio`` grows as
+    ``h -> 0``, "both outputs one-hot on the same class" becomes an attractor
+    (training collapses to one predicted class at the thesis's ratios; kept
+    only to document that).
+
+    Example:
+        >>> pairing = DecoupledLogitPairing(beta=1e-3, ratio=0.125)
+        >>> terms = pairing.terms(clean_logits, adv_logits, adversarial_loss)
+        >>> total = adversarial_loss + terms["pairing_loss"] + terms["logit_norm_loss"]
+
+    Args:
+        beta: weight of the logit norms (thesis: 1e-3 CIFAR-10, 3e-5 CIFAR-100,
+            1e-4 SVHN).
+        ratio: adversarial training loss / pairing loss used by :meth:`terms`
+            (thesis: 0.125 CIFAR-10, 0.95 CIFAR-100 and SVHN); ``None`` leaves
+            ``h`` unweighted there too.
+        h_gradient: ``"adversarial"`` (default) or ``"both"``.
+        class_reduction: reduction of the squared norms over classes, ``"sum"``
+            (default, Eq. 3.11) or ``"mean"``.
+        reduction, name, dtype: as for ``keras.losses.Loss`` (batch reduction).
+        reduction_over_classes: deprecated alias of ``class_reduction``.
+
+    Raises:
+        ValueError: ``beta < 0``, ``ratio <= 0``, unknown ``h_gradient`` or
+            ``class_reduction``; at call time, mismatched shapes.
+
+    Reference:
+        Thesis Sec. 3.4.1 (Eq. 3.11) and 3.5.2; https://arxiv.org/abs/1906.03749.
+    """
+
+    _default_class_reduction = "sum"
+
+    def __init__(self, beta: float = 1e-3, ratio: float | None = None, h_gradient: str = "adversarial",
+                 class_reduction: str | None = None, *, reduction="sum_over_batch_size",
+                 name="decoupled_logit_pairing", dtype=None, reduction_over_classes: str | None = None):
+        super().__init__(class_reduction, reduction=reduction, name=name, dtype=dtype,
+                         reduction_over_classes=reduction_over_classes)
+        self.beta = _check_beta(beta)
+        self.ratio = None if ratio is None else _check_ratio(ratio)
+        self.h_gradient = _check_h_gradient(h_gradient)
+
+    def parts(self, clean_logits, adv_logits):
+        """Per-example ``(h, ||f(x)||^2 + ||f(g(x))||^2)`` with this loss's settings."""
+        a, b = _logit_pair(clean_logits, adv_logits)
+        return decoupled_parts(a, b, h_gradient=self.h_gradient, class_reduction=self.class_reduction)
+
+    def pair_loss(self, clean_logits, adv_logits):
+        h, reg = self.parts(clean_logits, adv_logits)
+        return h + tf.cast(self.beta, h.dtype) * reg
+
+    def terms(self, clean_logits, adv_logits, adversarial_loss, sample_weight=None):
+        """The two weighted LRM terms, batch-reduced.
+
+        Args:
+            clean_logits: ``(B, C)``.
+            adv_logits: ``(B, C)``.
+            adversarial_loss: scalar adversarial training loss (Eq. 3.1) the
+                pairing term is tied to.
+            sample_weight: optional per-example weights.
+
+        Returns:
+            ``{"pairing_loss": stop_gradient(adversarial_loss / h) / ratio * h,
+            "logit_norm_loss": beta * (||f(x)||^2 + ||f(g(x))||^2)}`` with ``h``
+            and the norms reduced over the batch; ``pairing_loss`` equals
+            ``adversarial_loss / ratio`` (or ``h`` when ``ratio`` is None).
+        """
+        with tf.name_scope(self.name):
+            h, reg = self.parts(clean_logits, adv_logits)
+            h = self._reduce(h, sample_weight)
+            reg = self._reduce(reg, sample_weight)
+            pairing = h if self.ratio is None else scale_to_ratio(h, adversarial_loss, self.ratio)
+            return {"pairing_loss": pairing, "logit_norm_loss": tf.cast(self.beta, reg.dtype) * reg}
 
     def get_config(self):
-        return {**super().get_config(), "beta": self.beta}
+        return {**super().get_config(), "beta": self.beta, "ratio": self.ratio, "h_gradient": self.h_gradient}

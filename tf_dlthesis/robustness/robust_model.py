@@ -2,134 +2,321 @@
 
 from __future__ import annotations
 
+import types
+import warnings
+
 import keras
 import tensorflow as tf
 
+from tf_dlthesis._seeds import check_int_seed, fresh_seed
 from tf_dlthesis.augment import mix_batch  # robustness may use augment (DESIGN.md: LRM's VH-mixup)
 
 from . import attacks as _attacks
-from .losses import decoupled_parts, label_smoothing_cross_entropy, logit_pairing, logit_squeezing
+from .losses import (
+    CLASS_REDUCTIONS,
+    H_GRADIENTS,
+    DecoupledLogitPairing,
+    LabelSmoothingCrossEntropy,
+    LogitPairing,
+    LogitSqueezing,
+    _check_ratio,
+)
 
 DEFENSES = ("none", "label_smoothing", "pgd", "alp", "logit_squeezing", "clean_logit_pairing", "lrm")
-ATTACKS = ("pgd", "fgsm")
 MIXINGS = (None, "vh_mixup", "mixup")
+#: Adversaries RobustModel can train against (evaluation attacks: ``attacks.ATTACK_NAMES``).
+_TRAIN_ATTACKS = ("pgd", "fgsm")
 
-# Defense -> default parameters (thesis Sec. 3.5.1 / 3.5.2, CIFAR-10 settings).
+# Defense -> default parameters.  "pgd"/"alp" default to Eq. 3.1's even clean/adversarial mix
+# (Madry et al. / Kannan et al.); the thesis's own runs (PRESETS) train on adversarial examples only.
+# "lrm" defaults to the thesis's CIFAR-10 composition (Sec. 3.5.2).
 _DEFAULTS = {
     "none": {"smoothing": 0.0},
     "label_smoothing": {"smoothing": 0.1},
-    "pgd": {"alpha": 0.5, "smoothing": 0.0, "squeeze_weight": 0.0},
-    "alp": {"alpha": 0.5, "smoothing": 0.0, "pairing_weight": 0.5, "squeeze_weight": 0.0},
+    "pgd": {"clean_weight": 0.5, "smoothing": 0.0, "squeeze_weight": 0.0},
+    "alp": {"clean_weight": 0.5, "smoothing": 0.0, "pairing_weight": 0.5, "squeeze_weight": 0.0},
     "logit_squeezing": {"smoothing": 0.0, "squeeze_weight": 0.05},
     "clean_logit_pairing": {"smoothing": 0.0, "pairing_weight": 0.5, "squeeze_weight": 0.0},
-    "lrm": {"alpha": 0.0, "smoothing": 0.1, "beta": 1e-3, "ratio": 0.125},
+    "lrm": {"clean_weight": 0.0, "smoothing": 0.1, "mixing": "vh_mixup", "beta": 1e-3, "ratio": 0.125,
+            "h_gradient": "adversarial"},
 }
 _ADVERSARIAL = ("pgd", "alp", "lrm")
-_COMMON = ("mixing", "pairing_reduction")
+_COMMON = {"mixing": None, "class_reduction": None}
+#: Deprecated keyword -> new keyword (accepted for one release with a DeprecationWarning).
+_RENAMED = {"alpha": "clean_weight", "pairing_reduction": "class_reduction"}
+#: The loss-term metrics, in the order they appear in the logs.
+_TERMS = ("clean_loss", "adversarial_loss", "pairing_loss", "logit_norm_loss", "squeezing_loss")
+
+
+def _freeze(mapping):
+    return types.MappingProxyType({k: _freeze(v) if isinstance(v, dict) else v for k, v in mapping.items()})
+
+
+#: The thesis's per-dataset settings (Sec. 3.5.1-3.5.2), read-only.  ``"attack"`` holds the
+#: training/evaluation attack (L-inf epsilon, PGD step); each defense key holds that defense's
+#: parameters.  All baselines train on adversarial examples only (``clean_weight=0``, Sec. 3.5.2).
+#: The thesis gives no ALP weight for SVHN, so ``"svhn"`` keeps ALP's default 0.5.
+PRESETS = _freeze({
+    "cifar10": {
+        "attack": {"epsilon": 0.03, "step_size": 0.0078},
+        "pgd": {"clean_weight": 0.0},
+        "alp": {"clean_weight": 0.0, "pairing_weight": 0.5},
+        "lrm": {"clean_weight": 0.0, "smoothing": 0.1, "mixing": "vh_mixup", "beta": 1e-3, "ratio": 0.125},
+    },
+    "cifar100": {
+        "attack": {"epsilon": 0.03, "step_size": 0.0078},
+        "pgd": {"clean_weight": 0.0},
+        "alp": {"clean_weight": 0.0, "pairing_weight": 5.0},
+        "lrm": {"clean_weight": 0.0, "smoothing": 0.1, "mixing": "vh_mixup", "beta": 3e-5, "ratio": 0.95},
+    },
+    "svhn": {
+        "attack": {"epsilon": 12 / 255, "step_size": 3 / 255},
+        "pgd": {"clean_weight": 0.0},
+        "alp": {"clean_weight": 0.0},
+        "lrm": {"clean_weight": 0.0, "smoothing": 0.2, "mixing": "mixup", "beta": 1e-4, "ratio": 0.95},
+    },
+})
+
+
+def _number(name, value, lo, hi, *, lo_open=False, hi_open=False):
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok:
+        value = float(value)
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"`{name}` must be a number in {interval}. Received: {name}={value!r}")
+    return value
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
 class RobustModel(keras.Model):
-    """A Keras model whose ``train_step`` applies a Chapter-3 defense.
+    """A Keras model that trains a Chapter-3 defense through ``fit``.
 
-    The adversarial batch is built inside the traced train step (the attack is
-    traced once with the step, not per batch) with the inner model in inference
-    mode, then the defense's loss is minimised:
+    Wraps a model returning logits.  Each training step (traced once, attack
+    included) optionally mixes the batch (``mixing``), builds the adversarial
+    batch in-graph with the inner model in inference mode, runs the forward
+    pass(es) and minimises the defense's loss:
 
     * ``"none"``: cross-entropy (optionally smoothed, ``smoothing``).
-    * ``"label_smoothing"``: cross-entropy to the Eq. 3.8 targets (``smoothing`` s).
-    * ``"pgd"``: Eq. 3.1, ``alpha CE(x) + (1 - alpha) CE(g(x))``; ``alpha = 0``
-      trains on adversarial examples only (thesis Sec. 3.5.2).
-    * ``"alp"``: Eq. 3.2, the above plus ``pairing_weight ||f(x) - f(g(x))||^2``.
-    * ``"logit_squeezing"``: clean CE plus ``squeeze_weight ||f(x)||^2`` (Kannan et al.).
-    * ``"clean_logit_pairing"``: clean CE plus ``pairing_weight`` times the L2
-      pairing of randomly paired clean examples (Kannan et al.).
-    * ``"lrm"``: label smoothing (``smoothing``, default 0.1) on ``alpha``-mixed
-      clean/adversarial CE, plus the decoupled pairing of Eq. 3.11 where ``h``
-      (cross-entropy between the two logit distributions) gets the coefficient
-      ``ratio * stop_gradient(adv_loss / h)`` and the squared norms get ``beta``;
-      ``mixing="vh_mixup"`` trains on VH-mixup inputs (needs
-      ``tf_dlthesis.augment``).
+    * ``"label_smoothing"``: cross-entropy to the Eq. 3.8 targets (``smoothing`` s, default 0.1).
+    * ``"pgd"``: Eq. 3.1, ``clean_weight CE(x) + (1 - clean_weight) CE(g(x))``
+      (default 0.5; ``clean_weight=0`` trains on adversarial examples only, as
+      the thesis's baselines do, Sec. 3.5.2).
+    * ``"alp"``: Eq. 3.2, the above plus ``pairing_weight`` times the logit
+      pairing of Eq. 3.9 (:class:`LogitPairing`).  Its default class reduction
+      is the *mean* over logits of Kannan et al.'s ``mean_squared_error``, so
+      ``pairing_weight=0.5`` (CIFAR-10) and 5.0 (CIFAR-100) mean what they mean
+      in their paper and the thesis; ``class_reduction="sum"`` uses the squared
+      norm of Eq. 3.9 (``C`` times stronger).
+    * ``"logit_squeezing"``: clean CE plus ``squeeze_weight ||f(x)||^2`` (squared
+      norm, :class:`LogitSqueezing`).
+    * ``"clean_logit_pairing"``: clean CE plus ``pairing_weight`` times the
+      logit pairing of randomly paired clean examples (Kannan et al.).
+    * ``"lrm"``: the thesis's combination (Sec. 3.5.2).  Defaults are its
+      CIFAR-10 settings: label smoothing ``smoothing=0.1`` on VH-mixup inputs
+      (``mixing="vh_mixup"``), adversarial examples only (``clean_weight=0``),
+      and the decoupled pairing of Eq. 3.11 (:class:`DecoupledLogitPairing`)
+      with ``beta=1e-3`` on the logit norms and the pairing cross-entropy ``h``
+      weighted ``stop_gradient(adv_loss / h) / ratio`` with ``ratio=0.125``, so
+      the pairing term equals ``adv_loss / ratio``: ``ratio`` is the thesis's
+      "ratio between the adversarial training loss and the pairing loss"
+      (``adv_loss`` is the adversarial training loss of Eq. 3.1, the CE terms).
+      ``h`` trains only the adversarial logits by default
+      (``h_gradient="adversarial"``, the TF1 ``softmax_cross_entropy``
+      semantics of the thesis's code); ``h_gradient="both"`` lets gradients into
+      the clean distribution too, which adds an entropy-minimising term and
+      collapses training to one predicted class (kept to document that).
+
+    ``preset`` selects the thesis's per-dataset settings (:data:`PRESETS`:
+    ``"cifar10"``, ``"cifar100"``, ``"svhn"``): the attack's epsilon / step and
+    the defense's parameters (e.g. LRM on CIFAR-100: beta 3e-5, ratio 0.95;
+    ALP on CIFAR-100: pairing weight 5.0).  Any explicit keyword overrides the
+    preset, which overrides the defaults.
 
     ``squeeze_weight`` may be added to ``"pgd"``/``"alp"`` too (Fig. 3.1 right):
     it penalises the squared norm of every logit vector the loss is computed on.
-    All pairing/squeezing terms are per-example sums over classes
-    (``pairing_reduction="mean"`` divides by C like the original ALP code).
+    ``class_reduction`` (``"sum"`` or ``"mean"`` over classes) applies to every
+    squared-norm term of the defense; ``None`` keeps each term's own default
+    (ALP / clean pairing: mean; squeezing and LRM norms: sum).
+
+    Design (Keras 3): the loss lives in :meth:`compute_loss` and each
+    regularizer is a Keras ``Loss`` object.  ``train_step`` is overridden only
+    to run the forward passes the defense needs (Keras's default step would
+    first compute ``y_pred = self(x)`` on clean inputs, a wasted pass for
+    defenses that train on adversarial examples only): it mixes, attacks, runs
+    one forward pass (clean and adversarial batches concatenated into one pass
+    when both are needed, so batch normalization sees them together, as in
+    Kannan et al.'s code) and hands the logits to ``compute_loss`` as
+    ``y_pred = {"clean": ..., "adversarial": ...}``.  ``compute_loss`` also
+    accepts ``y_pred=None`` (it then runs those passes itself) and, for
+    defenses without an adversary, plain clean logits.  ``evaluate`` /
+    ``test_step`` report the *plain* cross-entropy on clean inputs (no
+    smoothing, no regularizers) with the compiled metrics.
+
+    Metrics: besides ``loss`` and the compiled metrics (computed on the
+    adversarial logits of adversarial defenses and on the clean logits
+    otherwise, against the possibly mixed labels), ``fit`` logs each loss term
+    as it enters the total (``keras.metrics.Mean`` trackers, in ``metrics``):
+
+    * ``clean_loss``: ``clean_weight * CE(f(x))`` (weight 1 for the
+      non-adversarial defenses); absent when ``clean_weight=0``.
+    * ``adversarial_loss``: ``(1 - clean_weight) * CE(f(g(x)))`` (adversarial
+      defenses; CE on the mixed inputs when ``mixing`` is set).
+    * ``pairing_loss``: ALP / clean pairing: ``pairing_weight`` times the
+      pairing; LRM: ``stop_gradient(adv_loss / h) / ratio * h``, so per batch
+      ``pairing_loss / (clean_loss + adversarial_loss) == 1 / ratio``.
+    * ``logit_norm_loss``: LRM's ``beta (||f(x)||^2 + ||f(g(x))||^2)``.
+    * ``squeezing_loss``: ``squeeze_weight ||.||^2`` when ``squeeze_weight > 0``.
 
     Example:
-        >>> robust = RobustModel(models.build("cnn", (32, 32, 3), 10), "pgd", alpha=0.0,
-        ...                      epsilon=0.03, step_size=0.0078, num_steps=10)
+        >>> robust = RobustModel(models.build("preact_resnet18", (32, 32, 3), 100), "lrm",
+        ...                      preset="cifar100", num_steps=10)
         >>> robust.compile(keras.optimizers.SGD(0.1, momentum=0.9), metrics=["accuracy"])
-        >>> robust.fit(train_ds, epochs=101)
+        >>> history = robust.fit(train_ds, epochs=101)
+        >>> history.history["pairing_loss"], history.history["adversarial_loss"]
 
     Args:
         model: Keras model returning logits.
         defense: one of ``DEFENSES``.
         attack: ``"pgd"`` or ``"fgsm"`` (adversary used during training).
-        epsilon: L-inf radius (thesis: 0.03).
-        step_size: PGD step (thesis: 0.0078).
+        epsilon: L-inf radius (default: the preset's, else 0.03 as in the thesis).
+        step_size: PGD step (default: the preset's, else 0.0078).
         num_steps: PGD iterations (thesis: 10 in training).
         random_start: PGD random start (Madry et al.).
         clip_range: valid input range.
-        seed: base seed; the per-step attack / mixing seed is
-            ``fold_in(seed, optimizer.iterations)`` (stateless, resumes exactly).
-        **defense_params: ``alpha``, ``smoothing``, ``pairing_weight``,
-            ``squeeze_weight``, ``beta``, ``ratio``, ``mixing``,
-            ``pairing_reduction`` as applicable to ``defense``.
+        seed: base seed; the per-step mixing / attack / pairing seeds derive
+            from ``fold_in(seed, optimizer.iterations)`` (stateless, resumes
+            exactly).  ``None`` draws a fresh seed once, at construction.
+        preset: ``None`` or a key of :data:`PRESETS`.
+        **defense_params: ``clean_weight``, ``smoothing``, ``pairing_weight``,
+            ``squeeze_weight``, ``beta``, ``ratio`` (> 0), ``h_gradient``,
+            ``mixing`` (``None``, ``"vh_mixup"``, ``"mixup"``),
+            ``class_reduction``, as applicable to ``defense``.  The deprecated
+            names ``alpha`` (now ``clean_weight``, which no longer collides with
+            the mixing methods' Beta concentration) and ``pairing_reduction``
+            (now ``class_reduction``) still work for one release.
 
     Raises:
-        ValueError: unknown defense/attack/mixing or a parameter the defense
-            does not use, or an out-of-range value.
+        ValueError: unknown defense / attack / mixing / preset, a parameter the
+            defense does not take, or an out-of-range value (e.g. ``ratio <= 0``).
+        TypeError: ``model`` is not a Keras model.
 
     Reference:
-        Thesis Sec. 3.2-3.5 (Eqs. 3.1, 3.2, 3.8, 3.9, 3.11); https://arxiv.org/abs/1906.03749.
+        Thesis Sec. 3.2-3.5 (Eqs. 3.1, 3.2, 3.8, 3.9, 3.11); https://arxiv.org/abs/1906.03749;
+        Kannan et al., https://arxiv.org/abs/1803.06373.
     """
 
-    def __init__(self, model, defense: str = "none", attack: str = "pgd", *, epsilon: float = 0.03,
-                 step_size: float = 0.0078, num_steps: int = 10, random_start: bool = True,
-                 clip_range=(0.0, 1.0), seed: int = 0, **defense_params):
+    def __init__(self, model, defense: str = "none", attack: str = "pgd", *, epsilon: float | None = None,
+                 step_size: float | None = None, num_steps: int = 10, random_start: bool = True,
+                 clip_range=(0.0, 1.0), seed: int | None = 0, preset: str | None = None, **defense_params):
         keras_kwargs = {k: defense_params.pop(k) for k in ("name", "trainable", "dtype") if k in defense_params}
         super().__init__(**keras_kwargs)
         if not isinstance(model, keras.Model):
             raise TypeError(f"`model` must be a keras.Model returning logits. Received: {model!r}")
         if defense not in DEFENSES:
             raise ValueError(f"Unknown defense {defense!r}. Expected one of {DEFENSES}.")
-        if attack not in ATTACKS:
-            raise ValueError(f"Unknown attack {attack!r}. Expected one of {ATTACKS}.")
+        if attack not in _TRAIN_ATTACKS:
+            raise ValueError(f"Unknown attack {attack!r}. Expected one of {_TRAIN_ATTACKS}.")
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}. Known presets: {tuple(PRESETS)}.")
+        for old, new in _RENAMED.items():
+            if old in defense_params:
+                value = defense_params.pop(old)
+                warnings.warn(f"`{old}` is deprecated and will be removed in the next release; use `{new}` "
+                              f"instead. Received: {old}={value!r}", DeprecationWarning, stacklevel=2)
+                if new in defense_params and defense_params[new] != value:
+                    raise ValueError(f"Pass either `{new}` or the deprecated `{old}`, not both. "
+                                     f"Received: {new}={defense_params[new]!r}, {old}={value!r}")
+                defense_params[new] = value
         allowed = set(_DEFAULTS[defense]) | set(_COMMON)
         unknown = set(defense_params) - allowed
         if unknown:
             raise ValueError(f"Defense {defense!r} does not take {sorted(unknown)}. Allowed: {sorted(allowed)}.")
-        params = {**_DEFAULTS[defense], "mixing": None, "pairing_reduction": "sum", **defense_params}
-        if params["mixing"] not in MIXINGS:
-            raise ValueError(f"Unknown mixing {params['mixing']!r}. Expected one of {MIXINGS}.")
-        if "alpha" in params and not 0.0 <= params["alpha"] <= 1.0:
-            raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={params['alpha']}")
-        if not 0.0 <= params.get("smoothing", 0.0) < 1.0:
-            raise ValueError(f"`smoothing` must be in [0, 1). Received: smoothing={params['smoothing']}")
-        for k in ("pairing_weight", "squeeze_weight", "beta", "ratio"):
-            if k in params and params[k] < 0:
-                raise ValueError(f"`{k}` must be >= 0. Received: {k}={params[k]}")
-        if params["pairing_reduction"] not in ("sum", "mean"):
-            raise ValueError(f"`pairing_reduction` must be 'sum' or 'mean'. Received: {params['pairing_reduction']!r}")
+        preset_cfg = PRESETS[preset] if preset is not None else {}
+        params = {**_COMMON, **_DEFAULTS[defense], **preset_cfg.get(defense, {}), **defense_params}
+        self._check_params(params)
+        attack_cfg = preset_cfg.get("attack", {})
+        epsilon = attack_cfg.get("epsilon", 0.03) if epsilon is None else epsilon
+        step_size = attack_cfg.get("step_size", 0.0078) if step_size is None else step_size
         # validate the attack settings once, eagerly (same checks as the attack functions)
         epsilon = _attacks._check_float("epsilon", epsilon, minimum=0.0)
         step_size = _attacks._check_float("step_size", step_size, minimum=0.0)
-        if attack == "pgd" and step_size > epsilon:
-            raise ValueError(f"`step_size` must be <= `epsilon`. Received: step_size={step_size}, epsilon={epsilon}")
         num_steps = _attacks._check_steps(num_steps)
         lo, hi = _attacks._check_clip_range(clip_range)
+        seed = check_int_seed(seed, "seed")
         self.model = model
         self.defense = defense
         self.attack = attack
+        self.preset = preset
         self.epsilon, self.step_size, self.num_steps = epsilon, step_size, num_steps
         self.random_start = bool(random_start)
         self.clip_range = None if lo is None else (lo, hi)
-        self.seed = int(seed)
+        self.seed = fresh_seed() if seed is None else seed
         self.defense_params = params
-        self.attack_trace_count = 0  # incremented only when the attack is traced (Python side effect)
+        self._train_attack = _attacks.make_attack(
+            "fgsm" if attack == "fgsm" else f"pgd{num_steps}", epsilon=epsilon, step_size=step_size,
+            clip_range=self.clip_range, random_start=self.random_start)
+        # the defense's losses (Keras Loss objects)
+        reduction = params["class_reduction"]
+        self._train_ce = LabelSmoothingCrossEntropy(params.get("smoothing", 0.0), name="train_cross_entropy")
+        self._eval_ce = LabelSmoothingCrossEntropy(0.0, name="cross_entropy")
+        if defense in ("alp", "clean_logit_pairing"):
+            self._pairing = LogitPairing(reduction)
+        elif defense == "lrm":
+            self._pairing = DecoupledLogitPairing(params["beta"], params["ratio"], params["h_gradient"], reduction)
+        else:
+            self._pairing = None
+        squeeze = params.get("squeeze_weight", 0.0)
+        self._squeezing = LogitSqueezing(reduction) if squeeze > 0 else None
+        self._term_names = self._terms_logged()
+        self._term_trackers = [keras.metrics.Mean(name=n) for n in self._term_names]
+        self._attack_trace_count = 0  # incremented when the attack is traced (Python side effect); tests read it
         if model.built:
             self.built = True
+
+    @staticmethod
+    def _check_params(params):
+        if params["mixing"] not in MIXINGS:
+            raise ValueError(f"Unknown mixing {params['mixing']!r}. Expected one of {MIXINGS}.")
+        if params["class_reduction"] is not None and params["class_reduction"] not in CLASS_REDUCTIONS:
+            raise ValueError(f"`class_reduction` must be None or one of {CLASS_REDUCTIONS}. "
+                             f"Received: class_reduction={params['class_reduction']!r}")
+        if "clean_weight" in params:
+            params["clean_weight"] = _number("clean_weight", params["clean_weight"], 0.0, 1.0)
+        params["smoothing"] = _number("smoothing", params.get("smoothing", 0.0), 0.0, 1.0, hi_open=True)
+        for k in ("pairing_weight", "squeeze_weight", "beta"):
+            if k in params:
+                params[k] = _number(k, params[k], 0.0, float("inf"), hi_open=True)
+        if "ratio" in params:
+            params["ratio"] = _check_ratio(params["ratio"])
+        if "h_gradient" in params and params["h_gradient"] not in H_GRADIENTS:
+            raise ValueError(f"`h_gradient` must be one of {H_GRADIENTS}. "
+                             f"Received: h_gradient={params['h_gradient']!r}")
+
+    def _terms_logged(self):
+        d, p = self.defense, self.defense_params
+        names = set()
+        if d in _ADVERSARIAL:
+            names.add("adversarial_loss")
+            if p["clean_weight"] > 0:
+                names.add("clean_loss")
+        else:
+            names.add("clean_loss")
+        if self._pairing is not None:
+            names.add("pairing_loss")
+        if d == "lrm":
+            names.add("logit_norm_loss")
+        if self._squeezing is not None:
+            names.add("squeezing_loss")
+        return tuple(n for n in _TERMS if n in names)
+
+    @property
+    def attack_trace_count(self):
+        """Deprecated: how often the training attack was traced (a test counter, now private)."""
+        warnings.warn("`RobustModel.attack_trace_count` is deprecated and will be removed in the next release "
+                      "(it is a test-only counter).", DeprecationWarning, stacklevel=2)
+        return self._attack_trace_count
 
     # ------------------------------------------------------------------ keras plumbing
     def call(self, inputs, training=None):
@@ -141,32 +328,42 @@ class RobustModel(keras.Model):
         self.built = True
 
     def get_config(self):
-        params = dict(self.defense_params)
         return {
             "model": keras.saving.serialize_keras_object(self.model),
             "defense": self.defense, "attack": self.attack, "epsilon": self.epsilon,
             "step_size": self.step_size, "num_steps": self.num_steps, "random_start": self.random_start,
-            "clip_range": self.clip_range, "seed": self.seed, "name": self.name, **params,
+            "clip_range": self.clip_range, "seed": self.seed, "preset": self.preset, "name": self.name,
+            **self.defense_params,
         }
 
     @classmethod
     def from_config(cls, config):
+        """Rebuild from :meth:`get_config`; configs saved with ``alpha`` / ``pairing_reduction`` still load."""
         config = dict(config)
         model = keras.saving.deserialize_keras_object(config.pop("model"))
         return cls(model, **config)
 
     # ------------------------------------------------------------------ the defense
     def adversarial_examples(self, x, y, seed):
-        """Build the training-time adversarial batch (inner model in inference mode)."""
-        self.attack_trace_count += 1
-        if self.attack == "fgsm":
-            return _attacks.fgsm(self.model, x, y, epsilon=self.epsilon, clip_range=self.clip_range)
-        return _attacks.pgd(self.model, x, y, epsilon=self.epsilon, step_size=self.step_size,
-                            num_steps=self.num_steps, random_start=self.random_start,
-                            clip_range=self.clip_range, seed=seed)
+        """Build the training-time adversarial batch (inner model in inference mode).
 
-    def _ce(self, y, logits):
-        return tf.reduce_mean(label_smoothing_cross_entropy(y, logits, self.defense_params.get("smoothing", 0.0)))
+        Args:
+            x: float images. y: sparse or (soft) one-hot labels.
+            seed: shape-[2] int stateless seed.
+
+        Returns:
+            Adversarial images.
+        """
+        self._attack_trace_count += 1
+        return self._train_attack.generate(self.model, x, y, seed)
+
+    def _step_seeds(self, step):
+        """(mixing, attack, pairing) stateless seeds of training step ``step``."""
+        base = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0], tf.int64), step)
+        return tf.unstack(tf.random.experimental.stateless_split(base, 3))
+
+    def _current_step(self):
+        return self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
 
     def _mix(self, x, y, seed):
         method = self.defense_params["mixing"]
@@ -177,73 +374,164 @@ class RobustModel(keras.Model):
             y = tf.one_hot(tf.reshape(tf.cast(y, tf.int64), [-1]), num_classes)
         return mix_batch(x, tf.cast(y, tf.float32), method, seed=seed)
 
-    def defense_loss(self, x, y, step, training=True):
-        """Return ``(loss, logits, labels)`` of the defense on one batch (logits/labels for metrics).
+    def _partner(self, logits, seed):
+        """Logits of a random partner per example (clean logit pairing)."""
+        perm = tf.argsort(tf.random.stateless_uniform([tf.shape(logits)[0]], seed))
+        return tf.gather(logits, perm)
 
-        Args:
-            x: images. y: sparse or one-hot labels. step: int scalar tensor
-            (seeds derive from ``fold_in(seed, step)``).
+    def _forward(self, x, y, step, training=True):
+        """Mixing, attack and forward pass(es) of one training step.
+
+        Returns:
+            ``(x, y, y_pred)``: the (mixed) inputs and labels the loss uses and
+            ``y_pred = {"clean": logits or None, "adversarial": logits or None}``
+            (plus ``"partner"`` for clean logit pairing).
         """
-        d, p = self.defense, self.defense_params
-        base = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0], tf.int64), step)
-        mix_seed, attack_seed, pair_seed = tf.unstack(tf.random.experimental.stateless_split(base, 3))
+        mix_seed, attack_seed, pair_seed = self._step_seeds(step)
         x = _attacks.as_images(x)
         x, y = self._mix(x, y, mix_seed)
-        red = p["pairing_reduction"]
-        squeeze = p.get("squeeze_weight", 0.0)
-        if d in _ADVERSARIAL:
+        out = {"clean": None, "adversarial": None}
+        if self.defense in _ADVERSARIAL:
             x_adv = self.adversarial_examples(x, y, attack_seed)
-            alpha = p["alpha"]
-            need_clean = alpha > 0 or d in ("alp", "lrm")
-            if need_clean:
-                both = self.model(tf.concat([x, x_adv], 0), training=training)
-                clean, adv = tf.split(both, 2, axis=0)
-            else:
-                clean, adv = None, self.model(x_adv, training=training)
-            ce = self._ce(y, adv) if alpha == 0 else alpha * self._ce(y, clean) + (1 - alpha) * self._ce(y, adv)
-            loss = ce
+            if self.defense_params["clean_weight"] > 0 or self.defense in ("alp", "lrm"):
+                both = self.model(tf.concat([x, x_adv], 0), training=training)  # one pass: shared BN statistics
+                out["clean"], out["adversarial"] = tf.split(both, 2, axis=0)
+            else:  # adversarial examples only: no clean pass at all
+                out["adversarial"] = self.model(x_adv, training=training)
+        else:
+            out["clean"] = self.model(x, training=training)
+            if self.defense == "clean_logit_pairing":
+                out["partner"] = self._partner(out["clean"], pair_seed)
+        return x, y, out
+
+    def _loss_terms(self, y, y_pred, sample_weight=None):
+        """``{term name: scalar}`` of the defense; the total loss is their sum."""
+        d, p = self.defense, self.defense_params
+        clean, adv = y_pred.get("clean"), y_pred.get("adversarial")
+        terms = {}
+        if d in _ADVERSARIAL:
+            w = p["clean_weight"]
+            if w > 0:
+                terms["clean_loss"] = w * self._train_ce(y, clean, sample_weight)
+            terms["adversarial_loss"] = (1.0 - w) * self._train_ce(y, adv, sample_weight)
             if d == "alp":
-                loss += p["pairing_weight"] * tf.reduce_mean(logit_pairing(clean, adv, red))
-            if d == "lrm":
-                h, reg = decoupled_parts(clean, adv)
-                h = tf.reduce_mean(h)
-                coef = p["ratio"] * tf.stop_gradient(tf.math.divide_no_nan(ce, h))
-                loss += coef * h + p["beta"] * tf.reduce_mean(reg)
-            if squeeze:
-                used = adv if clean is None else tf.concat([clean, adv], 0)
-                loss += squeeze * tf.reduce_mean(logit_squeezing(used, red))
-            return loss, adv, y
-        logits = self.model(x, training=training)
-        loss = self._ce(y, logits)
-        if d == "clean_logit_pairing":
-            perm = tf.argsort(tf.random.stateless_uniform([tf.shape(logits)[0]], pair_seed))
-            loss += p["pairing_weight"] * tf.reduce_mean(logit_pairing(logits, tf.gather(logits, perm), red))
-        if squeeze:
-            loss += squeeze * tf.reduce_mean(logit_squeezing(logits, red))
-        return loss, logits, y
+                terms["pairing_loss"] = p["pairing_weight"] * self._pairing(clean, adv, sample_weight)
+            elif d == "lrm":
+                training_loss = terms["adversarial_loss"] + terms.get("clean_loss", 0.0)  # Eq. 3.1
+                terms.update(self._pairing.terms(clean, adv, training_loss, sample_weight))
+            if clean is None:
+                squeezed, sq_weight = adv, sample_weight
+            else:
+                squeezed = tf.concat([clean, adv], 0)
+                sq_weight = None if sample_weight is None else tf.concat([sample_weight] * 2, 0)
+        else:
+            terms["clean_loss"] = self._train_ce(y, clean, sample_weight)
+            if d == "clean_logit_pairing":
+                partner = y_pred.get("partner")
+                if partner is None:
+                    partner = self._partner(clean, self._step_seeds(self._current_step())[2])
+                terms["pairing_loss"] = p["pairing_weight"] * self._pairing(clean, partner, sample_weight)
+            squeezed, sq_weight = clean, sample_weight
+        if self._squeezing is not None:
+            terms["squeezing_loss"] = p["squeeze_weight"] * self._squeezing(squeezed, squeezed, sq_weight)
+        return {n: terms[n] for n in self._term_names}
 
-    def _metric_labels(self, y):
-        return tf.argmax(y, axis=-1) if y.shape.rank == 2 and y.shape[-1] != 1 else y
+    def _with_regularization(self, loss):
+        return loss + tf.add_n(self.losses) if self.losses else loss
 
-    def train_step(self, data):
-        x, y = data[0], data[1]
-        with tf.GradientTape() as tape:
-            loss, logits, y = self.defense_loss(x, y, self.optimizer.iterations, training=True)
-            if self.losses:
-                loss += tf.add_n(self.losses)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._update_metrics(loss, y, logits)
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The defense's loss (training) or the plain cross-entropy (evaluation).
 
-    def test_step(self, data):
-        x, y = data[0], data[1]
-        logits = self.model(_attacks.as_images(x), training=False)
-        return self._update_metrics(self._ce(y, logits), y, logits)
+        Args:
+            x: input images (used only when ``y_pred`` is None).
+            y: sparse or (soft) one-hot labels (the mixed labels when ``y_pred``
+                comes from the training forward pass).
+            y_pred: ``None`` (the forward passes the defense needs are run
+                here), the dict ``{"clean": ..., "adversarial": ...}`` of logits
+                that ``train_step`` builds, or plain clean logits (evaluation,
+                and training of defenses without an adversary).
+            sample_weight: optional per-example weights.
+            training: ``True``: the defense's total loss (and its loss-term
+                metrics are updated); ``False``: the plain cross-entropy
+                (no smoothing) of the clean logits.
 
-    def _update_metrics(self, loss, y, logits):
+        Returns:
+            Scalar loss, including the inner model's regularization losses.
+
+        Raises:
+            ValueError: plain logits for an adversarial defense in training.
+        """
+        if not training:
+            if y_pred is None:
+                y_pred = self(_attacks.as_images(x), training=False)
+            if isinstance(y_pred, dict):
+                y_pred = y_pred["clean"]
+            return self._with_regularization(self._eval_ce(y, y_pred, sample_weight))
+        if y_pred is None:
+            x, y, y_pred = self._forward(x, y, self._current_step(), training=True)
+        elif not isinstance(y_pred, dict):
+            if self.defense in _ADVERSARIAL:
+                raise ValueError(f"Defense {self.defense!r} needs adversarial logits: call compute_loss with "
+                                 "y_pred=None (the forward passes are then run here) or with the dict "
+                                 "{'clean': ..., 'adversarial': ...}. Received: a tensor.")
+            y_pred = {"clean": y_pred, "adversarial": None}
+        terms = self._loss_terms(y, y_pred, sample_weight)
+        logits = y_pred["adversarial"] if y_pred.get("adversarial") is not None else y_pred["clean"]
+        batch = tf.shape(logits)[0]
+        for tracker in self._term_trackers:
+            tracker.update_state(terms[tracker.name], sample_weight=batch)
+        return self._with_regularization(tf.add_n(list(terms.values())))
+
+    def defense_loss(self, x, y, step, training=True):
+        """The defense's loss on one batch, for inspection (no metric updates).
+
+        Args:
+            x: images. y: sparse or one-hot labels.
+            step: int scalar (seeds derive from ``fold_in(seed, step)``).
+            training: passed to the inner model (``False``: inference-mode BN).
+
+        Returns:
+            ``(loss, logits, labels)``: the total loss, the logits the metrics
+            use (adversarial for adversarial defenses) and the (mixed) labels.
+        """
+        x, y, y_pred = self._forward(x, y, step, training=training)
+        terms = self._loss_terms(y, y_pred)
+        logits = y_pred["adversarial"] if y_pred.get("adversarial") is not None else y_pred["clean"]
+        return self._with_regularization(tf.add_n(list(terms.values()))), logits, y
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _metric_labels(y_used, y_given):
+        """Labels for the compiled metrics in the format of the data's labels (sparse stays sparse)."""
+        given_dense = y_given.shape.rank == 2 and y_given.shape[-1] != 1
+        if y_used.shape.rank == 2 and y_used.shape[-1] != 1 and not given_dense:
+            return tf.argmax(y_used, axis=-1)
+        return y_used
+
+    def _update_loss_metric(self, loss, batch):
         for metric in self.metrics:
             if metric.name == "loss":
-                metric.update_state(loss)
-            else:
-                metric.update_state(self._metric_labels(y), logits)
-        return {m.name: m.result() for m in self.metrics}
+                metric.update_state(loss, sample_weight=batch)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_given = tf.convert_to_tensor(y)
+        with tf.GradientTape() as tape:
+            x, y, y_pred = self._forward(x, y_given, self.optimizer.iterations, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        logits = y_pred["adversarial"] if y_pred["adversarial"] is not None else y_pred["clean"]
+        self._update_loss_metric(loss, tf.shape(logits)[0])
+        return self.compute_metrics(x, self._metric_labels(y, y_given), logits, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = tf.convert_to_tensor(y)
+        x = _attacks.as_images(x)
+        logits = self(x, training=False)
+        loss = self.compute_loss(x, y, logits, sample_weight, training=False)
+        self._update_loss_metric(loss, tf.shape(logits)[0])
+        logs = self.compute_metrics(x, y, logits, sample_weight)
+        return {k: v for k, v in logs.items() if k not in self._term_names}
