@@ -8,6 +8,7 @@ cites the section it is read from and lists the settings the thesis does not sta
 | name | thesis | schedule |
 |---|---|---|
 | `cosine` | (library default) | SGD + Nesterov 0.9, cosine decay from `learning_rate` |
+| `constant` | (library option) | a constant `learning_rate`, no weight decay (e.g. with Adam) |
 | `ch2_cifar10_baseline`, `ch2_cifar10_mixing`, `ch2_cifar100` | Sec. 2.4.1 | batch 128; 0.01 for 400 steps, 0.1, /10 after 32k, 48k, 70k steps (80k steps); weight decay 5e-4 / 1e-4 / 5e-4 |
 | `ch2_caltech_baseline`, `ch2_caltech_mixing` | Sec. 2.4.1 | batch 64; log-linear warm-up 3e-5 -> 0.03 over 2,000 steps; /10 after 20k, 26k (baseline) or 45k, 57k (mixing) steps; weight decay 4e-5 |
 | `ch3_cifar` | Sec. 3.5.1 | batch 128; 5-epoch warm-up to 0.1, /10 at epochs 100, 150; 200 epochs (101 adversarial); momentum 0.9; weight decay 2e-4 |
@@ -277,6 +278,10 @@ _RECIPES = {
         name="cosine", reference="library default (cosine decay: Loshchilov & Hutter, as in Thesis Sec. 5.3.2)",
         schedule_kind="cosine", learning_rate=0.05, nesterov=True, weight_decay=5e-4,
         assumed=("not a thesis recipe: the short-run default of the quick and standard scales",)),
+    "constant": Recipe(
+        name="constant", reference="library option (a constant rate, e.g. for Adam)", schedule_kind="epochs",
+        learning_rate=1e-3, values=(1e-3,), weight_decay=0.0,
+        assumed=("not a thesis recipe: a constant rate (set `learning_rate`)",)),
     "ch2_cifar10_baseline": _ch2_cifar("ch2_cifar10_baseline", 5e-4, "the CIFAR-10 baseline"),
     "ch2_cifar10_mixing": _ch2_cifar("ch2_cifar10_mixing", 1e-4, "CIFAR-10 mixed-example methods"),
     "ch2_cifar100": _ch2_cifar("ch2_cifar100", 5e-4, "every method on CIFAR-100"),
