@@ -11,25 +11,27 @@ from tf_dlthesis.experiments.registry import DEFAULT_DATASETS, VERDICTS, Output,
 
 
 def _table_md(table) -> list:
-    has_thesis = bool(table.thesis)
+    thesis = table.thesis or {}
+    # a "(thesis)" column only where the thesis reports that metric
+    with_thesis = {col for col in table.columns if any(col in row for row in thesis.values())}
     header = ["row"]
     for col in table.columns:
-        header += ([f"{col} (thesis)"] if has_thesis else []) + [f"{col} (ours)"]
+        header += ([f"{col} (thesis)"] if col in with_thesis else []) + [f"{col} (ours)" if col in with_thesis else col]
     lines = [
         f"**Table {table.id}: {table.title}**",
         "",
         f"- ours: {table.setting}",
     ]
-    if has_thesis:
+    if thesis:
         lines.append(f"- thesis: {table.thesis_setting}")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    keys = list(table.rows) + [k for k in (table.thesis or {}) if k not in table.rows]
+    keys = list(table.rows) + [k for k in thesis if k not in table.rows]
     for key in keys:
         ours = table.rows.get(key, {})
-        theirs = (table.thesis or {}).get(key, {})
+        theirs = thesis.get(key, {})
         cells = [str(key)]
         for col in table.columns:
-            if has_thesis:
+            if col in with_thesis:
                 cells.append(fmt(theirs.get(col)))
             cells.append(fmt(ours.get(col)))
         lines.append("| " + " | ".join(cells) + " |")
