@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis import data
 from tf_dlthesis._seeds import check_int_seed, fresh_seed
 
 from . import attacks as _attacks
@@ -19,41 +20,8 @@ _EVAL_EXPERIMENT = "robustness/per_example"
 
 
 def to_arrays(dataset, max_examples: int | None = None):
-    """``(x, y)`` numpy arrays from a ``(x, y)`` tuple or a (batched or unbatched) ``tf.data.Dataset``.
-
-    Integer images are scaled to ``[0, 1]`` floats; one-hot labels become sparse.
-
-    Raises:
-        TypeError: for anything else.
-    """
-    if isinstance(dataset, tf.data.Dataset):
-        spec = dataset.element_spec
-        if not isinstance(spec, tuple) or len(spec) < 2:
-            raise TypeError(f"Dataset elements must be (image, label) tuples. Received element_spec={spec}")
-        batched = spec[0].shape.rank == 4
-        ds = dataset if batched else dataset.batch(512)
-        xs, ys, n = [], [], 0
-        for xb, yb in ds.map(lambda *e: (e[0], e[1])):
-            xs.append(xb.numpy()), ys.append(yb.numpy())
-            n += len(xs[-1])
-            if max_examples is not None and n >= max_examples:
-                break
-        x, y = np.concatenate(xs), np.concatenate(ys)
-    elif isinstance(dataset, (tuple, list)) and len(dataset) == 2:
-        x, y = np.asarray(dataset[0]), np.asarray(dataset[1])
-    else:
-        raise TypeError(f"`dataset` must be a tf.data.Dataset or an (x, y) tuple. Received: {type(dataset).__name__}")
-    if len(x) != len(y):
-        raise ValueError(f"Images and labels differ in length. Received: {len(x)} images, {len(y)} labels")
-    if np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float32) / 255.0
-    x = x.astype(np.float32, copy=False)
-    if y.ndim == 2:
-        y = y.argmax(-1)
-    y = y.astype(np.int64)
-    if max_examples is not None:
-        x, y = x[:max_examples], y[:max_examples]
-    return x, y
+    """``(x float32 [0, 1], y int64)`` from anything `tf_dlthesis.data.as_arrays` accepts (the library's one reader)."""
+    return data.as_arrays(dataset, max_examples)
 
 
 def _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params):
