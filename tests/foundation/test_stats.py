@@ -121,3 +121,37 @@ def test_exact_effects_have_zero_width():
     e = stats.exact(0.8, "max |BN(x) - beta| / bound over every output")
     assert e.low == e.high == 0.8 and "exact" in e.statistic
     assert verdict(e, below=1.0) == "reproduced" and verdict(e, above=1.0) == "not reproduced"
+
+
+def _correct(rng, runs, n, p):
+    return rng.random((runs, n)) < p
+
+
+def test_accuracy_differences_of_one_pair_is_accuracy_difference():
+    rng = np.random.default_rng(1)
+    a, b = _correct(rng, 3, 400, 0.8), _correct(rng, 3, 400, 0.7)
+    ours = stats.accuracy_differences([(a, b)], np.min, what="x")
+    ref = stats.accuracy_difference(a, b)
+    np.testing.assert_allclose([ours.estimate, ours.low, ours.high], [ref.estimate, ref.low, ref.high], atol=1e-9)
+    # one run each: the per-example (McNemar-style) bootstrap
+    single = stats.accuracy_differences([(a[0], b[0])], np.min, what="x")
+    ref1 = stats.accuracy_difference(a[0], b[0])
+    np.testing.assert_allclose([single.low, single.high], [ref1.low, ref1.high], atol=1e-9)
+
+
+def test_accuracy_differences_known_cases():
+    rng = np.random.default_rng(0)
+    n = 3000
+    base = _correct(rng, 3, n, 0.70)
+    better, worse = [_correct(rng, 3, n, 0.90) for _ in range(2)], _correct(rng, 3, n, 0.50)
+    pairs = [(m, base) for m in better + [worse]]
+    median = stats.accuracy_differences(pairs, np.median, what="median")
+    lowest = stats.accuracy_differences(pairs, np.min, what="min")
+    assert stats.verdict(median, above=0) == "reproduced" and 15 < median.estimate < 25     # two of three +20 pts
+    assert stats.verdict(lowest, above=0) == "not reproduced" and -25 < lowest.estimate < -15
+    null = stats.accuracy_differences([(base, base)], np.min, what="null")
+    assert (null.low, null.high) == (0.0, 0.0) and stats.verdict(null, above=0) == "inconclusive"
+    with pytest.raises(ValueError, match="empty"):
+        stats.accuracy_differences([], np.min, what="x")
+    with pytest.raises(ValueError, match="shape"):
+        stats.accuracy_differences([(base, base[:, :10])], np.min, what="x")

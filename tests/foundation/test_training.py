@@ -184,3 +184,13 @@ def test_items_do_not_depend_on_what_ran_before(tmp_path):
     a1, b1 = run([first, second])
     b2, a2 = run([second, first])
     assert a1 == a2 and b1 == b2
+
+
+def test_stop_epoch_trains_the_first_epochs_of_the_full_schedule():
+    spec = TrainSpec(**_SMALL)  # 2 epochs
+    full = train(spec, 0)[0]
+    part = train(spec.replace(stop_epoch=1), 0)[0]
+    assert len(part.history["loss"]) == 1 and len(full.history["loss"]) == 2
+    assert part.history["loss"][0] == full.history["loss"][0]
+    with pytest.raises(ValueError, match="stop_epoch"):
+        spec.replace(stop_epoch=3)

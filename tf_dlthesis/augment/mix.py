@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis._seeds import as_seed

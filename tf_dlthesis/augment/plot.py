@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
-from tf_dlthesis.augment.methods import DISPLAY_NAMES, METHODS, canonical_name
-from tf_dlthesis.augment.mix import mix_pair
+from tf_dlthesis._seeds import as_seed
+from tf_dlthesis.augment.methods import DISPLAY_NAMES, METHODS, canonical_name, resolve
+from tf_dlthesis.augment.mix import mix_pair, mix_pairs
 
 
 def _show(ax, image, title):
@@ -24,12 +25,46 @@ def _show(ax, image, title):
     ax.set_yticks([])
 
 
-def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, **params):
+def _check_lam(lam, draws):
+    if lam is None:
+        return None
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating)) or not 0.0 < float(lam) < 1.0:
+        raise ValueError(f"`lam` (the target label weight of x1) must be a number in (0, 1) or None. "
+                         f"Received: lam={lam!r}")
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ValueError(f"`draws` must be an int >= 1. Received: draws={draws!r}")
+    return float(lam)
+
+
+def _closest_draw(x1, x2, name, kwargs, seed, lam, draws):
+    """Of `draws` mixes of (x1, x2) drawn with one seed, the one whose x1 label weight is closest to `lam`."""
+    import tensorflow as tf
+
+    names, full = resolve(name, kwargs)
+    a = tf.repeat(tf.convert_to_tensor(x1, tf.float32)[None], draws, axis=0)
+    b = tf.repeat(tf.convert_to_tensor(x2, tf.float32)[None], draws, axis=0)
+    ya = tf.repeat(tf.constant([[1.0, 0.0]]), draws, axis=0)
+    yb = tf.repeat(tf.constant([[0.0, 1.0]]), draws, axis=0)
+    images, labels = mix_pairs(a, ya, b, yb, names, full, as_seed(seed))
+    k = int(np.argmin(np.abs(labels.numpy()[:, 0] - lam)))   # ties: the first draw
+    return images[k], labels[k]
+
+
+def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=None, draws=64, **params):
     """Draws the Figure 2.2 grid: x1, x2, then one mixed output per method.
+
+    Each method draws its own mixing randomness (lambda ~ Beta(alpha, alpha), cut
+    positions, masks), so one draw may take (almost) everything from one image: at
+    seed 0 on two digits, Rand. 2x2 draws a label weight of 1.00 and Rand. Rows 0.00.
+    `lam` asks for panels that show both images: of `draws` draws of each method,
+    the one whose realised label weight of x1 is closest to `lam` is shown (the
+    draw is chosen; lambda itself is not forced, so methods whose weight cannot
+    reach `lam`, e.g. Rand. Square with its fixed patch size, show their closest).
 
     Example:
 
     >>> fig = plot_methods(img_a, img_b, path="fig_2_2.png")
+    >>> fig = plot_methods(img_a, img_b, lam=0.4)   # every panel mixes both images
 
     Args:
         x1, x2: (H, W, C) images in [0, 1] (C = 1 or 3).
@@ -37,6 +72,10 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, **par
         seed: int seed; method i uses seed (seed, i).
         columns: panels per row.
         path: if given, the figure is also saved there as a PNG.
+        lam: None (each method's own draw with seed (seed, i)) or a target label
+            weight of x1 in (0, 1): method i shows the one of `draws` pairs mixed
+            with seed (seed, i) whose label weight of x1 is closest to `lam`.
+        draws: how many draws `lam` chooses from.
         **params: hyperparameters passed to every method that accepts them.
 
     Returns:
@@ -44,7 +83,8 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, **par
         each title gives the label weight of x1.
 
     Raises:
-        ValueError: unknown method or mismatched image shapes (from `mix_pair`).
+        ValueError: unknown method or mismatched image shapes (from `mix_pair`),
+            `lam` outside (0, 1), `draws` < 1.
 
     Reference:
         Thesis Figure 2.2, Sec. 2.3.
@@ -52,12 +92,15 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, **par
     import matplotlib.pyplot as plt
     from tf_dlthesis.augment.methods import default_params
 
+    lam = _check_lam(lam, draws)
     names = [canonical_name(m) for m in methods]
     panels = [(np.asarray(x1), "x1"), (np.asarray(x2), "x2")]
     for i, name in enumerate(names):
         accepted = default_params(name)
         kwargs = {k: v for k, v in params.items() if k in accepted}
         image, label = mix_pair(x1, [1.0, 0.0], x2, [0.0, 1.0], name, seed=[seed, i], **kwargs)
+        if lam is not None:   # mix_pair above validated the inputs
+            image, label = _closest_draw(x1, x2, name, kwargs, [seed, i], lam, int(draws))
         panels.append((image.numpy(), f"{DISPLAY_NAMES[name]}\n$\\lambda$={float(label[0]):.2f}"))
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.9 * rows))

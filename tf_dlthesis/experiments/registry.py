@@ -7,7 +7,6 @@ import difflib
 import functools
 import json
 import math
-import os
 from importlib import resources
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not comparable at this scale")

@@ -195,21 +195,61 @@ def accuracy_difference(correct_a, correct_b, *, what: str = "accuracy", unit: s
     Returns:
         An `Effect` of `scale * (acc_a - acc_b)` (default: percentage points).
     """
-    a, b = _as_matrix("correct_a", correct_a), _as_matrix("correct_b", correct_b)
-    if a.shape != b.shape:
-        raise ValueError(f"`correct_a` and `correct_b` must have the same shape. Received {a.shape} and {b.shape}")
-    d = a - b
-    r, n = d.shape
+    return accuracy_differences([(correct_a, correct_b)], lambda v: v[0], what=f"difference of {what}", unit=unit,
+                                scale=scale, n_boot=n_boot, seed=seed, confidence=confidence)
+
+
+def accuracy_differences(pairs, reduce, *, what: str, unit: str = "pts", scale: float = 100.0, n_boot: int = N_BOOT,
+                         seed: int = 0, confidence: float = CONFIDENCE) -> Effect:
+    """A statistic of several paired accuracy differences, with one cluster bootstrap for all of them.
+
+    Each pair `(correct_a, correct_b)` gives `scale * (acc_a - acc_b)`; `reduce`
+    maps the vector of per-pair effects to one number (`np.median` for "most
+    methods beat the baseline", `np.min` for "every" / "both"). Every bootstrap
+    replicate resamples the seeds and, independently, the test examples with
+    replacement - the same draws for every pair, so the pairs stay paired. With
+    one pair this is `accuracy_difference`.
+
+    Example:
+
+    >>> effect = accuracy_differences([(correct[m], correct["baseline"]) for m in methods], np.median,
+    ...                               what="median test-accuracy gain over the baseline")
+
+    Args:
+        pairs: `(correct_a, correct_b)` per-example correctness, each (R seeds, N test
+            examples) or (N,), all of one shape (the same seeds and test examples).
+        reduce: vector of per-pair effects -> number.
+        what: what the statistic is (the `Effect`'s description).
+        unit, scale: the effect's unit and the factor from an accuracy difference to it.
+        n_boot, seed, confidence: bootstrap replicates, its seed, the interval's coverage.
+
+    Raises:
+        ValueError: no pairs, or matrices of different shapes.
+    """
+    if not pairs:
+        raise ValueError("`pairs` is empty: give at least one (correct_a, correct_b) pair.")
+    mats = []
+    for a, b in pairs:
+        a, b = _as_matrix("correct_a", a), _as_matrix("correct_b", b)
+        if a.shape != b.shape:
+            raise ValueError(f"`correct_a` and `correct_b` must have the same shape. Received {a.shape} and {b.shape}")
+        mats.append(a - b)
+    if len({m.shape for m in mats}) != 1:
+        raise ValueError(f"Every pair must have the same shape. Received {sorted({m.shape for m in mats})}")
+    d = np.stack(mats)                       # (pairs, R, N)
+    p, r, n = d.shape
+    flat = d.reshape(p * r, n)
     rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
+    out = np.empty(n_boot)
     for i in range(n_boot):
         rows = rng.integers(0, r, r) if r > 1 else np.zeros(1, np.int64)
         cols = rng.integers(0, n, n)
-        stats[i] = d[rows][:, cols].mean()
-    lo, hi = _percentile(stats, confidence)
+        per_run = (flat @ np.bincount(cols, minlength=n)).reshape(p, r) / n
+        out[i] = reduce(scale * (per_run @ np.bincount(rows, minlength=r)) / len(rows))
+    lo, hi = _percentile(out, confidence)
     runs = f"{r} paired run(s) x " if r > 1 else ""
-    label = f"difference of {what} ({unit}), bootstrap over {runs}{n} test examples"
-    return Effect(scale * d.mean(), scale * lo, scale * hi, label, r if r > 1 else n, confidence)
+    label = f"{what} ({unit}), bootstrap over {runs}{n} test examples"
+    return Effect(float(reduce(scale * d.mean(axis=(1, 2)))), lo, hi, label, r if r > 1 else n, confidence)
 
 
 def proportion(correct, *, what: str = "accuracy", scale: float = 100.0, confidence: float = CONFIDENCE) -> Effect:
@@ -285,6 +325,6 @@ def mcnemar_counts(correct_a, correct_b) -> dict:
 
 
 __all__ = [
-    "CONFIDENCE", "Effect", "accuracy_difference", "bootstrap", "exact", "mcnemar_counts", "mean_interval",
+    "CONFIDENCE", "Effect", "accuracy_difference", "accuracy_differences", "bootstrap", "exact", "mcnemar_counts", "mean_interval",
     "paired_difference", "proportion", "sd_ratio", "verdict",
 ]

@@ -100,6 +100,10 @@ class TrainSpec:
         pad, flip: its settings (default: pad H // 8 >= 1; flips except on digits/MNIST).
         snapshots: > 0 trains a snapshot ensemble with that many cosine cycles
             (Thesis Sec. 5.5); the run then also reports the ensemble's accuracy.
+        stop_epoch: stop after this many epochs of the run's own schedule (the
+            thesis's Ch. 2 stabilisation trains 20 candidates for 3 epochs and
+            continues the 3 with the lowest loss: under op determinism a
+            candidate's first epochs are the full run's). None: train `epochs`.
     """
 
     dataset: str = "digits"
@@ -125,6 +129,7 @@ class TrainSpec:
     pad: int | None = None
     flip: bool | None = None
     snapshots: int = 0
+    stop_epoch: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -139,6 +144,10 @@ class TrainSpec:
         _positive_int("batch_size", self.batch_size, 1)
         _positive_int("non_iid_classes", self.non_iid_classes, 1, allow_none=True)
         _positive_int("snapshots", self.snapshots, 0)
+        _positive_int("stop_epoch", self.stop_epoch, 1, allow_none=True)
+        if self.stop_epoch is not None and self.stop_epoch > self.epochs:
+            raise ValueError(f"`stop_epoch` must be <= `epochs`. Received: stop_epoch={self.stop_epoch}, "
+                             f"epochs={self.epochs}")
         _positive_int("pad", self.pad, 0, allow_none=True)
         for name in ("model_kwargs", "norm_kwargs"):
             value = getattr(self, name)
@@ -220,7 +229,8 @@ class TrainSpec:
                  f"recipe {self.recipe}" + (f" ({self.optimizer})" if self.optimizer != "sgd" else "")
                  + (f", peak LR {self.learning_rate}" if self.learning_rate is not None else "")
                  + (f", weight decay {self.weight_decay}" if self.weight_decay is not None else ""),
-                 f"{self.epochs} epochs, batch {self.batch_size}"]
+                 f"{self.epochs} epochs, batch {self.batch_size}"
+                 + (f" (stopped after {self.stop_epoch})" if self.stop_epoch else "")]
         if self.augment:
             parts.append(f"pad-crop {self.resolved_pad}" + (" + flip" if self.resolved_flip else ""))
         if self.mixing:
@@ -326,6 +336,7 @@ class Run:
         info: init / data-order hashes, the bit change, distinct predictions.
         evaluation: what the `evaluate` hook returned (or None).
         from_store: whether the run was read from the results store.
+        history: the per-epoch `fit` logs (loss, accuracy, defense terms).
     """
 
     spec: TrainSpec
@@ -336,6 +347,7 @@ class Run:
     info: dict
     evaluation: dict | None = None
     from_store: bool = False
+    history: dict | None = None
     _model: object = None
     _weights: list | None = None
 
@@ -445,7 +457,7 @@ def data_order_hash(spec, plan, num_examples):
     if spec.non_iid_classes is not None:
         return None
     orders = []
-    for e in range(spec.epochs):
+    for e in range(spec.stop_epoch or spec.epochs):
         seed = plan.epoch_seed("shuffle", e)
         orders.append(data.epoch_pairs(num_examples, seed, e).reshape(-1) if spec.mixing and
                       spec.mixing.get("mode", "pair") == "pair" else data.epoch_permutation(num_examples, seed, e))
@@ -550,7 +562,8 @@ def _train_one(spec: TrainSpec, plan, bundle: DataBundle, *, callbacks, verbose,
                 else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=runtime.jit_compile())
     start = time.perf_counter()
-    history = fitted.fit(ds, epochs=spec.epochs, steps_per_epoch=steps, verbose=verbose, callbacks=callbacks,
+    history = fitted.fit(ds, epochs=spec.stop_epoch or spec.epochs, steps_per_epoch=steps, verbose=verbose,
+                         callbacks=callbacks,
                          shuffle=False)  # the stream is already shuffled, reproducibly
     seconds = time.perf_counter() - start
     hist = {key: [float(v) for v in values] for key, values in history.history.items()}
@@ -655,7 +668,7 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
             store.record(f"{RUNS}/{evaluation}", config, 0, evaluated)
         run = Run(spec, plan, dict(record["metrics"]), np.asarray(record["test_correct"]).astype(bool),
                   np.asarray(record["test_pred"]).astype(np.int64), dict(record["info"]), evaluated,
-                  from_store=not needs_model, _model=model,
+                  from_store=not needs_model, history=record.get("history"), _model=model,
                   _weights=_weights(record) if "weights" in record else None)
         runs.append(run)
         if log is not None:
