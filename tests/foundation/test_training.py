@@ -194,3 +194,20 @@ def test_stop_epoch_trains_the_first_epochs_of_the_full_schedule():
     assert part.history["loss"][0] == full.history["loss"][0]
     with pytest.raises(ValueError, match="stop_epoch"):
         spec.replace(stop_epoch=3)
+
+
+def test_failed_regime_checks_make_the_items_findings_not_comparable():
+    effect = stats.Effect(2.0, 1.0, 3.0, "paired difference")
+
+    def item(passed):
+        def fn(scale, dataset, store, *, out=None):
+            return Output(findings=[registry.Finding.test("A beats B", effect, above=0, evidence="A 90%, B 88%")],
+                          checks=[registry.Check("baseline overfits", passed, "train 98%", regime=True),
+                                  registry.Check("a health check", False, "not a regime")])
+        return registry.Experiment("T.r", "regime", "T", fn, 0.1)
+
+    [kept] = item(True)("quick", "digits", None).findings
+    assert kept.verdict == "reproduced"
+    [gated] = item(False)("quick", "digits", None).findings
+    assert gated.verdict == "not comparable at this scale" and gated.effect == effect
+    assert "regime was not reached (baseline overfits: train 98%)" in gated.evidence and "A 90%" in gated.evidence

@@ -277,7 +277,10 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
     `batch_size` examples is made of `classes_per_batch` classes drawn uniformly
     *with replacement*, each contributing `batch_size // classes_per_batch`
     examples drawn without replacement from that class (with replacement only if the
-    class is smaller than that). Batch `b` depends only on `(seed, b)`.
+    class is smaller than that). The examples of a batch come in random order (the
+    thesis describes a minibatch's classes, not an order; a class-grouped layout would
+    make every small contiguous ghost batch single-class). Batch `b` depends only on
+    `(seed, b)`.
 
     Args:
         dataset: an unbatched `(image, label)` dataset, or a tuple `(x, y)` of arrays.
@@ -322,7 +325,8 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
     base = as_seed(seed)
 
     def make(b):
-        s_cls, s_ex = tf.unstack(tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(base, b), 2))
+        s_cls, s_ex, s_order = tf.unstack(
+            tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(base, b), 3))
         chosen = tf.random.stateless_uniform([classes_per_batch], s_cls, 0, len(classes), dtype=tf.int32)
         cnt = tf.gather(counts_t, chosen)  # (k,)
         keys = tf.random.stateless_uniform([classes_per_batch, max_count], s_ex)
@@ -332,6 +336,10 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
         pos = tf.math.floormod(tf.cast(pos, tf.int64), cnt[:, None])  # tiny classes: wrap (with replacement)
         idx = tf.gather(order_t, tf.gather(starts_t, chosen)[:, None] + pos)
         idx = tf.reshape(idx, [-1])
+        # A minibatch is a set: its examples come in random order, not grouped by class (with a
+        # grouped layout every contiguous ghost batch of <= batch_size / classes_per_batch examples,
+        # Batch Group Norm's pairs included, would hold a single class).
+        idx = tf.gather(idx, tf.argsort(tf.random.stateless_uniform([batch_size], s_order)))
         return tf.gather(xs_t, idx), tf.gather(ys_t, idx)
 
     return tf.data.Dataset.range(num_batches).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -259,7 +259,7 @@ def _regime(runs, chosen: TableSetting) -> Check:
                  f"baseline clean training accuracy {np.mean(train_acc):.2f}% (per seed: "
                  f"{', '.join(f'{a:.2f}' for a in train_acc)}), test accuracy {np.mean(test_acc):.2f}%, "
                  f"train/test gap {gap:.2f} pts over {len(base)} seed(s); thesis regime: ResNet-18 on CIFAR-10 "
-                 f"trains to ~0% training error with 5.4% test error")
+                 f"trains to ~0% training error with 5.4% test error", regime=True)
 
 
 def _err(rows, m):

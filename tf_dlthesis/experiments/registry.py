@@ -97,11 +97,16 @@ class Check:
         name: what is checked.
         passed: whether it holds.
         detail: the measured numbers.
+        regime: the item's findings assume it (the regime in which the thesis makes
+            its claims). When a regime check fails, the item's findings are reported
+            "not comparable at this scale" with the failed check as the reason; their
+            measured effects are still shown.
     """
 
     name: str
     passed: bool
     detail: str
+    regime: bool = False
 
 
 @dataclasses.dataclass
@@ -156,6 +161,12 @@ class Experiment:
         if not isinstance(result, Output):
             raise TypeError(f"Experiment {self.id!r} must return an Output. Received: {type(result).__name__}")
         result.checks = list(result.checks) + _health_checks(runs)
+        failed = [c for c in result.checks if c.regime and not c.passed]
+        if failed:
+            reason = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+            result.findings = [f if f.verdict == VERDICTS[3] else dataclasses.replace(
+                f, verdict=VERDICTS[3], evidence=f"the thesis's regime was not reached ({reason}); measured: "
+                                                 f"{f.evidence}") for f in result.findings]
         return result
 
 
