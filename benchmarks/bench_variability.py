@@ -107,11 +107,12 @@ def bench_cka(quick: bool):
 
 def bench_protocol(quick: bool):
     from tf_dlthesis import data
-    from tf_dlthesis.experiments.chapter5 import TrainSettings, train_run
+    from tf_dlthesis.experiments import TrainSpec
+    from tf_dlthesis.experiments.chapter5 import protocol_run
     from tf_dlthesis.variability import run_protocol
 
     labels = data.load_arrays("digits", "test")[1]
-    fn = functools.partial(train_run, settings=TrainSettings(model="mlp", epochs=3, batch_size=128, tta=(), model_kwargs=(("hidden", 32),)))
+    fn = functools.partial(protocol_run, spec=TrainSpec(dataset="digits", model="mlp", model_kwargs={"hidden": 32}, epochs=3, batch_size=128))
     runs = 4 if quick else 8
     run_protocol(fn, sources=["init"], runs=2, labels=labels, workers=2, progress=False)  # start the forkserver
     times = {1: [], 2: []}
@@ -172,13 +173,14 @@ def determinism_check():
     import tensorflow as tf
 
     from tf_dlthesis import runtime
-    from tf_dlthesis.experiments.chapter5 import TrainSettings, train_run
+    from tf_dlthesis.experiments import TrainSpec
+    from tf_dlthesis.experiments.chapter5 import protocol_run
     from tf_dlthesis.variability import SeedPlan
 
     runtime.configure(seed=0, deterministic=True, jit=True)
-    settings = TrainSettings(model="cnn", epochs=3, batch_size=32, tta=(), model_kwargs=(("filters", (8, 16)),))
+    spec = TrainSpec(dataset="digits", model="cnn", model_kwargs={"filters": [8, 16]}, epochs=3, batch_size=32)
     plan = dataclasses.replace(SeedPlan().vary("all", 0), deterministic_ops=True)
-    first, second = train_run(plan, settings), train_run(plan, settings)
+    first, second = protocol_run(plan, spec=spec), protocol_run(plan, spec=spec)
     same = bool(np.array_equal(first["logits"], second["logits"]))
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(f"two deterministic XLA runs on {device}: bit-identical = {same}, "

@@ -155,3 +155,9 @@ def test_accuracy_differences_known_cases():
         stats.accuracy_differences([], np.min, what="x")
     with pytest.raises(ValueError, match="shape"):
         stats.accuracy_differences([(base, base[:, :10])], np.min, what="x")
+
+
+def test_sd_ratio_of_equal_values_is_exactly_zero_or_one():
+    same = stats.sd_ratio([0.1, 0.1, 0.1], [0.3, 0.1, 0.2])
+    assert same.estimate == 0.0
+    assert stats.sd_ratio([0.7] * 4, [0.7] * 4).estimate == 1.0  # both exactly 0: no variability either side

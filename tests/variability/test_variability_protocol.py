@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from tf_dlthesis.experiments import ResultsStore
-from tf_dlthesis.experiments.chapter5 import TrainSettings, train_run
-from tf_dlthesis.variability import run_protocol, variability_metrics
+from tf_dlthesis.experiments import ResultsStore, TrainSpec
+from tf_dlthesis.experiments.chapter5 import protocol_run
+from tf_dlthesis.variability import SeedPlan, run_protocol, variability_metrics
 
 N, C = 30, 4
 LABELS = np.arange(N) % C
@@ -86,22 +86,28 @@ def test_ray_executor_without_ray_raises(monkeypatch):
         run_protocol(toy_train, sources=["init"], runs=2, labels=LABELS, executor="ray", progress=False)
 
 
-SETTINGS = TrainSettings(model="linear", epochs=1, batch_size=256, tta=())
-TINY = functools.partial(train_run, settings=SETTINGS)
+SPEC = TrainSpec(dataset="digits", model="linear", norm="none", epochs=1, batch_size=256)
+TINY = functools.partial(protocol_run, spec=SPEC)
 SOURCES = ["init", "bit_change"]
 
 _SCRIPT = """
 import functools, sys
-from tf_dlthesis.experiments import ResultsStore
-from tf_dlthesis.experiments.chapter5 import TrainSettings, train_run
+from tf_dlthesis.experiments import ResultsStore, TrainSpec
+from tf_dlthesis.experiments.chapter5 import protocol_run
 from tf_dlthesis import data
 from tf_dlthesis.variability import run_protocol
 
 if __name__ == "__main__":
-    fn = functools.partial(train_run, settings=TrainSettings(model="linear", epochs=1, batch_size=256, tta=()))
+    fn = functools.partial(protocol_run, spec=TrainSpec(dataset="digits", model="linear", norm="none", epochs=1, batch_size=256))
     run_protocol(fn, sources={sources!r}, runs=2, labels=data.load_arrays("digits", "test")[1],
                  store=ResultsStore(sys.argv[1]), executor="local", workers=1, progress=False)
 """
+
+
+def _final_runs(store):
+    """The counted runs (not the control, not the record of a bit-change draw)."""
+    return {(r["config"]["source"], r["run"]): r["result"] for r in store.rows("variability")
+            if r["config"]["source"] in SOURCES and "bit_change_attempt" not in r["config"]}
 
 
 @pytest.fixture(scope="module")
@@ -129,20 +135,21 @@ def test_kill_9_mid_protocol_then_resume_gives_the_same_table(tmp_path, referenc
         while time.time() < deadline:
             if path.exists():
                 store = store or ResultsStore(path)
-                if len(store.rows("variability")) >= 1:
+                if len(_final_runs(store)) >= 1:
                     break
             assert proc.poll() is None, "protocol subprocess exited before the kill"
             time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the subprocess, its forkserver and its workers
         proc.wait()
-    before = {(r["config"]["source"], r["run"]): r["result"] for r in store.rows("variability")}
+    before = _final_runs(store)
     assert 1 <= len(before) < 4, "kill must land mid-protocol"
     resumed = run_protocol(TINY, sources=SOURCES, runs=2, labels=test_labels, store=ResultsStore(path), executor="local", progress=False)
-    after = {(r["config"]["source"], r["run"]): r["result"] for r in ResultsStore(path).rows("variability")}
+    after = _final_runs(ResultsStore(path))
     assert len(after) == 4  # nothing lost, nothing duplicated
     for key, result in before.items():  # finished runs were kept, not retrained
-        assert after[key]["info:train_seconds"] == result["info:train_seconds"]
+        assert after[key]["info:seconds"] == result["info:seconds"]
+    assert resumed.bit_changes == reference.bit_changes
     assert resumed.rows == reference.rows
     for row in reference.logits:
         np.testing.assert_array_equal(resumed.logits[row], reference.logits[row])
@@ -155,6 +162,13 @@ def test_linear_bit_change_is_stable_and_hashes_control(reference):
     init_hashes = {h[0] for h in reference.hashes["init"]}
     assert len(init_hashes) == 2 and len({h[0] for h in reference.hashes["bit_change"]}) == 1
     assert len({h[1] for hs in reference.hashes.values() for h in hs}) == 1  # one data order throughout
+    # every counted bit change took effect: its logits differ from the unperturbed control's
+    bc = reference.bit_changes["bit_change"]
+    assert bc["effective"] == 2 and bc["exhausted"] == [] and sum(bc["attempts"]) == 2 + bc["replaced"]
+    for logits in reference.logits["bit_change"]:
+        assert not np.array_equal(logits, reference.control_logits)
+    for detail in bc["details"]:
+        assert detail["reason"].endswith("bit-identical to the unperturbed control")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (optional [ray] extra)")
@@ -168,3 +182,65 @@ def test_ray_executor_matches_local(tmp_path, reference, test_labels):
         ray.shutdown()
     np.testing.assert_array_equal(res.logits["init"], reference.logits["init"])
     assert res.rows["init"] == reference.rows["init"]
+
+
+# ------------------------------------------------------------------ bit changes that take effect
+def fake_bit_train(plan, dead=(0,), same_weights=False):
+    """Logits depend on the bit-change seed only when `seed % 3` is not in `dead` (a change that had no effect)."""
+    base = np.eye(C)[LABELS] + np.random.default_rng([plan.init, plan.shuffle]).normal(size=(N, C))
+    alive = plan.bit_change is not None and plan.bit_change % 3 not in dead
+    if alive and not same_weights:
+        base = base + 1e-6 * np.random.default_rng(plan.bit_change).normal(size=(N, C))
+    return {"logits": base, "init_hash": str(plan.init), "order_hash": str(plan.shuffle),
+            "weights_hash": "w" + str(plan.bit_change if alive else None), "info": {"seed": plan.bit_change}}
+
+
+def test_ineffective_bit_changes_are_replaced_recorded_and_not_counted(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    res = run_protocol(fake_bit_train, sources=["init", "bit_change"], runs={"init": 2, "bit_change": 8},
+                       labels=LABELS, store=store, executor="serial", progress=False)
+    bc = res.bit_changes["bit_change"]
+    dead = [d for d in bc["details"]]
+    assert bc["effective"] == 8 and bc["exhausted"] == [] and bc["replaced"] == len(dead) > 0
+    assert sum(bc["attempts"]) == 8 + bc["replaced"]
+    assert all(d["bit_change_seed"] % 3 == 0 for d in dead)  # exactly the draws that had no effect
+    assert all(info["seed"] % 3 != 0 for info in res.info["bit_change"])  # only effective draws are counted
+    assert "init" not in res.bit_changes and res.rows["bit_change"]["runs"] == 8
+    np.testing.assert_array_equal(res.control_logits, fake_bit_train(SeedPlan())["logits"].astype(np.float32))
+    # the replacement seeds are derived, recorded, and reproducible
+    replaced_run = dead[0]["run"]
+    plan = SeedPlan().vary("bit_change", replaced_run)
+    assert plan.bit_change == dead[0]["bit_change_seed"] and plan.redraw_bit_change(0) == plan
+    assert plan.redraw_bit_change(1).bit_change != plan.bit_change
+    # resuming trains nothing and gives the same report
+    CALLS.clear()
+    again = run_protocol(fake_bit_train, sources=["init", "bit_change"], runs={"init": 2, "bit_change": 8},
+                         labels=LABELS, store=store, executor="serial", progress=False)
+    assert again.bit_changes == res.bit_changes and again.rows == res.rows
+
+
+def test_identical_final_weights_count_as_no_effect_even_when_logits_differ():
+    def train_fn(plan):
+        out = fake_bit_train(plan, dead=(), same_weights=False)
+        out["weights_hash"] = "same" if plan.bit_change is None or plan.bit_change % 2 == 0 else str(plan.bit_change)
+        return out
+
+    res = run_protocol(train_fn, sources=["bit_change"], runs=4, labels=LABELS, executor="serial", progress=False)
+    bc = res.bit_changes["bit_change"]
+    assert bc["replaced"] > 0 and all("weight" in d["reason"] and d["bit_change_seed"] % 2 == 0 for d in bc["details"])
+
+
+def test_a_run_whose_every_draw_had_no_effect_is_left_out():
+    res = run_protocol(functools.partial(fake_bit_train, dead=(0, 1, 2)), sources=["bit_change"], runs=3,
+                       labels=LABELS, executor="serial", progress=False, bit_change_redraws=2)
+    bc = res.bit_changes["bit_change"]
+    assert bc["effective"] == 0 and bc["exhausted"] == [0, 1, 2] and bc["replaced"] == 9 and bc["attempts"] == [3, 3, 3]
+    assert "bit_change" not in res.rows and res.logits == {}
+    with pytest.raises(ValueError, match="bit_change_redraws"):
+        run_protocol(fake_bit_train, sources=["bit_change"], runs=2, labels=LABELS, executor="serial",
+                     progress=False, bit_change_redraws=-1)
+    with pytest.raises(ValueError, match="no run count"):
+        run_protocol(fake_bit_train, sources=["init", "bit_change"], runs={"init": 2}, labels=LABELS,
+                     executor="serial", progress=False)
+    with pytest.raises(ValueError, match="redraw"):
+        SeedPlan().redraw_bit_change(1)

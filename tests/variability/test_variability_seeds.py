@@ -124,18 +124,29 @@ def test_order_hash():
     assert order_hash([0, 1, 2]) != order_hash([0, 2, 1])
 
 
-def test_same_plan_is_bit_identical_and_order_hash_matches_stream():
-    from tf_dlthesis import data
-    from tf_dlthesis.experiments.chapter5 import TrainSettings, _stream, data_order, train_run
+def test_same_plan_is_bit_identical_through_the_training_path():
+    from tf_dlthesis.experiments import TrainSpec
+    from tf_dlthesis.experiments.chapter5 import protocol_run
 
-    settings = TrainSettings(model="mlp", epochs=2, batch_size=128, tta=(), model_kwargs=(("hidden", 16),))
-    plan = SeedPlan().vary("all", 0)
-    plan = dataclasses.replace(plan, deterministic_ops=True)
-    first, second = train_run(plan, settings), train_run(plan, settings)
+    spec = TrainSpec(dataset="digits", model="mlp", model_kwargs={"hidden": 16}, norm="none", epochs=2, batch_size=128)
+    plan = dataclasses.replace(SeedPlan().vary("all", 0), deterministic_ops=True)
+    first, second = protocol_run(plan, spec=spec), protocol_run(plan, spec=spec)
     np.testing.assert_array_equal(first["logits"], second["logits"])
     assert first["init_hash"] == second["init_hash"] and first["order_hash"] == second["order_hash"]
-    # the hashed order is the order the training stream really feeds
-    n = len(data.load_arrays("digits", "train")[1])
-    stream = _stream(np.zeros((n, 1, 1, 1), np.float32), np.arange(n), dataclasses.replace(settings, augment=False), plan)
-    fed = np.concatenate([b.numpy() for _, b in stream])
-    np.testing.assert_array_equal(fed, data_order(n, 2, plan))
+    assert first["weights_hash"] == second["weights_hash"]
+    base, shuffled = protocol_run(SeedPlan(), spec=spec), protocol_run(SeedPlan().vary("shuffle", 0), spec=spec)
+    assert shuffled["init_hash"] == base["init_hash"] != first["init_hash"]  # "all" varies init, "shuffle" does not
+    assert shuffled["order_hash"] == first["order_hash"] != base["order_hash"]  # both derive the same shuffle seed
+
+
+def test_redraw_bit_change():
+    plan = SeedPlan(init=3).vary("bit_change", 2)
+    seeds = [plan.redraw_bit_change(a).bit_change for a in range(4)]
+    assert seeds[0] == plan.bit_change and len(set(seeds)) == 4
+    assert plan.redraw_bit_change(2) == plan.redraw_bit_change(2)  # derived, reproducible
+    assert {k: v for k, v in _values(plan.redraw_bit_change(3)).items() if k != "bit_change"} == \
+        {k: v for k, v in _values(plan).items() if k != "bit_change"}
+    with pytest.raises(ValueError, match="attempt"):
+        plan.redraw_bit_change(-1)
+    with pytest.raises(ValueError, match="bit change"):
+        SeedPlan().vary("init", 0).redraw_bit_change(1)

@@ -32,3 +32,4 @@ from tf_dlthesis.experiments import stats as stats  # noqa: E402
 from tf_dlthesis.experiments import foundation as foundation  # noqa: E402
 from tf_dlthesis.experiments import chapter2 as chapter2  # noqa: E402
 from tf_dlthesis.experiments import chapter4 as chapter4  # noqa: E402
+from tf_dlthesis.experiments import chapter5 as chapter5  # noqa: E402

@@ -294,7 +294,8 @@ def bootstrap(statistic, *samples, what: str, paired: bool = False, n_boot: int 
 
 
 def _sd(v):
-    return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+    """Sample SD, shifted by the first value so that equal values give exactly 0 (not round-off)."""
+    return float(np.std(v - v[0], ddof=1)) if len(v) > 1 else float("nan")
 
 
 def sd_ratio(values_a, values_b, *, what: str = "SD ratio", n_boot: int = N_BOOT, seed: int = 0,

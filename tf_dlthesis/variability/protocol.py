@@ -16,6 +16,12 @@ computes the variability metrics of the thesis's tables.
 * Controlled: `train_fn` may report the hash of its initial weights (before any
   bit change) and of its data order (`weights_hash`, `order_hash`); the protocol
   checks that sources not being varied stayed fixed across runs and stores both.
+* Bit changes that take effect: a pure ``"bit_change"`` source also trains the
+  unperturbed control (the base plan) once; a bit-change run whose test logits
+  (or, when `train_fn` reports its final `weights_hash`, whose trained weights)
+  are bit-identical to the control's is no perturbation: it is recorded,
+  reported and replaced by another bit position (a new derived seed), up to a
+  bound; it is never counted in the row (`ProtocolResult.bit_changes`).
 
 Reference: Thesis Ch. 5, Sec. 5.3.1 and App. B.6; arXiv:2103.04514.
 """
@@ -50,12 +56,26 @@ class ProtocolResult:
         logits: Row name -> (R, N, C) float array.
         hashes: Source -> list of (init_hash, order_hash) per run.
         labels: The (N,) labels.
+        info: Source -> list of the per-run `"info"` dicts `train_fn` returned.
+        bit_changes: Pure ``"bit_change"`` source -> what the effectiveness check
+            found: `runs` (R asked for), `effective` (runs counted: each differs
+            from the unperturbed control), `replaced` (draws that left the run
+            bit-identical to the control and were replaced by another bit
+            position), `exhausted` (runs whose every draw, up to the bound, was
+            ineffective: left out of the row), `attempts` (draws per run) and
+            `details` (one record per ineffective draw: run, draw, seed, reason,
+            the changed weight).
+        control_logits: The unperturbed control's (N, C) test logits (the base
+            plan), when a bit-change source was run; else None.
     """
 
     rows: dict
     logits: dict
     hashes: dict
     labels: np.ndarray
+    info: dict = dataclasses.field(default_factory=dict)
+    bit_changes: dict = dataclasses.field(default_factory=dict)
+    control_logits: np.ndarray | None = None
 
     def table(self, columns: Sequence[str] | None = None) -> dict:
         """Rows restricted to `columns` (all metrics by default)."""
@@ -94,13 +114,15 @@ def _normalize_output(out, plan: SeedPlan) -> dict:
             "logits": np.asarray(out["logits"], dtype=np.float32),
             "init_hash": out.get("init_hash"),
             "order_hash": out.get("order_hash"),
+            "weights_hash": out.get("weights_hash"),
         }
         for name, arr in (out.get("variants") or {}).items():
             result[_VARIANT_PREFIX + str(name)] = np.asarray(arr, dtype=np.float32)
         for key, val in (out.get("info") or {}).items():
             result["info:" + str(key)] = val
     else:
-        result = {"logits": np.asarray(out, dtype=np.float32), "init_hash": None, "order_hash": None}
+        result = {"logits": np.asarray(out, dtype=np.float32), "init_hash": None, "order_hash": None,
+                  "weights_hash": None}
     result["plan"] = plan.to_config()
     return result
 
@@ -140,8 +162,8 @@ def _validate_run(result: dict, labels: np.ndarray, num_classes: int | None, sou
             raise ValueError(f"{key!r} of source {source!r} run {run} has {arr.shape[1]} classes, expected {num_classes}.")
 
 
-def _check_controls(hashes: dict, onset_epoch: int) -> None:
-    """Unvaried sources must share hashes; varied ones must differ."""
+def _check_controls(hashes: dict, onset_epoch: int, control: tuple | None = None) -> None:
+    """Unvaried sources (and the unperturbed control run) must share hashes; varied ones must differ."""
     groups = {"init": ("init_hash", ("init",)), "shuffle": ("order_hash", ("shuffle",))}
     for label, (idx_name, names) in groups.items():
         idx = 0 if idx_name == "init_hash" else 1
@@ -158,6 +180,8 @@ def _check_controls(hashes: dict, onset_epoch: int) -> None:
                     )
             else:
                 fixed_values[source] = set(values)
+        if control is not None and control[idx] is not None:
+            fixed_values["the unperturbed control"] = {control[idx]}
         union = set().union(*fixed_values.values()) if fixed_values else set()
         if len(union) > 1:
             raise RuntimeError(
@@ -178,13 +202,13 @@ def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, pr
             preload.append(module)
         ctx.set_forkserver_preload(preload)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-        pending = {pool.submit(_run_one, train_fn, plan, threads): (source, run, plan) for source, run, plan in tasks}
+        pending = {pool.submit(_run_one, train_fn, plan, threads): label for label, plan in tasks}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    source, run, plan = pending.pop(fut)
-                    on_done(source, run, fut.result())
+                    label = pending.pop(fut)
+                    on_done(label, fut.result())
                     progress.update(1)
         except BaseException:
             for fut in pending:
@@ -205,20 +229,48 @@ def _executor_ray(tasks, train_fn, threads, ray_address, on_done, progress):
             kwargs["include_dashboard"] = False
         ray.init(**kwargs)
     remote = ray.remote(num_cpus=threads or 1, max_calls=1)(_run_one)  # max_calls=1: a fresh worker per run
-    refs = {remote.remote(train_fn, plan, threads): (source, run) for source, run, plan in tasks}
+    refs = {remote.remote(train_fn, plan, threads): label for label, plan in tasks}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1)
         for ref in done:
-            source, run = refs.pop(ref)
-            on_done(source, run, ray.get(ref))
+            label = refs.pop(ref)
+            on_done(label, ray.get(ref))
             progress.update(1)
+
+
+def _is_pure_bit_change(source: str) -> bool:
+    return parse_source(source) == ("bit_change",)
+
+
+def _ineffective(result: dict, control: dict) -> str | None:
+    """Why a bit-change run is no perturbation (bit-identical to the control), or None when it is one."""
+    if result.get("weights_hash") is not None and result.get("weights_hash") == control.get("weights_hash"):
+        return "every weight after training bit-identical to the unperturbed control"
+    if np.array_equal(np.asarray(result["logits"]), np.asarray(control["logits"])):
+        return "every test logit bit-identical to the unperturbed control"
+    return None
+
+
+def _runs_per_source(runs, sources) -> dict:
+    if isinstance(runs, Mapping):
+        missing = [s for s in sources if s not in runs]
+        if missing:
+            raise ValueError(f"`runs` gives no run count for source(s) {missing}. Received: runs={dict(runs)!r}")
+        counts = {s: runs[s] for s in sources}
+    else:
+        counts = {s: runs for s in sources}
+    for source, r in counts.items():
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 2:
+            raise ValueError(f"`runs` must be an int >= 2 (a standard deviation needs two runs). "
+                             f"Received: runs={r!r} for source {source!r}")
+    return {s: int(r) for s, r in counts.items()}
 
 
 def run_protocol(
     train_fn: Callable,
     *,
     sources: Sequence[str],
-    runs: int,
+    runs,
     labels,
     store=None,
     executor: str = "local",
@@ -232,24 +284,37 @@ def run_protocol(
     ray_address: str | None = None,
     num_classes: int | None = None,
     bootstrap_samples: int = 1000,
+    bit_change_redraws: int = 10,
     progress: bool = True,
 ) -> ProtocolResult:
     """Trains R models per nondeterminism source and returns the variability table.
+
+    A bit change must take effect to count as a perturbation: a one-ULP change to
+    a weight that only ever meets zero inputs, or one that rounding absorbs, can
+    leave the run bit-identical to the unperturbed one. So for a pure
+    ``"bit_change"`` source the protocol also trains the unperturbed control (the
+    base plan) once per `config`, compares every bit-change run with it, and
+    replaces a run whose test logits (or final weights, when `train_fn` reports
+    `"weights_hash"`) are bit-identical to the control's by another bit position
+    (`SeedPlan.redraw_bit_change`), up to `bit_change_redraws` times. Every
+    ineffective draw is recorded and reported (`ProtocolResult.bit_changes`); a
+    run whose every draw was ineffective is left out of the row, never counted.
 
     Example:
 
     >>> # def train(plan): ...build with seed=plan.init, shuffle with plan.epoch_seed("shuffle", e)...
     >>> # result = run_protocol(train, sources=["init", "shuffle", "bit_change", "all"],
     >>> #                       runs=100, labels=y_test, store=ResultsStore("ch5.sqlite"))
-    >>> # result.rows["init"]["accuracy_sd"]
+    >>> # result.rows["init"]["accuracy_sd"], result.bit_changes["bit_change"]["replaced"]
 
     Args:
         train_fn: Picklable (module-level) function `train_fn(plan) -> logits`
             (N, C), or a dict with `"logits"` and optionally `"init_hash"`,
-            `"order_hash"`, `"variants"` ({name: (N, C) logits} of extra
-            evaluations of the same model, e.g. TTA) and `"info"` (JSON-able).
+            `"order_hash"`, `"weights_hash"` (of the trained weights),
+            `"variants"` ({name: (N, C) logits} of extra evaluations of the same
+            model, e.g. TTA) and `"info"` (JSON-able).
         sources: Source names (`SOURCES`, `"all"`, `"a+b"` combinations).
-        runs: R >= 2 runs per source.
+        runs: R >= 2 runs per source, or a mapping source -> R.
         labels: (N,) integer test labels.
         store: A `tf_dlthesis.experiments.ResultsStore` (or anything with
             `has`/`get`/`record`); `None` keeps results in memory (no resume).
@@ -257,7 +322,8 @@ def run_protocol(
         experiment: Experiment key in the store.
         config: Extra JSON-able config identifying this protocol in the store
             (model, epochs, ...); the source and onset are added to it.
-        base_plan: The plan all runs start from (`SeedPlan()` by default).
+        base_plan: The plan all runs start from (`SeedPlan()` by default); also
+            the unperturbed control of the bit-change check.
         onset_epoch: Fig. 5.2's onset of nondeterminism (per-epoch sources only).
         workers: Local pool size (default: CPU count, at most 2).
         threads_per_run: TF intra/inter-op threads per run (`None`: TF default).
@@ -266,6 +332,8 @@ def run_protocol(
         ray_address: Passed to `ray.init(address=...)` (`None`: local Ray).
         num_classes: If given, checked against the logits' width.
         bootstrap_samples: Resamples for the "±" error bars.
+        bit_change_redraws: How many times an ineffective bit change is redrawn
+            at another position before the run is given up (>= 0).
         progress: Show a progress bar over runs.
 
     Returns:
@@ -284,8 +352,7 @@ def run_protocol(
         raise ValueError("`sources` must name at least one source.")
     for source in sources:
         parse_source(source)
-    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 2:
-        raise ValueError(f"`runs` must be an int >= 2 (a standard deviation needs two runs). Received: runs={runs!r}")
+    counts = _runs_per_source(runs, sources)
     if executor not in EXECUTORS:
         raise ValueError(f"`executor` must be one of {EXECUTORS}. Received: executor={executor!r}")
     if executor == "ray":
@@ -295,6 +362,10 @@ def run_protocol(
             raise ImportError(
                 "executor='ray' needs Ray, which is not installed. Install the extra: pip install 'tf-dlthesis[ray]'"
             ) from exc
+    if isinstance(bit_change_redraws, bool) or not isinstance(bit_change_redraws, (int, np.integer)) \
+            or bit_change_redraws < 0:
+        raise ValueError(f"`bit_change_redraws` must be an int >= 0. "
+                         f"Received: bit_change_redraws={bit_change_redraws!r}")
     lab = np.asarray(labels)
     if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"`labels` must be a 1-D integer array. Received: shape={lab.shape}, dtype={lab.dtype}")
@@ -312,25 +383,99 @@ def run_protocol(
     def key(source):
         return {**config, "source": source, "onset_epoch": int(onset_epoch)}
 
-    plans = {(s, r): base_plan.vary(s, r, onset_epoch=onset_epoch) for s in sources for r in range(int(runs))}
-    tasks = [(s, r, plans[(s, r)]) for s in sources for r in range(int(runs)) if not store.has(experiment, key(s), r)]
+    def attempt_key(source, attempt):
+        return {**key(source), "bit_change_attempt": int(attempt)}
 
-    def on_done(source, run, result):
+    control_key = {**config, "source": "control", "onset_epoch": 0}
+    # the bit-change runs' plan without the bit change (same op-determinism setting)
+    control_plan = dataclasses.replace(base_plan, bit_change=None, onset_epoch=0, base=None, source="control", run=0)
+    bit_sources = [s for s in sources if _is_pure_bit_change(s)]
+    plans = {(s, r): base_plan.vary(s, r, onset_epoch=onset_epoch) for s in sources for r in range(counts[s])}
+
+    def attempts(source, run):
+        out, a = [], 0
+        while store.has(experiment, attempt_key(source, a), run):
+            out.append(store.get(experiment, attempt_key(source, a), run))
+            a += 1
+        return out
+
+    def accept(source, run, result, history):
+        replaced = [{k: h[k] for k in ("attempt", "bit_change_seed", "reason", "bit_change")} for h in history
+                    if not h["effective"]]
+        record = {**result, "bit_change_attempt": len(history) - 1, "bit_change_replaced": replaced}
+        record.pop("pending", None)
+        store.record(experiment, key(source), run, record)
+
+    def judge(source, run, control):
+        """Judges stored draws of one bit-change run against the control; accepts the first effective one."""
+        history = attempts(source, run)
+        for a, record in enumerate(history):
+            if not record.get("pending"):
+                continue
+            reason = _ineffective(record, control)
+            meta = {"attempt": a, "effective": reason is None, "reason": reason,
+                    "bit_change_seed": record["plan"]["bit_change"], "bit_change": record.get("info:bit_change")}
+            store.record(experiment, attempt_key(source, a), run, meta)
+            history[a] = meta
+            if reason is None:
+                accept(source, run, record, history[: a + 1])
+                return
+
+    def on_done(label, result):
+        kind, source, run, attempt = label
         _validate_run(result, lab, num_classes, source, run)
-        if not store.has(experiment, key(source), run):
+        if kind == "control":
+            store.record(experiment, control_key, 0, result)
+        elif kind == "bit":
+            store.record(experiment, attempt_key(source, attempt), run, {**result, "pending": True})
+            control = store.get(experiment, control_key, 0)
+            if control is not None:
+                judge(source, run, control)
+        elif not store.has(experiment, key(source), run):
             store.record(experiment, key(source), run, result)
+
+    def build_tasks():
+        tasks = []
+        for s in sources:
+            if s in bit_sources:
+                continue
+            tasks += [(("run", s, r, None), plans[(s, r)]) for r in range(counts[s])
+                      if not store.has(experiment, key(s), r)]
+        if not bit_sources:
+            return tasks
+        control = store.get(experiment, control_key, 0)
+        if control is None:
+            tasks.append((("control", "control", 0, None), control_plan))
+        for s in bit_sources:
+            for r in range(counts[s]):
+                if store.has(experiment, key(s), r):
+                    continue
+                if control is not None:
+                    judge(s, r, control)
+                    if store.has(experiment, key(s), r):
+                        continue
+                history = attempts(s, r)
+                if history and history[-1].get("pending"):
+                    continue  # judged once the control has been trained (this wave)
+                if len(history) > bit_change_redraws:
+                    continue  # exhausted: every draw left the run bit-identical to the control
+                tasks.append((("bit", s, r, len(history)), plans[(s, r)].redraw_bit_change(len(history))))
+        return tasks
 
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(tasks), desc=f"{experiment} runs", disable=not progress or not tasks, leave=False) as bar:
-        if tasks:
+    while True:
+        tasks = build_tasks()
+        if not tasks:
+            break
+        with tqdm(total=len(tasks), desc=f"{experiment} runs", disable=not progress, leave=False) as bar:
             if executor == "serial":
                 from tf_dlthesis import runtime
 
                 previous = runtime.is_deterministic()
                 try:
-                    for source, run, plan in tasks:
-                        on_done(source, run, _run_one(train_fn, plan, None, global_seed=None))
+                    for label, plan in tasks:
+                        on_done(label, _run_one(train_fn, plan, None, global_seed=None))
                         bar.update(1)
                 finally:
                     runtime.configure(deterministic=previous)
@@ -339,17 +484,32 @@ def run_protocol(
             else:
                 _executor_ray(tasks, train_fn, threads_per_run, ray_address, on_done, bar)
 
-    rows, logits, hashes = {}, {}, {}
+    rows, logits, hashes, infos, bit_changes = {}, {}, {}, {}, {}
+    control = store.get(experiment, control_key, 0) if bit_sources else None
     for source in sources:
-        results = [store.get(experiment, key(source), r) for r in range(int(runs))]
-        for r, res in enumerate(results):
+        run_ids = [r for r in range(counts[source]) if store.has(experiment, key(source), r)]
+        results = [store.get(experiment, key(source), r) for r in run_ids]
+        if source in bit_sources:
+            draws = {r: attempts(source, r) for r in range(counts[source])}
+            details = [{"run": r, **{k: h[k] for k in ("attempt", "bit_change_seed", "reason", "bit_change")}}
+                       for r, hs in draws.items() for h in hs if not h["effective"]]
+            bit_changes[source] = {
+                "runs": counts[source], "effective": len(results), "replaced": len(details),
+                "exhausted": [r for r in range(counts[source]) if r not in run_ids],
+                "attempts": [len(draws[r]) for r in range(counts[source])], "details": details}
+        for r, res in zip(run_ids, results):
             _validate_run(res, lab, num_classes, source, r)
         hashes[source] = [(res.get("init_hash"), res.get("order_hash")) for res in results]
+        infos[source] = [{k[len("info:"):]: v for k, v in res.items() if k.startswith("info:")} for res in results]
+        if len(results) < 2:  # only possible for a bit-change source whose draws never took effect
+            continue
         names = ["logits"] + sorted(k for k in results[0] if k.startswith(_VARIANT_PREFIX))
         for name in names:
             row = source if name == "logits" else f"{source}/{name[len(_VARIANT_PREFIX):]}"
             stack = np.stack([np.asarray(res[name]) for res in results])
             logits[row] = stack
             rows[row] = variability_metrics(stack, lab, bootstrap_samples=bootstrap_samples)
-    _check_controls(hashes, int(onset_epoch))
-    return ProtocolResult(rows=rows, logits=logits, hashes=hashes, labels=lab)
+    control_hashes = None if control is None else (control.get("init_hash"), control.get("order_hash"))
+    _check_controls(hashes, int(onset_epoch), control_hashes)
+    return ProtocolResult(rows=rows, logits=logits, hashes=hashes, labels=lab, info=infos, bit_changes=bit_changes,
+                          control_logits=None if control is None else np.asarray(control["logits"]))

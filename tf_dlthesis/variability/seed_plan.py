@@ -160,6 +160,24 @@ class SeedPlan:
                 changes["bit_change"] = derive_seed(self.init, SOURCES.index("bit_change"), run)
         return dataclasses.replace(self, **changes, onset_epoch=onset_epoch, base=self, source=source, run=run)
 
+    def redraw_bit_change(self, attempt: int) -> "SeedPlan":
+        """The plan with another bit position: draw `attempt` of this run's bit change.
+
+        Draw 0 is the bit change `vary("bit_change", run)` gives; draw k > 0 uses a
+        seed derived from (init seed, source, run, k), so a bit change that had no
+        effect (the run stayed bit-identical to the unperturbed control) is replaced
+        by a fresh, recorded position (`run_protocol` does this).
+
+        Raises:
+            ValueError: if the plan has no bit change or `attempt` < 0.
+        """
+        if self.bit_change is None:
+            raise ValueError(f"Only a plan with a bit change can redraw it. Received a plan of source {self.source!r}.")
+        attempt = _check_seed("attempt", attempt)
+        init = self.init if self.base is None else self.base.init
+        parts = (init, SOURCES.index("bit_change"), self.run) + ((attempt,) if attempt else ())
+        return dataclasses.replace(self, bit_change=derive_seed(*parts))
+
     def epoch_seed(self, source: str, epoch: int) -> int:
         """The seed of a per-epoch source in force at `epoch` (honours `onset_epoch`)."""
         if source not in _PER_EPOCH_SOURCES:
