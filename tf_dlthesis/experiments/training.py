@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import json
 import time
 from typing import Callable
@@ -43,8 +44,6 @@ def _norm_config(norm):
     if norm is None or isinstance(norm, str):
         return norm or "none"
     if callable(norm):
-        import functools
-
         if isinstance(norm, functools.partial):
             return {"callable": f"{norm.func.__module__}.{norm.func.__qualname__}",
                     "args": _jsonable("norm", list(norm.args)), "kwargs": _jsonable("norm", norm.keywords)}
@@ -488,6 +487,10 @@ def _optimizer(spec, steps):
     return opt
 
 
+def _inference(model, images):
+    return model(images, training=False)
+
+
 def predict_logits(model, x, batch_size: int = 512) -> np.ndarray:
     """Logits of `model` on `x` in inference mode, as float32 NumPy."""
     import tensorflow as tf
@@ -497,7 +500,9 @@ def predict_logits(model, x, batch_size: int = 512) -> np.ndarray:
         raise ValueError("`x` is empty: nothing to predict.")
     fn = getattr(model, "_tf_dlthesis_predict", None)
     if fn is None:
-        fn = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
+        # one compiled forward pass per model, cached on the model; a partial (not a lambda), so TF's
+        # retracing detector does not count the functions of different models as retraces of one
+        fn = tf.function(functools.partial(_inference, model), reduce_retracing=True)
         try:
             object.__setattr__(model, "_tf_dlthesis_predict", fn)
         except (AttributeError, TypeError):
