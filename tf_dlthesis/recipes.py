@@ -292,7 +292,8 @@ _RECIPES = {
         warmup_kind="linear", milestones=(100, 150), values=(0.1, 0.01, 0.001), epochs=200, batch_size=128,
         momentum=0.9, weight_decay=2e-4,
         assumed=("linear warm-up from 0 (the thesis says only 'a warm up period of 5 epochs')",
-                 "adversarially trained models stop at epoch 101 (pass epochs=101, milestones unchanged)")),
+                 "adversarially trained models stop at epoch 101 of this 200-epoch schedule: "
+                 "TrainSpec(recipe='ch3_cifar', epochs=200, stop_epoch=101)")),
     "ch3_svhn": Recipe(
         name="ch3_svhn", reference="Thesis Sec. 3.5.1 (SVHN, ResNet-8)", schedule_kind="epochs", learning_rate=0.01,
         warmup=5, warmup_kind="constant", warmup_start=0.001, milestones=(80,), values=(0.01, 0.001), epochs=101,

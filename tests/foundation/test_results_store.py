@@ -69,3 +69,23 @@ def test_kill_9_mid_write_leaves_every_finished_run(tmp_path):
     for r in rows:
         assert r["result"]["payload"].shape == (20000,) and np.all(r["result"]["payload"] == r["run"])
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_get_or_compute_records_once(tmp_path):
+    from tf_dlthesis.experiments import ResultsStore
+
+    store = ResultsStore(tmp_path / "s.sqlite")
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return {"value": 3}
+
+    assert store.get_or_compute("e", {"k": 1}, 0, fn) == {"value": 3}
+    assert store.get_or_compute("e", {"k": 1}, 0, fn) == {"value": 3} and calls == [1]
+    import pytest
+
+    with pytest.raises(TypeError, match="callable"):
+        store.get_or_compute("e", {"k": 2}, 0, 3)
+    with pytest.raises(TypeError, match="dict"):
+        store.get_or_compute("e", {"k": 2}, 0, lambda: [1])

@@ -31,5 +31,6 @@ from tf_dlthesis.experiments import stats as stats  # noqa: E402
 # Registration: importing each module registers its tables and figures.
 from tf_dlthesis.experiments import foundation as foundation  # noqa: E402
 from tf_dlthesis.experiments import chapter2 as chapter2  # noqa: E402
+from tf_dlthesis.experiments import chapter3 as chapter3  # noqa: E402
 from tf_dlthesis.experiments import chapter4 as chapter4  # noqa: E402
 from tf_dlthesis.experiments import chapter5 as chapter5  # noqa: E402

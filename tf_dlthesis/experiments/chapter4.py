@@ -447,7 +447,7 @@ def fig_4_3(scale, dataset, store, *, out=None):
                           for g in ghosts)
     findings = [
         Finding.test("Ghost BN with B' tuned on validation beats full-batch BN in the medium-batch regime", gain,
-                     above=0, evidence=f"validation accuracy (alpha = 0) per B': "
+                     above=0, evidence="validation accuracy (alpha = 0) per B': "
                      + ", ".join(f"{g}: {val0[g]:.2f}%" for g in ghosts)
                      + "; thesis: CIFAR-100 +0.84%, Caltech-256 +5.8% (Fig. 4.3; no gain on SVHN, which barely "
                        "overfits)"),

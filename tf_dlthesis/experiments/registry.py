@@ -121,7 +121,8 @@ class Output:
 
 
 def _health_checks(runs) -> list:
-    """One check per collapsed model, or one passing check for all of them."""
+    """One check per collapsed model, or one passing check for all of them (each model counted once)."""
+    runs = list({(r.spec.key(), repr(r.plan.to_config())): r for r in runs}.values())
     collapsed = [r for r in runs if r.collapsed]
     checks = [Check("model not collapsed", False,
                     f"{r.spec.describe()}, seeds {r.plan.source}/{r.plan.run} (init {r.plan.init}): predicts "

@@ -175,6 +175,26 @@ class ResultsStore:
         row = cur.fetchone()
         return None if row is None else _decode(json.loads(row[0]))
 
+    def get_or_compute(self, experiment: str, config: dict, run: int, fn):
+        """The recorded result of a run, or `fn()` recorded first: the one resume idiom.
+
+        Example:
+
+        >>> result = store.get_or_compute("3.2", {"source": "pgd"}, 0, lambda: {"accuracy": 0.5})
+
+        Raises:
+            TypeError: `fn` is not callable or returns something other than a dict.
+        """
+        if not callable(fn):
+            raise TypeError(f"`fn` must be callable. Received: fn={fn!r}")
+        result = self.get(experiment, config, run)
+        if result is None:
+            result = fn()
+            if not isinstance(result, dict):
+                raise TypeError(f"`fn` must return a dict of results. Received: {type(result).__name__}")
+            self.record(experiment, config, run, result)
+        return result
+
     def rows(self, experiment: str | None = None) -> list[dict]:
         """All recorded runs (of one experiment, or all), oldest first.
 

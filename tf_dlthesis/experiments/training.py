@@ -4,7 +4,7 @@ Every experiment, `tf-dlthesis train`, the notebooks and README's examples build
 `TrainSpec` and call `train`. A spec is a frozen, JSON-able description of one
 training setting - data (and subset), model, normalization, mixing stage, defense,
 recipe, epochs, batch size - whose hash is the results store's config key, so a
-run recorded once is read back instead of retrained (`ResultsStore.get_or_compute`).
+run recorded once is read back instead of retrained.
 
 Seeds: an int `s` seeds initialization (`s`), data order (`s`), augmentation and
 mixing (`s + 1`) and stochastic ops / attacks (`s + 2`); a `variability.SeedPlan`
