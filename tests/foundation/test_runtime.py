@@ -34,11 +34,11 @@ def test_jit_compile_default_is_off_on_cpu():
 
 
 def _train_once():
-    from tf_dlthesis.experiments import train_classifier
+    from tf_dlthesis.experiments import TrainSpec, train
 
     runtime.configure(seed=0, deterministic=True)
-    model, _ = train_classifier("cnn", epochs=2, seed=5, model_kwargs={"filters": (8, 16)})
-    return model.get_weights()
+    [run] = train(TrainSpec(model="cnn", epochs=2, model_kwargs={"filters": [8, 16]}), seeds=5)
+    return run.model.get_weights()
 
 
 def test_two_deterministic_runs_give_bit_identical_weights():
