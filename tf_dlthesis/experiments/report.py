@@ -10,6 +10,11 @@ import traceback
 from tf_dlthesis.experiments.registry import DEFAULT_DATASETS, VERDICTS, Output, fmt, select
 
 
+def _cell(text) -> str:
+    """Table-cell text: a literal `|` would end the cell, a newline the row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _table_md(table) -> list:
     thesis = table.thesis or {}
     # a "(thesis)" column only where the thesis reports that metric
@@ -34,7 +39,7 @@ def _table_md(table) -> list:
             if col in with_thesis:
                 cells.append(fmt(theirs.get(col)))
             cells.append(fmt(ours.get(col)))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines + [""]
 
 
@@ -112,7 +117,7 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
         if output.checks:
             lines += ["| regime / health check | status | measured |", "|---|---|---|"]
             for c in output.checks:
-                lines.append(f"| {c.name} | {'ok' if c.passed else '**FAILED**'} | {c.detail} |")
+                lines.append(f"| {_cell(c.name)} | {'ok' if c.passed else '**FAILED**'} | {_cell(c.detail)} |")
             lines.append("")
         if output.findings:
             lines += ["| finding | statistic | effect [95% CI] | claimed | verdict | evidence |",
@@ -120,8 +125,8 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
             for f in output.findings:
                 effect = f.effect.text() if f.effect is not None else "—"
                 statistic = f.effect.statistic if f.effect is not None else "—"
-                lines.append(f"| {f.claim} | {statistic} | {effect} | {f.region or '—'} | **{f.verdict}** | "
-                             f"{f.evidence} |")
+                lines.append(f"| {_cell(f.claim)} | {_cell(statistic)} | {effect} | {f.region or '—'} | "
+                             f"**{f.verdict}** | {_cell(f.evidence)} |")
             lines.append("")
         for note in output.notes:
             lines += [note, ""]
