@@ -379,26 +379,26 @@ def table_2_1(scale, dataset, store, *, out=None) -> Output:
     return Output(tables=[table], findings=_findings_2_1(correct, rows, runs), checks=[_regime(runs, chosen)])
 
 
+def _reusing_table(table_id, title, rows_wanted, findings, scale, dataset, store, thesis_data) -> Output:
+    """Tables 2.2 and 2.3: at the quick and standard scales they read Table 2.1's runs."""
+    chosen = setting(table_id, scale, dataset)
+    runs = _runs(chosen, rows_wanted, store)
+    table, correct, rows = _table(table_id, title, chosen, runs, scale)
+    if chosen.spec("mixup") == setting("2.1", scale, dataset).spec("mixup"):
+        table.setting += f" (the runs of Table 2.1: {thesis_data} is not run at this scale)"
+    return Output(tables=[table], findings=findings(correct, rows, chosen), checks=[_regime(runs, chosen)])
+
+
 @register("2.2", title="Error of every mixing method (CIFAR-100 setting)", chapter=2, quick_minutes=0.2)
 def table_2_2(scale, dataset, store, *, out=None) -> Output:
-    chosen = setting("2.2", scale, dataset)
-    runs = _runs(chosen, ROWS_2_1, store)
-    title = "Test error (%) of every mixed-example method (thesis: CIFAR-100)"
-    table, correct, rows = _table("2.2", title, chosen, runs, scale)
-    if chosen.spec("mixup") == setting("2.1", scale, dataset).spec("mixup"):
-        table.setting += " (the runs of Table 2.1: CIFAR-100 is not run at this scale)"
-    return Output(tables=[table], findings=_findings_2_2(correct, rows, chosen), checks=[_regime(runs, chosen)])
+    return _reusing_table("2.2", "Test error (%) of every mixed-example method (thesis: CIFAR-100)", ROWS_2_1,
+                          _findings_2_2, scale, dataset, store, "CIFAR-100")
 
 
 @register("2.3", title="Baseline, mixup, BC+, VH-Mixup, VH-BC+ (Caltech-256 setting)", chapter=2, quick_minutes=0.1)
 def table_2_3(scale, dataset, store, *, out=None) -> Output:
-    chosen = setting("2.3", scale, dataset)
-    runs = _runs(chosen, ROWS_2_3, store)
-    title = "Test error (%) of the best mixing methods (thesis: Caltech-256, Inception-v3)"
-    table, correct, rows = _table("2.3", title, chosen, runs, scale)
-    if chosen.spec("mixup") == setting("2.1", scale, dataset).spec("mixup"):
-        table.setting += " (the runs of Table 2.1: Caltech-256 is not run at this scale)"
-    return Output(tables=[table], findings=_findings_2_3(correct, rows, chosen), checks=[_regime(runs, chosen)])
+    return _reusing_table("2.3", "Test error (%) of the best mixing methods (thesis: Caltech-256, Inception-v3)",
+                          ROWS_2_3, _findings_2_3, scale, dataset, store, "Caltech-256")
 
 
 #: Figure 2.2's dataset per scale and the label weight of x1 every panel aims for.
