@@ -607,7 +607,8 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
         spec: the training setting.
         seeds: an int, a `variability.SeedPlan`, or a list of them.
         store: a `ResultsStore` (or None): finished runs are recorded under
-            `("runs", {"spec": ..., "plan": ...}, 0)` and read back instead of retrained.
+            `("runs", {"spec": ..., "plan": ...}, 0)` and read back instead of retrained
+            (`ResultsStore.get_or_compute`).
         evaluate: optional `evaluate(RunContext) -> dict` computed on the trained
             model (e.g. an attack, an alpha sweep); stored under `"runs/<evaluation>"`.
         evaluation: the name of that evaluation (required with `store` and `evaluate`).
@@ -638,13 +639,10 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
     log = RUN_LOG.get()
     for plan in plans:
         config = {"spec": spec.to_config(), "plan": plan.to_config()}
-        record = store.get(RUNS, config, 0) if store is not None else None
-        evaluated = None
-        if evaluate is not None and store is not None:
-            evaluated = store.get(f"{RUNS}/{evaluation}", config, 0)
-        needs_model = record is None or (evaluate is not None and evaluated is None and "weights" not in record)
-        model = None
-        if needs_model:
+        fresh: dict = {}  # what this call trained: {"context": RunContext}
+
+        def train_now():
+            nonlocal bundle
             bundle = bundle or load_data(spec)
             run_name = f"{spec.dataset}-{spec.model}-{plan.source}-{plan.run}-{spec.key()[:8]}"
             model, stage, snapshots, hist, seconds, init_hash, change = _train_one(
@@ -653,27 +651,36 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
             info = {"init_hash": init_hash, "order_hash": data_order_hash(spec, plan, len(bundle.train[1])),
                     "bit_change": None if change is None else change.to_config(),
                     "distinct_predictions": int(len(np.unique(test_pred))), "num_classes": bundle.num_classes}
+            fresh["context"] = RunContext(model, spec, plan, bundle, stage, snapshots, hist)
             record = {"metrics": metrics, "test_correct": test_correct.astype(np.int8),
                       "test_pred": test_pred.astype(np.int16), "info": info, "history": hist}
             if keep_weights:
                 record["weights"] = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
-            if store is not None:
-                store.record(RUNS, config, 0, record)
-            if evaluate is not None:
-                context = RunContext(model, spec, plan, bundle, stage, snapshots, hist)
-                evaluated = evaluate(context)
-                if store is not None:
-                    store.record(f"{RUNS}/{evaluation}", config, 0, evaluated)
-        elif evaluate is not None and evaluated is None:
-            bundle = bundle or load_data(spec)
-            model = _build_model(spec, bundle.num_classes, plan)
-            model.set_weights(_weights(record))
-            stage = _stage(spec, bundle.num_classes, plan)
-            evaluated = evaluate(RunContext(model, spec, plan, bundle, stage, None, record.get("history")))
-            store.record(f"{RUNS}/{evaluation}", config, 0, evaluated)
+            return record
+
+        record = store.get_or_compute(RUNS, config, 0, train_now) if store is not None else train_now()
+        evaluated = None
+        if evaluate is not None:
+            def evaluate_now():
+                nonlocal bundle
+                if "context" not in fresh:
+                    if "weights" in record:  # a stored model: rebuild it, no retraining
+                        bundle = bundle or load_data(spec)
+                        model = _build_model(spec, bundle.num_classes, plan)
+                        model.set_weights(_weights(record))
+                        fresh["rebuilt"] = RunContext(model, spec, plan, bundle, _stage(spec, bundle.num_classes, plan),
+                                                      None, record.get("history"))
+                    else:  # stored without weights: train again (bit-identical) to evaluate
+                        store.record(RUNS, config, 0, train_now())
+                return evaluate(fresh.get("context") or fresh["rebuilt"])
+
+            evaluated = (store.get_or_compute(f"{RUNS}/{evaluation}", config, 0, evaluate_now) if store is not None
+                         else evaluate_now())
+        context = fresh.get("context") or fresh.get("rebuilt")
         run = Run(spec, plan, dict(record["metrics"]), np.asarray(record["test_correct"]).astype(bool),
                   np.asarray(record["test_pred"]).astype(np.int64), dict(record["info"]), evaluated,
-                  from_store=not needs_model, history=record.get("history"), _model=model,
+                  from_store="context" not in fresh, history=record.get("history"),
+                  _model=None if context is None else context.model,
                   _weights=_weights(record) if "weights" in record else None)
         runs.append(run)
         if log is not None:
