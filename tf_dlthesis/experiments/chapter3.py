@@ -79,7 +79,8 @@ was seen:
     0.3, 0.5, 0.75 (the thesis's histogram value); one seed for those sweeps.
 * full: the thesis's settings (Sec. 3.5.1): pre-activation ResNet-18 on
   CIFAR-10/100 (ResNet-8 on SVHN, crops only), recipes "ch3_cifar" /
-  "ch3_svhn", 101 epochs adversarial / 200 clean (SVHN 101), batch 128, epsilon
+  "ch3_svhn"; clean models run the 200-epoch schedule, adversarially trained ones
+  stop at its epoch 101 (one epoch after the first decay; SVHN: 101 epochs), batch 128, epsilon
   and step from the preset (0.03 / 0.0078; SVHN 12/255, 3/255), PGD-10
   training (the thesis does not state k), SPSA on 1,000 test images with
   100 steps x 8,192 samples (Uesato et al.), PGD-1000 on the whole test set.
