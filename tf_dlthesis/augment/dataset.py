@@ -56,7 +56,7 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
 
     Example:
 
-    >>> ds = tf_dlthesis.data.load("digits").shuffle(1437, seed=0)
+    >>> ds = tf_dlthesis.data.load("digits").shuffle(1433, seed=0)
     >>> ds = mix_dataset(ds, "vh_mixup", seed=0, num_classes=10).batch(128)
 
     Args:
