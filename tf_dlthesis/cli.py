@@ -1,13 +1,26 @@
-"""The `tf-dlthesis` command line."""
+"""The `tf-dlthesis` command line (also `python -m tf_dlthesis`).
+
+Every argument is checked before anything is created or trained: malformed
+values (negative or zero counts, a negative seed, an empty `--only`, an unknown
+scale, a `--save` path that is not a writable `.keras` file) are rejected while
+parsing, before TensorFlow is imported; names that need the library to check
+(table/figure ids and their kind, datasets, models, norms, mixing methods,
+recipes) are checked right after it, still before any output folder exists. All
+of them exit with status 2 and argparse's usage and one-line error.
+
+TensorFlow's C++ log output is hidden unless `--verbose` is given (or the
+environment variable `TF_DLTHESIS_VERBOSE=1` is set).
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import difflib
+import math
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+from tf_dlthesis import __version__
 
 
 def _writable_dir(path: str) -> str:
@@ -17,6 +30,8 @@ def _writable_dir(path: str) -> str:
     created, so a command that fails later (a bad model name, ...) leaves nothing
     behind; `main` creates the folder once the command is known to be valid.
     """
+    if not path:
+        raise argparse.ArgumentTypeError("expected a folder, got ''")
     created = []
     target = os.path.abspath(path)
     try:
@@ -40,18 +55,40 @@ def _writable_dir(path: str) -> str:
     return path
 
 
+def _keras_file(path: str) -> str:
+    """argparse type: where `train --save` writes the model: a `.keras` file in a writable folder."""
+    if not path.endswith(".keras"):
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .keras (Keras's saving format), got {path!r}")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .keras, got the folder {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        _writable_dir(folder)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"cannot write {path!r}: {err}")
+    return path
+
+
+def _existing_dir(path: str) -> str:
+    """argparse type: a folder that exists (for `--data-dir`)."""
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"no such folder: {path!r}")
+    return path
+
+
 def _positive(kind):
-    """argparse type: a number of `kind` (int or float) that is > 0."""
+    """argparse type: a finite number of `kind` (int or float) that is > 0."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not value > 0:
+        if value is None or not value > 0 or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
         return value
 
+    parse.__name__ = f"positive {kind.__name__}"
     return parse
 
 
@@ -66,44 +103,74 @@ def _seed(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def _name(text: str) -> str:
+    """argparse type: a non-empty name (checked against the library after parsing)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a name, got {text!r}")
+    return text.strip()
+
+
+def _id_list(text: str) -> list:
+    """argparse type: comma-separated table/figure ids, at least one."""
+    ids = [s.strip() for s in text.split(",") if s.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError(f"must name at least one table or figure id (e.g. 2.1,fig4.1), got {text!r}")
+    return ids
+
+
+def _parser():
+    """The argument parser and its subcommand parsers by name."""
     parser = argparse.ArgumentParser(
         prog="tf-dlthesis",
         description="Reproduce 'Understanding and Improving Deep Learning' (Summers, 2021) with Keras 3.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own log output (also: TF_DLTHESIS_VERBOSE=1)")
+    # subcommands accept --verbose too; SUPPRESS keeps a top-level --verbose from being reset
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show TensorFlow's own log output (also: TF_DLTHESIS_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs = {}
 
     def common_run(p):
         p.add_argument("--scale", choices=("quick", "standard", "full"), default="quick",
                        help="quick: digits, minutes on a CPU; standard: Fashion-MNIST in the thesis's regimes, "
                             "hours on a CPU; full: the thesis's settings (GPU)")
-        p.add_argument("--dataset", default=None,
+        p.add_argument("--dataset", type=_name, default=None,
                        help="override the scale's dataset (quick: digits, standard: fashion_mnist, full: each "
                             "table's thesis dataset)")
-        p.add_argument("--data-dir", default=None, help="folder with the dataset's files (IDX files, mnist.npz or a "
-                                                         "prepared tensorflow-datasets directory)")
-        p.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out", help="output folder (report.md, figures/, results.sqlite)")
-        p.add_argument("--tensorboard", type=_writable_dir, default=None, metavar="DIR", help="write every training run's curves here")
+        p.add_argument("--data-dir", type=_existing_dir, default=None,
+                       help="folder with the dataset's files (IDX files, mnist.npz or a prepared "
+                            "tensorflow-datasets directory)")
+        p.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out",
+                       help="output folder (report.md, figures/, results.sqlite)")
+        p.add_argument("--tensorboard", type=_writable_dir, default=None, metavar="DIR",
+                       help="write every training run's curves here")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    rep = sub.add_parser("reproduce", help="rerun the thesis's tables and figures and write a report")
+    rep = subs["reproduce"] = sub.add_parser("reproduce", parents=[shared],
+                                             help="rerun the thesis's tables and figures and write a report")
     common_run(rep)
-    rep.add_argument("--only", default=None, help="comma-separated ids, e.g. 2.1,4.1,fig2.2")
+    rep.add_argument("--only", type=_id_list, default=None, metavar="IDS",
+                     help="comma-separated ids, e.g. 2.1,4.1,fig2.2")
 
-    for kind in ("table", "figure"):
-        one = sub.add_parser(kind, help=f"reproduce one {kind} (e.g. `{kind} {'2.1' if kind == 'table' else '4.1'}`)")
-        one.add_argument("id")
+    for kind, example in (("table", "2.1"), ("figure", "4.1")):
+        one = subs[kind] = sub.add_parser(kind, parents=[shared], help=f"reproduce one {kind} (e.g. `{kind} {example}`)")
+        one.add_argument("id", type=_name, help=f"a {kind} id (`tf-dlthesis list` shows them)")
         common_run(one)
 
-    sub.add_parser("list", help="list the registered tables and figures")
+    subs["list"] = sub.add_parser("list", parents=[shared], help="list the registered tables and figures")
 
-    train = sub.add_parser("train", help="train and evaluate one model (a TrainSpec), recording the result")
-    train.add_argument("--dataset", default="digits", help="digits, fashion_mnist, mnist or a tfds name")
-    train.add_argument("--data-dir", default=None)
-    train.add_argument("--model", default="cnn", help="linear, mlp, conv1, cnn, preact_resnet6|8|10|14|18")
-    train.add_argument("--norm", default="batch", help="batch, none, group:G, ghost:B, batch_group:G:B, ...")
-    train.add_argument("--mixing", default=None, help="a Chapter 2 mixing method, e.g. vh_mixup (pair mode)")
-    train.add_argument("--recipe", default="cosine", help="a tf_dlthesis.recipes name")
+    train = subs["train"] = sub.add_parser("train", parents=[shared],
+                                           help="train and evaluate one model (a TrainSpec), recording the result")
+    train.add_argument("--dataset", type=_name, default="digits", help="digits, fashion_mnist, mnist or a tfds name")
+    train.add_argument("--data-dir", type=_existing_dir, default=None)
+    train.add_argument("--model", type=_name, default="cnn", help="linear, mlp, conv1, cnn, preact_resnet6|8|10|14|18")
+    train.add_argument("--norm", type=_name, default="batch", help="batch, none, group:G, ghost:B, batch_group:G:B, ...")
+    train.add_argument("--mixing", type=_name, default=None, help="a Chapter 2 mixing method, e.g. vh_mixup (pair mode)")
+    train.add_argument("--recipe", type=_name, default="cosine", help="a tf_dlthesis.recipes name")
     train.add_argument("--epochs", type=_positive(int), default=20)
     train.add_argument("--batch-size", type=_positive(int), default=64)
     train.add_argument("--lr", type=_positive(float), default=None, help="peak learning rate (default: the recipe's)")
@@ -113,25 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--deterministic", action="store_true", help="enable TF op determinism")
     train.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out")
-    return parser
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Hides the C++ start-up banner TensorFlow prints on import (absl ignores
-    TF_CPP_MIN_LOG_LEVEL for it). Python exceptions still surface after the block."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (embedded use): nothing to hide
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    train.add_argument("--save", type=_keras_file, default=None, metavar="PATH.keras",
+                       help="also save the trained model as a .keras file (loads after `import tf_dlthesis`)")
+    return parser, subs
 
 
 def _fail(message: str) -> int:
@@ -139,64 +190,101 @@ def _fail(message: str) -> int:
     return 2
 
 
-def main(argv=None) -> int:
-    """Entry point of `tf-dlthesis`."""
-    args = _parser().parse_args(argv)
-    with _quiet_native_stderr():
-        import tensorflow  # noqa: F401  (imported here, quietly, before the subpackages)
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
-    from tf_dlthesis import data, experiments, models, runtime
+
+def _check_names(args, sub_parser) -> None:
+    """Checks the names only the library knows; `sub_parser.error` (exit 2) for a bad one."""
+    from tf_dlthesis import augment, data, experiments, models
+
+    try:
+        if args.command in ("reproduce", "table", "figure"):
+            if args.dataset is not None:
+                data.info(args.dataset, data_dir=args.data_dir)
+            if args.command == "reproduce":
+                if args.only is not None:
+                    experiments.registry.select(args.only)
+            else:
+                exp = experiments.get(args.id)
+                if exp.kind != args.command:
+                    raise ValueError(f"{args.id!r} is a {exp.kind}, not a {args.command}: "
+                                     f"use `tf-dlthesis {exp.kind} {args.id}`")
+        elif args.command == "train":
+            info = data.info(args.dataset, data_dir=args.data_dir)
+            if args.mixing is not None and args.mixing not in augment.METHODS:
+                close = difflib.get_close_matches(args.mixing, augment.METHODS, n=2)
+                hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"Unknown mixing method {args.mixing!r}.{hint} Known: {', '.join(augment.METHODS)}")
+            args.spec = experiments.TrainSpec(
+                dataset=args.dataset, model=args.model, norm=args.norm, recipe=args.recipe,
+                mixing=None if args.mixing is None else {"method": args.mixing}, epochs=args.epochs,
+                batch_size=args.batch_size, learning_rate=args.lr, train_examples=args.train_examples,
+                image_size=args.image_size, augment=not args.no_augment)
+            shape = data.info(args.dataset, data_dir=args.data_dir, image_size=args.image_size).image_shape
+            models.build(args.model, shape, info.num_classes, norm=args.norm)  # a bad model or norm raises here
+    except (ValueError, TypeError, KeyError) as err:
+        sub_parser.error(_one_line(err))
+
+
+def main(argv=None) -> int:
+    """Entry point of `tf-dlthesis` and `python -m tf_dlthesis`.
+
+    Example:
+
+    >>> from tf_dlthesis import cli
+    >>> # cli.main(["train", "--epochs", "5", "--save", "cnn.keras"])   # returns the exit status
+
+    Args:
+        argv: The arguments (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0 on success, 1 when an experiment failed (see the
+        report), 2 for bad arguments.
+    """
+    parser, subs = _parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ["TF_DLTHESIS_VERBOSE"] = "1"
+    import tf_dlthesis
+
+    tf_dlthesis._register_all()  # quiet TensorFlow import, every serializable class registered
+    from tf_dlthesis import experiments, runtime
 
     if args.command == "list":
         for exp in experiments.registry.select():
             print(f"{exp.id:10s} ch.{exp.chapter!s:3s} ~{exp.quick_minutes:4.1f} min (quick)  {exp.title}")
         return 0
 
+    _check_names(args, subs[args.command])
+
     if args.command == "train":
-        try:
-            data.info(args.dataset, data_dir=args.data_dir)
-            spec = experiments.TrainSpec(
-                dataset=args.dataset, model=args.model, norm=args.norm, recipe=args.recipe,
-                mixing=None if args.mixing is None else {"method": args.mixing}, epochs=args.epochs,
-                batch_size=args.batch_size, learning_rate=args.lr, train_examples=args.train_examples,
-                image_size=args.image_size, augment=not args.no_augment)
-            models.build(args.model, data.info(args.dataset, image_size=args.image_size).image_shape, 10,
-                         norm=args.norm)  # raises the helpful error for a bad model or norm
-        except (ValueError, TypeError) as err:
-            return _fail(str(err))
         os.makedirs(args.out, exist_ok=True)
         runtime.configure(seed=args.seed, deterministic=args.deterministic)
         store = experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))
         try:
             with experiments.training.data_dir(args.data_dir):
-                [run] = experiments.train(spec, args.seed, store=store, verbose=1)
+                [run] = experiments.train(args.spec, args.seed, store=store, verbose=1,
+                                          keep_weights=args.save is not None)
         except (ValueError, TypeError) as err:
-            return _fail(str(err))
+            return _fail(_one_line(err))
+        if args.save is not None:
+            try:
+                model = run.model
+            except RuntimeError:  # read back from an earlier run's store, which kept no weights
+                return _fail(f"{store.path} already holds this run without its weights (it was trained without "
+                             f"--save), so there is no model to save: give another --out to train it again")
+            os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)
+            model.save(args.save)
         m = run.metrics
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
               f"train accuracy {100 * m['train_accuracy']:.2f}%  -> {store.path}")
+        if args.save is not None:
+            print(f"model: {os.path.abspath(args.save)}")
         return 0
 
     # reproduce / table / figure
-    if args.dataset is not None:
-        try:
-            data.info(args.dataset, data_dir=args.data_dir)
-        except (ValueError, TypeError) as err:
-            return _fail(str(err))
-    try:
-        if args.command == "reproduce":
-            only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
-            if only is not None and not only:
-                return _fail(f"--only must name at least one table or figure id. Received: --only {args.only!r}")
-            if only is not None:
-                experiments.registry.select(only)
-        else:
-            exp = experiments.get(args.id)
-            if exp.kind != args.command:
-                return _fail(f"{args.id!r} is a {exp.kind}, not a {args.command}: use `tf-dlthesis {exp.kind} {args.id}`")
-            only = [exp.id]
-    except ValueError as err:
-        return _fail(str(err))
+    only = args.only if args.command == "reproduce" else [experiments.get(args.id).id]
     os.makedirs(args.out, exist_ok=True)
     path, failed = experiments.reproduce(
         scale=args.scale,

@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+import tf_dlthesis  # noqa: E402
 from tf_dlthesis import cli, experiments  # noqa: E402
 from tf_dlthesis.experiments import Check, Finding, Output, Table, stats  # noqa: E402
 
@@ -18,28 +19,85 @@ from tf_dlthesis.experiments import Check, Finding, Output, Table, stats  # noqa
         (["train", "--dataset", "cifar1O"], "Unknown dataset"),
         (["train", "--model", "resnet50"], "Unknown model"),
         (["train", "--norm", "batchnorm"], "Unknown norm"),
-        (["table", "9.9"], "Unknown table/figure id"),
-        (["reproduce", "--only", "2.1x"], "Unknown table/figure id"),
-        (["reproduce", "--only", ","], "--only must name at least one"),
-        (["figure", "base"], "is a table, not a figure"),
+        (["train", "--mixing", "vhmixup"], "Unknown mixing method 'vhmixup'. Did you mean 'vh_mixup'"),
+        (["train", "--recipe", "cosin"], "cosin"),
+        (["table", "9.9"], "Unknown table/figure id '9.9'"),
+        (["reproduce", "--only", "2.1x"], "Unknown table/figure id '2.1x'"),
+        (["reproduce", "--only", "2.1,fig9"], "Unknown table/figure id 'fig9'"),
+        (["figure", "base"], "'base' is a table, not a figure: use `tf-dlthesis table base`"),
+        (["figure", "4.wd"], "'4.wd' is a table, not a figure"),
+        (["table", "fig4.1"], "'fig4.1' is a figure, not a table"),
+        (["reproduce", "--dataset", "nosuchset"], "nosuchset"),
     ],
 )
-def test_bad_names_give_one_line_errors(argv, match, capsys, tmp_path):
+def test_bad_names_are_argparse_errors_before_anything_is_created(argv, match, capsys, tmp_path):
     out = tmp_path / "new" / "out"
-    assert cli.main(argv + ["--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert match in err and len(err.splitlines()) == 1 and err.startswith("tf-dlthesis: error:")
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv + ["--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: tf-dlthesis")
+    assert err[-1].startswith(f"tf-dlthesis {argv[0]}: error: ") and match in err[-1], err[-1]
     assert not (tmp_path / "new").exists()  # a failed command leaves no output folder behind
 
 
-@pytest.mark.parametrize("argv", [["reproduce", "--scale", "huge"], ["reproduce", "--out", "/proc/no/such"],
-                                  ["train", "--epochs", "0"], ["train", "--seed", "-1"]])
-def test_bad_arguments_exit_2_with_one_line(argv, capsys):
+@pytest.mark.parametrize("argv, match", [
+    (["reproduce", "--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
+    (["reproduce", "--out", "/proc/no/such"], "argument --out: cannot write to output folder"),
+    (["reproduce", "--only", ""], "argument --only: must name at least one table or figure id"),
+    (["reproduce", "--only", " , "], "argument --only: must name at least one table or figure id"),
+    (["table", ""], "argument id: expected a name, got ''"),
+    (["train", "--epochs", "0"], "argument --epochs: expected a positive int, got '0'"),
+    (["train", "--epochs", "-3"], "argument --epochs: expected a positive int, got '-3'"),
+    (["train", "--batch-size", "2.5"], "argument --batch-size: expected a positive int, got '2.5'"),
+    (["train", "--train-examples", "-1"], "argument --train-examples: expected a positive int"),
+    (["train", "--image-size", "0"], "argument --image-size: expected a positive int"),
+    (["train", "--lr", "-0.1"], "argument --lr: expected a positive float, got '-0.1'"),
+    (["train", "--lr", "nan"], "argument --lr: expected a positive float, got 'nan'"),
+    (["train", "--lr", "inf"], "argument --lr: expected a positive float, got 'inf'"),
+    (["train", "--seed", "-1"], "argument --seed: expected an int seed >= 0, got '-1'"),
+    (["train", "--seed", "x"], "argument --seed: expected an int seed >= 0, got 'x'"),
+    (["train", "--save", "model.h5"], "argument --save: expected a file name ending in .keras"),
+    (["train", "--data-dir", "/no/such/folder"], "argument --data-dir: no such folder: '/no/such/folder'"),
+    (["train", "--model", ""], "argument --model: expected a name, got ''"),
+])
+def test_bad_flags_are_caught_by_argparse_before_anything_is_created(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("tf-dlthesis") and "error" in err[-1]
+    assert err[-1].startswith(f"tf-dlthesis {argv[0]}: error: ") and match in err[-1], err[-1]
+    assert os.listdir(tmp_path) == []  # not even the default tf-dlthesis-out/ folder
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tf-dlthesis {tf_dlthesis.__version__}"
+
+
+def test_train_save_writes_a_keras_model_with_the_trained_weights(tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    path = tmp_path / "models" / "linear.keras"
+    (tmp_path / "models").mkdir()
+    argv = ["train", "--model", "linear", "--norm", "none", "--epochs", "1", "--out", str(tmp_path / "out"),
+            "--save", str(path)]
+    assert cli.main(argv) == 0
+    assert f"model: {path}" in capsys.readouterr().out
+    model = keras.saving.load_model(path, safe_mode=True)
+    [row] = experiments.ResultsStore(tmp_path / "out" / "results.sqlite").rows("runs")
+    stored = row["result"]["weights"]  # the run's final weights, as recorded in the store
+    weights = model.get_weights()
+    assert len(weights) == len(stored) >= 2
+    for i, w in enumerate(weights):
+        np.testing.assert_array_equal(w, stored[f"w{i}"])
+    x = np.random.default_rng(0).uniform(0, 1, (5, *model.input_shape[1:])).astype("float32")
+    w, b = weights  # a linear model: logits = flatten(x) @ W + b, by hand
+    np.testing.assert_allclose(model.predict(x, verbose=0), x.reshape(5, -1) @ w + b, rtol=1e-5, atol=1e-5)
 
 
 def test_report_has_thesis_beside_ours_figures_and_verdicts(tmp_path):

@@ -164,8 +164,8 @@ def mean_per_pair(weight):
     return tf.reduce_mean(tf.reshape(weight, tf.stack([tf.shape(weight)[0], -1])), axis=1)
 
 
-def mix(x1, x2, plan: MixPlan, y1, y2):
-    """Apply a plan: x1, x2 float (B,H,W,C) (already centred if needed), y float (B,K)."""
+def mix_images(x1, x2, plan: MixPlan):
+    """The image half of `mix`: x1, x2 float (B,H,W,C), already centred if needed."""
     if plan.source_rows is not None:
         x2 = tf.gather(x2, plan.source_rows, axis=1, batch_dims=1)
     if plan.source_cols is not None:
@@ -174,9 +174,20 @@ def mix(x1, x2, plan: MixPlan, y1, y2):
     x = w * x1 + (1.0 - w) * x2
     if plan.scale is not None:
         x = x * tf.cast(per_pair(plan.scale), x.dtype)
-    label = plan.label
-    if label is None:
-        label = mean_per_pair(plan.weight)
-    label = tf.cast(label, y1.dtype)[:, None]
-    y = label * y1 + (1.0 - label) * y2
-    return x, y
+    return x
+
+
+def label_weight(plan: MixPlan):
+    """(B,) label weight of x1: the plan's, or the realised fraction mean(weight)."""
+    return mean_per_pair(plan.weight) if plan.label is None else plan.label
+
+
+def mix_labels(y1, y2, plan: MixPlan):
+    """The label half of `mix`: y float (B,K)."""
+    label = tf.cast(label_weight(plan), y1.dtype)[:, None]
+    return label * y1 + (1.0 - label) * y2
+
+
+def mix(x1, x2, plan: MixPlan, y1, y2):
+    """Apply a plan: x1, x2 float (B,H,W,C) (already centred if needed), y float (B,K)."""
+    return mix_images(x1, x2, plan), mix_labels(y1, y2, plan)

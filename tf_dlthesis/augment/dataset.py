@@ -83,14 +83,20 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
             CPU for mask methods). XLA's Philox stream differs from TF's, so outputs
             differ from `jit_compile=False` (and from eager `mix_batch`), but each is
             deterministic for a given seed.
-        **params: method hyperparameters, as in `mix_batch`.
+        **params: method hyperparameters, as in `mix_batch` (including
+            `check_numerics=True`: NaN/Inf images or labels fail with an error naming them).
 
     Returns:
         A `tf.data.Dataset` of (images, soft labels).
 
     Raises:
         ValueError: unknown method/mode, bad hyperparameters or sizes, element shapes of
-            the wrong rank, sparse labels without `num_classes`.
+            the wrong rank, sparse labels without `num_classes`, soft labels whose width
+            is not `num_classes` (all checked here, from `dataset.element_spec`).
+            Label *values* cannot be checked without reading the dataset: a sparse
+            label outside [0, num_classes - 1] fails when the dataset is iterated, with
+            a `tf.errors.InvalidArgumentError` whose message reads "`labels` must be
+            in [0, K-1] (num_classes=K)".
         TypeError: element structure other than (image, label) or a dict.
 
     Reference:
@@ -119,6 +125,18 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     if y_spec.dtype.is_integer and num_classes is None:
         raise ValueError("Sparse integer labels need `num_classes=` to be one-hot encoded. "
                          "Received: num_classes=None")
+    label_rank = rank - 3
+    if y_spec.dtype.is_integer and y_spec.shape.rank not in (None, label_rank):
+        raise ValueError(f"Sparse integer `labels` must have rank {label_rank} in mode={mode!r}. Received: "
+                         f"the dataset's labels have shape {y_spec.shape}.")
+    if y_spec.dtype.is_floating:
+        if y_spec.shape.rank not in (None, label_rank + 1):
+            raise ValueError(f"One-hot/soft `labels` must have rank {label_rank + 1} in mode={mode!r}. "
+                             f"Received: the dataset's labels have shape {y_spec.shape}.")
+        width = y_spec.shape[-1] if y_spec.shape.rank else None
+        if num_classes is not None and width is not None and width != num_classes:
+            raise ValueError(f"The dataset's one-hot/soft `labels` have {width} classes but "
+                             f"num_classes={num_classes}. Received: labels shape {y_spec.shape}.")
 
     def pack(x, y):
         return {"images": x, "labels": y} if as_dict else (x, y)

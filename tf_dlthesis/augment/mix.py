@@ -27,7 +27,26 @@ def _images(x, rank, name):
     if not (x.dtype.is_floating or x.dtype.is_integer) or x.dtype == tf.bool:
         raise TypeError(f"`{name}` must be a float or integer (e.g. uint8) tensor. "
                         f"Received dtype {x.dtype.name}.")
+    spatial = x.shape[-3:]
+    if any(d == 0 for d in spatial):
+        raise ValueError(f"`{name}` must have non-empty height, width and channels (a 0-pixel image has "
+                         f"no label weights to mix). Received shape {x.shape} for {name}.")
     return x
+
+
+def pop_check_numerics(params):
+    """Removes and validates the `check_numerics` option from method hyperparameters."""
+    value = params.pop("check_numerics", False)
+    if not isinstance(value, bool):
+        raise TypeError(f"`check_numerics` must be a bool. Received: check_numerics={value!r}")
+    return value
+
+
+def check_numerics(x, name, enabled):
+    """`tf.debugging.check_numerics` on float `x` when `enabled` (error message names `name`)."""
+    if not enabled or not x.dtype.is_floating:
+        return x
+    return tf.debugging.check_numerics(x, f"`{name}` has NaN or Inf values (check_numerics=True)")
 
 
 def _is_eager(t):
@@ -52,14 +71,17 @@ def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
         if _is_eager(labels):
             values = labels.numpy()
             if values.size and (values.min() < 0 or values.max() >= num_classes):
+                bad = sorted({v.item() for v in values.reshape(-1)
+                              if v < 0 or v >= num_classes})
                 raise ValueError(f"`{name}` out of range for num_classes={num_classes}: "
-                                 f"expected values in [0, {num_classes - 1}]. Received min "
-                                 f"{values.min()}, max {values.max()}.")
+                                 f"expected values in [0, {num_classes - 1}]. Received "
+                                 f"out-of-range labels {bad[:10]}.")
             deps = []
         else:
-            deps = [tf.debugging.assert_non_negative(labels, message=f"{name} out of range"),
+            what = f"`{name}` must be in [0, {num_classes - 1}] (num_classes={num_classes})"
+            deps = [tf.debugging.assert_non_negative(labels, message=what),
                     tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype),
-                                             message=f"{name} >= num_classes={num_classes}")]
+                                             message=what)]
         with tf.control_dependencies(deps):
             return tf.one_hot(labels, num_classes, dtype=tf.float32)
     if not labels.dtype.is_floating:
@@ -71,6 +93,14 @@ def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
     if num_classes is not None and labels.shape[-1] is not None and labels.shape[-1] != num_classes:
         raise ValueError(f"`{name}` have {labels.shape[-1]} classes but num_classes="
                          f"{num_classes}.")
+    if labels.shape[-1] == 0:
+        raise ValueError(f"One-hot/soft `{name}` must have at least one class. Received shape "
+                         f"{labels.shape}.")
+    if _is_eager(labels):
+        values = labels.numpy()
+        if values.size and values.min() < 0:
+            raise ValueError(f"One-hot/soft `{name}` must be non-negative (class weights). Received "
+                             f"min {values.min()}.")
     return labels
 
 
@@ -113,6 +143,26 @@ def _row_col_sums(c):
             tf.einsum("bhwc,hc->bw", sq, ones_col))
 
 
+class PairPlan(NamedTuple):
+    """How a batch of pairs is mixed: the `MixPlan` (its label weight always set) and
+    the per-image means subtracted from x1 and x2 first (BC+ family; None otherwise)."""
+
+    plan: M.MixPlan
+    mean1: Optional[tf.Tensor] = None
+    mean2: Optional[tf.Tensor] = None
+
+
+def centred_inputs(x1, x2, pair_plan: PairPlan):
+    """The inputs the plan mixes: x1, x2 minus their per-image means where the plan centres."""
+    if pair_plan.mean1 is None:
+        return x1, x2
+    return x1 - M.per_pair(pair_plan.mean1), x2 - M.per_pair(pair_plan.mean2)
+
+
+def _with_label(plan):
+    return plan._replace(label=M.label_weight(plan))
+
+
 def mix_pairs(x1, y1, x2, y2, names, params, seed, partner=None):
     """Core: mix pairs (x1[b], x2[b]) (float32 (B,H,W,C)) and (y1[b], y2[b]) (float (B,K)).
 
@@ -121,6 +171,13 @@ def mix_pairs(x1, y1, x2, y2, names, params, seed, partner=None):
     the per-image statistics of x2 (BC+ family) are then gathered from x1's instead of
     being recomputed.
     """
+    pair_plan = plan_pairs(x1, x2, names, params, seed, partner)
+    a, c = centred_inputs(x1, x2, pair_plan)
+    return M.mix(a, c, pair_plan.plan, y1, y2)
+
+
+def plan_pairs(x1, x2, names, params, seed, partner=None) -> PairPlan:
+    """The randomness of `mix_pairs` (same arguments, without labels) as a `PairPlan`."""
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=len(names) + 1,
                                                               alg="philox"),
                        num=len(names) + 1)
@@ -144,9 +201,6 @@ def mix_pairs(x1, y1, x2, y2, names, params, seed, partner=None):
             row_col = (first, second)
         stats = PairStats(mean1, mean2, std1, std2, row_col)
 
-    def inputs(spec):
-        return centred if spec.center else (x1, x2)
-
     def make_plan(spec, s):
         if spec.center:
             return spec.plan(s, *centred, params[spec.name], stats)
@@ -154,7 +208,9 @@ def mix_pairs(x1, y1, x2, y2, names, params, seed, partner=None):
 
     plans = [make_plan(spec, s) for spec, s in zip(specs, seeds[1:])]
     if len(plans) == 1:
-        return M.mix(*inputs(specs[0]), plans[0], y1, y2)
+        if specs[0].center:
+            return PairPlan(_with_label(plans[0]), stats.mean1, stats.mean2)
+        return PairPlan(_with_label(plans[0]))
 
     # Several methods: every pair picks one; select its plan element-wise (exact: the
     # selector is 0/1, so a selected weight is copied bit-for-bit).
@@ -186,13 +242,10 @@ def mix_pairs(x1, y1, x2, y2, names, params, seed, partner=None):
             base = cols if cols is not None else M.index_range(tf.shape(x1)[2]) + tf.zeros(
                 tf.stack([b, 1]), tf.int32)
             cols = tf.where(pick, plan.source_cols, base)
-    a, c = x1, x2
-    if stats is not None:
-        flag = M.per_pair(centre_flag)
-        a = x1 - flag * M.per_pair(stats.mean1)
-        c = x2 - flag * M.per_pair(stats.mean2)
     plan = M.MixPlan(weight=weight, label=label, scale=scale, source_rows=rows, source_cols=cols)
-    return M.mix(a, c, plan, y1, y2)
+    if stats is None:
+        return PairPlan(plan)
+    return PairPlan(plan, centre_flag * stats.mean1, centre_flag * stats.mean2)
 
 
 def _out_dtype(x):
@@ -235,20 +288,25 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
             32x32, or int pixels); `source` (where x2's region comes from: "random"
             for Random Square, as the thesis states; "same" position for the
             interval methods, which generalize the concatenations); `noise_std=0.025`
-            and `noisy_label="lambda"` (noisy mixup).
+            and `noisy_label="lambda"` (noisy mixup). `check_numerics=True` (default
+            False) fails with an error naming `images` / `labels` when they hold NaN
+            or Inf (one `tf.debugging.check_numerics` per call; off by default).
 
     Returns:
         (images, labels): mixed images (input float dtype; float32 for integer input;
         BC+ outputs are zero-mean, not in [0, 1]) and soft labels (B, K).
 
     Raises:
-        ValueError: unknown method (with a suggestion), wrong rank, batch of 1, bad
-            hyperparameter, sparse labels without `num_classes` or out of range.
+        ValueError: unknown method (with a suggestion), wrong rank, an empty (0-pixel)
+            image, batch of 1, bad hyperparameter, sparse labels without `num_classes`
+            or out of range, negative soft labels (range and sign are checked on eager
+            tensors; traced sparse labels get an in-graph assert).
         TypeError: unexpected hyperparameter, non-numeric images/labels.
 
     Reference:
         Thesis Sec. 2.3; Summers & Dinneen, WACV 2019, https://arxiv.org/abs/1805.11272
     """
+    numerics = pop_check_numerics(params)
     names, full = resolve(method, params)
     images = _images(images, 4, "images")
     if pairing not in _PAIRINGS:
@@ -261,12 +319,14 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
     if b_static is not None and soft.shape[0] is not None and soft.shape[0] != b_static:
         raise ValueError(f"images and labels disagree on batch size: {images.shape} vs "
                          f"{tf.convert_to_tensor(labels).shape}.")
-    x, y = batch_core(tf.cast(images, tf.float32), soft, names, full, as_seed(seed), pairing)
+    x1 = check_numerics(tf.cast(images, tf.float32), "images", numerics)
+    soft = check_numerics(soft, "labels", numerics)
+    x, y = batch_core(x1, soft, names, full, as_seed(seed), pairing)
     return tf.cast(x, _out_dtype(images)), y
 
 
-def batch_core(x1, soft, names, full, seed, pairing):
-    """Validated-input core of `mix_batch`: x1 float32 (B,H,W,C), soft labels (B,K)."""
+def batch_partner(x1, seed, pairing):
+    """(partner (B,) int32, mixing seed) of batch mode: x2[b] = x1[partner[b]]."""
     s_pair, s_mix = tf.unstack(tf.random.experimental.stateless_split(seed, num=2, alg="philox"),
                                num=2)
     b = tf.shape(x1)[0]
@@ -274,6 +334,12 @@ def batch_core(x1, soft, names, full, seed, pairing):
         partner = tf.argsort(tf.random.stateless_uniform([b], s_pair, alg="philox"), stable=True)
     else:
         partner = tf.reverse(tf.range(b), [0])
+    return partner, s_mix
+
+
+def batch_core(x1, soft, names, full, seed, pairing):
+    """Validated-input core of `mix_batch`: x1 float32 (B,H,W,C), soft labels (B,K)."""
+    partner, s_mix = batch_partner(x1, seed, pairing)
     x2 = tf.gather(x1, partner)
     y2 = tf.gather(soft, partner)
     return mix_pairs(x1, soft, x2, y2, names, full, s_mix, partner=partner)
@@ -304,6 +370,7 @@ def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
     Reference:
         Thesis Sec. 2.3; https://arxiv.org/abs/1805.11272
     """
+    numerics = pop_check_numerics(params)
     names, full = resolve(method, params)
     x1 = _images(x1, 3, "x1")
     x2 = _images(x2, 3, "x2")
@@ -315,8 +382,11 @@ def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
     if s1.shape != s2.shape:
         raise ValueError(f"y1 and y2 must have the same shape. Received {s1.shape} and "
                          f"{s2.shape}.")
-    x, y = mix_pairs(tf.cast(x1, tf.float32)[None], s1[None], tf.cast(x2, tf.float32)[None],
-                     s2[None], names, full, as_seed(seed))
+    a = check_numerics(tf.cast(x1, tf.float32), "x1", numerics)
+    b = check_numerics(tf.cast(x2, tf.float32), "x2", numerics)
+    s1 = check_numerics(s1, "y1", numerics)
+    s2 = check_numerics(s2, "y2", numerics)
+    x, y = mix_pairs(a[None], s1[None], b[None], s2[None], names, full, as_seed(seed))
     return tf.cast(x[0], _out_dtype(x1)), y[0]
 
 

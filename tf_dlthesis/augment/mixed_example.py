@@ -1,80 +1,193 @@
-"""`MixedExample`: on-device mixed-example augmentation as a Keras layer."""
+"""`MixedExample`: on-device mixed-example augmentation as a Keras image-preprocessing layer."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
+from tf_dlthesis.augment import _masks as M
 from tf_dlthesis.augment.methods import _PARAM_CHECKS, resolve
-from tf_dlthesis.augment.mix import mix_batch
+from tf_dlthesis.augment.mix import (_images, _out_dtype, batch_partner, centred_inputs,
+                                     check_numerics, labels_to_soft, plan_pairs)
+
+_PAIRINGS = ("permute", "reverse")
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
 class MixedExample(keras.layers.Layer):
     """Mixes each batch on the accelerator with one of the Sec. 2.3 methods.
 
-    Called like `keras.layers.MixUp`: on a dict `{"images": (B, H, W, C), "labels":
-    (B, K) or sparse (B,)}` it returns the same dict with mixed images and soft labels
-    (other keys pass through). Every call draws a fresh stateless seed from a Keras
-    `SeedGenerator`, so it works inside a compiled train step, including
-    `jit_compile=True` (Beta sampling avoids `stateless_gamma`, which XLA lacks).
+    Follows the contract of Keras 3's image-preprocessing layers (`keras.layers.MixUp`,
+    `keras.layers.CutMix`): called on a dict `{"images": (B, H, W, C), "labels": (B, K)
+    or sparse (B,)}` it returns the same dict with mixed images and soft labels (other
+    keys pass through), and the work is split the same way:
+
+    * `get_random_transformation(data, training=True, seed=None)` draws everything
+      random from the batch: the partner of each example and the method's mixing plan
+      (per-element weights of x1, label weights, BC+ scales and means, region sources);
+    * `transform_images(images, transformation, training=True)` and
+      `transform_labels(labels, transformation, training=True)` apply that one draw, so
+      images and labels stay consistent.
+
+    It therefore composes like Keras's own layers: in `keras.layers.Pipeline([...,
+    MixedExample(...)])`, in `dataset.map(layer)` / `dataset.map(pipeline)` on batched
+    dict elements, and inside a model or a compiled train step, including
+    `jit_compile=True` for every method (Beta sampling avoids `stateless_gamma`, which
+    XLA lacks). Every call draws a fresh stateless seed from a Keras `SeedGenerator`
+    (pass `seed=` to `get_random_transformation` to choose it). The library is
+    TensorFlow-only, so the layer subclasses `keras.layers.Layer` rather than Keras's
+    private `BaseImagePreprocessingLayer`; the contract's methods and dict handling are
+    the same.
 
     Example:
 
     >>> mixer = MixedExample("vh_mixup", seed=0, num_classes=10)
     >>> batch = mixer({"images": images, "labels": labels}, training=True)
+    >>> pipeline = keras.layers.Pipeline([keras.layers.RandomFlip("horizontal"), mixer])
+    >>> ds = ds.batch(128).map(lambda x, y: pipeline({"images": x, "labels": y}))
 
     Args:
         method: a name in `METHODS` or a list of names (each pair draws one).
         seed: int seed of the layer's `SeedGenerator`; None draws one at random.
         num_classes: required when labels are sparse integers.
         pairing: "permute" (default) or "reverse".
+        check_numerics: fail with an error naming `images` / `labels` when they hold
+            NaN or Inf (off by default: one check per call).
         **kwargs: method hyperparameters (`alpha`, `std_floor`, `p`, `size`, `source`,
             `noise_std`, `noisy_label`; see `mix_batch`) and base `Layer` arguments
             (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: dict with "images" and "labels".
+        inputs: dict with "images" (a batch, B >= 2) and "labels".
         training: mixes when True (default, like `keras.layers.MixUp`); identity when
             False.
 
     Returns:
         dict with the same keys.
 
+    Raises:
+        TypeError: inputs that are not a dict with "images" and "labels".
+        ValueError: unknown method or bad hyperparameters (at construction); an
+            unbatched image, a batch of 1, mismatched batch sizes, labels of the wrong
+            width or (eager) out of range (at call time).
+
     Reference:
         Thesis Sec. 2.3; https://arxiv.org/abs/1805.11272
     """
 
     def __init__(self, method="vh_mixup", seed=None, num_classes=None, pairing="permute",
-                 **kwargs):
+                 check_numerics=False, **kwargs):
         params = {k: kwargs.pop(k) for k in list(kwargs) if k in _PARAM_CHECKS}
         super().__init__(**kwargs)
-        self._names, _ = resolve(method, params)
+        self._names, self._full = resolve(method, params)
         self.method = list(method) if isinstance(method, (list, tuple)) else method
         self.params = params
         self.seed = seed
         self.num_classes = num_classes
-        if pairing not in ("permute", "reverse"):
+        if pairing not in _PAIRINGS:
             raise ValueError(f"`pairing` must be 'permute' or 'reverse'. Received: "
                              f"pairing={pairing!r}")
+        if not isinstance(check_numerics, bool):
+            raise TypeError(f"`check_numerics` must be a bool. Received: "
+                            f"check_numerics={check_numerics!r}")
         self.pairing = pairing
+        self.check_numerics = check_numerics
         self.seed_generator = keras.random.SeedGenerator(seed, name="mixed_example_seed")
         self.supports_jit = True
+        # Like keras.layers.Pipeline: do not let Layer.__call__ cast every input to the
+        # compute dtype (it would turn sparse integer labels into floats); `call` casts
+        # float images and labels itself.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+
+    # ------------------------------------------------------------------ the contract
+    @staticmethod
+    def _split(data):
+        if not isinstance(data, dict) or "images" not in data or "labels" not in data:
+            raise TypeError("MixedExample expects a dict with keys 'images' and 'labels'. "
+                            f"Received: {type(data).__name__}"
+                            + (f" with keys {sorted(data)}" if isinstance(data, dict) else ""))
+        return data["images"], data["labels"]
+
+    def _float_images(self, images):
+        images = _images(images, 4, "images")
+        return check_numerics(tf.cast(images, tf.float32), "images", self.check_numerics)
+
+    def _as_compute(self, x):
+        x = tf.convert_to_tensor(x)
+        return tf.cast(x, self.compute_dtype) if x.dtype.is_floating else x
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        """Draws the partners and the mixing plan of one batch.
+
+        Args:
+            data: dict {"images", "labels"} (or the images alone).
+            training: None is returned when False (no mixing).
+            seed: shape-[2] integer seed; None takes the next from the layer's
+                `SeedGenerator`.
+
+        Returns:
+            dict with "partner" ((B,) index of each example's partner) and "plan" (the
+            mixing plan of `mix_batch`), or None when not training.
+        """
+        if not training:
+            return None
+        images = data["images"] if isinstance(data, dict) else data
+        images = _images(images, 4, "images")
+        b = images.shape[0]
+        if b is not None and b < 2:
+            raise ValueError(f"MixedExample needs a batch of at least 2 `images` to pair; "
+                             f"received shape {images.shape}.")
+        x1 = tf.cast(images, tf.float32)
+        seed = tf.cast(self.seed_generator.next() if seed is None else seed, tf.int64)
+        partner, s_mix = batch_partner(x1, seed, self.pairing)
+        pair_plan = plan_pairs(x1, tf.gather(x1, partner), self._names, self._full, s_mix,
+                               partner=partner)
+        return {"partner": partner, "plan": pair_plan}
+
+    def transform_images(self, images, transformation, training=True):
+        """Mixes images[b] with images[partner[b]] by the transformation's plan."""
+        if not training or transformation is None:
+            return images
+        x1 = self._float_images(images)
+        x2 = tf.gather(x1, transformation["partner"])
+        a, c = centred_inputs(x1, x2, transformation["plan"])
+        out = M.mix_images(a, c, transformation["plan"].plan)
+        return tf.cast(out, _out_dtype(tf.convert_to_tensor(images)))
+
+    def transform_labels(self, labels, transformation, training=True):
+        """Soft labels: each example's label weight on its own label, the rest on its partner's.
+
+        Sparse labels (integer, or float class indices as Keras's preprocessing layers
+        pass them on after casting every input to their compute dtype) need
+        `num_classes`.
+        """
+        if not training or transformation is None:
+            return labels
+        labels = tf.convert_to_tensor(labels)
+        if labels.dtype.is_floating and labels.shape.rank == 1 and self.num_classes is not None:
+            # Sparse class indices that a Keras preprocessing layer earlier in a Pipeline
+            # cast to its float compute dtype (Keras's layers cast every input).
+            labels = tf.cast(labels, tf.int64)
+        soft = check_numerics(labels_to_soft(labels, self.num_classes, 1), "labels",
+                              self.check_numerics)
+        return M.mix_labels(soft, tf.gather(soft, transformation["partner"]),
+                            transformation["plan"].plan)
 
     def call(self, inputs, training=True):
-        if not isinstance(inputs, dict) or "images" not in inputs or "labels" not in inputs:
-            raise TypeError("MixedExample expects a dict with keys 'images' and 'labels'. "
-                            f"Received: {type(inputs).__name__}"
-                            + (f" with keys {sorted(inputs)}" if isinstance(inputs, dict) else ""))
+        images, labels = self._split(inputs)
         if not training:
             return dict(inputs)
-        seed = tf.cast(self.seed_generator.next(), tf.int64)
-        images, labels = mix_batch(inputs["images"], inputs["labels"], self._names, seed=seed,
-                                   pairing=self.pairing, num_classes=self.num_classes,
-                                   **self.params)
+        images = self._as_compute(images)
+        labels = self._as_compute(labels)
+        b, bl = images.shape[0] if images.shape.rank else None, labels.shape[0] if labels.shape.rank else None
+        if b is not None and bl is not None and b != bl:
+            raise ValueError(f"`images` and `labels` disagree on batch size: {images.shape} vs "
+                             f"{labels.shape}.")
+        transformation = self.get_random_transformation(inputs, training=training)
         out = dict(inputs)
-        out["images"] = images
-        out["labels"] = labels
+        out["labels"] = self.transform_labels(labels, transformation, training=training)
+        out["images"] = self.transform_images(images, transformation, training=training)
         return out
 
     def compute_output_shape(self, input_shape):
@@ -88,5 +201,5 @@ class MixedExample(keras.layers.Layer):
         config = super().get_config()
         config.update({"method": self.method, "seed": self.seed,
                        "num_classes": self.num_classes, "pairing": self.pairing,
-                       **self.params})
+                       "check_numerics": self.check_numerics, **self.params})
         return config

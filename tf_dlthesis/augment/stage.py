@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment.methods import get_method, resolve
-from tf_dlthesis.augment.mix import batch_core, labels_to_soft, mix_pairs
+from tf_dlthesis.augment.mix import batch_core, check_numerics, labels_to_soft, mix_pairs, pop_check_numerics
 
 MODES = ("pair", "batch")
 _PAIRINGS = ("permute", "reverse")
@@ -62,7 +62,9 @@ class MixStage:
         jit_compile: compile the mixing core with XLA (several times faster on CPU
             for the mask methods; outputs differ from `jit_compile=False` because
             XLA orders its Philox stream differently, each is deterministic).
-        **params: the methods' hyperparameters, as for `mix_batch`.
+        **params: the methods' hyperparameters, as for `mix_batch`, and
+            `check_numerics=True` (default False) to fail with an error naming
+            `images` / `labels` on NaN or Inf inputs (checked outside the compiled core).
 
     Raises:
         ValueError: unknown method or mode, bad hyperparameters or `num_classes`.
@@ -78,6 +80,8 @@ class MixStage:
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                         or num_classes < 2):
             raise ValueError(f"`num_classes` must be an int >= 2 or None. Received: num_classes={num_classes!r}")
+        params = dict(params)
+        self.check_numerics = pop_check_numerics(params)
         self.names, self._full = resolve(method, params)
         self.method = method if isinstance(method, str) else list(method)
         self.mode = mode
@@ -93,8 +97,11 @@ class MixStage:
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
         """A JSON-able description (the seed is not part of it: runs pass their own)."""
-        return {"method": self.method, "mode": self.mode, "num_classes": self.num_classes,
-                "pairing": self.pairing, "jit_compile": self.jit_compile, **self.params}
+        config = {"method": self.method, "mode": self.mode, "num_classes": self.num_classes,
+                  "pairing": self.pairing, "jit_compile": self.jit_compile, **self.params}
+        if self.check_numerics:
+            config["check_numerics"] = True
+        return config
 
     @property
     def centers_images(self) -> bool:
@@ -115,7 +122,10 @@ class MixStage:
 
     # ------------------------------------------------------------------ compiled cores
     def _soft(self, labels):
-        return labels_to_soft(labels, self.num_classes, 1)
+        return check_numerics(labels_to_soft(labels, self.num_classes, 1), "labels", self.check_numerics)
+
+    def _x(self, images):
+        return check_numerics(images, "images", self.check_numerics)
 
     def pairs(self, x1, y1, x2, y2, epoch, index):
         """Mixes pairs (x1[b], x2[b]) with the seed of call (`epoch`, `index`)."""
@@ -124,7 +134,7 @@ class MixStage:
                 return mix_pairs(tf.cast(x1, tf.float32), y1, tf.cast(x2, tf.float32), y2, self.names,
                                  self._full, seed)
             self._pair_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True)
-        return self._pair_fn(x1, self._soft(y1), x2, self._soft(y2), _call_seed(self.seed, epoch, index))
+        return self._pair_fn(self._x(x1), self._soft(y1), self._x(x2), self._soft(y2), _call_seed(self.seed, epoch, index))
 
     def batch(self, x, y, epoch, index):
         """Mixes a batch with a permutation (or reversal) of itself."""
@@ -132,7 +142,7 @@ class MixStage:
             def core(x, y, seed):
                 return batch_core(tf.cast(x, tf.float32), y, self.names, self._full, seed, self.pairing)
             self._batch_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True)
-        return self._batch_fn(x, self._soft(y), _call_seed(self.seed, epoch, index))
+        return self._batch_fn(self._x(x), self._soft(y), _call_seed(self.seed, epoch, index))
 
     def interleaved(self, x, y, epoch, index):
         """Mixes consecutive examples of a chunk (x[0] with x[1], x[2] with x[3], ...).
@@ -147,7 +157,7 @@ class MixStage:
                 y1, y2 = _deinterleave(y[:2 * n])
                 return mix_pairs(x1, y1, x2, y2, self.names, self._full, seed)
             self._interleaved_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True)
-        return self._interleaved_fn(x, self._soft(y), _call_seed(self.seed, epoch, index))
+        return self._interleaved_fn(self._x(x), self._soft(y), _call_seed(self.seed, epoch, index))
 
     def __repr__(self):
         return f"MixStage({self.method!r}, mode={self.mode!r}, num_classes={self.num_classes}, params={self.params})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import time
 import traceback
 
@@ -160,7 +161,9 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     start = time.time()
     from tqdm.auto import tqdm
 
-    bar = tqdm(experiments, desc="reproduce", unit="item", disable=not progress)
+    # Off a terminal (logs, CI, pipes) refresh only on close: one final line, not two.
+    bar = tqdm(experiments, desc="reproduce", unit="item", disable=not progress,
+               mininterval=0.1 if sys.stderr.isatty() else float("inf"))
     for exp in bar:
         bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}")
         runtime.configure(seed=0, deterministic=True)

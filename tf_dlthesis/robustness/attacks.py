@@ -47,7 +47,7 @@ callable in the same cache, so CleverHans's own ``tf.function``
 by repeated eager calls either.
 
 Seeds: ``seed=None`` means fresh, non-reproducible entropy drawn once per call
-(``tf_dlthesis._seeds.as_seed``), as everywhere in the library; an int or a
+(``tf_dlthesis.data.as_seed``), as everywhere in the library; an int or a
 shape-[2] integer tensor gives a reproducible stateless seed.
 
 Reference:
@@ -196,8 +196,44 @@ def as_images(x):
     return x
 
 
-def _prepare_labels(model_fn, x, y):
-    """Return (labels, loss_fn): sparse int labels use CleverHans's default loss; soft labels use softmax CE."""
+def _check_batch(x, name="x"):
+    """Images must be a non-empty batch (B, ...), B >= 1, when the batch size is known."""
+    if x.shape.rank is not None and x.shape.rank < 2:
+        raise ValueError(f"`{name}` must be a batch of images (B, H, W, C). Received: {name}.shape={x.shape}")
+    if x.shape.rank and x.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (0 images): there is nothing to attack. "
+                         f"Received: {name}.shape={x.shape}")
+    return x
+
+
+def _num_classes(model):
+    """The model's logit width when Keras knows it without a forward pass, else None."""
+    try:
+        shape = model.output_shape if isinstance(model, keras.Model) else None
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(shape, tuple) and shape and isinstance(shape[-1], int):
+        return int(shape[-1])
+    return None
+
+
+def _check_label_values(y, num_classes, name="y"):
+    """Eager check of sparse labels against [0, num_classes - 1] (no-op inside a graph)."""
+    if num_classes is None or not (tf.executing_eagerly() and hasattr(y, "numpy")):
+        return
+    values = np.asarray(y.numpy()).reshape(-1)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise ValueError(f"`{name}` has labels outside [0, {num_classes - 1}] for a model with {num_classes} "
+                         f"logits. Received out-of-range labels: {sorted({v.item() for v in bad})[:10]}")
+
+
+def _prepare_labels(model_fn, x, y, model=None):
+    """Return (labels, loss_fn): sparse int labels use CleverHans's default loss; soft labels use softmax CE.
+
+    With ``model`` (eager calls), labels are checked against the model's number of
+    logits: sparse values in range, one-hot/soft width equal to it.
+    """
     if y is None:
         return tf.argmax(model_fn(x), axis=-1), None
     y = tf.convert_to_tensor(y)
@@ -205,14 +241,19 @@ def _prepare_labels(model_fn, x, y):
         raise ValueError(
             f"Labels and images must have the same batch size. Received: x.shape={x.shape}, y.shape={y.shape}"
         )
+    num_classes = None if model is None else _num_classes(model)
     if y.shape.rank == 2:
+        if num_classes is not None and y.shape[-1] is not None and y.shape[-1] != num_classes:
+            raise ValueError(f"One-hot/soft `y` must have {num_classes} columns (the model's logits). "
+                             f"Received: y.shape={y.shape}")
         y = tf.cast(y, tf.float32)
         return y, lambda labels, logits: tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     if y.shape.rank != 1:
         raise ValueError(f"Labels must be sparse (B,) or one-hot (B, K). Received: y.shape={y.shape}")
     if y.dtype.is_floating:
         y = tf.cast(y, tf.int64)
-    return y, None
+    _check_label_values(y, num_classes)
+    return tf.cast(y, tf.int64), None
 
 
 # --------------------------------------------------------------------------- FGSM / PGD
@@ -235,7 +276,10 @@ def fgsm(model, x, y=None, *, epsilon: float, clip_range=(0.0, 1.0), loss_fn=Non
         Adversarial images, float32, same shape as ``x``.
 
     Raises:
-        ValueError: negative epsilon, inverted clip range, label/batch mismatch.
+        ValueError: negative epsilon, inverted clip range, label/batch mismatch,
+            an empty batch ``x``, labels ``y`` out of range for the model's
+            logits or one-hot ``y`` of another width (checked once, eagerly,
+            for a Keras model whose output shape is known).
 
     Reference:
         Thesis Sec. 3.2, Eq. 3.1; Goodfellow et al., https://arxiv.org/abs/1412.6572.
@@ -243,8 +287,8 @@ def fgsm(model, x, y=None, *, epsilon: float, clip_range=(0.0, 1.0), loss_fn=Non
     epsilon = _check_float("epsilon", epsilon, minimum=0.0, allow_tensor=True)
     lo, hi = _check_clip_range(clip_range)
     model_fn = inference_fn(model)
-    x = as_images(x)
-    y, default_loss = _prepare_labels(model_fn, x, y)
+    x = _check_batch(as_images(x))
+    y, default_loss = _prepare_labels(model_fn, x, y, model)
     return fast_gradient_method(model_fn, x, epsilon, np.inf, loss_fn=loss_fn or default_loss,
                                 clip_min=lo, clip_max=hi, y=y)
 
@@ -282,7 +326,9 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
 
     Raises:
         ValueError: negative epsilon, ``step_size > epsilon``, inverted clip
-            range, negative ``num_steps``, label/batch mismatch.
+            range, negative ``num_steps``, label/batch mismatch, an empty batch
+            ``x``, labels ``y`` out of range for the model's logits or one-hot
+            ``y`` of another width (checked once, eagerly).
 
     Reference:
         Thesis Sec. 3.2 and 3.5.1 (eps 0.03, step 0.0078); https://arxiv.org/abs/1706.06083.
@@ -294,8 +340,8 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
     num_steps = _check_steps(num_steps)
     lo, hi = _check_clip_range(clip_range)
     model_fn = inference_fn(model)
-    x = as_images(x)
-    y, default_loss = _prepare_labels(model_fn, x, y)
+    x = _check_batch(as_images(x))
+    y, default_loss = _prepare_labels(model_fn, x, y, model)
     loss_fn = loss_fn or default_loss
     if random_start:
         eta = tf.random.stateless_uniform(tf.shape(x), as_seed(seed), -epsilon, epsilon, dtype=x.dtype)
@@ -656,16 +702,38 @@ class Attack:
                        random_start=self.random_start, clip_range=self.clip_range, seed=seed)
         return spsa(model, x, y, epsilon=epsilon, clip_range=self.clip_range, seed=seed, **self.spsa_params)
 
-    def _compiled(self, model):
-        """The model's compiled function for this attack's kind / steps / clip range (epsilon is an argument)."""
+    def _compiled(self, model, x=None, y=None):
+        """The model's compiled function for this attack and these input shapes (epsilon is an argument).
+
+        Each function has a fixed ``input_signature`` (any batch size; the
+        image shape, the label kind and width fixed), so it is traced exactly
+        once: a second call with the same image shape never retraces, and no
+        "tf.function retracing" warning can come from it.
+        """
         cache = _model_cache(model)
-        key = (self.kind, self.num_steps, self.clip_range, self.random_start)
+        image_shape = None if x is None else tuple(x.shape[1:])
+        if y is None:
+            label_key, y_spec = None, None
+        elif y.shape.rank == 2:
+            label_key, y_spec = ("soft", y.shape[-1]), tf.TensorSpec([None, y.shape[-1]], tf.float32)
+        else:
+            label_key, y_spec = ("sparse",), tf.TensorSpec([None], tf.int64)
+        key = (self.kind, self.num_steps, self.clip_range, self.random_start, image_shape, label_key)
         fn = cache.compiled.get(key)
         if fn is None:
             # a partial, not a closure: TF's frequent-retracing detector keys on `__code__`, which
             # every model's compiled function would share; a partial gets a detector of its own
-            run = functools.partial(_attack_compiled_body, self, _model_ref(model))
-            fn = cache.compiled[key] = tf.function(run, reduce_retracing=True)
+            scalar = tf.TensorSpec([], tf.float32)
+            seed_spec = tf.TensorSpec([2], tf.int64)
+            if image_shape is None or None in image_shape:
+                signature = None                      # unknown image shape: let TF generalize
+            elif y_spec is None:
+                signature = [tf.TensorSpec([None, *image_shape], tf.float32), scalar, scalar, seed_spec]
+            else:
+                signature = [tf.TensorSpec([None, *image_shape], tf.float32), y_spec, scalar, scalar, seed_spec]
+            body = _attack_compiled_body if y_spec is not None or signature is None else _attack_compiled_body_unlabelled
+            run = functools.partial(body, self, _model_ref(model))
+            fn = cache.compiled[key] = tf.function(run, input_signature=signature, reduce_retracing=True)
         return fn
 
     def __call__(self, model, x, y=None, seed=None):
@@ -680,6 +748,11 @@ class Attack:
 
         Returns:
             Adversarial images (float32).
+
+        Raises:
+            ValueError: an empty batch ``x``; labels ``y`` out of range for the
+                model's logits or one-hot ``y`` of another width (checked once,
+                eagerly, before the compiled function runs).
         """
         x = as_images(x)
         if self.kind == "natural":
@@ -687,15 +760,23 @@ class Attack:
         if self.kind == "spsa":
             p = self.spsa_params
             return spsa(model, x, y, epsilon=self.epsilon, clip_range=self.clip_range, seed=seed, **p)
+        model_fn = inference_fn(model)
+        x = _check_batch(x)
         if y is not None:
-            y = tf.convert_to_tensor(y)
-            y = tf.cast(y, tf.float32) if y.shape.rank == 2 else tf.cast(y, tf.int64)
-        return self._compiled(model)(x, y, tf.constant(self.epsilon, tf.float32),
-                                     tf.constant(self.step_size or 0.0, tf.float32), as_seed(seed))
+            y, _ = _prepare_labels(model_fn, x, y, model)
+        fn = self._compiled(model, x, y)
+        args = (tf.constant(self.epsilon, tf.float32), tf.constant(self.step_size or 0.0, tf.float32), as_seed(seed))
+        if y is None and fn.input_signature is not None:
+            return fn(x, *args)
+        return fn(x, y, *args)
 
 
 def _attack_compiled_body(attack, ref, x, y, epsilon, step_size, seed):
     return attack._run(ref(), x, y, epsilon, step_size, seed)
+
+
+def _attack_compiled_body_unlabelled(attack, ref, x, epsilon, step_size, seed):
+    return attack._run(ref(), x, None, epsilon, step_size, seed)
 
 
 def make_attack(name: str, *, epsilon: float, step_size: float | None = None, clip_range=(0.0, 1.0),

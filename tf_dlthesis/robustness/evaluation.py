@@ -49,6 +49,34 @@ def _named_columns(attacks):
     return {a for a in attacks if isinstance(a, str)}
 
 
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    return int(batch_size)
+
+
+def _model_width(model, x):
+    """The model's number of logits: from Keras's output shape, else one forward pass on one example."""
+    width = _attacks._num_classes(model)
+    if width is None:
+        width = int(np.asarray(_attacks.inference_fn(model)(tf.constant(x[:1]))).shape[-1])
+    return width
+
+
+def _checked_data(model, dataset, max_examples, batch_size):
+    """``(x, y)`` arrays, checked once at the API boundary: non-empty, labels within the model's logits."""
+    batch_size = _check_batch_size(batch_size)
+    x, y = to_arrays(dataset, max_examples)
+    if len(x) == 0:
+        raise ValueError("`dataset` is empty: there are no test examples to evaluate. Received: 0 examples")
+    width = _model_width(model, x)
+    bad = np.unique(y[(y < 0) | (y >= width)])
+    if bad.size:
+        raise ValueError(f"`dataset` has labels outside [0, {width - 1}] for a model with {width} logits. "
+                         f"Received out-of-range labels: {bad[:10].tolist()}")
+    return x, y, batch_size
+
+
 def _base_seed(seed):
     """An int base seed: ``seed`` itself, or fresh entropy drawn once when it is ``None``."""
     seed = check_int_seed(seed, "seed")
@@ -72,10 +100,11 @@ def per_example_correct(model, x, y, attack, *, batch_size=128, seed=0, store=No
     (PGD-1000, SPSA) resumes where it stopped.
 
     Raises:
-        TypeError / ValueError: a seed that is not an int >= 0 or None.
+        TypeError / ValueError: a seed that is not an int >= 0 or None, ``batch_size < 1``.
     """
     out = []
     seed = _base_seed(seed)
+    batch_size = _check_batch_size(batch_size)
     for b, i in enumerate(range(0, len(x), batch_size)):
         cfg = None
         if store is not None:
@@ -133,7 +162,10 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
         ``return_details``).
 
     Raises:
-        ValueError: unknown attack, ``store`` without ``store_key``.
+        ValueError: unknown attack, ``store`` without ``store_key``, an empty
+            ``dataset``, labels outside the model's logits (checked once, up
+            front, on the arrays read from ``dataset``), ``batch_size < 1``,
+            ``sample`` sizes < 1.
 
     Reference:
         Thesis Sec. 3.5, Tables 3.1, 3.3, 3.5, 3.6.
@@ -141,13 +173,17 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
     if store is not None and not store_key:
         raise ValueError(f"`store_key` (a name for the model) is required with `store`. Received: store_key={store_key!r}")
     seed = _base_seed(seed)
-    x, y = to_arrays(dataset, max_examples)
+    x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     fns = _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params)
     named = _named_columns(attacks)  # built from names here: their store key follows this call's settings
     sample = dict(sample or {})
     unknown = set(sample) - set(fns)
     if unknown:
         raise ValueError(f"`sample` names attacks not evaluated: {sorted(unknown)}")
+    for name, n in sample.items():
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"`sample` sizes must be ints >= 1 (an empty sample has no accuracy). "
+                             f"Received: sample={{{name!r}: {n!r}}}")
     acc, details = {}, {}
     for name, fn in fns.items():
         xs, ys = x, y
@@ -193,13 +229,14 @@ def black_box_matrix(models: dict, dataset, attack: str = "pgd10", *, targets: d
         in thesis Tables 3.2/3.4).
 
     Raises:
-        ValueError: empty ``models`` or unknown attack.
+        ValueError: empty ``models`` or unknown attack, an empty ``dataset``,
+            labels outside the models' logits, ``batch_size < 1``.
     """
     if not models:
         raise ValueError("`models` must be a non-empty dict of source models.")
     targets = models if targets is None else targets
     seed = _base_seed(seed)
-    x, y = to_arrays(dataset, max_examples)
+    x, y, batch_size = _checked_data(next(iter(models.values())), dataset, max_examples, batch_size)
     fn = next(iter(_resolve_attacks((attack,), epsilon, step_size, clip_range, None).values()))
     table = {t: {} for t in targets}
     for s_name, source in models.items():
@@ -231,8 +268,23 @@ def logit_statistics(model, dataset, *, bins: int = 60, value_range=None, attack
         ``mean``, ``std``, ``dynamic_range`` (max - min logit; thesis: ~20 vs ~1.2
         with label smoothing 0.75), ``central_range`` (99.5th - 0.5th percentile),
         ``histogram`` (counts) and ``bin_edges``, ``logits`` (N, C).
+
+    Raises:
+        ValueError: ``bins < 1``, a ``value_range`` that is not ``(min, max)``
+            with ``min < max``, an empty ``dataset``, labels outside the
+            model's logits (with ``attack``), ``batch_size < 1``.
     """
-    x, y = to_arrays(dataset, max_examples)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"`bins` (number of histogram bins) must be an int >= 1. Received: bins={bins!r}")
+    if value_range is not None:
+        try:
+            lo, hi = (float(v) for v in value_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"`value_range` must be None or a pair (min, max). "
+                             f"Received: value_range={value_range!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"`value_range` must satisfy min < max (finite). Received: value_range={value_range!r}")
+    x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     if attack is not None and attack != "natural":
         seed = _base_seed(seed)
         fn = next(iter(_resolve_attacks((attack,), epsilon, step_size, clip_range, None).values()))
@@ -328,7 +380,7 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
         Carlini et al., "On Evaluating Adversarial Robustness", https://arxiv.org/abs/1902.06705.
     """
     seed = _base_seed(seed)
-    x, y = to_arrays(dataset, max_examples)
+    x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     lo, hi = clip_range
     large_epsilon = (hi - lo) / 2 if large_epsilon is None else large_epsilon
     epsilons = list(epsilons) if epsilons is not None else [epsilon / 2, epsilon, 2 * epsilon, 4 * epsilon]

@@ -129,13 +129,30 @@ def _squared_norm(logits, class_reduction):
 
 
 # --------------------------------------------------------------------------- functions
+def _sparse_out_of_range(labels, num_classes):
+    """The distinct out-of-range values of eager sparse labels (an empty list when all are valid or traced)."""
+    if not (tf.executing_eagerly() and hasattr(labels, "numpy")):
+        return []
+    values = labels.numpy().reshape(-1)
+    bad = values[(values < 0) | (values >= num_classes)]
+    return sorted({v.item() for v in bad})
+
+
 def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float32):
     """Label-smoothing targets of Eq. 3.8 (``1 - s`` true class, ``s/(C-1)`` others).
 
-    Sparse labels ``(B,)`` are one-hot encoded first; one-hot or soft labels
-    ``(B, C)`` (e.g. from mixup) are smoothed linearly,
+    Sparse labels ``(B,)`` (or ``(B, 1)``) are one-hot encoded first; one-hot or
+    soft labels ``(B, C)`` (e.g. from mixup) are smoothed linearly,
     ``p = (1 - s) y + s / (C - 1) (1 - y)``, which reduces to Eq. 3.8 for one-hot
     labels.
+
+    Sparse labels are checked against ``[0, C - 1]`` when they are eager tensors
+    or arrays (a label outside it would one-hot encode to a row of zeros, i.e.
+    targets with no true class); inside a traced graph the check is left to the
+    API boundary (``RobustModel.fit`` checks in-memory labels once, eagerly).
+
+    Example:
+        >>> smoothed_targets([2], 3, 0.2)        # [[0.1, 0.1, 0.8]]
 
     Args:
         y_true: sparse integer labels ``(B,)`` or (soft) one-hot labels ``(B, C)``.
@@ -147,7 +164,9 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
         ``(B, C)`` target distribution.
 
     Raises:
-        ValueError: if ``smoothing`` is out of range or ``num_classes < 2``.
+        ValueError: ``smoothing`` out of range, ``num_classes < 2``, sparse
+            ``y_true`` outside ``[0, C - 1]``, or float ``(B, K)`` labels whose
+            width ``K`` is not ``C``.
     """
     if num_classes is None or int(num_classes) < 2:
         raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
@@ -158,18 +177,35 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
             f"Received: smoothing={smoothing}, C={num_classes}"
         )
     y_true = tf.convert_to_tensor(y_true)
-    if y_true.shape.rank == 2 and y_true.shape[-1] == num_classes:
-        onehot = tf.cast(y_true, dtype)
-    else:
-        if y_true.dtype.is_floating:
-            y_true = tf.cast(y_true, tf.int64)
-        onehot = tf.one_hot(tf.reshape(y_true, [-1]), num_classes, dtype=dtype)
+    rank = y_true.shape.rank
+    width = y_true.shape[-1] if rank else None
+    if rank == 2 and width == num_classes:
+        return _smooth(tf.cast(y_true, dtype), num_classes, smoothing, dtype)
+    if rank is not None and (rank > 2 or (rank == 2 and width not in (None, 1))):
+        raise ValueError(
+            f"`y_true` must be sparse labels (B,) or one-hot/soft labels (B, {num_classes}) matching the "
+            f"{num_classes} logits. Received: y_true.shape={y_true.shape}"
+        )
+    bad = _sparse_out_of_range(y_true, num_classes)
+    if bad:
+        raise ValueError(
+            f"`y_true` has sparse labels outside [0, {num_classes - 1}] for num_classes={num_classes}. "
+            f"Received out-of-range labels: {bad[:10]}"
+        )
+    if y_true.dtype.is_floating:
+        y_true = tf.cast(y_true, tf.int64)
+    onehot = tf.one_hot(tf.reshape(y_true, [-1]), num_classes, dtype=dtype)
+    return _smooth(onehot, num_classes, smoothing, dtype)
+
+
+def _smooth(onehot, num_classes, smoothing, dtype):
     s = tf.cast(smoothing, dtype)
     return (1.0 - s) * onehot + s / (num_classes - 1.0) * (1.0 - onehot)
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
-def label_smoothing_cross_entropy(y_true, y_pred, smoothing: float = 0.1, from_logits: bool = True):
+def label_smoothing_cross_entropy(y_true, y_pred, smoothing: float = 0.1, from_logits: bool = True, *,
+                                  check_numerics: bool = False):
     """Cross-entropy against the label-smoothing targets of thesis Eq. 3.8.
 
     Unlike Keras's ``label_smoothing`` (which puts ``s/C`` on every class), the
@@ -183,14 +219,27 @@ def label_smoothing_cross_entropy(y_true, y_pred, smoothing: float = 0.1, from_l
         y_pred: logits (or probabilities when ``from_logits=False``), ``(B, C)``.
         smoothing: ``s``.
         from_logits: whether ``y_pred`` are logits.
+        check_numerics: raise ``tf.errors.InvalidArgumentError`` naming
+            ``y_pred`` / ``y_true`` when they hold NaN or Inf (off by default:
+            it adds a check per call; turn it on to find where NaNs enter).
 
     Returns:
         Per-example cross-entropy, shape ``(B,)``.
+
+    Raises:
+        ValueError: as :func:`smoothed_targets`; in particular one-hot/soft
+            ``y_true`` whose width is not the number of logits (it is not
+            re-read as sparse labels).
 
     Reference:
         Thesis Sec. 3.4, Eq. 3.8; https://arxiv.org/abs/1906.03749.
     """
     y_pred = _as_logits(y_pred, "y_pred")
+    if check_numerics:
+        y_pred = tf.debugging.check_numerics(y_pred, "label_smoothing_cross_entropy: `y_pred` has NaN or Inf")
+        y_true = tf.convert_to_tensor(y_true)
+        if y_true.dtype.is_floating:
+            y_true = tf.debugging.check_numerics(y_true, "label_smoothing_cross_entropy: `y_true` has NaN or Inf")
     targets = smoothed_targets(y_true, y_pred.shape[-1], smoothing, dtype=y_pred.dtype)
     if from_logits:
         log_p = tf.nn.log_softmax(y_pred, axis=-1)
@@ -412,24 +461,31 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         from_logits: whether predictions are logits.
         reduction, name, dtype: as for ``keras.losses.Loss`` (``reduction`` is
             the reduction over the batch).
+        check_numerics: fail with an error naming ``y_pred`` / ``y_true`` on
+            NaN or Inf inputs (off by default; see
+            :func:`label_smoothing_cross_entropy`).
 
     Raises:
         ValueError: if ``smoothing`` is outside ``[0, 1)``.
     """
 
     def __init__(self, smoothing: float = 0.1, from_logits: bool = True,
-                 reduction="sum_over_batch_size", name="label_smoothing_cross_entropy", dtype=None):
+                 reduction="sum_over_batch_size", name="label_smoothing_cross_entropy", dtype=None,
+                 check_numerics: bool = False):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
             raise ValueError(f"`smoothing` must be a float in [0, 1). Received: smoothing={smoothing!r}")
         self.smoothing = float(smoothing)
         self.from_logits = bool(from_logits)
+        self.check_numerics = bool(check_numerics)
 
     def call(self, y_true, y_pred):
-        return label_smoothing_cross_entropy(y_true, y_pred, self.smoothing, self.from_logits)
+        return label_smoothing_cross_entropy(y_true, y_pred, self.smoothing, self.from_logits,
+                                             check_numerics=self.check_numerics)
 
     def get_config(self):
-        return {**super().get_config(), "smoothing": self.smoothing, "from_logits": self.from_logits}
+        return {**super().get_config(), "smoothing": self.smoothing, "from_logits": self.from_logits,
+                "check_numerics": self.check_numerics}
 
 
 class _Identity(keras.losses.Loss):

@@ -6,6 +6,7 @@ import types
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis._seeds import check_int_seed, fresh_seed
@@ -189,6 +190,9 @@ class RobustModel(keras.Model):
             from ``fold_in(seed, optimizer.iterations)`` (stateless, resumes
             exactly).  ``None`` draws a fresh seed once, at construction.
         preset: ``None`` or a key of :data:`PRESETS`.
+        check_numerics: fail with an error naming the tensor (input images,
+            logits ``y_pred``, soft labels) when NaN or Inf enter a training
+            step (off by default: it adds checks to every step).
         **defense_params: ``clean_weight``, ``smoothing``, ``pairing_weight``,
             ``squeeze_weight``, ``beta``, ``ratio`` (> 0), ``h_gradient``,
             ``mixing`` (``None``, ``"vh_mixup"``, ``"mixup"``),
@@ -197,9 +201,19 @@ class RobustModel(keras.Model):
             the mixing methods' Beta concentration) and ``pairing_reduction``
             (now ``class_reduction``) still work for one release.
 
+    Labels are checked once, eagerly, when ``fit`` / ``evaluate`` start (not
+    inside the compiled step): in-memory ``y`` arrays against ``[0, C - 1]``
+    (``C`` the model's logits) and one-hot widths against ``C``; for a
+    ``tf.data.Dataset`` only what its ``element_spec`` shows (label rank and
+    one-hot width) can be checked without reading it, so sparse label *values*
+    of a dataset are not range-checked (an out-of-range value then fails inside
+    the step, or is one-hot encoded to zeros by the smoothed loss).
+
     Raises:
         ValueError: unknown defense / attack / mixing / preset, a parameter the
-            defense does not take, or an out-of-range value (e.g. ``ratio <= 0``).
+            defense does not take, or an out-of-range value (e.g. ``ratio <= 0``);
+            at ``fit`` / ``evaluate``: labels ``y`` out of range or of the wrong
+            width (see above).
         TypeError: ``model`` is not a Keras model.
 
     Reference:
@@ -209,7 +223,8 @@ class RobustModel(keras.Model):
 
     def __init__(self, model, defense: str = "none", attack: str = "pgd", *, epsilon: float | None = None,
                  step_size: float | None = None, num_steps: int = 10, random_start: bool = True,
-                 clip_range=(0.0, 1.0), seed: int | None = 0, preset: str | None = None, **defense_params):
+                 clip_range=(0.0, 1.0), seed: int | None = 0, preset: str | None = None,
+                 check_numerics: bool = False, **defense_params):
         keras_kwargs = {k: defense_params.pop(k) for k in ("name", "trainable", "dtype") if k in defense_params}
         super().__init__(**keras_kwargs)
         if not isinstance(model, keras.Model):
@@ -245,6 +260,9 @@ class RobustModel(keras.Model):
         num_steps = _attacks._check_steps(num_steps)
         lo, hi = _attacks._check_clip_range(clip_range)
         seed = check_int_seed(seed, "seed")
+        if not isinstance(check_numerics, bool):
+            raise TypeError(f"`check_numerics` must be a bool. Received: check_numerics={check_numerics!r}")
+        self.check_numerics = check_numerics
         self.model = model
         self.defense = defense
         self.attack = attack
@@ -259,7 +277,8 @@ class RobustModel(keras.Model):
             clip_range=self.clip_range, random_start=self.random_start)
         # the defense's losses (Keras Loss objects)
         reduction = params["class_reduction"]
-        self._train_ce = LabelSmoothingCrossEntropy(params.get("smoothing", 0.0), name="train_cross_entropy")
+        self._train_ce = LabelSmoothingCrossEntropy(params.get("smoothing", 0.0), name="train_cross_entropy",
+                                                    check_numerics=check_numerics)
         self._eval_ce = LabelSmoothingCrossEntropy(0.0, name="cross_entropy")
         if defense in ("alp", "clean_logit_pairing"):
             self._pairing = LogitPairing(reduction)
@@ -318,6 +337,54 @@ class RobustModel(keras.Model):
                       "(it is a test-only counter).", DeprecationWarning, stacklevel=2)
         return self._attack_trace_count
 
+    # ------------------------------------------------------------------ label checks
+    def _num_classes(self):
+        return _attacks._num_classes(self.model)
+
+    def _check_labels(self, x, y):
+        """Checks labels once at the API boundary (``fit`` / ``evaluate``), never per batch."""
+        num_classes = self._num_classes()
+        if num_classes is None:
+            return
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            if isinstance(spec, (tuple, list)) and len(spec) >= 2:
+                self._check_label_spec(spec[1].shape, spec[1].dtype, num_classes)
+            return
+        if y is None or isinstance(y, tf.data.Dataset) or not hasattr(y, "__len__"):
+            return
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[-1] != 1:
+            if y.shape[-1] != num_classes:
+                raise ValueError(f"One-hot/soft `y` must have {num_classes} columns (the model's logits). "
+                                 f"Received: y.shape={y.shape}")
+            return
+        if y.ndim not in (1, 2):
+            raise ValueError(f"`y` must be sparse labels (N,) or one-hot labels (N, {num_classes}). "
+                             f"Received: y.shape={y.shape}")
+        values = y.reshape(-1)
+        bad = np.unique(values[(values < 0) | (values >= num_classes)])
+        if bad.size:
+            raise ValueError(f"`y` has labels outside [0, {num_classes - 1}] for a model with {num_classes} "
+                             f"logits. Received out-of-range labels: {bad[:10].tolist()}")
+
+    @staticmethod
+    def _check_label_spec(shape, dtype, num_classes):
+        if (dtype.is_floating and shape.rank is not None and shape.rank >= 2
+                and shape[-1] not in (None, 1, num_classes)):
+            raise ValueError(f"The dataset's one-hot/soft labels `y` must have {num_classes} columns (the model's "
+                             f"logits). Received: labels of shape {shape}")
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.fit``, after checking the labels once (see the class docstring)."""
+        self._check_labels(x, y)
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.evaluate``, after checking the labels once (see the class docstring)."""
+        self._check_labels(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
     # ------------------------------------------------------------------ keras plumbing
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
@@ -333,7 +400,7 @@ class RobustModel(keras.Model):
             "defense": self.defense, "attack": self.attack, "epsilon": self.epsilon,
             "step_size": self.step_size, "num_steps": self.num_steps, "random_start": self.random_start,
             "clip_range": self.clip_range, "seed": self.seed, "preset": self.preset, "name": self.name,
-            **self.defense_params,
+            "check_numerics": self.check_numerics, **self.defense_params,
         }
 
     @classmethod
@@ -389,6 +456,8 @@ class RobustModel(keras.Model):
         """
         mix_seed, attack_seed, pair_seed = self._step_seeds(step)
         x = _attacks.as_images(x)
+        if self.check_numerics:
+            x = tf.debugging.check_numerics(x, "RobustModel: the input images `x` have NaN or Inf")
         x, y = self._mix(x, y, mix_seed)
         out = {"clean": None, "adversarial": None}
         if self.defense in _ADVERSARIAL:

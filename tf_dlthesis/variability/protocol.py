@@ -28,11 +28,14 @@ Reference: Thesis Ch. 5, Sec. 5.3.1 and App. B.6; arXiv:2103.04514.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Mapping, Sequence
 
@@ -43,6 +46,16 @@ from tf_dlthesis.variability.seed_plan import SeedPlan, parse_source
 
 EXECUTORS = ("local", "ray", "serial")
 _VARIANT_PREFIX = "variant:"
+#: Opens a results store from a path (`store="runs.sqlite"`). Set by the package root
+#: (`tf_dlthesis._register_all`) to `experiments.ResultsStore`: the store lives in a layer
+#: above `variability`, which must not import it.
+_STORE_OPENER = None
+_GUARD_HELP = (
+    "run_protocol(executor='local') starts a process per run, and every new process imports the "
+    "script that called it again (multiprocessing's forkserver and spawn start methods): without a "
+    "guard the script would run again in each of them. Put the call under "
+    "`if __name__ == \"__main__\":` as in README's Chapter 5 example, or pass executor='serial'."
+)
 
 
 @dataclasses.dataclass
@@ -195,13 +208,16 @@ def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, pr
     if start_method == "forkserver":
         # The server imports TF once; each run is a fresh fork of it (a new process,
         # so op determinism stays per run) without paying the TF import again.
-        preload = ["tensorflow", "keras", "tf_dlthesis.variability.protocol"]
+        # `tf_dlthesis` first: it imports TensorFlow quietly (no C++ banners) and registers
+        # the package's Keras objects
+        preload = ["tf_dlthesis", "tensorflow", "keras", "tf_dlthesis.variability.protocol"]
         target = getattr(train_fn, "func", train_fn)  # unwrap functools.partial
         module = getattr(target, "__module__", None)
         if module and module not in ("__main__", "functools"):
             preload.append(module)
         ctx.set_forkserver_preload(preload)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1,
+                             initializer=_die_with, initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_run_one, train_fn, plan, threads): label for label, plan in tasks}
         try:
             while pending:
@@ -249,6 +265,114 @@ def _ineffective(result: dict, control: dict) -> str | None:
     if np.array_equal(np.asarray(result["logits"]), np.asarray(control["logits"])):
         return "every test logit bit-identical to the unperturbed control"
     return None
+
+
+def _as_store(store):
+    """`None` -> in memory; a path -> a `ResultsStore` on it; else anything with `has`/`get`/`record`."""
+    if store is None:
+        return _MemoryStore()
+    if isinstance(store, (str, bytes, os.PathLike)):
+        if not os.fspath(store):
+            raise ValueError(f"`store` must be a non-empty path. Received: store={store!r}")
+        if _STORE_OPENER is None:  # only when tf_dlthesis's root was bypassed
+            raise TypeError(f"`store` as a path needs `import tf_dlthesis` first; or pass "
+                            f"tf_dlthesis.experiments.ResultsStore(path). Received: store={store!r}")
+        return _STORE_OPENER(os.fsdecode(store))
+    missing = [m for m in ("has", "get", "record") if not callable(getattr(store, m, None))]
+    if missing:
+        raise TypeError(f"`store` must be a ResultsStore, a path to one (str or os.PathLike), anything with "
+                        f"has/get/record methods, or None; {type(store).__name__} has no {'/'.join(missing)}. "
+                        f"Received: store={store!r}")
+    return store
+
+
+def _is_main_test(test) -> bool:
+    """Whether an `if` test is `__name__ == "__main__"` (either side)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    consts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
+
+
+def _check_main_guard() -> None:
+    """Refuses a call from a script's unguarded top level (it would rerun in every worker).
+
+    Two cases: (1) in the script itself, the call is reached from module-level code
+    of `__main__` that is not inside `if __name__ == "__main__":` (checked on the
+    script's source); (2) in a worker that is importing the script while starting
+    up (what multiprocessing's own `_check_not_importing_main` looks at).
+
+    Raises:
+        RuntimeError: in either case, pointing at the guard.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(f"run_protocol was called while a worker process was importing the main script. "
+                           f"{_GUARD_HELP}")
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return  # interactive session, notebook, -c: workers do not rerun any script
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
+        frame = frame.f_back
+    if frame is None:
+        return  # not reached from the script's module-level code (e.g. from a guarded function call)
+    line = frame.f_lineno
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read(), filename=path)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test) and node.body:
+            if node.body[0].lineno <= line <= (node.body[-1].end_lineno or node.body[-1].lineno):
+                return
+    where = f" (called from {path}, line {line}, outside any `if __name__ == \"__main__\":` block)"
+    raise RuntimeError(f"{_GUARD_HELP}{where}")
+
+
+def _die_with(pid: int) -> None:
+    """Pool-worker initializer: the worker ends itself as soon as process `pid` is gone.
+
+    A `kill -9` of the `run_protocol` process gives its pool no chance to stop the
+    workers, and a running worker keeps the forkserver (and through it the
+    multiprocessing resource tracker) alive: without this, all three outlive the
+    killed process until the worker's training ends. A daemon thread waits on a
+    Linux pidfd of `pid` (readable when it exits; immune to pid reuse), else polls
+    `os.kill(pid, 0)` every 0.2 s, and then calls `os._exit`. Once the workers are
+    gone the forkserver sees end-of-file on its liveness pipe and exits, and the
+    resource tracker follows.
+    """
+    def watch():
+        pidfd = None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or `pid` already gone
+            pass
+        if pidfd is not None:
+            import select
+
+            select.select([pidfd], [], [])
+        else:
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:  # alive, owned by someone else (cannot happen for our parent)
+                    pass
+                if os.getppid() == 1 and pid != 1:  # reparented to init: our parent chain is gone
+                    break
+                time.sleep(0.2)
+        try:
+            os.write(2, f"tf_dlthesis run_protocol worker {os.getpid()}: the protocol's process {pid} is gone; "
+                        f"stopping\n".encode())
+        finally:
+            os._exit(70)
+
+    threading.Thread(target=watch, name="tf_dlthesis-protocol-watchdog", daemon=True).start()
 
 
 def _runs_per_source(runs, sources) -> dict:
@@ -303,8 +427,9 @@ def run_protocol(
     Example:
 
     >>> # def train(plan): ...build with seed=plan.init, shuffle with plan.epoch_seed("shuffle", e)...
-    >>> # result = run_protocol(train, sources=["init", "shuffle", "bit_change", "all"],
-    >>> #                       runs=100, labels=y_test, store=ResultsStore("ch5.sqlite"))
+    >>> # if __name__ == "__main__":   # required: each local worker imports the script again
+    >>> #     result = run_protocol(train, sources=["init", "shuffle", "bit_change", "all"],
+    >>> #                           runs=100, labels=y_test, store="ch5.sqlite")
     >>> # result.rows["init"]["accuracy_sd"], result.bit_changes["bit_change"]["replaced"]
 
     Args:
@@ -316,8 +441,9 @@ def run_protocol(
         sources: Source names (`SOURCES`, `"all"`, `"a+b"` combinations).
         runs: R >= 2 runs per source, or a mapping source -> R.
         labels: (N,) integer test labels.
-        store: A `tf_dlthesis.experiments.ResultsStore` (or anything with
-            `has`/`get`/`record`); `None` keeps results in memory (no resume).
+        store: A `tf_dlthesis.experiments.ResultsStore`, a path (str or
+            `os.PathLike`) to open one on, anything with `has`/`get`/`record`, or
+            `None` (results kept in memory: no resume).
         executor: `"local"` (process pool), `"ray"` or `"serial"`.
         experiment: Experiment key in the store.
         config: Extra JSON-able config identifying this protocol in the store
@@ -342,8 +468,11 @@ def run_protocol(
     Raises:
         ValueError: for an unknown source or executor, runs < 2, labels that are
             not (N,) integers, or logits of the wrong shape or with NaNs.
+        TypeError: for a `store` that is neither a results store, a path nor None.
         ImportError: for `executor="ray"` without Ray installed.
-        RuntimeError: if a source that should stay fixed changed between runs.
+        RuntimeError: if a source that should stay fixed changed between runs, or
+            with `executor="local"` when called from a script's top level outside
+            `if __name__ == "__main__":` (each worker process would rerun the script).
     """
     if isinstance(sources, str):
         raise TypeError(f"`sources` must be a list of source names, not a string. Received: sources={sources!r}")
@@ -376,8 +505,9 @@ def run_protocol(
         workers = max(1, min(2, os.cpu_count() or 1))
     if start_method is None:
         start_method = "forkserver" if sys.platform != "win32" else "spawn"
-    if store is None:
-        store = _MemoryStore()
+    store = _as_store(store)
+    if executor == "local":
+        _check_main_guard()
     config = dict(config or {})
 
     def key(source):

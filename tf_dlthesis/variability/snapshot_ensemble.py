@@ -86,3 +86,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
 
     def get_config(self):
         return {"cycles": self.cycles}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

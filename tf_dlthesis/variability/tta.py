@@ -43,6 +43,17 @@ def tta_views(mode: str, *, pad: int = 4, grid: int = 3, grid_spacing: int = 16)
     return [(dy, dx, f) for dy, dx in offsets for f in flips]
 
 
+def _model_input_shape(model):
+    """(H, W, C) of a Keras model's single 4-D input (entries may be None), or None when unknown."""
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(shape, tuple) and len(shape) == 4 and all(d is None or isinstance(d, int) for d in shape):
+        return tuple(shape[1:])
+    return None
+
+
 def predict_tta(
     model,
     images,
@@ -74,14 +85,21 @@ def predict_tta(
         (N, num_classes) float64 mean logits.
 
     Raises:
-        ValueError: for a bad mode, images that are not 4-D, or a grid that does
-            not fit the image.
+        ValueError: for a bad mode, images that are not 4-D, an empty batch
+            (N = 0) or empty images, images whose channel count (or, for a model
+            with a fixed input size, view size) differs from the model's input,
+            or a grid that does not fit the image.
     """
     x = np.asarray(images, dtype=np.float32)
     if x.ndim != 4:
         raise ValueError(f"`images` must have shape (N, H, W, C). Received: shape={x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"`images` is an empty batch (N = 0): there is nothing to predict. Received: shape={x.shape}")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"`images` must have non-empty height, width and channels. Received: shape={x.shape}")
     views = tta_views(mode, pad=pad, grid=grid, grid_spacing=grid_spacing)
-    n, h, w, _ = x.shape
+    n, h, w, c = x.shape
+    expected = _model_input_shape(model)
     if mode in ("grid_crop", "flip_grid_crop"):
         if crop_size is None or crop_size < 1:
             raise ValueError(f"Grid TTA needs `crop_size` >= 1. Received: crop_size={crop_size!r}")
@@ -96,6 +114,14 @@ def predict_tta(
         out_h, out_w = h, w
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    if expected is not None:
+        want_h, want_w, want_c = expected
+        if want_c is not None and want_c != c:
+            raise ValueError(f"`images` have {c} channels but the model expects {want_c}. "
+                             f"Received: images.shape={x.shape}, model input shape (None, {want_h}, {want_w}, {want_c})")
+        if (want_h is not None and want_h != out_h) or (want_w is not None and want_w != out_w):
+            raise ValueError(f"The {mode!r} views of `images` are {out_h}x{out_w} but the model expects "
+                             f"{want_h}x{want_w} inputs. Received: images.shape={x.shape}")
 
     def view(dy, dx, flip, lo, hi):
         v = source[lo:hi, dy : dy + out_h, dx : dx + out_w]

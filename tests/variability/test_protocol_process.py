@@ -1,0 +1,175 @@
+"""run_protocol as a process tree: nothing outlives a `kill -9` of its process, a script
+without a `__main__` guard gets a clear error (not silent reruns), and `store` accepts a
+path (anything else: a TypeError naming `store`)."""
+
+import multiprocessing
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tf_dlthesis.experiments import ResultsStore
+from tf_dlthesis.variability import run_protocol
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LABELS = np.arange(12) % 3
+
+
+def toy_train(plan):
+    """Logits that depend on the init seed only (one-hot labels + seeded noise)."""
+    noise = np.random.default_rng(plan.init).normal(size=(12, 3))
+    return {"logits": np.eye(3)[LABELS] * 2.0 + noise, "init_hash": str(plan.init)}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _session_members(sid):
+    """Pids of live (not zombie) processes whose session id is `sid` (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path):
+    marker = tmp_path / "started"
+    script = tmp_path / "protocol.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        import numpy as np
+        from tf_dlthesis.variability import run_protocol
+
+        def train(plan):
+            open({str(marker)!r}, "a").write("run\\n")
+            time.sleep(120)  # a long training run
+            return np.zeros((4, 2))
+
+        if __name__ == "__main__":
+            run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, workers=2, progress=False)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        assert marker.exists(), "no worker started a run"
+        time.sleep(0.5)
+        family = _session_members(proc.pid)
+        assert len(family) >= 4, family  # the protocol, its forkserver, resource tracker and >= 1 worker
+        os.kill(proc.pid, signal.SIGKILL)  # the protocol's process only, as an OOM killer or `kill -9` would
+        proc.wait(timeout=10)
+        deadline = time.time() + 10
+        while _session_members(proc.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        left = _session_members(proc.pid)
+        assert not left, [pathlib.Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
+        assert "the protocol's process" in proc.stderr.read().decode()  # the workers said why they stopped
+    finally:
+        for pid in _session_members(proc.pid):  # never leave anything behind, even on failure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_script_without_main_guard_gets_a_clear_error_and_runs_once(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        from tf_dlthesis.variability import run_protocol
+        print("top level ran")
+
+        def train(plan):
+            return np.zeros((4, 2))
+
+        def main():
+            run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, progress=False)
+
+        main()
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=_env(),
+                          cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stdout.count("top level ran") == 1  # not rerun by any worker
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: run_protocol(executor='local') starts a process per run")
+    assert 'if __name__ == "__main__":' in last and "README's Chapter 5 example" in last
+    assert f"{script}, line 12" in last  # the unguarded top-level line: `main()`
+
+
+def test_a_worker_importing_the_main_script_refuses_to_start_a_protocol(monkeypatch):
+    # What a forkserver/spawn worker sees while it re-imports an unguarded script.
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(RuntimeError, match="while a worker process was importing the main script"):
+        run_protocol(toy_train, sources=["init"], runs=2, labels=LABELS, progress=False)
+
+
+def test_the_guard_check_accepts_calls_under_the_guard(tmp_path):
+    script = tmp_path / "guarded.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        from tf_dlthesis.variability import run_protocol
+
+        def train(plan):
+            return np.eye(2)[np.arange(4) % 2] + np.random.default_rng(plan.init).normal(size=(4, 2))
+
+        if __name__ == "__main__":
+            result = run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, workers=1,
+                                  progress=False, store="runs.sqlite")
+            print("rows", sorted(result.rows))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=_env(),
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rows ['init']" in proc.stdout
+    assert len(ResultsStore(tmp_path / "runs.sqlite").rows("variability")) == 2  # the path opened a ResultsStore
+
+
+@pytest.mark.parametrize("as_path", [str, pathlib.Path])
+def test_store_may_be_a_path(tmp_path, as_path):
+    path = tmp_path / "protocol.sqlite"
+    first = run_protocol(toy_train, sources=["init"], runs=3, labels=LABELS, store=as_path(path),
+                         executor="serial", progress=False)
+    rows = ResultsStore(path).rows("variability")
+    assert len(rows) == 3 and sorted(r["run"] for r in rows) == [0, 1, 2]
+    # resumed from the file: the same table, nothing retrained
+    again = run_protocol(lambda plan: (_ for _ in ()).throw(AssertionError("retrained")), sources=["init"], runs=3,
+                         labels=LABELS, store=as_path(path), executor="serial", progress=False)
+    np.testing.assert_array_equal(again.logits["init"], first.logits["init"])
+    # the accuracy SD by hand from the stored logits
+    acc = (first.logits["init"].argmax(-1) == LABELS).mean(axis=1)
+    assert first.rows["init"]["accuracy_sd"] == pytest.approx(np.std(acc, ddof=1))
+
+
+@pytest.mark.parametrize("store, error, match", [
+    (lambda: None, TypeError, r"`store` must be a ResultsStore, a path to one .*Received: store=<function"),
+    (42, TypeError, r"`store` must be a ResultsStore.*int has no has/get/record. Received: store=42"),
+    ({"has": 1}, TypeError, r"`store` must be a ResultsStore.*Received: store=\{'has': 1\}"),
+    ("", ValueError, r"`store` must be a non-empty path. Received: store=''"),
+])
+def test_bad_store_names_store(store, error, match):
+    with pytest.raises(error, match=match):
+        run_protocol(toy_train, sources=["init"], runs=2, labels=LABELS, store=store, executor="serial",
+                     progress=False)
