@@ -72,3 +72,143 @@ def test_bad_input_is_rejected_clearly(kwargs, match):
 def test_norm_of_wrong_type():
     with pytest.raises(TypeError, match="norm"):
         models.build("cnn", (8, 8, 1), 10, norm=3)
+
+
+# ----------------------------------------------------------------------------- Table 5.6's architectures
+_NEW = ("resnet6", "resnet10", "resnet14", "resnet18", "vgg11", "shufflenet_v2_0.5", "mnist_2conv")
+
+
+def _conv(k, cin, cout, bias=False):
+    return k * k * cin * cout + (cout if bias else 0)
+
+
+def _hand_count(name, shape, norm, classes=10):
+    """(trainable, non-trainable) parameters from the architecture's definition, layer by layer."""
+    h, _, cin = shape
+    bn = 2 if norm == "batch" else 0  # gamma + beta, and as many moving statistics
+    t = 0
+    normed = []  # channel counts of every normalization layer
+
+    def conv(k, a, b, bias=False, norm=True):
+        nonlocal t
+        t += _conv(k, a, b, bias)
+        if norm:
+            normed.append(b)
+
+    if name.startswith("resnet") or name.startswith("preact_resnet"):
+        pre = name.startswith("preact")
+        depth = int(name.rsplit("resnet", 1)[1])
+        widths = (64, 128, 256, 512)[: len(models.RESNET_BLOCKS[depth])]
+        conv(3, cin, 64, norm=not pre)
+        c = 64
+        for s, (n, w) in enumerate(zip(models.RESNET_BLOCKS[depth], widths)):
+            for b in range(n):
+                if pre:
+                    normed.append(c)
+                if c != w or (s > 0 and b == 0):
+                    conv(1, c, w, norm=not pre)
+                conv(3, c, w)
+                conv(3, w, w, norm=not pre)
+                c = w
+        if pre:
+            normed.append(c)
+        t += c * classes + classes
+    elif name == "vgg11":
+        c = cin
+        for w in (64, 128, 256, 256, 512, 512, 512, 512):
+            conv(3, c, w, bias=True)
+            c = w
+        t += 512 * classes + classes
+    elif name == "shufflenet_v2_0.5":
+        conv(3, cin, 24)
+        c = 24
+        for w, repeats in zip((48, 96, 192), (4, 8, 4)):
+            half = w // 2
+            t += 9 * c                      # left: depthwise 3x3, stride 2
+            normed.append(c)
+            conv(1, c, half)                # left: pointwise
+            conv(1, c, half)                # right: pointwise, depthwise, pointwise
+            t += 9 * half
+            normed.append(half)
+            conv(1, half, half)
+            for _ in range(repeats - 1):    # basic units on half of the channels
+                conv(1, half, half)
+                t += 9 * half
+                normed.append(half)
+                conv(1, half, half)
+            c = w
+        conv(1, 192, 1024)
+        t += 1024 * classes + classes
+    elif name == "mnist_2conv":
+        conv(3, cin, 32, bias=True)
+        conv(3, 32, 64, bias=True)
+        flat = ((h - 4) // 2) ** 2 * 64
+        t += flat * 128 + 128
+        normed.append(128)
+        t += 128 * classes + classes
+    return t + bn * sum(normed), bn * sum(normed)
+
+
+def _docstring_counts():
+    """{model: (trainable with BN, non-trainable with BN, trainable without norm)} from `models.build`'s table."""
+    out = {}
+    for line in models.build.__doc__.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in models.MODEL_NAMES:
+            with_bn = cells[1].replace(",", "").replace("(", "").replace(")", "").replace("+", "").split()
+            out[cells[0]] = (int(with_bn[0]), int(with_bn[1]), int(cells[2].replace(",", "").split()[0]))
+    return out
+
+
+def _count(model):
+    return (sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+            sum(int(np.prod(w.shape)) for w in model.non_trainable_weights))
+
+
+@pytest.mark.parametrize("name", _NEW + ("preact_resnet6", "preact_resnet14", "preact_resnet18"))
+def test_parameter_counts_match_the_definition_and_the_docstring(name):
+    doc = _docstring_counts()[name]
+    for norm in ("batch", "none"):
+        model = models.build(name, (32, 32, 3), 10, norm=norm, seed=0)
+        hand = _hand_count(name, (32, 32, 3), norm)
+        assert _count(model) == hand, (name, norm)
+        assert (hand[0], hand[1]) == ((doc[0], doc[1]) if norm == "batch" else (doc[2], 0))
+    if name == "mnist_2conv":  # PyTorch's MNIST example net: 1,199,882 parameters on MNIST
+        assert _count(models.build(name, (28, 28, 1), 10, norm="none", seed=0)) == (1_199_882, 0)
+
+
+@pytest.mark.parametrize("name, shape", [(n, s) for n in _NEW for s in ((28, 28, 1), (32, 32, 3))
+                                         if n != "shufflenet_v2_0.5"]
+                         + [("shufflenet_v2_0.5", (28, 28, 1)),  # ~10 s of graph tracing per build on 2 cores
+                            pytest.param("shufflenet_v2_0.5", (32, 32, 3), marks=pytest.mark.slow)])
+def test_table_5_6_models_build_for_mnist_and_cifar_shapes_and_train_a_step(name, shape):
+    kwargs = {} if name in ("mnist_2conv", "shufflenet_v2_0.5") else {"width_multiplier": 0.125}
+    model = models.build(name, shape, 10, seed=0, **kwargs)
+    assert model.output_shape == (None, 10)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    x = np.random.default_rng(0).random((4, *shape), dtype=np.float32)
+    before = [np.array(w) for w in model.trainable_weights]
+    history = model.fit(x, np.arange(4), batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert all(not np.array_equal(b, np.array(w)) for b, w in zip(before, model.trainable_weights)
+               if "gamma" not in w.name and "beta" not in w.name) or name == "mnist_2conv"
+    again = models.build(name, shape, 10, seed=0, **kwargs)
+    assert all(np.array_equal(a, b) for a, b in zip(before, [np.array(w) for w in again.trainable_weights]))
+
+
+def test_shufflenet_channel_ops_and_small_inputs():
+    from tf_dlthesis.models._shuffle_layers import ChannelShuffle, ChannelSplit
+
+    x = np.arange(6, dtype=np.float32).reshape(1, 1, 1, 6)
+    assert ChannelShuffle(2)(x).numpy().ravel().tolist() == [0, 3, 1, 4, 2, 5]
+    a, b = ChannelSplit()(x)
+    assert a.numpy().ravel().tolist() == [0, 1, 2] and b.numpy().ravel().tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="groups"):
+        ChannelShuffle(0)
+    # 8x8 digits: VGG-11 stops pooling at 1x1; every model still maps to 10 logits
+    vgg = models.build("vgg11", (8, 8, 1), 10, seed=0, width_multiplier=0.125)
+    assert len([l for l in vgg.layers if isinstance(l, keras.layers.MaxPooling2D)]) == 3
+    with pytest.raises(ValueError, match="width_multiplier"):
+        models.build("vgg11", (8, 8, 1), 10, width_multiplier=0)
+    with pytest.raises(ValueError, match="filters"):
+        models.build("mnist_2conv", (28, 28, 1), 10, filters=(8,))

@@ -211,3 +211,22 @@ def test_failed_regime_checks_make_the_items_findings_not_comparable():
     [gated] = item(False)("quick", "digits", None).findings
     assert gated.verdict == "not comparable at this scale" and gated.effect == effect
     assert "regime was not reached (baseline overfits: train 98%)" in gated.evidence and "A 90%" in gated.evidence
+
+
+def test_store_keys_of_existing_specs_are_unchanged_by_the_b4_fields():
+    """Keys recorded before `momentum`, `gradient_clip_norm`, `swa` and `weight_noise` existed (issue 16)."""
+    from tf_dlthesis.experiments.chapter5 import SETTINGS
+    from tf_dlthesis.experiments.training import ADDED_FIELDS
+
+    assert TrainSpec().key() == "225879f2e12df633"
+    assert SETTINGS["quick"].spec.key() == "d1cb518d32546819"
+    assert SETTINGS["standard"].spec.key() == "475136d75112d0cd"
+    spec = TrainSpec(dataset="digits", model="preact_resnet6", optimizer="adam", learning_rate=0.01, epochs=3,
+                     mixing="mixup", snapshots=5)
+    assert spec.key() == "17a2d3dc9d666d57"
+    assert not set(ADDED_FIELDS) & set(spec.to_config())
+    changed = spec.replace(snapshots=0, swa={"mode": "swa", "start_epoch": 2}, momentum=0.0)
+    config = changed.to_config()
+    assert config["swa"] == {"mode": "swa", "start_epoch": 2, "swa_lr": None} and config["momentum"] == 0.0
+    assert json.loads(json.dumps(config)) == config and TrainSpec.from_config(config) == changed
+    assert changed.key() != spec.replace(snapshots=0).key()

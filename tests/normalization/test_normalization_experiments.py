@@ -17,7 +17,7 @@ from tf_dlthesis import runtime  # noqa: E402
 from tf_dlthesis.experiments import ResultsStore, TrainSpec, registry, stats  # noqa: E402
 from tf_dlthesis.experiments import chapter4  # noqa: E402
 
-IDS = ("fig4.1", "fig4.2", "fig4.3", "4.wd", "4.bgn", "4.1", "A.2")
+IDS = ("fig4.1", "fig4.2", "fig4.3", "4.wd", "4.bgn", "4.1", "A.2", "A.3", "fig4.5")
 
 
 def tiny_setting():
@@ -105,6 +105,37 @@ def test_fig_4_3_ghost_rows_and_the_shared_bn_model(tiny):
     assert table.rows["ghost_32"]["test_acc_alpha0"] == pytest.approx(mean_default)
 
 
+def test_a3_precise_bn_rows_on_the_shared_bn_model(tiny):
+    out = registry.get("A.3")("quick", None, tiny)
+    [table] = out.tables
+    assert list(table.rows) == list(chapter4.PRECISE_BN_VARIANTS)  # the tiny base trains with augmentation
+    assert table.rows["ema"]["vs_ema_pts"] == 0.0
+    for row in table.rows.values():
+        assert 0 <= row["accuracy_pct"] <= 100 and row["cross_entropy"] > 0
+    # the "ema" row is the shared BN model as trained: Fig. 4.1's test accuracy at alpha = 0
+    fig41 = registry.get("fig4.1")("quick", None, tiny)
+    mean_default = np.mean([r["test_acc_default"] for r in fig41.tables[0].rows.values()])
+    assert table.rows["ema"]["accuracy_pct"] == pytest.approx(mean_default)
+    assert [c.passed for c in out.checks if "augmentation" in c.name] == [True]
+    assert len(out.findings) == 3
+
+
+def test_fig_4_5_rows_share_the_bn_models_and_the_ideal_line(tiny):
+    out = registry.get("fig4.5")("quick", None, tiny)
+    [table] = out.tables
+    assert list(table.rows) == ["B=2", "B=32"]  # default sizes: the small-batch B and the base B
+    assert len(out.findings) == 2
+    ideal = {row["ideal_bn_pct"] for row in table.rows.values()}
+    assert ideal == {table.rows["B=32"]["bn_pct"]}
+    fig41 = registry.get("fig4.1")("quick", None, tiny)  # B = 32 BN is the shared base model
+    mean_default = np.mean([r["test_acc_default"] for r in fig41.tables[0].rows.values()])
+    assert table.rows["B=32"]["bn_pct"] == pytest.approx(mean_default)
+    s = tiny_setting()
+    assert chapter4._all_improvements_spec(s, s.base).norm == "ghost:8"
+    assert chapter4._all_improvements_spec(s, s.small_batch).norm == "batch_group:4"
+    assert chapter4._all_improvements_spec(s, s.base).norm_weight_decay == (s.norm_decay, 0.0)
+
+
 _FRESH = textwrap.dedent("""
     import importlib.util, json, sys
     from tf_dlthesis import runtime
@@ -162,6 +193,16 @@ def test_settings_follow_the_thesis_regime():
                                                    "ghost_16", "ghost_8", "ghost_4", "ghost_2", "batch_group_2"]
     # the 4 ghost rows that share a store key with other items are the same spec
     assert chapter4._ghost_spec(standard.base, 128) == standard.base
+    # App. A.3: a model trained with augmentation; Fig. 4.5: B from the small-batch B to the base B,
+    # ghost sizes below B, the B = base / small-batch specs shared with the other items
+    for s in (quick, standard, full):
+        assert s.precise_bn_spec().augment
+        specs = s.batch_size_specs()
+        assert min(specs) == 2 and max(specs) == s.base.batch_size
+        assert specs[s.base.batch_size] == s.base and specs[2] == s.small_batch
+        assert all(s.ghost_for(b) < b for b in specs if b > 2)
+    assert standard.precise_bn_spec() == standard.base.replace(augment=True)
+    assert quick.precise_bn_spec() == quick.base  # shared with Fig. 4.1
 
 
 def test_per_example_cross_entropy_matches_the_formula():

@@ -1,5 +1,6 @@
 """Chapter 5 items (Tables 5.1, 5.3, 5.5, B.1, Fig. 5.2) on the one training path, at a tiny setting."""
 
+import json
 import dataclasses
 import math
 
@@ -142,9 +143,155 @@ def test_settings_per_scale():
     assert std.spec.dataset == "fashion_mnist" and std.runs >= 10 and std.spec.epochs % 5 == 0
     assert std.onsets[0] == 0 and std.tta_modes(std.spec) == ("flip", "flip_crop")
     full = c5.settings("full")
-    assert full.spec.recipe == "ch5_cifar10" and full.spec.model == "preact_resnet14" and full.runs == 100
-    assert full.spec.epochs == 500 and full.spec.batch_size == 512 and full.deep_model[0] == "preact_resnet10"
+    assert full.spec.recipe == "ch5_cifar10" and full.spec.model == "resnet14" and full.runs == 100
+    assert full.spec.epochs == 500 and full.spec.batch_size == 512 and full.deep_model[0] == "resnet10"
     quick = c5.settings("quick")
     assert quick.spec.dataset == "digits" and quick.tta_modes(quick.spec) == ("crop",)
     other = c5.settings("standard", "digits")  # a smaller dataset drops subsets it cannot fill
     assert other.spec.dataset == "digits" and other.spec.train_examples is None and other.spec.pad is None
+
+
+# ----------------------------------------------------------------------------- Table 5.6, Table B.2, Fig. 5.1
+TINY_ARCH = c5.ArchitectureSetting(
+    base=TrainSpec(dataset="digits", train_examples=150, test_examples=120, epochs=5, batch_size=32,
+                   learning_rate=0.05),
+    rows=(("cifar10_resnet6", "resnet6", {"width_multiplier": 0.0625}, "batch", {}),
+          ("mnist", "mnist_2conv", {"filters": [4, 8], "hidden": 16}, "none", {"augment": False, "pad": 1})),
+    sources=("all", "bit_change"), runs=2, runs_snapshot=2, min_runs=2)
+SHORT_SPEC = TINY_SPEC.replace(epochs=2, train_examples=200)
+TINY_GRID = c5.GridSetting(base=SHORT_SPEC, rows=(
+    ("all/.40/250 (N=20)", "all", 1.0, 1, 2), ("all/.40/500 (N=100)", "all", 1.0, 2, 2),
+    ("shuffle/.40/500 (N=100)", "shuffle", 1.0, 2, 2), ("shuffle/.20/500 (N=100)", "shuffle", 0.5, 2, 2),
+    ("shuffle/.20/1000 (N=100)", "shuffle", 0.5, 4, 2), ("shuffle/.10/500 (N=100)", "shuffle", 0.25, 2, 2)),
+    min_runs=2)
+
+
+@pytest.fixture(scope="module")
+def new_items(tmp_path_factory):
+    """Runs an item at the tiny settings on first use (serial executor, one shared store)."""
+    patch = pytest.MonkeyPatch()
+    patch.setitem(c5.SETTINGS, "quick", dataclasses.replace(TINY, spec=SHORT_SPEC))
+    patch.setitem(c5.ARCHITECTURES, "quick", dataclasses.replace(TINY_ARCH, rows=TINY_ARCH.rows[-1:]))
+    patch.setitem(c5.GRIDS, "quick", TINY_GRID)
+    patch.setitem(c5.CKA_SETTINGS, "quick", (2, 60, ("init", "all")))
+    patch.setattr(c5, "EXECUTOR", "serial")
+    store = ResultsStore(tmp_path_factory.mktemp("ch5new") / "results.sqlite")
+    done = {}
+
+    def run(item):
+        if item not in done:
+            done[item] = get(item)("quick", None, store)
+        return done[item]
+
+    try:
+        yield run, store, patch
+    finally:
+        patch.undo()
+
+
+def _check_table_5_6(out, archs):
+    _every_verdict_has_an_interval(out)
+    rows = out.tables[0].rows
+    for arch in archs:
+        assert {f"{arch}/all", f"{arch}/single_crop_tta", f"{arch}/snapshot", f"{arch}/snapshot_crop_tta"} <= set(rows)
+        assert rows[f"{arch}/all"]["runs"] == 2
+    assert out.tables[0].thesis["mnist/bit_change"]["accuracy_sd_pct"] == 0.035  # read from thesis_tables.json
+    imagenet = [f for f in out.findings if f.claim.startswith("ImageNet")]
+    assert len(imagenet) == 2 and all(f.verdict == VERDICTS[3] and "not run" in f.evidence for f in imagenet)
+    assert any(f.claim.startswith("MNIST: accelerated ensembling does not help") and f.region == "> 0.8"
+               for f in out.findings)
+    assert any("runs per source" in c.name for c in out.checks) and any("convergence" in c.name for c in out.checks)
+    # the same-run TTA comparison is paired: its interval comes from resampling the runs
+    tta = [f for f in out.findings if "test-time augmentation" in f.claim][0]
+    assert "TTA / without" in tta.effect.statistic
+
+
+def test_table_5_6_rows_findings_and_imagenet_not_comparable(new_items):
+    _check_table_5_6(new_items[0]("5.6"), ("mnist",))
+
+
+@pytest.mark.slow
+def test_table_5_6_with_a_cifar_architecture(new_items):
+    run, store, patch = new_items
+    patch.setitem(c5.ARCHITECTURES, "quick", TINY_ARCH)
+    out = get("5.6")("quick", None, store)
+    _check_table_5_6(out, ("cifar10_resnet6", "mnist"))
+    assert any(f.claim.startswith("resnet6: accelerated ensembling") and f.region == "< 1.00" for f in out.findings)
+
+
+def test_table_b_2_crosses_sources_learning_rates_and_epochs(new_items):
+    out, store = new_items[0]("B.2"), new_items[1]
+    _every_verdict_has_an_interval(out)
+    rows = out.tables[0].rows
+    assert set(rows) == {r[0] for r in TINY_GRID.rows}
+    assert rows["shuffle/.10/500 (N=100)"]["peak_lr_here"] == pytest.approx(0.0125)
+    assert rows["shuffle/.20/1000 (N=100)"]["epochs_here"] == 4
+    assert out.tables[0].thesis["all/.40/2000 (N=20)"]["correlation"] == 0.828
+    claims = " | ".join(f.claim for f in out.findings)
+    assert "learning rate" in claims and "shorter" in claims and "twice as long" in claims
+    # the baseline rows are the main spec's own runs: the store holds one protocol for them, not two
+    specs = {json.dumps(r["config"]["spec"], sort_keys=True) for r in store.rows(c5.STORE_KEY)
+             if r["config"].get("source") == "shuffle"}
+    assert json.dumps(SHORT_SPEC.to_config(), sort_keys=True) in specs
+
+
+def test_figure_5_1_layer_cka_over_runs(new_items):
+    out = new_items[0]("fig5.1")
+    assert out.figures and out.figures[0][0] == "fig_5_1"
+    table = out.tables[0]
+    assert set(table.rows) == {"init", "all"} and list(table.columns) == list(c5.CKA_LAYERS["cnn"])
+    for row in table.rows.values():
+        assert all(0.0 < v <= 1.0 + 1e-9 for v in row.values())
+    _every_verdict_has_an_interval(out)
+
+
+def test_generalization_and_grid_settings_follow_the_thesis():
+    std = c5.architectures("standard")
+    assert std.runs >= 10 and std.runs_snapshot >= 10 and "init" in std.sources
+    mnist = std.spec(std.rows[-1])
+    assert mnist.dataset == "mnist" and not mnist.augment and mnist.pad == 1 and mnist.model == "mnist_2conv"
+    full = c5.architectures("full")
+    assert [r[1] for r in full.rows] == ["resnet6", "resnet18", "shufflenet_v2_0.5", "vgg11", "mnist_2conv"]
+    assert full.runs == 100 and all(not r[2] for r in full.rows[:4])  # full width at full scale
+    rows = {r[0]: r for r in c5.grid("full").rows}
+    assert len(rows) == 18 and rows["shuffle/.10/2000 (N=100)"][2:] == (0.25, 2000, 100)
+    assert rows["all/.40/50 (N=20)"][4] == 20 and rows["snapshot/all/.40/200 (N=100)"][1] == "snapshot"
+    standard = {r[0]: r for r in c5.grid("standard").rows}
+    assert standard["all/.40/2000 (N=20)"][3] == 80 and all(r[4] >= 10 for r in standard.values())
+    with pytest.raises(ValueError, match="scale"):
+        c5.architectures("huge")
+    with pytest.raises(ValueError, match="scale"):
+        c5.grid("huge")
+
+
+def test_figure_5_1_means_are_layer_cka_of_the_stored_runs(new_items):
+    from tf_dlthesis import models
+    from tf_dlthesis.variability import layer_cka
+
+    out, store = new_items[0]("fig5.1"), new_items[1]
+    stored = [r for r in store.rows(c5.STORE_KEY) if r["config"].get("keep_weights") and r["config"]["source"] == "all"]
+    assert len(stored) == 2
+    members = []
+    for r in stored:
+        m = models.build("cnn", (8, 8, 1), 10, seed=0, norm_kwargs=SHORT_SPEC.norm_kwargs, **SHORT_SPEC.model_kwargs)
+        m.set_weights(list(r["result"]["info:weights"]))
+        members.append(m)
+    from tf_dlthesis.experiments.training import load_data
+
+    images = load_data(SHORT_SPEC).test[0][:60]
+    expected = layer_cka(members, images, c5.CKA_LAYERS["cnn"])
+    for name, value in expected.items():
+        assert out.tables[0].rows["all"][name] == pytest.approx(value, abs=1e-9)
+
+
+def test_per_example_disagreement_and_the_small_r_interval():
+    # three runs, four examples; predictions (argmax): run0 [0,1,2,0], run1 [0,1,1,1], run2 [0,2,1,0]
+    preds = np.array([[0, 1, 2, 0], [0, 1, 1, 1], [0, 2, 1, 0]])
+    stack = np.eye(3)[preds] * 5.0
+    # pairs (0,1), (0,2), (1,2): example 0 never differs; 1: 0,1,1; 2: 1,1,0; 3: 1,0,1
+    np.testing.assert_allclose(c5._example_disagreement(stack), [0.0, 2 / 3, 2 / 3, 2 / 3])
+    two = stack[:2]
+    effect = c5._disagreement_ratio(two, two, "same runs", paired=True)
+    assert effect.estimate == 1.0 and "test examples resampled" in effect.statistic
+    # R >= 3: the interval comes from resampling runs
+    assert "test examples" not in c5._disagreement_ratio(stack, stack, "same runs", paired=True).statistic

@@ -178,3 +178,92 @@ def test_layer_cka_per_layer():
     assert diff["hidden"] == pytest.approx(expected, rel=1e-9) and diff["hidden"] < 1.0
     with pytest.raises(ValueError, match="Unknown layer"):
         layer_cka([a, b], images, ["nope"])
+
+
+# ---------------------------------------------------------------------------- language-model metrics
+# 3 runs, 2 tokens, vocabulary 3; true next tokens 0, 1. The probability each run gives the true token:
+#   run 0: 0.5, 0.6    run 1: 0.25, 0.8    run 2: 0.8, 0.25
+LM_PROBS = np.array(
+    [
+        [[0.5, 0.25, 0.25], [0.2, 0.6, 0.2]],
+        [[0.25, 0.5, 0.25], [0.1, 0.8, 0.1]],
+        [[0.8, 0.1, 0.1], [0.5, 0.25, 0.25]],
+    ]
+)
+LM_LOGITS = np.log(LM_PROBS) + 1.7  # a constant shift changes no softmax
+LM_LABELS = np.array([0, 1])
+LM_TRUE = np.array([[0.5, 0.6], [0.25, 0.8], [0.8, 0.25]])
+# perplexity = exp(-mean log p) = 1 / sqrt(p_1 p_2)
+LM_PPL = np.array([1 / np.sqrt(0.3), 1 / np.sqrt(0.2), 1 / np.sqrt(0.2)])
+
+
+def test_perplexity_sd_by_hand():
+    from tf_dlthesis.variability import perplexity_sd
+
+    mean = LM_PPL.sum() / 3
+    expected = np.sqrt(((LM_PPL - mean) ** 2).sum() / 2)
+    assert perplexity_sd(LM_LOGITS, LM_LABELS) == pytest.approx(expected, rel=1e-12)
+    assert perplexity_sd(np.repeat(LM_LOGITS[:1], 3, axis=0), LM_LABELS) == 0.0
+
+
+def test_ensemble_perplexity_delta_mixture_by_hand():
+    from tf_dlthesis.variability import ensemble_perplexity_delta, mixture_perplexity_delta
+
+    # mixtures: (0,1) p = .375, .7; (0,2) .65, .425; (1,2) .525, .525
+    mixed = {(0, 1): 1 / np.sqrt(0.375 * 0.7), (0, 2): 1 / np.sqrt(0.65 * 0.425), (1, 2): 1 / 0.525}
+    expected = np.mean([mixed[i, j] - (LM_PPL[i] + LM_PPL[j]) / 2 for i, j in mixed])
+    assert ensemble_perplexity_delta(LM_LOGITS, LM_LABELS) == pytest.approx(expected, rel=1e-12)
+    assert mixture_perplexity_delta(np.log(LM_TRUE)) == pytest.approx(expected, rel=1e-12)
+    assert expected < 0  # ensembling helps
+
+
+def test_ensemble_perplexity_delta_mean_logits_by_hand():
+    from tf_dlthesis.variability import ensemble_perplexity_delta
+
+    # the softmax of the mean logits is the normalized geometric mean of the two distributions
+    def ppl(i, j):
+        geo = np.sqrt(LM_PROBS[i] * LM_PROBS[j])
+        p = geo / geo.sum(axis=-1, keepdims=True)
+        return 1 / np.sqrt(p[0, 0] * p[1, 1])
+
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = np.mean([ppl(i, j) - (LM_PPL[i] + LM_PPL[j]) / 2 for i, j in pairs])
+    assert ensemble_perplexity_delta(LM_LOGITS, LM_LABELS, combine="logits") == pytest.approx(expected, rel=1e-12)
+
+
+def test_prediction_disagreement_by_hand():
+    from tf_dlthesis.variability import prediction_disagreement
+
+    # argmax: run 0 -> 0, 1; run 1 -> 1, 1; run 2 -> 0, 0. Pairs differ on 1/2, 1/2, 2/2 of the tokens.
+    assert pairwise_disagreement(LM_LOGITS) == pytest.approx(2 / 3, abs=1e-15)
+    assert prediction_disagreement([[0, 1], [1, 1], [0, 0]]) == pytest.approx(2 / 3, abs=1e-15)
+    rng = np.random.default_rng(6)
+    preds = rng.integers(0, 5, size=(7, 30))
+    loop = np.mean([(preds[i] != preds[j]).mean() for i, j in itertools.combinations(range(7), 2)])
+    assert prediction_disagreement(preds) == pytest.approx(loop, abs=1e-14)
+
+
+def test_language_model_metrics_row_by_hand():
+    from tf_dlthesis.variability import language_model_metrics
+
+    row = language_model_metrics(np.log(LM_TRUE), np.array([[0, 1], [1, 1], [0, 0]]), bootstrap_samples=50)
+    assert row["runs"] == 3
+    assert row["perplexity"] == pytest.approx(LM_PPL.mean(), rel=1e-12)
+    assert row["perplexity_sd"] == pytest.approx(np.std(LM_PPL, ddof=1), rel=1e-12)
+    assert row["disagreement"] == pytest.approx(2 / 3, abs=1e-15)
+    assert row["perplexity_sd_err"] == pytest.approx(bootstrap_sd(LM_PPL, num_samples=50), rel=1e-12)
+
+
+def test_language_model_metrics_bad_input():
+    from tf_dlthesis.variability import ensemble_perplexity_delta, language_model_metrics, prediction_disagreement
+
+    with pytest.raises(ValueError, match="combine"):
+        ensemble_perplexity_delta(LM_LOGITS, LM_LABELS, combine="median")
+    with pytest.raises(ValueError, match="R >= 2"):
+        language_model_metrics(np.log(LM_TRUE[:1]), np.zeros((1, 2), int))
+    with pytest.raises(ValueError, match="log-probabilities"):
+        language_model_metrics(np.log(LM_TRUE) + 1.0, np.zeros((3, 2), int))
+    with pytest.raises(ValueError, match="shape of `target_log_probs`"):
+        language_model_metrics(np.log(LM_TRUE), np.zeros((3, 3), int))
+    with pytest.raises(TypeError, match="integer"):
+        prediction_disagreement(np.zeros((2, 3)))

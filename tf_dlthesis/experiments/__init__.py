@@ -34,3 +34,4 @@ from tf_dlthesis.experiments import chapter2 as chapter2  # noqa: E402
 from tf_dlthesis.experiments import chapter3 as chapter3  # noqa: E402
 from tf_dlthesis.experiments import chapter4 as chapter4  # noqa: E402
 from tf_dlthesis.experiments import chapter5 as chapter5  # noqa: E402
+from tf_dlthesis.experiments import chapter5_lm as chapter5_lm  # noqa: E402

@@ -51,12 +51,50 @@ def _norm_config(norm):
     raise TypeError(f"`norm` must be a norm string (e.g. 'ghost:16') or a callable returning a layer. Received: norm={norm!r}")
 
 
+def _is_number(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+            and bool(np.isfinite(value)))
+
+
+def _swa_settings(swa, epochs) -> dict:
+    """`TrainSpec.swa` normalized: mode, start_epoch and (mode "swa") swa_lr (None: peak / 10)."""
+    from tf_dlthesis.variability.swa import MODES
+
+    if isinstance(swa, str):
+        swa = {"mode": swa}
+    if not isinstance(swa, dict):
+        raise TypeError(f"`swa` must be a dict of settings, a mode name or None. Received: swa={swa!r}")
+    unknown = sorted(set(swa) - {"mode", "start_epoch", "swa_lr"})
+    if unknown:
+        raise ValueError(f"Unknown `swa` settings {unknown}; known: mode, start_epoch, swa_lr. Received: swa={swa!r}")
+    mode = swa.get("mode", "swa")
+    if mode not in MODES:
+        raise ValueError(f"`swa['mode']` must be one of {MODES}. Received: swa={swa!r}")
+    start = swa.get("start_epoch", int(0.75 * epochs) if mode == "swa" else 0)
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < epochs:
+        raise ValueError(f"`swa['start_epoch']` must be an int in [0, epochs={epochs}). Received: swa={swa!r}")
+    out = {"mode": mode, "start_epoch": int(start)}
+    if mode == "swa":
+        rate = swa.get("swa_lr")
+        if rate is not None and (not _is_number(rate) or not rate > 0):
+            raise ValueError(f"`swa['swa_lr']` must be a number > 0. Received: swa={swa!r}")
+        out["swa_lr"] = None if rate is None else float(rate)
+    elif "swa_lr" in swa:
+        raise ValueError(f"`swa_lr` applies to mode 'swa' only (aggressive SWA keeps the recipe's schedule). "
+                         f"Received: swa={swa!r}")
+    return out
+
+
 def _positive_int(name, value, minimum=1, allow_none=False):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}{' or None' if allow_none else ''}. Received: {name}={value!r}")
     return int(value)
+
+
+#: TrainSpec fields added after results were stored: left out of the store key at their default.
+ADDED_FIELDS = ("momentum", "gradient_clip_norm", "swa", "weight_noise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +141,26 @@ class TrainSpec:
             thesis's Ch. 2 stabilisation trains 20 candidates for 3 epochs and
             continues the 3 with the lowest loss: under op determinism a
             candidate's first epochs are the full run's). None: train `epochs`.
+        momentum: override the recipe's SGD momentum (Thesis App. B.4 tried 0 to
+            0.999); with `optimizer="adam"` it is Adam's beta_1.
+        gradient_clip_norm: clip the global norm of the gradient (all variables
+            together) to this value before each step, as PyTorch's
+            `clip_grad_norm_` does in App. B.4 (Keras `global_clipnorm`).
+        swa: stochastic weight averaging (App. B.4, `variability.
+            StochasticWeightAveraging`): `{"mode": "swa" | "aswa", "start_epoch":
+            e, "swa_lr": r}`. Mode "swa" uses Izmailov et al.'s schedule
+            (`SWASchedule`, peak = the recipe's rate, `swa_lr` default peak / 10,
+            start default 75% of the epochs) and recomputes batch-norm statistics
+            on the training images; "aswa" (the thesis's aggressive SWA, Madhyastha
+            & Jain) keeps the recipe's schedule and averages after every step
+            from `start_epoch` (default 0).
+        weight_noise: "weight augmentation" (App. B.4, `variability.WeightNoise`):
+            the standard deviation of the Gaussian offset at which each step's
+            gradient is taken; seeded by the plan's stochastic seed.
+
+    Fields added after results were first stored (`momentum`, `gradient_clip_norm`,
+    `swa`, `weight_noise`) are left out of `to_config` while at their default, so
+    the store key of every earlier spec is unchanged.
     """
 
     dataset: str = "digits"
@@ -129,6 +187,10 @@ class TrainSpec:
     flip: bool | None = None
     snapshots: int = 0
     stop_epoch: int | None = None
+    momentum: float | None = None
+    gradient_clip_norm: float | None = None
+    swa: dict | None = None
+    weight_noise: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -178,11 +240,30 @@ class TrainSpec:
         recipes.get(self.recipe)
         if self.non_iid_classes is not None and self.mixing is not None:
             raise ValueError("`non_iid_classes` and `mixing` cannot be combined.")
+        if self.momentum is not None:
+            if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
+                raise ValueError(f"`momentum` must be a number in [0, 1) or None. Received: momentum={self.momentum!r}")
+            object.__setattr__(self, "momentum", float(self.momentum))
+        for name in ("gradient_clip_norm", "weight_noise"):
+            value = getattr(self, name)
+            if value is not None:
+                if not _is_number(value) or not value > 0:
+                    raise ValueError(f"`{name}` must be a number > 0 or None. Received: {name}={value!r}")
+                object.__setattr__(self, name, float(value))
+        if self.swa is not None:
+            object.__setattr__(self, "swa", _swa_settings(self.swa, self.epochs))
+            if self.snapshots:
+                raise ValueError("`swa` and `snapshots` cannot be combined (both set the learning-rate schedule).")
 
     # ------------------------------------------------------------------ config / key
     def to_config(self) -> dict:
-        """The JSON-able dict the store keys on (and `from_config` reads)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The JSON-able dict the store keys on (and `from_config` reads).
+
+        Fields in `ADDED_FIELDS` are left out while at their default (keys of
+        earlier specs stay the same).
+        """
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if not (f.name in ADDED_FIELDS and getattr(self, f.name) == f.default)}
         out["norm"] = _norm_config(self.norm)
         out["norm_weight_decay"] = None if self.norm_weight_decay is None else list(self.norm_weight_decay)
         return out
@@ -240,6 +321,15 @@ class TrainSpec:
             parts.append(f"non-i.i.d. batches of {self.non_iid_classes} classes")
         if self.snapshots:
             parts.append(f"snapshot ensemble of {self.snapshots} cycles")
+        if self.momentum is not None:
+            parts.append(f"momentum {self.momentum}")
+        if self.gradient_clip_norm is not None:
+            parts.append(f"gradient norm clipped to {self.gradient_clip_norm}")
+        if self.swa is not None:
+            parts.append(f"{self.swa['mode'].upper()} from epoch {self.swa['start_epoch']}"
+                         + (f" (SWA rate {self.swa['swa_lr']})" if self.swa.get("swa_lr") is not None else ""))
+        if self.weight_noise is not None:
+            parts.append(f"weight noise sd {self.weight_noise}")
         return ", ".join(parts)
 
 
@@ -474,14 +564,23 @@ def _optimizer(spec, steps):
 
         schedule = CyclicCosineSchedule(spec.learning_rate or recipe.learning_rate,
                                         total_steps=spec.epochs * steps, cycles=spec.snapshots)
+    elif spec.swa is not None and spec.swa["mode"] == "swa":
+        from tf_dlthesis.variability import SWASchedule
+
+        peak = spec.learning_rate or recipe.learning_rate
+        swa_lr = spec.swa["swa_lr"] if spec.swa["swa_lr"] is not None else peak / 10
+        schedule = SWASchedule(peak, swa_lr, swa_start_step=max(1, spec.swa["start_epoch"] * steps))
     else:
         schedule = recipe.schedule(steps, spec.epochs, learning_rate=spec.learning_rate)
     wd = recipe.weight_decay if spec.weight_decay is None else spec.weight_decay
+    clip = {} if spec.gradient_clip_norm is None else {"global_clipnorm": spec.gradient_clip_norm}
     if spec.optimizer == "adam":
-        opt = keras.optimizers.Adam(schedule, weight_decay=wd or None)
+        beta = {} if spec.momentum is None else {"beta_1": spec.momentum}
+        opt = keras.optimizers.Adam(schedule, weight_decay=wd or None, **beta, **clip)
     else:
-        opt = keras.optimizers.SGD(schedule, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                                   weight_decay=wd or None)
+        momentum = recipe.momentum if spec.momentum is None else spec.momentum
+        opt = keras.optimizers.SGD(schedule, momentum=momentum, nesterov=recipe.nesterov and momentum > 0,
+                                   weight_decay=wd or None, **clip)
     if wd:
         opt.exclude_from_weight_decay(var_names=["gamma", "beta"])  # Sec. 4.3.3: off unless asked for
     return opt
@@ -548,6 +647,16 @@ def _train_one(spec: TrainSpec, plan, bundle: DataBundle, *, callbacks, verbose,
     if spec.snapshots:
         snapshots = SnapshotEnsemble(cycles=spec.snapshots)
         callbacks.append(snapshots)
+    if spec.weight_noise is not None:
+        from tf_dlthesis.variability import WeightNoise, derive_seed
+
+        callbacks.append(WeightNoise(spec.weight_noise, seed=derive_seed(plan.stochastic, 5)))
+    if spec.swa is not None:
+        from tf_dlthesis.variability import StochasticWeightAveraging
+
+        x_train = bundle.train[0] if stage is None else np.asarray(stage.test_transform(bundle.train[0]))
+        bn_data = [x_train[i:i + spec.batch_size] for i in range(0, len(x_train), spec.batch_size)]
+        callbacks.append(StochasticWeightAveraging(spec.swa["mode"], spec.swa["start_epoch"], bn_data=bn_data))
     log_dir = TENSORBOARD_DIR.get()
     if log_dir is not None:
         import os

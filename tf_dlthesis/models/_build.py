@@ -1,4 +1,4 @@
-"""Model zoo: linear, MLP, one-conv net, small CNN and pre-activation ResNets."""
+"""Model zoo: linear, MLP, one-conv net, small CNN, ResNets, VGG-11, ShuffleNetV2 and the MNIST 2-conv net."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ RESNET_BLOCKS = {
     18: (2, 2, 2, 2),
 }
 RESNET_WIDTHS = (64, 128, 256, 512)
-MODEL_NAMES = ("linear", "mlp", "conv1", "cnn") + tuple(f"preact_resnet{n}" for n in RESNET_BLOCKS)
+#: VGG configurations (Simonyan & Zisserman 2015, Table 1): conv widths, "M" = 2x2 max-pool.
+VGG_CONFIGS = {11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")}
+#: ShuffleNetV2 (Ma et al. 2018, Table 5): width -> (stem, stage 2, 3, 4, final 1x1 conv) channels.
+SHUFFLENET_V2_WIDTHS = {0.5: (24, 48, 96, 192, 1024), 1.0: (24, 116, 232, 464, 1024),
+                        1.5: (24, 176, 352, 704, 1024), 2.0: (24, 244, 488, 976, 2048)}
+#: ShuffleNetV2 units per stage (the first of each stage downsamples).
+SHUFFLENET_V2_REPEATS = (4, 8, 4)
+MODEL_NAMES = (("linear", "mlp", "conv1", "cnn") + tuple(f"preact_resnet{n}" for n in RESNET_BLOCKS)
+               + tuple(f"resnet{n}" for n in RESNET_BLOCKS) + ("vgg11", "shufflenet_v2_0.5", "mnist_2conv"))
 
 
 class _Seeds:
@@ -117,7 +125,141 @@ def _preact_resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, wi
     return _dense_head(x, num_classes, seeds)
 
 
-_BUILDERS = {"linear": _linear, "mlp": _mlp, "conv1": _conv1, "cnn": _cnn}
+def _check_multiplier(width_multiplier):
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or not width_multiplier > 0:
+        raise ValueError(f"`width_multiplier` must be a number > 0. Received: width_multiplier={width_multiplier!r}")
+    return float(width_multiplier)
+
+
+def _scaled(width, multiplier, even=False):
+    w = max(1, int(round(width * multiplier)))
+    return w + (w % 2) if even else w
+
+
+def _resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, width_multiplier=1.0):
+    """Post-activation ResNet (He et al. 2016a): conv-norm-ReLU-conv-norm, add, ReLU."""
+    blocks = RESNET_BLOCKS[depth]
+    widths = tuple(widths) if widths is not None else RESNET_WIDTHS[: len(blocks)]
+    if len(widths) != len(blocks):
+        raise ValueError(f"`widths` needs one entry per stage ({len(blocks)} for ResNet-{depth}). Received: widths={widths}")
+    multiplier = _check_multiplier(width_multiplier)
+    widths = [_scaled(w, multiplier) for w in widths]
+    x = _conv(inputs, widths[0], 3, seeds, "stem_conv")
+    x = _norm_act(x, make_norm, "stem")
+    for s, (n, w) in enumerate(zip(blocks, widths), start=1):
+        for b in range(1, n + 1):
+            name = f"stage{s}_block{b}"
+            stride = 2 if (s > 1 and b == 1) else 1
+            shortcut = x
+            if stride != 1 or x.shape[-1] != w:
+                shortcut = _conv(x, w, 1, seeds, f"{name}_shortcut", strides=stride)
+                layer = make_norm(w, f"{name}_shortcut_norm")
+                shortcut = layer(shortcut) if layer is not None else shortcut
+            y = _conv(x, w, 3, seeds, f"{name}_conv1", strides=stride)
+            y = _norm_act(y, make_norm, f"{name}_conv1")
+            y = _conv(y, w, 3, seeds, f"{name}_conv2")
+            layer = make_norm(w, f"{name}_conv2_norm")
+            y = layer(y) if layer is not None else y
+            x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return _dense_head(x, num_classes, seeds)
+
+
+def _vgg(inputs, num_classes, make_norm, seeds, depth=11, width_multiplier=1.0):
+    """CIFAR VGG: 3x3 convs (with bias) + norm + ReLU, 2x2 max-pools, one linear classifier."""
+    multiplier = _check_multiplier(width_multiplier)
+    x = inputs
+    conv_index, stage = 0, 1
+    for item in VGG_CONFIGS[depth]:
+        if item == "M":
+            if min(x.shape[1], x.shape[2]) >= 2:  # small inputs (8x8, 28x28) run out of pixels before 5 pools
+                x = keras.layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+            stage += 1
+            continue
+        conv_index += 1
+        name = f"conv{conv_index}"
+        x = keras.layers.Conv2D(_scaled(item, multiplier), 3, padding="same", kernel_initializer=seeds.he(),
+                                name=name)(x)
+        x = _norm_act(x, make_norm, name)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # 1x1 at 32x32 input: the same as flattening
+    return _dense_head(x, num_classes, seeds)
+
+
+def _shuffle_unit(x, out_channels, stride, make_norm, seeds, name):
+    """One ShuffleNetV2 unit (Ma et al. 2018, Fig. 3c basic / 3d downsampling)."""
+    from tf_dlthesis.models._shuffle_layers import ChannelShuffle, ChannelSplit
+
+    def pointwise(t, channels, label, act=True):
+        t = keras.layers.Conv2D(channels, 1, use_bias=False, kernel_initializer=seeds.he(), name=f"{name}_{label}")(t)
+        if act:
+            return _norm_act(t, make_norm, f"{name}_{label}")
+        layer = make_norm(channels, f"{name}_{label}_norm")
+        return layer(t) if layer is not None else t
+
+    def depthwise(t, label):
+        t = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
+                                         depthwise_initializer=seeds.he(), name=f"{name}_{label}")(t)
+        layer = make_norm(t.shape[-1], f"{name}_{label}_norm")
+        return layer(t) if layer is not None else t
+
+    half = out_channels // 2
+    if stride == 1:
+        left, right = ChannelSplit(name=f"{name}_split")(x)
+    else:
+        left = depthwise(x, "left_dw")
+        left = pointwise(left, half, "left_pw")
+        right = x
+    right = pointwise(right, half, "pw1")
+    right = depthwise(right, "dw")
+    right = pointwise(right, half, "pw2")
+    x = keras.layers.Concatenate(name=f"{name}_concat")([left, right])
+    return ChannelShuffle(2, name=f"{name}_shuffle")(x)
+
+
+def _shufflenet_v2(inputs, num_classes, make_norm, seeds, width=0.5, width_multiplier=1.0,
+                   repeats=SHUFFLENET_V2_REPEATS):
+    """CIFAR ShuffleNetV2: 3x3 stride-1 stem, no max-pool, three stages, 1x1 conv, pool, linear."""
+    multiplier = _check_multiplier(width_multiplier)
+    repeats = tuple(repeats)
+    if len(repeats) != 3 or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1 for r in repeats):
+        raise ValueError(f"`repeats` must be three ints >= 1 (units per stage). Received: repeats={repeats}")
+    stem, *stages, final = SHUFFLENET_V2_WIDTHS[width]
+    x = _conv(inputs, _scaled(stem, multiplier), 3, seeds, "stem_conv")
+    x = _norm_act(x, make_norm, "stem")
+    for s, (channels, repeats) in enumerate(zip(stages, repeats), start=2):
+        channels = _scaled(channels, multiplier, even=True)
+        for u in range(1, repeats + 1):
+            x = _shuffle_unit(x, channels, 2 if u == 1 else 1, make_norm, seeds, f"stage{s}_unit{u}")
+    x = _conv(x, _scaled(final, multiplier), 1, seeds, "final_conv")
+    x = _norm_act(x, make_norm, "final")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return _dense_head(x, num_classes, seeds)
+
+
+def _mnist_2conv(inputs, num_classes, make_norm, seeds, filters=(32, 64), hidden=128, dropout=(0.25, 0.5)):
+    """PyTorch's MNIST example net: two 3x3 valid convs, max-pool, dropout, dense, dropout, dense."""
+    filters, dropout = tuple(filters), tuple(dropout)
+    if len(filters) != 2 or len(dropout) != 2:
+        raise ValueError(f"`filters` and `dropout` need two entries each. Received: filters={filters}, "
+                         f"dropout={dropout}")
+    x = inputs
+    for i, f in enumerate(filters, start=1):
+        x = keras.layers.Conv2D(f, 3, padding="valid", kernel_initializer=seeds.he(), name=f"conv{i}")(x)
+        x = _norm_act(x, make_norm, f"conv{i}")
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    if dropout[0]:
+        x = keras.layers.Dropout(dropout[0], seed=seeds(), name="dropout1")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(hidden, kernel_initializer=seeds.he(), name="hidden")(x)
+    x = _norm_act(x, make_norm, "hidden")
+    if dropout[1]:
+        x = keras.layers.Dropout(dropout[1], seed=seeds(), name="dropout2")(x)
+    return _dense_head(x, num_classes, seeds)
+
+
+_BUILDERS = {"linear": _linear, "mlp": _mlp, "conv1": _conv1, "cnn": _cnn, "vgg11": _vgg,
+             "shufflenet_v2_0.5": _shufflenet_v2, "mnist_2conv": _mnist_2conv}
 
 
 def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int | None = None,
@@ -136,6 +278,53 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
       (He et al. 2016) with a 3x3 stem, N = 2 + 2 x (number of blocks); blocks per
       stage: 6:(1,1), 8:(1,1,1), 10:(1,1,1,1), 14:(2,2,2), 18:(2,2,2,2); widths
       64/128/256/512 (`widths=`, `width_multiplier=`).
+    * `"resnetN"`, N in 6, 8, 10, 14, 18 - the original (post-activation) ResNet
+      of He et al. 2016a (Thesis [35], the ResNets of Ch. 5: "a 14-layer ResNet
+      model [35]", Table 5.6's 6- and 18-layer variants): 3x3 stem + norm + ReLU,
+      basic blocks conv-norm-ReLU-conv-norm, added to the shortcut (1x1 conv +
+      norm where the shape changes), ReLU; the same depths, stages and widths
+      as `"preact_resnetN"`. `"resnet18"` is the common CIFAR ResNet-18.
+    * `"vgg11"` - VGG-11 (Simonyan & Zisserman 2015, configuration A; Thesis
+      [98], Table 5.6) in its CIFAR form: eight 3x3 convs (with bias; widths
+      64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M; M = 2x2 max-pool),
+      each followed by norm + ReLU, then one linear classifier on the 512
+      features (no 4096-wide layers). Pools are skipped once the map is 1x1
+      (inputs smaller than 32x32); a global average pool (a no-op at 32x32)
+      feeds the classifier. `width_multiplier=` scales every conv.
+    * `"shufflenet_v2_0.5"` - ShuffleNetV2 at 0.5x width (Ma et al. 2018, Table
+      5; Thesis [70], Table 5.6's "ShuffleNetv2-50%") in its CIFAR form: a 3x3
+      stride-1 stem of 24 channels (no max-pool), stages of 4, 8, 4 units with
+      48, 96, 192 channels (the first unit of each stage downsamples, Fig. 3d;
+      the others split the channels, Fig. 3c), channel shuffle after each unit,
+      a 1x1 conv to 1024 channels, global average pool, linear. Every conv
+      without bias and followed by norm. `width_multiplier=` scales every width;
+      `repeats=` (default (4, 8, 4)) sets the units per stage.
+    * `"mnist_2conv"` - the MNIST baseline of Thesis Sec. 5.6 ("two convolution
+      and fully-connected layers", 99.14%): read as PyTorch's MNIST example net
+      (the thesis states no more): 3x3 valid convs of 32 and 64 filters, each
+      + norm + ReLU, 2x2 max-pool, dropout 0.25, dense 128 + norm + ReLU,
+      dropout 0.5, linear (`filters=`, `hidden=`, `dropout=`). Use
+      `norm="none"` for the example's exact net.
+
+    Parameter counts for 32x32x3 inputs and 10 classes, as trainable (+
+    non-trainable moving statistics) with `norm="batch"`, and with `norm="none"`:
+
+    | model | norm="batch" | norm="none" |
+    |---|---|---|
+    | resnet6 | 307,274 (+1,152) | 306,122 |
+    | resnet10 | 4,903,242 (+5,760) | 4,897,482 |
+    | resnet14 | 2,777,674 (+4,480) | 2,773,194 |
+    | resnet18 | 11,173,962 (+9,600) | 11,164,362 |
+    | preact_resnet6 | 307,018 (+896) | 306,122 |
+    | preact_resnet10 | 4,901,450 (+3,968) | 4,897,482 |
+    | preact_resnet14 | 2,776,906 (+3,712) | 2,773,194 |
+    | preact_resnet18 | 11,172,170 (+7,808) | 11,164,362 |
+    | vgg11 | 9,231,114 (+5,504) | 9,225,610 |
+    | shufflenet_v2_0.5 | 352,042 (+7,952) | 344,090 |
+    | mnist_2conv | 1,626,890 (+448) | 1,626,442 (1,199,882 at 28x28x1) |
+
+    (ResNet-10 has four stages, ResNet-14 three, so the 10-layer net is the
+    larger one.)
 
     The normalization layer after each conv (or hidden dense layer) comes from
     `norm`. Every initializer and random layer receives its own seed derived from
@@ -188,6 +377,8 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
     inputs = keras.Input(input_shape, name="images")
     if name.startswith("preact_resnet"):
         builder = lambda *a, **k: _preact_resnet(*a, depth=int(name[len("preact_resnet"):]), **k)  # noqa: E731
+    elif name.startswith("resnet"):
+        builder = lambda *a, **k: _resnet(*a, depth=int(name[len("resnet"):]), **k)  # noqa: E731
     else:
         builder = _BUILDERS[name]
     try:

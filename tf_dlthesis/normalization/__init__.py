@@ -8,7 +8,8 @@ One core op normalizes over groups of examples x groups of channels
 `patch_model` / `set_example_weight` / `sweep_example_weight` apply example
 weighing retroactively to trained Keras models; `apply_normalization_weight_decay`
 regularizes gamma/beta (Sec. 4.3.3); `output_bound` / `measure_output_range`
-check App. A.1's bound. TF-Slim and frozen-GraphDef support lives in
+check App. A.1's bound; `update_bn_statistics` / the `PreciseBN` callback
+recompute moving statistics exactly from data (Precise BN, App. A.3). TF-Slim and frozen-GraphDef support lives in
 `tf_dlthesis.normalization.slim` (imports tf_slim / tf_keras only there).
 
 Importing this package registers the `norm=` kinds `"ghost:B"`,
@@ -36,6 +37,9 @@ from tf_dlthesis.normalization.patching import normalization_layers as normaliza
 from tf_dlthesis.normalization.patching import patch_model as patch_model
 from tf_dlthesis.normalization.patching import set_example_weight as set_example_weight
 from tf_dlthesis.normalization.patching import sweep_example_weight as sweep_example_weight
+from tf_dlthesis.normalization.precise_bn import PreciseBN as PreciseBN
+from tf_dlthesis.normalization.precise_bn import bn_layers as bn_layers
+from tf_dlthesis.normalization.precise_bn import update_bn_statistics as update_bn_statistics
 from tf_dlthesis.normalization.weight_decay import CenteredL2 as CenteredL2
 from tf_dlthesis.normalization.weight_decay import (
     apply_normalization_weight_decay as apply_normalization_weight_decay,
@@ -55,7 +59,8 @@ def _ew_batch(channels, *, name, **kwargs):
 
 
 def _ew_group(channels, groups, *, name, **kwargs):
-    return ExampleWeightedGroupNormalization(groups, name=name, **kwargs)
+    # tracks moving statistics: these models are trained for alpha sweeps (Fig. 4.2)
+    return ExampleWeightedGroupNormalization(groups, name=name, **{"moving_statistics": True, **kwargs})
 
 
 def _renorm(channels, *, name, **kwargs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from ._base import ExampleGroupNormalization
+from ._base import ExampleGroupNormalization, check_groups
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -24,7 +24,8 @@ class BatchGroupNormalization(ExampleGroupNormalization):
     >>> layer = BatchGroupNormalization(groups=8, example_weight=0.5)
 
     Args:
-        groups: Number of channel groups; must divide the channel count.
+        groups: Number of channel groups; must divide the channel count (``-1``:
+            one channel per group).
         ghost_batch_size: Examples per statistic (``None`` = whole batch).
         example_weight: Inference alpha in [0, 1] (default 0: moving
             statistics only; the thesis tunes it on validation data).
@@ -36,6 +37,4 @@ class BatchGroupNormalization(ExampleGroupNormalization):
     """
 
     def __init__(self, groups: int, ghost_batch_size: int | None = None, example_weight: float = 0.0, **kwargs):
-        if groups is None:
-            raise ValueError("`groups` must be a positive int. Received: groups=None")
-        super().__init__(groups=groups, ghost_batch_size=ghost_batch_size, example_weight=example_weight, **kwargs)
+        super().__init__(groups=check_groups(groups, allow_none=False), ghost_batch_size=ghost_batch_size, example_weight=example_weight, **kwargs)

@@ -9,6 +9,7 @@ curves (accuracy and cross-entropy per alpha).
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import keras
@@ -22,9 +23,6 @@ from .example_weighted_batch_normalization import ExampleWeightedBatchNormalizat
 from .example_weighted_group_normalization import ExampleWeightedGroupNormalization
 
 __all__ = ["patch_model", "set_example_weight", "sweep_example_weight", "normalization_layers"]
-
-_DROP = ("renorm", "renorm_clipping", "renorm_momentum", "synchronized")
-
 
 def _is_functional(model) -> bool:
     return any(c.__name__ == "Functional" for c in type(model).__mro__)
@@ -54,14 +52,14 @@ def _convert(layer, alpha: float):
         config["example_weight"] = alpha
         return type(layer).from_config(config)
     if isinstance(layer, keras.layers.BatchNormalization):
-        config = {k: v for k, v in layer.get_config().items() if k not in _DROP}
-        return ExampleWeightedBatchNormalization(example_weight=alpha, **config)
+        # every Keras BN argument carries over (renorm and synchronized included)
+        return ExampleWeightedBatchNormalization(example_weight=alpha, **layer.get_config())
     if isinstance(layer, keras.layers.GroupNormalization):
         config = layer.get_config()
         new = {k: config[k] for k in ("name", "dtype", "trainable", "groups", "axis", "epsilon", "center", "scale",
                                       "beta_initializer", "gamma_initializer", "beta_regularizer",
                                       "gamma_regularizer", "beta_constraint", "gamma_constraint") if k in config}
-        return ExampleWeightedGroupNormalization(example_weight=alpha, **new)
+        return ExampleWeightedGroupNormalization(example_weight=alpha, moving_statistics=True, **new)
     return None
 
 
@@ -184,8 +182,52 @@ def set_example_weight(model: keras.Model, example_weight: float) -> int:
     if not layers:
         raise ValueError(f"Model '{model.name}' has no example-weighted normalization layer; call patch_model first.")
     for layer in layers:
+        layer.check_alpha(alpha)
+    for layer in layers:
         layer.example_weight_variable.assign(alpha)
     return len(layers)
+
+
+def _check_pair_lengths(dataset) -> None:
+    """A one-line error naming ``dataset`` when an ``(x, y)`` pair's lengths differ (before any conversion)."""
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+        lengths = []
+        for part in dataset:
+            shape = getattr(part, "shape", None)
+            if shape is not None and len(shape) > 0 and shape[0] is not None:
+                lengths.append(int(shape[0]))
+            elif isinstance(part, (list, tuple)):
+                lengths.append(len(part))
+            else:
+                return
+        if lengths[0] != lengths[1]:
+            raise ValueError(f"`dataset` images and labels differ in length. Received: dataset=(x with "
+                             f"{lengths[0]} examples, y with {lengths[1]} labels)")
+
+
+def _sweep_batch(model, from_logits, x, y):
+    out = tf.cast(model(x, training=False), tf.float32)
+    ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=from_logits)
+    return tf.equal(tf.argmax(out, axis=-1), y), ce
+
+
+def _sweep_step(model, from_logits: bool):
+    """One compiled sweep step per (model, from_logits), cached on the model.
+
+    A `functools.partial` of a module-level function, not a closure: TF's
+    retracing detector keys on the Python code object, so closures made by
+    repeated calls (one per model) would count as retraces of one function.
+    """
+    cache = getattr(model, "_tf_dlthesis_sweep_steps", None)
+    if cache is None:
+        cache = {}
+        try:
+            object.__setattr__(model, "_tf_dlthesis_sweep_steps", cache)
+        except (AttributeError, TypeError):
+            pass
+    if from_logits not in cache:
+        cache[from_logits] = tf.function(functools.partial(_sweep_batch, model, from_logits))
+    return cache[from_logits]
 
 
 def sweep_example_weight(
@@ -228,20 +270,24 @@ def sweep_example_weight(
     alphas = [check_example_weight(a) for a in alphas]
     if not alphas:
         raise ValueError("`alphas` must contain at least one value in [0, 1]. Received: alphas=[]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    _check_pair_lengths(dataset)
+    try:
+        x_all, y_all = data.as_arrays(dataset)
+    except ValueError as err:
+        raise ValueError(f"`dataset`: {err}") from None
     layers = normalization_layers(model)
     if not layers:
         model = patch_model(model, 0.0)
         layers = normalization_layers(model)
+    for layer in layers:
+        for alpha in alphas:
+            layer.check_alpha(alpha)
     previous = [layer.example_weight for layer in layers]
-    x_all, y_all = data.as_arrays(dataset)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
-
-    @tf.function(reduce_retracing=True)
-    def step(x, y):
-        out = tf.cast(model(x, training=False), tf.float32)
-        ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=from_logits)
-        return tf.equal(tf.argmax(out, axis=-1), y), ce
+    step = _sweep_step(model, bool(from_logits))
+    n = len(y_all)
+    size = min(int(batch_size), n)
 
     acc, ces, correct_rows = [], [], []
     try:
@@ -249,10 +295,15 @@ def sweep_example_weight(
             for layer in layers:
                 layer.example_weight_variable.assign(alpha)
             correct, ce = [], []
-            for i in range(0, len(y_all), batch_size):
-                c, e = step(tf.constant(x_all[i:i + batch_size]), tf.constant(y_all[i:i + batch_size]))
-                correct.append(c.numpy())
-                ce.append(e.numpy())
+            for i in range(0, n, size):
+                xb, yb = x_all[i:i + size], y_all[i:i + size]
+                short = size - len(yb)
+                if short:  # pad the last batch: one traced shape (inference is per example)
+                    xb = np.concatenate([xb, np.repeat(xb[-1:], short, axis=0)])
+                    yb = np.concatenate([yb, np.repeat(yb[-1:], short, axis=0)])
+                c, e = step(tf.constant(xb), tf.constant(yb))
+                correct.append(c.numpy()[:size - short])
+                ce.append(e.numpy()[:size - short])
             correct, ce = np.concatenate(correct), np.concatenate(ce)
             acc.append(correct.mean())
             ces.append(ce.astype(np.float64).mean())

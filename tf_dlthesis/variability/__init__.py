@@ -28,6 +28,7 @@ from tf_dlthesis.variability.metrics import pairwise_disagreement as pairwise_di
 from tf_dlthesis.variability.metrics import per_run_accuracy as per_run_accuracy
 from tf_dlthesis.variability.metrics import per_run_cross_entropy as per_run_cross_entropy
 from tf_dlthesis.variability.metrics import variability_metrics as variability_metrics
+from tf_dlthesis.variability.metrics import ensemble_perplexity_delta as ensemble_perplexity_delta, language_model_metrics as language_model_metrics, mixture_perplexity_delta as mixture_perplexity_delta, perplexity_sd as perplexity_sd, prediction_disagreement as prediction_disagreement  # noqa: E501
 from tf_dlthesis.variability.protocol import EXECUTORS as EXECUTORS
 from tf_dlthesis.variability.protocol import ProtocolResult as ProtocolResult
 from tf_dlthesis.variability.protocol import run_protocol as run_protocol
@@ -40,6 +41,10 @@ from tf_dlthesis.variability.seed_plan import parse_source as parse_source
 from tf_dlthesis.variability.seed_plan import reseed_stochastic_layers as reseed_stochastic_layers
 from tf_dlthesis.variability.seed_plan import weights_hash as weights_hash
 from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble as SnapshotEnsemble
+from tf_dlthesis.variability.swa import SWASchedule as SWASchedule
+from tf_dlthesis.variability.swa import StochasticWeightAveraging as StochasticWeightAveraging
+from tf_dlthesis.variability.swa import recompute_batch_norm_statistics as recompute_batch_norm_statistics
 from tf_dlthesis.variability.tta import TTA_MODES as TTA_MODES
 from tf_dlthesis.variability.tta import predict_tta as predict_tta
 from tf_dlthesis.variability.tta import tta_views as tta_views
+from tf_dlthesis.variability.weight_noise import WeightNoise as WeightNoise

@@ -16,6 +16,22 @@ The six numbers of the thesis's tables:
 * ensemble delta (Eq. 5.1): the mean over pairs of f(ensemble of the pair) minus
   the mean of f over the pair, the ensemble being the mean of the two logit tensors.
 
+The language-model tables (5.2, 5.4, B.3) report three numbers per row, for a
+stack of R models' next-token predictions on one test stream of N tokens:
+
+* perplexity SD (`perplexity_sd`): the SD across runs of test perplexity
+  exp(mean negative log-likelihood per token), with the same bootstrap "±";
+* per-token disagreement: `pairwise_disagreement` over tokens (argmax of the
+  next-token distribution), or `prediction_disagreement` from stored argmaxes;
+* ensemble perplexity delta (`ensemble_perplexity_delta`): Eq. 5.1 with
+  f = perplexity, negative when ensembling helps.
+
+A language model's logits are (N, V) per run (V = vocabulary), too large to keep
+for R runs of a real test set; each run's log-probability of the true next token
+(N,) and its argmax (N,) suffice for all three numbers when the ensemble of two
+models is the mixture of their next-token distributions, the usual ensemble of
+language models: `language_model_metrics` takes those.
+
 Reference: Thesis Ch. 5, Sec. 5.3.1; Summers & Dinneen, "Nondeterminism and
 Instability in Neural Network Optimization", ICML 2021, arXiv:2103.04514.
 """
@@ -27,6 +43,7 @@ from scipy.special import log_softmax
 from scipy.stats import rankdata
 
 _METRICS = ("accuracy", "cross_entropy")
+_COMBINE = ("probabilities", "logits")
 
 
 def _check_logits(logits, *, min_runs: int = 2, name: str = "logits") -> np.ndarray:
@@ -140,12 +157,41 @@ def pairwise_disagreement(logits) -> float:
     cost is O(R N C) rather than O(R^2 N).
     """
     arr = _check_logits(logits)
-    runs, n, c = arr.shape
-    preds = np.argmax(arr, axis=-1)  # (R, N)
-    counts = np.zeros((n, c), dtype=np.int64)
-    np.add.at(counts, (np.broadcast_to(np.arange(n), preds.shape), preds), 1)
-    agreeing_pairs = np.sum(counts * (counts - 1)) / 2.0
+    return _disagreement(np.argmax(arr, axis=-1))
+
+
+def _disagreement(preds: np.ndarray) -> float:
+    runs, n = preds.shape
+    # sort each example's R predictions: equal classes become runs of equal values
+    ordered = np.sort(preds, axis=0)
+    agreeing_pairs = 0
+    start = np.zeros(n, dtype=np.int64)  # first row of the current group of equal predictions
+    for r in range(1, runs + 1):
+        ends = np.ones(n, dtype=bool) if r == runs else ordered[r] != ordered[r - 1]
+        size = r - start
+        agreeing_pairs += int(np.sum(np.where(ends, size * (size - 1) // 2, 0)))
+        start = np.where(ends, r, start)
     return float(1.0 - agreeing_pairs / (n * runs * (runs - 1) / 2.0))
+
+
+def prediction_disagreement(predictions) -> float:
+    """`pairwise_disagreement` from stored argmax predictions, shape (R, N) integers.
+
+    Example:
+
+    >>> round(prediction_disagreement([[0, 1, 2], [0, 1, 3]]), 4)   # the runs differ on 1 of 3 tokens
+    0.3333
+
+    Raises:
+        ValueError: not (R, N) with R >= 2 and N >= 1.
+        TypeError: not integers.
+    """
+    preds = np.asarray(predictions)
+    if preds.ndim != 2 or preds.shape[0] < 2 or preds.shape[1] < 1:
+        raise ValueError(f"`predictions` must have shape (R, N) with R >= 2 runs and N >= 1. Received: shape={preds.shape}")
+    if not np.issubdtype(preds.dtype, np.integer):
+        raise TypeError(f"`predictions` must be integer class indices. Received: dtype={preds.dtype}")
+    return _disagreement(preds.astype(np.int64))
 
 
 def pairwise_correlation(logits) -> float:
@@ -250,4 +296,167 @@ def variability_metrics(logits, labels, *, bootstrap_samples: int = 1000, seed: 
         "disagreement": pairwise_disagreement(arr),
         "correlation": pairwise_correlation(arr),
         "ensemble_delta": ensemble_delta(arr, lab),
+    }
+
+
+# ---------------------------------------------------------------------------- language models
+def _check_log_probs(target_log_probs, *, min_runs: int = 1) -> np.ndarray:
+    try:
+        arr = np.asarray(target_log_probs, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"`target_log_probs` must be a numeric (R, N) array. Received: {type(target_log_probs).__name__}") \
+            from exc
+    if arr.ndim != 2 or arr.shape[0] < min_runs or arr.shape[1] < 1:
+        raise ValueError(f"`target_log_probs` must have shape (R, N) with R >= {min_runs} runs and N >= 1 tokens. "
+                         f"Received: shape={arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr > 0):
+        raise ValueError("`target_log_probs` must be finite log-probabilities (<= 0); a diverged run cannot be scored.")
+    return arr
+
+
+def target_log_probs(logits, labels) -> np.ndarray:
+    """Each run's log-probability of the true class (next token), shape (R, N)."""
+    arr = _check_logits(logits, min_runs=1)
+    lab = _check_labels(labels, arr)
+    logp = log_softmax(arr, axis=-1)
+    return np.take_along_axis(logp, lab[None, :, None].repeat(arr.shape[0], axis=0), axis=-1)[..., 0]
+
+
+def perplexity_from_log_probs(target_log_probs) -> np.ndarray:
+    """Perplexity of each run, exp(-mean log p(true token)), shape (R,), from (R, N) log-probabilities."""
+    return np.exp(-np.mean(_check_log_probs(target_log_probs), axis=-1))
+
+
+def per_run_perplexity(logits, labels) -> np.ndarray:
+    """Test perplexity exp(mean cross-entropy) of each run, shape (R,)."""
+    return np.exp(per_run_cross_entropy(logits, labels))
+
+
+def perplexity_sd(logits, labels) -> float:
+    """Standard deviation (ddof=1) across runs of test perplexity (Tables 5.2, 5.4, B.3, "PPL SD").
+
+    Example:
+
+    >>> import numpy as np
+    >>> logits = np.log([[[0.5, 0.5]], [[0.25, 0.75]]])   # 2 runs, 1 token, p(true) = 0.5 and 0.25
+    >>> round(perplexity_sd(logits, np.array([0])), 4)   # perplexities 2 and 4
+    1.4142
+
+    Args:
+        logits: (R, N, V) next-token logits of R runs on N test tokens.
+        labels: (N,) the true next tokens.
+
+    Returns:
+        The SD, in perplexity units.
+    """
+    return float(_sd(per_run_perplexity(_check_logits(logits), labels)))
+
+
+def mixture_perplexity_delta(target_log_probs) -> float:
+    """Eq. 5.1 with f = perplexity, the pair's ensemble being the mixture of their distributions.
+
+    The mixture's log-probability of the true token is log((p_i + p_j) / 2), so each
+    run's (N,) log-probabilities of the true tokens are all the pairs need.
+
+    Args:
+        target_log_probs: (R, N), R >= 2, each run's log p(true token).
+
+    Returns:
+        Mean over the R(R-1)/2 pairs of PPL(mixture) - (PPL_i + PPL_j) / 2 (negative
+        when ensembling helps).
+    """
+    arr = _check_log_probs(target_log_probs, min_runs=2)
+    single = np.exp(-arr.mean(axis=1))
+    ii, jj = pair_indices(arr.shape[0])
+    total = 0.0
+    per_chunk = max(1, int((64 * 2**20) // max(1, arr[0].nbytes)))
+    for start in range(0, ii.shape[0], per_chunk):
+        a, b = ii[start : start + per_chunk], jj[start : start + per_chunk]
+        mixed = np.logaddexp(arr[a], arr[b]) - np.log(2.0)
+        total += float(np.sum(np.exp(-mixed.mean(axis=1)) - 0.5 * (single[a] + single[b])))
+    return total / ii.shape[0]
+
+
+def ensemble_perplexity_delta(logits, labels, *, combine: str = "probabilities") -> float:
+    """Eq. 5.1 with f = perplexity: mean over pairs of PPL(ensemble) - (PPL_i + PPL_j) / 2.
+
+    Negative when ensembling two runs lowers perplexity (Table 5.2's "Ensemble PPL
+    Delta", -2.07 for the thesis's QRNN).
+
+    Example:
+
+    >>> import numpy as np
+    >>> logits = np.log([[[0.5, 0.5]], [[0.25, 0.75]]])   # p(true) = 0.5, 0.25 -> PPL 2, 4
+    >>> round(ensemble_perplexity_delta(logits, np.array([0])), 4)   # mixture p = 0.375 -> 8/3 - 3
+    -0.3333
+
+    Args:
+        logits: (R, N, V) next-token logits, R >= 2.
+        labels: (N,) true next tokens.
+        combine: How two runs are ensembled: `"probabilities"` (default; the
+            mixture (p_i + p_j) / 2, the usual ensemble of language models) or
+            `"logits"` (softmax of the mean logits, the convention of the image
+            tables' `ensemble_delta`). The thesis does not say which its language
+            model tables used.
+
+    Returns:
+        The mean change in perplexity, a float.
+
+    Raises:
+        ValueError: unknown `combine`, or logits/labels of the wrong shape.
+    """
+    if combine not in _COMBINE:
+        raise ValueError(f"`combine` must be one of {_COMBINE}. Received: combine={combine!r}")
+    arr = _check_logits(logits)
+    lab = _check_labels(labels, arr)
+    if combine == "probabilities":
+        return mixture_perplexity_delta(target_log_probs(arr, lab))
+    single = np.exp(_cross_entropy(arr, lab))
+    ii, jj = pair_indices(arr.shape[0])
+    per_pair = max(1, int((64 * 2**20) // max(1, arr[0].nbytes)))
+    total = 0.0
+    for start in range(0, ii.shape[0], per_pair):
+        a, b = ii[start : start + per_pair], jj[start : start + per_pair]
+        ens = np.exp(_cross_entropy(0.5 * (arr[a] + arr[b]), lab))
+        total += float(np.sum(ens - 0.5 * (single[a] + single[b])))
+    return total / ii.shape[0]
+
+
+def language_model_metrics(target_log_probs, predictions, *, bootstrap_samples: int = 1000, seed: int = 0) -> dict:
+    """A row of Tables 5.2 / 5.4 / B.3 from each run's log p(true token) and argmax prediction.
+
+    Example:
+
+    >>> import numpy as np
+    >>> row = language_model_metrics(np.log([[0.5, 0.5], [0.25, 0.25]]), np.array([[1, 2], [1, 3]]))
+    >>> row["perplexity"], row["disagreement"]
+    (3.0, 0.5)
+
+    Args:
+        target_log_probs: (R, N) log-probability each run gave the true next token.
+        predictions: (R, N) each run's argmax next token.
+        bootstrap_samples: Resamples of the "±" (`bootstrap_sd`).
+        seed: Seed of the bootstrap.
+
+    Returns:
+        Dict with `runs`, `perplexity` (mean over runs), `perplexity_sd`,
+        `perplexity_sd_err`, `disagreement` (fraction of tokens, mean over pairs),
+        `ensemble_perplexity_delta` (mixture ensembles, `mixture_perplexity_delta`).
+
+    Raises:
+        ValueError: shapes that do not match, R < 2, or invalid log-probabilities.
+    """
+    lp = _check_log_probs(target_log_probs, min_runs=2)
+    preds = np.asarray(predictions)
+    if preds.shape != lp.shape:
+        raise ValueError(f"`predictions` must have the shape of `target_log_probs` {lp.shape}. "
+                         f"Received: shape={preds.shape}")
+    ppl = perplexity_from_log_probs(lp)
+    return {
+        "runs": int(lp.shape[0]),
+        "perplexity": float(ppl.mean()),
+        "perplexity_sd": float(_sd(ppl)),
+        "perplexity_sd_err": bootstrap_sd(ppl, num_samples=bootstrap_samples, seed=seed),
+        "disagreement": prediction_disagreement(preds),
+        "ensemble_perplexity_delta": mixture_perplexity_delta(lp),
     }

@@ -1,0 +1,286 @@
+"""Precise BN: moving statistics recomputed exactly from data (thesis App. A.3).
+
+`update_bn_statistics` is the Keras counterpart of fvcore's ``update_bn_stats``
+(Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): it runs the model's
+training-mode forward pass over some batches with every weight frozen and
+replaces each BN-family layer's moving mean and variance by the exact
+average of the per-batch statistics that layer normalized with, instead of
+an exponential moving average over changing weights. `PreciseBN` does it at
+the end of chosen epochs of `fit`.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ._base import ExampleGroupNormalization
+
+__all__ = ["update_bn_statistics", "PreciseBN", "bn_layers"]
+
+_RENORM_STATE = ("renorm_mean", "renorm_stddev")
+
+
+def _is_bn(layer) -> bool:
+    return isinstance(layer, (keras.layers.BatchNormalization, ExampleGroupNormalization))
+
+
+def bn_layers(model) -> list:
+    """The BN-family layers of ``model`` whose moving statistics training updates.
+
+    Keras `BatchNormalization` and every layer of this package, built and
+    trainable (a frozen BN runs in inference mode even in a training-mode
+    pass, as Keras documents, so its statistics are left alone) and tracking
+    moving statistics, nested models included, each once.
+    """
+    from .patching import _walk
+
+    seen, out = set(), []
+    for layer in ([model] if _is_bn(model) else []) + list(_walk(model)):
+        if (_is_bn(layer) and layer.built and layer.trainable and getattr(layer, "moving_statistics", True)
+                and id(layer) not in seen):
+            seen.add(id(layer))
+            out.append(layer)
+    return out
+
+
+def _check_steps(steps):
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"`steps` must be a positive int or None. Received: steps={steps!r}")
+    return int(steps)
+
+
+def _inputs_of(batch):
+    """The model input of one batch: ``x`` of ``(x, y[, sample_weight])``, else the batch itself."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("`data` yielded an empty batch tuple.")
+        return batch[0]
+    return batch
+
+
+def _batches(data, batch_size):
+    """Iterates over the input batches of ``data`` (see `update_bn_statistics`)."""
+    if isinstance(data, tf.data.Dataset):
+        for batch in data:
+            yield _inputs_of(batch)
+        return
+    if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
+        data = data[0]  # (x, y) arrays: the inputs
+    if isinstance(data, (np.ndarray, tf.Tensor)) or (hasattr(data, "shape") and hasattr(data, "__getitem__")):
+        n = int(data.shape[0])
+        if n == 0:
+            raise ValueError(f"`data` is empty. Received: data of shape {tuple(data.shape)}")
+        for i in range(0, n, batch_size):
+            yield data[i:i + batch_size]
+        return
+    if isinstance(data, dict):
+        raise TypeError("`data` as a dict of arrays is not supported: pass a batched tf.data.Dataset of dicts. "
+                        f"Received: data with keys {sorted(data)}")
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise TypeError("`data` must be a tf.data.Dataset, an array (or (x, y) arrays) or an iterable of "
+                        f"batches. Received: data={type(data).__name__}") from None
+    for batch in iterator:
+        yield _inputs_of(batch)
+
+
+def _forward_and_accumulate(model, layers, sums, x):
+    """One training-mode forward pass; adds each layer's batch statistics (momentum 0) to ``sums``."""
+    model(x, training=True)
+    for layer, (mean_sum, var_sum) in zip(layers, sums):
+        mean_sum.assign_add(tf.cast(layer.moving_mean.value, tf.float64))
+        var_sum.assign_add(tf.cast(layer.moving_variance.value, tf.float64))
+    return tf.constant(0)
+
+
+def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, batch_size: int = 32) -> int:
+    """Recomputes every BN-family layer's moving mean and variance exactly from ``data`` (Precise BN).
+
+    Runs ``model(x, training=True)`` on each batch of ``data`` (up to
+    ``steps`` batches), so every BN layer normalizes with its batch
+    statistics exactly as in training (ghost batches, channel groups, masks
+    and Batch Renormalization's correction included, dropout active), while
+    no weight changes: nothing is differentiated, and the renorm statistics
+    are restored after each batch. Each layer's moving mean and moving
+    variance become the plain average over the batches of the mean and
+    (biased) variance it normalized with, as fvcore's ``update_bn_stats``;
+    the thesis (App. A.3) approximated this by extra epochs at learning
+    rate 0, which folds the statistics into an exponential moving average
+    instead. A renormalized layer's ``moving_stddev`` becomes
+    ``sqrt(variance + epsilon)``.
+
+    Layers covered: Keras `BatchNormalization` and this package's four
+    layers, nested models included, when built and trainable (a frozen BN
+    runs in inference mode, so it has no batch statistics to average).
+
+    Example:
+
+    >>> model.fit(train_ds_augmented, epochs=30)
+    >>> update_bn_statistics(model, train_ds_plain.batch(128), steps=200)
+
+    Args:
+        model: A built Keras model (any kind: Sequential, Functional,
+            subclassed).
+        data: A batched `tf.data.Dataset` (elements ``x`` or ``(x, y, ...)``),
+            an array or tensor of inputs (or an ``(x, y)`` pair of them),
+            split into batches of ``batch_size``, or any iterable of batches.
+            Labels are never used.
+        steps: Number of batches to use; ``None`` = all of ``data``.
+        batch_size: Batch size for array ``data``.
+
+    Returns:
+        The number of batches averaged.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model / layer or ``data`` has an
+            unusable type.
+        ValueError: no BN-family layer to update, bad ``steps`` /
+            ``batch_size``, or ``data`` yields no batch.
+
+    Reference:
+        Thesis App. A.3; Wu & Johnson 2021 (https://arxiv.org/abs/2105.07576);
+        https://arxiv.org/abs/1906.03548.
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"`model` must be a Keras model. Received: model={type(model).__name__}")
+    steps = _check_steps(steps)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    if not model.built:
+        raise ValueError(f"`model` must be built (call it on data first); '{model.name}' is not built.")
+    layers = bn_layers(model)
+    if not layers:
+        raise ValueError(f"Model '{model.name}' has no trainable, built BatchNormalization-family layer whose "
+                         "statistics could be updated.")
+    saved = [{w.name: np.asarray(w.numpy()) for w in layer.non_trainable_weights} for layer in layers]
+    settings = [(layer.momentum, getattr(layer, "moving_update", None)) for layer in layers]
+    sums = [(tf.Variable(tf.zeros(layer.moving_mean.shape, tf.float64), trainable=False),
+             tf.Variable(tf.zeros(layer.moving_variance.shape, tf.float64), trainable=False)) for layer in layers]
+    renorm = [(layer, [getattr(layer, n) for n in _RENORM_STATE]) for layer in layers if getattr(layer, "renorm", False)]
+    count = 0
+    done = False
+    try:
+        for layer in layers:
+            layer.momentum = 0.0  # the moving statistics then hold the last batch's statistics exactly
+            if isinstance(layer, ExampleGroupNormalization):
+                layer.moving_update = "averaged"
+        # a partial (not a closure): one tf.function per call, not counted as a retrace of one function
+        step = tf.function(functools.partial(_forward_and_accumulate, model, layers, sums))
+        for x in _batches(data, int(batch_size)):
+            if steps is not None and count >= steps:
+                break
+            step(x)
+            count += 1
+            for layer, variables in renorm:  # renorm's (r, d) must see the trained statistics every batch
+                for v in variables:
+                    v.assign(saved[layers.index(layer)][v.name])
+        if count == 0:
+            raise ValueError("`data` yielded no batches: nothing to average.")
+        done = True
+    finally:
+        for layer, (momentum, moving_update) in zip(layers, settings):
+            layer.momentum = momentum
+            if moving_update is not None:
+                layer.moving_update = moving_update
+        if not done:
+            for layer, values in zip(layers, saved):
+                for w in layer.non_trainable_weights:
+                    w.assign(values[w.name])
+    for layer, values, (mean_sum, var_sum) in zip(layers, saved, sums):
+        for w in layer.non_trainable_weights:  # back to the trained state, then the averages
+            w.assign(values[w.name])
+        mean = (mean_sum / count).numpy()
+        variance = np.maximum((var_sum / count).numpy(), 0.0)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(variance.astype(np.float32))
+        if getattr(layer, "renorm", False):
+            layer.moving_stddev.assign(np.sqrt(variance + layer.epsilon).astype(np.float32))
+    return count
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class PreciseBN(keras.callbacks.Callback):
+    """Keras callback: `update_bn_statistics` at the end of chosen epochs of `fit`.
+
+    Example:
+
+    >>> cb = PreciseBN(x_train_without_augmentation, epochs="last", steps=100, batch_size=128)
+    >>> model.fit(train_ds, epochs=30, callbacks=[cb])
+
+    Args:
+        data: What `update_bn_statistics` accepts (e.g. non-augmented
+            training images, or a batched dataset). Required by the time
+            `fit` starts (``None`` is allowed only so that a configuration,
+            which cannot hold data, rebuilds the callback).
+        epochs: When to recompute: ``"last"`` (default: after the final
+            epoch of `fit`), ``"all"`` (after every epoch), an int ``k``
+            (after every k-th epoch) or a collection of 1-based epoch
+            numbers (as Keras prints them).
+        steps: Batches per recomputation (``None``: all of ``data``).
+        batch_size: Batch size for array ``data``.
+
+    Raises:
+        ValueError / TypeError: bad ``epochs``, ``steps`` or ``batch_size``;
+            ``data`` still ``None`` when `fit` starts.
+
+    Reference:
+        Thesis App. A.3; https://arxiv.org/abs/1906.03548.
+    """
+
+    def __init__(self, data=None, epochs="last", steps: int | None = None, batch_size: int = 32):
+        super().__init__()
+        if isinstance(epochs, str):
+            if epochs not in ("last", "all"):
+                raise ValueError(f"`epochs` must be 'last', 'all', a positive int or a collection of epoch "
+                                 f"numbers. Received: epochs={epochs!r}")
+        elif isinstance(epochs, numbers.Integral) and not isinstance(epochs, bool):
+            if epochs < 1:
+                raise ValueError(f"`epochs` as an int must be >= 1 (every k-th epoch). Received: epochs={epochs}")
+            epochs = int(epochs)
+        else:
+            try:
+                epochs = sorted({int(e) for e in epochs})
+            except (TypeError, ValueError):
+                raise TypeError(f"`epochs` must be 'last', 'all', a positive int or a collection of epoch numbers. "
+                                f"Received: epochs={epochs!r}") from None
+            if not epochs or epochs[0] < 1:
+                raise ValueError(f"`epochs` numbers are 1-based and the collection non-empty. Received: epochs={epochs}")
+        self.data = data
+        self.epochs = epochs
+        self.steps = _check_steps(steps)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+        self.batch_size = int(batch_size)
+        self.updated_epochs: list = []
+        self._total_epochs = None
+
+    def on_train_begin(self, logs=None):
+        if self.data is None:
+            raise ValueError("PreciseBN needs `data` (the images to recompute the statistics from). Received: "
+                             "data=None")
+        self._total_epochs = (self.params or {}).get("epochs")
+
+    def _due(self, epoch_number: int) -> bool:
+        if self.epochs == "all":
+            return True
+        if self.epochs == "last":
+            return self._total_epochs is not None and epoch_number == self._total_epochs
+        if isinstance(self.epochs, int):
+            return epoch_number % self.epochs == 0
+        return epoch_number in self.epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._due(epoch + 1):
+            update_bn_statistics(self.model, self.data, self.steps, batch_size=self.batch_size)
+            self.updated_epochs.append(epoch + 1)
+
+    def get_config(self):
+        return {"epochs": self.epochs, "steps": self.steps, "batch_size": self.batch_size}

@@ -1,0 +1,772 @@
+"""The nondeterminism protocol for a recurrent language model (Thesis Sec. 5.3.3, 5.4.1, B.5).
+
+The thesis repeats its protocol on language modeling (Tables 5.2, 5.4, B.3): a
+QRNN (Salesforce's AWD-LSTM/QRNN code) on Penn Treebank, with two sources of
+nondeterminism - parameter initialization and "stochastic operations" (its
+dropout variants and variable-length backpropagation through time, which share
+one seed) - plus the one-ULP bit change and snapshot ensembles. This module gives
+the same protocol a Keras word-level LSTM language model trained the way that code
+trains it:
+
+* the training stream is cut into `batch_size` parallel rows, read in order in
+  segments (truncated BPTT);
+* variable-length BPTT: each segment's length is drawn as in AWD-LSTM (the base
+  length `bptt`, halved with probability 0.05, plus N(0, 5) jitter, at least 5),
+  and the step's learning rate is scaled by length / `bptt`;
+* unlike AWD-LSTM, every segment starts from a zero hidden state, in training and
+  in evaluation (the test stream is read in windows of `bptt` tokens): with the
+  short training that fits a CPU, a state carried along a whole evaluation row
+  left some rows in a state training never visits (small cell states, where the
+  model predicts nonsense), with row perplexities above 10,000 - a pathology of
+  undertrained models that would swamp the run-to-run variability measured here;
+* locked ("variational") dropout - one mask per sequence, shared over time - on
+  the embeddings, between layers and on the output, seeded explicitly;
+* Adam with global gradient-norm clipping, the learning rate annealed along a
+  cosine (`CyclicCosineSchedule` with one cycle) or, for a snapshot ensemble,
+  restarted in `snapshots` cycles with a `SnapshotEnsemble` snapshot at the end of
+  each (the ensemble's prediction: the mixture of its members' next-token
+  distributions).
+
+Seeds come from a `SeedPlan`: `init` seeds every initializer, `stochastic` the
+dropout masks and the BPTT lengths (one seed, as in the thesis), `bit_change`
+moves one embedding weight (the first layer) by one ULP after initialization, and
+`deterministic_ops` switches TF op determinism. The data order is fixed (the
+thesis's code reads the stream in order), so `shuffle` and `augment` have nothing
+to vary.
+
+A run keeps, for every test token, the log-probability of the true next token and
+the argmax prediction: all that perplexity SD, per-token disagreement and the
+(mixture) ensemble perplexity delta need (`metrics.language_model_metrics`); a
+language model's full (tokens x vocabulary) logits are too large to keep for R runs.
+
+Example:
+
+>>> from tf_dlthesis.variability.language_model import LanguageModelSpec, run_lm_protocol
+>>> spec = LanguageModelSpec(vocab_size=2_000, train_tokens=60_000, epochs=4)
+>>> # result = run_lm_protocol(spec, sources=["init", "stochastic", "bit_change"], runs=10)
+>>> # result.rows["init"]["perplexity_sd"], result.rows["bit_change"]["disagreement"]
+
+Reference: Thesis Ch. 5, Sec. 5.3.3, 5.4.1 and App. B.5, Tables 5.2, 5.4, B.3;
+arXiv:2103.04514; Merity et al., "Regularizing and Optimizing LSTM Language
+Models", arXiv:1708.02182 (the training recipe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+import keras
+import numpy as np
+
+from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
+from tf_dlthesis.variability.bit_change import bit_change
+from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
+from tf_dlthesis.variability.metrics import language_model_metrics
+from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
+    reseed_stochastic_layers, weights_hash
+from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble
+
+#: Sources the language model varies (the SeedPlan sources it reads).
+LM_SOURCES = ("init", "stochastic", "ops", "bit_change")
+#: Store namespace of the language-model runs.
+STORE_KEY = "ch5.lm_runs"
+_MIN_SEGMENT = 5
+
+
+def _int(name, value, minimum=1, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}{' or None' if allow_none else ''}. "
+                         f"Received: {name}={value!r}")
+    return int(value)
+
+
+def _rate(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a float in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModelSpec:
+    """How one language model is trained and evaluated.
+
+    Example:
+
+    >>> spec = LanguageModelSpec(vocab_size=2_000, epochs=4)
+    >>> spec.replace(snapshots=2).snapshots
+    2
+
+    Attributes:
+        corpus: Corpus name (`_lm_corpus.CORPORA`: `"fortunes"`).
+        vocab_size: Vocabulary including `<eos>` and `<unk>` (Penn Treebank: 10,000).
+        train_tokens: Train on the first this many training tokens (None: all).
+        embedding_dim, hidden, layers: LSTM sizes (the thesis's QRNN: 256, 512, 3).
+        dropout: Locked dropout on the outputs of the LSTM layers.
+        embedding_dropout: Locked dropout on the embeddings.
+        learning_rate: Adam's peak learning rate.
+        clipnorm: Global gradient-norm clip (AWD-LSTM: 0.25).
+        epochs: Passes over the training stream.
+        batch_size: Parallel rows of the training stream.
+        bptt: Base segment length of truncated BPTT (AWD-LSTM: 70).
+        variable_bptt: Draw segment lengths as AWD-LSTM does (False: fixed `bptt`).
+        snapshots: None, or the cycles M of a snapshot ensemble (the thesis: 5).
+        eval_batch: Windows of `bptt` tokens evaluated per step.
+    """
+
+    corpus: str = "fortunes"
+    vocab_size: int = 10_000
+    train_tokens: int | None = None
+    embedding_dim: int = 128
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.3
+    embedding_dropout: float = 0.1
+    learning_rate: float = 3e-3
+    clipnorm: float = 0.25
+    epochs: int = 10
+    batch_size: int = 32
+    bptt: int = 35
+    variable_bptt: bool = True
+    snapshots: int | None = None
+    eval_batch: int = 256
+
+    def __post_init__(self):
+        from tf_dlthesis.variability._lm_corpus import CORPORA
+
+        if self.corpus not in CORPORA:
+            raise ValueError(f"`corpus` must be one of {CORPORA}. Received: corpus={self.corpus!r}")
+        _int("vocab_size", self.vocab_size, 3)
+        _int("train_tokens", self.train_tokens, 2, allow_none=True)
+        for name in ("embedding_dim", "hidden", "layers", "epochs", "batch_size", "eval_batch"):
+            _int(name, getattr(self, name))
+        _int("bptt", self.bptt, _MIN_SEGMENT)
+        _rate("dropout", self.dropout)
+        _rate("embedding_dropout", self.embedding_dropout)
+        for name in ("learning_rate", "clipnorm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"`{name}` must be > 0. Received: {name}={value!r}")
+        if not isinstance(self.variable_bptt, bool):
+            raise TypeError(f"`variable_bptt` must be a bool. Received: variable_bptt={self.variable_bptt!r}")
+        if self.snapshots is not None:
+            _int("snapshots", self.snapshots)
+            if self.epochs % self.snapshots:
+                raise ValueError(f"`epochs` must be a multiple of `snapshots` (one snapshot per cycle). "
+                                 f"Received: epochs={self.epochs}, snapshots={self.snapshots}")
+
+    def replace(self, **changes) -> "LanguageModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_config(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        size = f"{self.layers}x{self.hidden} LSTM, embedding {self.embedding_dim}, vocabulary {self.vocab_size:,}"
+        data = f"{self.corpus} ({'all' if self.train_tokens is None else f'{self.train_tokens:,}'} training tokens)"
+        ens = f", snapshot ensemble of {self.snapshots} cosine cycles" if self.snapshots else ""
+        return (f"{size} on {data}; locked dropout {self.embedding_dropout}/{self.dropout}, "
+                f"{'variable' if self.variable_bptt else 'fixed'} BPTT {self.bptt}, batch {self.batch_size}, "
+                f"Adam {self.learning_rate:g} + cosine, clip {self.clipnorm:g}, {self.epochs} epochs{ens}")
+
+
+# ---------------------------------------------------------------------------- model
+def build_language_model(vocab_size: int, *, embedding_dim: int = 128, hidden: int = 256, layers: int = 1,
+                         dropout: float = 0.3, embedding_dropout: float = 0.1, seed: int | None = None,
+                         stochastic_seed: int | None = None) -> keras.Model:
+    """A word-level LSTM language model: token ids (B, T) -> next-token logits (B, T, V).
+
+    Embedding -> locked dropout -> `layers` x (LSTM -> locked dropout) -> Dense.
+    Dropout is locked ("variational", AWD-LSTM): one mask per sequence, shared over
+    time (`noise_shape=(None, 1, features)`). Only standard Keras layers, so the
+    model saves and loads with `keras.saving`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = build_language_model(50, embedding_dim=8, hidden=16, seed=0)
+    >>> tuple(model(np.zeros((2, 5), "int32")).shape)
+    (2, 5, 50)
+
+    Args:
+        vocab_size: Number of tokens V.
+        embedding_dim, hidden, layers: Sizes.
+        dropout: Locked dropout rate after each LSTM layer.
+        embedding_dropout: Locked dropout rate on the embeddings.
+        seed: Seeds every initializer (the "init" source); None: unseeded.
+        stochastic_seed: Seeds the dropout masks (the "stochastic" source);
+            None: derived from `seed`.
+
+    Returns:
+        An uncompiled functional `keras.Model`.
+
+    Raises:
+        ValueError: a size < 1, a rate outside [0, 1) or a negative seed.
+    """
+    vocab_size = _int("vocab_size", vocab_size, 2)
+    for name, value in (("embedding_dim", embedding_dim), ("hidden", hidden), ("layers", layers)):
+        _int(name, value)
+    _rate("dropout", dropout)
+    _rate("embedding_dropout", embedding_dropout)
+    if seed is not None:
+        seed = _int("seed", seed, 0)
+    base = 0 if seed is None else seed
+
+    def init_seed(i):
+        return None if seed is None else derive_seed(base, i)
+
+    drop = derive_seed(base, 999) if stochastic_seed is None else derive_seed(_int("stochastic_seed", stochastic_seed, 0))
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding",
+                               embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1, seed=init_seed(0)))(tokens)
+    x = keras.layers.Dropout(embedding_dropout, noise_shape=(None, 1, embedding_dim), seed=derive_seed(drop, 0),
+                             name="embedding_dropout")(x)
+    for i in range(layers):
+        x = keras.layers.LSTM(
+            hidden, return_sequences=True, name=f"lstm{i}",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed(3 * i + 1)),
+            recurrent_initializer=keras.initializers.Orthogonal(seed=init_seed(3 * i + 2)),
+        )(x)
+        x = keras.layers.Dropout(dropout, noise_shape=(None, 1, hidden), seed=derive_seed(drop, i + 1),
+                                 name=f"dropout{i}")(x)
+    logits = keras.layers.Dense(vocab_size, name="decoder",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed(3 * layers + 1)))(x)
+    return keras.Model(tokens, logits, name="lstm_language_model")
+
+
+def _model_for(spec: LanguageModelSpec, plan: SeedPlan) -> keras.Model:
+    return build_language_model(spec.vocab_size, embedding_dim=spec.embedding_dim, hidden=spec.hidden,
+                                layers=spec.layers, dropout=spec.dropout, embedding_dropout=spec.embedding_dropout,
+                                seed=plan.init, stochastic_seed=plan.stochastic)
+
+
+def batchify(stream, rows: int) -> np.ndarray:
+    """Cuts a token stream into `rows` parallel rows (the remainder is dropped), shape (rows, len // rows).
+
+    Raises:
+        ValueError: if the stream has fewer than 2 tokens per row.
+    """
+    stream = np.asarray(stream)
+    rows = _int("rows", rows)
+    cols = stream.shape[0] // rows
+    if cols < 2:
+        raise ValueError(f"A stream of {stream.shape[0]} tokens is too short for {rows} rows of >= 2 tokens.")
+    return stream[: rows * cols].reshape(rows, cols)
+
+
+def segment_lengths(num_positions: int, bptt: int, *, seed: int | None, variable: bool = True) -> list[int]:
+    """One epoch's BPTT segment lengths over `num_positions` predicted positions.
+
+    AWD-LSTM's rule: base length `bptt`, or `bptt / 2` with probability 0.05, plus
+    N(0, 5) jitter, at least 5; the last segment is cut to what is left. With
+    `variable=False` every segment has length `bptt`.
+
+    Example:
+
+    >>> segment_lengths(10, 4, seed=None, variable=False)
+    [4, 4, 2]
+    """
+    num_positions = _int("num_positions", num_positions)
+    bptt = _int("bptt", bptt)
+    rng = np.random.default_rng(seed) if variable else None
+    out, pos = [], 0
+    while pos < num_positions:
+        if rng is None:
+            length = bptt
+        else:
+            base = bptt if rng.random() < 0.95 else bptt / 2.0
+            length = max(_MIN_SEGMENT, int(rng.normal(base, 5.0)))
+        length = min(length, num_positions - pos)
+        out.append(length)
+        pos += length
+    return out
+
+
+def _make_train_step(model, optimizer):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return step
+
+
+def _make_eval_step(models):
+    import tensorflow as tf
+
+    members = len(models)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2)
+    def step(x, y):
+        logps = [tf.nn.log_softmax(model(x, training=False), axis=-1) for model in models]
+        # a snapshot ensemble predicts the mixture of its members' next-token distributions
+        logp = logps[0] if members == 1 else tf.reduce_logsumexp(tf.stack(logps), axis=0) - math.log(members)
+        return tf.gather(logp, y, axis=-1, batch_dims=2), tf.argmax(logp, axis=-1, output_type=tf.int32)
+
+    return step
+
+
+def _windows(stream, window: int) -> tuple[np.ndarray, np.ndarray]:
+    stream = np.asarray(stream)
+    window = _int("window", window)
+    count = (stream.shape[0] - 1) // window
+    if count < 1:
+        raise ValueError(f"A stream of {stream.shape[0]} tokens is too short for one window of {window} + 1 tokens.")
+    n = count * window
+    return stream[:n].reshape(count, window), stream[1:n + 1].reshape(count, window)
+
+
+def evaluate_stream(models, stream, *, window: int = 35, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probabilities of the true next tokens and argmax predictions on a token stream.
+
+    The stream is read in consecutive windows of `window` tokens, each from a zero
+    state (as in training); token t + 1 of a window is predicted from tokens
+    1..t of it. Several models (a snapshot ensemble) predict the mixture of their
+    next-token distributions.
+
+    Args:
+        models: A model from `build_language_model`, or a list of them.
+        stream: 1-D token ids.
+        window: Tokens per window.
+        batch: Windows per evaluation step.
+
+    Returns:
+        `(target_log_probs, predictions)`, each of shape
+        ((len(stream) - 1) // window * window,), in `evaluation_labels` order.
+    """
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    x, y = _windows(stream, window)
+    batch = _int("batch", batch)
+    step = _make_eval_step(models)
+    targets, preds = [], []
+    for start in range(0, x.shape[0], batch):
+        t, p = step(x[start:start + batch].astype(np.int32), y[start:start + batch].astype(np.int32))
+        targets.append(t.numpy())
+        preds.append(p.numpy())
+    return (np.concatenate(targets).reshape(-1).astype(np.float32),
+            np.concatenate(preds).reshape(-1).astype(np.int32))
+
+
+def evaluation_labels(stream, window: int = 35) -> np.ndarray:
+    """The true next tokens in `evaluate_stream`'s order."""
+    return _windows(stream, window)[1].reshape(-1).astype(np.int64)
+
+
+def _as_plan(plan) -> SeedPlan:
+    if isinstance(plan, SeedPlan):
+        return plan
+    if isinstance(plan, bool) or not isinstance(plan, (int, np.integer)) or plan < 0:
+        raise TypeError(f"`plan` must be a SeedPlan or an int seed >= 0. Received: plan={plan!r}")
+    s = int(plan)
+    return SeedPlan(init=s, shuffle=s, augment=s + 1, stochastic=s + 2)
+
+
+def train_language_model(spec: LanguageModelSpec, plan=0, *, data_dir=None, corpus: Corpus | None = None,
+                         verbose: bool = False) -> dict:
+    """Trains one language model under `plan` and evaluates it on the test (and validation) stream.
+
+    Example:
+
+    >>> spec = LanguageModelSpec(vocab_size=500, train_tokens=5_000, hidden=32, embedding_dim=16, epochs=1)
+    >>> # run = train_language_model(spec, SeedPlan(init=1, stochastic=2))   # needs the corpus
+    >>> # run["info"]["test_perplexity"], run["target_log_probs"].shape
+
+    Args:
+        spec: The setting.
+        plan: A `SeedPlan` (or an int seed).
+        data_dir: Folder with the corpus files (default: where the package manager installs them).
+        corpus: An already loaded corpus (else `load_corpus(spec.corpus, ...)`).
+        verbose: Print one line per epoch.
+
+    Returns:
+        `{"target_log_probs" (N,), "predictions" (N,), "init_hash", "order_hash",
+        "weights_hash", "info"}`: N test tokens in `evaluation_labels` order;
+        `init_hash` is the hash of the initial weights before any bit change,
+        `order_hash` the hash of the data order and BPTT segmentation, `info`
+        holds validation/test perplexity, per-epoch training loss, the bit change,
+        the snapshot members' perplexities and CPU seconds.
+
+    Raises:
+        FileNotFoundError: the corpus is not installed (the message says how to install it).
+    """
+    if not isinstance(spec, LanguageModelSpec):
+        raise TypeError(f"`spec` must be a LanguageModelSpec. Received: {type(spec).__name__}")
+    plan = _as_plan(plan)
+    corpus = corpus if corpus is not None else load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)
+    if corpus.vocab_size != spec.vocab_size:
+        raise ValueError(f"`corpus` has {corpus.vocab_size} words but spec.vocab_size={spec.vocab_size}.")
+    start_cpu, start = time.process_time(), time.time()
+    stream = corpus.train if spec.train_tokens is None else corpus.train[: spec.train_tokens]
+    data = batchify(stream, spec.batch_size).astype(np.int32)
+    positions = data.shape[1] - 1
+    model = _model_for(spec, plan)
+    init_hash = weights_hash(model)
+    change = None if plan.bit_change is None else bit_change(model, seed=plan.bit_change)
+    optimizer = keras.optimizers.Adam(learning_rate=spec.learning_rate, global_clipnorm=spec.clipnorm)
+    cycles = spec.snapshots or 1
+    nominal = max(1, math.ceil(positions / spec.bptt))  # steps per epoch at the base length
+    schedule = CyclicCosineSchedule(spec.learning_rate, total_steps=max(cycles, spec.epochs * nominal), cycles=cycles)
+    rates = np.asarray(schedule(np.arange(spec.epochs * nominal)), dtype=np.float64)
+    snapshots = None
+    if spec.snapshots:
+        snapshots = SnapshotEnsemble(cycles=spec.snapshots)
+        snapshots.set_model(model)
+        snapshots.set_params({"epochs": spec.epochs})
+        snapshots.on_train_begin()
+    step = _make_train_step(model, optimizer)
+    segmentation, history = [], []
+    for epoch in range(spec.epochs):
+        stochastic = plan.epoch_seed("stochastic", epoch)
+        reseed_stochastic_layers(model, derive_seed(stochastic, epoch))
+        lengths = segment_lengths(positions, spec.bptt, seed=derive_seed(stochastic, epoch, 1),
+                                  variable=spec.variable_bptt)
+        segmentation.append(lengths)
+        pos, loss_sum = 0, 0.0
+        for length in lengths:
+            index = min(spec.epochs * nominal - 1, epoch * nominal + pos // spec.bptt)
+            optimizer.learning_rate = float(rates[index] * length / spec.bptt)
+            loss = step(data[:, pos:pos + length], data[:, pos + 1:pos + 1 + length])
+            loss_sum += float(loss) * length
+            pos += length
+        history.append(loss_sum / positions)
+        if not np.isfinite(history[-1]):
+            raise FloatingPointError(f"Training diverged (loss {history[-1]}) in epoch {epoch} of plan "
+                                     f"{plan.source}/{plan.run}; lower `learning_rate`.")
+        if snapshots is not None:
+            snapshots.on_epoch_end(epoch)
+        if verbose:
+            print(f"epoch {epoch + 1}/{spec.epochs}: train loss {history[-1]:.4f} (ppl {math.exp(history[-1]):.1f})")
+    info = {"train_loss_history": history, "train_perplexity": float(math.exp(history[-1])),
+            "bit_change": None if change is None else change.to_config(), "corpus": corpus.fingerprint}
+    members = [model]
+    evaluation = {"window": spec.bptt, "batch": spec.eval_batch}
+    if snapshots is not None:
+        members = []
+        for weights in snapshots.snapshots:
+            member = keras.models.clone_model(model)
+            member.set_weights(weights)
+            members.append(member)
+        info["member_test_perplexity"] = [
+            float(np.exp(-evaluate_stream(m, corpus.test, **evaluation)[0].astype(np.float64).mean()))
+            for m in members]
+        info["snapshot_epochs"] = list(snapshots.snapshot_epochs)
+    target, preds = evaluate_stream(members, corpus.test, **evaluation)
+    valid, _ = evaluate_stream(members, corpus.valid, **evaluation)
+    info.update(test_perplexity=float(np.exp(-target.astype(np.float64).mean())),
+                valid_perplexity=float(np.exp(-valid.astype(np.float64).mean())),
+                distinct_predictions=int(np.unique(preds).size), seconds=time.time() - start,
+                cpu_seconds=time.process_time() - start_cpu)
+    return {"target_log_probs": target, "predictions": preds, "init_hash": init_hash,
+            "order_hash": order_hash(np.concatenate([stream.astype(np.int64), [-1], np.concatenate(
+                [np.asarray(s, np.int64) for s in segmentation])])),
+            "weights_hash": weights_hash(model), "info": info}
+
+
+# ---------------------------------------------------------------------------- protocol
+@dataclasses.dataclass
+class LMProtocolResult:
+    """What `run_lm_protocol` returns.
+
+    Attributes:
+        rows: Source -> `metrics.language_model_metrics` row.
+        target_log_probs: Source -> (R, N) log p(true next token) per run.
+        predictions: Source -> (R, N) argmax next token per run.
+        labels: (N,) the true next tokens.
+        info: Source -> the runs' `info` dicts.
+        bit_changes: Pure bit-change source -> `runs`, `effective`, `replaced`,
+            `exhausted` and `details` (as `ProtocolResult.bit_changes`).
+        control: The unperturbed control run's record (bit-change sources), or None.
+    """
+
+    rows: dict
+    target_log_probs: dict
+    predictions: dict
+    labels: np.ndarray
+    info: dict = dataclasses.field(default_factory=dict)
+    bit_changes: dict = dataclasses.field(default_factory=dict)
+    control: dict | None = None
+
+
+class _MemoryStore:
+    def __init__(self):
+        self._data = {}
+
+    @staticmethod
+    def _key(experiment, config, run):
+        import json
+
+        return experiment, json.dumps(config, sort_keys=True, default=str), int(run)
+
+    def has(self, experiment, config, run):
+        return self._key(experiment, config, run) in self._data
+
+    def get(self, experiment, config, run):
+        return self._data.get(self._key(experiment, config, run))
+
+    def record(self, experiment, config, run, result):
+        self._data[self._key(experiment, config, run)] = result
+
+
+def _check_source(source: str) -> tuple:
+    names = parse_source(source)
+    if not any(n in LM_SOURCES for n in names):
+        raise ValueError(f"The language model reads its data in order and has no augmentation, so source "
+                         f"{source!r} varies nothing here. Use one of {LM_SOURCES}, 'all' or a combination.")
+    return names
+
+
+def _run_lm(spec, plan, corpus, threads):
+    """One run in a fresh process: threads, op determinism per the plan, then train."""
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+        except RuntimeError:  # context already initialised (serial executor)
+            pass
+    from tf_dlthesis import runtime
+
+    runtime.configure(seed=0, deterministic=plan.deterministic_ops)
+    out = train_language_model(spec, plan, corpus=corpus)
+    out["plan"] = plan.to_config()
+    return out
+
+
+def _ineffective(record, control) -> str | None:
+    if record["weights_hash"] == control["weights_hash"]:
+        return "every weight after training bit-identical to the unperturbed control"
+    if np.array_equal(record["target_log_probs"], control["target_log_probs"]):
+        return "every test log-probability bit-identical to the unperturbed control"
+    return None
+
+
+def _check_hashes(records: dict, control) -> None:
+    """Runs that do not vary a source share its hash (with the control); runs that vary it differ."""
+    for key, source_name in (("init_hash", "init"), ("order_hash", "stochastic")):
+        fixed = set() if control is None else {control[key]}
+        for source, recs in records.items():
+            values = [r[key] for r in recs]
+            if source_name in parse_source(source):
+                if len(set(values)) != len(values):
+                    raise RuntimeError(f"Source {source!r} varies {source_name} but its runs share a {key}.")
+            else:
+                fixed.update(values)
+        if len(fixed) > 1:
+            raise RuntimeError(f"{key} differs between runs that do not vary {source_name}: an uncontrolled source "
+                               f"of nondeterminism leaks into training.")
+
+
+def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, experiment: str = STORE_KEY,
+                    executor: str = "local", workers: int | None = None, threads_per_run: int | None = 1,
+                    base_plan: SeedPlan | None = None, data_dir=None, bit_change_redraws: int = 3,
+                    bootstrap_samples: int = 1000, progress: bool = True) -> LMProtocolResult:
+    """Trains R language models per source of nondeterminism and returns Tables 5.2 / 5.4 / B.3's rows.
+
+    The protocol of `run_protocol` for language models: run r of a source trains
+    from `base_plan.vary(source, r)` (only that source's seed differs), one fresh
+    process per run (op determinism is per process), every finished run written
+    to `store` at once (a rerun trains only what is missing), and the init hash and
+    data-order/segmentation hash checked across runs. A pure ``"bit_change"``
+    source also trains the unperturbed control; a bit change that leaves the
+    trained model bit-identical to it is recorded and redrawn at another position
+    (up to `bit_change_redraws` times), never counted.
+
+    Example:
+
+    >>> # spec = LanguageModelSpec(vocab_size=2_000, train_tokens=60_000, epochs=4)
+    >>> # res = run_lm_protocol(spec, sources=["init", "stochastic", "all"], runs=10,
+    >>> #                       store=ResultsStore("lm.sqlite"))
+    >>> # res.rows["init"]["perplexity_sd"], res.rows["init"]["perplexity_sd_err"]
+
+    Args:
+        spec: The setting (a snapshot ensemble when `spec.snapshots`).
+        sources: Source names: `"init"`, `"stochastic"`, `"ops"`, `"bit_change"`,
+            `"all"` or `+`-combinations (`shuffle` and `augment` vary nothing here).
+        runs: R >= 2 per source, or a mapping source -> R.
+        store: A `ResultsStore` (or has/get/record); None keeps results in memory.
+        experiment: Namespace in the store.
+        executor: `"local"` (a process pool, a fresh process per run) or `"serial"`.
+        workers: Pool size (default: CPU count, at most 2).
+        threads_per_run: TF threads per run (None: TF's default).
+        base_plan: The plan every run varies (`SeedPlan()` by default).
+        data_dir: Folder with the corpus files.
+        bit_change_redraws: Redraws of an ineffective bit change (>= 0).
+        bootstrap_samples: Resamples of the "±".
+        progress: Show a progress bar.
+
+    Returns:
+        An `LMProtocolResult`.
+
+    Raises:
+        ValueError: an unknown source or one the language model does not have,
+            runs < 2, or an unknown executor.
+        FileNotFoundError: the corpus is not installed.
+        RuntimeError: a source that should stay fixed changed between runs.
+    """
+    if not isinstance(spec, LanguageModelSpec):
+        raise TypeError(f"`spec` must be a LanguageModelSpec. Received: {type(spec).__name__}")
+    if isinstance(sources, str):
+        raise TypeError(f"`sources` must be a list of source names, not a string. Received: sources={sources!r}")
+    sources = list(sources)
+    if not sources:
+        raise ValueError("`sources` must name at least one source.")
+    for source in sources:
+        _check_source(source)
+    if isinstance(runs, dict):
+        missing = [s for s in sources if s not in runs]
+        if missing:
+            raise ValueError(f"`runs` gives no run count for source(s) {missing}. Received: runs={runs!r}")
+    counts = {s: runs[s] if isinstance(runs, dict) else runs for s in sources}
+    for source, r in counts.items():
+        _int(f"runs[{source!r}]", r, 2)
+    if executor not in ("local", "serial"):
+        raise ValueError(f"`executor` must be 'local' or 'serial'. Received: executor={executor!r}")
+    _int("bit_change_redraws", bit_change_redraws, 0)
+    base_plan = SeedPlan() if base_plan is None else base_plan
+    if not isinstance(base_plan, SeedPlan):
+        raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
+    corpus = load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)  # fails early when absent
+    labels = evaluation_labels(corpus.test, spec.bptt)
+    store = _MemoryStore() if store is None else store
+    workers = max(1, min(2, os.cpu_count() or 1)) if workers is None else _int("workers", workers)
+    config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config()}
+
+    def key(source, attempt=None):
+        out = {**config, "source": source}
+        return out if attempt is None else {**out, "bit_change_attempt": int(attempt)}
+
+    control_key = key("control")
+    control_plan = dataclasses.replace(base_plan, bit_change=None, base=None, source="control", run=0)
+    bit_sources = [s for s in sources if parse_source(s) == ("bit_change",)]
+
+    def history(source, run):
+        out, a = [], 0
+        while store.has(experiment, key(source, a), run):
+            out.append(store.get(experiment, key(source, a), run))
+            a += 1
+        return out
+
+    def judge(source, run, control):
+        for a, record in enumerate(history(source, run)):
+            if "pending" not in record:
+                continue
+            reason = _ineffective(record, control)
+            meta = {"attempt": a, "effective": reason is None, "reason": reason,
+                    "bit_change_seed": record["plan"]["bit_change"], "bit_change": record["info"]["bit_change"]}
+            store.record(experiment, key(source, a), run, meta)
+            if reason is None:
+                store.record(experiment, key(source), run, {**{k: v for k, v in record.items() if k != "pending"},
+                                                            "bit_change_attempt": a})
+                return
+
+    def tasks():
+        out = []
+        for s in sources:
+            if s not in bit_sources:
+                out += [(("run", s, r), base_plan.vary(s, r)) for r in range(counts[s])
+                        if not store.has(experiment, key(s), r)]
+        if not bit_sources:
+            return out
+        control = store.get(experiment, control_key, 0)
+        if control is None:
+            out.append((("control", "control", 0), control_plan))
+        for s in bit_sources:
+            for r in range(counts[s]):
+                if store.has(experiment, key(s), r):
+                    continue
+                if control is not None:
+                    judge(s, r, control)
+                    if store.has(experiment, key(s), r):
+                        continue
+                past = history(s, r)
+                if (past and "pending" in past[-1]) or len(past) > bit_change_redraws:
+                    continue  # judged once the control exists / exhausted
+                out.append((("bit", s, r, len(past)), base_plan.vary(s, r).redraw_bit_change(len(past))))
+        return out
+
+    def done(label, record):
+        if label[0] == "control":
+            store.record(experiment, control_key, 0, record)
+        elif label[0] == "bit":
+            store.record(experiment, key(label[1], label[3]), label[2], {**record, "pending": True})
+        else:
+            store.record(experiment, key(label[1]), label[2], record)
+
+    from tqdm.auto import tqdm
+
+    while True:
+        todo = tasks()
+        if not todo:
+            break
+        with tqdm(total=len(todo), desc=f"{experiment} runs", disable=not progress, leave=False) as bar:
+            if executor == "serial":
+                from tf_dlthesis import runtime
+
+                previous = runtime.is_deterministic()
+                try:
+                    for label, plan in todo:
+                        done(label, _run_lm(spec, plan, corpus, None))
+                        bar.update(1)
+                finally:
+                    runtime.configure(deterministic=previous)
+            else:
+                _pool(todo, spec, corpus, threads_per_run, workers, done, bar)
+
+    control = store.get(experiment, control_key, 0) if bit_sources else None
+    rows, logps, preds, infos, records, bit_changes = {}, {}, {}, {}, {}, {}
+    for source in sources:
+        run_ids = [r for r in range(counts[source]) if store.has(experiment, key(source), r)]
+        recs = [store.get(experiment, key(source), r) for r in run_ids]
+        records[source] = recs
+        infos[source] = [rec["info"] for rec in recs]
+        if source in bit_sources:
+            details = [{"run": r, **{k: h[k] for k in ("attempt", "bit_change_seed", "reason", "bit_change")}}
+                       for r in range(counts[source]) for h in history(source, r) if not h.get("effective", True)]
+            bit_changes[source] = {"runs": counts[source], "effective": len(recs), "replaced": len(details),
+                                   "exhausted": [r for r in range(counts[source]) if r not in run_ids],
+                                   "details": details}
+        if len(recs) < 2:
+            continue
+        logps[source] = np.stack([np.asarray(rec["target_log_probs"]) for rec in recs])
+        preds[source] = np.stack([np.asarray(rec["predictions"]) for rec in recs])
+        if logps[source].shape[1] != labels.shape[0]:
+            raise ValueError(f"Stored runs of {source!r} have {logps[source].shape[1]} test tokens; expected "
+                             f"{labels.shape[0]}.")
+        rows[source] = language_model_metrics(logps[source], preds[source], bootstrap_samples=bootstrap_samples)
+    _check_hashes(records, control)
+    return LMProtocolResult(rows=rows, target_log_probs=logps, predictions=preds, labels=labels, info=infos,
+                            bit_changes=bit_changes, control=control)
+
+
+def _pool(todo, spec, corpus, threads, workers, done, bar):
+    start_method = "forkserver" if sys.platform != "win32" else "spawn"
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":  # TF imported once by the server; each run is a fresh fork of it
+        ctx.set_forkserver_preload(["tensorflow", "keras", __name__])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+        pending = {pool.submit(_run_lm, spec, plan, corpus, threads): label for label, plan in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    done(pending.pop(fut), fut.result())
+                    bar.update(1)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+

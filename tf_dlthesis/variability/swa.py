@@ -1,0 +1,228 @@
+"""Stochastic weight averaging (SWA) and its "aggressive" variant (ASWA) of Thesis App. B.4.
+
+Thesis App. B.4 ("Approaches that don't reduce instability") tried *Aggressive*
+Stochastic Weight Averaging (ASWA), "a variant of SWA [53]" inspired by Madhyastha
+and Jain [72], and found that it did not reduce run-to-run variability: "we could
+not get the model to converge to a reasonable degree of performance with the
+original formulation due to update sizes that decreased too rapidly, and though we
+were able to modify it to converge successfully, the output variance remained as
+high as the other models". The thesis states no more (not the modification).
+
+Two modes of one callback, `StochasticWeightAveraging`:
+
+* ``"swa"`` - Izmailov et al. 2018 (arXiv:1803.05407, Thesis [53]): from epoch
+  `start_epoch` on, the running average of the weights at the end of each epoch,
+  ``w_swa <- (w_swa * n + w) / (n + 1)``; at the end of training the model takes
+  the average, and batch-norm statistics are recomputed with one pass over the
+  training data (their `bn_update`). Pair it with `SWASchedule`, the paper's
+  learning-rate schedule (constant, then linear decay to `swa_lr` at 90% of
+  `start_epoch`, then constant `swa_lr`).
+* ``"aswa"`` - Madhyastha & Jain 2019 (CoNLL, Thesis [72]): the running average is
+  updated after *every* optimizer step (from `start_epoch` on) and assigned to the
+  model at the end of every epoch, so training continues from the average. After
+  n steps an update moves the average by 1/n of itself, the "update sizes that
+  decreased too rapidly" the thesis reports; starting later (`start_epoch`) is one
+  way to let the model converge first.
+
+Only trainable variables are averaged; moving statistics of normalization layers
+are recomputed (`bn_data`) or, without data, kept as training left them.
+
+Reference: Thesis App. B.4; Izmailov et al., "Averaging Weights Leads to Wider
+Optima and Better Generalization", arXiv:1803.05407; Madhyastha & Jain, "On Model
+Stability as a Function of Random Seed", CoNLL 2019, arXiv:1909.10447.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MODES = ("swa", "aswa")
+
+
+def _number(name, value, *, minimum=None, positive=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"`{name}` must be > 0. Received: {name}={value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
+    return value
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class SWASchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning-rate schedule of Izmailov et al. 2018 for SWA.
+
+    With t = step / swa_start_step: the rate is `learning_rate` for t <= 0.5, falls
+    linearly to `swa_lr` at t = 0.9 and stays at `swa_lr` from there on (the whole
+    averaging phase).
+
+    Example:
+
+    >>> s = SWASchedule(0.1, swa_lr=0.01, swa_start_step=100)
+    >>> [round(float(s(t)), 4) for t in (0, 50, 70, 90, 500)]
+    [0.1, 0.1, 0.055, 0.01, 0.01]
+
+    Args:
+        learning_rate: the initial rate.
+        swa_lr: the constant rate of the averaging phase.
+        swa_start_step: the step at which averaging starts.
+
+    Raises:
+        ValueError: non-positive rates or start step.
+    """
+
+    def __init__(self, learning_rate, swa_lr, swa_start_step, name=None):
+        self.learning_rate = float(_number("learning_rate", learning_rate, positive=True))
+        self.swa_lr = float(_number("swa_lr", swa_lr, positive=True))
+        if isinstance(swa_start_step, bool) or not isinstance(swa_start_step, (int, np.integer)) or swa_start_step < 1:
+            raise ValueError(f"`swa_start_step` must be an int >= 1. Received: swa_start_step={swa_start_step!r}")
+        self.swa_start_step = int(swa_start_step)
+        self.name = name
+
+    def __call__(self, step):
+        t = keras.ops.cast(step, "float32") / float(self.swa_start_step)
+        ratio = self.swa_lr / self.learning_rate
+        factor = keras.ops.where(t <= 0.5, 1.0, keras.ops.where(t <= 0.9, 1.0 - (1.0 - ratio) * (t - 0.5) / 0.4, ratio))
+        return self.learning_rate * factor
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "swa_lr": self.swa_lr, "swa_start_step": self.swa_start_step,
+                "name": self.name}
+
+
+def recompute_batch_norm_statistics(model, batches) -> int:
+    """Sets every BatchNormalization layer's moving statistics to the mean over `batches`.
+
+    Izmailov et al.'s `bn_update`: the moving mean and variance are reset and
+    recomputed as the plain average of the per-batch statistics of one pass over
+    the data (Keras momentum k/(k+1) at batch k), with the averaged weights.
+
+    Args:
+        model: a Keras model.
+        batches: an iterable of input batches (or (inputs, labels) pairs).
+
+    Returns:
+        The number of batches seen (0: the model has no BatchNormalization layer).
+    """
+    from tf_dlthesis.variability.seed_plan import _all_layers
+
+    layers = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    momenta = [l.momentum for l in layers]
+    for layer in layers:
+        layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
+    seen = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for layer in layers:
+                layer.momentum = seen / (seen + 1.0)
+            model(x, training=True)
+            seen += 1
+    finally:
+        for layer, m in zip(layers, momenta):
+            layer.momentum = m
+    return seen
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class StochasticWeightAveraging(keras.callbacks.Callback):
+    """Keras callback for SWA (Izmailov et al. 2018) and aggressive SWA (Thesis App. B.4).
+
+    Example:
+
+    >>> swa = StochasticWeightAveraging(mode="swa", start_epoch=15)
+    >>> # model.fit(ds, epochs=20, callbacks=[swa]); the model now holds the average
+    >>> swa.averaged  # how many weight sets went into the average
+    0
+
+    Args:
+        mode: ``"swa"`` (average the end-of-epoch weights from `start_epoch` on,
+            assign at the end of training) or ``"aswa"`` (average after every
+            step from `start_epoch` on, assign at the end of every epoch).
+        start_epoch: the first epoch (0-based) whose weights are averaged.
+        bn_data: optional iterable of training batches for the final
+            batch-norm recomputation (`recompute_batch_norm_statistics`).
+
+    Raises:
+        ValueError: unknown mode, negative start epoch, or (at `fit`) a start
+            epoch at or after the last epoch.
+    """
+
+    def __init__(self, mode: str = "swa", start_epoch: int = 0, bn_data=None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, np.integer)) or start_epoch < 0:
+            raise ValueError(f"`start_epoch` must be an int >= 0. Received: start_epoch={start_epoch!r}")
+        self.mode = mode
+        self.start_epoch = int(start_epoch)
+        self.bn_data = bn_data
+        self.averaged = 0
+        self._average = None
+        self._epoch = 0
+        self._update = None
+
+    def _variables(self):
+        return list(self.model.trainable_variables)
+
+    def on_train_begin(self, logs=None):
+        epochs = self.params.get("epochs")
+        if epochs is not None and self.start_epoch >= int(epochs):
+            raise ValueError(f"`start_epoch`={self.start_epoch} leaves no epoch to average in a {epochs}-epoch run.")
+        variables = self._variables()
+        self._average = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+        self._count = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+        self.averaged = 0
+
+        @tf.function
+        def update():
+            n = self._count + 1.0
+            for avg, v in zip(self._average, variables):
+                avg.assign_add((tf.cast(v, avg.dtype) - avg) / tf.cast(n, avg.dtype))
+            self._count.assign(n)
+
+        @tf.function
+        def assign():
+            for avg, v in zip(self._average, variables):
+                v.assign(tf.cast(avg, v.dtype))
+
+        self._update, self._assign = update, assign
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = int(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.mode == "aswa" and self._epoch >= self.start_epoch:
+            self._update()
+            self.averaged += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.start_epoch:
+            return
+        if self.mode == "swa":
+            self._update()
+            self.averaged += 1
+        else:
+            self._assign()
+
+    def on_train_end(self, logs=None):
+        if not self.averaged:
+            return
+        self._assign()
+        if self.bn_data is not None:
+            recompute_batch_norm_statistics(self.model, self.bn_data)
+
+    def average(self) -> list:
+        """The current average of the trainable variables, as NumPy arrays."""
+        if self._average is None:
+            raise ValueError("StochasticWeightAveraging has no average yet; train with it as a callback first.")
+        return [np.asarray(a) for a in self._average]
+
+    def get_config(self):
+        return {"mode": self.mode, "start_epoch": self.start_epoch}
