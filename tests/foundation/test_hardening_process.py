@@ -111,6 +111,7 @@ EXAMPLES = {
         recipes.WarmupPiecewiseConstant(10, 0.01, [40, 80], [0.1, 0.01, 0.001], warmup="linear"),
         [0, 5, 10, 39, 40, 85]),
     "SnapshotEnsemble": lambda: {"kind": "callback", "object": variability.SnapshotEnsemble(cycles=3)},
+    "PreciseBN": lambda: {"kind": "callback", "object": normalization.PreciseBN(X, epochs=[1, 3], steps=2)},
 }
 _OPTIONAL = {  # registered by modules that may not exist in every checkout of this issue
     "SWASchedule": ("tf_dlthesis.variability.swa", lambda m: _schedule(m.SWASchedule(0.1, 0.01, 40), [0, 10, 25, 39, 40, 60])),

@@ -295,3 +295,23 @@ def test_per_example_disagreement_and_the_small_r_interval():
     assert effect.estimate == 1.0 and "test examples resampled" in effect.statistic
     # R >= 3: the interval comes from resampling runs
     assert "test examples" not in c5._disagreement_ratio(stack, stack, "same runs", paired=True).statistic
+
+
+def test_table_5_6_skips_a_row_whose_dataset_is_missing(new_items, tmp_path):
+    run, store, patch = new_items
+    missing = ("mnist", "mnist_2conv", {"filters": [4, 8], "hidden": 16}, "none",
+               {"dataset": "mnist", "augment": False, "pad": 1, "train_examples": None, "test_examples": None})
+    patch.setitem(c5.ARCHITECTURES, "quick", dataclasses.replace(TINY_ARCH, rows=TINY_ARCH.rows[-1:] + (missing,)))
+    from tf_dlthesis.data import DatasetNotFoundError
+    from tf_dlthesis.experiments.training import data_dir, load_data
+
+    with data_dir(str(tmp_path)):  # an empty folder: no MNIST files
+        try:
+            load_data(TINY_ARCH.spec(missing))
+            pytest.skip("MNIST's files are on this machine")
+        except DatasetNotFoundError:
+            pass
+        out = get("5.6")("quick", None, store)
+    skipped = [f for f in out.findings if f.verdict == VERDICTS[3] and "not run" in f.evidence and "MNIST" in f.claim]
+    assert len(skipped) == 1 and "data_dir" in skipped[0].evidence
+    assert "mnist/all" in out.tables[0].rows  # the digits row ran (read back from the store)
