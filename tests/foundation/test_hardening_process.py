@@ -231,9 +231,6 @@ def test_every_registered_object_loads_in_a_fresh_process_after_import_tf_dlthes
     assert len(report["results"]) == len(registered) >= 19
 
 
-@pytest.mark.xfail(reason="keras.callbacks.Callback has no from_config: SnapshotEnsemble, StochasticWeightAveraging "
-                          "and WeightNoise need a `from_config` classmethod for keras.saving.deserialize_keras_object",
-                   raises=TypeError, strict=False)
 def test_registered_callbacks_deserialize_through_keras():
     for name in ("SnapshotEnsemble", "StochasticWeightAveraging", "WeightNoise"):
         cls = keras.saving.get_registered_object(f"tf_dlthesis>{name}")

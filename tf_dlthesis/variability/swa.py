@@ -226,3 +226,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
 
     def get_config(self):
         return {"mode": self.mode, "start_epoch": self.start_epoch}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

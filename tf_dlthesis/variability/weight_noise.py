@@ -97,3 +97,7 @@ class WeightNoise(keras.callbacks.Callback):
 
     def get_config(self):
         return {"stddev": self.stddev, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
