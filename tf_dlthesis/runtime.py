@@ -27,6 +27,7 @@ Reference: Thesis Ch. 5, Sec. 5.2 (sources of nondeterminism); arXiv:2103.04514.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 
@@ -130,3 +131,26 @@ def jit_compile() -> bool:
 def is_deterministic() -> bool:
     """Whether TF op determinism is on (by `configure` or a direct TF call)."""
     return bool(_tf_config.is_op_determinism_enabled())
+
+
+def _inference(model, inputs):
+    return model(inputs, training=False)
+
+
+def inference_function(model):
+    """`model`'s inference forward pass as one `tf.function`, cached on the model.
+
+    A `functools.partial`, not a closure: TF's retracing detector keys closures by
+    their code object, so evaluating many models (one trace each) would otherwise
+    warn about retracing of a single function. Keras's `model.predict` builds such a
+    closure per model.
+    """
+    fn = getattr(model, "_tf_dlthesis_predict", None)
+    if fn is None:
+        fn = tf.function(functools.partial(_inference, model), reduce_retracing=True)
+        try:
+            object.__setattr__(model, "_tf_dlthesis_predict", fn)
+        except (AttributeError, TypeError):
+            pass
+    return fn
+

@@ -122,20 +122,6 @@ def test_layer_in_a_pipeline_mixes_whole_rows_of_the_batch():
     assert all(tuple(r.ravel()) in rows for img in out for r in img)
 
 
-@pytest.mark.parametrize("method", ["vh_bc_plus", "random_2x2", "random_square"])
-def test_layer_compiles_under_xla(method):
-    layer = MixedExample(method, seed=1, num_classes=4)
-    x, y = _batch(8)
-
-    @tf.function(jit_compile=True)
-    def step(x, y):
-        return layer({"images": x, "labels": y}, training=True)
-
-    out = step(x, y)
-    assert np.all(np.isfinite(out["images"].numpy()))
-    np.testing.assert_allclose(out["labels"].numpy().sum(1), 1.0, atol=1e-5)
-
-
 def test_layer_errors_name_the_argument():
     x, y = _batch(4)
     layer = MixedExample("mixup", seed=0, num_classes=4)

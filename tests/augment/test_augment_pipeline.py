@@ -215,8 +215,9 @@ def test_layer_keras_round_trip(tmp_path):
     np.testing.assert_allclose(a["images"], b["images"], atol=1e-6)
 
 
-def test_layer_compiles_under_xla():
-    layer = MixedExample(["random_square", "noisy_mixup"], seed=1, num_classes=4, alpha=0.3)
+@pytest.mark.parametrize("method", [["random_square", "noisy_mixup"], "vh_bc_plus", "random_2x2", "random_square"])
+def test_layer_compiles_under_xla(method):
+    layer = MixedExample(method, seed=1, num_classes=4, alpha=0.3)
     x, y = _digits_like(8)
 
     @tf.function(jit_compile=True)

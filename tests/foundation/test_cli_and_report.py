@@ -190,3 +190,18 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store(tmp_path, 
         assert training.TENSORBOARD_DIR.get() is None  # TensorBoard switched off again after the run
     finally:
         experiments.REGISTRY.pop("T.2")
+
+
+def test_progress_off_a_terminal_prints_the_final_count_once(tmp_path, capsys):
+    for i in (0, 1):
+        experiments.register(f"T.p{i}", title=f"tiny {i}", chapter="T", quick_minutes=0.0)(
+            lambda scale, dataset, store, *, out=None: Output([], [], [], []))
+    try:
+        experiments.reproduce(out_dir=str(tmp_path), only=["T.p0", "T.p1"], progress=True)
+    finally:
+        for i in (0, 1):
+            experiments.REGISTRY.pop(f"T.p{i}", None)
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("reproduce")]
+    assert [line for line in lines if "2/2" in line] == lines[-1:], err   # the final count, once, last
+    assert "T.p1: tiny 1" in lines[-1] and len(lines) <= 2, err            # at most the opening 0/2 line before

@@ -57,17 +57,22 @@ def _data(n=16, inputs=3, scale=10.0, seed=1):
 
 
 # ----------------------------------------------------------------------------- gradient clipping
-def test_gradient_clipping_scales_the_global_gradient_norm_to_the_limit():
-    spec = TrainSpec(recipe="constant", learning_rate=0.1, momentum=0.0, weight_decay=0.0, gradient_clip_norm=0.5)
+def _one_clipped_step(clip_norm):
+    """One full-batch SGD step (lr 0.1) with `gradient_clip_norm=clip_norm`: (w0, b0, gw, gb, w1, b1)."""
+    spec = TrainSpec(recipe="constant", learning_rate=0.1, momentum=0.0, weight_decay=0.0, gradient_clip_norm=clip_norm)
     model = _linear_regression()
     model.compile(optimizer=_optimizer(spec, steps=1), loss="mse")
     x, y = _data()
     w0, b0 = [np.array(v, np.float64) for v in model.get_weights()]
     gw, gb = _mse_gradient(w0, b0, x.astype(np.float64), y.astype(np.float64))
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    return (w0, b0, gw, gb, *model.get_weights())
+
+
+def test_gradient_clipping_scales_the_global_gradient_norm_to_the_limit():
+    w0, b0, gw, gb, w1, b1 = _one_clipped_step(0.5)
     norm = np.sqrt((gw ** 2).sum() + (gb ** 2).sum())
     assert norm > 0.5  # the clip is active
-    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
-    w1, b1 = model.get_weights()
     np.testing.assert_allclose(w1, w0 - 0.1 * gw * 0.5 / norm, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(b1, b0 - 0.1 * gb * 0.5 / norm, rtol=1e-4, atol=1e-6)
     step = np.sqrt(((w1 - w0) ** 2).sum() + ((b1 - b0) ** 2).sum())
@@ -75,14 +80,9 @@ def test_gradient_clipping_scales_the_global_gradient_norm_to_the_limit():
 
 
 def test_gradient_below_the_limit_is_not_clipped():
-    spec = TrainSpec(recipe="constant", learning_rate=0.1, momentum=0.0, weight_decay=0.0, gradient_clip_norm=1e6)
-    model = _linear_regression()
-    model.compile(optimizer=_optimizer(spec, steps=1), loss="mse")
-    x, y = _data()
-    w0, b0 = [np.array(v, np.float64) for v in model.get_weights()]
-    gw, gb = _mse_gradient(w0, b0, x.astype(np.float64), y.astype(np.float64))
-    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
-    np.testing.assert_allclose(model.get_weights()[0], w0 - 0.1 * gw, rtol=1e-4, atol=1e-6)
+    w0, b0, gw, gb, w1, b1 = _one_clipped_step(1e6)
+    np.testing.assert_allclose(w1, w0 - 0.1 * gw, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(b1, b0 - 0.1 * gb, rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- optimizer choice

@@ -139,6 +139,15 @@ def test_evaluate_stream_against_keras_forward():
     np.testing.assert_array_equal(preds2, mixed.argmax(-1).reshape(-1))
 
 
+def test_evaluating_many_models_logs_no_retracing_warning(caplog):
+    models = [lm.build_language_model(15, embedding_dim=4, hidden=6, seed=s) for s in range(8)]
+    stream = np.random.default_rng(0).integers(0, 15, size=23)
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        for model in models:                                       # one call per model, as in the protocol
+            lm.evaluate_stream(model, stream, window=5)
+    assert not [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"vocab_size": 2}, "vocab_size"),
     ({"dropout": 1.0}, "dropout"),

@@ -155,20 +155,21 @@ def test_bad_input_other():
         bootstrap_sd([1.0])
 
 
-def test_layer_cka_per_layer():
+def _cka_model(seed):
     import keras
 
+    init = lambda s: keras.initializers.GlorotUniform(seed=seed * 10 + s)  # noqa: E731
+    inputs = keras.Input((3, 3, 1))
+    x = keras.layers.Flatten(name="flat")(inputs)
+    x = keras.layers.Dense(6, activation="relu", kernel_initializer=init(1), name="hidden")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, kernel_initializer=init(2), name="out")(x))
+
+
+def test_layer_cka_per_layer():
     from tf_dlthesis.variability import layer_activations, layer_cka
 
-    def model(seed):
-        init = lambda s: keras.initializers.GlorotUniform(seed=seed * 10 + s)  # noqa: E731
-        inputs = keras.Input((3, 3, 1))
-        x = keras.layers.Flatten(name="flat")(inputs)
-        x = keras.layers.Dense(6, activation="relu", kernel_initializer=init(1), name="hidden")(x)
-        return keras.Model(inputs, keras.layers.Dense(2, kernel_initializer=init(2), name="out")(x))
-
     images = np.random.default_rng(5).normal(size=(40, 3, 3, 1)).astype("float32")
-    a, b = model(0), model(1)
+    a, b = _cka_model(0), _cka_model(1)
     acts = layer_activations(a, images, ["hidden", "out"])
     assert acts["hidden"].shape == (40, 6) and acts["hidden"].dtype == np.float64
     same = layer_cka([a, a], images)
@@ -178,6 +179,18 @@ def test_layer_cka_per_layer():
     assert diff["hidden"] == pytest.approx(expected, rel=1e-9) and diff["hidden"] < 1.0
     with pytest.raises(ValueError, match="Unknown layer"):
         layer_cka([a, b], images, ["nope"])
+
+
+def test_layer_cka_over_many_models_logs_no_retracing_warning(caplog):
+    from tf_dlthesis.variability import layer_activations, layer_cka
+
+    images = np.random.default_rng(5).normal(size=(40, 3, 3, 1)).astype("float32")
+    models = [_cka_model(s) for s in range(8)]
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        layer_cka(models, images, batch_size=64)                   # one call per model, as in Fig. 5.1
+        one = layer_activations(models[0], images, ["hidden"], batch_size=16)
+    assert not [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert one["hidden"].shape == (40, 6)
 
 
 # ---------------------------------------------------------------------------- language-model metrics

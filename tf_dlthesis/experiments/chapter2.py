@@ -66,7 +66,7 @@ import numpy as np
 
 from tf_dlthesis.augment import DISPLAY_NAMES, METHODS, plot_methods
 from tf_dlthesis.experiments import stats
-from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, register, thesis_rows
+from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, for_scale, register, thesis_rows
 from tf_dlthesis.experiments.training import TrainSpec, train
 
 COLUMNS = ["error_pct", "vs_baseline_pts", "ci_low", "ci_high", "train_error_pct"]
@@ -187,11 +187,10 @@ def setting(table: str, scale: str, dataset: str | None = None) -> TableSetting:
     Raises:
         ValueError: unknown table or scale.
     """
-    if scale not in SETTINGS:
-        raise ValueError(f"`scale` must be one of {tuple(SETTINGS)}. Received: scale={scale!r}")
+    by_table = for_scale(SETTINGS, scale)
     if table not in TABLE_ROWS:
         raise ValueError(f"`table` must be one of {tuple(TABLE_ROWS)}. Received: table={table!r}")
-    chosen = SETTINGS[scale][table]
+    chosen = by_table[table]
     if dataset is None or dataset == chosen.baseline.dataset:
         return chosen
 
@@ -410,9 +409,7 @@ FIGURE_LAM = 0.4
 def figure_2_2(scale, dataset, store, *, out=None) -> Output:
     from tf_dlthesis import data
 
-    if scale not in FIGURE_DATASETS:
-        raise ValueError(f"`scale` must be one of {tuple(FIGURE_DATASETS)}. Received: scale={scale!r}")
-    x, y = data.load_arrays(dataset or FIGURE_DATASETS[scale], "train")
+    x, y = data.load_arrays(dataset or for_scale(FIGURE_DATASETS, scale), "train")
     first = 0
     second = int(np.argmax(y != y[first]))     # the first training image of another class
     fig = plot_methods(x[first], x[second], METHODS, seed=0, lam=FIGURE_LAM)

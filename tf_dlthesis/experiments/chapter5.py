@@ -76,7 +76,7 @@ import time
 import numpy as np
 
 from tf_dlthesis.experiments import stats
-from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, register, thesis_rows
+from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, for_scale, register, thesis_rows
 from tf_dlthesis.experiments.training import DATA_DIR, TrainSpec, data_dir, load_data, predict_logits, train
 from tf_dlthesis.variability import (
     per_run_accuracy,
@@ -174,9 +174,7 @@ def settings(scale: str, dataset: str | None = None) -> Setting:
     Raises:
         ValueError: unknown scale.
     """
-    if scale not in SETTINGS:
-        raise ValueError(f"`scale` must be one of {tuple(SETTINGS)}. Received: scale={scale!r}")
-    cfg = SETTINGS[scale]
+    cfg = for_scale(SETTINGS, scale)
     if dataset is None or dataset == cfg.spec.dataset:
         return cfg
     from tf_dlthesis import data
@@ -797,9 +795,7 @@ def architectures(scale: str) -> ArchitectureSetting:
     Raises:
         ValueError: unknown scale.
     """
-    if scale not in ARCHITECTURES:
-        raise ValueError(f"`scale` must be one of {tuple(ARCHITECTURES)}. Received: scale={scale!r}")
-    return ARCHITECTURES[scale]
+    return for_scale(ARCHITECTURES, scale)
 
 
 def _tta_best(spec: TrainSpec) -> str:
@@ -1026,9 +1022,7 @@ def grid(scale: str, dataset: str | None = None) -> GridSetting:
     Raises:
         ValueError: unknown scale.
     """
-    if scale not in GRIDS:
-        raise ValueError(f"`scale` must be one of {tuple(GRIDS)}. Received: scale={scale!r}")
-    cfg = GRIDS[scale]
+    cfg = for_scale(GRIDS, scale)
     if dataset is not None:
         cfg = dataclasses.replace(cfg, base=settings(scale, dataset).spec)
     return cfg

@@ -54,7 +54,7 @@ import numpy as np
 
 from tf_dlthesis.experiments import stats
 from tf_dlthesis.experiments.chapter5 import _mean_pairs, _pct
-from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, register, thesis_rows
+from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, for_scale, register, thesis_rows
 from tf_dlthesis.experiments.training import DATA_DIR
 from tf_dlthesis.variability.language_model import LanguageModelSpec, run_lm_protocol
 from tf_dlthesis.variability.metrics import perplexity_from_log_probs
@@ -122,9 +122,7 @@ def settings(scale: str) -> LMSetting:
     Raises:
         ValueError: unknown scale.
     """
-    if scale not in SETTINGS:
-        raise ValueError(f"`scale` must be one of {tuple(SETTINGS)}. Received: scale={scale!r}")
-    return SETTINGS[scale]
+    return for_scale(SETTINGS, scale)
 
 
 def _protocol(cfg: LMSetting, store, sources, *, spec: LanguageModelSpec | None = None, runs: int | None = None):

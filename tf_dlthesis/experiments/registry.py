@@ -15,6 +15,17 @@ SCALES = ("quick", "standard", "full")
 DEFAULT_DATASETS = {"quick": "digits", "standard": "fashion_mnist", "full": "the thesis's dataset of each table"}
 
 
+def for_scale(settings: dict, scale: str):
+    """`settings[scale]`, or a ValueError naming the scales `settings` knows.
+
+    Raises:
+        ValueError: `scale` is not a key of `settings`.
+    """
+    if scale not in settings:
+        raise ValueError(f"`scale` must be one of {tuple(settings)}. Received: scale={scale!r}")
+    return settings[scale]
+
+
 @dataclasses.dataclass
 class Table:
     """A result table, printed with the thesis's number beside ours per column.

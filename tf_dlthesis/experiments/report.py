@@ -161,11 +161,12 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     start = time.time()
     from tqdm.auto import tqdm
 
-    # Off a terminal (logs, CI, pipes) refresh only on close: one final line, not two.
-    bar = tqdm(experiments, desc="reproduce", unit="item", disable=not progress,
-               mininterval=0.1 if sys.stderr.isatty() else float("inf"))
-    for exp in bar:
-        bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}")
+    # Off a terminal (logs, CI, pipes) refresh only on close: one final line with the final count.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=len(experiments), desc="reproduce", unit="item", disable=not progress,
+               mininterval=0.1 if interactive else float("inf"))
+    for exp in experiments:
+        bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}", refresh=interactive)
         runtime.configure(seed=0, deterministic=True)
         t0 = time.time()
         try:
@@ -178,6 +179,8 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
             save_figures(output, out_dir)
         sections.append((exp, output, time.time() - t0, error))
         write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
+        bar.update(1)
+    bar.close()
     path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
     return path, sum(1 for s in sections if s[3])
 

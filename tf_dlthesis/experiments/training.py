@@ -586,26 +586,16 @@ def _optimizer(spec, steps):
     return opt
 
 
-def _inference(model, images):
-    return model(images, training=False)
-
-
 def predict_logits(model, x, batch_size: int = 512) -> np.ndarray:
     """Logits of `model` on `x` in inference mode, as float32 NumPy."""
     import tensorflow as tf
 
+    from tf_dlthesis import runtime
+
     x = np.asarray(x)
     if len(x) == 0:
         raise ValueError("`x` is empty: nothing to predict.")
-    fn = getattr(model, "_tf_dlthesis_predict", None)
-    if fn is None:
-        # one compiled forward pass per model, cached on the model; a partial (not a lambda), so TF's
-        # retracing detector does not count the functions of different models as retraces of one
-        fn = tf.function(functools.partial(_inference, model), reduce_retracing=True)
-        try:
-            object.__setattr__(model, "_tf_dlthesis_predict", fn)
-        except (AttributeError, TypeError):
-            pass
+    fn = runtime.inference_function(model)
     out = [np.asarray(fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float32)
 

@@ -126,12 +126,14 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"Unknown layer names {unknown}; the model has {sorted(known)}")
-    outputs = [model.get_layer(n).output for n in names]
-    extractor = keras.Model(model.inputs, outputs)
-    acts = extractor.predict(np.asarray(images), batch_size=batch_size, verbose=0)
-    if len(names) == 1:
-        acts = [acts]
-    return {n: np.asarray(a, dtype=np.float64).reshape(a.shape[0], -1) for n, a in zip(names, acts)}
+    from tf_dlthesis import runtime
+
+    forward = runtime.inference_function(keras.Model(model.inputs, [model.get_layer(n).output for n in names]))
+    images = np.asarray(images)
+    chunks = [forward(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    chunks = [c if isinstance(c, (list, tuple)) else [c] for c in chunks]  # one layer: Keras returns a tensor
+    return {n: np.concatenate([np.asarray(c[j], dtype=np.float64) for c in chunks]).reshape(len(images), -1)
+            for j, n in enumerate(names)}
 
 
 def layer_cka(models: Sequence, images, layers: Sequence[str] | None = None, *, batch_size: int = 256) -> dict:

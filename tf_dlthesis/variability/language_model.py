@@ -54,12 +54,13 @@ Models", arXiv:1708.02182 (the training recipe).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 
 import keras
 import numpy as np
@@ -68,6 +69,8 @@ from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
+from tf_dlthesis.variability.protocol import _collect, _ineffective, _MemoryStore, _Scheduler, _source_list, \
+    _start_run
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
 from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble
@@ -304,19 +307,22 @@ def _make_train_step(model, optimizer):
     return step
 
 
+def _ensemble_log_probs(models, x, y):
+    import tensorflow as tf
+
+    logps = [tf.nn.log_softmax(model(x, training=False), axis=-1) for model in models]
+    # a snapshot ensemble predicts the mixture of its members' next-token distributions
+    logp = logps[0] if len(models) == 1 else tf.reduce_logsumexp(tf.stack(logps), axis=0) - math.log(len(models))
+    return tf.gather(logp, y, axis=-1, batch_dims=2), tf.argmax(logp, axis=-1, output_type=tf.int32)
+
+
 def _make_eval_step(models):
     import tensorflow as tf
 
-    members = len(models)
-
-    @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2)
-    def step(x, y):
-        logps = [tf.nn.log_softmax(model(x, training=False), axis=-1) for model in models]
-        # a snapshot ensemble predicts the mixture of its members' next-token distributions
-        logp = logps[0] if members == 1 else tf.reduce_logsumexp(tf.stack(logps), axis=0) - math.log(members)
-        return tf.gather(logp, y, axis=-1, batch_dims=2), tf.argmax(logp, axis=-1, output_type=tf.int32)
-
-    return step
+    # a partial, not a closure: TF's retracing detector keys closures by their code object, so one
+    # trace per evaluated model set would read as retracing of a single function
+    return tf.function(functools.partial(_ensemble_log_probs, tuple(models)),
+                       input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2)
 
 
 def _windows(stream, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -500,26 +506,6 @@ class LMProtocolResult:
     control: dict | None = None
 
 
-class _MemoryStore:
-    def __init__(self):
-        self._data = {}
-
-    @staticmethod
-    def _key(experiment, config, run):
-        import json
-
-        return experiment, json.dumps(config, sort_keys=True, default=str), int(run)
-
-    def has(self, experiment, config, run):
-        return self._key(experiment, config, run) in self._data
-
-    def get(self, experiment, config, run):
-        return self._data.get(self._key(experiment, config, run))
-
-    def record(self, experiment, config, run, result):
-        self._data[self._key(experiment, config, run)] = result
-
-
 def _check_source(source: str) -> tuple:
     names = parse_source(source)
     if not any(n in LM_SOURCES for n in names):
@@ -530,28 +516,10 @@ def _check_source(source: str) -> tuple:
 
 def _run_lm(spec, plan, corpus, threads):
     """One run in a fresh process: threads, op determinism per the plan, then train."""
-    import tensorflow as tf
-
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-        except RuntimeError:  # context already initialised (serial executor)
-            pass
-    from tf_dlthesis import runtime
-
-    runtime.configure(seed=0, deterministic=plan.deterministic_ops)
+    _start_run(plan, threads, 0)
     out = train_language_model(spec, plan, corpus=corpus)
     out["plan"] = plan.to_config()
     return out
-
-
-def _ineffective(record, control) -> str | None:
-    if record["weights_hash"] == control["weights_hash"]:
-        return "every weight after training bit-identical to the unperturbed control"
-    if np.array_equal(record["target_log_probs"], control["target_log_probs"]):
-        return "every test log-probability bit-identical to the unperturbed control"
-    return None
 
 
 def _check_hashes(records: dict, control) -> None:
@@ -606,7 +574,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         data_dir: Folder with the corpus files.
         bit_change_redraws: Redraws of an ineffective bit change (>= 0).
         bootstrap_samples: Resamples of the "±".
-        progress: Show a progress bar.
+        progress: Show a progress bar (when stderr is a terminal).
 
     Returns:
         An `LMProtocolResult`.
@@ -619,13 +587,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     """
     if not isinstance(spec, LanguageModelSpec):
         raise TypeError(f"`spec` must be a LanguageModelSpec. Received: {type(spec).__name__}")
-    if isinstance(sources, str):
-        raise TypeError(f"`sources` must be a list of source names, not a string. Received: sources={sources!r}")
-    sources = list(sources)
-    if not sources:
-        raise ValueError("`sources` must name at least one source.")
-    for source in sources:
-        _check_source(source)
+    sources = _source_list(sources, _check_source)
     if isinstance(runs, dict):
         missing = [s for s in sources if s not in runs]
         if missing:
@@ -641,104 +603,33 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
     corpus = load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)  # fails early when absent
     labels = evaluation_labels(corpus.test, spec.bptt)
-    store = _MemoryStore() if store is None else store
+    store = _MemoryStore(default=str) if store is None else store
     workers = max(1, min(2, os.cpu_count() or 1)) if workers is None else _int("workers", workers)
     config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config()}
 
-    def key(source, attempt=None):
-        out = {**config, "source": source}
-        return out if attempt is None else {**out, "bit_change_attempt": int(attempt)}
+    def key(source):
+        return {**config, "source": source}
 
-    control_key = key("control")
-    control_plan = dataclasses.replace(base_plan, bit_change=None, base=None, source="control", run=0)
-    bit_sources = [s for s in sources if parse_source(s) == ("bit_change",)]
+    scheduler = _Scheduler(
+        store, experiment, sources, counts, key=key, control_key=key("control"),
+        plans={(s, r): base_plan.vary(s, r) for s in sources for r in range(counts[s])},
+        control_plan=dataclasses.replace(base_plan, bit_change=None, base=None, source="control", run=0),
+        redraws=bit_change_redraws,
+        ineffective=functools.partial(_ineffective, values="target_log_probs", noun="test log-probability"),
+        bit_change_of=lambda record: record["info"]["bit_change"])
+    scheduler.run(lambda plan: _run_lm(spec, plan, corpus, None),
+                  None if executor == "serial" else functools.partial(_pool, spec, corpus, threads_per_run, workers),
+                  progress)
 
-    def history(source, run):
-        out, a = [], 0
-        while store.has(experiment, key(source, a), run):
-            out.append(store.get(experiment, key(source, a), run))
-            a += 1
-        return out
-
-    def judge(source, run, control):
-        for a, record in enumerate(history(source, run)):
-            if "pending" not in record:
-                continue
-            reason = _ineffective(record, control)
-            meta = {"attempt": a, "effective": reason is None, "reason": reason,
-                    "bit_change_seed": record["plan"]["bit_change"], "bit_change": record["info"]["bit_change"]}
-            store.record(experiment, key(source, a), run, meta)
-            if reason is None:
-                store.record(experiment, key(source), run, {**{k: v for k, v in record.items() if k != "pending"},
-                                                            "bit_change_attempt": a})
-                return
-
-    def tasks():
-        out = []
-        for s in sources:
-            if s not in bit_sources:
-                out += [(("run", s, r), base_plan.vary(s, r)) for r in range(counts[s])
-                        if not store.has(experiment, key(s), r)]
-        if not bit_sources:
-            return out
-        control = store.get(experiment, control_key, 0)
-        if control is None:
-            out.append((("control", "control", 0), control_plan))
-        for s in bit_sources:
-            for r in range(counts[s]):
-                if store.has(experiment, key(s), r):
-                    continue
-                if control is not None:
-                    judge(s, r, control)
-                    if store.has(experiment, key(s), r):
-                        continue
-                past = history(s, r)
-                if (past and "pending" in past[-1]) or len(past) > bit_change_redraws:
-                    continue  # judged once the control exists / exhausted
-                out.append((("bit", s, r, len(past)), base_plan.vary(s, r).redraw_bit_change(len(past))))
-        return out
-
-    def done(label, record):
-        if label[0] == "control":
-            store.record(experiment, control_key, 0, record)
-        elif label[0] == "bit":
-            store.record(experiment, key(label[1], label[3]), label[2], {**record, "pending": True})
-        else:
-            store.record(experiment, key(label[1]), label[2], record)
-
-    from tqdm.auto import tqdm
-
-    while True:
-        todo = tasks()
-        if not todo:
-            break
-        with tqdm(total=len(todo), desc=f"{experiment} runs", disable=not progress, leave=False) as bar:
-            if executor == "serial":
-                from tf_dlthesis import runtime
-
-                previous = runtime.is_deterministic()
-                try:
-                    for label, plan in todo:
-                        done(label, _run_lm(spec, plan, corpus, None))
-                        bar.update(1)
-                finally:
-                    runtime.configure(deterministic=previous)
-            else:
-                _pool(todo, spec, corpus, threads_per_run, workers, done, bar)
-
-    control = store.get(experiment, control_key, 0) if bit_sources else None
+    control = scheduler.stored_control()
     rows, logps, preds, infos, records, bit_changes = {}, {}, {}, {}, {}, {}
     for source in sources:
-        run_ids = [r for r in range(counts[source]) if store.has(experiment, key(source), r)]
-        recs = [store.get(experiment, key(source), r) for r in run_ids]
+        run_ids, recs = scheduler.finished(source)
         records[source] = recs
         infos[source] = [rec["info"] for rec in recs]
-        if source in bit_sources:
-            details = [{"run": r, **{k: h[k] for k in ("attempt", "bit_change_seed", "reason", "bit_change")}}
-                       for r in range(counts[source]) for h in history(source, r) if not h.get("effective", True)]
-            bit_changes[source] = {"runs": counts[source], "effective": len(recs), "replaced": len(details),
-                                   "exhausted": [r for r in range(counts[source]) if r not in run_ids],
-                                   "details": details}
+        if source in scheduler.bit_sources:  # the language model's report has no per-run "attempts"
+            summary = scheduler.bit_change_summary(source, run_ids)
+            bit_changes[source] = {k: v for k, v in summary.items() if k != "attempts"}
         if len(recs) < 2:
             continue
         logps[source] = np.stack([np.asarray(rec["target_log_probs"]) for rec in recs])
@@ -752,21 +643,11 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
                             bit_changes=bit_changes, control=control)
 
 
-def _pool(todo, spec, corpus, threads, workers, done, bar):
+def _pool(spec, corpus, threads, workers, todo, done, bar):
+    """Runs `todo` in a process pool, a fresh process per run, handing each result to `done(label, result)`."""
     start_method = "forkserver" if sys.platform != "win32" else "spawn"
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":  # TF imported once by the server; each run is a fresh fork of it
         ctx.set_forkserver_preload(["tensorflow", "keras", __name__])
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-        pending = {pool.submit(_run_lm, spec, plan, corpus, threads): label for label, plan in todo}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    done(pending.pop(fut), fut.result())
-                    bar.update(1)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-
+        _collect({pool.submit(_run_lm, spec, plan, corpus, threads): label for label, plan in todo}, done, bar)

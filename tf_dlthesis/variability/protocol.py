@@ -98,16 +98,21 @@ class ProtocolResult:
 
 
 class _MemoryStore:
-    """In-memory stand-in used when `store=None` (no resume)."""
+    """In-memory stand-in used when `store=None` (no resume).
 
-    def __init__(self):
+    Args:
+        default: `json.dumps`'s fallback for config values JSON cannot encode (None:
+            such a config raises `TypeError`, as a `ResultsStore` would).
+    """
+
+    def __init__(self, default: Callable | None = None):
         self._data = {}
+        self._default = default
 
-    @staticmethod
-    def _key(experiment, config, run):
+    def _key(self, experiment, config, run):
         import json
 
-        return (experiment, json.dumps(config, sort_keys=True), int(run))
+        return experiment, json.dumps(config, sort_keys=True, default=self._default), int(run)
 
     def has(self, experiment, config, run):
         return self._key(experiment, config, run) in self._data
@@ -140,12 +145,8 @@ def _normalize_output(out, plan: SeedPlan) -> dict:
     return result
 
 
-def _run_one(train_fn: Callable, plan: SeedPlan, threads: int | None, global_seed: int | None = 0) -> dict:
-    """Runs one plan: op determinism per the plan, then `train_fn(plan)`.
-
-    In a fresh process the global seeds are fixed too (`global_seed`), so anything
-    `train_fn` forgot to seed explicitly is at least constant across runs.
-    """
+def _start_run(plan: SeedPlan, threads: int | None, global_seed: int | None) -> None:
+    """Prepares this process for one run: TF's thread pools, the global seeds and op determinism per the plan."""
     import tensorflow as tf
 
     if threads:
@@ -157,6 +158,15 @@ def _run_one(train_fn: Callable, plan: SeedPlan, threads: int | None, global_see
     from tf_dlthesis import runtime
 
     runtime.configure(seed=global_seed, deterministic=plan.deterministic_ops)
+
+
+def _run_one(train_fn: Callable, plan: SeedPlan, threads: int | None, global_seed: int | None = 0) -> dict:
+    """Runs one plan: op determinism per the plan, then `train_fn(plan)`.
+
+    In a fresh process the global seeds are fixed too (`global_seed`), so anything
+    `train_fn` forgot to seed explicitly is at least constant across runs.
+    """
+    _start_run(plan, threads, global_seed)
     return _normalize_output(train_fn(plan), plan)
 
 
@@ -219,17 +229,27 @@ def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, pr
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1,
                              initializer=_die_with, initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_run_one, train_fn, plan, threads): label for label, plan in tasks}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    label = pending.pop(fut)
-                    on_done(label, fut.result())
-                    progress.update(1)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+        _collect(pending, on_done, progress)
+
+
+def _collect(pending: dict, on_done: Callable, progress) -> None:
+    """Hands each future's result to `on_done(label, result)` as it finishes; cancels the rest on an error.
+
+    Args:
+        pending: Future -> its task's label (emptied as they finish).
+        on_done: Called with the label and the result of every finished future.
+        progress: A progress bar, advanced by one per finished future.
+    """
+    try:
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                on_done(pending.pop(fut), fut.result())
+                progress.update(1)
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
 
 
 def _executor_ray(tasks, train_fn, threads, ray_address, on_done, progress):
@@ -258,12 +278,20 @@ def _is_pure_bit_change(source: str) -> bool:
     return parse_source(source) == ("bit_change",)
 
 
-def _ineffective(result: dict, control: dict) -> str | None:
-    """Why a bit-change run is no perturbation (bit-identical to the control), or None when it is one."""
+def _ineffective(result: dict, control: dict, values: str = "logits", noun: str = "test logit") -> str | None:
+    """Why a bit-change run is no perturbation (bit-identical to the control), or None when it is one.
+
+    Args:
+        result: The bit-change run's record.
+        control: The unperturbed control's record.
+        values: The key of the evaluation compared when the final weights' hashes
+            (``"weights_hash"``, None when not reported) do not already match.
+        noun: What one entry of `values` is, for the reason.
+    """
     if result.get("weights_hash") is not None and result.get("weights_hash") == control.get("weights_hash"):
         return "every weight after training bit-identical to the unperturbed control"
-    if np.array_equal(np.asarray(result["logits"]), np.asarray(control["logits"])):
-        return "every test logit bit-identical to the unperturbed control"
+    if np.array_equal(np.asarray(result[values]), np.asarray(control[values])):
+        return f"every {noun} bit-identical to the unperturbed control"
     return None
 
 
@@ -375,6 +403,23 @@ def _die_with(pid: int) -> None:
     threading.Thread(target=watch, name="tf_dlthesis-protocol-watchdog", daemon=True).start()
 
 
+def _source_list(sources, check: Callable = parse_source) -> list:
+    """`sources` as a list, each name checked by `check` (which raises for a bad one).
+
+    Raises:
+        TypeError: for a single string instead of a list.
+        ValueError: for an empty list (or from `check`).
+    """
+    if isinstance(sources, str):
+        raise TypeError(f"`sources` must be a list of source names, not a string. Received: sources={sources!r}")
+    sources = list(sources)
+    if not sources:
+        raise ValueError("`sources` must name at least one source.")
+    for source in sources:
+        check(source)
+    return sources
+
+
 def _runs_per_source(runs, sources) -> dict:
     if isinstance(runs, Mapping):
         missing = [s for s in sources if s not in runs]
@@ -388,6 +433,217 @@ def _runs_per_source(runs, sources) -> dict:
             raise ValueError(f"`runs` must be an int >= 2 (a standard deviation needs two runs). "
                              f"Received: runs={r!r} for source {source!r}")
     return {s: int(r) for s, r in counts.items()}
+
+
+_DRAW_FIELDS = ("attempt", "bit_change_seed", "reason", "bit_change")
+
+
+@dataclasses.dataclass
+class _Scheduler:
+    """Trains a protocol's missing runs into a results store and redraws bit changes that did not take effect.
+
+    The part `run_protocol` and `language_model.run_lm_protocol` share; they differ
+    in what one run is and what its record holds, which the fields say. What it
+    keeps in the store, per `experiment`:
+
+    * `key(source)`, run r: run r of `source`, as counted in its row;
+    * `control_key`, run 0: the unperturbed control of the bit-change sources;
+    * `attempt_key(source, a)`, run r: draw a of bit-change run r, first its
+      result marked ``"pending": True``, then, once judged against the control,
+      `{"attempt", "effective", "reason", "bit_change_seed", "bit_change"}`. The
+      first effective draw becomes run r (with ``"bit_change_attempt"``).
+
+    A task is `(label, plan)`, the label `(kind, source, run, attempt)` with kind
+    ``"run"``, ``"control"`` or ``"bit"`` (`attempt`: the draw, None unless ``"bit"``).
+
+    Attributes:
+        store: Anything with `has`/`get`/`record`.
+        experiment: Experiment key in the store.
+        sources: The source names, in order.
+        counts: Source -> its number of runs R.
+        key: Source -> its config in the store.
+        control_key: The control's config in the store.
+        plans: (source, run) -> the run's plan (a bit change's first draw).
+        control_plan: The bit-change runs' plan without the bit change.
+        redraws: How often an ineffective bit change is redrawn (>= 0).
+        ineffective: `(result, control) -> reason`, why a draw is no perturbation, or None.
+        bit_change_of: A result -> the bit change it applied (for its draw's record).
+        keep_replaced: Whether a counted draw's record lists the draws it replaced
+            (``"bit_change_replaced"``).
+        validate: `(result, source, run)`, raises for a malformed result (None: no check).
+    """
+
+    store: object
+    experiment: str
+    sources: list
+    counts: dict
+    key: Callable
+    control_key: dict
+    plans: Mapping
+    control_plan: SeedPlan
+    redraws: int
+    ineffective: Callable
+    bit_change_of: Callable
+    keep_replaced: bool = False
+    validate: Callable | None = None
+
+    def __post_init__(self):
+        self.bit_sources = [s for s in self.sources if _is_pure_bit_change(s)]
+
+    def attempt_key(self, source: str, attempt: int) -> dict:
+        """The store config of one draw of a bit-change run."""
+        return {**self.key(source), "bit_change_attempt": int(attempt)}
+
+    def _has(self, source: str, run: int) -> bool:
+        return self.store.has(self.experiment, self.key(source), run)
+
+    def draws(self, source: str, run: int) -> list:
+        """The stored draws of one bit-change run, in order (pending results or judged records)."""
+        out = []
+        while self.store.has(self.experiment, self.attempt_key(source, len(out)), run):
+            out.append(self.store.get(self.experiment, self.attempt_key(source, len(out)), run))
+        return out
+
+    def stored_control(self) -> dict | None:
+        """The control's result when a bit-change source was run, else None."""
+        return self.store.get(self.experiment, self.control_key, 0) if self.bit_sources else None
+
+    def finished(self, source: str) -> tuple[list, list]:
+        """The run indices of `source` in the store and their results."""
+        run_ids = [r for r in range(self.counts[source]) if self._has(source, r)]
+        return run_ids, [self.store.get(self.experiment, self.key(source), r) for r in run_ids]
+
+    def judge(self, source: str, run: int, control: dict) -> None:
+        """Judges the pending draws of one bit-change run against the control; counts the first effective one."""
+        history = self.draws(source, run)
+        for a, record in enumerate(history):
+            if not record.get("pending"):
+                continue
+            reason = self.ineffective(record, control)
+            meta = {"attempt": a, "effective": reason is None, "reason": reason,
+                    "bit_change_seed": record["plan"]["bit_change"], "bit_change": self.bit_change_of(record)}
+            self.store.record(self.experiment, self.attempt_key(source, a), run, meta)
+            history[a] = meta
+            if reason is None:
+                self._accept(source, run, record, history[: a + 1])
+                return
+
+    def _accept(self, source: str, run: int, result: dict, history: list) -> None:
+        """Stores an effective draw (the last of `history`) as the run."""
+        record = {k: v for k, v in result.items() if k != "pending"}
+        record["bit_change_attempt"] = len(history) - 1
+        if self.keep_replaced:
+            record["bit_change_replaced"] = [{k: h[k] for k in _DRAW_FIELDS} for h in history if not h["effective"]]
+        self.store.record(self.experiment, self.key(source), run, record)
+
+    def on_done(self, label: tuple, result: dict) -> None:
+        """Stores a finished task's result; a bit-change draw is judged at once when the control exists."""
+        kind, source, run, attempt = label
+        if self.validate is not None:
+            self.validate(result, source, run)
+        if kind == "control":
+            self.store.record(self.experiment, self.control_key, 0, result)
+        elif kind == "bit":
+            self.store.record(self.experiment, self.attempt_key(source, attempt), run, {**result, "pending": True})
+            control = self.store.get(self.experiment, self.control_key, 0)
+            if control is not None:
+                self.judge(source, run, control)
+        elif not self._has(source, run):
+            self.store.record(self.experiment, self.key(source), run, result)
+
+    def tasks(self) -> list:
+        """The tasks still to train: missing runs, the control, the next draw of each open bit-change run."""
+        tasks = []
+        for s in self.sources:
+            if s not in self.bit_sources:
+                tasks += [(("run", s, r, None), self.plans[(s, r)]) for r in range(self.counts[s])
+                          if not self._has(s, r)]
+        if not self.bit_sources:
+            return tasks
+        control = self.store.get(self.experiment, self.control_key, 0)
+        if control is None:
+            tasks.append((("control", "control", 0, None), self.control_plan))
+        for s in self.bit_sources:
+            for r in range(self.counts[s]):
+                attempt = self._next_draw(s, r, control)
+                if attempt is not None:
+                    tasks.append((("bit", s, r, attempt), self.plans[(s, r)].redraw_bit_change(attempt)))
+        return tasks
+
+    def _next_draw(self, source: str, run: int, control: dict | None) -> int | None:
+        """The draw to train next for a bit-change run, or None when there is none to train now."""
+        if self._has(source, run):
+            return None
+        if control is not None:
+            self.judge(source, run, control)
+            if self._has(source, run):
+                return None
+        history = self.draws(source, run)
+        if history and history[-1].get("pending"):
+            return None  # judged once the control has been trained (this wave)
+        if len(history) > self.redraws:
+            return None  # exhausted: every draw left the run bit-identical to the control
+        return len(history)
+
+    def run(self, run_serially: Callable, run_parallel: Callable | None = None, progress: bool = True) -> None:
+        """Trains wave after wave of tasks until none is left (each wave's results decide the next).
+
+        Args:
+            run_serially: `plan -> result`, one run in this process (the serial executor).
+            run_parallel: `(tasks, on_done, progress_bar)`, runs the tasks elsewhere and
+                hands each result to `on_done(label, result)`; None: run them serially.
+            progress: Show a progress bar over each wave's runs (on a terminal).
+        """
+        from tqdm.auto import tqdm
+
+        while True:
+            tasks = self.tasks()
+            if not tasks:
+                return
+            # a transient bar: on a terminal only (in a log its redraws and cursor moves are noise)
+            with tqdm(total=len(tasks), desc=f"{self.experiment} runs", leave=False,
+                      disable=not progress or not sys.stderr.isatty()) as bar:
+                if run_parallel is None:
+                    self._run_serially(tasks, run_serially, bar)
+                else:
+                    run_parallel(tasks, self.on_done, bar)
+
+    def _run_serially(self, tasks: list, run_one: Callable, bar) -> None:
+        """Runs tasks in this process and restores its op-determinism setting afterwards."""
+        from tf_dlthesis import runtime
+
+        previous = runtime.is_deterministic()
+        try:
+            for label, plan in tasks:
+                self.on_done(label, run_one(plan))
+                bar.update(1)
+        finally:
+            runtime.configure(deterministic=previous)
+
+    def bit_change_summary(self, source: str, run_ids: list) -> dict:
+        """What the effectiveness check found for a bit-change source (`ProtocolResult.bit_changes`).
+
+        Args:
+            source: A pure bit-change source.
+            run_ids: Its counted runs (`finished(source)[0]`).
+        """
+        runs = range(self.counts[source])
+        draws = {r: self.draws(source, r) for r in runs}
+        details = [{"run": r, **{k: h[k] for k in _DRAW_FIELDS}} for r, hs in draws.items() for h in hs
+                   if not h.get("effective", True)]
+        return {"runs": self.counts[source], "effective": len(run_ids), "replaced": len(details),
+                "exhausted": [r for r in runs if r not in run_ids], "attempts": [len(draws[r]) for r in runs],
+                "details": details}
+
+
+def _parallel_executor(executor, train_fn, threads, workers, start_method, ray_address) -> Callable | None:
+    """`executor`'s `(tasks, on_done, progress)` runner; None for ``"serial"`` (runs in this process)."""
+    if executor == "local":
+        return lambda tasks, on_done, bar: _executor_local(tasks, train_fn, threads, workers, start_method,
+                                                           on_done, bar)
+    if executor == "ray":
+        return lambda tasks, on_done, bar: _executor_ray(tasks, train_fn, threads, ray_address, on_done, bar)
+    return None
 
 
 def run_protocol(
@@ -460,7 +716,7 @@ def run_protocol(
         bootstrap_samples: Resamples for the "±" error bars.
         bit_change_redraws: How many times an ineffective bit change is redrawn
             at another position before the run is given up (>= 0).
-        progress: Show a progress bar over runs.
+        progress: Show a progress bar over runs (when stderr is a terminal).
 
     Returns:
         A `ProtocolResult`.
@@ -474,13 +730,7 @@ def run_protocol(
             with `executor="local"` when called from a script's top level outside
             `if __name__ == "__main__":` (each worker process would rerun the script).
     """
-    if isinstance(sources, str):
-        raise TypeError(f"`sources` must be a list of source names, not a string. Received: sources={sources!r}")
-    sources = list(sources)
-    if not sources:
-        raise ValueError("`sources` must name at least one source.")
-    for source in sources:
-        parse_source(source)
+    sources = _source_list(sources)
     counts = _runs_per_source(runs, sources)
     if executor not in EXECUTORS:
         raise ValueError(f"`executor` must be one of {EXECUTORS}. Received: executor={executor!r}")
@@ -509,124 +759,27 @@ def run_protocol(
     if executor == "local":
         _check_main_guard()
     config = dict(config or {})
-
-    def key(source):
-        return {**config, "source": source, "onset_epoch": int(onset_epoch)}
-
-    def attempt_key(source, attempt):
-        return {**key(source), "bit_change_attempt": int(attempt)}
-
-    control_key = {**config, "source": "control", "onset_epoch": 0}
-    # the bit-change runs' plan without the bit change (same op-determinism setting)
-    control_plan = dataclasses.replace(base_plan, bit_change=None, onset_epoch=0, base=None, source="control", run=0)
-    bit_sources = [s for s in sources if _is_pure_bit_change(s)]
-    plans = {(s, r): base_plan.vary(s, r, onset_epoch=onset_epoch) for s in sources for r in range(counts[s])}
-
-    def attempts(source, run):
-        out, a = [], 0
-        while store.has(experiment, attempt_key(source, a), run):
-            out.append(store.get(experiment, attempt_key(source, a), run))
-            a += 1
-        return out
-
-    def accept(source, run, result, history):
-        replaced = [{k: h[k] for k in ("attempt", "bit_change_seed", "reason", "bit_change")} for h in history
-                    if not h["effective"]]
-        record = {**result, "bit_change_attempt": len(history) - 1, "bit_change_replaced": replaced}
-        record.pop("pending", None)
-        store.record(experiment, key(source), run, record)
-
-    def judge(source, run, control):
-        """Judges stored draws of one bit-change run against the control; accepts the first effective one."""
-        history = attempts(source, run)
-        for a, record in enumerate(history):
-            if not record.get("pending"):
-                continue
-            reason = _ineffective(record, control)
-            meta = {"attempt": a, "effective": reason is None, "reason": reason,
-                    "bit_change_seed": record["plan"]["bit_change"], "bit_change": record.get("info:bit_change")}
-            store.record(experiment, attempt_key(source, a), run, meta)
-            history[a] = meta
-            if reason is None:
-                accept(source, run, record, history[: a + 1])
-                return
-
-    def on_done(label, result):
-        kind, source, run, attempt = label
-        _validate_run(result, lab, num_classes, source, run)
-        if kind == "control":
-            store.record(experiment, control_key, 0, result)
-        elif kind == "bit":
-            store.record(experiment, attempt_key(source, attempt), run, {**result, "pending": True})
-            control = store.get(experiment, control_key, 0)
-            if control is not None:
-                judge(source, run, control)
-        elif not store.has(experiment, key(source), run):
-            store.record(experiment, key(source), run, result)
-
-    def build_tasks():
-        tasks = []
-        for s in sources:
-            if s in bit_sources:
-                continue
-            tasks += [(("run", s, r, None), plans[(s, r)]) for r in range(counts[s])
-                      if not store.has(experiment, key(s), r)]
-        if not bit_sources:
-            return tasks
-        control = store.get(experiment, control_key, 0)
-        if control is None:
-            tasks.append((("control", "control", 0, None), control_plan))
-        for s in bit_sources:
-            for r in range(counts[s]):
-                if store.has(experiment, key(s), r):
-                    continue
-                if control is not None:
-                    judge(s, r, control)
-                    if store.has(experiment, key(s), r):
-                        continue
-                history = attempts(s, r)
-                if history and history[-1].get("pending"):
-                    continue  # judged once the control has been trained (this wave)
-                if len(history) > bit_change_redraws:
-                    continue  # exhausted: every draw left the run bit-identical to the control
-                tasks.append((("bit", s, r, len(history)), plans[(s, r)].redraw_bit_change(len(history))))
-        return tasks
-
-    from tqdm.auto import tqdm
-
-    while True:
-        tasks = build_tasks()
-        if not tasks:
-            break
-        with tqdm(total=len(tasks), desc=f"{experiment} runs", disable=not progress, leave=False) as bar:
-            if executor == "serial":
-                from tf_dlthesis import runtime
-
-                previous = runtime.is_deterministic()
-                try:
-                    for label, plan in tasks:
-                        on_done(label, _run_one(train_fn, plan, None, global_seed=None))
-                        bar.update(1)
-                finally:
-                    runtime.configure(deterministic=previous)
-            elif executor == "local":
-                _executor_local(tasks, train_fn, threads_per_run, workers, start_method, on_done, bar)
-            else:
-                _executor_ray(tasks, train_fn, threads_per_run, ray_address, on_done, bar)
+    scheduler = _Scheduler(
+        store, experiment, sources, counts,
+        key=lambda source: {**config, "source": source, "onset_epoch": int(onset_epoch)},
+        control_key={**config, "source": "control", "onset_epoch": 0},
+        plans={(s, r): base_plan.vary(s, r, onset_epoch=onset_epoch) for s in sources for r in range(counts[s])},
+        # the bit-change runs' plan without the bit change (same op-determinism setting)
+        control_plan=dataclasses.replace(base_plan, bit_change=None, onset_epoch=0, base=None, source="control",
+                                         run=0),
+        redraws=bit_change_redraws, ineffective=_ineffective,
+        bit_change_of=lambda result: result.get("info:bit_change"), keep_replaced=True,
+        validate=lambda result, source, run: _validate_run(result, lab, num_classes, source, run))
+    scheduler.run(lambda plan: _run_one(train_fn, plan, None, global_seed=None),
+                  _parallel_executor(executor, train_fn, threads_per_run, workers, start_method, ray_address),
+                  progress)
 
     rows, logits, hashes, infos, bit_changes = {}, {}, {}, {}, {}
-    control = store.get(experiment, control_key, 0) if bit_sources else None
+    control = scheduler.stored_control()
     for source in sources:
-        run_ids = [r for r in range(counts[source]) if store.has(experiment, key(source), r)]
-        results = [store.get(experiment, key(source), r) for r in run_ids]
-        if source in bit_sources:
-            draws = {r: attempts(source, r) for r in range(counts[source])}
-            details = [{"run": r, **{k: h[k] for k in ("attempt", "bit_change_seed", "reason", "bit_change")}}
-                       for r, hs in draws.items() for h in hs if not h["effective"]]
-            bit_changes[source] = {
-                "runs": counts[source], "effective": len(results), "replaced": len(details),
-                "exhausted": [r for r in range(counts[source]) if r not in run_ids],
-                "attempts": [len(draws[r]) for r in range(counts[source])], "details": details}
+        run_ids, results = scheduler.finished(source)
+        if source in scheduler.bit_sources:
+            bit_changes[source] = scheduler.bit_change_summary(source, run_ids)
         for r, res in zip(run_ids, results):
             _validate_run(res, lab, num_classes, source, r)
         hashes[source] = [(res.get("init_hash"), res.get("order_hash")) for res in results]
