@@ -94,18 +94,29 @@ def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path):
                 pass
 
 
-def test_a_script_without_main_guard_gets_a_clear_error_and_runs_once(tmp_path):
+_PROTOCOL_CALLS = {
+    "image": ("from tf_dlthesis.variability import run_protocol",
+              'run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, progress=False)'),
+    # refused before the corpus is read: the check needs no `fortunes` package
+    "language model": ("from tf_dlthesis.variability.language_model import LanguageModelSpec, run_lm_protocol",
+                       'run_lm_protocol(LanguageModelSpec(), sources=["init"], runs=2, progress=False)'),
+}
+
+
+@pytest.mark.parametrize("protocol", list(_PROTOCOL_CALLS))
+def test_a_script_without_main_guard_gets_a_clear_error_and_runs_once(tmp_path, protocol):
+    imports, call = _PROTOCOL_CALLS[protocol]
     script = tmp_path / "unguarded.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import numpy as np
-        from tf_dlthesis.variability import run_protocol
+        {imports}
         print("top level ran")
 
         def train(plan):
             return np.zeros((4, 2))
 
         def main():
-            run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, progress=False)
+            {call}
 
         main()
     """))
@@ -114,8 +125,8 @@ def test_a_script_without_main_guard_gets_a_clear_error_and_runs_once(tmp_path):
     assert proc.returncode == 1
     assert proc.stdout.count("top level ran") == 1  # not rerun by any worker
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("RuntimeError: run_protocol(executor='local') starts a process per run")
-    assert 'if __name__ == "__main__":' in last and "README's Chapter 5 example" in last
+    assert last.startswith("RuntimeError: run_protocol / run_lm_protocol (executor='local') start a process per run")
+    assert 'if __name__ == "__main__":' in last and "README's Chapter 5 examples" in last
     assert f"{script}, line 12" in last  # the unguarded top-level line: `main()`
 
 

@@ -56,11 +56,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import keras
 import numpy as np
@@ -69,8 +67,8 @@ from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
-from tf_dlthesis.variability.protocol import _collect, _ineffective, _MemoryStore, _Scheduler, _source_list, \
-    _start_run
+from tf_dlthesis.variability.protocol import _check_main_guard, _ineffective, _MemoryStore, _process_pool, \
+    _Scheduler, _source_list, _start_run
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
 from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble
@@ -597,6 +595,8 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         _int(f"runs[{source!r}]", r, 2)
     if executor not in ("local", "serial"):
         raise ValueError(f"`executor` must be 'local' or 'serial'. Received: executor={executor!r}")
+    if executor == "local":
+        _check_main_guard()
     _int("bit_change_redraws", bit_change_redraws, 0)
     base_plan = SeedPlan() if base_plan is None else base_plan
     if not isinstance(base_plan, SeedPlan):
@@ -646,8 +646,5 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
 def _pool(spec, corpus, threads, workers, todo, done, bar):
     """Runs `todo` in a process pool, a fresh process per run, handing each result to `done(label, result)`."""
     start_method = "forkserver" if sys.platform != "win32" else "spawn"
-    ctx = multiprocessing.get_context(start_method)
-    if start_method == "forkserver":  # TF imported once by the server; each run is a fresh fork of it
-        ctx.set_forkserver_preload(["tensorflow", "keras", __name__])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-        _collect({pool.submit(_run_lm, spec, plan, corpus, threads): label for label, plan in todo}, done, bar)
+    job = functools.partial(_run_lm, spec, corpus=corpus, threads=threads)
+    _process_pool(todo, job, workers, start_method, done, bar, preload=[__name__])

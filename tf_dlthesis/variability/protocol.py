@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib
 import multiprocessing
 import os
@@ -51,10 +52,10 @@ _VARIANT_PREFIX = "variant:"
 #: above `variability`, which must not import it.
 _STORE_OPENER = None
 _GUARD_HELP = (
-    "run_protocol(executor='local') starts a process per run, and every new process imports the "
+    "run_protocol / run_lm_protocol (executor='local') start a process per run, and every new process imports the "
     "script that called it again (multiprocessing's forkserver and spawn start methods): without a "
     "guard the script would run again in each of them. Put the call under "
-    "`if __name__ == \"__main__\":` as in README's Chapter 5 example, or pass executor='serial'."
+    "`if __name__ == \"__main__\":` as in README's Chapter 5 examples, or pass executor='serial'."
 )
 
 
@@ -213,23 +214,28 @@ def _check_controls(hashes: dict, onset_epoch: int, control: tuple | None = None
             )
 
 
-def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, progress):
+def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress, preload=()) -> None:
+    """Runs `job(plan)` for every `(label, plan)` of `tasks` in a fresh process each.
+
+    Workers end with this process (`_die_with`). With the forkserver start method the
+    server imports `tf_dlthesis` (quietly, registering its Keras objects), TF and the
+    modules in `preload` once; each run is a fresh fork of it (a new process, so op
+    determinism stays per run) without paying the TF import again.
+    """
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        # The server imports TF once; each run is a fresh fork of it (a new process,
-        # so op determinism stays per run) without paying the TF import again.
-        # `tf_dlthesis` first: it imports TensorFlow quietly (no C++ banners) and registers
-        # the package's Keras objects
-        preload = ["tf_dlthesis", "tensorflow", "keras", "tf_dlthesis.variability.protocol"]
-        target = getattr(train_fn, "func", train_fn)  # unwrap functools.partial
-        module = getattr(target, "__module__", None)
-        if module and module not in ("__main__", "functools"):
-            preload.append(module)
-        ctx.set_forkserver_preload(preload)
+        ctx.set_forkserver_preload(["tf_dlthesis", "tensorflow", "keras", __name__, *preload])
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1,
                              initializer=_die_with, initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(_run_one, train_fn, plan, threads): label for label, plan in tasks}
-        _collect(pending, on_done, progress)
+        _collect({pool.submit(job, plan): label for label, plan in tasks}, on_done, progress)
+
+
+def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, progress):
+    target = getattr(train_fn, "func", train_fn)  # unwrap functools.partial
+    module = getattr(target, "__module__", None)
+    preload = [module] if module and module not in ("__main__", "functools") else []
+    _process_pool(tasks, functools.partial(_run_one, train_fn, threads=threads), workers, start_method, on_done,
+                  progress, preload)
 
 
 def _collect(pending: dict, on_done: Callable, progress) -> None:
@@ -336,7 +342,7 @@ def _check_main_guard() -> None:
         RuntimeError: in either case, pointing at the guard.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise RuntimeError(f"run_protocol was called while a worker process was importing the main script. "
+        raise RuntimeError(f"The protocol was started while a worker process was importing the main script. "
                            f"{_GUARD_HELP}")
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
