@@ -22,6 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tf_dlthesis  # noqa: E402,F401  (first: it keeps TF's start-up banners quiet)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -64,8 +65,9 @@ def pipelines(n):
         "keras.MixUp": keras_layer(keras_mixup),
         "keras.CutMix": keras_layer(keras_cutmix),
         "naive per-pair mixup": _naive_mixup(src).batch(BATCH),
-        "pair-mode mixup": mix_dataset(src, "mixup", seed=0, mode="pair", batch_size=BATCH,
-                                       preserve_length=True),
+        # pair mode reads two examples per output (N in, N // 2 out): two passes give one epoch's length,
+        # the read pattern of `training_dataset(..., mix=MixStage(...))`
+        "pair-mode mixup": mix_dataset(src.repeat(2), "mixup", seed=0, mode="pair", batch_size=BATCH),
     }
     for method in METHODS:
         out[f"batch {method}"] = mix_dataset(batched, method, seed=0, mode="batch")

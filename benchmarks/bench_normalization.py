@@ -36,6 +36,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tf_dlthesis  # noqa: E402,F401  (first: it keeps TF's start-up banners quiet)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

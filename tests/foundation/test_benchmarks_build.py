@@ -1,0 +1,31 @@
+"""The benchmark scripts still build against the current API (they are not run here: timings need idle cores)."""
+
+import importlib
+import pathlib
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCHMARKS.glob("bench_*.py")))
+def test_benchmark_module_imports(name):
+    module = importlib.import_module(name)
+    assert callable(module.main)
+
+
+def test_augment_benchmark_pipelines_yield_batches_of_the_right_shape():
+    bench = importlib.import_module("bench_augment")
+    pipes = bench.pipelines(2 * bench.BATCH)
+    assert {"identity", "keras.MixUp", "keras.CutMix", "naive per-pair mixup", "pair-mode mixup"} <= set(pipes)
+    for name, ds in pipes.items():
+        x, y = next(iter(ds))
+        assert tuple(x.shape[1:]) == bench.SHAPE and y.shape[-1] == bench.CLASSES, name
+    assert sum(int(x.shape[0]) for x, _ in pipes["pair-mode mixup"]) == 2 * bench.BATCH  # one epoch's length
+    sys.modules.pop("bench_augment", None)
