@@ -14,3 +14,13 @@ def _no_leaked_op_determinism():
 
     if runtime.is_deterministic() or os.environ.get("TF_DETERMINISTIC_OPS"):
         runtime.configure(deterministic=False)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Report items return matplotlib figures; close them after each test (the report writer does)."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
