@@ -153,4 +153,3 @@ def inference_function(model):
         except (AttributeError, TypeError):
             pass
     return fn
-

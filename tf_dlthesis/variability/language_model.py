@@ -57,7 +57,6 @@ import dataclasses
 import functools
 import math
 import os
-import sys
 import time
 
 import keras
@@ -645,6 +644,5 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
 
 def _pool(spec, corpus, threads, workers, todo, done, bar):
     """Runs `todo` in a process pool, a fresh process per run, handing each result to `done(label, result)`."""
-    start_method = "forkserver" if sys.platform != "win32" else "spawn"
     job = functools.partial(_run_lm, spec, corpus=corpus, threads=threads)
-    _process_pool(todo, job, workers, start_method, done, bar, preload=[__name__])
+    _process_pool(todo, job, workers, None, done, bar, preload=[__name__])

@@ -217,11 +217,14 @@ def _check_controls(hashes: dict, onset_epoch: int, control: tuple | None = None
 def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress, preload=()) -> None:
     """Runs `job(plan)` for every `(label, plan)` of `tasks` in a fresh process each.
 
-    Workers end with this process (`_die_with`). With the forkserver start method the
+    `start_method` None means forkserver (spawn on Windows). Workers end with this
+    process (`_die_with`). With the forkserver start method the
     server imports `tf_dlthesis` (quietly, registering its Keras objects), TF and the
     modules in `preload` once; each run is a fresh fork of it (a new process, so op
     determinism stays per run) without paying the TF import again.
     """
+    if start_method is None:
+        start_method = "forkserver" if sys.platform != "win32" else "spawn"
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(["tf_dlthesis", "tensorflow", "keras", __name__, *preload])
@@ -463,7 +466,7 @@ class _Scheduler:
     ``"run"``, ``"control"`` or ``"bit"`` (`attempt`: the draw, None unless ``"bit"``).
 
     Attributes:
-        store: Anything with `has`/`get`/`record`.
+        store: Anything with `has`/`get`/`record` (`get`: None for a run not recorded).
         experiment: Experiment key in the store.
         sources: The source names, in order.
         counts: Source -> its number of runs R.
@@ -506,8 +509,8 @@ class _Scheduler:
     def draws(self, source: str, run: int) -> list:
         """The stored draws of one bit-change run, in order (pending results or judged records)."""
         out = []
-        while self.store.has(self.experiment, self.attempt_key(source, len(out)), run):
-            out.append(self.store.get(self.experiment, self.attempt_key(source, len(out)), run))
+        while (draw := self.store.get(self.experiment, self.attempt_key(source, len(out)), run)) is not None:
+            out.append(draw)
         return out
 
     def stored_control(self) -> dict | None:
@@ -516,11 +519,16 @@ class _Scheduler:
 
     def finished(self, source: str) -> tuple[list, list]:
         """The run indices of `source` in the store and their results."""
-        run_ids = [r for r in range(self.counts[source]) if self._has(source, r)]
-        return run_ids, [self.store.get(self.experiment, self.key(source), r) for r in run_ids]
+        stored = [(r, self.store.get(self.experiment, self.key(source), r)) for r in range(self.counts[source])]
+        stored = [(r, result) for r, result in stored if result is not None]
+        return [r for r, _ in stored], [result for _, result in stored]
 
-    def judge(self, source: str, run: int, control: dict) -> None:
-        """Judges the pending draws of one bit-change run against the control; counts the first effective one."""
+    def judge(self, source: str, run: int, control: dict) -> list:
+        """Judges the pending draws of one bit-change run against the control; counts the first effective one.
+
+        Returns:
+            The run's draws as now stored (`draws`).
+        """
         history = self.draws(source, run)
         for a, record in enumerate(history):
             if not record.get("pending"):
@@ -532,7 +540,8 @@ class _Scheduler:
             history[a] = meta
             if reason is None:
                 self._accept(source, run, record, history[: a + 1])
-                return
+                break
+        return history
 
     def _accept(self, source: str, run: int, result: dict, history: list) -> None:
         """Stores an effective draw (the last of `history`) as the run."""
@@ -580,11 +589,12 @@ class _Scheduler:
         """The draw to train next for a bit-change run, or None when there is none to train now."""
         if self._has(source, run):
             return None
-        if control is not None:
-            self.judge(source, run, control)
+        if control is None:
+            history = self.draws(source, run)
+        else:
+            history = self.judge(source, run, control)
             if self._has(source, run):
                 return None
-        history = self.draws(source, run)
         if history and history[-1].get("pending"):
             return None  # judged once the control has been trained (this wave)
         if len(history) > self.redraws:
@@ -704,7 +714,8 @@ def run_protocol(
         runs: R >= 2 runs per source, or a mapping source -> R.
         labels: (N,) integer test labels.
         store: A `tf_dlthesis.experiments.ResultsStore`, a path (str or
-            `os.PathLike`) to open one on, anything with `has`/`get`/`record`, or
+            `os.PathLike`) to open one on, anything with `has`/`get`/`record`
+            (`get` returns None for a run not recorded, as `ResultsStore.get`), or
             `None` (results kept in memory: no resume).
         executor: `"local"` (process pool), `"ray"` or `"serial"`.
         experiment: Experiment key in the store.
@@ -759,8 +770,6 @@ def run_protocol(
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
     if workers is None:
         workers = max(1, min(2, os.cpu_count() or 1))
-    if start_method is None:
-        start_method = "forkserver" if sys.platform != "win32" else "spawn"
     store = _as_store(store)
     if executor == "local":
         _check_main_guard()
