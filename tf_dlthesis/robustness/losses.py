@@ -38,6 +38,7 @@ Reference:
 
 from __future__ import annotations
 
+import abc
 import warnings
 
 import keras
@@ -529,7 +530,7 @@ class _LogitLoss(keras.losses.Loss):
         return {**super().get_config(), "class_reduction": self.class_reduction}
 
 
-class _PairLoss(_LogitLoss):
+class _PairLoss(_LogitLoss, abc.ABC):
     """Base of the losses of a pair of logit tensors.
 
     Call as ``loss(clean_logits, adv_logits, sample_weight=None)``: ``y_true`` is
@@ -543,9 +544,9 @@ class _PairLoss(_LogitLoss):
         clean, adv = _logit_pair(y_true, y_pred)
         return self.pair_loss(clean, adv)
 
+    @abc.abstractmethod
     def pair_loss(self, clean_logits, adv_logits):
-        """Per-example loss of a validated pair; implemented by subclasses."""
-        raise NotImplementedError
+        """Per-example loss of a validated pair, shape (B,); every concrete subclass defines it."""
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
