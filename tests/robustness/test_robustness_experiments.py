@@ -211,3 +211,37 @@ def test_an_item_does_not_depend_on_what_ran_before(monkeypatch, tmp_path):
     after = get("fig3.2")("quick", None, store)
     assert alone.tables[0].rows == after.tables[0].rows
     assert [f.effect.to_config() for f in alone.findings] == [f.effect.to_config() for f in after.findings]
+
+
+def _evaluated(row, train_accuracies, natural=0.8):
+    """An `Evaluated` row whose runs (one per seed) have these clean training accuracies."""
+    import types
+
+    import numpy as np
+
+    runs = [types.SimpleNamespace(metrics={"train_accuracy": a}) for a in train_accuracies]
+    correct = {a: np.arange(100) < 100 * natural for a in chapter3.WHITE_BOX}
+    return chapter3.Evaluated(chapter3.spec_for(TINY, row), runs, correct, [])
+
+
+def _fit_check(rows):
+    return [c for c in chapter3._regime_checks(rows, 10) if "fits its training set" in c.name]
+
+
+def test_training_fit_check_compares_every_seed_with_pgd_training():
+    rows = {"regular": _evaluated("regular", [0.9, 0.9]), "pgd": _evaluated("pgd", [0.74, 0.76]),
+            "alp": _evaluated("alp", [0.73, 0.74]), "lrm": _evaluated("lrm", [0.70, 0.62])}
+    [check] = _fit_check(rows)          # PGD mean 75%: the worst LRM seed (62%) is 13 points below
+    assert check.passed and "75.0%" in check.name and "LRM 62.0" in check.detail and "regular" not in check.detail
+    rows["lrm"] = _evaluated("lrm", [0.64, 0.43])     # the standard run's CIFAR-10 LRM seeds
+    [check] = _fit_check(rows)
+    assert not check.passed and "LRM 43.0" in check.detail
+    del rows["pgd"]
+    assert _fit_check(rows) == []       # no reference without a PGD row
+
+
+def test_lrm_spec_names_its_clean_weight_so_a_changed_reading_gets_a_new_store_key():
+    spec = chapter3.spec_for(TINY, "lrm", "cifar100")
+    assert spec.defense["clean_weight"] == 0.0 and spec.defense["preset"] == "cifar100"   # Sec. 3.5.2
+    assert chapter3.spec_for(TINY, "lrm", clean_weight=0.5).key() != chapter3.spec_for(TINY, "lrm").key()
+    assert "clean_weight" not in chapter3.spec_for(TINY, "pgd").defense

@@ -6,9 +6,11 @@ hyperparameters as `robustness.PRESETS` ("cifar10", "cifar100", "svhn": the ALP
 weight, LRM's smoothing / mixing / beta / ratio). Rows: regular training (no
 defense), label smoothing (clean examples only), PGD adversarial training, ALP and
 LRM, the three adversarial defenses trained on adversarial examples only
-(`clean_weight=0`, Sec. 3.5.2). Identical defenses are one spec, so a model is
-trained once and shared by every item that uses it (weights kept in the results
-store). Every evaluation is per example and stored with its model (resumable):
+(`clean_weight=0`, Sec. 3.5.2: the section makes "a model (and comparable baselines)
+as robust as possible"; LRM's spec names its clean weight, so a changed reading gets
+its own store key). Identical defenses are one spec, so a model is trained once and
+shared by every item that uses it (weights kept in the results store). Every
+evaluation is per example and stored with its model (resumable):
 
 * white-box: natural, FGSM, PGD-5/10/20 (random start) on the spec's test
   subset, plus `robustness.sanity_report` on its first `sanity_examples` images.
@@ -292,8 +294,12 @@ def spec_for(setting: Setting, row: str, preset: str = "cifar10", **overrides) -
         defense = {"defense": "label_smoothing", "smoothing": s, **overrides}
         return setting.base.replace(epochs=setting.clean_epochs, stop_epoch=None, defense=defense)
     defense = {"defense": row, "preset": _canonical_preset(row, preset), "epsilon": setting.epsilon,
-               "step_size": setting.step_size, "num_steps": setting.train_steps, **overrides}
-    return setting.base.replace(defense=defense)
+               "step_size": setting.step_size, "num_steps": setting.train_steps}
+    if row == "lrm":  # the thesis states LRM's clean weight only through Sec. 3.5.2: the spec (and store key) names it
+        from tf_dlthesis.robustness import PRESETS
+
+        defense["clean_weight"] = PRESETS[preset]["lrm"]["clean_weight"]
+    return setting.base.replace(defense={**defense, **overrides})
 
 
 # ---------------------------------------------------------------------------- stored evaluations
@@ -447,6 +453,22 @@ def _sanity_for(rows: dict, suffix: str = "") -> list:
     return [c for row, ev in rows.items() for c in sanity_checks(_LABELS.get(row, row) + suffix, ev)]
 
 
+#: A defense "fits its training set" when every seed's clean training accuracy is within this many points of
+#: the PGD model's (mean over seeds): twice the largest natural-accuracy cost of LRM vs PGD in the thesis (7.3
+#: points, Table 3.1). A first version checked the final adversarial cross-entropy against chance and was
+#: dropped: on mixed inputs it stays near 2.0 (chance 2.30) even for an LRM that was the most robust row (quick,
+#: clean_weight 0.5: 87.5% natural).
+FIT_MAX_GAP_PTS = 15.0
+
+
+def _training_fits(rows: dict) -> dict:
+    """Adversarial row -> the worst seed's clean training accuracy (%); empty without a PGD row."""
+    if "pgd" not in rows:
+        return {}
+    return {row: 100.0 * min(r.metrics["train_accuracy"] for r in ev.runs)
+            for row, ev in rows.items() if row in _ADVERSARIAL and ev.runs}
+
+
 def _regime_checks(rows: dict, num_classes: int) -> list:
     """The thesis's regime: an attack that breaks the undefended model, adversarial training that works,
     and no row at chance accuracy."""
@@ -463,6 +485,14 @@ def _regime_checks(rows: dict, num_classes: int) -> list:
                             "regular model's; thesis 46.1 vs 0.0)", gain >= 20.0,
                             f"PGD-10: PGD {rows['pgd'].pct('pgd10'):.1f}% vs regular "
                             f"{rows['regular'].pct('pgd10'):.1f}%", regime=True))
+    fits = _training_fits(rows)
+    if fits:
+        pgd = 100.0 * float(np.mean([r.metrics["train_accuracy"] for r in rows["pgd"].runs]))
+        checks.append(Check(f"each adversarial defense fits its training set (every seed's clean training accuracy "
+                            f"within {FIT_MAX_GAP_PTS:g} points of PGD training's {pgd:.1f}%)",
+                            min(fits.values()) >= pgd - FIT_MAX_GAP_PTS,
+                            "clean training accuracy, worst seed (%): "
+                            + ", ".join(f"{_LABELS.get(k, k)} {v:.1f}" for k, v in fits.items())))
     low = {row: ev.pct("natural") for row, ev in rows.items()}
     checks.append(Check(f"no row at chance (natural accuracy >= 2 x chance = {2 * chance:.0f}%)",
                         min(low.values()) >= 2 * chance,
