@@ -197,7 +197,7 @@ def test_layer_training_flag_and_dict_passthrough():
 
 
 def test_layer_keras_round_trip(tmp_path):
-    inputs = {"images": keras.Input((6, 6, 1)), "labels": keras.Input((4,))}
+    inputs = {"images": keras.Input((6, 6, 1), name="images"), "labels": keras.Input((4,), name="labels")}
     outputs = MixedExample(["vh_bc_plus", "random_2x2"], seed=5, p=0.6, alpha=0.7,
                            std_floor=0.01)(inputs)
     model = keras.Model(inputs, outputs)
