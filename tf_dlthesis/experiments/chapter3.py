@@ -471,7 +471,8 @@ def _training_fits(rows: dict) -> dict:
 
 def _regime_checks(rows: dict, num_classes: int) -> list:
     """The thesis's regime: an attack that breaks the undefended model, adversarial training that works,
-    and no row at chance accuracy."""
+    every adversarial defense fitting its training set about as well as PGD training, and no row at
+    chance accuracy."""
     chance = 100.0 / num_classes
     checks = []
     if "regular" in rows:
