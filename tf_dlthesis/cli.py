@@ -153,6 +153,10 @@ def _parser():
     rep = subs["reproduce"] = sub.add_parser("reproduce", parents=[shared],
                                              help="rerun the thesis's tables and figures and write a report")
     common_run(rep)
+    rep.add_argument("--archive", type=_writable_dir, default=None, metavar="DIR",
+                     help="a folder of finished runs, one small file each, safe to commit: read into the "
+                          "store at the start, every finished run written to it after each item (resume a "
+                          "long run on another machine)")
     rep.add_argument("--only", type=_id_list, default=None, metavar="IDS",
                      help="comma-separated ids, e.g. 2.1,4.1,fig2.2")
 
@@ -294,6 +298,7 @@ def main(argv=None) -> int:
         only=only,
         tensorboard=args.tensorboard,
         progress=not args.no_progress,
+        **({"archive": args.archive} if args.command == "reproduce" else {}),
     )
     print(f"report: {os.path.abspath(path)}")
     print(f"figures: {os.path.abspath(os.path.join(args.out, 'figures'))}")

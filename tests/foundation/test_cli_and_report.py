@@ -168,7 +168,7 @@ def test_train_command_reaches_95_percent_on_digits(tmp_path):
     assert rows and abs(rows[0]["result"]["metrics"]["test_accuracy"] * 100 - accuracy) < 0.01
 
 
-def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store(tmp_path, monkeypatch):
+def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_archive(tmp_path, monkeypatch):
     from tf_dlthesis.experiments import training
 
     spec = experiments.TrainSpec(dataset="digits", model="linear", norm="none", epochs=1)
@@ -180,14 +180,25 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store(tmp_path, 
         return Output(tables=[table])
 
     try:
-        _, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.2"], tensorboard=str(tmp_path / "tb"),
-                                          progress=False)
+        first, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.2"],
+                                              tensorboard=str(tmp_path / "tb"), progress=False,
+                                              archive=str(tmp_path / "rows"))
         assert failed == 0
         assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+        assert len(list((tmp_path / "rows").rglob("*.json.gz"))) == 1  # the one training run
+        header = open(first).read().split("| id |")[0]
+        total = len(experiments.registry.select())
+        assert f"**Partial report: 1 of {total} registered items.**" in header and ", 2.1, " in header
         monkeypatch.setattr(training, "_train_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
         path, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.2"], progress=False)
         assert failed == 0, open(path).read()
         assert training.TENSORBOARD_DIR.get() is None  # TensorBoard switched off again after the run
+        # a fresh machine: a new output folder with only the committed archive
+        moved, failed = experiments.reproduce(out_dir=str(tmp_path / "fresh"), only=["T.2"], progress=False,
+                                              archive=str(tmp_path / "rows"))
+        assert failed == 0, open(moved).read()
+        table = [line for line in open(first) if line.startswith("| linear")]
+        assert table and table == [line for line in open(moved) if line.startswith("| linear")]
     finally:
         experiments.REGISTRY.pop("T.2")
 

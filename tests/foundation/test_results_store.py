@@ -89,3 +89,49 @@ def test_get_or_compute_records_once(tmp_path):
         store.get_or_compute("e", {"k": 2}, 0, 3)
     with pytest.raises(TypeError, match="dict"):
         store.get_or_compute("e", {"k": 2}, 0, lambda: [1])
+
+
+def test_export_import_rows_moves_every_run_to_a_fresh_store(tmp_path):
+    store = ResultsStore(tmp_path / "a.sqlite")
+    logits = np.random.default_rng(1).normal(size=(50, 10)).astype(np.float32)
+    store.record("ch5.runs", {"spec": {"epochs": 20, "norm": "batch"}, "seeds": [1, 2]}, 3,
+                 {"logits": logits, "variants": {"flip_tta": logits[:, ::-1]}, "acc": 0.5, "inf": float("inf")})
+    store.record("3.1/white box", {"row": "lrm"}, 0, {"pct": {"pgd10": 34.8}})
+    archive = tmp_path / "rows"
+    assert store.export_rows(archive) == 2
+    files = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*.json.gz"))
+    assert len(files) == 2 and all(" " not in f for f in files)
+    first = {p: p.read_bytes() for p in archive.rglob("*.json.gz")}
+    assert store.export_rows(archive) == 0  # nothing new: no file touched
+    store.record("3.1/white box", {"row": "pgd"}, 0, {"pct": {"pgd10": 54.9}})
+    assert store.export_rows(archive) == 1
+    assert all(p.read_bytes() == b for p, b in first.items())
+
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    assert fresh.import_rows(archive) == 3
+    assert fresh.import_rows(archive) == 0  # already held
+    got = fresh.get("ch5.runs", {"seeds": [1, 2], "spec": {"norm": "batch", "epochs": 20}}, 3)
+    assert got["logits"].tobytes() == logits.tobytes() and got["logits"].dtype == np.float32
+    assert got["variants"]["flip_tta"].tobytes() == np.ascontiguousarray(logits[:, ::-1]).tobytes()
+    assert got["acc"] == 0.5 and got["inf"] == float("inf")
+    assert fresh.get("3.1/white box", {"row": "lrm"}, 0) == {"pct": {"pgd10": 34.8}}
+    assert [r["config"] for r in fresh.rows()] == [r["config"] for r in store.rows()]  # same order
+    # exporting the imported store gives byte-identical files: the folder is stable under git
+    again = tmp_path / "again"
+    fresh.export_rows(again)
+    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*.json.gz")} == \
+        {p.relative_to(archive): p.read_bytes() for p in archive.rglob("*.json.gz")}
+
+
+def test_import_rows_bad_input(tmp_path):
+    store = ResultsStore(tmp_path / "a.sqlite")
+    with pytest.raises(ValueError, match="must be a folder written by `export_rows`"):
+        store.import_rows(tmp_path / "missing")
+    (tmp_path / "rows" / "x").mkdir(parents=True)
+    (tmp_path / "rows" / "x" / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="bad.json.gz.*is not a run exported by `export_rows`"):
+        store.import_rows(tmp_path / "rows")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="Cannot write the results archive"):
+        store.record("x", {}, 0, {})
+        store.export_rows(tmp_path / "file")

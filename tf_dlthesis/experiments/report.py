@@ -59,11 +59,13 @@ def save_figures(output: Output, out_dir) -> list:
     return paths
 
 
-def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float) -> str:
+def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float, absent=()) -> str:
     """Writes `report.md` (and figure PNGs under `figures/`) into `out_dir`.
 
     Args:
         sections: list of `(experiment, Output or None, seconds, error text or None)`.
+        absent: ids of registered items this report does not cover (named in its header,
+            so a partial report never reads as a complete one).
 
     Returns:
         The report path.
@@ -97,6 +99,11 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
         f"Regime and health checks: {n_checks - n_failed} of {n_checks} passed"
         + (f" (failed: {', '.join(failed)})" if failed else "") + ".",
         "",
+    ]
+    if absent:
+        lines += [f"**Partial report: {len(sections)} of {len(sections) + len(absent)} registered items.** Not in "
+                  f"this report: {', '.join(absent)}.", ""]
+    lines += [
         "| id | title | time (s) | status |",
         "|---|---|---|---|",
     ]
@@ -140,12 +147,17 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
 
 
 def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-dlthesis-out", only=None,
-              tensorboard=None, progress: bool = True, data_dir=None):
+              tensorboard=None, progress: bool = True, data_dir=None, archive=None):
     """Runs every registered table/figure and writes the report.
 
     Finished training runs are recorded in `out_dir/results.sqlite`, so a rerun
     (after an interruption, say) skips them. An experiment that raises is reported
     as failed and the others still run.
+
+    With `archive` (a folder), the runs it holds are read into the store first and
+    every finished run is written to it after each item (`ResultsStore.export_rows`:
+    one small file per run), so a long run can be committed to git part-way and
+    resumed on a fresh machine.
 
     Returns:
         `(report_path, number_of_failed_experiments)`.
@@ -155,8 +167,12 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     from tf_dlthesis.experiments.training import data_dir as data_dir_context
 
     experiments = select(only)
+    chosen = {exp.id for exp in experiments}
+    absent = [exp.id for exp in select() if exp.id not in chosen]
     os.makedirs(out_dir, exist_ok=True)
     store = ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    if archive is not None and os.path.isdir(archive):
+        store.import_rows(archive)
     sections = []
     start = time.time()
     from tqdm.auto import tqdm
@@ -178,10 +194,14 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
         if output is not None:
             save_figures(output, out_dir)
         sections.append((exp, output, time.time() - t0, error))
-        write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
+        if archive is not None:
+            store.export_rows(archive)
+        write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
+                     absent=absent + [e.id for e in experiments[len(sections):]])
         bar.update(1)
     bar.close()
-    path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start)
+    path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
+                        absent=absent)
     return path, sum(1 for s in sections if s[3])
 
 

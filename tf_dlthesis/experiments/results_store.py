@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -139,14 +141,10 @@ class ResultsStore:
         self._check(experiment, config, run)
         if not isinstance(result, dict):
             raise TypeError(f"`result` must be a dict. Received: result={type(result).__name__}")
-        row = (
-            experiment,
-            config_hash(config),
-            int(run),
-            json.dumps(_encode(config), sort_keys=True),
-            json.dumps(_encode(result)),
-            time.time(),
-        )
+        self._insert((experiment, config_hash(config), int(run), json.dumps(_encode(config), sort_keys=True),
+                      json.dumps(_encode(result)), time.time()))
+
+    def _insert(self, row) -> None:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -221,6 +219,83 @@ class ResultsStore:
             entry.update({k: v for k, v in row["result"].items() if not isinstance(v, (np.ndarray, list, dict))})
             flat.append(entry)
         return flat
+
+    # ------------------------------------------------------------------ archive
+    @staticmethod
+    def _archive_name(experiment: str, digest: str, run: int) -> str:
+        folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+        return os.path.join(f"{folder}-{hashlib.sha256(experiment.encode()).hexdigest()[:6]}", f"{digest}-{run}.json.gz")
+
+    def export_rows(self, folder) -> int:
+        """Writes every recorded run into `folder` as one small file per run, for version control.
+
+        Each file (`<experiment>-<id>/<config hash>-<run>.json.gz`) holds one run's
+        experiment, config and result, compressed deterministically: exporting the
+        same run twice gives the same bytes, so a folder kept in git only grows by
+        the runs that finished since the last export. `import_rows` reads it back on
+        another machine (e.g. to resume a long `reproduce` run).
+
+        Returns:
+            The number of files written (runs already in `folder` are left alone).
+
+        Raises:
+            ValueError: `folder` cannot be created or written.
+        """
+        written, conn = 0, self._connect()
+        keys = conn.execute("SELECT experiment, config_hash, run FROM results ORDER BY created, rowid").fetchall()
+        try:
+            for experiment, digest, run in keys:
+                path = os.path.join(os.fspath(folder), self._archive_name(experiment, digest, run))
+                if os.path.exists(path):  # a run's row never changes once recorded
+                    continue
+                config, result, created = conn.execute(
+                    "SELECT config, result, created FROM results WHERE experiment=? AND config_hash=? AND run=?",
+                    (experiment, digest, run)).fetchone()
+                text = json.dumps({"experiment": experiment, "run": run, "config": json.loads(config),
+                                   "result": json.loads(result), "created": created},
+                                  separators=(",", ":"))  # key order as stored: deterministic, and kept
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path + ".tmp", "wb") as fh:
+                    fh.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+                os.replace(path + ".tmp", path)
+                written += 1
+        except OSError as err:
+            raise ValueError(f"Cannot write the results archive at {os.fspath(folder)!r}: {err}") from None
+        return written
+
+    def import_rows(self, folder) -> int:
+        """Records every run of an `export_rows` folder that this store does not hold yet.
+
+        Returns:
+            The number of runs added.
+
+        Raises:
+            ValueError: `folder` is not a folder, or holds a file that is not an exported run
+                (named in the message).
+        """
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
+        added = 0
+        for root, _, files in sorted(os.walk(folder)):
+            for name in sorted(files):
+                if not name.endswith(".json.gz"):
+                    continue
+                path = os.path.join(root, name)
+                try:
+                    with open(path, "rb") as fh:
+                        row = json.loads(gzip.decompress(fh.read()))
+                    experiment, run, config, result = row["experiment"], row["run"], row["config"], row["result"]
+                    decoded = _decode(config)
+                    self._check(experiment, decoded, run)
+                except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
+                if not self.has(experiment, decoded, run):
+                    # the exported JSON is the stored JSON: re-encoding would give the same text
+                    self._insert((experiment, config_hash(decoded), int(run), json.dumps(config, sort_keys=True),
+                                  json.dumps(result), float(row.get("created", time.time()))))
+                    added += 1
+        return added
 
     def __repr__(self):
         return f"ResultsStore({self.path!r})"
