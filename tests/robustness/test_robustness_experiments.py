@@ -89,7 +89,8 @@ def test_specs_share_identical_defenses_across_presets():
     # PGD is the same under every preset, and so is ALP under SVHN (no SVHN weight in the thesis)
     assert chapter3.spec_for(q, "pgd", "svhn").key() == chapter3.spec_for(q, "pgd", "cifar10").key()
     assert chapter3.spec_for(q, "alp", "svhn").key() == chapter3.spec_for(q, "alp", "cifar10").key()
-    assert chapter3.spec_for(q, "alp", "cifar100").defense["preset"] == "cifar100"
+    assert chapter3.spec_for(q, "alp", "cifar100").defense["pairing_weight"] == 5.0   # Sec. 3.5.2
+    assert chapter3.spec_for(q, "alp", "cifar10").defense["pairing_weight"] == 0.5
     lrm = {p: chapter3.spec_for(q, "lrm", p).key() for p in ("cifar10", "cifar100", "svhn")}
     assert len(set(lrm.values())) == 3
     assert chapter3.spec_for(q, "label_smoothing", "svhn").defense == {"defense": "label_smoothing", "smoothing": 0.2}
@@ -240,8 +241,18 @@ def test_training_fit_check_compares_every_seed_with_pgd_training():
     assert _fit_check(rows) == []       # no reference without a PGD row
 
 
-def test_lrm_spec_names_its_clean_weight_so_a_changed_reading_gets_a_new_store_key():
+def test_specs_name_every_resolved_defense_value_so_a_changed_value_gets_a_new_store_key(monkeypatch):
+    from tf_dlthesis.robustness import robust_model
+
     spec = chapter3.spec_for(TINY, "lrm", "cifar100")
-    assert spec.defense["clean_weight"] == 0.0 and spec.defense["preset"] == "cifar100"   # Sec. 3.5.2
+    assert "preset" not in spec.defense
+    # the thesis's CIFAR-100 LRM (Sec. 3.5.2): adversarial examples only, VH-mixup, s = 0.1, beta 3e-5, ratio 0.95
+    assert {k: spec.defense[k] for k in ("clean_weight", "mixing", "smoothing", "beta", "ratio")} == \
+        {"clean_weight": 0.0, "mixing": "vh_mixup", "smoothing": 0.1, "beta": 3e-5, "ratio": 0.95}
     assert chapter3.spec_for(TINY, "lrm", clean_weight=0.5).key() != chapter3.spec_for(TINY, "lrm").key()
-    assert "clean_weight" not in chapter3.spec_for(TINY, "pgd").defense
+    assert chapter3.spec_for(TINY, "pgd").defense["clean_weight"] == 0.0
+    before = chapter3.spec_for(TINY, "lrm", "cifar10").key()
+    changed = {**robust_model.PRESETS, "cifar10": {**robust_model.PRESETS["cifar10"],
+                                                   "lrm": {**robust_model.PRESETS["cifar10"]["lrm"], "beta": 1e-2}}}
+    monkeypatch.setattr(robust_model, "PRESETS", changed)   # a corrected preset value ...
+    assert chapter3.spec_for(TINY, "lrm", "cifar10").key() != before   # ... is a new store key, never a stale read
