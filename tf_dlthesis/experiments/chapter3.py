@@ -69,8 +69,9 @@ was seen:
     pad-and-crop + flip augmentation as the thesis's "random crops and flips".
   - length: 10,000 stratified training images, PGD-5 adversarial training
     (the thesis's smallest PGD; a step costs ~(k+1)x a clean one), 30 epochs
-    adversarial / 60 clean (the thesis's 101 / 200 ratio), ~2 h for the chapter
-    on 2 cores. The first standard run used 10 / 20 epochs (sized to a 90-minute
+    adversarial / 60 clean (the thesis's 101 / 200 ratio), ~3.3 h for the
+    chapter on 2 cores (Tables 3.1-3.5 measured 127 min; one PGD-5 model
+    ~6.5 min, one clean model ~3.3 min). The first standard run used 10 / 20 epochs (sized to a 90-minute
     budget): there LRM fit only 37-45% of its training set against PGD
     training's 74.5%, failing the regime check "each adversarial defense fits
     its training set"; a pilot of LRM alone at 30 epochs (regime only, no
