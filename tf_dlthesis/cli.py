@@ -298,7 +298,7 @@ def main(argv=None) -> int:
         only=only,
         tensorboard=args.tensorboard,
         progress=not args.no_progress,
-        **({"archive": args.archive} if args.command == "reproduce" else {}),
+        archive=getattr(args, "archive", None),  # reproduce only
     )
     print(f"report: {os.path.abspath(path)}")
     print(f"figures: {os.path.abspath(os.path.join(args.out, 'figures'))}")

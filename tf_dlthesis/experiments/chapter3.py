@@ -11,8 +11,8 @@ as robust as possible"). Each adversarial row's spec names every defense paramet
 `RobustModel` resolves it from the preset (`resolved_defense`), so a changed value
 gets its own store key and identical defenses under different presets are one spec:
 a model is trained once and shared by every item that uses it (weights kept in the
-results store). Every
-evaluation is per example and stored with its model (resumable):
+results store). Every evaluation is per example and stored with its model
+(resumable):
 
 * white-box: natural, FGSM, PGD-5/10/20 (random start) on the spec's test
   subset, plus `robustness.sanity_report` on its first `sanity_examples` images.
@@ -71,8 +71,9 @@ was seen:
     (the thesis's smallest PGD; a step costs ~(k+1)x a clean one), 30 epochs
     adversarial / 60 clean (the thesis's 101 / 200 ratio), ~3.3 h for the
     chapter on 2 cores (Tables 3.1-3.5 measured 127 min; one PGD-5 model
-    ~6.5 min, one clean model ~3.3 min). The first standard run used 10 / 20 epochs (sized to a 90-minute
-    budget): there LRM fit only 37-45% of its training set against PGD
+    ~6.5 min, one clean model ~3.3 min). The first standard run used 10 / 20
+    epochs (sized to a 90-minute budget): there LRM fit only 37-45% of its
+    training set against PGD
     training's 74.5%, failing the regime check "each adversarial defense fits
     its training set"; a pilot of LRM alone at 30 epochs (regime only, no
     attack run) fit 72%. Every row trains that long, so the comparison stays

@@ -276,12 +276,15 @@ class ResultsStore:
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
+        # runs already held are skipped by file name (as `export_rows` does), without reading them
+        held = {self._archive_name(*key) for key in
+                self._connect().execute("SELECT experiment, config_hash, run FROM results").fetchall()}
         added = 0
         for root, _, files in sorted(os.walk(folder)):
             for name in sorted(files):
-                if not name.endswith(".json.gz"):
-                    continue
                 path = os.path.join(root, name)
+                if not name.endswith(".json.gz") or os.path.relpath(path, folder) in held:
+                    continue
                 try:
                     with open(path, "rb") as fh:
                         row = json.loads(gzip.decompress(fh.read()))
@@ -290,7 +293,7 @@ class ResultsStore:
                     self._check(experiment, decoded, run)
                 except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
                     raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
-                if not self.has(experiment, decoded, run):
+                if not self.has(experiment, decoded, run):  # held under another file name (a renamed file)
                     # the exported JSON is the stored JSON: re-encoding would give the same text
                     self._insert((experiment, config_hash(decoded), int(run), json.dumps(config, sort_keys=True),
                                   json.dumps(result), float(row.get("created", time.time()))))
