@@ -185,7 +185,8 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_arc
                                               archive=str(tmp_path / "rows"))
         assert failed == 0
         assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
-        assert len(list((tmp_path / "rows").rglob("*.json.gz"))) == 1  # the one training run
+        # the one training run, and the item's compute time (one row per process that computed)
+        assert len(list((tmp_path / "rows").rglob("*.json.gz"))) == 2
         header = open(first).read().split("| id |")[0]
         total = len(experiments.registry.select())
         assert f"**Partial report: 1 of {total} registered items.**" in header and ", 2.1, " in header
@@ -199,8 +200,30 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_arc
         assert failed == 0, open(moved).read()
         table = [line for line in open(first) if line.startswith("| linear")]
         assert table and table == [line for line in open(moved) if line.startswith("| linear")]
+        # the resumed reports show the item's recorded compute time, not the read-back time
+        timing = [line for line in open(first) if line.startswith("| T.2 |")]
+        assert timing == [line for line in open(path) if line.startswith("| T.2 |")]
+        assert timing == [line for line in open(moved) if line.startswith("| T.2 |")]
     finally:
         experiments.REGISTRY.pop("T.2")
+
+
+def test_item_compute_seconds_add_up_over_processes_and_survive_the_archive(tmp_path):
+    from tf_dlthesis.experiments import report
+
+    store = experiments.ResultsStore(tmp_path / "a.sqlite")
+    exp = experiments.registry.get("2.1")
+    assert report.item_seconds(store, "standard", None, exp) == 0.0
+    assert report.record_item_seconds(store, "standard", None, exp, 100.0) == 100.0
+    assert report.record_item_seconds(store, "standard", None, exp, 20.5) == 120.5
+    assert report.item_seconds(store, "quick", None, exp) == 0.0  # per scale
+    assert report.item_seconds(store, "standard", "fashion_mnist", exp) == 120.5  # the scale's default dataset
+    with pytest.raises(ValueError, match="seconds"):
+        report.record_item_seconds(store, "standard", None, exp, -1.0)
+    store.export_rows(tmp_path / "rows")
+    fresh = experiments.ResultsStore(tmp_path / "b.sqlite")
+    fresh.import_rows(tmp_path / "rows")
+    assert len(fresh) == 2 and report.item_seconds(fresh, "standard", None, exp) == 120.5
 
 
 def test_progress_off_a_terminal_prints_the_final_count_once(tmp_path, capsys):

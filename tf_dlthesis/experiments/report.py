@@ -59,11 +59,46 @@ def save_figures(output: Output, out_dir) -> list:
     return paths
 
 
+#: The store's experiment name for the compute time of a `reproduce` item (one run per
+#: process that trained or evaluated part of it), so resumed runs keep their times.
+ITEM_SECONDS = "reproduce.item_seconds"
+
+
+def _item_key(scale, dataset, exp) -> dict:
+    return {"scale": scale, "dataset": dataset or DEFAULT_DATASETS[scale], "item": exp.id}
+
+
+def item_seconds(store, scale: str, dataset, exp) -> float:
+    """The compute seconds recorded in `store` for item `exp` (0 if none)."""
+    key, total, run = _item_key(scale, dataset, exp), 0.0, 0
+    while (row := store.get(ITEM_SECONDS, key, run)) is not None:
+        total, run = total + float(row["seconds"]), run + 1
+    return total
+
+
+def record_item_seconds(store, scale: str, dataset, exp, seconds: float) -> float:
+    """Adds one process's compute `seconds` for item `exp` to `store`; returns the item's total.
+
+    Each process's share is its own row (a recorded row never changes, so an
+    exported archive only grows), and the total is their sum.
+    """
+    if not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ValueError(f"`seconds` must be a number >= 0. Received: seconds={seconds!r}")
+    key, run = _item_key(scale, dataset, exp), 0
+    while store.has(ITEM_SECONDS, key, run):
+        run += 1
+    store.record(ITEM_SECONDS, key, run, {"seconds": float(seconds)})
+    return item_seconds(store, scale, dataset, exp)
+
+
 def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float, absent=()) -> str:
     """Writes `report.md` (and figure PNGs under `figures/`) into `out_dir`.
 
     Args:
-        sections: list of `(experiment, Output or None, seconds, error text or None)`.
+        sections: list of `(experiment, Output or None, seconds, error text or None)`;
+            `seconds` is the item's compute time (`reproduce`: summed over the
+            processes that computed part of it, so a resumed item keeps its time).
+        total_seconds: this process's wall time.
         absent: ids of registered items this report does not cover (named in its header,
             so a partial report never reads as a complete one).
 
@@ -82,11 +117,15 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
             if not check.passed:
                 failed.append(f"{exp.id}: {check.name}")
     n_failed = len(failed)
+    compute = sum(seconds for _, _, seconds, _ in sections)
     lines = [
         "# tf_dlthesis reproduction report",
         "",
         f"Scale `{scale}`, dataset `{dataset or DEFAULT_DATASETS[scale]}`; generated {datetime.datetime.now().isoformat(timespec='seconds')} "
-        f"in {total_seconds / 60:.1f} min. Thesis numbers come from `thesis_tables.json`; "
+        f"in {total_seconds / 60:.1f} min"
+        + (f" (the items' compute time, including earlier processes of a resumed run: {compute / 60:.1f} min)"
+           if compute > total_seconds + 60 else "")
+        + ". Thesis numbers come from `thesis_tables.json`; "
         "verdicts are computed from the numbers below.",
         "",
         "Verdicts: " + (", ".join(f"{v}: {verdicts[v]}" for v in VERDICTS if v in verdicts) or "none"),
@@ -159,6 +198,11 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     one small file per run), so a long run can be committed to git part-way and
     resumed on a fresh machine.
 
+    Each item's time in the report is its compute time: the seconds of every
+    process that trained or evaluated part of it, recorded in the store (and so in
+    the archive) under `ITEM_SECONDS`. An item read back entirely from the store
+    shows its recorded time.
+
     Returns:
         `(report_path, number_of_failed_experiments)`.
     """
@@ -184,7 +228,7 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     for exp in experiments:
         bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}", refresh=interactive)
         runtime.configure(seed=0, deterministic=True)
-        t0 = time.time()
+        t0, held = time.time(), len(store)
         try:
             with data_dir_context(data_dir):
                 output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
@@ -193,7 +237,11 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
             bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
         if output is not None:
             save_figures(output, out_dir)
-        sections.append((exp, output, time.time() - t0, error))
+        seconds = time.time() - t0
+        if error is None:  # a failed item's time is not the item's cost
+            seconds = (record_item_seconds(store, scale, dataset, exp, seconds) if len(store) > held
+                       else item_seconds(store, scale, dataset, exp) or seconds)  # read back: its recorded time
+        sections.append((exp, output, seconds, error))
         if archive is not None:
             store.export_rows(archive)
         write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
@@ -205,4 +253,5 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     return path, sum(1 for s in sections if s[3])
 
 
-__all__ = ["Output", "reproduce", "save_figures", "write_report"]
+__all__ = ["ITEM_SECONDS", "Output", "item_seconds", "record_item_seconds", "reproduce", "save_figures",
+           "write_report"]

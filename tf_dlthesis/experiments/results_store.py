@@ -193,6 +193,10 @@ class ResultsStore:
             self.record(experiment, config, run, result)
         return result
 
+    def __len__(self) -> int:
+        """The number of recorded runs (of every experiment)."""
+        return int(self._connect().execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
     def rows(self, experiment: str | None = None) -> list[dict]:
         """All recorded runs (of one experiment, or all), oldest first.
 
