@@ -22,6 +22,14 @@ to TF's auto-clustering, `tf.config.optimizer.set_jit`); `None` picks XLA when a
 is visible and not on CPU, where compiling small models costs more than it saves.
 (Keras's own default, `"auto"`, picks XLA even on CPU.)
 
+XLA and op determinism do not mix in `Model.fit`: Keras 3 (TensorFlow backend)
+turns `compile(jit_compile=True)` off whenever op determinism is on, with only a
+warning ("Model doesn't support `jit_compile=True`"; `keras.src.trainers.trainer.
+model_supports_jit`). `jit_compile()` therefore answers `False` under op
+determinism, and `configure(deterministic=True, jit=True)` warns: deterministic
+training runs without XLA. The library's own `tf.function(jit_compile=True)` cores
+(the mixing stage, `MixedExample`) are not affected.
+
 Reference: Thesis Ch. 5, Sec. 5.2 (sources of nondeterminism); arXiv:2103.04514.
 """
 
@@ -62,8 +70,9 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
             auto-clustering; `None` keeps the current choice.
 
     Returns:
-        A dict of what is now in force: `seed`, `deterministic`, `jit`,
-        `xla_flags`, `tf_deterministic_ops`.
+        A dict of what is now in force: `seed`, `deterministic`, `jit` (the
+        choice), `fit_jit` (whether the library's `Model.fit` calls use XLA:
+        `jit_compile()`), `xla_flags`, `tf_deterministic_ops`.
 
     Raises:
         TypeError: if `seed` is not an int, or the flags are not bools.
@@ -107,11 +116,18 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
     if jit is not None:
         tf.config.optimizer.set_jit("autoclustering" if jit else False)
         _STATE["jit"] = jit
+    if deterministic and _STATE["jit"]:
+        import warnings
+
+        warnings.warn("configure(deterministic=True, jit=True): Keras 3 compiles no model with XLA while op "
+                      "determinism is on (`compile(jit_compile=True)` falls back to `False`), so `Model.fit` "
+                      "runs without XLA; `runtime.jit_compile()` returns False.", UserWarning, stacklevel=2)
 
     return {
         "seed": _STATE["seed"],
         "deterministic": _STATE["deterministic"],
         "jit": _STATE["jit"],
+        "fit_jit": jit_compile(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "tf_deterministic_ops": os.environ.get("TF_DETERMINISTIC_OPS", "0") == "1",
     }
@@ -121,8 +137,11 @@ def jit_compile() -> bool:
     """The `jit_compile` value the library's own `compile` calls use.
 
     Until `configure(jit=...)` forces a choice: `True` when a GPU is visible,
-    else `False`.
+    else `False`. Always `False` while op determinism is on: Keras 3 would turn
+    `jit_compile=True` off anyway (module docstring).
     """
+    if is_deterministic():
+        return False
     if _STATE["jit"] is None:
         return bool(tf.config.list_physical_devices("GPU"))
     return _STATE["jit"]

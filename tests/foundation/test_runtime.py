@@ -33,6 +33,28 @@ def test_jit_compile_default_is_off_on_cpu():
     assert runtime.jit_compile() is False
 
 
+def test_op_determinism_turns_keras_xla_off_and_jit_compile_says_so():
+    import keras
+    import tensorflow as tf
+
+    try:
+        with pytest.warns(UserWarning, match="without XLA"):
+            settings = runtime.configure(seed=0, deterministic=True, jit=True)
+        assert settings["jit"] is True and settings["fit_jit"] is False and runtime.jit_compile() is False
+        # the Keras behaviour the rule rests on: compile(jit_compile=True) falls back to False
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        with pytest.warns(UserWarning, match="jit_compile"):
+            model.compile("sgd", "mse", jit_compile=True)
+        assert model.jit_compile is False
+        off = runtime.configure(deterministic=False)
+        assert off["fit_jit"] is True and runtime.jit_compile() is True
+        model.compile("sgd", "mse", jit_compile=True)
+        assert model.jit_compile is True
+    finally:
+        runtime._STATE["jit"] = None
+        tf.config.optimizer.set_jit(False)
+
+
 def _train_once():
     from tf_dlthesis.experiments import TrainSpec, train
 
