@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -117,8 +118,6 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
         tf.config.optimizer.set_jit("autoclustering" if jit else False)
         _STATE["jit"] = jit
     if deterministic and _STATE["jit"]:
-        import warnings
-
         warnings.warn("configure(deterministic=True, jit=True): Keras 3 compiles no model with XLA while op "
                       "determinism is on (`compile(jit_compile=True)` falls back to `False`), so `Model.fit` "
                       "runs without XLA; `runtime.jit_compile()` returns False.", UserWarning, stacklevel=2)

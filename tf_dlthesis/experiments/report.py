@@ -68,12 +68,17 @@ def _item_key(scale, dataset, exp) -> dict:
     return {"scale": scale, "dataset": dataset or DEFAULT_DATASETS[scale], "item": exp.id}
 
 
-def item_seconds(store, scale: str, dataset, exp) -> float:
-    """The compute seconds recorded in `store` for item `exp` (0 if none)."""
-    key, total, run = _item_key(scale, dataset, exp), 0.0, 0
+def _recorded(store, key) -> tuple:
+    """`(total seconds, number of rows)` recorded under `ITEM_SECONDS` for `key`."""
+    total, run = 0.0, 0
     while (row := store.get(ITEM_SECONDS, key, run)) is not None:
         total, run = total + float(row["seconds"]), run + 1
-    return total
+    return total, run
+
+
+def item_seconds(store, scale: str, dataset, exp) -> float:
+    """The compute seconds recorded in `store` for item `exp` (0 if none)."""
+    return _recorded(store, _item_key(scale, dataset, exp))[0]
 
 
 def record_item_seconds(store, scale: str, dataset, exp, seconds: float) -> float:
@@ -84,11 +89,10 @@ def record_item_seconds(store, scale: str, dataset, exp, seconds: float) -> floa
     """
     if not isinstance(seconds, (int, float)) or not seconds >= 0:
         raise ValueError(f"`seconds` must be a number >= 0. Received: seconds={seconds!r}")
-    key, run = _item_key(scale, dataset, exp), 0
-    while store.has(ITEM_SECONDS, key, run):
-        run += 1
+    key = _item_key(scale, dataset, exp)
+    total, run = _recorded(store, key)
     store.record(ITEM_SECONDS, key, run, {"seconds": float(seconds)})
-    return item_seconds(store, scale, dataset, exp)
+    return total + float(seconds)
 
 
 def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float, absent=()) -> str:
