@@ -158,7 +158,8 @@ def _parser():
                           "store at the start, every finished run written to it after each item (resume a "
                           "long run on another machine)")
     rep.add_argument("--only", type=_id_list, default=None, metavar="IDS",
-                     help="comma-separated ids, e.g. 2.1,4.1,fig2.2")
+                     help="comma-separated ids, e.g. 2.1,4.1,fig2.2; they run and are reported in report order "
+                          "(`tf-dlthesis list`), whatever the order given")
 
     for kind, example in (("table", "2.1"), ("figure", "4.1")):
         one = subs[kind] = sub.add_parser(kind, parents=[shared], help=f"reproduce one {kind} (e.g. `{kind} {example}`)")

@@ -137,6 +137,13 @@ def test_report_has_thesis_beside_ours_figures_and_verdicts(tmp_path):
         experiments.REGISTRY.pop("T.1")
 
 
+def test_only_selects_in_report_order_whatever_the_order_given():
+    every = experiments.registry.all_ids()
+    picked = [every[-1], every[0], every[len(every) // 2]]
+    chosen = [e.id for e in experiments.registry.select(picked)]
+    assert chosen == [i for i in every if i in picked] and chosen != picked
+
+
 def test_finding_verdicts_are_validated():
     assert Finding.not_comparable("c", "reason").verdict == "not comparable at this scale"
     with pytest.raises(ValueError, match="verdict"):
