@@ -38,7 +38,10 @@ before any verdict was seen:
   epochs) and a second length of 20 epochs for Table B.3, R = 10 per row. One
   10-epoch run measured 100 CPU-s (1 thread, busy machine) and reached test
   perplexity 109 (0.45 x unigram); the three tables need ~91 such run-equivalents,
-  ~75 minutes on 2 workers.
+  estimated at ~75 minutes on 2 workers. Measured in the committed standard run
+  (2 idle cores, 2 workers): Table 5.2's 30 runs 48.0 min, Table 5.4's 15 (10
+  effective bit changes, 4 replaced draws, the control) 27.5 min, i.e. ~3.3 min
+  per 10-epoch run per worker, so the three tables need ~2.5 h, not 75 minutes.
 * full - the thesis's sizes on the whole corpus: vocabulary 10,000 (Penn
   Treebank's), 256-dimensional embeddings, 3 x 512 LSTM layers (the thesis's
   QRNN), 500 and 1,000 epochs, R = 100. Declared for a GPU, never run here.
