@@ -41,7 +41,9 @@ before any verdict was seen:
   estimated at ~75 minutes on 2 workers. Measured in the committed standard run
   (2 idle cores, 2 workers): Table 5.2's 30 runs 48.0 min, Table 5.4's 15 (10
   effective bit changes, 4 replaced draws, the control) 27.5 min, i.e. ~3.3 min
-  per 10-epoch run per worker, so the three tables need ~2.5 h, not 75 minutes.
+  per 10-epoch run per worker, and Table B.3's 30 (10 single runs of 20 epochs,
+  10 snapshot ensembles each of 10 and 20 epochs; its 10-epoch single runs are
+  Table 5.2's) 83.7 min: 159 min for the three tables, not 75.
 * full - the thesis's sizes on the whole corpus: vocabulary 10,000 (Penn
   Treebank's), 256-dimensional embeddings, 3 x 512 LSTM layers (the thesis's
   QRNN), 500 and 1,000 epochs, R = 100. Declared for a GPU, never run here.
