@@ -291,16 +291,24 @@ def main(argv=None) -> int:
     # reproduce / table / figure
     only = args.only if args.command == "reproduce" else [experiments.get(args.id).id]
     os.makedirs(args.out, exist_ok=True)
-    path, failed = experiments.reproduce(
-        scale=args.scale,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        only=only,
-        tensorboard=args.tensorboard,
-        progress=not args.no_progress,
-        archive=getattr(args, "archive", None),  # reproduce only
-    )
+    try:
+        path, failed = experiments.reproduce(
+            scale=args.scale,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            out_dir=args.out,
+            only=only,
+            tensorboard=args.tensorboard,
+            progress=not args.no_progress,
+            archive=getattr(args, "archive", None),  # reproduce only
+        )
+    except KeyboardInterrupt:
+        kept = os.path.abspath(os.path.join(args.out, "results.sqlite"))
+        if getattr(args, "archive", None):
+            kept += f" and {os.path.abspath(args.archive)}"
+        print(f"tf-dlthesis: stopped. Finished runs and their compute time are kept in {kept}; "
+              f"run the same command again to resume.", file=sys.stderr)
+        return 130
     print(f"report: {os.path.abspath(path)}")
     print(f"figures: {os.path.abspath(os.path.join(args.out, 'figures'))}")
     print(f"results: {os.path.abspath(os.path.join(args.out, 'results.sqlite'))}")

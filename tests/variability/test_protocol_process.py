@@ -33,25 +33,8 @@ def _env():
     return env
 
 
-def _session_members(sid):
-    """Pids of live (not zombie) processes whose session id is `sid` (Linux /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            pids.append(int(entry))
-    return pids
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path):
+def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path, process_session):
     marker = tmp_path / "started"
     script = tmp_path / "protocol.py"
     script.write_text(textwrap.dedent(f"""
@@ -67,31 +50,17 @@ def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path):
         if __name__ == "__main__":
             run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, workers=2, progress=False)
     """))
-    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while not marker.exists() and time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.2)
-        assert marker.exists(), "no worker started a run"
-        time.sleep(0.5)
-        family = _session_members(proc.pid)
-        assert len(family) >= 4, family  # the protocol, its forkserver, resource tracker and >= 1 worker
-        os.kill(proc.pid, signal.SIGKILL)  # the protocol's process only, as an OOM killer or `kill -9` would
-        proc.wait(timeout=10)
-        deadline = time.time() + 10
-        while _session_members(proc.pid) and time.time() < deadline:
-            time.sleep(0.2)
-        left = _session_members(proc.pid)
-        assert not left, [pathlib.Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
-        assert "the protocol's process" in proc.stderr.read().decode()  # the workers said why they stopped
-    finally:
-        for pid in _session_members(proc.pid):  # never leave anything behind, even on failure
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    proc = process_session.start([sys.executable, str(script)], env=_env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+    process_session.wait_for(marker, proc, timeout=60)  # a worker started a run
+    time.sleep(0.5)
+    family = process_session.members(proc.pid)
+    assert len(family) >= 4, family  # the protocol, its forkserver, resource tracker and >= 1 worker
+    os.kill(proc.pid, signal.SIGKILL)  # the protocol's process only, as an OOM killer or `kill -9` would
+    proc.wait(timeout=10)
+    left = process_session.wait_gone(proc.pid)
+    assert not left, [pathlib.Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
+    assert "the protocol's process" in proc.stderr.read().decode()  # the workers said why they stopped
 
 
 _PROTOCOL_CALLS = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -189,6 +192,43 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
     return path
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within: SIGTERM (`kill PID`, a batch system's stop) raises KeyboardInterrupt, as Ctrl-C does.
+
+    Only in the main thread (the only one Python delivers signals to); the previous
+    handler comes back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _keep_stopped_item(store, scale, dataset, exp, t0: float, held: int, archive) -> None:
+    """What `reproduce` keeps of an item stopped part-way: its finished runs and their compute time.
+
+    The item's share of this process is the time up to its last recorded run: the
+    runs cut short are lost and will be trained again by the resuming process, so
+    their time is not the item's cost. `t0` None: the item's time is already recorded
+    (the stop came while its figures, archive or report were being written). The
+    archive then gets every finished run.
+    """
+    last = store.last_created(exclude=ITEM_SECONDS)
+    if t0 is not None and len(store) > held and last is not None and last > t0:
+        record_item_seconds(store, scale, dataset, exp, last - t0)
+    if archive is not None:
+        store.export_rows(archive)
+
+
 def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-dlthesis-out", only=None,
               tensorboard=None, progress: bool = True, data_dir=None, archive=None):
     """Runs every registered table/figure and writes the report.
@@ -206,6 +246,12 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     process that trained or evaluated part of it, recorded in the store (and so in
     the archive) under `ITEM_SECONDS`. An item read back entirely from the store
     shows its recorded time.
+
+    Stopping a run (Ctrl-C, or SIGTERM from `kill` or a batch system) keeps its work:
+    the running item's finished runs stay in the store, its compute time up to its
+    last finished run is recorded, the archive (if any) is written, running training
+    workers are ended, and KeyboardInterrupt propagates. The report on disk is the one
+    written after the last finished item. Rerunning the same call resumes.
 
     Returns:
         `(report_path, number_of_failed_experiments)`.
@@ -229,28 +275,35 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     interactive = sys.stderr.isatty()
     bar = tqdm(total=len(experiments), desc="reproduce", unit="item", disable=not progress,
                mininterval=0.1 if interactive else float("inf"))
-    for exp in experiments:
-        bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}", refresh=interactive)
-        runtime.configure(seed=0, deterministic=True)
-        t0, held = time.time(), len(store)
-        try:
-            with data_dir_context(data_dir):
-                output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
-        except Exception:  # keep going: one failure must not lose the others' results
-            output, error = None, traceback.format_exc(limit=8)
-            bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
-        if output is not None:
-            save_figures(output, out_dir)
-        seconds = time.time() - t0
-        if error is None:  # a failed item's time is not the item's cost
-            seconds = (record_item_seconds(store, scale, dataset, exp, seconds) if len(store) > held
-                       else item_seconds(store, scale, dataset, exp) or seconds)  # read back: its recorded time
-        sections.append((exp, output, seconds, error))
-        if archive is not None:
-            store.export_rows(archive)
-        write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
-                     absent=absent + [e.id for e in experiments[len(sections):]])
-        bar.update(1)
+    with _sigterm_as_interrupt():
+        for exp in experiments:
+            bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}", refresh=interactive)
+            runtime.configure(seed=0, deterministic=True)
+            t0, held, timed = time.time(), len(store), False
+            try:
+                try:
+                    with data_dir_context(data_dir):
+                        output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
+                except Exception:  # keep going: one failure must not lose the others' results
+                    output, error = None, traceback.format_exc(limit=8)
+                    bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
+                if output is not None:
+                    save_figures(output, out_dir)
+                seconds = time.time() - t0
+                if error is None and len(store) > held:  # a failed item's time is not the item's cost
+                    seconds, timed = record_item_seconds(store, scale, dataset, exp, seconds), True
+                elif error is None:  # read back: its recorded time
+                    seconds = item_seconds(store, scale, dataset, exp) or seconds
+                sections.append((exp, output, seconds, error))
+                if archive is not None:
+                    store.export_rows(archive)
+                write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
+                             absent=absent + [e.id for e in experiments[len(sections):]])
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what this item finished, then stop
+                bar.close()
+                _keep_stopped_item(store, scale, dataset, exp, None if timed else t0, held, archive)
+                raise
+            bar.update(1)
     bar.close()
     path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
                         absent=absent)

@@ -197,6 +197,15 @@ class ResultsStore:
         """The number of recorded runs (of every experiment)."""
         return int(self._connect().execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
+    def last_created(self, *, exclude: str | None = None) -> float | None:
+        """When the newest run was recorded (seconds since the epoch), not counting experiment
+        `exclude`; None for an empty store."""
+        query, args = "SELECT MAX(created) FROM results", ()
+        if exclude is not None:
+            query, args = query + " WHERE experiment != ?", (exclude,)
+        value = self._connect().execute(query, args).fetchone()[0]
+        return None if value is None else float(value)
+
     def rows(self, experiment: str | None = None) -> list[dict]:
         """All recorded runs (of one experiment, or all), oldest first.
 

@@ -228,9 +228,20 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(["tf_dlthesis", "tensorflow", "keras", __name__, *preload])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1,
-                             initializer=_die_with, initargs=(os.getpid(),)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1,
+                               initializer=_die_with, initargs=(os.getpid(),))
+    try:
         _collect({pool.submit(job, plan): label for label, plan in tasks}, on_done, progress)
+    except BaseException:
+        # Stopped (Ctrl-C, SIGTERM) or failed: end the running workers now rather than wait
+        # for their training to finish (a 5-minute run would hold the stop that long). Their
+        # unfinished runs are lost either way; the finished ones are already with `on_done`.
+        # Python < 3.14 has no public way to stop a pool's workers.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, progress):

@@ -1,0 +1,153 @@
+"""Stopping `reproduce` part-way (Ctrl-C, SIGTERM) keeps the running item's finished runs,
+records its compute time up to its last finished run, writes the archive, ends the
+training workers at once, and a rerun resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tf_dlthesis import experiments
+from tf_dlthesis.experiments import Output, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _register_stopping_item(item_id, calls):
+    """An item that records two runs, works 0.4 s more, and is then interrupted (first call only)."""
+
+    @experiments.register(item_id, title="stopped part-way", chapter="T", quick_minutes=0.0)
+    def _item(scale, dataset, store, *, out=None):
+        calls.append(time.time())
+        for run in (0, 1):
+            store.get_or_compute("T.stop", {"x": 1}, run, lambda: {"value": float(run)})
+        if len(calls) == 1:
+            time.sleep(0.4)  # a third run in progress when the stop comes
+            raise KeyboardInterrupt
+        return Output([], [], [], [])
+
+
+def test_a_stopped_item_keeps_its_runs_and_its_time_up_to_the_last_run(tmp_path):
+    calls = []
+    _register_stopping_item("T.s0", calls)
+    try:
+        before = time.time()
+        with pytest.raises(KeyboardInterrupt):
+            experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.s0"], progress=False,
+                                  archive=str(tmp_path / "rows"))
+        elapsed = time.time() - before
+        store = experiments.ResultsStore(tmp_path / "out" / "results.sqlite")
+        assert [row["run"] for row in store.rows("T.stop")] == [0, 1]
+        seconds = report.item_seconds(store, "quick", None, experiments.get("T.s0"))
+        # the share up to the second run: it excludes the 0.4 s of work that was lost
+        assert 0.0 < seconds <= elapsed - 0.4
+        # the archive holds both runs and the time row: a fresh machine resumes from it
+        assert len(list((tmp_path / "rows").rglob("*.json.gz"))) == 3
+        fresh = experiments.ResultsStore(tmp_path / "fresh.sqlite")
+        assert fresh.import_rows(tmp_path / "rows") == 3
+        # the resumed run trains nothing again and adds its own (read-back) share
+        path, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.s0"], progress=False)
+        assert failed == 0 and len(calls) == 2
+        assert len(store.rows("T.stop")) == 2
+        assert report.item_seconds(store, "quick", None, experiments.get("T.s0")) == seconds  # nothing new trained
+    finally:
+        experiments.REGISTRY.pop("T.s0")
+
+
+def test_an_item_stopped_before_its_first_run_records_no_time(tmp_path):
+    @experiments.register("T.s1", title="stopped at once", chapter="T", quick_minutes=0.0)
+    def _item(scale, dataset, store, *, out=None):
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            experiments.reproduce(out_dir=str(tmp_path), only=["T.s1"], progress=False, archive=str(tmp_path / "rows"))
+        store = experiments.ResultsStore(tmp_path / "results.sqlite")
+        assert len(store) == 0 and report.item_seconds(store, "quick", None, experiments.get("T.s1")) == 0.0
+    finally:
+        experiments.REGISTRY.pop("T.s1")
+
+
+def test_a_stop_while_the_archive_is_written_records_the_item_time_once(tmp_path, monkeypatch):
+    calls = []
+    _register_stopping_item("T.s3", calls)
+    calls.append(0.0)  # the item finishes at once: the stop comes while the archive is written
+    real_export = experiments.ResultsStore.export_rows
+
+    def export_then_stop(self, folder):
+        real_export(self, folder)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments.ResultsStore, "export_rows", export_then_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            experiments.reproduce(out_dir=str(tmp_path), only=["T.s3"], progress=False, archive=str(tmp_path / "rows"))
+    finally:
+        experiments.REGISTRY.pop("T.s3")
+    store = experiments.ResultsStore(tmp_path / "results.sqlite")
+    assert len(store.rows(report.ITEM_SECONDS)) == 1  # recorded when the item finished, not again at the stop
+    assert len(store.rows("T.stop")) == 2
+
+
+def test_the_sigterm_handler_is_only_installed_while_reproduce_runs(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    @experiments.register("T.s2", title="looks at the handler", chapter="T", quick_minutes=0.0)
+    def _item(scale, dataset, store, *, out=None):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return Output([], [], [], [])
+
+    try:
+        experiments.reproduce(out_dir=str(tmp_path), only=["T.s2"], progress=False)
+    finally:
+        experiments.REGISTRY.pop("T.s2")
+    assert seen and seen[0] is not before and callable(seen[0])
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_cli_at_once_and_keeps_the_finished_runs(tmp_path, process_session):
+    """The CLI under SIGTERM while a pool worker trains a long run: exit 130 within seconds,
+    no worker left, the finished run and the item's time in the archive."""
+    marker = tmp_path / "started"
+    script = tmp_path / "stop.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from tf_dlthesis import cli, experiments
+        from tf_dlthesis.variability import run_protocol
+
+        def train(plan):
+            open({str(marker)!r}, "a").write("run\\n")
+            time.sleep(300)  # a long training run
+            return np.zeros((4, 2))
+
+        @experiments.register("T.sig", title="stopped by SIGTERM", chapter="T", quick_minutes=0.0)
+        def item(scale, dataset, store, *, out=None):
+            store.record("T.sig.run", {{"x": 1}}, 0, {{"value": 1.0}})
+            run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, workers=1, progress=False)
+
+        if __name__ == "__main__":
+            sys.exit(cli.main(["reproduce", "--only", "T.sig", "--out", {str(tmp_path / "out")!r},
+                               "--archive", {str(tmp_path / "rows")!r}, "--no-progress"]))
+    """))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = process_session.start([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+    process_session.wait_for(marker, proc, timeout=90)  # a worker started a run
+    sent = time.time()
+    os.kill(proc.pid, signal.SIGTERM)  # the reproduce process only, as `kill PID` would
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - sent < 30
+    err = err.decode()
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopped" in err and "run the same command again to resume" in err, err[-3000:]
+    assert not process_session.wait_gone(proc.pid)  # no worker, forkserver or tracker left behind
+    fresh = experiments.ResultsStore(tmp_path / "fresh.sqlite")
+    fresh.import_rows(tmp_path / "rows")
+    assert [row["experiment"] for row in fresh.rows()] == ["T.sig.run", report.ITEM_SECONDS]
