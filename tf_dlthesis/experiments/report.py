@@ -213,7 +213,7 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _keep_stopped_item(store, scale, dataset, exp, t0: float, held: int, archive) -> None:
+def _keep_stopped_item(store, scale, dataset, exp, t0: float | None, held: int, archive) -> None:
     """What `reproduce` keeps of an item stopped part-way: its finished runs and their compute time.
 
     The item's share of this process is the time up to its last recorded run: the
