@@ -123,6 +123,26 @@ def test_export_import_rows_moves_every_run_to_a_fresh_store(tmp_path):
         {p.relative_to(archive): p.read_bytes() for p in archive.rglob("*.json.gz")}
 
 
+def test_export_rows_rewrites_a_row_recorded_again(tmp_path):
+    """A bit-change draw is stored pending, then replaced by its judgement: the archive must get the judgement."""
+    store = ResultsStore(tmp_path / "a.sqlite")
+    key = {"source": "bit_change", "bit_change_attempt": 0}
+    store.record("ch5.runs", key, 2, {"logits": [1.0], "pending": True})
+    archive = tmp_path / "rows"
+    assert store.export_rows(archive) == 1
+    time.sleep(0.01)
+    store.record("ch5.runs", key, 2, {"attempt": 0, "effective": True})
+    assert store.export_rows(archive) == 1
+    assert store.export_rows(archive) == 0
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    assert fresh.import_rows(archive) == 1
+    assert fresh.get("ch5.runs", key, 2) == {"attempt": 0, "effective": True}
+    # a checked-out archive (files newer than their rows) is left alone by the store that imported it
+    for path in archive.rglob("*.json.gz"):
+        os.utime(path, None)
+    assert fresh.export_rows(archive) == 0
+
+
 def test_import_rows_bad_input(tmp_path):
     store = ResultsStore(tmp_path / "a.sqlite")
     with pytest.raises(ValueError, match="must be a folder written by `export_rows`"):

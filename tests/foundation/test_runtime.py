@@ -69,3 +69,13 @@ def test_two_deterministic_runs_give_bit_identical_weights():
     assert len(a) == len(b)
     for wa, wb in zip(a, b):
         assert wa.tobytes() == wb.tobytes()
+
+
+def test_machine_names_what_decides_floating_point_results(monkeypatch):
+    first = runtime.machine()
+    assert set(first) == {"id", "cpu", "isa", "cache", "cores", "gpus", "tensorflow", "onednn"}
+    assert first == runtime.machine() and len(first["id"]) == 12
+    assert first["cores"] == os.cpu_count()
+    # oneDNN on or off changes TF's CPU kernels, so it is another machine for bit-exactness
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0" if first["onednn"] != "0" else "1")
+    assert runtime.machine()["id"] != first["id"]

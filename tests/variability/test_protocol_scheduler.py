@@ -106,3 +106,63 @@ def test_run_lm_protocol_judges_a_pending_draw_on_resume(monkeypatch):
     again = lm.run_lm_protocol(spec, **kwargs)
     assert again.bit_changes == first.bit_changes and again.rows == first.rows
     np.testing.assert_array_equal(again.target_log_probs["bit_change"], first.target_log_probs["bit_change"])
+
+
+def test_bit_changes_are_judged_against_a_control_from_their_own_machine(monkeypatch):
+    """Results are bit-exact on one machine only: a draw from machine B that its bit change left unchanged
+    differs from machine A's control anyway, and must still be found ineffective (against B's control)."""
+    from tf_dlthesis import runtime
+
+    here = {"id": "A"}
+    monkeypatch.setattr(runtime, "machine", lambda: dict(here))
+
+    def train(plan):
+        out = bit_train(plan)
+        out["logits"] = out["logits"] + (1e-3 if here["id"] == "B" else 0.0)  # another CPU's rounding
+        out["weights_hash"] += here["id"]
+        return out
+
+    kwargs = dict(sources=["bit_change"], labels=LABELS, executor="serial", progress=False)
+    store = DictStore()
+    run_protocol(train, runs=3, store=store, **kwargs)
+    here["id"] = "B"
+    trained = []
+
+    def counting(plan):
+        trained.append(plan.source)
+        return train(plan)
+
+    mixed = run_protocol(counting, runs=6, store=store, **kwargs)
+    assert trained.count("control") == 1  # B's control, trained once, beside A's
+    assert mixed.machines["bit_change"] == ["A"] * 3 + ["B"] * 3
+    assert set(mixed.control_logits_by_machine) == {"A", "B"}
+    assert run_protocol(counting, runs=6, store=store, **kwargs).bit_changes == mixed.bit_changes
+    assert trained.count("control") == 1  # resuming again trains nothing
+
+    here["id"] = "A"
+    alone = run_protocol(train, runs=6, store=DictStore(), **kwargs)  # every run on one machine
+    assert mixed.bit_changes["bit_change"]["replaced"] == alone.bit_changes["bit_change"]["replaced"] > 0
+    assert mixed.bit_changes["bit_change"]["details"] == alone.bit_changes["bit_change"]["details"]
+    assert all("control_machine" not in d for d in store.data.values())
+
+
+def test_instability_check_compares_each_run_with_its_own_machines_control():
+    """Table 5.x's "instability appeared" check: a run identical to its own machine's control shows no growth,
+    even though it differs from the first control (another machine's rounding)."""
+    from types import SimpleNamespace
+
+    from tf_dlthesis.experiments import chapter5
+
+    control_a = np.eye(C)[LABELS]
+    control_b = np.eye(C)[(LABELS + 1) % C]  # machine B's control predicts differently
+    grown = np.eye(C)[(LABELS + 2) % C]
+    summary = {"runs": 2, "effective": 2, "replaced": 0, "exhausted": [], "attempts": [1, 1], "details": []}
+    res = SimpleNamespace(bit_changes={"bit_change": summary}, logits={"bit_change": np.stack([grown, control_b])},
+                          control_logits=control_a, machines={"bit_change": ["A", "B"]},
+                          control_logits_by_machine={"A": control_a, "B": control_b})
+    growth = chapter5._bit_change_checks(res, "bit_change", "m")[1]
+    assert not growth.passed and "min 0" in growth.detail and "2 machines (1 on A, 1 on B)" in growth.detail
+    res.machines = {"bit_change": [None, None]}  # runs stored before machines were recorded: the first control
+    res.control_logits_by_machine = {None: control_a}
+    growth = chapter5._bit_change_checks(res, "bit_change", "m")[1]
+    assert growth.passed and "machines" not in growth.detail

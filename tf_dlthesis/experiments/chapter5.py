@@ -70,6 +70,7 @@ Reference: Thesis Ch. 5 and App. B; arXiv:2103.04514.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -333,6 +334,12 @@ def _collapse_check(results: dict, num_classes: int) -> Check:
                  f"({where})")
 
 
+def _machine_counts(machines) -> str:
+    """`["a", "a", None]` -> "2 on a, 1 not recorded" (machine ids from `runtime.machine`)."""
+    counts = collections.Counter("not recorded" if m is None else f"on {m}" for m in machines)
+    return ", ".join(f"{n} {what}" for what, n in counts.most_common())
+
+
 def _bit_change_checks(res, source: str, model: str, *, growth: bool = True) -> list:
     """Did the bit changes take effect, and (`growth`) did they grow into different models?
 
@@ -349,12 +356,20 @@ def _bit_change_checks(res, source: str, model: str, *, growth: bool = True) -> 
                     + (f"; runs {bc['exhausted']} never took effect and are left out" if bc["exhausted"] else ""),
                     regime=True)]
     if growth and source in res.logits and res.control_logits is not None:
-        control = res.control_logits.argmax(axis=1)
-        flips = [(s.argmax(axis=1) != control).mean() for s in res.logits[source]]
+        # each run against the control trained on its own machine: results are bit-exact on one machine only
+        machines = res.machines.get(source) or [None] * len(res.logits[source])
+        by_machine = res.control_logits_by_machine or {}
+        controls = [by_machine.get(m, res.control_logits) for m in machines]
+        flips = [(s.argmax(axis=1) != c.argmax(axis=1)).mean() for s, c in zip(res.logits[source], controls)]
+        spread = ""
+        if len(set(machines)) > 1:
+            own = sum(m in by_machine for m in machines)
+            spread = (f"; the runs were trained on {len(set(machines))} machines ({_machine_counts(machines)}), "
+                      f"{own} of them compared with a control from their own machine")
         checks.append(Check(f"{model}: instability appeared (the one-ULP change grew into other predictions)",
                             min(flips) > 0,
                             f"test predictions that differ from the control: min {_pct(min(flips))}, mean "
-                            f"{_pct(float(np.mean(flips)))} over {len(flips)} bit-change runs"))
+                            f"{_pct(float(np.mean(flips)))} over {len(flips)} bit-change runs" + spread))
     return checks
 
 
@@ -892,9 +907,13 @@ def table_5_6(scale, dataset, store, *, out=None):
         infos[label] = res.info["all"]
         collapse.update({f"{label}/{s}": res.logits[s] for s in res.logits if "/" not in s})
         collapse[f"{label}/snapshot"] = snap.logits["all"]
+        row_machines = [m for ms in (*res.machines.values(), *snap.machines.values()) for m in ms]
         described.append(f"{label} = {spec.model}" + (f" {spec.model_kwargs}" if spec.model_kwargs else "")
                          + f" (norm {spec.norm}, {spec.dataset}"
-                         + (", no training augmentation" if not spec.augment else "") + f", TTA {best})")
+                         + (", no training augmentation" if not spec.augment else "") + f", TTA {best}"
+                         + (f"; its runs were trained on {len(set(row_machines))} machines, bit-exact on each but "
+                            f"not across them: {_machine_counts(row_machines)}" if len(set(row_machines)) > 1 else "")
+                         + ")")
         thesis = thesis_rows("5.6").get(label, {})
         # instability: a bit change gives about as much variability as all sources
         claim = f"{name}: a random bit change gives variability comparable to all sources (accuracy SDs within 2x)"

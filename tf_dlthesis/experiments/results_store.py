@@ -249,20 +249,25 @@ class ResultsStore:
         another machine (e.g. to resume a long `reproduce` run).
 
         Returns:
-            The number of files written (runs already in `folder` are left alone).
+            The number of files written (runs already in `folder` are left alone,
+            unless their row was recorded again since).
 
         Raises:
             ValueError: `folder` cannot be created or written.
         """
         written, conn = 0, self._connect()
-        keys = conn.execute("SELECT experiment, config_hash, run FROM results ORDER BY created, rowid").fetchall()
+        keys = conn.execute("SELECT experiment, config_hash, run, created FROM results ORDER BY created, rowid"
+                            ).fetchall()
         try:
-            for experiment, digest, run in keys:
+            for experiment, digest, run, created in keys:
                 path = os.path.join(os.fspath(folder), self._archive_name(experiment, digest, run))
-                if os.path.exists(path):  # a run's row never changes once recorded
+                # a file is rewritten only when its row was recorded again after the file was written (a
+                # bit-change draw's pending result replaced by its judgement): the file's mtime is its row's
+                # `created`, and a checked-out file is newer than every row it holds
+                if os.path.exists(path) and os.path.getmtime(path) >= created - 1e-3:  # (float rounding)
                     continue
-                config, result, created = conn.execute(
-                    "SELECT config, result, created FROM results WHERE experiment=? AND config_hash=? AND run=?",
+                config, result = conn.execute(
+                    "SELECT config, result FROM results WHERE experiment=? AND config_hash=? AND run=?",
                     (experiment, digest, run)).fetchone()
                 text = json.dumps({"experiment": experiment, "run": run, "config": json.loads(config),
                                    "result": json.loads(result), "created": created},
@@ -270,6 +275,7 @@ class ResultsStore:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path + ".tmp", "wb") as fh:
                     fh.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+                os.utime(path + ".tmp", (created, created))
                 os.replace(path + ".tmp", path)
                 written += 1
         except OSError as err:

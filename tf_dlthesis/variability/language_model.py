@@ -67,7 +67,7 @@ from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
 from tf_dlthesis.variability.protocol import _check_main_guard, _ineffective, _MemoryStore, _process_pool, \
-    _Scheduler, _source_list, _start_run
+    _Scheduler, _source_list, _stamp_machine, _start_run
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
 from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble
@@ -516,7 +516,7 @@ def _run_lm(spec, plan, corpus, threads):
     _start_run(plan, threads, 0)
     out = train_language_model(spec, plan, corpus=corpus)
     out["plan"] = plan.to_config()
-    return out
+    return _stamp_machine(out)
 
 
 def _check_hashes(records: dict, control) -> None:

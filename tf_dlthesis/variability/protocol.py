@@ -81,6 +81,11 @@ class ProtocolResult:
             the changed weight).
         control_logits: The unperturbed control's (N, C) test logits (the base
             plan), when a bit-change source was run; else None.
+        machines: Source -> the id of the machine that trained each run
+            (`runtime.machine`; None for runs stored before machines were recorded).
+            Runs are bit-reproducible on one machine only.
+        control_logits_by_machine: Machine id -> the control's test logits trained
+            there (the first control under its own machine, or None).
     """
 
     rows: dict
@@ -90,6 +95,8 @@ class ProtocolResult:
     info: dict = dataclasses.field(default_factory=dict)
     bit_changes: dict = dataclasses.field(default_factory=dict)
     control_logits: np.ndarray | None = None
+    machines: dict = dataclasses.field(default_factory=dict)
+    control_logits_by_machine: dict = dataclasses.field(default_factory=dict)
 
     def table(self, columns: Sequence[str] | None = None) -> dict:
         """Rows restricted to `columns` (all metrics by default)."""
@@ -168,7 +175,15 @@ def _run_one(train_fn: Callable, plan: SeedPlan, threads: int | None, global_see
     `train_fn` forgot to seed explicitly is at least constant across runs.
     """
     _start_run(plan, threads, global_seed)
-    return _normalize_output(train_fn(plan), plan)
+    return _stamp_machine(_normalize_output(train_fn(plan), plan))
+
+
+def _stamp_machine(result: dict) -> dict:
+    """Adds `"machine"`: the id of the machine that trained the run (`runtime.machine`)."""
+    from tf_dlthesis import runtime
+
+    result["machine"] = runtime.machine()["id"]
+    return result
 
 
 def _validate_run(result: dict, labels: np.ndarray, num_classes: int | None, source: str, run: int) -> None:
@@ -468,6 +483,11 @@ class _Scheduler:
 
     * `key(source)`, run r: run r of `source`, as counted in its row;
     * `control_key`, run 0: the unperturbed control of the bit-change sources;
+      `control_key` + `{"machine": id}`, run 0: the control retrained on another
+      machine. Bit-exact reproducibility holds on one machine only
+      (`runtime.machine`), so a draw is judged only against a control trained on
+      its own machine (runs stored before machines were recorded count as one
+      unknown machine);
     * `attempt_key(source, a)`, run r: draw a of bit-change run r, first its
       result marked ``"pending": True``, then, once judged against the control,
       `{"attempt", "effective", "reason", "bit_change_seed", "bit_change"}`. The
@@ -507,8 +527,11 @@ class _Scheduler:
     keep_replaced: bool = False
     validate: Callable | None = None
 
+    MAX_CONTROLS = 4
+
     def __post_init__(self):
         self.bit_sources = [s for s in self.sources if _is_pure_bit_change(s)]
+        self._controls_trained = 0
 
     def attempt_key(self, source: str, attempt: int) -> dict:
         """The store config of one draw of a bit-change run."""
@@ -528,14 +551,46 @@ class _Scheduler:
         """The control's result when a bit-change source was run, else None."""
         return self.store.get(self.experiment, self.control_key, 0) if self.bit_sources else None
 
+    def controls(self, machines) -> dict:
+        """Machine id -> the control trained there, for the first control's machine and each of `machines`."""
+        first = self.stored_control()
+        if first is None:
+            return {}
+        out = {first.get("machine"): first}
+        for m in set(machines) - {None, first.get("machine")}:
+            own = self.store.get(self.experiment, {**self.control_key, "machine": m}, 0)
+            if own is not None:
+                out[m] = own
+        return out
+
+    def control_for(self, machine: str | None) -> dict | None:
+        """The stored control trained on `machine`, or None.
+
+        A draw whose machine was not recorded (`machine` None) is judged against the
+        first control, as before machines were recorded. After `MAX_CONTROLS`
+        controls in one `run` none of which landed on `machine` (a cluster whose
+        nodes differ), also the first control; the draw's record then says so.
+        """
+        first = self.store.get(self.experiment, self.control_key, 0)
+        if first is None or machine is None or first.get("machine") == machine:
+            return first
+        own = self.store.get(self.experiment, {**self.control_key, "machine": machine}, 0)
+        return own if own is not None or self._controls_trained < self.MAX_CONTROLS else first
+
+    def _control_needed(self, machine: str | None) -> bool:
+        """Whether draws from `machine` have no control to be judged against yet."""
+        return self.control_for(machine) is None
+
     def finished(self, source: str) -> tuple[list, list]:
         """The run indices of `source` in the store and their results."""
         stored = [(r, self.store.get(self.experiment, self.key(source), r)) for r in range(self.counts[source])]
         stored = [(r, result) for r, result in stored if result is not None]
         return [r for r, _ in stored], [result for _, result in stored]
 
-    def judge(self, source: str, run: int, control: dict) -> list:
-        """Judges the pending draws of one bit-change run against the control; counts the first effective one.
+    def judge(self, source: str, run: int) -> list:
+        """Judges the pending draws of one bit-change run against the control trained on their machine.
+
+        Counts the first effective draw; a draw whose machine has no control yet stays pending.
 
         Returns:
             The run's draws as now stored (`draws`).
@@ -544,9 +599,14 @@ class _Scheduler:
         for a, record in enumerate(history):
             if not record.get("pending"):
                 continue
+            control = self.control_for(record.get("machine"))
+            if control is None:
+                break  # judged once a control from its machine exists
             reason = self.ineffective(record, control)
             meta = {"attempt": a, "effective": reason is None, "reason": reason,
                     "bit_change_seed": record["plan"]["bit_change"], "bit_change": self.bit_change_of(record)}
+            if control.get("machine") != record.get("machine"):
+                meta["control_machine"] = control.get("machine")  # no control from its machine could be trained
             self.store.record(self.experiment, self.attempt_key(source, a), run, meta)
             history[a] = meta
             if reason is None:
@@ -568,12 +628,19 @@ class _Scheduler:
         if self.validate is not None:
             self.validate(result, source, run)
         if kind == "control":
-            self.store.record(self.experiment, self.control_key, 0, result)
+            self._controls_trained += 1
+            machine = result.get("machine")
+            if self.stored_control() is None:
+                self.store.record(self.experiment, self.control_key, 0, result)
+            elif self.control_for(machine) is None:
+                self.store.record(self.experiment, {**self.control_key, "machine": machine}, 0, result)
+            for s in self.bit_sources:  # draws that waited for this machine's control
+                for r in range(self.counts[s]):
+                    if not self._has(s, r):
+                        self.judge(s, r)
         elif kind == "bit":
             self.store.record(self.experiment, self.attempt_key(source, attempt), run, {**result, "pending": True})
-            control = self.store.get(self.experiment, self.control_key, 0)
-            if control is not None:
-                self.judge(source, run, control)
+            self.judge(source, run)
         elif not self._has(source, run):
             self.store.record(self.experiment, self.key(source), run, result)
 
@@ -586,31 +653,34 @@ class _Scheduler:
                           if not self._has(s, r)]
         if not self.bit_sources:
             return tasks
-        control = self.store.get(self.experiment, self.control_key, 0)
-        if control is None:
-            tasks.append((("control", "control", 0, None), self.control_plan))
+        from tf_dlthesis import runtime
+
+        draws, waiting = [], set()
         for s in self.bit_sources:
             for r in range(self.counts[s]):
-                attempt = self._next_draw(s, r, control)
+                attempt, history = self._next_draw(s, r)
                 if attempt is not None:
-                    tasks.append((("bit", s, r, attempt), self.plans[(s, r)].redraw_bit_change(attempt)))
-        return tasks
+                    draws.append((("bit", s, r, attempt), self.plans[(s, r)].redraw_bit_change(attempt)))
+                elif history and history[-1].get("pending"):
+                    waiting.add(history[-1].get("machine"))
+        # one control per machine that trains draws: this one (local executors), or one a draw waits on
+        here = runtime.machine()["id"]
+        if (draws and self._control_needed(here)) or any(self._control_needed(m) for m in waiting):
+            tasks.append((("control", "control", 0, None), self.control_plan))
+        return tasks + draws
 
-    def _next_draw(self, source: str, run: int, control: dict | None) -> int | None:
-        """The draw to train next for a bit-change run, or None when there is none to train now."""
+    def _next_draw(self, source: str, run: int) -> tuple[int | None, list]:
+        """The draw to train next for a bit-change run (None when there is none to train now), and its draws."""
         if self._has(source, run):
-            return None
-        if control is None:
-            history = self.draws(source, run)
-        else:
-            history = self.judge(source, run, control)
-            if self._has(source, run):
-                return None
+            return None, []
+        history = self.judge(source, run)
+        if self._has(source, run):
+            return None, history
         if history and history[-1].get("pending"):
-            return None  # judged once the control has been trained (this wave)
+            return None, history  # judged once a control from its machine has been trained
         if len(history) > self.redraws:
-            return None  # exhausted: every draw left the run bit-identical to the control
-        return len(history)
+            return None, history  # exhausted: every draw left the run bit-identical to the control
+        return len(history), history
 
     def run(self, run_serially: Callable, run_parallel: Callable | None = None, progress: bool = True) -> None:
         """Trains wave after wave of tasks until none is left (each wave's results decide the next).
@@ -800,7 +870,7 @@ def run_protocol(
                   _parallel_executor(executor, train_fn, threads_per_run, workers, start_method, ray_address),
                   progress)
 
-    rows, logits, hashes, infos, bit_changes = {}, {}, {}, {}, {}
+    rows, logits, hashes, infos, bit_changes, machines = {}, {}, {}, {}, {}, {}
     control = scheduler.stored_control()
     for source in sources:
         run_ids, results = scheduler.finished(source)
@@ -809,6 +879,7 @@ def run_protocol(
         for r, res in zip(run_ids, results):
             _validate_run(res, lab, num_classes, source, r)
         hashes[source] = [(res.get("init_hash"), res.get("order_hash")) for res in results]
+        machines[source] = [res.get("machine") for res in results]
         infos[source] = [{k[len("info:"):]: v for k, v in res.items() if k.startswith("info:")} for res in results]
         if len(results) < 2:  # only possible for a bit-change source whose draws never took effect
             continue
@@ -821,4 +892,7 @@ def run_protocol(
     control_hashes = None if control is None else (control.get("init_hash"), control.get("order_hash"))
     _check_controls(hashes, int(onset_epoch), control_hashes)
     return ProtocolResult(rows=rows, logits=logits, hashes=hashes, labels=lab, info=infos, bit_changes=bit_changes,
-                          control_logits=None if control is None else np.asarray(control["logits"]))
+                          control_logits=None if control is None else np.asarray(control["logits"]),
+                          machines=machines,
+                          control_logits_by_machine={m: np.asarray(c["logits"]) for m, c in scheduler.controls(
+                              [m for ms in machines.values() for m in ms]).items()})
