@@ -166,3 +166,37 @@ def test_instability_check_compares_each_run_with_its_own_machines_control():
     res.control_logits_by_machine = {None: control_a}
     growth = chapter5._bit_change_checks(res, "bit_change", "m")[1]
     assert growth.passed and "machines" not in growth.detail
+
+
+def test_a_draw_left_pending_by_another_machine_is_retrained_once_beside_this_machines_control(monkeypatch):
+    """Killed on machine A after its draws but before its control: resuming on B cannot judge A's draws
+    against a control from A, so it trains B's control and retrains each pending draw on B, once."""
+    from tf_dlthesis import runtime
+
+    here = {"id": "A"}
+    monkeypatch.setattr(runtime, "machine", lambda: dict(here))
+
+    def train(plan):
+        out = bit_train(plan)
+        out["logits"] = out["logits"] + (1e-3 if here["id"] == "B" else 0.0)
+        out["weights_hash"] += here["id"]
+        return out
+
+    kwargs = dict(sources=["bit_change"], runs=4, labels=LABELS, executor="serial", progress=False)
+    store = DictStore()
+    run_protocol(train, store=store, **kwargs)
+    assert rewind_to_pending(store) == 4
+    forget_control(store)
+    here["id"] = "B"
+    trained = []
+
+    def counting(plan):
+        trained.append(plan.source)
+        return train(plan)
+
+    resumed = run_protocol(counting, store=store, **kwargs)
+    assert trained.count("control") == 1 and trained.count("bit_change") >= 4
+    alone = run_protocol(train, store=DictStore(), **kwargs)  # every run on B
+    assert resumed.bit_changes == alone.bit_changes and resumed.machines == alone.machines == {"bit_change": ["B"] * 4}
+    for source, stack in alone.logits.items():
+        np.testing.assert_array_equal(resumed.logits[source], stack)

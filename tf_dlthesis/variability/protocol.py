@@ -527,11 +527,10 @@ class _Scheduler:
     keep_replaced: bool = False
     validate: Callable | None = None
 
-    MAX_CONTROLS = 4
-
     def __post_init__(self):
         self.bit_sources = [s for s in self.sources if _is_pure_bit_change(s)]
-        self._controls_trained = 0
+        self._retrained = set()  # (source, run, attempt): pending draws from another machine, retrained here
+        self._unmatched = set()  # machines whose draws are judged against the first control (see `control_for`)
 
     def attempt_key(self, source: str, attempt: int) -> dict:
         """The store config of one draw of a bit-change run."""
@@ -567,15 +566,15 @@ class _Scheduler:
         """The stored control trained on `machine`, or None.
 
         A draw whose machine was not recorded (`machine` None) is judged against the
-        first control, as before machines were recorded. After `MAX_CONTROLS`
-        controls in one `run` none of which landed on `machine` (a cluster whose
-        nodes differ), also the first control; the draw's record then says so.
+        first control, as before machines were recorded. So is a draw retrained once
+        and still from a machine without a control (a cluster whose nodes differ):
+        its record then names the control's machine (``"control_machine"``).
         """
         first = self.store.get(self.experiment, self.control_key, 0)
         if first is None or machine is None or first.get("machine") == machine:
             return first
         own = self.store.get(self.experiment, {**self.control_key, "machine": machine}, 0)
-        return own if own is not None or self._controls_trained < self.MAX_CONTROLS else first
+        return first if own is None and machine in self._unmatched else own
 
     def _control_needed(self, machine: str | None) -> bool:
         """Whether draws from `machine` have no control to be judged against yet."""
@@ -628,7 +627,6 @@ class _Scheduler:
         if self.validate is not None:
             self.validate(result, source, run)
         if kind == "control":
-            self._controls_trained += 1
             machine = result.get("machine")
             if self.stored_control() is None:
                 self.store.record(self.experiment, self.control_key, 0, result)
@@ -655,17 +653,27 @@ class _Scheduler:
             return tasks
         from tf_dlthesis import runtime
 
-        draws, waiting = [], set()
+        here = runtime.machine()["id"]
+        draws, waiting = [], False
         for s in self.bit_sources:
             for r in range(self.counts[s]):
                 attempt, history = self._next_draw(s, r)
+                if attempt is None and history and history[-1].get("pending"):
+                    # waits for a control from its machine: this machine trains one; a draw another
+                    # machine left pending (a resumed run) is retrained here, once
+                    machine, a = history[-1].get("machine"), len(history) - 1
+                    if machine == here or self.stored_control() is None:
+                        waiting = True
+                    elif (s, r, a) not in self._retrained:
+                        self._retrained.add((s, r, a))
+                        attempt = a
+                    else:
+                        self._unmatched.add(machine)
+                        attempt, history = self._next_draw(s, r)
                 if attempt is not None:
                     draws.append((("bit", s, r, attempt), self.plans[(s, r)].redraw_bit_change(attempt)))
-                elif history and history[-1].get("pending"):
-                    waiting.add(history[-1].get("machine"))
-        # one control per machine that trains draws: this one (local executors), or one a draw waits on
-        here = runtime.machine()["id"]
-        if (draws and self._control_needed(here)) or any(self._control_needed(m) for m in waiting):
+        # one control per machine that trains draws (this one: the local and serial executors)
+        if (draws or waiting) and self._control_needed(here):
             tasks.append((("control", "control", 0, None), self.control_plan))
         return tasks + draws
 
