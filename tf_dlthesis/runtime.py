@@ -137,11 +137,11 @@ def machine() -> dict:
 
     Op determinism makes a run bit-reproducible on one machine, not across
     machines: TensorFlow's CPU kernels (oneDNN's and Eigen's) choose their
-    instructions and blocking from the CPU's instruction sets and cache sizes, so
-    the same seeds on another CPU give results that differ in the last bits, and
-    training amplifies that into a different model (seen here: one ShuffleNetV2
-    run, same seeds and data order, disagreed on 6.5% of test predictions between
-    two 2-core machines). The protocol stamps every run with `machine()["id"]` and
+    instructions and blocking from the CPU's instruction sets and cache sizes (and
+    the thread count), so the same seeds on another CPU give results that differ
+    in the last bits, and training amplifies that into a different model (seen
+    here: one ShuffleNetV2 run, same seeds, data order and one thread, disagreed on
+    6.2% of test predictions between two 2-core machines). The protocol stamps every run with `machine()["id"]` and
     judges a bit change only against an unperturbed control from the same machine.
 
     Returns:

@@ -108,9 +108,10 @@ def test_run_lm_protocol_judges_a_pending_draw_on_resume(monkeypatch):
     np.testing.assert_array_equal(again.target_log_probs["bit_change"], first.target_log_probs["bit_change"])
 
 
-def test_bit_changes_are_judged_against_a_control_from_their_own_machine(monkeypatch):
-    """Results are bit-exact on one machine only: a draw from machine B that its bit change left unchanged
-    differs from machine A's control anyway, and must still be found ineffective (against B's control)."""
+@pytest.fixture
+def two_machines(monkeypatch):
+    """`(here, train)`: `runtime.machine()` answers `here["id"]` (starts "A"); `train` is `bit_train` whose
+    results on machine "B" carry that machine's rounding (its logits and weights differ from A's)."""
     from tf_dlthesis import runtime
 
     here = {"id": "A"}
@@ -121,6 +122,14 @@ def test_bit_changes_are_judged_against_a_control_from_their_own_machine(monkeyp
         out["logits"] = out["logits"] + (1e-3 if here["id"] == "B" else 0.0)  # another CPU's rounding
         out["weights_hash"] += here["id"]
         return out
+
+    return here, train
+
+
+def test_bit_changes_are_judged_against_a_control_from_their_own_machine(two_machines):
+    """Results are bit-exact on one machine only: a draw from machine B that its bit change left unchanged
+    differs from machine A's control anyway, and must still be found ineffective (against B's control)."""
+    here, train = two_machines
 
     kwargs = dict(sources=["bit_change"], labels=LABELS, executor="serial", progress=False)
     store = DictStore()
@@ -168,19 +177,10 @@ def test_instability_check_compares_each_run_with_its_own_machines_control():
     assert growth.passed and "machines" not in growth.detail
 
 
-def test_a_draw_left_pending_by_another_machine_is_retrained_once_beside_this_machines_control(monkeypatch):
+def test_a_draw_left_pending_by_another_machine_is_retrained_once_beside_this_machines_control(two_machines):
     """Killed on machine A after its draws but before its control: resuming on B cannot judge A's draws
     against a control from A, so it trains B's control and retrains each pending draw on B, once."""
-    from tf_dlthesis import runtime
-
-    here = {"id": "A"}
-    monkeypatch.setattr(runtime, "machine", lambda: dict(here))
-
-    def train(plan):
-        out = bit_train(plan)
-        out["logits"] = out["logits"] + (1e-3 if here["id"] == "B" else 0.0)
-        out["weights_hash"] += here["id"]
-        return out
+    here, train = two_machines
 
     kwargs = dict(sources=["bit_change"], runs=4, labels=LABELS, executor="serial", progress=False)
     store = DictStore()

@@ -557,7 +557,7 @@ class _Scheduler:
             return {}
         out = {first.get("machine"): first}
         for m in set(machines) - {None, first.get("machine")}:
-            own = self.store.get(self.experiment, {**self.control_key, "machine": m}, 0)
+            own = self.store.get(self.experiment, self._machine_control_key(m), 0)
             if own is not None:
                 out[m] = own
         return out
@@ -570,15 +570,15 @@ class _Scheduler:
         and still from a machine without a control (a cluster whose nodes differ):
         its record then names the control's machine (``"control_machine"``).
         """
-        first = self.store.get(self.experiment, self.control_key, 0)
+        first = self.stored_control()
         if first is None or machine is None or first.get("machine") == machine:
             return first
-        own = self.store.get(self.experiment, {**self.control_key, "machine": machine}, 0)
+        own = self.store.get(self.experiment, self._machine_control_key(machine), 0)
         return first if own is None and machine in self._unmatched else own
 
-    def _control_needed(self, machine: str | None) -> bool:
-        """Whether draws from `machine` have no control to be judged against yet."""
-        return self.control_for(machine) is None
+    def _machine_control_key(self, machine: str) -> dict:
+        """The store config of the control retrained on `machine` (not the first control's machine)."""
+        return {**self.control_key, "machine": machine}
 
     def finished(self, source: str) -> tuple[list, list]:
         """The run indices of `source` in the store and their results."""
@@ -631,7 +631,7 @@ class _Scheduler:
             if self.stored_control() is None:
                 self.store.record(self.experiment, self.control_key, 0, result)
             elif self.control_for(machine) is None:
-                self.store.record(self.experiment, {**self.control_key, "machine": machine}, 0, result)
+                self.store.record(self.experiment, self._machine_control_key(machine), 0, result)
             for s in self.bit_sources:  # draws that waited for this machine's control
                 for r in range(self.counts[s]):
                     if not self._has(s, r):
@@ -673,7 +673,7 @@ class _Scheduler:
                 if attempt is not None:
                     draws.append((("bit", s, r, attempt), self.plans[(s, r)].redraw_bit_change(attempt)))
         # one control per machine that trains draws (this one: the local and serial executors)
-        if (draws or waiting) and self._control_needed(here):
+        if (draws or waiting) and self.control_for(here) is None:
             tasks.append((("control", "control", 0, None), self.control_plan))
         return tasks + draws
 
