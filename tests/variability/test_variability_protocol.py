@@ -56,6 +56,21 @@ def test_serial_protocol_metrics_store_and_resume(tmp_path):
     assert CALLS == [("init", 3)] and more.rows["init"]["runs"] == 4
 
 
+def test_thread_count_is_part_of_the_store_key(tmp_path):
+    """Another thread count rounds differently (`runtime.machine`): its runs never share a key with one-thread runs."""
+    from tf_dlthesis.variability.protocol import _threads_key
+
+    assert _threads_key("local", 1) == {} == _threads_key("ray", 1)  # the default keeps the keys stored before
+    assert _threads_key("local", 2) == {"threads_per_run": 2}
+    assert _threads_key("local", None) == {"threads_per_run": None}
+    assert _threads_key("serial", 1) == {"threads_per_run": None}  # runs in this process, with its thread pools
+    store = ResultsStore(tmp_path / "r.sqlite")
+    run_protocol(toy_train, sources=["init"], runs=2, labels=LABELS, store=store, executor="serial",
+                 config={"model": "toy"}, progress=False)
+    assert [row["config"] for row in store.rows("variability")] == \
+        [{"model": "toy", "threads_per_run": None, "source": "init", "onset_epoch": 0}] * 2
+
+
 def test_controls_are_verified():
     with pytest.raises(RuntimeError, match="init_hash differs"):
         run_protocol(functools.partial(toy_train, leak=True), sources=["shuffle"], runs=2, labels=LABELS, executor="serial", progress=False)
@@ -71,6 +86,8 @@ def test_controls_are_verified():
         ({"train_fn": functools.partial(toy_train, nan=True)}, ValueError, "NaN"),
         ({"train_fn": functools.partial(toy_train, width=3), "num_classes": 4}, ValueError, "expected 4"),
         ({"sources": "init"}, TypeError, "list of source names"),
+        ({"threads_per_run": 0}, ValueError, r"threads_per_run=0"),
+        ({"threads_per_run": "2"}, ValueError, r"threads_per_run='2'"),
     ],
 )
 def test_bad_input(kwargs, error, match):

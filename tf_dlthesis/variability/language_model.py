@@ -67,7 +67,7 @@ from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
 from tf_dlthesis.variability.protocol import _check_main_guard, _ineffective, _MemoryStore, _process_pool, \
-    _Scheduler, _source_list, _stamp_machine, _start_run
+    _Scheduler, _source_list, _stamp_machine, _start_run, _threads_key
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
 from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble
@@ -566,7 +566,8 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         experiment: Namespace in the store.
         executor: `"local"` (a process pool, a fresh process per run) or `"serial"`.
         workers: Pool size (default: CPU count, at most 2).
-        threads_per_run: TF threads per run (None: TF's default).
+        threads_per_run: TF threads per run (None: TF's default). Part of the
+            store key unless 1 (the default), as in `run_protocol`.
         base_plan: The plan every run varies (`SeedPlan()` by default).
         data_dir: Folder with the corpus files.
         bit_change_redraws: Redraws of an ineffective bit change (>= 0).
@@ -604,7 +605,8 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     labels = evaluation_labels(corpus.test, spec.bptt)
     store = _MemoryStore(default=str) if store is None else store
     workers = max(1, min(2, os.cpu_count() or 1)) if workers is None else _int("workers", workers)
-    config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config()}
+    config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config(),
+              **_threads_key(executor, threads_per_run)}
 
     def key(source):
         return {**config, "source": source}

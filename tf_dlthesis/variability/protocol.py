@@ -741,6 +741,23 @@ class _Scheduler:
                 "details": details}
 
 
+def _threads_key(executor: str, threads_per_run) -> dict:
+    """The thread count's part of a protocol's store config: `{}` for the default of one thread per run.
+
+    The thread count changes a run's rounding as much as the machine does
+    (`runtime.machine`), so runs trained with other counts never share a store key:
+    not in one row, and a bit change is never judged against a control trained
+    with another count. The ``"serial"`` executor runs in this process with its
+    thread pools as they are (TF's default unless the caller set them): `None`.
+    """
+    if threads_per_run is not None and (isinstance(threads_per_run, bool)
+                                        or not isinstance(threads_per_run, (int, np.integer)) or threads_per_run < 1):
+        raise ValueError(f"`threads_per_run` must be an int >= 1 or None (TF's default). "
+                         f"Received: threads_per_run={threads_per_run!r}")
+    threads = None if executor == "serial" else threads_per_run
+    return {} if threads == 1 else {"threads_per_run": None if threads is None else int(threads)}
+
+
 def _parallel_executor(executor, train_fn, threads, workers, start_method, ray_address) -> Callable | None:
     """`executor`'s `(tasks, on_done, progress)` runner; None for ``"serial"`` (runs in this process)."""
     if executor == "local":
@@ -815,6 +832,8 @@ def run_protocol(
         onset_epoch: Fig. 5.2's onset of nondeterminism (per-epoch sources only).
         workers: Local pool size (default: CPU count, at most 2).
         threads_per_run: TF intra/inter-op threads per run (`None`: TF default).
+            Part of the store key unless 1 (the default): the thread count
+            changes the rounding, so runs with other counts are never mixed.
         start_method: Local executor start method: `"forkserver"` (default on
             POSIX: TF is imported once by the server) or `"spawn"`.
         ray_address: Passed to `ray.init(address=...)` (`None`: local Ray).
@@ -862,7 +881,7 @@ def run_protocol(
     store = _as_store(store)
     if executor == "local":
         _check_main_guard()
-    config = dict(config or {})
+    config = {**dict(config or {}), **_threads_key(executor, threads_per_run)}
     scheduler = _Scheduler(
         store, experiment, sources, counts,
         key=lambda source: {**config, "source": source, "onset_epoch": int(onset_epoch)},
