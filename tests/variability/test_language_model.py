@@ -64,6 +64,8 @@ def test_missing_corpus_names_the_install(tmp_path, monkeypatch):
         corpus_mod.load_corpus(data_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="apt-get install fortunes"):
         lm.run_lm_protocol(TINY, sources=["init"], runs=2, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="threads_per_run=0"):  # a bad argument is named before the corpus loads
+        lm.run_lm_protocol(TINY, sources=["init"], runs=2, threads_per_run=0, data_dir=tmp_path)
     with pytest.raises(ValueError, match="name"):
         corpus_mod.load_corpus("ptb")
     with pytest.raises(ValueError, match="vocab_size"):

@@ -598,6 +598,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     if executor == "local":
         _check_main_guard()
     _int("bit_change_redraws", bit_change_redraws, 0)
+    threads_key = _threads_key(executor, threads_per_run)  # checked before the corpus loads
     base_plan = SeedPlan() if base_plan is None else base_plan
     if not isinstance(base_plan, SeedPlan):
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
@@ -606,7 +607,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     store = _MemoryStore(default=str) if store is None else store
     workers = max(1, min(2, os.cpu_count() or 1)) if workers is None else _int("workers", workers)
     config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config(),
-              **_threads_key(executor, threads_per_run)}
+              **threads_key}
 
     def key(source):
         return {**config, "source": source}
