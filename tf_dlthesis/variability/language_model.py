@@ -66,8 +66,8 @@ from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
-from tf_dlthesis.variability.protocol import _check_main_guard, _ineffective, _MemoryStore, _process_pool, \
-    _Scheduler, _source_list, _stamp_machine, _start_run, _threads_key
+from tf_dlthesis.variability.protocol import _check_main_guard, _ineffective, _int, _MemoryStore, \
+    _process_pool, _Scheduler, _source_list, _stamp_machine, _start_run, _threads_key
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
 from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble
@@ -77,15 +77,6 @@ LM_SOURCES = ("init", "stochastic", "ops", "bit_change")
 #: Store namespace of the language-model runs.
 STORE_KEY = "ch5.lm_runs"
 _MIN_SEGMENT = 5
-
-
-def _int(name, value, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}{' or None' if allow_none else ''}. "
-                         f"Received: {name}={value!r}")
-    return int(value)
 
 
 def _rate(name, value):

@@ -750,12 +750,19 @@ def _threads_key(executor: str, threads_per_run) -> dict:
     with another count. The ``"serial"`` executor runs in this process with its
     thread pools as they are (TF's default unless the caller set them): `None`.
     """
-    if threads_per_run is not None and (isinstance(threads_per_run, bool)
-                                        or not isinstance(threads_per_run, (int, np.integer)) or threads_per_run < 1):
-        raise ValueError(f"`threads_per_run` must be an int >= 1 or None (TF's default). "
-                         f"Received: threads_per_run={threads_per_run!r}")
-    threads = None if executor == "serial" else threads_per_run
-    return {} if threads == 1 else {"threads_per_run": None if threads is None else int(threads)}
+    threads = _int("threads_per_run", threads_per_run, 1, allow_none=True)  # None: TF's default
+    threads = None if executor == "serial" else threads
+    return {} if threads == 1 else {"threads_per_run": threads}
+
+
+def _int(name, value, minimum=1, allow_none=False):
+    """`value` as an int >= `minimum` (or None when `allow_none`); a `ValueError` naming it otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}{' or None' if allow_none else ''}. "
+                         f"Received: {name}={value!r}")
+    return int(value)
 
 
 def _parallel_executor(executor, train_fn, threads, workers, start_method, ray_address) -> Callable | None:
@@ -866,10 +873,7 @@ def run_protocol(
             raise ImportError(
                 "executor='ray' needs Ray, which is not installed. Install the extra: pip install 'tf-dlthesis[ray]'"
             ) from exc
-    if isinstance(bit_change_redraws, bool) or not isinstance(bit_change_redraws, (int, np.integer)) \
-            or bit_change_redraws < 0:
-        raise ValueError(f"`bit_change_redraws` must be an int >= 0. "
-                         f"Received: bit_change_redraws={bit_change_redraws!r}")
+    _int("bit_change_redraws", bit_change_redraws, 0)
     lab = np.asarray(labels)
     if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"`labels` must be a 1-D integer array. Received: shape={lab.shape}, dtype={lab.dtype}")
