@@ -246,3 +246,12 @@ def test_progress_off_a_terminal_prints_the_final_count_once(tmp_path, capsys):
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("reproduce")]
     assert [line for line in lines if "2/2" in line] == lines[-1:], err   # the final count, once, last
     assert "T.p1: tiny 1" in lines[-1] and len(lines) <= 2, err            # at most the opening 0/2 line before
+
+
+@pytest.mark.parametrize("value, text", [(0.99999999, "1.00"), (1.0000001, "1.00"), (-0.99999, "-1.00"),
+                                         (0.9999, "0.9999"), (0.87164, "0.8716"), (1.5, "1.50"), (0.0074, "0.0074")])
+def test_fmt_reads_the_same_on_both_sides_of_one(value, text):
+    # a value that rounds up to 1 used to read "1" while one an ulp above 1 read "1.00"
+    from tf_dlthesis.experiments.registry import fmt
+
+    assert fmt(value) == text

@@ -62,6 +62,16 @@ def test_pairwise_correlation_matches_scipy_loop_with_ties():
     np.testing.assert_allclose(np.diag(mat), 1.0)
 
 
+@pytest.mark.parametrize("seed", [0, 7, 13])  # seeds whose unclipped sums step past 1 (by 1-4 ulps)
+def test_pairwise_correlation_of_identical_runs_never_exceeds_one(seed):
+    # rho lies in [-1, 1]; identical runs used to give 1.0000000000000007 (report cells then read
+    # "1.00" on one machine and "1" on another)
+    logits = np.repeat(np.random.default_rng(seed).normal(size=(1, 500, 10)), 3, axis=0)
+    assert 1 - 1e-12 <= pairwise_correlation(logits) <= 1.0
+    mat = pairwise_correlation_matrix(logits)
+    assert mat.max() <= 1.0 and mat.min() >= 1 - 1e-12
+
+
 def test_identical_runs_have_no_variability():
     logits = np.repeat(LOGITS[:1], 4, axis=0)
     m = variability_metrics(logits, LABELS, bootstrap_samples=50)

@@ -285,7 +285,10 @@ def fmt(value) -> str:
             return f"{value:.1f}"
         if a >= 1:
             return f"{value:.2f}"
-        return f"{value:.4g}"  # 0.1, 0.0074, 0.8716: significant digits, no padding
+        text = f"{value:.4g}"  # 0.1, 0.0074, 0.8716: significant digits, no padding
+        # a value that rounds up to +-1 (0.99999...) reads as the values at or above 1 do ("1.00", not "1"),
+        # so a float's last bit never changes how a cell reads
+        return f"{value:.2f}" if abs(float(text)) >= 1 else text
     if isinstance(value, (list, tuple)):
         return ", ".join(fmt(v) for v in value)
     return str(value)

@@ -212,7 +212,8 @@ def pairwise_correlation(logits) -> float:
     z = ranks / norms[:, None]
     total = z.sum(axis=0)
     pair_sum = (total @ total - float(runs)) / 2.0  # each |z_i|^2 == 1
-    return float(pair_sum / (runs * (runs - 1) / 2.0))
+    # rho lies in [-1, 1]; rounding can step past 1 by an ulp (identical runs)
+    return float(np.clip(pair_sum / (runs * (runs - 1) / 2.0), -1.0, 1.0))
 
 
 def pairwise_correlation_matrix(logits) -> np.ndarray:
@@ -227,7 +228,7 @@ def pairwise_correlation_matrix(logits) -> np.ndarray:
     if np.any(norms == 0):
         raise ValueError("Spearman correlation is undefined: a run's logits are all equal (constant ranks).")
     z = ranks / norms[:, None]
-    return z @ z.T
+    return np.clip(z @ z.T, -1.0, 1.0)
 
 
 def pair_indices(runs: int) -> tuple[np.ndarray, np.ndarray]:
