@@ -53,8 +53,8 @@ Table 5.6, Table B.2 and Fig. 5.1 per scale:
   thesis's rows (all/.40/250 and /500, shuffle at .40/.20/.10 for 500 epochs and
   .20 for 1000) with 500 epochs = 10 and .40 = 0.05, R = 3. Fig. 5.1: init,
   shuffle and all sources, R = 3, CKA on 200 test images.
-* standard (B.2 and Fig. 5.1 run: 149 and 30 min on 2 cores; 5.6 not run here,
-  several hours): Table 5.6 on Fashion-MNIST (10,000 training
+* standard (B.2, Fig. 5.1 and 5.6: 149, 30 and 711 min of recorded compute on
+  2-core machines; 5.6's rows took 55-456 min each): Table 5.6 on Fashion-MNIST (10,000 training
   images, the 5.1 recipe, ResNet-6 at 1/4 width, ResNet-18 and VGG-11 at 1/8,
   ShuffleNetV2-50% in full) and the MNIST net on real MNIST with no training
   augmentation and 1-pixel crop TTA, R = 10 per source (init, all, bit change)
