@@ -249,9 +249,12 @@ def test_progress_off_a_terminal_prints_the_final_count_once(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("value, text", [(0.99999999, "1.00"), (1.0000001, "1.00"), (-0.99999, "-1.00"),
-                                         (0.9999, "0.9999"), (0.87164, "0.8716"), (1.5, "1.50"), (0.0074, "0.0074")])
-def test_fmt_reads_the_same_on_both_sides_of_one(value, text):
-    # a value that rounds up to 1 used to read "1" while one an ulp above 1 read "1.00"
+                                         (0.9999, "0.9999"), (0.87164, "0.8716"), (1.5, "1.50"), (0.0074, "0.0074"),
+                                         (99.996, "100.0"), (100.0, "100.0"), (999.96, "1.00e+03"),
+                                         (0.00099996, "0.001"), (0.001, "0.001"), (1.234e-5, "1.23e-05"),
+                                         (123.456, "123.5"), (float("inf"), "inf")])
+def test_fmt_reads_the_same_on_both_sides_of_a_band_edge(value, text):
+    # a value that rounds up to 1 used to read "1" while one an ulp above 1 read "1.00" (and 99.996 "100.00")
     from tf_dlthesis.experiments.registry import fmt
 
     assert fmt(value) == text

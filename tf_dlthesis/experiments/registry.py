@@ -265,6 +265,17 @@ def thesis_rows(id: str) -> dict:
     return {row: (dict(vals) if isinstance(vals, dict) else {metric: vals}) for row, vals in table["rows"].items()}
 
 
+def _fmt_float(value: float) -> str:
+    a = abs(value)
+    if a >= 1000 or a < 1e-3:
+        return f"{value:.2e}"
+    if a >= 100:
+        return f"{value:.1f}"
+    if a >= 1:
+        return f"{value:.2f}"
+    return f"{value:.4g}"  # 0.1, 0.0074, 0.8716: significant digits, no padding
+
+
 def fmt(value) -> str:
     """Formats a table cell."""
     if value is None:
@@ -278,17 +289,10 @@ def fmt(value) -> str:
             return "nan"
         if value == 0:
             return "0"
-        a = abs(value)
-        if a >= 1000 or a < 1e-3:
-            return f"{value:.2e}"
-        if a >= 100:
-            return f"{value:.1f}"
-        if a >= 1:
-            return f"{value:.2f}"
-        text = f"{value:.4g}"  # 0.1, 0.0074, 0.8716: significant digits, no padding
-        # a value that rounds up to +-1 (0.99999...) reads as the values at or above 1 do ("1.00", not "1"),
-        # so a float's last bit never changes how a cell reads
-        return f"{value:.2f}" if abs(float(text)) >= 1 else text
+        # the rounded value is formatted again: one that rounds across a band's edge (0.99999... -> 1,
+        # 99.996 -> 100) reads as the values on the far side do ("1.00", not "1"), so a float's last bit
+        # never changes how a cell reads
+        return _fmt_float(float(_fmt_float(value)))
     if isinstance(value, (list, tuple)):
         return ", ".join(fmt(v) for v in value)
     return str(value)
