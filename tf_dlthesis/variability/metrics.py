@@ -202,14 +202,8 @@ def pairwise_correlation(logits) -> float:
     correlations of the ranks is read off ``(|sum_i z_i|^2 - sum_i |z_i|^2) / 2``,
     so the cost is O(R M log M) for M = N*C instead of O(R^2 M log M).
     """
-    arr = _check_logits(logits)
-    runs = arr.shape[0]
-    ranks = rankdata(arr.reshape(runs, -1), axis=1)
-    ranks -= ranks.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(ranks, axis=1)
-    if np.any(norms == 0):
-        raise ValueError("Spearman correlation is undefined: a run's logits are all equal (constant ranks).")
-    z = ranks / norms[:, None]
+    z = _standardized_ranks(logits)
+    runs = z.shape[0]
     total = z.sum(axis=0)
     pair_sum = (total @ total - float(runs)) / 2.0  # each |z_i|^2 == 1
     # rho lies in [-1, 1]; rounding can step past 1 by an ulp (identical runs)
@@ -221,14 +215,19 @@ def pairwise_correlation_matrix(logits) -> np.ndarray:
 
     One ranking per run and one (R, M) x (M, R) product: no loop over pairs.
     """
+    z = _standardized_ranks(logits)
+    return np.clip(z @ z.T, -1.0, 1.0)
+
+
+def _standardized_ranks(logits) -> np.ndarray:
+    """(R, N*C): each run's flattened logits ranked (average ranks for ties), centred, scaled to norm 1."""
     arr = _check_logits(logits)
     ranks = rankdata(arr.reshape(arr.shape[0], -1), axis=1)
     ranks -= ranks.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(ranks, axis=1)
     if np.any(norms == 0):
         raise ValueError("Spearman correlation is undefined: a run's logits are all equal (constant ranks).")
-    z = ranks / norms[:, None]
-    return np.clip(z @ z.T, -1.0, 1.0)
+    return ranks / norms[:, None]
 
 
 def pair_indices(runs: int) -> tuple[np.ndarray, np.ndarray]:
