@@ -157,6 +157,9 @@ def _parser():
                      help="a folder of finished runs, one small file each, safe to commit: read into the "
                           "store at the start, every finished run written to it after each item (resume a "
                           "long run on another machine)")
+    rep.add_argument("--jobs", type=_positive(int), default=1, metavar="N",
+                     help="run the chapters side by side in up to N processes (the same numbers as 1; it pays "
+                          "with more than 2 cores: Chapter 5 already trains in 2 processes)")
     rep.add_argument("--only", type=_id_list, default=None, metavar="IDS",
                      help="comma-separated ids, e.g. 2.1,4.1,fig2.2; they run and are reported in report order "
                           "(`tf-dlthesis list`), whatever the order given")
@@ -301,6 +304,7 @@ def main(argv=None) -> int:
             tensorboard=args.tensorboard,
             progress=not args.no_progress,
             archive=getattr(args, "archive", None),  # reproduce only
+            jobs=getattr(args, "jobs", 1),  # reproduce only
         )
     except KeyboardInterrupt:
         kept = os.path.abspath(os.path.join(args.out, "results.sqlite"))

@@ -46,6 +46,8 @@ def test_bad_names_are_argparse_errors_before_anything_is_created(argv, match, c
     (["reproduce", "--out", "/proc/no/such"], "argument --out: cannot write to output folder"),
     (["reproduce", "--only", ""], "argument --only: must name at least one table or figure id"),
     (["reproduce", "--only", " , "], "argument --only: must name at least one table or figure id"),
+    (["reproduce", "--jobs", "0"], "argument --jobs: expected a positive int, got '0'"),
+    (["reproduce", "--jobs", "two"], "argument --jobs: expected a positive int, got 'two'"),
     (["table", ""], "argument id: expected a name, got ''"),
     (["train", "--epochs", "0"], "argument --epochs: expected a positive int, got '0'"),
     (["train", "--epochs", "-3"], "argument --epochs: expected a positive int, got '-3'"),
@@ -142,6 +144,20 @@ def test_only_selects_in_report_order_whatever_the_order_given():
     picked = [every[-1], every[0], every[len(every) // 2]]
     chosen = [e.id for e in experiments.registry.select(picked)]
     assert chosen == [i for i in every if i in picked] and chosen != picked
+
+
+@pytest.mark.parametrize("jobs", [0, -1, True, 1.5, "2"])
+def test_reproduce_refuses_a_bad_jobs_count_before_creating_anything(jobs, tmp_path):
+    with pytest.raises(ValueError, match=r"`jobs` must be an int >= 1 .* Received: jobs="):
+        experiments.reproduce(out_dir=str(tmp_path / "out"), only=["fig2.2"], jobs=jobs)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("workers", [0, True, 2.0])
+def test_register_refuses_a_bad_workers_count(workers):
+    with pytest.raises(ValueError, match=r"`workers` must be an int >= 1. Received: workers="):
+        experiments.register("T.w", title="t", chapter="T", workers=workers)
+    assert "T.w" not in experiments.REGISTRY
 
 
 def test_finding_verdicts_are_validated():

@@ -111,15 +111,29 @@ def test_the_sigterm_handler_is_only_installed_while_reproduce_runs(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_stops_the_cli_at_once_and_keeps_the_finished_runs(tmp_path, process_session):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_stops_the_cli_at_once_and_keeps_the_finished_runs(jobs, tmp_path, process_session):
     """The CLI under SIGTERM while a pool worker trains a long run: exit 130 within seconds,
-    no worker left, the finished run and the item's time in the archive."""
+    no worker left, the finished runs and the items' times in the archive. With `--jobs 2`
+    the two items (of two modules) run side by side in processes of their own, and the
+    stopped one keeps its time before its process ends."""
     marker = tmp_path / "started"
     script = tmp_path / "stop.py"
+    (tmp_path / "other_items.py").write_text(textwrap.dedent("""
+        from tf_dlthesis import experiments
+        from tf_dlthesis.experiments import Output
+
+        @experiments.register("T.other", title="finishes at once", chapter="T", quick_minutes=0.0)
+        def other(scale, dataset, store, *, out=None):
+            store.record("T.other.run", {"x": 1}, 0, {"value": 1.0})
+            return Output()
+    """))
     script.write_text(textwrap.dedent(f"""
         import sys, time
         import numpy as np
+        import other_items
         from tf_dlthesis import cli, experiments
+        from tf_dlthesis.experiments import report
         from tf_dlthesis.variability import run_protocol
 
         def train(plan):
@@ -130,11 +144,13 @@ def test_sigterm_stops_the_cli_at_once_and_keeps_the_finished_runs(tmp_path, pro
         @experiments.register("T.sig", title="stopped by SIGTERM", chapter="T", quick_minutes=0.0)
         def item(scale, dataset, store, *, out=None):
             store.record("T.sig.run", {{"x": 1}}, 0, {{"value": 1.0}})
+            while not store.rows(report.ITEM_SECONDS):  # T.other has finished (it runs beside this one)
+                time.sleep(0.1)
             run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, workers=1, progress=False)
 
         if __name__ == "__main__":
-            sys.exit(cli.main(["reproduce", "--only", "T.sig", "--out", {str(tmp_path / "out")!r},
-                               "--archive", {str(tmp_path / "rows")!r}, "--no-progress"]))
+            sys.exit(cli.main(["reproduce", "--only", "T.other,T.sig", "--out", {str(tmp_path / "out")!r},
+                               "--archive", {str(tmp_path / "rows")!r}, "--no-progress", "--jobs", "{jobs}"]))
     """))
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = process_session.start([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
@@ -150,4 +166,6 @@ def test_sigterm_stops_the_cli_at_once_and_keeps_the_finished_runs(tmp_path, pro
     assert not process_session.wait_gone(proc.pid)  # no worker, forkserver or tracker left behind
     fresh = experiments.ResultsStore(tmp_path / "fresh.sqlite")
     fresh.import_rows(tmp_path / "rows")
-    assert [row["experiment"] for row in fresh.rows()] == ["T.sig.run", report.ITEM_SECONDS]
+    rows = sorted((row["experiment"], row["config"].get("item", "")) for row in fresh.rows())
+    assert rows == sorted([(report.ITEM_SECONDS, "T.other"), (report.ITEM_SECONDS, "T.sig"), ("T.other.run", ""),
+                           ("T.sig.run", "")])

@@ -155,3 +155,21 @@ def test_import_rows_bad_input(tmp_path):
     with pytest.raises(ValueError, match="Cannot write the results archive"):
         store.record("x", {}, 0, {})
         store.export_rows(tmp_path / "file")
+
+
+def test_recorded_counts_only_this_objects_own_runs(tmp_path):
+    """`recorded` / `last_recorded` tell `reproduce` whether an item trained anything, even
+    while another process writes to the same store at the same time."""
+    store = ResultsStore(tmp_path / "a.sqlite")
+    assert (store.recorded, store.last_recorded) == (0, None)
+    before = time.time()
+    store.record("e", {"k": 1}, 0, {"v": 1.0})
+    store.get_or_compute("e", {"k": 1}, 0, lambda: {"v": 2.0})  # read back: not a new record
+    store.get_or_compute("e", {"k": 1}, 1, lambda: {"v": 2.0})
+    assert store.recorded == 2 and before <= store.last_recorded <= time.time()
+    other = ResultsStore(tmp_path / "a.sqlite")  # another writer (another process, say)
+    other.record("e", {"k": 2}, 0, {"v": 3.0})
+    assert store.recorded == 2 and other.recorded == 1 and len(store) == 3
+    store.export_rows(tmp_path / "rows")
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    assert fresh.import_rows(tmp_path / "rows") == 3 and fresh.recorded == 0  # imported, not recorded here

@@ -261,3 +261,33 @@ def test_a_run_whose_every_draw_had_no_effect_is_left_out():
                      executor="serial", progress=False)
     with pytest.raises(ValueError, match="redraw"):
         SeedPlan().redraw_bit_change(1)
+
+
+def test_pool_tasks_stay_within_their_slots_and_a_small_one_fills_a_gap():
+    """`_collect` (the process pools of `run_protocol` and `reproduce --jobs`): never more
+    slots busy than there are, and a task that fits starts before an earlier one that does not."""
+    import threading
+    import types
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tf_dlthesis.variability.protocol import _collect
+
+    sizes = {"a": 1, "big": 2, "b": 1, "big2": 2}
+    lock, running, busy, started, done = threading.Lock(), {}, [], [], []
+
+    def job(label):
+        with lock:
+            running[label] = sizes[label]
+            started.append(label)
+            busy.append(sum(running.values()))
+        time.sleep(0.2)
+        with lock:
+            running.pop(label)
+        return label
+
+    with ThreadPoolExecutor(4) as pool:
+        _collect(pool, job, [(k, k) for k in sizes], lambda label, result: done.append(result),
+                 types.SimpleNamespace(update=lambda n=1: None), 2, sizes.get)
+    assert max(busy) <= 2
+    assert set(started[:2]) == {"a", "b"}  # b starts beside a while big waits for both slots
+    assert sorted(done) == sorted(sizes)

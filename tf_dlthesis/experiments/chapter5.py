@@ -398,7 +398,8 @@ def _regime_checks(cfg: Setting, res, scale: str) -> list:
 
 
 # ---------------------------------------------------------------------------- Table 5.1
-@register("5.1", title="Effect of each source of nondeterminism", chapter=5, quick_minutes=2.0)
+@register("5.1", title="Effect of each source of nondeterminism", chapter=5,
+          quick_minutes=2.0, workers=WORKERS)
 def table_5_1(scale, dataset, store, *, out=None):
     cfg = settings(scale, dataset)
     res = _main_results(cfg, store)
@@ -456,7 +457,8 @@ def table_5_1(scale, dataset, store, *, out=None):
 
 
 # ---------------------------------------------------------------------------- Table 5.3
-@register("5.3", title="Instability: one random bit change", chapter=5, quick_minutes=0.1)
+@register("5.3", title="Instability: one random bit change", chapter=5,
+          quick_minutes=0.1, workers=WORKERS)
 def table_5_3(scale, dataset, store, *, out=None):
     cfg = settings(scale, dataset)
     res = _main_results(cfg, store)
@@ -498,7 +500,8 @@ def table_5_3(scale, dataset, store, *, out=None):
 
 
 # ---------------------------------------------------------------------------- Fig. 5.2
-@register("fig5.2", title="Onset of nondeterminism", chapter=5, quick_minutes=0.7)
+@register("fig5.2", title="Onset of nondeterminism", chapter=5,
+          quick_minutes=0.7, workers=WORKERS)
 def figure_5_2(scale, dataset, store, *, out=None):
     import matplotlib.pyplot as plt
 
@@ -568,7 +571,8 @@ def _reduction(row: dict, single: dict) -> float:
     return 100.0 * sum(drops) / len(drops) if drops else float("nan")
 
 
-@register("5.5", title="Reducing variability: ensembles, snapshot ensembles, TTA", chapter=5, quick_minutes=0.4)
+@register("5.5", title="Reducing variability: ensembles, snapshot ensembles, TTA", chapter=5,
+          quick_minutes=0.4, workers=WORKERS)
 def table_5_5(scale, dataset, store, *, out=None):
     cfg = settings(scale, dataset)
     res = _main_results(cfg, store)
@@ -646,7 +650,8 @@ def table_5_5(scale, dataset, store, *, out=None):
 
 
 # ---------------------------------------------------------------------------- Table B.1
-@register("B.1", title="Linear, one-hidden-layer and deeper models", chapter="B", quick_minutes=1.5)
+@register("B.1", title="Linear, one-hidden-layer and deeper models", chapter="B",
+          quick_minutes=1.5, workers=WORKERS)
 def table_b_1(scale, dataset, store, *, out=None):
     cfg = settings(scale, dataset)
     main_tta = cfg.tta_modes(cfg.spec)
@@ -870,7 +875,8 @@ def _generalization_checks(counts: dict, min_runs: int, scale: str, infos: dict)
     ]
 
 
-@register("5.6", title="Generalization across architectures and MNIST", chapter=5, quick_minutes=2.0)
+@register("5.6", title="Generalization across architectures and MNIST", chapter=5,
+          quick_minutes=2.0, workers=WORKERS)
 def table_5_6(scale, dataset, store, *, out=None):
     cfg = architectures(scale)
     ours, thesis_flat, findings, checks = {}, {}, [], []
@@ -1048,7 +1054,8 @@ def grid(scale: str, dataset: str | None = None) -> GridSetting:
     return cfg
 
 
-@register("B.2", title="Maximum learning rate and training length (App. B.4)", chapter="B", quick_minutes=0.8)
+@register("B.2", title="Maximum learning rate and training length (App. B.4)", chapter="B",
+          quick_minutes=0.8, workers=WORKERS)
 def table_b_2(scale, dataset, store, *, out=None):
     cfg = grid(scale, dataset)
     main = settings(scale, dataset)
@@ -1157,7 +1164,8 @@ CKA_SETTINGS = {"quick": (3, 200, ("init", "shuffle", "all")),
                 "full": (25, 1000, ("init", "shuffle", "augment", "ops", "all"))}
 
 
-@register("fig5.1", title="CKA representation similarity across layers and sources", chapter=5, quick_minutes=0.5)
+@register("fig5.1", title="CKA representation similarity across layers and sources", chapter=5,
+          quick_minutes=0.5, workers=WORKERS)
 def figure_5_1(scale, dataset, store, *, out=None):
     import keras
     import matplotlib.pyplot as plt

@@ -244,7 +244,8 @@ _THESIS_SETTING = ("Penn Treebank, QRNN (256-d embeddings, 3 x 512 units; test P
 
 
 # ---------------------------------------------------------------------------- Table 5.2
-@register("5.2", title="Each source of nondeterminism in language modeling", chapter=5, quick_minutes=1.0)
+@register("5.2", title="Each source of nondeterminism in language modeling", chapter=5,
+          quick_minutes=1.0, workers=WORKERS)
 def table_5_2(scale, dataset, store, *, out=None):
     cfg = settings(scale)
     res = _protocol(cfg, store, SOURCES)
@@ -271,7 +272,8 @@ def table_5_2(scale, dataset, store, *, out=None):
 
 
 # ---------------------------------------------------------------------------- Table 5.4
-@register("5.4", title="Instability in language modeling: one random bit change", chapter=5, quick_minutes=0.5)
+@register("5.4", title="Instability in language modeling: one random bit change", chapter=5,
+          quick_minutes=0.5, workers=WORKERS)
 def table_5_4(scale, dataset, store, *, out=None):
     cfg = settings(scale)
     res = _protocol(cfg, store, ["bit_change", "all"])
@@ -315,7 +317,8 @@ def table_5_4(scale, dataset, store, *, out=None):
 
 
 # ---------------------------------------------------------------------------- Table B.3
-@register("B.3", title="Snapshot ensembles in language modeling", chapter="B", quick_minutes=0.4)
+@register("B.3", title="Snapshot ensembles in language modeling", chapter="B",
+          quick_minutes=0.4, workers=WORKERS)
 def table_b_3(scale, dataset, store, *, out=None):
     cfg = settings(scale)
     thesis = thesis_rows("B.3")

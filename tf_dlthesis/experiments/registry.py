@@ -157,6 +157,7 @@ class Experiment:
     fn: object
     quick_minutes: float
     kind: str = "table"
+    workers: int = 1
 
     def __call__(self, scale, dataset, store, *, out=None, tensorboard=None) -> Output:
         if scale not in SCALES:
@@ -185,8 +186,11 @@ class Experiment:
 REGISTRY: dict = {}
 
 
-def register(id: str, *, title: str, chapter, quick_minutes: float = 1.0):
+def register(id: str, *, title: str, chapter, quick_minutes: float = 1.0, workers: int = 1):
     """Decorator registering `fn(scale, dataset, store, *, out=None) -> Output`.
+
+    `workers`: the processes the item trains in at once (Chapter 5's protocol starts
+    its own); `reproduce(jobs=N)` counts them against its N.
 
     Example:
 
@@ -197,12 +201,14 @@ def register(id: str, *, title: str, chapter, quick_minutes: float = 1.0):
     """
     if not isinstance(id, str) or not id:
         raise ValueError(f"`id` must be a non-empty string. Received: id={id!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be an int >= 1. Received: workers={workers!r}")
 
     def decorator(fn):
         if id in REGISTRY and REGISTRY[id].fn is not fn:
             raise ValueError(f"Experiment id {id!r} is already registered by {REGISTRY[id].fn.__module__}")
         kind = "figure" if id.startswith("fig") else "table"
-        REGISTRY[id] = Experiment(id, title, chapter, fn, float(quick_minutes), kind)
+        REGISTRY[id] = Experiment(id, title, chapter, fn, float(quick_minutes), kind, workers)
         return fn
 
     return decorator

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import functools
 import os
+import pickle
 import signal
 import sys
 import threading
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 
 from tf_dlthesis.experiments.registry import DEFAULT_DATASETS, VERDICTS, Output, fmt, select
 
@@ -213,24 +217,124 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _keep_stopped_item(store, scale, dataset, exp, t0: float | None, held: int, archive) -> None:
-    """What `reproduce` keeps of an item stopped part-way: its finished runs and their compute time.
-
-    The item's share of this process is the time up to its last recorded run: the
-    runs cut short are lost and will be trained again by the resuming process, so
-    their time is not the item's cost. `t0` None: the item's time is already recorded
-    (the stop came while its figures, archive or report were being written). The
-    archive then gets every finished run.
+def _keep_stopped_item(store, scale, dataset, exp, t0: float, held: int) -> None:
+    """Records the compute time of an item stopped part-way: up to the last run this process
+    recorded for it (`held`: `store.recorded` when it started at `t0`). The runs cut short
+    are lost and will be trained again by the resuming process, so their time is not the
+    item's cost; an item stopped before its first run records none.
     """
-    last = store.last_created(exclude=ITEM_SECONDS)
-    if t0 is not None and len(store) > held and last is not None and last > t0:
+    last = store.last_recorded
+    if store.recorded > held and last is not None and last > t0:
         record_item_seconds(store, scale, dataset, exp, last - t0)
-    if archive is not None:
-        store.export_rows(archive)
+
+
+def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir, warn=print) -> tuple:
+    """Runs one item in this process: `(Output or None, compute seconds, error text or None)`.
+
+    Every item starts from the same global state (`runtime.configure(seed=0,
+    deterministic=True)`), so its numbers do not depend on what ran before it or
+    where. Its figures are saved under `out_dir/figures`. Its compute time is
+    recorded in `store` when it trained or evaluated something; an item read back
+    entirely shows its recorded time. An item that raises is returned with its
+    error (the others must still run). Stopped (KeyboardInterrupt): the finished
+    runs' time is kept (`_keep_stopped_item`), then the stop propagates.
+    """
+    from tf_dlthesis import runtime
+    from tf_dlthesis.experiments.training import data_dir as data_dir_context
+
+    runtime.configure(seed=0, deterministic=True)
+    t0, held = time.time(), store.recorded
+    try:
+        try:
+            with data_dir_context(data_dir):
+                output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
+        except Exception:  # keep going: one failure must not lose the others' results
+            output, error = None, traceback.format_exc(limit=8)
+            warn(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
+        if output is not None:
+            save_figures(output, out_dir)
+    except KeyboardInterrupt:
+        _keep_stopped_item(store, scale, dataset, exp, t0, held)
+        raise
+    seconds = time.time() - t0
+    if error is None and store.recorded > held:  # a failed item's time is not the item's cost
+        seconds = record_item_seconds(store, scale, dataset, exp, seconds)
+    elif error is None:  # read back: its recorded time
+        seconds = item_seconds(store, scale, dataset, exp) or seconds
+    return output, seconds, error
+
+
+def _group_in_worker(item_ids, *, modules, store_path, **kwargs) -> list:
+    """`_compute_item` for each item of a group, in report order, in one pool worker (a fresh
+    process per group): `[(id, Output or None, seconds, error or None)]`.
+
+    The figures are already saved; the parent gets their names (a closed matplotlib
+    figure need not cross the process boundary). SIGTERM (the parent ending the pool
+    at a stop) acts as Ctrl-C does, so the running item keeps its finished runs' time.
+    """
+    import importlib
+
+    from tf_dlthesis.experiments import registry
+    from tf_dlthesis.experiments.results_store import ResultsStore
+
+    for module in modules:  # where items outside the package were registered
+        importlib.import_module(module)
+    store, results = ResultsStore(store_path), []
+    with _sigterm_as_interrupt():
+        for item_id in item_ids:
+            output, seconds, error = _compute_item(registry.get(item_id), store, warn=_stderr_line, **kwargs)
+            if output is not None:
+                output = dataclasses.replace(output, figures=[(name, None) for name, _ in output.figures])
+                try:
+                    pickle.dumps(output)
+                except Exception:  # its runs are stored; report the item as failed rather than lose the others
+                    output, error = None, traceback.format_exc(limit=4)
+                    _stderr_line(f"[{item_id}] failed: its output cannot be sent back from its process: "
+                                 f"{error.strip().splitlines()[-1]}")
+            results.append((item_id, output, seconds, error))
+    return results
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _groups(experiments, store, scale, dataset) -> list:
+    """The items split into the groups a pool runs, longest first.
+
+    A group is the items of one module (a chapter): they share trained models (2.2 and
+    2.3 read 2.1's runs, 3.2 attacks 3.1's, 5.3 reads 5.1's), so they run in one
+    process, in report order, and nothing is trained twice. A group's cost is its
+    items' recorded time at this scale, else their declared quick-scale minutes.
+    """
+    groups: dict = {}
+    for exp in experiments:
+        groups.setdefault(exp.fn.__module__, []).append(exp)
+
+    def cost(group):
+        return sum(item_seconds(store, scale, dataset, exp) or 60.0 * exp.quick_minutes for exp in group)
+
+    return sorted(groups.values(), key=cost, reverse=True)
+
+
+class _NoProgress:
+    @staticmethod
+    def update(n=1) -> None:
+        pass
+
+
+_NO_PROGRESS = _NoProgress()
+
+
+def _jobs(jobs) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"`jobs` must be an int >= 1 (processes running chapters side by side). "
+                         f"Received: jobs={jobs!r}")
+    return jobs
 
 
 def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-dlthesis-out", only=None,
-              tensorboard=None, progress: bool = True, data_dir=None, archive=None):
+              tensorboard=None, progress: bool = True, data_dir=None, archive=None, jobs: int = 1):
     """Runs every registered table/figure and writes the report.
 
     Finished training runs are recorded in `out_dir/results.sqlite`, so a rerun
@@ -242,24 +346,38 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     one small file per run), so a long run can be committed to git part-way and
     resumed on a fresh machine.
 
+    With `jobs` > 1, the chapters run side by side, up to `jobs` processes at once:
+    each chapter's items (which share trained models; Appendix A's go with Chapter 4,
+    Appendix B's with Chapter 5: one module each) run in report order in a fresh
+    process of their own, the longest chapter first, and a Chapter 5 item, which
+    trains in 2 worker processes of its own, counts as 2 (`Experiment.workers`). The
+    numbers are the same as with `jobs=1`: every item starts from the same state and
+    no item depends on which ran before it. The report and the archive are updated
+    as each chapter finishes. It pays only with spare cores: on 2 cores the quick
+    scale took 28.9 min with `jobs=2` against 30.0 min with `jobs=1` (Chapter 5
+    already keeps both busy).
+
     Each item's time in the report is its compute time: the seconds of every
     process that trained or evaluated part of it, recorded in the store (and so in
     the archive) under `ITEM_SECONDS`. An item read back entirely from the store
-    shows its recorded time.
+    shows its recorded time. With `jobs` > 1 the items share the cores, so each
+    one's time is longer than it would be alone.
 
     Stopping a run (Ctrl-C, or SIGTERM from `kill` or a batch system) keeps its work:
-    the running item's finished runs stay in the store, its compute time up to its
-    last finished run is recorded, the archive (if any) is written, running training
-    workers are ended, and KeyboardInterrupt propagates. The report on disk is the one
-    written after the last finished item. Rerunning the same call resumes.
+    the running items' finished runs stay in the store, their compute time up to
+    their last finished run is recorded, the archive (if any) is written, running
+    training workers are ended, and KeyboardInterrupt propagates. The report on disk
+    is the one written after the last finished item. Rerunning the same call resumes.
 
     Returns:
         `(report_path, number_of_failed_experiments)`.
-    """
-    from tf_dlthesis import runtime
-    from tf_dlthesis.experiments.results_store import ResultsStore
-    from tf_dlthesis.experiments.training import data_dir as data_dir_context
 
+    Raises:
+        ValueError: `jobs` is not an int >= 1 (or an unknown id in `only`).
+    """
+    from tf_dlthesis.experiments.results_store import ResultsStore
+
+    jobs = _jobs(jobs)
     experiments = select(only)
     chosen = {exp.id for exp in experiments}
     absent = [exp.id for exp in select() if exp.id not in chosen]
@@ -267,7 +385,6 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     store = ResultsStore(os.path.join(out_dir, "results.sqlite"))
     if archive is not None and os.path.isdir(archive):
         store.import_rows(archive)
-    sections = []
     start = time.time()
     from tqdm.auto import tqdm
 
@@ -275,36 +392,52 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     interactive = sys.stderr.isatty()
     bar = tqdm(total=len(experiments), desc="reproduce", unit="item", disable=not progress,
                mininterval=0.1 if interactive else float("inf"))
-    with _sigterm_as_interrupt():
-        for exp in experiments:
-            bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}", refresh=interactive)
-            runtime.configure(seed=0, deterministic=True)
-            t0, held, timed = time.time(), len(store), False
-            try:
+    done: dict = {}  # id -> (Output, seconds, error)
+
+    def finished(exp_id, result) -> None:
+        done[exp_id] = result
+        if archive is not None:
+            store.export_rows(archive)
+        sections = [(exp, *done[exp.id]) for exp in experiments if exp.id in done]
+        write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
+                     absent=absent + [exp.id for exp in experiments if exp.id not in done])
+
+    run = dict(scale=scale, dataset=dataset, out_dir=out_dir, tensorboard=tensorboard, data_dir=data_dir)
+    try:
+        with _sigterm_as_interrupt():
+            if jobs == 1 or len({exp.fn.__module__ for exp in experiments}) == 1:
+                for exp in experiments:
+                    bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}", refresh=interactive)
+                    finished(exp.id, _compute_item(exp, store, warn=bar.write, **run))
+                    bar.update(1)
+            else:
+                from tf_dlthesis.variability.protocol import _process_pool
+
+                def group_done(_, results):
+                    for item_id, *result in results:
+                        finished(item_id, tuple(result))
+                    bar.update(len(results))
+
+                modules = sorted({exp.fn.__module__ for exp in experiments} - {"__main__", "__mp_main__"})
+                job = functools.partial(_group_in_worker, modules=modules, store_path=store.path, **run)
+                groups = {i: group for i, group in enumerate(_groups(experiments, store, scale, dataset))}
                 try:
-                    with data_dir_context(data_dir):
-                        output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
-                except Exception:  # keep going: one failure must not lose the others' results
-                    output, error = None, traceback.format_exc(limit=8)
-                    bar.write(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
-                if output is not None:
-                    save_figures(output, out_dir)
-                seconds = time.time() - t0
-                if error is None and len(store) > held:  # a failed item's time is not the item's cost
-                    seconds, timed = record_item_seconds(store, scale, dataset, exp, seconds), True
-                elif error is None:  # read back: its recorded time
-                    seconds = item_seconds(store, scale, dataset, exp) or seconds
-                sections.append((exp, output, seconds, error))
-                if archive is not None:
-                    store.export_rows(archive)
-                write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
-                             absent=absent + [e.id for e in experiments[len(sections):]])
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what this item finished, then stop
-                bar.close()
-                _keep_stopped_item(store, scale, dataset, exp, None if timed else t0, held, archive)
-                raise
-            bar.update(1)
-    bar.close()
+                    _process_pool([(i, [exp.id for exp in group]) for i, group in groups.items()], job,
+                                  min(jobs, len(groups)), None, group_done, _NO_PROGRESS, preload=modules,
+                                  join_on_stop=True, slots=lambda i: max(exp.workers for exp in groups[i]))
+                except BrokenProcessPool:
+                    running = [exp.id for exp in experiments if exp.id not in done]
+                    raise RuntimeError(
+                        f"A reproduce worker process died (killed, or out of memory) while running one of "
+                        f"{', '.join(running)}. Finished runs are kept in {store.path}; run the same call again "
+                        f"to resume (with fewer `jobs` if memory is short).") from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stopped items kept their runs and times; archive them
+        if archive is not None:
+            store.export_rows(archive)
+        raise
+    finally:
+        bar.close()
+    sections = [(exp, *done[exp.id]) for exp in experiments]
     path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
                         absent=absent)
     return path, sum(1 for s in sections if s[3])

@@ -93,12 +93,19 @@ class ResultsStore:
     Args:
         path: the SQLite file (created with its folder if missing).
 
+    Attributes:
+        recorded: how many runs this object has recorded (`record`, `get_or_compute`;
+            not rows imported or written by other processes).
+        last_recorded: when this object last recorded a run (seconds since the epoch),
+            or None.
+
     Raises:
         ValueError: if the path cannot be created or opened as a results store.
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.recorded, self.last_recorded = 0, None
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -141,8 +148,10 @@ class ResultsStore:
         self._check(experiment, config, run)
         if not isinstance(result, dict):
             raise TypeError(f"`result` must be a dict. Received: result={type(result).__name__}")
+        created = time.time()
         self._insert((experiment, config_hash(config), int(run), json.dumps(_encode(config), sort_keys=True),
-                      json.dumps(_encode(result)), time.time()))
+                      json.dumps(_encode(result)), created))
+        self.recorded, self.last_recorded = self.recorded + 1, created
 
     def _insert(self, row) -> None:
         conn = self._connect()
@@ -196,15 +205,6 @@ class ResultsStore:
     def __len__(self) -> int:
         """The number of recorded runs (of every experiment)."""
         return int(self._connect().execute("SELECT COUNT(*) FROM results").fetchone()[0])
-
-    def last_created(self, *, exclude: str | None = None) -> float | None:
-        """When the newest run was recorded (seconds since the epoch), not counting experiment
-        `exclude`; None for an empty store."""
-        query, args = "SELECT MAX(created) FROM results", ()
-        if exclude is not None:
-            query, args = query + " WHERE experiment != ?", (exclude,)
-        value = self._connect().execute(query, args).fetchone()[0]
-        return None if value is None else float(value)
 
     def rows(self, experiment: str | None = None) -> list[dict]:
         """All recorded runs (of one experiment, or all), oldest first.

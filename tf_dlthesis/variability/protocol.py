@@ -229,14 +229,24 @@ def _check_controls(hashes: dict, onset_epoch: int, control: tuple | None = None
             )
 
 
-def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress, preload=()) -> None:
+def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress, preload=(),
+                  join_on_stop: bool = False, slots: Callable | None = None) -> None:
     """Runs `job(plan)` for every `(label, plan)` of `tasks` in a fresh process each.
+
+    Tasks start in the order given, at most `workers` at once; with `slots`, a task
+    counts as `slots(label)` of the `workers` (one that starts training workers of its
+    own), and waits until that many are free.
 
     `start_method` None means forkserver (spawn on Windows). Workers end with this
     process (`_die_with`). With the forkserver start method the
     server imports `tf_dlthesis` (quietly, registering its Keras objects), TF and the
     modules in `preload` once; each run is a fresh fork of it (a new process, so op
     determinism stays per run) without paying the TF import again.
+
+    At a stop (Ctrl-C, SIGTERM) or a failure the running workers get SIGTERM at once.
+    `join_on_stop`: wait for them to end before re-raising (up to a minute), for jobs
+    that turn SIGTERM into a clean stop which records what they finished (`reproduce`'s
+    items); otherwise their unfinished work is simply lost.
     """
     if start_method is None:
         start_method = "forkserver" if sys.platform != "win32" else "spawn"
@@ -246,14 +256,19 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1,
                                initializer=_die_with, initargs=(os.getpid(),))
     try:
-        _collect({pool.submit(job, plan): label for label, plan in tasks}, on_done, progress)
+        _collect(pool, job, list(tasks), on_done, progress, workers, slots or (lambda label: 1))
     except BaseException:
         # Stopped (Ctrl-C, SIGTERM) or failed: end the running workers now rather than wait
         # for their training to finish (a 5-minute run would hold the stop that long). Their
         # unfinished runs are lost either way; the finished ones are already with `on_done`.
         # Python < 3.14 has no public way to stop a pool's workers.
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for proc in procs:
             proc.terminate()
+        if join_on_stop:
+            deadline = time.time() + 60.0
+            for proc in procs:
+                proc.join(max(0.0, deadline - time.time()))
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
@@ -267,19 +282,34 @@ def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, pr
                   progress, preload)
 
 
-def _collect(pending: dict, on_done: Callable, progress) -> None:
-    """Hands each future's result to `on_done(label, result)` as it finishes; cancels the rest on an error.
+def _collect(pool, job: Callable, queue: list, on_done: Callable, progress, capacity: int, slots: Callable) -> None:
+    """Submits `job(plan)` for each `(label, plan)` of `queue`, in order as far as `capacity`
+    slots allow (a later task that fits starts before an earlier one that does not yet), and
+    hands each result to `on_done(label, result)` as it finishes; cancels the rest on an error.
 
     Args:
-        pending: Future -> its task's label (emptied as they finish).
-        on_done: Called with the label and the result of every finished future.
-        progress: A progress bar, advanced by one per finished future.
+        queue: `(label, plan)` pairs (emptied as they start).
+        on_done: Called with the label and the result of every finished task.
+        progress: A progress bar, advanced by one per finished task.
+        capacity: Slots in all; a task takes `min(slots(label), capacity)` of them.
     """
+    pending, used = {}, 0
     try:
-        while pending:
+        while queue or pending:
+            waiting = []
+            for label, plan in queue:  # the first that fits, then the next (a small task fills a gap)
+                taken = min(slots(label), capacity)
+                if used + taken <= capacity:
+                    pending[pool.submit(job, plan)] = label, taken
+                    used += taken
+                else:
+                    waiting.append((label, plan))
+            queue[:] = waiting
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                on_done(pending.pop(fut), fut.result())
+                label, taken = pending.pop(fut)
+                used -= taken
+                on_done(label, fut.result())
                 progress.update(1)
     except BaseException:
         for fut in pending:
