@@ -249,7 +249,7 @@ def test_item_compute_seconds_add_up_over_processes_and_survive_the_archive(tmp_
     assert len(fresh) == 2 and report.item_seconds(fresh, "standard", None, exp) == 120.5
 
 
-def test_progress_off_a_terminal_prints_the_final_count_once(tmp_path, capsys):
+def test_progress_off_a_terminal_is_a_line_per_finished_item(tmp_path, capsys):
     for i in (0, 1):
         experiments.register(f"T.p{i}", title=f"tiny {i}", chapter="T", quick_minutes=0.0)(
             lambda scale, dataset, store, *, out=None: Output([], [], [], []))
@@ -259,9 +259,10 @@ def test_progress_off_a_terminal_prints_the_final_count_once(tmp_path, capsys):
         for i in (0, 1):
             experiments.REGISTRY.pop(f"T.p{i}", None)
     err = capsys.readouterr().err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("reproduce")]
-    assert [line for line in lines if "2/2" in line] == lines[-1:], err   # the final count, once, last
-    assert "T.p1: tiny 1" in lines[-1] and len(lines) <= 2, err            # at most the opening 0/2 line before
+    lines = err.replace("\r", "\n").splitlines()
+    assert not [line for line in lines if line.startswith("reproduce")], err  # no bar in a log
+    items = [line for line in lines if line.startswith("[")]
+    assert [line.split(" (")[0] for line in items] == ["[1/2] T.p0 done", "[2/2] T.p1 done"], err
 
 
 @pytest.mark.parametrize("value, text", [(0.99999999, "1.00"), (1.0000001, "1.00"), (-0.99999, "-1.00"),

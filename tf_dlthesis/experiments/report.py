@@ -388,14 +388,19 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     start = time.time()
     from tqdm.auto import tqdm
 
-    # Off a terminal (logs, CI, pipes) refresh only on close: one final line with the final count.
+    # Off a terminal (logs, CI, pipes) no bar: each finished item gets a line of its own instead,
+    # so a log shows how far a run got.
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=len(experiments), desc="reproduce", unit="item", disable=not progress,
-               mininterval=0.1 if interactive else float("inf"))
+    bar = tqdm(total=len(experiments), desc="reproduce", unit="item", disable=not (progress and interactive),
+               mininterval=0.1)
     done: dict = {}  # id -> (Output, seconds, error)
 
     def finished(exp_id, result) -> None:
         done[exp_id] = result
+        if progress and not interactive:
+            _, seconds, error = result
+            _stderr_line(f"[{len(done)}/{len(experiments)}] {exp_id} {'failed' if error else 'done'} "
+                         f"({seconds:.0f} s)")  # not bar.write, which would print the bar around it
         if archive is not None:
             store.export_rows(archive)
         sections = [(exp, *done[exp.id]) for exp in experiments if exp.id in done]
