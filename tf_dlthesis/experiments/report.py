@@ -428,7 +428,7 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
                 groups = {i: group for i, group in enumerate(_groups(experiments, store, scale, dataset))}
                 try:
                     _process_pool([(i, [exp.id for exp in group]) for i, group in groups.items()], job,
-                                  min(jobs, len(groups)), None, group_done, _NO_PROGRESS, preload=modules,
+                                  jobs, None, group_done, _NO_PROGRESS, preload=modules,
                                   join_on_stop=True, slots=lambda i: max(exp.workers for exp in groups[i]))
                 except BrokenProcessPool:
                     running = [exp.id for exp in experiments if exp.id not in done]

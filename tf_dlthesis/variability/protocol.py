@@ -235,7 +235,7 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
 
     Tasks start in the order given, at most `workers` at once; with `slots`, a task
     counts as `slots(label)` of the `workers` (one that starts training workers of its
-    own), and waits until that many are free.
+    own) and waits until that many are free, while a later task that fits starts.
 
     `start_method` None means forkserver (spawn on Windows). Workers end with this
     process (`_die_with`). With the forkserver start method the
