@@ -159,7 +159,7 @@ def _parser():
                           "long run on another machine)")
     rep.add_argument("--jobs", type=_positive(int), default=1, metavar="N",
                      help="run the chapters side by side in up to N processes (the same numbers as 1; it pays "
-                          "with more than 2 cores: Chapter 5 already trains in 2 processes)")
+                          "only with more than 2 cores: Chapter 5 already trains in 2 processes)")
     rep.add_argument("--only", type=_id_list, default=None, metavar="IDS",
                      help="comma-separated ids, e.g. 2.1,4.1,fig2.2; they run and are reported in report order "
                           "(`tf-dlthesis list`), whatever the order given")

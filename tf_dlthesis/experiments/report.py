@@ -353,8 +353,8 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     trains in 2 worker processes of its own, counts as 2 (`Experiment.workers`). The
     numbers are the same as with `jobs=1`: every item starts from the same state and
     no item depends on which ran before it. The report and the archive are updated
-    as each chapter finishes. It pays only with spare cores: on 2 cores the quick
-    scale took 28.9 min with `jobs=2` against 30.0 min with `jobs=1` (Chapter 5
+    as each chapter finishes. It pays only with spare cores: on 2 cores it does not (the
+    quick scale took 28.9 min with `jobs=2`, 27.7 min with `jobs=1`; Chapter 5
     already keeps both busy).
 
     Each item's time in the report is its compute time: the seconds of every
