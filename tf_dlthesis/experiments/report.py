@@ -299,31 +299,17 @@ def _stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _groups(experiments, store, scale, dataset) -> list:
-    """The items split into the groups a pool runs, longest first.
+def _chapters(experiments) -> dict:
+    """The items grouped by the module that registered them (a chapter), in report order.
 
-    A group is the items of one module (a chapter): they share trained models (2.2 and
-    2.3 read 2.1's runs, 3.2 attacks 3.1's, 5.3 reads 5.1's), so they run in one
-    process, in report order, and nothing is trained twice. A group's cost is its
-    items' recorded time at this scale, else their declared quick-scale minutes.
+    A chapter's items share trained models (2.2 and 2.3 read 2.1's runs, 3.2 attacks
+    3.1's, 5.3 reads 5.1's), so `reproduce(jobs=N)` runs each chapter in one process,
+    in report order, and nothing is trained twice.
     """
-    groups: dict = {}
+    chapters: dict = {}
     for exp in experiments:
-        groups.setdefault(exp.fn.__module__, []).append(exp)
-
-    def cost(group):
-        return sum(item_seconds(store, scale, dataset, exp) or 60.0 * exp.quick_minutes for exp in group)
-
-    return sorted(groups.values(), key=cost, reverse=True)
-
-
-class _NoProgress:
-    @staticmethod
-    def update(n=1) -> None:
-        pass
-
-
-_NO_PROGRESS = _NoProgress()
+        chapters.setdefault(exp.fn.__module__, []).append(exp)
+    return chapters
 
 
 def _jobs(jobs) -> int:
@@ -397,6 +383,7 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
 
     def finished(exp_id, result) -> None:
         done[exp_id] = result
+        bar.update(1)
         if progress and not interactive:
             _, seconds, error = result
             _stderr_line(f"[{len(done)}/{len(experiments)}] {exp_id} {'failed' if error else 'done'} "
@@ -408,27 +395,29 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
                      absent=absent + [exp.id for exp in experiments if exp.id not in done])
 
     run = dict(scale=scale, dataset=dataset, out_dir=out_dir, tensorboard=tensorboard, data_dir=data_dir)
+    chapters = _chapters(experiments)
     try:
         with _sigterm_as_interrupt():
-            if jobs == 1 or len({exp.fn.__module__ for exp in experiments}) == 1:
+            if jobs == 1 or len(chapters) == 1:
                 for exp in experiments:
                     bar.set_postfix_str(f"{exp.id}: {exp.title[:40]}", refresh=interactive)
                     finished(exp.id, _compute_item(exp, store, warn=bar.write, **run))
-                    bar.update(1)
             else:
                 from tf_dlthesis.variability.protocol import _process_pool
 
-                def group_done(_, results):
+                def chapter_done(_, results):
                     for item_id, *result in results:
                         finished(item_id, tuple(result))
-                    bar.update(len(results))
 
-                modules = sorted({exp.fn.__module__ for exp in experiments} - {"__main__", "__mp_main__"})
+                def cost(group):  # its recorded time at this scale, else its declared quick-scale minutes
+                    return sum(item_seconds(store, scale, dataset, exp) or 60.0 * exp.quick_minutes for exp in group)
+
+                groups = dict(enumerate(sorted(chapters.values(), key=cost, reverse=True)))  # the longest first
+                modules = sorted(set(chapters) - {"__main__", "__mp_main__"})
                 job = functools.partial(_group_in_worker, modules=modules, store_path=store.path, **run)
-                groups = {i: group for i, group in enumerate(_groups(experiments, store, scale, dataset))}
                 try:
                     _process_pool([(i, [exp.id for exp in group]) for i, group in groups.items()], job,
-                                  jobs, None, group_done, _NO_PROGRESS, preload=modules,
+                                  jobs, None, chapter_done, None, preload=modules,
                                   join_on_stop=True, slots=lambda i: max(exp.workers for exp in groups[i]))
                 except BrokenProcessPool:
                     running = [exp.id for exp in experiments if exp.id not in done]

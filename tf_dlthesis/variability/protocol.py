@@ -290,7 +290,7 @@ def _collect(pool, job: Callable, queue: list, on_done: Callable, progress, capa
     Args:
         queue: `(label, plan)` pairs (emptied as they start).
         on_done: Called with the label and the result of every finished task.
-        progress: A progress bar, advanced by one per finished task.
+        progress: A progress bar, advanced by one per finished task (None: none).
         capacity: Slots in all; a task takes `min(slots(label), capacity)` of them.
     """
     pending, used = {}, 0
@@ -310,7 +310,8 @@ def _collect(pool, job: Callable, queue: list, on_done: Callable, progress, capa
                 label, taken = pending.pop(fut)
                 used -= taken
                 on_done(label, fut.result())
-                progress.update(1)
+                if progress is not None:
+                    progress.update(1)
     except BaseException:
         for fut in pending:
             fut.cancel()
