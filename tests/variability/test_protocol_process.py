@@ -1,6 +1,7 @@
 """run_protocol as a process tree: nothing outlives a `kill -9` of its process, a script
 without a `__main__` guard gets a clear error (not silent reruns), and `store` accepts a
-path (anything else: a TypeError naming `store`)."""
+path (anything else: a TypeError naming `store`); the process pool behind it ends cleanly at a
+stop."""
 
 import multiprocessing
 import os
@@ -153,3 +154,48 @@ def test_bad_store_names_store(store, error, match):
     with pytest.raises(error, match=match):
         run_protocol(toy_train, sources=["init"], runs=2, labels=LABELS, store=store, executor="serial",
                      progress=False)
+
+
+def test_pool_stop_waits_for_a_task_that_stops_cleanly_and_the_process_exits(tmp_path, process_session):
+    """A stop in the parent a second after one task finished, while another runs: the
+    running one gets SIGTERM and turns it into a clean end (as `reproduce`'s chapters do);
+    the pool waits for it, raises, and the parent process exits at once with no child left.
+    (A `ProcessPoolExecutor(max_tasks_per_child=1)` hung here at exit: the finished task's
+    idle replacement worker, killed by the stop inside the call queue's lock, left the lock
+    held for the replacement the clean end started, which the executor then joined forever.)"""
+    script = tmp_path / "stop.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, time
+        from tf_dlthesis.variability.protocol import _process_pool
+
+        def job(plan):
+            if plan == "slow":
+                def stop(signum, frame):
+                    raise KeyboardInterrupt
+
+                signal.signal(signal.SIGTERM, stop)
+                try:
+                    time.sleep(60)
+                finally:
+                    open({str(tmp_path / "stopped")!r}, "w").close()
+            return plan
+
+        def on_done(label, result):
+            time.sleep(2.0)  # the quick task's process is long gone
+            raise KeyboardInterrupt  # the parent is stopped
+
+        if __name__ == "__main__":
+            try:
+                _process_pool([("slow", "slow"), ("quick", "quick")], job, 2, None, on_done, None,
+                              join_on_stop=True)
+            except KeyboardInterrupt:
+                time.sleep(2.0)  # still holding the stopped call's frames, as the CLI does while it reports
+                sys.exit(130)
+    """))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = process_session.start([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert (tmp_path / "stopped").exists()  # the slow task ran its clean-up
+    assert not process_session.wait_gone(proc.pid)

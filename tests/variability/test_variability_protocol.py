@@ -2,6 +2,7 @@
 
 import functools
 import importlib.util
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -263,31 +264,58 @@ def test_a_run_whose_every_draw_had_no_effect_is_left_out():
         SeedPlan().redraw_bit_change(1)
 
 
-def test_pool_tasks_stay_within_their_slots_and_a_small_one_fills_a_gap():
-    """`_collect` (the process pools of `run_protocol` and `reproduce --jobs`): never more
-    slots busy than there are, and a task that fits starts before an earlier one that does not."""
-    import threading
-    import types
-    from concurrent.futures import ThreadPoolExecutor
+def test_pool_takes_tasks_in_order_within_their_slots_and_a_small_one_fills_a_gap():
+    """`_take_fitting` (the scheduler of `run_protocol`'s and `reproduce --jobs`' process
+    pool): in order, never more slots than are free, a later task that fits starts before
+    an earlier one that does not, and a task never asks for more than there are."""
+    from tf_dlthesis.variability.protocol import _take_fitting
 
-    from tf_dlthesis.variability.protocol import _collect
+    sizes = {"a": 1, "big": 2, "b": 1, "big2": 2, "huge": 5}
+    queue = [(k, k) for k in sizes]
+    assert _take_fitting(queue, 2, 2, sizes.get) == [("a", "a", 1), ("b", "b", 1)]
+    assert queue == [("big", "big"), ("big2", "big2"), ("huge", "huge")]
+    assert _take_fitting(queue, 0, 2, sizes.get) == [] and len(queue) == 3
+    assert _take_fitting(queue, 1, 2, sizes.get) == []
+    assert _take_fitting(queue, 2, 2, sizes.get) == [("big", "big", 2)]
+    assert _take_fitting(queue, 2, 2, sizes.get) == [("big2", "big2", 2)]
+    assert _take_fitting(queue, 2, 2, sizes.get) == [("huge", "huge", 2)] and queue == []
 
-    sizes = {"a": 1, "big": 2, "b": 1, "big2": 2}
-    lock, running, busy, started, done = threading.Lock(), {}, [], [], []
 
-    def job(label):
-        with lock:
-            running[label] = sizes[label]
-            started.append(label)
-            busy.append(sum(running.values()))
-        time.sleep(0.2)
-        with lock:
-            running.pop(label)
-        return label
+def _pool(tasks, job, workers=2, **kwargs):
+    """`_process_pool` with the fork start method (closures need no pickling) and no bar."""
+    from tf_dlthesis.variability.protocol import _process_pool
 
-    with ThreadPoolExecutor(4) as pool:
-        _collect(pool, job, [(k, k) for k in sizes], lambda label, result: done.append(result),
-                 types.SimpleNamespace(update=lambda n=1: None), 2, sizes.get)
-    assert max(busy) <= 2
-    assert set(started[:2]) == {"a", "b"}  # b starts beside a while big waits for both slots
-    assert sorted(done) == sorted(sizes)
+    done = {}
+    _process_pool(tasks, job, workers, "fork", lambda label, result: done.__setitem__(label, result), None,
+                  **kwargs)
+    return done
+
+
+def test_pool_runs_each_task_in_a_fresh_process_within_its_slots():
+    sizes = {"a": 1, "big": 2, "b": 1}
+
+    def job(plan):
+        start = time.time()
+        time.sleep(0.4)
+        return os.getpid(), start, time.time(), plan * 10
+
+    done = _pool([(k, len(k)) for k in sizes], job, slots=sizes.get)
+    assert {k: v[3] for k, v in done.items()} == {"a": 10, "big": 30, "b": 10}
+    assert len({v[0] for v in done.values()} | {os.getpid()}) == 4  # a process of its own each
+    for t in [v[1] + 0.2 for v in done.values()]:  # the slots busy in the middle of each task
+        assert sum(sizes[k] for k, v in done.items() if v[1] <= t <= v[2]) <= 2
+    assert done["big"][1] >= max(done["a"][2], done["b"][2]) - 0.05  # big waited for both slots
+
+
+def test_pool_raises_a_task_error_with_its_traceback_and_a_dead_task_clearly():
+    from concurrent.futures.process import BrokenProcessPool
+
+    def failing(plan):
+        raise ValueError(f"bad plan {plan}")
+
+    with pytest.raises(ValueError, match="bad plan 3") as info:
+        _pool([("x", 3)], failing)
+    assert "failing" in str(info.value.__cause__)  # the task's own traceback
+    with pytest.raises(BrokenProcessPool, match="exit code 7"):
+        _pool([("x", 7)], os._exit)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("tf_dlthesis-task")]

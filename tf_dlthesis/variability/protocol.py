@@ -33,11 +33,11 @@ import dataclasses
 import functools
 import importlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -235,43 +235,155 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
 
     Tasks start in the order given, at most `workers` at once; with `slots`, a task
     counts as `slots(label)` of the `workers` (one that starts training workers of its
-    own) and waits until that many are free, while a later task that fits starts.
+    own) and waits until that many are free, while a later task that fits starts
+    (`_take_fitting`). Each finished task's result goes to `on_done(label, result)`; an
+    exception in a task is raised here (with the task's traceback as its cause), and a
+    task process that dies without a result (killed, out of memory) raises
+    `BrokenProcessPool`.
 
-    `start_method` None means forkserver (spawn on Windows). Workers end with this
-    process (`_die_with`). With the forkserver start method the
-    server imports `tf_dlthesis` (quietly, registering its Keras objects), TF and the
-    modules in `preload` once; each run is a fresh fork of it (a new process, so op
-    determinism stays per run) without paying the TF import again.
+    `start_method` None means forkserver (spawn on Windows). With the forkserver start
+    method the server imports `tf_dlthesis` (quietly, registering its Keras objects), TF
+    and the modules in `preload` once; each task is a fresh fork of it (a new process,
+    so op determinism stays per run) without paying the TF import again. Task processes
+    end with this process (`_die_with`).
 
-    At a stop (Ctrl-C, SIGTERM) or a failure the running workers get SIGTERM at once.
-    `join_on_stop`: wait for them to end before re-raising (up to a minute), for jobs
-    that turn SIGTERM into a clean stop which records what they finished (`reproduce`'s
-    items); otherwise their unfinished work is simply lost.
+    Each task process has a pipe of its own for its result, and no process sits idle:
+    ending one at a stop can never leave a lock held that another needs. (A
+    `ProcessPoolExecutor` with `max_tasks_per_child=1` could: a task that turned SIGTERM
+    into a result made it start a replacement worker, which then waited forever on the
+    call-queue lock of an idle worker the stop had killed, and held this process at exit.)
+
+    At a stop (Ctrl-C, SIGTERM) or a failure the running tasks get SIGTERM at once.
+    `join_on_stop`: wait up to a minute for them to end, for jobs that turn SIGTERM into
+    a clean stop which records what they finished (`reproduce`'s chapters); otherwise
+    up to 5 s. Any still running then are killed.
     """
     if start_method is None:
         start_method = "forkserver" if sys.platform != "win32" else "spawn"
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(["tf_dlthesis", "tensorflow", "keras", __name__, *preload])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1,
-                               initializer=_die_with, initargs=(os.getpid(),))
+    slots = slots or (lambda label: 1)
+    queue, running, free = list(tasks), {}, workers  # running: result pipe -> (label, slots taken, process)
     try:
-        _collect(pool, job, list(tasks), on_done, progress, workers, slots or (lambda label: 1))
+        while queue or running:
+            for label, plan, taken in _take_fitting(queue, free, workers, slots):
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_pool_task, args=(job, plan, writer, os.getpid()),
+                                   name=f"tf_dlthesis-task-{label}")
+                proc.start()
+                writer.close()  # the task's copy is its own: end-of-file here once it is gone
+                running[reader] = label, taken, proc
+                free -= taken
+            ready = multiprocessing.connection.wait([*running, *(proc.sentinel for _, _, proc in running.values())])
+            for reader in [r for r, (_, _, proc) in running.items() if r in ready or proc.sentinel in ready]:
+                label, taken, proc = running[reader]
+                result = _task_result(reader, proc)
+                del running[reader]
+                free += taken
+                on_done(label, result)
+                if progress is not None:
+                    progress.update(1)
     except BaseException:
-        # Stopped (Ctrl-C, SIGTERM) or failed: end the running workers now rather than wait
-        # for their training to finish (a 5-minute run would hold the stop that long). Their
-        # unfinished runs are lost either way; the finished ones are already with `on_done`.
-        # Python < 3.14 has no public way to stop a pool's workers.
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        for proc in procs:
-            proc.terminate()
-        if join_on_stop:
-            deadline = time.time() + 60.0
-            for proc in procs:
-                proc.join(max(0.0, deadline - time.time()))
-        pool.shutdown(wait=False, cancel_futures=True)
+        _end_tasks(running, 60.0 if join_on_stop else 5.0)
         raise
-    pool.shutdown()
+
+
+def _take_fitting(queue: list, free: int, capacity: int, slots: Callable) -> list:
+    """Removes from `queue` the `(label, plan)` tasks that fit in `free` slots, in order (the
+    first that fits, then the next, so a small task fills a gap an earlier big one cannot):
+    `[(label, plan, slots taken)]`. A task takes `min(slots(label), capacity)` slots."""
+    started, waiting = [], []
+    for label, plan in queue:
+        taken = min(slots(label), capacity)
+        if taken <= free:
+            started.append((label, plan, taken))
+            free -= taken
+        else:
+            waiting.append((label, plan))
+    queue[:] = waiting
+    return started
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an exception raised in a task process (set as its `__cause__`)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text}\"\"\""
+
+
+def _pool_task(job: Callable, plan, writer, parent: int) -> None:
+    """A task process of `_process_pool`: `job(plan)`, and its result (or its exception and
+    traceback) sent back through `writer`."""
+    import traceback
+
+    _die_with(parent)
+    try:
+        message = (True, job(plan))
+    except BaseException as exc:  # KeyboardInterrupt too: a task stopped by SIGTERM says so
+        message = (False, (exc, traceback.format_exc()))
+    try:
+        writer.send(message)
+    except Exception as exc:  # the result or the exception does not pickle
+        text = message[1][1] if not message[0] else ""
+        writer.send((False, (RuntimeError(f"The task's {'result' if message[0] else 'exception'} could not be sent "
+                                          f"back from its process: {exc!r}"), text)))
+    writer.close()
+
+
+def _task_result(reader, proc):
+    """The result a task process sent (then joins it); re-raises its exception, or
+    `BrokenProcessPool` if it ended without sending one."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        ok, payload = reader.recv() if reader.poll() else (None, None)
+    except (EOFError, OSError):
+        ok = None
+    finally:
+        reader.close()
+    proc.join()
+    if ok is None:
+        raise BrokenProcessPool(f"A task process ({proc.name}) ended without a result (exit code {proc.exitcode}): "
+                                f"killed, or out of memory.")
+    if ok:
+        return payload
+    exc, text = payload
+    exc.__cause__ = _RemoteTraceback(text)
+    raise exc
+
+
+def _end_tasks(running: dict, grace: float) -> None:
+    """Sends SIGTERM to every running task process and waits up to `grace` seconds for them
+    to end, reading (and dropping) what they send meanwhile, so that one stopping cleanly
+    is never blocked writing its result; kills the rest."""
+    for _, _, proc in running.values():
+        proc.terminate()
+    deadline = time.time() + grace
+    while running and time.time() < deadline:
+        ready = multiprocessing.connection.wait([*(r for r in running if not r.closed),
+                                                 *(proc.sentinel for _, _, proc in running.values())],
+                                                timeout=max(0.0, deadline - time.time()))
+        for reader in list(running):
+            proc = running[reader][2]
+            if reader in ready and not reader.closed:
+                try:
+                    reader.recv()
+                except Exception:  # end of file, or a message cut short
+                    reader.close()
+            if proc.sentinel in ready:
+                proc.join()
+                if not reader.closed:
+                    reader.close()
+                del running[reader]
+    for reader, (_, _, proc) in running.items():
+        proc.kill()
+        proc.join()
+        reader.close()
 
 
 def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, progress):
@@ -280,42 +392,6 @@ def _executor_local(tasks, train_fn, threads, workers, start_method, on_done, pr
     preload = [module] if module and module not in ("__main__", "functools") else []
     _process_pool(tasks, functools.partial(_run_one, train_fn, threads=threads), workers, start_method, on_done,
                   progress, preload)
-
-
-def _collect(pool, job: Callable, queue: list, on_done: Callable, progress, capacity: int, slots: Callable) -> None:
-    """Submits `job(plan)` for each `(label, plan)` of `queue`, in order as far as `capacity`
-    slots allow (a later task that fits starts before an earlier one that does not yet), and
-    hands each result to `on_done(label, result)` as it finishes; cancels the rest on an error.
-
-    Args:
-        queue: `(label, plan)` pairs (emptied as they start).
-        on_done: Called with the label and the result of every finished task.
-        progress: A progress bar, advanced by one per finished task (None: none).
-        capacity: Slots in all; a task takes `min(slots(label), capacity)` of them.
-    """
-    pending, used = {}, 0
-    try:
-        while queue or pending:
-            waiting = []
-            for label, plan in queue:  # the first that fits, then the next (a small task fills a gap)
-                taken = min(slots(label), capacity)
-                if used + taken <= capacity:
-                    pending[pool.submit(job, plan)] = label, taken
-                    used += taken
-                else:
-                    waiting.append((label, plan))
-            queue[:] = waiting
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                label, taken = pending.pop(fut)
-                used -= taken
-                on_done(label, fut.result())
-                if progress is not None:
-                    progress.update(1)
-    except BaseException:
-        for fut in pending:
-            fut.cancel()
-        raise
 
 
 def _executor_ray(tasks, train_fn, threads, ray_address, on_done, progress):
@@ -428,7 +504,7 @@ def _check_main_guard() -> None:
 
 
 def _die_with(pid: int) -> None:
-    """Pool-worker initializer: the worker ends itself as soon as process `pid` is gone.
+    """Called first in a task process of `_process_pool`: it ends itself as soon as process `pid` is gone.
 
     A `kill -9` of the `run_protocol` process gives its pool no chance to stop the
     workers, and a running worker keeps the forkserver (and through it the
