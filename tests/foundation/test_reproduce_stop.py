@@ -110,6 +110,57 @@ def test_the_sigterm_handler_is_only_installed_while_reproduce_runs(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_jobs_reports_each_item_as_it_finishes_not_when_its_chapter_ends(tmp_path, process_session):
+    """With `--jobs 2`, an item's section is in report.md (and its log line on stderr) while
+    the next item of its chapter still runs: the chapter's second item waits for it."""
+    (tmp_path / "chapter_a.py").write_text(textwrap.dedent("""
+        import os, time
+        from tf_dlthesis import experiments
+        from tf_dlthesis.experiments import Output
+
+        @experiments.register("T.first", title="first of its chapter", chapter="T", quick_minutes=0.0)
+        def first(scale, dataset, store, *, out=None):
+            return Output()
+
+        @experiments.register("T.second", title="waits for the first in the report", chapter="T",
+                              quick_minutes=0.0)
+        def second(scale, dataset, store, *, out=None):
+            path, deadline = os.path.join(out, "report.md"), time.time() + 60
+            while time.time() < deadline:
+                if os.path.exists(path) and "## T.first:" in open(path).read():  # its section
+                    return Output()
+                time.sleep(0.1)
+            raise RuntimeError("T.first is not in the report while its chapter runs")
+    """))
+    (tmp_path / "chapter_b.py").write_text(textwrap.dedent("""
+        from tf_dlthesis import experiments
+        from tf_dlthesis.experiments import Output
+
+        @experiments.register("T.other", title="another chapter", chapter="T", quick_minutes=0.0)
+        def other(scale, dataset, store, *, out=None):
+            return Output()
+    """))
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        import chapter_a, chapter_b
+        from tf_dlthesis import cli
+
+        if __name__ == "__main__":
+            sys.exit(cli.main(["reproduce", "--only", "T.first,T.second,T.other", "--out",
+                               {str(tmp_path / "out")!r}, "--jobs", "2"]))
+    """))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = process_session.start([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=240)
+    err = err.decode()
+    assert proc.returncode == 0, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    assert sorted(line.split()[1] for line in lines) == ["T.first", "T.other", "T.second"], err[-3000:]
+    assert all(line.split()[2] == "done" for line in lines), err[-3000:]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigterm_stops_the_cli_at_once_and_keeps_the_finished_runs(jobs, tmp_path, process_session):

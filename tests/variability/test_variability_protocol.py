@@ -307,6 +307,30 @@ def test_pool_runs_each_task_in_a_fresh_process_within_its_slots():
     assert done["big"][1] >= max(done["a"][2], done["b"][2]) - 0.05  # big waited for both slots
 
 
+def test_pool_hands_over_a_task_message_while_the_task_still_runs(tmp_path):
+    """`on_message`: each `send(obj)` of a running task reaches the parent at once (the task
+    here waits until the parent has seen its first message), then its result."""
+    seen = tmp_path / "seen"
+
+    def job(plan, send):
+        send(("first", plan))
+        deadline = time.time() + 30
+        while not seen.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        send(("second", seen.exists()))
+        return "result"
+
+    messages = []
+
+    def on_message(label, obj):
+        messages.append((label, obj))
+        seen.write_text("")
+
+    done = _pool([("t", 5)], job, on_message=on_message)
+    assert messages == [("t", ("first", 5)), ("t", ("second", True))]
+    assert done == {"t": "result"}
+
+
 def test_pool_raises_a_task_error_with_its_traceback_and_a_dead_task_clearly():
     from concurrent.futures.process import BrokenProcessPool
 

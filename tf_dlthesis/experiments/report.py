@@ -264,9 +264,10 @@ def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir,
     return output, seconds, error
 
 
-def _group_in_worker(item_ids, *, modules, store_path, **kwargs) -> list:
-    """`_compute_item` for each item of a group, in report order, in one pool worker (a fresh
-    process per group): `[(id, Output or None, seconds, error or None)]`.
+def _group_in_worker(item_ids, send, *, modules, store_path, **kwargs) -> int:
+    """`_compute_item` for each item of a group, in report order, in one pool task (a fresh
+    process per group). Each item's `(id, Output or None, seconds, error or None)` goes to
+    `send` as it finishes, so the parent reports it at once; returns how many ran.
 
     The figures are already saved; the parent gets their names (a closed matplotlib
     figure need not cross the process boundary). SIGTERM (the parent ending the pool
@@ -279,7 +280,7 @@ def _group_in_worker(item_ids, *, modules, store_path, **kwargs) -> list:
 
     for module in modules:  # where items outside the package were registered
         importlib.import_module(module)
-    store, results = ResultsStore(store_path), []
+    store = ResultsStore(store_path)
     with _sigterm_as_interrupt():
         for item_id in item_ids:
             output, seconds, error = _compute_item(registry.get(item_id), store, warn=_stderr_line, **kwargs)
@@ -291,8 +292,8 @@ def _group_in_worker(item_ids, *, modules, store_path, **kwargs) -> list:
                     output, error = None, traceback.format_exc(limit=4)
                     _stderr_line(f"[{item_id}] failed: its output cannot be sent back from its process: "
                                  f"{error.strip().splitlines()[-1]}")
-            results.append((item_id, output, seconds, error))
-    return results
+            send((item_id, output, seconds, error))
+    return len(item_ids)
 
 
 def _stderr_line(text: str) -> None:
@@ -339,7 +340,7 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     trains in 2 worker processes of its own, counts as 2 (`Experiment.workers`). The
     numbers are the same as with `jobs=1`: every item starts from the same state and
     no item depends on which ran before it. The report and the archive are updated
-    as each chapter finishes. It pays only with spare cores: on 2 cores it does not (the
+    as each item finishes, whichever process ran it. It pays only with spare cores: on 2 cores it does not (the
     quick scale took 28.9 min with `jobs=2`, 27.7 min with `jobs=1`; Chapter 5
     already keeps both busy).
 
@@ -405,9 +406,9 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
             else:
                 from tf_dlthesis.variability.protocol import _process_pool
 
-                def chapter_done(_, results):
-                    for item_id, *result in results:
-                        finished(item_id, tuple(result))
+                def item_done(_, message):
+                    item_id, *result = message
+                    finished(item_id, tuple(result))
 
                 def cost(group):  # its recorded time at this scale, else its declared quick-scale minutes
                     return sum(item_seconds(store, scale, dataset, exp) or 60.0 * exp.quick_minutes for exp in group)
@@ -417,8 +418,8 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
                 job = functools.partial(_group_in_worker, modules=modules, store_path=store.path, **run)
                 try:
                     _process_pool([(i, [exp.id for exp in group]) for i, group in groups.items()], job,
-                                  jobs, None, chapter_done, None, preload=modules,
-                                  join_on_stop=True, slots=lambda i: max(exp.workers for exp in groups[i]))
+                                  jobs, None, lambda *_: None, None, preload=modules, join_on_stop=True,
+                                  slots=lambda i: max(exp.workers for exp in groups[i]), on_message=item_done)
                 except BrokenProcessPool:
                     running = [exp.id for exp in experiments if exp.id not in done]
                     raise RuntimeError(

@@ -230,7 +230,8 @@ def _check_controls(hashes: dict, onset_epoch: int, control: tuple | None = None
 
 
 def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress, preload=(),
-                  join_on_stop: bool = False, slots: Callable | None = None) -> None:
+                  join_on_stop: bool = False, slots: Callable | None = None,
+                  on_message: Callable | None = None) -> None:
     """Runs `job(plan)` for every `(label, plan)` of `tasks` in a fresh process each.
 
     Tasks start in the order given, at most `workers` at once; with `slots`, a task
@@ -239,7 +240,9 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
     (`_take_fitting`). Each finished task's result goes to `on_done(label, result)`; an
     exception in a task is raised here (with the task's traceback as its cause), and a
     task process that dies without a result (killed, out of memory) raises
-    `BrokenProcessPool`.
+    `BrokenProcessPool`. With `on_message`, the job is called as `job(plan, send)`, and
+    each `send(obj)` reaches `on_message(label, obj)` here while the task still runs (a
+    chapter's finished items, say).
 
     `start_method` None means forkserver (spawn on Windows). With the forkserver start
     method the server imports `tf_dlthesis` (quietly, registering its Keras objects), TF
@@ -269,7 +272,7 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
         while queue or running:
             for label, plan, taken in _take_fitting(queue, free, workers, slots):
                 reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_pool_task, args=(job, plan, writer, os.getpid()),
+                proc = ctx.Process(target=_pool_task, args=(job, plan, writer, os.getpid(), on_message is not None),
                                    name=f"tf_dlthesis-task-{label}")
                 proc.start()
                 writer.close()  # the task's copy is its own: end-of-file here once it is gone
@@ -278,7 +281,10 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
             ready = multiprocessing.connection.wait([*running, *(proc.sentinel for _, _, proc in running.values())])
             for reader in [r for r, (_, _, proc) in running.items() if r in ready or proc.sentinel in ready]:
                 label, taken, proc = running[reader]
-                result = _task_result(reader, proc)
+                final, result = _task_message(reader, proc)
+                if not final:
+                    on_message(label, result)
+                    continue
                 del running[reader]
                 free += taken
                 on_done(label, result)
@@ -316,42 +322,48 @@ class _RemoteTraceback(Exception):
         return f"\n\"\"\"\n{self.text}\"\"\""
 
 
-def _pool_task(job: Callable, plan, writer, parent: int) -> None:
-    """A task process of `_process_pool`: `job(plan)`, and its result (or its exception and
-    traceback) sent back through `writer`."""
+def _pool_task(job: Callable, plan, writer, parent: int, messages: bool) -> None:
+    """A task process of `_process_pool`: `job(plan)` (`job(plan, send)` with `messages`), and
+    its result (or its exception and traceback) sent back through `writer`."""
     import traceback
 
     _die_with(parent)
     try:
-        message = (True, job(plan))
+        message = ("result", job(plan, functools.partial(_send, writer, "message")) if messages else job(plan))
     except BaseException as exc:  # KeyboardInterrupt too: a task stopped by SIGTERM says so
-        message = (False, (exc, traceback.format_exc()))
+        message = ("error", (exc, traceback.format_exc()))
     try:
         writer.send(message)
     except Exception as exc:  # the result or the exception does not pickle
-        text = message[1][1] if not message[0] else ""
-        writer.send((False, (RuntimeError(f"The task's {'result' if message[0] else 'exception'} could not be sent "
-                                          f"back from its process: {exc!r}"), text)))
+        text = message[1][1] if message[0] == "error" else ""
+        writer.send(("error", (RuntimeError(f"The task's {message[0]} could not be sent back from its process: "
+                                            f"{exc!r}"), text)))
     writer.close()
 
 
-def _task_result(reader, proc):
-    """The result a task process sent (then joins it); re-raises its exception, or
-    `BrokenProcessPool` if it ended without sending one."""
+def _send(writer, kind: str, obj) -> None:
+    writer.send((kind, obj))
+
+
+def _task_message(reader, proc) -> tuple:
+    """The next message of a task process: `(False, obj)` for a `send(obj)`, `(True, result)`
+    for its result (then the process is joined). Re-raises the task's exception, or raises
+    `BrokenProcessPool` if it ended without a result."""
     from concurrent.futures.process import BrokenProcessPool
 
     try:
-        ok, payload = reader.recv() if reader.poll() else (None, None)
+        kind, payload = reader.recv() if reader.poll() else (None, None)
     except (EOFError, OSError):
-        ok = None
-    finally:
-        reader.close()
+        kind = None
+    if kind == "message":
+        return False, payload
+    reader.close()
     proc.join()
-    if ok is None:
+    if kind is None:
         raise BrokenProcessPool(f"A task process ({proc.name}) ended without a result (exit code {proc.exitcode}): "
                                 f"killed, or out of memory.")
-    if ok:
-        return payload
+    if kind == "result":
+        return True, payload
     exc, text = payload
     exc.__cause__ = _RemoteTraceback(text)
     raise exc
