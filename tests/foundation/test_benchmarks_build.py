@@ -29,3 +29,17 @@ def test_augment_benchmark_pipelines_yield_batches_of_the_right_shape():
         assert tuple(x.shape[1:]) == bench.SHAPE and y.shape[-1] == bench.CLASSES, name
     assert sum(int(x.shape[0]) for x, _ in pipes["pair-mode mixup"]) == 2 * bench.BATCH  # one epoch's length
     sys.modules.pop("bench_augment", None)
+
+
+def test_training_benchmark_counts_one_trace_of_the_train_step_ours_and_two_for_the_peer():
+    from tf_dlthesis.experiments import TrainSpec
+
+    bench = importlib.import_module("bench_training")
+    assert set(bench.settings()) == {"baseline", "pair-mode mixup"}
+    spec = TrainSpec(dataset="digits", model="cnn", model_kwargs={"filters": [4]}, epochs=1, train_examples=256,
+                     test_examples=64)
+    _, ours, traced_ours = bench._time(spec, 0, True)
+    _, peer, traced_peer = bench._time(spec, 0, False)
+    assert (traced_ours, traced_peer) == (1, 2)
+    assert (ours.test_pred == peer.test_pred).all()
+    sys.modules.pop("bench_training", None)
