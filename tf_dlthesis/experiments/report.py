@@ -264,10 +264,10 @@ def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir,
     return output, seconds, error
 
 
-def _group_in_worker(item_ids, send, *, modules, store_path, **kwargs) -> int:
+def _group_in_worker(item_ids, send, *, modules, store_path, **kwargs) -> None:
     """`_compute_item` for each item of a group, in report order, in one pool task (a fresh
     process per group). Each item's `(id, Output or None, seconds, error or None)` goes to
-    `send` as it finishes, so the parent reports it at once; returns how many ran.
+    `send` as it finishes, so the parent reports it at once.
 
     The figures are already saved; the parent gets their names (a closed matplotlib
     figure need not cross the process boundary). SIGTERM (the parent ending the pool
@@ -293,7 +293,6 @@ def _group_in_worker(item_ids, send, *, modules, store_path, **kwargs) -> int:
                     _stderr_line(f"[{item_id}] failed: its output cannot be sent back from its process: "
                                  f"{error.strip().splitlines()[-1]}")
             send((item_id, output, seconds, error))
-    return len(item_ids)
 
 
 def _stderr_line(text: str) -> None:
@@ -340,9 +339,9 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     trains in 2 worker processes of its own, counts as 2 (`Experiment.workers`). The
     numbers are the same as with `jobs=1`: every item starts from the same state and
     no item depends on which ran before it. The report and the archive are updated
-    as each item finishes, whichever process ran it. It pays only with spare cores: on 2 cores it does not (the
-    quick scale took 28.9 min with `jobs=2`, 27.7 min with `jobs=1`; Chapter 5
-    already keeps both busy).
+    as each item finishes, whichever process ran it. It pays only with spare cores:
+    on 2 cores it does not (the quick scale took 28.9 min with `jobs=2`, 27.7 min
+    with `jobs=1`; Chapter 5 already keeps both busy).
 
     Each item's time in the report is its compute time: the seconds of every
     process that trained or evaluated part of it, recorded in the store (and so in

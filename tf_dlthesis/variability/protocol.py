@@ -278,7 +278,7 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
                 writer.close()  # the task's copy is its own: end-of-file here once it is gone
                 running[reader] = label, taken, proc
                 free -= taken
-            ready = multiprocessing.connection.wait([*running, *(proc.sentinel for _, _, proc in running.values())])
+            ready = _wait_tasks(running)
             for reader in [r for r, (_, _, proc) in running.items() if r in ready or proc.sentinel in ready]:
                 label, taken, proc = running[reader]
                 final, result = _task_message(reader, proc)
@@ -369,6 +369,13 @@ def _task_message(reader, proc) -> tuple:
     raise exc
 
 
+def _wait_tasks(running: dict, timeout: float | None = None) -> list:
+    """Waits until a running task's result pipe has something to read (or is at its end)
+    or its process has ended: the ready pipes and process sentinels."""
+    return multiprocessing.connection.wait([*(reader for reader in running if not reader.closed),
+                                            *(proc.sentinel for _, _, proc in running.values())], timeout=timeout)
+
+
 def _end_tasks(running: dict, grace: float) -> None:
     """Sends SIGTERM to every running task process and waits up to `grace` seconds for them
     to end, reading (and dropping) what they send meanwhile, so that one stopping cleanly
@@ -377,9 +384,7 @@ def _end_tasks(running: dict, grace: float) -> None:
         proc.terminate()
     deadline = time.time() + grace
     while running and time.time() < deadline:
-        ready = multiprocessing.connection.wait([*(r for r in running if not r.closed),
-                                                 *(proc.sentinel for _, _, proc in running.values())],
-                                                timeout=max(0.0, deadline - time.time()))
+        ready = _wait_tasks(running, timeout=max(0.0, deadline - time.time()))
         for reader in list(running):
             proc = running[reader][2]
             if reader in ready and not reader.closed:
