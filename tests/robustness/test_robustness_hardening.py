@@ -88,6 +88,22 @@ def test_compiled_attack_traces_once_per_shape(data):
     assert not [w for w in caught if "retracing" in str(w.message)]
 
 
+def test_pgd_step_counts_share_one_compiled_function(data):
+    x, y = data
+    model = tiny_classifier(1)
+    attacks = [R.make_attack(f"pgd{n}", epsilon=0.1, step_size=0.03) for n in (2, 5, 30)]
+    images = [np.asarray(a(model, x[:6], y[:6], seed=4)) for a in attacks]
+    fn = attacks[0]._compiled(model, tf.constant(x[:6]), tf.constant(y[:6], tf.int64))
+    assert attacks[2]._compiled(model, tf.constant(x[:6]), tf.constant(y[:6], tf.int64)) is fn
+    assert fn.experimental_get_tracing_count() == 1               # one trace for 2, 5 and 30 steps
+    for a, got in zip(attacks, images):                            # each is its own number of steps
+        want = R.pgd(model, x[:6], y[:6], epsilon=0.1, step_size=0.03, num_steps=a.num_steps, seed=4)
+        np.testing.assert_array_equal(got, want.numpy())
+    assert not np.array_equal(images[0], images[2])
+    with pytest.raises(ValueError, match="scalar integer tensor"):
+        R.pgd(model, x[:2], y[:2], epsilon=0.1, step_size=0.03, num_steps=tf.constant([1, 2]))
+
+
 # ---------------------------------------------------------------- evaluation
 def test_evaluate_white_box_bad_inputs(model, data):
     x, y = data
