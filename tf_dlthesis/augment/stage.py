@@ -127,13 +127,15 @@ class MixStage:
     def _x(self, images):
         return check_numerics(images, "images", self.check_numerics)
 
+    # The cores below are compiled without AutoGraph: they branch only on Python values, and
+    # converting their source cost each fresh process a parse of the whole mixing module.
     def pairs(self, x1, y1, x2, y2, epoch, index):
         """Mixes pairs (x1[b], x2[b]) with the seed of call (`epoch`, `index`)."""
         if self._pair_fn is None:
             def core(x1, y1, x2, y2, seed):
                 return mix_pairs(tf.cast(x1, tf.float32), y1, tf.cast(x2, tf.float32), y2, self.names,
                                  self._full, seed)
-            self._pair_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True)
+            self._pair_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True, autograph=False)
         return self._pair_fn(self._x(x1), self._soft(y1), self._x(x2), self._soft(y2), _call_seed(self.seed, epoch, index))
 
     def batch(self, x, y, epoch, index):
@@ -141,7 +143,7 @@ class MixStage:
         if self._batch_fn is None:
             def core(x, y, seed):
                 return batch_core(tf.cast(x, tf.float32), y, self.names, self._full, seed, self.pairing)
-            self._batch_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True)
+            self._batch_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True, autograph=False)
         return self._batch_fn(self._x(x), self._soft(y), _call_seed(self.seed, epoch, index))
 
     def interleaved(self, x, y, epoch, index):
@@ -156,7 +158,7 @@ class MixStage:
                 x1, x2 = _deinterleave(x)       # strided slices are ~10x slower in tf.data on CPU
                 y1, y2 = _deinterleave(y[:2 * n])
                 return mix_pairs(x1, y1, x2, y2, self.names, self._full, seed)
-            self._interleaved_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True)
+            self._interleaved_fn = tf.function(core, jit_compile=self.jit_compile, reduce_retracing=True, autograph=False)
         return self._interleaved_fn(self._x(x), self._soft(y), _call_seed(self.seed, epoch, index))
 
     def __repr__(self):

@@ -8,6 +8,16 @@ import tensorflow as tf
 from tf_dlthesis._seeds import as_seed
 
 
+def _plain(fn):
+    """`fn` for `Dataset.map` without AutoGraph's source conversion.
+
+    The pipeline's functions branch only on Python values, so conversion changes no
+    op; it cost ~0.5 s of parsing per fresh process (a variability run's worker
+    traces its stream once), about as much as tracing the model's train step.
+    """
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _check_pad(pad):
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"`pad` must be an int >= 0. Received: pad={pad!r}")
@@ -245,7 +255,7 @@ def training_dataset(
         else:
             items = tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e))
         batches = items.batch(batch_size, drop_remainder=drop_remainder)
-        return batches.enumerate().map(lambda i, idx: (e, i, idx))
+        return batches.enumerate().map(_plain(lambda i, idx: (e, i, idx)))
 
     def fetch(e, i, idx):
         if pair_mode:
@@ -259,7 +269,8 @@ def training_dataset(
         return images, labels
 
     epochs_ds = tf.data.Dataset.counter(start_epoch) if epochs is None else tf.data.Dataset.range(start_epoch, epochs)
-    return epochs_ds.flat_map(epoch).map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+    return epochs_ds.flat_map(_plain(epoch)).map(_plain(fetch), num_parallel_calls=tf.data.AUTOTUNE,
+                                                 deterministic=True).prefetch(2)
 
 
 def steps_per_epoch_of(num_examples: int, batch_size: int, *, drop_remainder: bool = False, mix=None) -> int:
@@ -342,4 +353,5 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
         idx = tf.gather(idx, tf.argsort(tf.random.stateless_uniform([batch_size], s_order)))
         return tf.gather(xs_t, idx), tf.gather(ys_t, idx)
 
-    return tf.data.Dataset.range(num_batches).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.range(num_batches).map(_plain(make), num_parallel_calls=tf.data.AUTOTUNE,
+                                                  deterministic=True)
