@@ -35,7 +35,7 @@ def test_fgsm_equals_cleverhans(model, batch):
         np.testing.assert_array_equal(ours, theirs)
 
 
-@pytest.mark.parametrize("steps", [6, 25])  # CleverHans unrolls both; ours loops
+@pytest.mark.parametrize("steps", [6, 25])  # unrolled and tf.while_loop paths
 def test_pgd_without_random_start_equals_cleverhans(model, batch, steps):
     x, y = batch
     for labels in (y, None):

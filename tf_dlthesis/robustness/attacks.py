@@ -4,9 +4,10 @@ This is the only module of the library that imports CleverHans.
 
 * :func:`fgsm` calls ``cleverhans.tf2.attacks.fast_gradient_method`` directly.
 * :func:`pgd` runs the loop of ``cleverhans.tf2.attacks.projected_gradient_descent``
-  (CleverHans's FGM step, then ``clip_eta`` and clipping) inside a
-  ``tf.while_loop`` (CleverHans unrolls it; a loop traces one step for any
-  number of steps, which may be a tensor), and draws the random start with a
+  (CleverHans's FGM step, then ``clip_eta`` and clipping), unrolled up to 20
+  steps like CleverHans and inside a ``tf.while_loop`` beyond or when the
+  number of steps is a tensor (one traced step for any count), and draws the
+  random start with a
   *stateless* op from an explicit seed.  With ``random_start=False`` it equals
   CleverHans's function bit for bit (tested).
 * SPSA: CleverHans's ``SPSAAdam`` subclasses ``tf.optimizers.Adam`` and calls
@@ -41,8 +42,11 @@ per-model cache stored on the model object itself (never in this module), keyed
 by the attack's kind and clip range.  Epsilon, the step size and the number of
 PGD steps are tensor arguments of that function, so repeated evaluations, sweeps
 over epsilon, and PGD-5 to PGD-1000 on the same model and input shape share one
-trace, and the cache dies with its model.  :func:`inference_fn` keeps the model's ``training=False``
-callable in the same cache, so CleverHans's own ``tf.function``
+trace (a ``tf.while_loop`` of one step: about 3x faster to trace and first
+run than CleverHans's unrolled steps, 1.0-1.3x its time per repeated call;
+``benchmarks/bench_robustness.py``), and the cache dies with its model.
+:func:`inference_fn` keeps the model's ``training=False`` callable in the
+same cache, so CleverHans's own ``tf.function``
 (``compute_gradient``, which takes the callable as an argument) is not retraced
 by repeated eager calls either.
 
@@ -79,6 +83,9 @@ __all__ = [
 #: Named attacks understood by :func:`make_attack` (``"pgd<N>"`` for any N also works).
 ATTACK_NAMES = ("natural", "fgsm", "pgd5", "pgd10", "pgd20", "pgd1000", "spsa")
 
+#: PGD with a Python step count up to this is unrolled (as CleverHans does); more steps, or a step count
+#: given as a tensor (the compiled attacks of `make_attack`), run in a ``tf.while_loop``.
+_UNROLL_MAX_STEPS = 20
 #: Name of the private attribute holding a model's :class:`_ModelCache`.
 _CACHE_ATTR = "_tf_dlthesis_attack_cache"
 
@@ -301,10 +308,13 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
 
     Each step is CleverHans's ``fast_gradient_method`` followed by its
     ``clip_eta`` projection and clipping to ``clip_range``, exactly as in
-    ``cleverhans.tf2.attacks.projected_gradient_descent``.  The steps run in a
-    ``tf.while_loop`` (CleverHans unrolls them in Python): one traced step for
-    any ``num_steps``, which may also be a scalar integer tensor, so one
-    compiled function serves PGD-5 to PGD-1000.  The random start is
+    ``cleverhans.tf2.attacks.projected_gradient_descent``.  Up to 20 steps
+    are unrolled (as in CleverHans: the fastest to run, e.g. inside a train
+    step, where a loop measured 1.14x slower without XLA and 5x with XLA on
+    CPU); more steps, or ``num_steps`` given as a scalar integer tensor, run
+    in a ``tf.while_loop`` that traces one step for any count (the compiled
+    attacks of :func:`make_attack` use it: PGD-5 to PGD-1000 share one
+    trace).  Both give the same images bit for bit.  The random start is
     ``tf.random.stateless_uniform(-epsilon, epsilon)`` from ``seed``.
 
     Example:
@@ -362,10 +372,12 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
             adv = tf.clip_by_value(adv, lo, hi)
         return i + 1, adv
 
-    # One traced step for any number of steps. CleverHans unrolls up to 20 steps; a loop gives bit-identical
-    # images and weights here (PGD-5/10/20 evaluation, PGD and LRM training: checked) in the same run time,
-    # and a third of the tracing time, which dominated the quick scale's attack evaluations.
-    _, adv = tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0, tf.int32), adv), parallel_iterations=1)
+    if not tf.is_tensor(num_steps) and num_steps <= _UNROLL_MAX_STEPS:  # unrolled like CleverHans: fastest to run
+        for i in range(num_steps):
+            _, adv = body(i, adv)
+    else:  # one traced step for any number of steps (a tensor, or PGD-1000): fastest to trace
+        _, adv = tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0, tf.int32), adv),
+                               parallel_iterations=1)
     return tf.stop_gradient(adv)
 
 
