@@ -250,17 +250,3 @@ def test_train_creates_no_variable_inside_a_traced_function(extra):
     assert any(name and "momentum" in name for name, _ in created)  # the slots were made here...
     assert [name for name, inside in created if inside] == []  # ...and none while tracing
 
-
-def test_predict_logits_traces_once_for_every_batch_size():
-    """The test set (one batch) and the training set (several, the last one smaller) share one trace,
-    and the logits are the model's own."""
-    from tf_dlthesis import models, runtime
-    from tf_dlthesis.experiments.training import predict_logits
-
-    model = models.build("cnn", (8, 8, 1), 10, seed=0)
-    x = np.random.default_rng(0).random((700, 8, 8, 1), dtype=np.float32)
-    first = predict_logits(model, x[:300])
-    rest = predict_logits(model, x, batch_size=256)                    # 256, 256, 188
-    assert runtime.inference_function(model).experimental_get_tracing_count() == 1
-    np.testing.assert_array_equal(first, rest[:300])
-    np.testing.assert_allclose(rest, model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
