@@ -13,7 +13,7 @@ def _plain(fn):
 
     The pipeline's functions branch only on Python values, so conversion changes no
     op; it cost ~0.5 s of parsing per fresh process (a variability run's worker
-    traces its stream once), about as much as tracing the model's train step.
+    traces its stream once), about half as much as tracing the model's train step.
     """
     return tf.autograph.experimental.do_not_convert(fn)
 
