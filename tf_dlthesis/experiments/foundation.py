@@ -2,9 +2,15 @@
 
 Settings per scale (chosen before any result was seen): quick = digits, 15 epochs,
 1 seed; standard = Fashion-MNIST (a stratified 10,000-image training subset, all
-10,000 test images), 10 epochs, 2 seeds, CPU-sized CNN (16/32 filters) and ResNet
+10,000 test images), 40 epochs, 2 seeds, CPU-sized CNN (16/32 filters) and ResNet
 (width 1/4); full = CIFAR-10, the full-width models, 200 epochs, 3 seeds (thesis
 Sec. 2.4 / 5.3).
+
+The standard scale's length is the regime rule's, not the finding's: its first
+setting, 10 epochs, failed the item's own health check (no model above 90% clean
+training accuracy: CNN 83.6%), so the length was doubled from 10 until a pilot of
+the CNN alone (seed 0, no store, only its training accuracy read) passed it:
+84.0% at 10 epochs, 88.0% at 20, 90.2% at 40.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ _THESIS_BASELINE = {"preact_resnet18": 94.6, "resnet14": 90.0}
 _SETTINGS = {
     # scale -> (dataset, models, epochs, seeds, training examples)
     "quick": ("digits", ("linear", "mlp", "cnn", "preact_resnet6"), 15, 1, None),
-    "standard": ("fashion_mnist", ("linear", "mlp", "cnn", "preact_resnet6"), 10, 2, 10_000),
+    "standard": ("fashion_mnist", ("linear", "mlp", "cnn", "preact_resnet6"), 40, 2, 10_000),
     "full": ("cifar10", ("linear", "mlp", "cnn", "preact_resnet6", "resnet14", "preact_resnet18"), 200, 3,
              None),
 }
