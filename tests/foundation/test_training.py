@@ -249,4 +249,3 @@ def test_train_creates_no_variable_inside_a_traced_function(extra):
         train(TrainSpec(**{**_SMALL, "epochs": 1}, **extra), [0])
     assert any(name and "momentum" in name for name, _ in created)  # the slots were made here...
     assert [name for name, inside in created if inside] == []  # ...and none while tracing
-

@@ -7,8 +7,7 @@ This is the only module of the library that imports CleverHans.
   (CleverHans's FGM step, then ``clip_eta`` and clipping), unrolled up to 20
   steps like CleverHans and inside a ``tf.while_loop`` beyond or when the
   number of steps is a tensor (one traced step for any count), and draws the
-  random start with a
-  *stateless* op from an explicit seed.  With ``random_start=False`` it equals
+  random start with a *stateless* op from an explicit seed.  With ``random_start=False`` it equals
   CleverHans's function bit for bit (tested).
 * SPSA: CleverHans's ``SPSAAdam`` subclasses ``tf.optimizers.Adam`` and calls
   ``super().__init__(lr=...)``, which Keras 3 rejects
@@ -43,7 +42,7 @@ by the attack's kind and clip range.  Epsilon, the step size and the number of
 PGD steps are tensor arguments of that function, so repeated evaluations, sweeps
 over epsilon, and PGD-5 to PGD-1000 on the same model and input shape share one
 trace (a ``tf.while_loop`` of one step: about 3x faster to trace and first
-run than CleverHans's unrolled steps, 1.0-1.3x its time per repeated call;
+run than CleverHans's unrolled steps, 0.98-1.19x its time per repeated call;
 ``benchmarks/bench_robustness.py``), and the cache dies with its model.
 :func:`inference_fn` keeps the model's ``training=False`` callable in the
 same cache, so CleverHans's own ``tf.function``
