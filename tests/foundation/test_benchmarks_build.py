@@ -43,3 +43,21 @@ def test_training_benchmark_counts_one_trace_of_the_train_step_ours_and_two_for_
     assert (traced_ours, traced_peer) == (1, 2)
     assert (ours.test_pred == peer.test_pred).all()
     sys.modules.pop("bench_training", None)
+
+
+def test_standard_cost_benchmark_covers_every_chapter_and_its_floor_counts_the_runs_steps():
+    from tf_dlthesis.experiments import TrainSpec, training
+
+    bench = importlib.import_module("bench_standard_cost")
+    chosen = bench.settings()
+    assert {name.split(":")[0] for name in chosen} >= {"base", "2.1", "3.x", "4.1", "5.x"}
+    assert all(epochs >= 1 and epochs <= spec.epochs for spec, epochs in chosen.values())
+    assert any((spec.defense or {}).get("defense") == "pgd" for spec, _ in chosen.values())  # the PGD-k branch
+    spec = TrainSpec(dataset="digits", model="cnn", model_kwargs={"filters": [4]}, epochs=2, batch_size=64,
+                     train_examples=256, test_examples=64,
+                     defense={"defense": "pgd", "epsilon": 0.1, "step_size": 0.05, "num_steps": 2})
+    seconds, steps = bench._floor(spec, training.load_data(spec))
+    assert steps == 2 * 256 // 64 and seconds > 0
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "no-such-setting"])
+    sys.modules.pop("bench_standard_cost", None)
