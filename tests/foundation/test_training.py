@@ -119,6 +119,10 @@ def test_train_resumes_from_the_store_and_keeps_weights(tmp_path):
     again = train(spec, [0, 1], store=store, evaluate=evaluate, evaluation="count")
     assert len(calls) == 2 and all(r.from_store for r in again)
     assert again[0].metrics == first[0].metrics and again[0].evaluation == {"n_test": 200}
+    # each stored run names the machine that trained it (bit-exact on one machine only)
+    from tf_dlthesis import runtime
+
+    assert first[0].info["machine"] == again[0].info["machine"] == runtime.machine()["id"]
     logits = again[0].model.predict(load_data(spec).test[0], verbose=0)
     np.testing.assert_array_equal(logits.argmax(1), first[0].test_pred)
     # a new evaluation of a stored run reuses the stored weights: no retraining

@@ -422,7 +422,9 @@ class Run:
         metrics: test/train/validation accuracy and loss, training loss, time.
         test_correct: (N,) bool, per test example.
         test_pred: (N,) predicted class per test example.
-        info: init / data-order hashes, the bit change, distinct predictions.
+        info: init / data-order hashes, the bit change, distinct predictions and
+            `machine`, the `runtime.machine()` id of the machine that trained it
+            (absent from runs stored before it was recorded).
         evaluation: what the `evaluate` hook returned (or None).
         from_store: whether the run was read from the results store.
         history: the per-epoch `fit` logs (loss, accuracy, defense terms).
@@ -759,6 +761,8 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
         fresh: dict = {}  # what this call trained: {"context": RunContext}
 
         def train_now():
+            from tf_dlthesis import runtime
+
             nonlocal bundle
             bundle = bundle or load_data(spec)
             run_name = f"{spec.dataset}-{spec.model}-{plan.source}-{plan.run}-{spec.key()[:8]}"
@@ -767,7 +771,8 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
             metrics, test_pred, test_correct = _metrics_of(model, spec, bundle, stage, snapshots, hist, seconds)
             info = {"init_hash": init_hash, "order_hash": data_order_hash(spec, plan, len(bundle.train[1])),
                     "bit_change": None if change is None else change.to_config(),
-                    "distinct_predictions": int(len(np.unique(test_pred))), "num_classes": bundle.num_classes}
+                    "distinct_predictions": int(len(np.unique(test_pred))), "num_classes": bundle.num_classes,
+                    "machine": runtime.machine()["id"]}  # results are bit-exact on one machine only
             fresh["context"] = RunContext(model, spec, plan, bundle, stage, snapshots, hist)
             record = {"metrics": metrics, "test_correct": test_correct.astype(np.int8),
                       "test_pred": test_pred.astype(np.int16), "info": info, "history": hist}
