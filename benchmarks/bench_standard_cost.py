@@ -15,13 +15,13 @@ training of each chapter's standard setting, it times
   k signed-gradient steps, projection) inside that step, then one inference pass
   over the training and test sets.
 
-Each setting runs shortened (`--epochs-scale` of the standard length, at least one
-epoch; the per-step cost does not depend on the length), interleaved, `--repeats`
-times; the script prints the median seconds of each, the number of SGD steps and
-the median (and range) of ours / floor over the repeats' adjacent pairs (a pair
-shares the machine's speed of the moment; these 2-core VMs vary by up to ~2x). A ratio near 1 means the standard scale's time is its
-settings' model compute: only fewer or cheaper steps (a cut of the settings) could
-bring it under the budget.
+Each setting runs shortened (the epochs `settings()` gives it; the per-step cost
+does not depend on the length), interleaved, `--repeats` times; the script prints
+the median seconds of each, the number of SGD steps and the median (and range) of
+ours / floor over the repeats' adjacent pairs (a pair shares the machine's speed
+of the moment; these 2-core VMs vary by up to ~2x). A ratio near 1 means the
+standard scale's time is its settings' model compute: only fewer or cheaper steps
+(a cut of the settings) could bring it under the budget.
 
 Usage: python benchmarks/bench_standard_cost.py [--repeats N] [--only NAME,...]
 """
