@@ -39,6 +39,7 @@ import tf_dlthesis  # noqa: E402,F401  (first: it keeps TF's start-up banners qu
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _common import sgd_train_step  # noqa: E402
 from tf_dlthesis import runtime  # noqa: E402
 from tf_dlthesis.experiments import chapter2, chapter3, chapter4, chapter5, foundation, train, training  # noqa: E402
 
@@ -70,10 +71,10 @@ def _floor(spec, bundle) -> tuple:
     import keras
 
     runtime.configure(seed=0, deterministic=True)
-    start = time.perf_counter()
-    plan = training.as_plan(0)
+    plan = training.as_plan(0)  # the step count of ours (pair mode, non-i.i.d. batching), not timed
     _, steps = training._stream(spec, bundle, plan, training._stage(spec, bundle.num_classes, plan))
     total = steps * (spec.stop_epoch or spec.epochs)
+    start = time.perf_counter()
     model = training._build_model(spec, bundle.num_classes, plan)
     optimizer = training._optimizer(spec, steps)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -85,21 +86,17 @@ def _floor(spec, bundle) -> tuple:
     k = int(defense.get("num_steps") or 0) if defense.get("defense") else 0
     eps, step_size = float(defense.get("epsilon") or 0.0), float(defense.get("step_size") or 0.0)
 
-    @tf.function(jit_compile=False)
-    def train_step(xb, yb):
-        if k:  # PGD-k: random start, k signed-gradient steps, projection onto the eps-ball and [0, 1]
-            adv = tf.clip_by_value(xb + tf.random.stateless_uniform(tf.shape(xb), [0, 1], -eps, eps), 0.0, 1.0)
-            for _ in range(k):
-                with tf.GradientTape() as tape:
-                    tape.watch(adv)
-                    attack_loss = loss_fn(yb, model(adv, training=False))
-                adv = adv + step_size * tf.sign(tape.gradient(attack_loss, adv))
-                adv = tf.clip_by_value(tf.clip_by_value(adv, xb - eps, xb + eps), 0.0, 1.0)
-            xb = tf.stop_gradient(adv)
-        with tf.GradientTape() as tape:
-            loss = loss_fn(yb, model(xb, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return loss
+    def pgd(xb, yb):  # PGD-k: random start, k signed-gradient steps, projection onto the eps-ball and [0, 1]
+        adv = tf.clip_by_value(xb + tf.random.stateless_uniform(tf.shape(xb), [0, 1], -eps, eps), 0.0, 1.0)
+        for _ in range(k):
+            with tf.GradientTape() as tape:
+                tape.watch(adv)
+                attack_loss = loss_fn(yb, model(adv, training=False))
+            adv = adv + step_size * tf.sign(tape.gradient(attack_loss, adv))
+            adv = tf.clip_by_value(tf.clip_by_value(adv, xb - eps, xb + eps), 0.0, 1.0)
+        return adv, yb
+
+    train_step = sgd_train_step(model, optimizer, loss_fn, before=pgd if k else None)
 
     @tf.function(jit_compile=False)
     def infer(xb):
@@ -141,6 +138,7 @@ def main(argv=None) -> None:
         print(f"{name:<38} {epochs:>6} {steps:>6} {statistics.median(ours):>7.1f} {statistics.median(floor):>8.1f}  "
               f"{medians[-1]:.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]", flush=True)
     print(f"ours / floor: {min(medians):.2f}x - {max(medians):.2f}x over {len(medians)} setting(s)")
+
 
 if __name__ == "__main__":
     main()

@@ -142,7 +142,8 @@ def machine() -> dict:
     in the last bits, and training amplifies that into a different model (seen
     here: one ShuffleNetV2 run, same seeds, data order and one thread, disagreed on
     6.2% of test predictions between two 2-core machines). The protocol stamps every run with `machine()["id"]` and
-    judges a bit change only against an unperturbed control from the same machine.
+    judges a bit change only against an unperturbed control from the same machine;
+    `experiments.train` records it in each run's `info["machine"]`.
 
     Returns:
         `{"id", "cpu", "isa", "cache", "cores", "gpus", "tensorflow", "onednn"}`:
