@@ -52,11 +52,8 @@ was seen:
   steps, so epsilon is scaled to the data: 0.15, PGD step 0.0375 (the thesis's
   step/epsilon ratio 0.26). Two seeds (the black-box targets are the seed-1
   models, which also serve as a second seed for the white-box comparisons).
-  PGD-1000 on 128 stratified test images and SPSA (100 steps x 128 samples,
-  CleverHans's learning rate and delta) on a stratified 64 of them (128 until
-  2026-12-04: halved for the 20-minute budget on a 2-core CPU without AVX-512,
-  where SPSA took ~140 of Table 3.6's 175 s; chosen from timings, before the
-  verdicts were seen). SPSA's steps and samples come
+  PGD-1000 and SPSA (100 steps x 128 samples, CleverHans's learning rate and
+  delta) on the same 128 stratified test images. SPSA's steps and samples come
   from a strength pilot on the undefended model (issue 11), the only model it
   looked at: on 64 images, 20 steps x 64 samples (the old setting) left 43.8%
   against PGD-1000's 1.6%; 100 x 64 and 100 x 128 left 9.4%, 200 x 128 7.8%.
@@ -218,7 +215,7 @@ def _quick() -> Setting:
     base = TrainSpec(dataset="digits", model="cnn", model_kwargs={"filters": [16, 32]}, epochs=10, batch_size=128,
                      recipe="constant", optimizer="adam", learning_rate=3e-3, augment=False)
     return Setting(base=base, clean_epochs=25, epsilon=0.15, step_size=0.0375, train_steps=5, long_examples=128,
-                   spsa_examples=64, spsa_steps=100, spsa_samples=128, sanity_examples=128)
+                   spsa_examples=128, spsa_steps=100, spsa_samples=128, sanity_examples=128)
 
 
 def _standard() -> Setting:
