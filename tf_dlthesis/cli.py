@@ -76,6 +76,16 @@ def _existing_dir(path: str) -> str:
     return path
 
 
+def _jobs(text: str):
+    """argparse type of `reproduce --jobs`: a positive int, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return _positive(int)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}") from None
+
+
 def _positive(kind):
     """argparse type: a finite number of `kind` (int or float) that is > 0."""
 
@@ -157,9 +167,10 @@ def _parser():
                      help="a folder of finished runs, one small file each, safe to commit: read into the "
                           "store at the start, every finished run written to it after each item (resume a "
                           "long run on another machine)")
-    rep.add_argument("--jobs", type=_positive(int), default=1, metavar="N",
-                     help="run the chapters side by side in up to N processes (the same numbers as 1; it pays "
-                          "only with more than 2 cores: Chapter 5 already trains in 2 processes)")
+    rep.add_argument("--jobs", type=_jobs, default="auto", metavar="N",
+                     help="run the chapters side by side in up to N processes (the same numbers as 1). Default "
+                          "'auto': at --scale quick one more than the cores (3 on 2 cores: Chapter 5's two "
+                          "workers beside one more chapter), else 1")
     rep.add_argument("--only", type=_id_list, default=None, metavar="IDS",
                      help="comma-separated ids, e.g. 2.1,4.1,fig2.2; they run and are reported in report order "
                           "(`tf-dlthesis list`), whatever the order given")
@@ -304,7 +315,7 @@ def main(argv=None) -> int:
             tensorboard=args.tensorboard,
             progress=not args.no_progress,
             archive=getattr(args, "archive", None),  # reproduce only
-            jobs=getattr(args, "jobs", 1),  # reproduce only
+            jobs=getattr(args, "jobs", 1),  # reproduce only; `table`/`figure` run one item
         )
     except KeyboardInterrupt:
         kept = os.path.abspath(os.path.join(args.out, "results.sqlite"))

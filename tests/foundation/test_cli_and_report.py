@@ -46,8 +46,8 @@ def test_bad_names_are_argparse_errors_before_anything_is_created(argv, match, c
     (["reproduce", "--out", "/proc/no/such"], "argument --out: cannot write to output folder"),
     (["reproduce", "--only", ""], "argument --only: must name at least one table or figure id"),
     (["reproduce", "--only", " , "], "argument --only: must name at least one table or figure id"),
-    (["reproduce", "--jobs", "0"], "argument --jobs: expected a positive int, got '0'"),
-    (["reproduce", "--jobs", "two"], "argument --jobs: expected a positive int, got 'two'"),
+    (["reproduce", "--jobs", "0"], "argument --jobs: expected a positive int or 'auto', got '0'"),
+    (["reproduce", "--jobs", "two"], "argument --jobs: expected a positive int or 'auto', got 'two'"),
     (["table", ""], "argument id: expected a name, got ''"),
     (["train", "--epochs", "0"], "argument --epochs: expected a positive int, got '0'"),
     (["train", "--epochs", "-3"], "argument --epochs: expected a positive int, got '-3'"),
@@ -153,6 +153,29 @@ def test_reproduce_refuses_a_bad_jobs_count_before_creating_anything(jobs, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("scale, cores, expected", [("quick", 2, 3), ("quick", 1, 2), ("quick", 8, 9),
+                                                    ("standard", 2, 1), ("full", 8, 1)])
+def test_auto_jobs_is_one_more_than_the_cores_at_the_quick_scale_only(scale, cores, expected, monkeypatch):
+    from tf_dlthesis.experiments import report
+
+    monkeypatch.setattr(report.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert report.auto_jobs(scale) == expected
+    assert report._jobs("auto", scale) == expected
+
+
+@pytest.mark.parametrize("argv, expected", [([], "auto"), (["--jobs", "auto"], "auto"), (["--jobs", "2"], 2)])
+def test_the_command_line_runs_chapters_side_by_side_unless_told(argv, expected, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_reproduce(**kwargs):
+        seen.update(kwargs)
+        return str(tmp_path / "report.md"), 0
+
+    monkeypatch.setattr(experiments, "reproduce", fake_reproduce)
+    assert cli.main(["reproduce", "--only", "fig2.2", "--out", str(tmp_path), *argv]) == 0
+    assert seen["jobs"] == expected
+
+
 @pytest.mark.parametrize("workers", [0, True, 2.0])
 def test_register_refuses_a_bad_workers_count(workers):
     with pytest.raises(ValueError, match=r"`workers` must be an int >= 1. Received: workers="):
@@ -213,6 +236,11 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_arc
         header = open(first).read().split("| id |")[0]
         total = len(experiments.registry.select())
         assert f"**Partial report: 1 of {total} registered items.**" in header and ", 2.1, " in header
+        import tensorflow as tf
+
+        from tf_dlthesis import runtime
+
+        assert f"TensorFlow {tf.__version__}" in header and f"(machine id {runtime.machine()['id']})" in header
         monkeypatch.setattr(training, "_train_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
         path, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.2"], progress=False)
         assert failed == 0, open(path).read()
