@@ -378,8 +378,8 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     as each item finishes, whichever process ran it. `jobs="auto"` (the command
     line's default) is `auto_jobs(scale)`: at the quick scale one more than the
     cores, so on 2 cores Chapter 5's two workers run beside one more chapter
-    (20.4 min against 25.4 serially there); `jobs=2` does not pay on 2 cores
-    (Chapter 5 takes both slots and runs alone).
+    (20.4 min against 25.4 serially on a 2-core AVX2-only machine); `jobs=2` does
+    not pay on 2 cores (Chapter 5 takes both slots and runs alone).
 
     Each item's time in the report is its compute time: the seconds of every
     process that trained or evaluated part of it, recorded in the store (and so in
