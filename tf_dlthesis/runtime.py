@@ -173,10 +173,30 @@ def machine() -> dict:
             gpus.append(tf.config.experimental.get_device_details(device).get("device_name", device.name))
         except (RuntimeError, ValueError):
             gpus.append(device.name)
-    out = {"cpu": cpu, "isa": " ".join(flags), "cache": cache, "cores": os.cpu_count(), "gpus": gpus,
+    out = {"cpu": cpu, "isa": " ".join(flags), "cache": cache, "cores": usable_cores(), "gpus": gpus,
            "tensorflow": tf.__version__, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     out["id"] = hashlib.sha256(repr(sorted(out.items())).encode()).hexdigest()[:12]
     return out
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask, not the host's count.
+
+    In a container or under `taskset` the two differ (a 2-core share of a 64-core
+    host is 2 here, 64 for `os.cpu_count()`). TensorFlow sizes its default thread
+    pools from the same mask, so this is the count that decides its kernels'
+    blocking, and the one `machine()`, `reproduce(jobs="auto")` and the
+    variability protocols' default worker counts use. Falls back to
+    `os.cpu_count()` where the platform has no affinity call (macOS, Windows).
+
+    Example:
+        >>> runtime.usable_cores()
+        2
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def jit_compile() -> bool:

@@ -158,7 +158,10 @@ def test_reproduce_refuses_a_bad_jobs_count_before_creating_anything(jobs, tmp_p
 def test_auto_jobs_is_one_more_than_the_cores_at_the_quick_scale_only(scale, cores, expected, monkeypatch):
     from tf_dlthesis.experiments import report
 
-    monkeypatch.setattr(report.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    from tf_dlthesis import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 64)  # a container's share of a larger host
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert report.auto_jobs(scale) == expected
     assert report._jobs("auto", scale) == expected
 

@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 
 from tf_dlthesis import runtime
@@ -75,7 +76,43 @@ def test_machine_names_what_decides_floating_point_results(monkeypatch):
     first = runtime.machine()
     assert set(first) == {"id", "cpu", "isa", "cache", "cores", "gpus", "tensorflow", "onednn"}
     assert first == runtime.machine() and len(first["id"]) == 12
-    assert first["cores"] == os.cpu_count()
+    assert first["cores"] == runtime.usable_cores()
     # oneDNN on or off changes TF's CPU kernels, so it is another machine for bit-exactness
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0" if first["onednn"] != "0" else "1")
     assert runtime.machine()["id"] != first["id"]
+
+
+def test_usable_cores_is_the_affinity_mask_not_the_hosts_count(monkeypatch):
+    # a 2-core share of a 64-core host (a container, `taskset`): TF sizes its thread pools from the mask
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {5, 9}, raising=False)
+    assert runtime.usable_cores() == 2
+    assert runtime.machine()["cores"] == 2
+
+
+@pytest.mark.parametrize("cpu_count, expected", [(8, 8), (None, 1)])
+def test_usable_cores_falls_back_to_the_cpu_count_without_an_affinity_call(cpu_count, expected, monkeypatch):
+    monkeypatch.delattr(runtime.os, "sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: cpu_count)
+    assert runtime.usable_cores() == expected
+
+
+def test_the_variability_protocols_default_worker_count_follows_the_usable_cores(monkeypatch):
+    from tf_dlthesis.variability import protocol
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_executor(executor, train_fn, threads, workers, *args):
+        seen.append(workers)
+        raise Stop
+
+    monkeypatch.setattr(protocol, "_parallel_executor", fake_executor)
+    for cores, expected in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(runtime, "usable_cores", lambda cores=cores: cores)
+        with pytest.raises(Stop):
+            protocol.run_protocol(lambda plan: None, sources=["init"], runs=2, labels=np.arange(4) % 2,
+                                  executor="serial", progress=False)
+    assert seen == [1, 2, 2]

@@ -339,11 +339,9 @@ def auto_jobs(scale: str) -> int:
     """
     if scale != "quick":
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may use (a container's share)
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return cores + 1
+    from tf_dlthesis import runtime
+
+    return runtime.usable_cores() + 1  # the cores this process may use (a container's share)
 
 
 def _jobs(jobs, scale: str) -> int:

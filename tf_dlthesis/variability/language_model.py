@@ -56,7 +56,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 
 import keras
@@ -556,7 +555,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         store: A `ResultsStore` (or has/get/record); None keeps results in memory.
         experiment: Namespace in the store.
         executor: `"local"` (a process pool, a fresh process per run) or `"serial"`.
-        workers: Pool size (default: CPU count, at most 2).
+        workers: Pool size (default: the usable cores, `runtime.usable_cores()`, at most 2).
         threads_per_run: TF threads per run (None: TF's default). Part of the
             store key unless 1 (the default), as in `run_protocol`.
         base_plan: The plan every run varies (`SeedPlan()` by default).
@@ -596,7 +595,9 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     corpus = load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)  # fails early when absent
     labels = evaluation_labels(corpus.test, spec.bptt)
     store = _MemoryStore(default=str) if store is None else store
-    workers = max(1, min(2, os.cpu_count() or 1)) if workers is None else _int("workers", workers)
+    from tf_dlthesis import runtime
+
+    workers = min(2, runtime.usable_cores()) if workers is None else _int("workers", workers)
     config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config(),
               **threads_key}
 

@@ -961,7 +961,7 @@ def run_protocol(
         base_plan: The plan all runs start from (`SeedPlan()` by default); also
             the unperturbed control of the bit-change check.
         onset_epoch: Fig. 5.2's onset of nondeterminism (per-epoch sources only).
-        workers: Local pool size (default: CPU count, at most 2).
+        workers: Local pool size (default: the usable cores, `runtime.usable_cores()`, at most 2).
         threads_per_run: TF intra/inter-op threads per run (`None`: TF default).
             Part of the store key unless 1 (the default): the thread count
             changes the rounding, so runs with other counts are never mixed.
@@ -1005,7 +1005,9 @@ def run_protocol(
     if not isinstance(base_plan, SeedPlan):
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
     if workers is None:
-        workers = max(1, min(2, os.cpu_count() or 1))
+        from tf_dlthesis import runtime
+
+        workers = min(2, runtime.usable_cores())
     store = _as_store(store)
     if executor == "local":
         _check_main_guard()
