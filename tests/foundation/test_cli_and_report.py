@@ -244,6 +244,8 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_arc
         from tf_dlthesis import runtime
 
         assert f"TensorFlow {tf.__version__}" in header and f"(machine id {runtime.machine()['id']})" in header
+        assert f"{runtime.machine()['cores']} cores" in header and "the core count and the cache sizes" in header
+        assert not runtime.machine()["cache"] or f"cache size {runtime.machine()['cache']}" in header
         monkeypatch.setattr(training, "_train_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
         path, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.2"], progress=False)
         assert failed == 0, open(path).read()

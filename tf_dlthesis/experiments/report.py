@@ -108,9 +108,10 @@ def _machine_line() -> str:
 
     m = runtime.machine()
     gpus = f", GPUs: {', '.join(m['gpus'])}" if m["gpus"] else ""
-    return (f"Written on: {m['cpu']}, {m['cores']} cores{gpus}, TensorFlow {m['tensorflow']}, vector extensions "
-            f"{m['isa'] or 'unknown'} (machine id {m['id']}). TensorFlow's CPU kernels follow the instruction set "
-            f"and the core count, so rerunning an item (`--only`) gives its numbers bit for bit on a machine like "
+    cache = f", cache size {m['cache']}" if m["cache"] else ""
+    return (f"Written on: {m['cpu']}, {m['cores']} cores{cache}{gpus}, TensorFlow {m['tensorflow']}, vector "
+            f"extensions {m['isa'] or 'unknown'} (machine id {m['id']}). TensorFlow's CPU kernels follow the "
+            f"instruction set, the core count and the cache sizes, so rerunning an item (`--only`) gives its numbers bit for bit on a machine like "
             f"this one, not necessarily on another. A resumed run's items may have been trained elsewhere.")
 
 
