@@ -232,7 +232,7 @@ def inference_function(model):
     """
     fn = getattr(model, "_tf_dlthesis_predict", None)
     if fn is None:
-        fn = tf.function(functools.partial(_inference, model), reduce_retracing=True)
+        fn = tf.function(functools.partial(_inference, model), reduce_retracing=True, autograph=False)
         try:
             object.__setattr__(model, "_tf_dlthesis_predict", fn)
         except (AttributeError, TypeError):

@@ -66,8 +66,8 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
     saved = [w.numpy() for w in model.non_trainable_weights]
     n = (len(images) // batch_size) * batch_size
     train_out, infer_out = [], []
-    run_train = tf.function(lambda v: probe(v, training=True))
-    run_infer = tf.function(lambda v: probe(v, training=False))
+    run_train = tf.function(lambda v: probe(v, training=True), autograph=False)
+    run_infer = tf.function(lambda v: probe(v, training=False), autograph=False)
     try:
         for i in range(0, n, batch_size):
             xb = tf.convert_to_tensor(images[i:i + batch_size])

@@ -226,7 +226,7 @@ def _sweep_step(model, from_logits: bool):
         except (AttributeError, TypeError):
             pass
     if from_logits not in cache:
-        cache[from_logits] = tf.function(functools.partial(_sweep_batch, model, from_logits))
+        cache[from_logits] = tf.function(functools.partial(_sweep_batch, model, from_logits), autograph=False)
     return cache[from_logits]
 
 

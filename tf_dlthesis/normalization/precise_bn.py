@@ -173,7 +173,7 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
             if isinstance(layer, ExampleGroupNormalization):
                 layer.moving_update = "averaged"
         # a partial (not a closure): one tf.function per call, not counted as a retrace of one function
-        step = tf.function(functools.partial(_forward_and_accumulate, model, layers, sums))
+        step = tf.function(functools.partial(_forward_and_accumulate, model, layers, sums), autograph=False)
         for x in _batches(data, int(batch_size)):
             if steps is not None and count >= steps:
                 break

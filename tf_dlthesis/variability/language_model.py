@@ -282,7 +282,7 @@ def segment_lengths(num_positions: int, bptt: int, *, seed: int | None, variable
 def _make_train_step(model, optimizer):
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2)
+    @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2, autograph=False)
     def step(x, y):
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
@@ -309,7 +309,7 @@ def _make_eval_step(models):
     # a partial, not a closure: TF's retracing detector keys closures by their code object, so one
     # trace per evaluated model set would read as retracing of a single function
     return tf.function(functools.partial(_ensemble_log_probs, tuple(models)),
-                       input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2)
+                       input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2, autograph=False)
 
 
 def _windows(stream, window: int) -> tuple[np.ndarray, np.ndarray]:

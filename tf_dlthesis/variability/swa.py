@@ -180,14 +180,14 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self._count = tf.Variable(0.0, dtype=tf.float32, trainable=False)
         self.averaged = 0
 
-        @tf.function
+        @tf.function(autograph=False)
         def update():
             n = self._count + 1.0
             for avg, v in zip(self._average, variables):
                 avg.assign_add((tf.cast(v, avg.dtype) - avg) / tf.cast(n, avg.dtype))
             self._count.assign(n)
 
-        @tf.function
+        @tf.function(autograph=False)
         def assign():
             for avg, v in zip(self._average, variables):
                 v.assign(tf.cast(avg, v.dtype))

@@ -70,7 +70,7 @@ class WeightNoise(keras.callbacks.Callback):
         base = tf.constant([self.seed, 0], tf.int64)
         stddev = self.stddev
 
-        @tf.function
+        @tf.function(autograph=False)
         def begin(step):
             step_seed = tf.random.experimental.stateless_fold_in(base, step)
             for i, (v, c, nz) in enumerate(zip(variables, clean, noisy)):
@@ -80,7 +80,7 @@ class WeightNoise(keras.callbacks.Callback):
                 nz.assign(v + eps)
                 v.assign(nz)
 
-        @tf.function
+        @tf.function(autograph=False)
         def end():
             for v, c, nz in zip(variables, clean, noisy):
                 v.assign(c + (v - nz))
