@@ -199,3 +199,79 @@ def test_pool_stop_waits_for_a_task_that_stops_cleanly_and_the_process_exits(tmp
     assert proc.returncode == 130, err.decode()[-3000:]
     assert (tmp_path / "stopped").exists()  # the slow task ran its clean-up
     assert not process_session.wait_gone(proc.pid)
+
+
+def test_each_task_has_a_temporary_folder_of_its_own_removed_when_it_ends(tmp_path):
+    """Task processes leave through `os._exit`, which skips `atexit`: AutoGraph's generated
+    source files (deleted at exit) used to stay in the system's temporary folder, one set
+    per task process. Each task now writes into a folder the pool removes, after a result
+    and after an exception alike."""
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    script = tmp_path / "temp.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, tempfile
+        from tf_dlthesis.variability.protocol import _process_pool
+
+        def job(plan):
+            import tensorflow as tf
+
+            def branchy(x):  # AutoGraph converts this one and writes its source to a temporary file
+                return x + 1 if x.shape[0] else x
+            tf.function(branchy)(tf.ones(2))
+            files = sorted(os.listdir(tempfile.gettempdir()))
+            if plan == "fail":
+                raise ValueError("failed after converting")
+            return tempfile.gettempdir(), os.environ["TMPDIR"], files
+
+        if __name__ == "__main__":
+            seen = []
+            _process_pool([("a", "ok")], job, 1, None, lambda label, result: seen.append(result), None)
+            (task_dir, env_dir, files), = seen
+            print("DIR", task_dir == env_dir, os.path.dirname(task_dir) == tempfile.gettempdir(),
+                  any(f.startswith("__autograph_generated_file") for f in files), os.path.exists(task_dir))
+            try:
+                _process_pool([("b", "fail")], job, 1, None, None, None)
+            except ValueError as exc:
+                print("RAISED", exc)
+            print("LEFT", sorted(f for f in os.listdir(tempfile.gettempdir()) if not f.startswith("pymp-")))
+    """))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TMPDIR=str(system_tmp))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    # the task's own folder (also its TMPDIR), inside the system's; AutoGraph wrote there; gone once it ended
+    assert lines["DIR"] == "True True True False"
+    assert lines["RAISED"] == "failed after converting"
+    assert lines["LEFT"] == "[]"
+    assert sorted(os.listdir(system_tmp)) == []
+
+
+def test_the_keras_cache_lock_holds_across_processes_with_their_own_temporary_folders(tmp_path, monkeypatch):
+    from tf_dlthesis.data import _registry
+
+    (tmp_path / "keras").mkdir()  # as importing Keras makes it
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    probe = textwrap.dedent("""
+        import fcntl
+        flock = fcntl.flock
+        fcntl.flock = lambda fd, op: flock(fd, op | fcntl.LOCK_NB)  # fail instead of waiting
+        from tf_dlthesis.data import _registry
+        try:
+            with _registry._cache_lock():
+                print("acquired")
+        except BlockingIOError:
+            print("blocked")
+    """)
+    other_tmp = tmp_path / "other-tmp"
+    other_tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TMPDIR=str(other_tmp))
+
+    def run_probe():
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip()
+
+    with _registry._cache_lock():
+        assert run_probe() == "blocked"
+    assert run_probe() == "acquired"

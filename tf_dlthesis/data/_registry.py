@@ -334,15 +334,21 @@ def _keras_source(name, data_dir):
 
 @contextlib.contextmanager
 def _cache_lock():
-    """Serialises filling Keras's cache across processes (POSIX `flock`; a no-op elsewhere)."""
+    """Serialises filling Keras's cache across processes (POSIX `flock`; a no-op elsewhere).
+
+    The lock file sits in the cache folder it guards, not in the temporary folder: a
+    task process of the chapter / protocol pools has a temporary folder of its own.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
     try:
-        fd = os.open(os.path.join(tempfile.gettempdir(), "tf_dlthesis-keras-datasets.lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:  # pragma: no cover - unwritable temp dir
+        base = _keras_cache_dir()
+        os.makedirs(base, exist_ok=True)
+        fd = os.open(os.path.join(base, "tf_dlthesis-datasets.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # pragma: no cover - unwritable cache folder
         yield
         return
     try:

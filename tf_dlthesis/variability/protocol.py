@@ -35,7 +35,9 @@ import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Mapping, Sequence
@@ -260,6 +262,12 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
     `join_on_stop`: wait up to a minute for them to end, for jobs that turn SIGTERM into
     a clean stop which records what they finished (`reproduce`'s chapters); otherwise
     up to 5 s. Any still running then are killed.
+
+    Each task process gets a temporary folder of its own (`tempfile.gettempdir()` and
+    `TMPDIR` inside it), removed here when the task ends. A task process leaves through
+    `os._exit`, which skips `atexit` handlers, so whatever they would have deleted (the
+    source files AutoGraph writes for each converted function, say) would otherwise stay
+    in the system's temporary folder.
     """
     if start_method is None:
         start_method = "forkserver" if sys.platform != "win32" else "spawn"
@@ -268,12 +276,15 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
         ctx.set_forkserver_preload(["tf_dlthesis", "tensorflow", "keras", __name__, *preload])
     slots = slots or (lambda label: 1)
     queue, running, free = list(tasks), {}, workers  # running: result pipe -> (label, slots taken, process)
+    temp_dirs = {}  # result pipe -> the task's temporary folder
     try:
         while queue or running:
             for label, plan, taken in _take_fitting(queue, free, workers, slots):
                 reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_pool_task, args=(job, plan, writer, os.getpid(), on_message is not None),
-                                   name=f"tf_dlthesis-task-{label}")
+                temp_dir = tempfile.mkdtemp(prefix="tf_dlthesis-task-")
+                proc = ctx.Process(target=_pool_task, args=(job, plan, writer, os.getpid(), on_message is not None,
+                                                            temp_dir), name=f"tf_dlthesis-task-{label}")
+                temp_dirs[reader] = temp_dir
                 proc.start()
                 writer.close()  # the task's copy is its own: end-of-file here once it is gone
                 running[reader] = label, taken, proc
@@ -281,7 +292,11 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
             ready = _wait_tasks(running)
             for reader in [r for r, (_, _, proc) in running.items() if r in ready or proc.sentinel in ready]:
                 label, taken, proc = running[reader]
-                final, result = _task_message(reader, proc)
+                try:
+                    final, result = _task_message(reader, proc)
+                finally:
+                    if reader.closed:  # the task has ended (with a result, an exception or none)
+                        shutil.rmtree(temp_dirs.pop(reader), ignore_errors=True)
                 if not final:
                     on_message(label, result)
                     continue
@@ -293,6 +308,9 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
     except BaseException:
         _end_tasks(running, 60.0 if join_on_stop else 5.0)
         raise
+    finally:
+        for temp_dir in temp_dirs.values():  # tasks ended by a stop or a failure
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _take_fitting(queue: list, free: int, capacity: int, slots: Callable) -> list:
@@ -322,12 +340,15 @@ class _RemoteTraceback(Exception):
         return f"\n\"\"\"\n{self.text}\"\"\""
 
 
-def _pool_task(job: Callable, plan, writer, parent: int, messages: bool) -> None:
+def _pool_task(job: Callable, plan, writer, parent: int, messages: bool, temp_dir: str) -> None:
     """A task process of `_process_pool`: `job(plan)` (`job(plan, send)` with `messages`), and
-    its result (or its exception and traceback) sent back through `writer`."""
+    its result (or its exception and traceback) sent back through `writer`. Its temporary
+    files go to `temp_dir`, which the pool removes when the task ends."""
     import traceback
 
     _die_with(parent)
+    tempfile.tempdir = temp_dir
+    os.environ["TMPDIR"] = temp_dir  # processes the task starts (a chapter's protocol workers) nest theirs in it
     try:
         message = ("result", job(plan, functools.partial(_send, writer, "message")) if messages else job(plan))
     except BaseException as exc:  # KeyboardInterrupt too: a task stopped by SIGTERM says so
