@@ -1,4 +1,4 @@
-"""The library's own tf.functions skip AutoGraph (they branch only on Python values).
+"""The library's own tf.functions that branch only on Python values skip AutoGraph.
 
 AutoGraph writes each converted function's source to a `__autograph_generated_file*.py`
 in the temp folder and deletes it at interpreter exit (`atexit`). The variability

@@ -210,7 +210,7 @@ def test_each_task_has_a_temporary_folder_of_its_own_removed_when_it_ends(tmp_pa
     system_tmp.mkdir()
     script = tmp_path / "temp.py"
     script.write_text(textwrap.dedent("""
-        import os, sys, tempfile
+        import os, tempfile
         from tf_dlthesis.variability.protocol import _process_pool
 
         def job(plan):
