@@ -46,8 +46,14 @@ was seen:
 
 * quick (scikit-learn digits, 8x8, 1,433 / 364 images): the old quick setting,
   kept for its cost: small CNN (filters 16/32), Adam 3e-3 at a constant rate
-  (recipe "constant"), batch 128, no augmentation, 10 epochs for adversarially
+  (recipe "constant"), batch 128, no augmentation, 20 epochs for adversarially
   trained models and 25 for clean ones, PGD-5 adversarial training. The
+  adversarial models trained 10 epochs until 2026-12-04: on the Intel Xeon
+  class that left one LRM seed fitting 75.1% of its training set (failing the
+  regime check "each adversarial defense fits its training set") and
+  predicting 9 of the 10 classes; a pilot of eight seeds, training fit only
+  with no attack run, had LRM fit 87.5-92.5% at 20 epochs, every model
+  predicting all 10 classes (README, "Quick scale"). The
   thesis's epsilon 0.03 (~8/255) barely moves a digit whose pixels come in 1/16
   steps, so epsilon is scaled to the data: 0.15, PGD step 0.0375 (the thesis's
   step/epsilon ratio 0.26). Two seeds (the black-box targets are the seed-1
@@ -212,7 +218,7 @@ class Setting:
 
 
 def _quick() -> Setting:
-    base = TrainSpec(dataset="digits", model="cnn", model_kwargs={"filters": [16, 32]}, epochs=10, batch_size=128,
+    base = TrainSpec(dataset="digits", model="cnn", model_kwargs={"filters": [16, 32]}, epochs=20, batch_size=128,
                      recipe="constant", optimizer="adam", learning_rate=3e-3, augment=False)
     return Setting(base=base, clean_epochs=25, epsilon=0.15, step_size=0.0375, train_steps=5, long_examples=128,
                    spsa_examples=128, spsa_steps=100, spsa_samples=128, sanity_examples=128)
