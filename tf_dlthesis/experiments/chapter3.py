@@ -661,6 +661,15 @@ def _black_box_item(table_id, preset, scale, dataset, store):
     return setting, rows, bb, _black_box_table(table_id, title, setting, preset, scale, bb)
 
 
+def _pgd_source_finding(bb, pct, claim_suffix: str, thesis: str) -> Finding:
+    """Tables 3.2 / 3.4: adversarial examples from PGD-trained sources fool a regular target less."""
+    return Finding.test("Examples from PGD-trained sources transfer poorly to a regular target" + claim_suffix,
+                        _diff(bb["regular"]["pgd"], bb["regular"]["regular"], "regular target's accuracy, PGD source "
+                              "minus regular source"), above=0,
+                        evidence=f"regular target: from PGD {pct['regular']['pgd']:.1f}% vs from regular "
+                                 f"{pct['regular']['regular']:.1f}% (thesis {thesis})")
+
+
 @register("3.2", title="Black-box accuracy (%), CIFAR-10 settings", chapter=3, quick_minutes=0.3)
 def table_3_2(scale, dataset, store, *, out=None):
     setting, rows, bb, table = _black_box_item("3.2", "cifar10", scale, dataset, store)
@@ -674,11 +683,7 @@ def table_3_2(scale, dataset, store, *, out=None):
                      evidence="minimum over sources: " + ", ".join(f"{_LABELS[t]} {pct[t][worst[t]]:.1f}% "
                                                                    f"(from {_LABELS[worst[t]]})" for t in ROWS)
                               + " (thesis: label smoothing 66.7%, over 10 points above any other)"),
-        Finding.test("Examples from PGD-trained sources transfer poorly to a regular target",
-                     _diff(bb["regular"]["pgd"], bb["regular"]["regular"], "regular target's accuracy, PGD source "
-                           "minus regular source"), above=0,
-                     evidence=f"regular target: from PGD {pct['regular']['pgd']:.1f}% vs from regular "
-                              f"{pct['regular']['regular']:.1f}% (thesis 75.1 vs 26.8)"),
+        _pgd_source_finding(bb, pct, "", "75.1 vs 26.8"),
         Finding.test("LRM is a stronger black-box source than ALP (mean over all targets)",
                      _diff(*_source_strength(bb, "lrm", "alp"), "mean target accuracy, ALP source minus LRM source"),
                      above=0, evidence="mean over targets: ALP source "
@@ -741,11 +746,7 @@ def table_3_4(scale, dataset, store, *, out=None):
         Finding.not_comparable(claim, "a claim about CIFAR-100 itself (\"again clear differences across datasets\"): "
                                f"on 10-class {setting.base.dataset} it cannot be tested. Measured: " + evidence,
                                spread, below=10.0),
-        Finding.test("Examples from PGD-trained sources transfer poorly to a regular target (CIFAR-100 "
-                     "hyperparameters)", _diff(bb["regular"]["pgd"], bb["regular"]["regular"],
-                                               "regular target's accuracy, PGD source minus regular source"), above=0,
-                     evidence=f"regular target: from PGD {pct['regular']['pgd']:.1f}% vs from regular "
-                              f"{pct['regular']['regular']:.1f}% (thesis 50.1 vs 33.3)"),
+        _pgd_source_finding(bb, pct, " (CIFAR-100 hyperparameters)", "50.1 vs 33.3"),
     ]
     checks = _regime_checks(rows, _num_classes(setting)) + _sanity_for(rows)
     return Output(tables=[table], findings=findings, checks=checks)
