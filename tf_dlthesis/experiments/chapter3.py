@@ -560,7 +560,7 @@ def _thesis_source_mean(table_id, source):
     return float(np.mean([row[source] for row in thesis_rows(table_id).values()]))
 
 
-@register("3.1", title="White-box accuracy (%), CIFAR-10 settings", chapter=3, quick_minutes=1.9)
+@register("3.1", title="White-box accuracy (%), CIFAR-10 settings", chapter=3, quick_minutes=2.8)
 def table_3_1(scale, dataset, store, *, out=None):
     setting = setting_for(scale, "cifar10", dataset)
     with _results(store) as db:
@@ -701,7 +701,7 @@ def table_3_2(scale, dataset, store, *, out=None):
     return Output(tables=[table], findings=findings, checks=checks)
 
 
-@register("3.3", title="White-box accuracy (%), CIFAR-100 settings", chapter=3, quick_minutes=0.7)
+@register("3.3", title="White-box accuracy (%), CIFAR-100 settings", chapter=3, quick_minutes=1.1)
 def table_3_3(scale, dataset, store, *, out=None):
     setting = setting_for(scale, "cifar100", dataset)
     with _results(store) as db:
@@ -752,7 +752,7 @@ def table_3_4(scale, dataset, store, *, out=None):
     return Output(tables=[table], findings=findings, checks=checks)
 
 
-@register("3.5", title="White-box accuracy (%), SVHN settings", chapter=3, quick_minutes=0.8)
+@register("3.5", title="White-box accuracy (%), SVHN settings", chapter=3, quick_minutes=1.0)
 def table_3_5(scale, dataset, store, *, out=None):
     setting = setting_for(scale, "svhn", dataset)
     with _results(store) as db:
@@ -872,7 +872,7 @@ def _range_ratio(a, b, what):
 
 
 @register("fig3.1", title="Logit pairing regularizes logits; logit squeezing with and without ALP", chapter=3,
-          quick_minutes=0.8)
+          quick_minutes=1.1)
 def figure_3_1(scale, dataset, store, *, out=None):
     import matplotlib.pyplot as plt
 
