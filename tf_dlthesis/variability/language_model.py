@@ -65,8 +65,8 @@ from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
-from tf_dlthesis.variability.protocol import _check_main_guard, _ineffective, _int, _MemoryStore, \
-    _process_pool, _Scheduler, _source_list, _stamp_machine, _start_run, _threads_key
+from tf_dlthesis.variability.protocol import _check_main_guard, _default_workers, _ineffective, _int, \
+    _MemoryStore, _process_pool, _Scheduler, _source_list, _stamp_machine, _start_run, _threads_key
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
 from tf_dlthesis.variability.snapshot_ensemble import SnapshotEnsemble
@@ -595,9 +595,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     corpus = load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)  # fails early when absent
     labels = evaluation_labels(corpus.test, spec.bptt)
     store = _MemoryStore(default=str) if store is None else store
-    from tf_dlthesis import runtime
-
-    workers = min(2, runtime.usable_cores()) if workers is None else _int("workers", workers)
+    workers = _default_workers() if workers is None else _int("workers", workers)
     config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config(),
               **threads_key}
 

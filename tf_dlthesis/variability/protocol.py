@@ -900,6 +900,14 @@ def _threads_key(executor: str, threads_per_run) -> dict:
     return {} if threads == 1 else {"threads_per_run": threads}
 
 
+def _default_workers() -> int:
+    """The local pool's default size (`run_protocol`, `run_lm_protocol`): the usable cores
+    (`runtime.usable_cores()`), at most 2."""
+    from tf_dlthesis import runtime
+
+    return min(2, runtime.usable_cores())
+
+
 def _int(name, value, minimum=1, allow_none=False):
     """`value` as an int >= `minimum` (or None when `allow_none`); a `ValueError` naming it otherwise."""
     if value is None and allow_none:
@@ -1026,9 +1034,7 @@ def run_protocol(
     if not isinstance(base_plan, SeedPlan):
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
     if workers is None:
-        from tf_dlthesis import runtime
-
-        workers = min(2, runtime.usable_cores())
+        workers = _default_workers()
     store = _as_store(store)
     if executor == "local":
         _check_main_guard()
