@@ -111,8 +111,9 @@ def _machine_line() -> str:
     cache = f", cache size {m['cache']}" if m["cache"] else ""
     return (f"Written on: {m['cpu']}, {m['cores']} cores{cache}{gpus}, TensorFlow {m['tensorflow']}, vector "
             f"extensions {m['isa'] or 'unknown'} (machine id {m['id']}). TensorFlow's CPU kernels follow the "
-            f"instruction set, the core count and the cache sizes, so rerunning an item (`--only`) gives its numbers bit for bit on a machine like "
-            f"this one, not necessarily on another. A resumed run's items may have been trained elsewhere.")
+            f"instruction set, the core count and the cache sizes, so rerunning an item (`--only`) gives its "
+            f"numbers bit for bit on a machine like this one, not necessarily on another. A resumed run's items "
+            f"may have been trained elsewhere.")
 
 
 def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float, absent=()) -> str:
