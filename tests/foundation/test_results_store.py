@@ -173,3 +173,82 @@ def test_recorded_counts_only_this_objects_own_runs(tmp_path):
     store.export_rows(tmp_path / "rows")
     fresh = ResultsStore(tmp_path / "b.sqlite")
     assert fresh.import_rows(tmp_path / "rows") == 3 and fresh.recorded == 0  # imported, not recorded here
+
+
+def test_record_rejects_arrays_it_cannot_read_back(tmp_path):
+    """Object arrays would be stored as pointers and structured ones without their fields: rejected, not stored."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    with pytest.raises(TypeError, match=r"key 'a' with dtype=object"):
+        store.record("e", {}, 0, {"a": np.array([1, "x"], dtype=object)})
+    with pytest.raises(TypeError, match=r"key 'pairs' with dtype=\[\('x', '<f4'\), \('y', '<i2'\)\]"):
+        store.record("e", {}, 1, {"nested": {"pairs": np.zeros(2, dtype=[("x", "f4"), ("y", "i2")])}})
+    assert not store.has("e", {}, 0) and not store.has("e", {}, 1) and len(store) == 0
+    store.record("e", {}, 2, {"s": np.array(["ab", "c"]), "t": np.array(["2020-01-01"], dtype="datetime64[D]")})
+    got = store.get("e", {}, 2)
+    assert got["s"].tolist() == ["ab", "c"] and got["t"].tolist() == np.array(["2020-01-01"], "datetime64[D]").tolist()
+
+
+def test_record_rejects_the_stores_reserved_keys(tmp_path):
+    """A user dict holding the store's tags would come back as an array or a float: rejected, not stored."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    with pytest.raises(ValueError, match="reserved.*Received: a dict with key '__float__'"):
+        store.record("e", {}, 0, {"d": {"__float__": "1e5"}})
+    with pytest.raises(ValueError, match="reserved.*'__ndarray__'"):
+        store.record("e", {"k": [{"__ndarray__": "abc", "note": 1}]}, 0, {})
+    assert len(store) == 0
+    store.record("e", {}, 0, {"d": {"float": "1e5", "__other__": 1}, "nan": float("-inf")})  # the tags' own use
+    assert store.get("e", {}, 0) == {"d": {"float": "1e5", "__other__": 1}, "nan": float("-inf")}
+
+
+def test_export_rows_from_two_processes_at_once(tmp_path):
+    from tf_dlthesis.experiments import results_store
+
+    path, archive = tmp_path / "r.sqlite", tmp_path / "rows"
+    store = ResultsStore(path)
+    for run in range(300):  # both processes write the same files in the same order, in step
+        store.record("e", {"k": 1}, run, {"v": run})
+    # the module alone (stdlib + NumPy), not the package (TensorFlow): two processes start in seconds
+    script = textwrap.dedent(
+        f"""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("results_store", {results_store.__file__!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        store = module.ResultsStore({str(path)!r})
+        print("ready", flush=True)
+        input()
+        print(store.export_rows({str(archive)!r}), flush=True)
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    for p in procs:  # start both exports together
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert all(name.endswith(".json.gz") for _, _, names in os.walk(archive) for name in names)  # no temp left
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    assert fresh.import_rows(archive) == 300 and fresh.get("e", {"k": 1}, 299) == {"v": 299}
+
+
+def test_import_rows_names_a_corrupt_file(tmp_path):
+    store = ResultsStore(tmp_path / "a.sqlite")
+    (tmp_path / "rows" / "x").mkdir(parents=True)
+    # a gzip header followed by an invalid deflate block: zlib.error, not BadGzipFile
+    (tmp_path / "rows" / "x" / "broken.json.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(6) + b"\xff\xff\xff\xff")
+    with pytest.raises(ValueError, match="broken.json.gz.*is not a run exported by `export_rows`"):
+        store.import_rows(tmp_path / "rows")
+
+
+def test_import_rows_rejects_a_result_that_is_not_a_dict(tmp_path):
+    import gzip
+
+    store = ResultsStore(tmp_path / "a.sqlite")
+    (tmp_path / "rows" / "x").mkdir(parents=True)
+    (tmp_path / "rows" / "x" / "list.json.gz").write_bytes(
+        gzip.compress(b'{"experiment": "e", "run": 0, "config": {}, "result": [1, 2]}'))
+    with pytest.raises(ValueError, match="list.json.gz.*is not a run exported by `export_rows`.*result must be a dict"):
+        store.import_rows(tmp_path / "rows")
+    assert len(store) == 0

@@ -11,6 +11,7 @@ import re
 import sqlite3
 import threading
 import time
+import uuid
 import zlib
 
 import numpy as np
@@ -28,8 +29,15 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
-def _encode(obj):
+_TAGS = ("__ndarray__", "__float__")  # dicts holding these keys decode as arrays / floats
+
+
+def _encode(obj, key=None):
+    """JSON-able form of `obj`; `key` is the dict key above it (named in errors)."""
     if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject or obj.dtype.kind == "V":  # stored bytes would be pointers / lose the fields
+            raise TypeError(f"Arrays must have a numeric, bool or string dtype (object and structured arrays "
+                            f"cannot be stored). Received: key {key!r} with dtype={obj.dtype}")
         arr = np.ascontiguousarray(obj)
         raw = arr.tobytes()
         packed = zlib.compress(raw, 6)
@@ -40,9 +48,14 @@ def _encode(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        return {str(k): _encode(v) for k, v in obj.items()}
+        encoded = {str(k): _encode(v, k) for k, v in obj.items()}
+        for tag in _TAGS:
+            if tag in encoded:
+                raise ValueError(f"The dict keys {_TAGS} are reserved by the results store. Received: a dict "
+                                 f"with key {tag!r}")
+        return encoded
     if isinstance(obj, (list, tuple)):
-        return [_encode(v) for v in obj]
+        return [_encode(v, key) for v in obj]
     if isinstance(obj, float) and not np.isfinite(obj):
         return {"__float__": repr(obj)}
     if obj is None or isinstance(obj, (str, int, float, bool)):
@@ -143,7 +156,9 @@ class ResultsStore:
         """Stores one finished run atomically (replacing an earlier row with the same key).
 
         Raises:
-            TypeError: non-JSON-able config/result, or wrong argument types.
+            TypeError: non-JSON-able config/result (object or structured arrays included), or wrong
+                argument types.
+            ValueError: a dict key is one the store reserves (`"__ndarray__"`, `"__float__"`), or a bad `run`.
         """
         self._check(experiment, config, run)
         if not isinstance(result, dict):
@@ -273,10 +288,15 @@ class ResultsStore:
                                    "result": json.loads(result), "created": created},
                                   separators=(",", ":"))  # key order as stored: deterministic, and kept
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path + ".tmp", "wb") as fh:
-                    fh.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
-                os.utime(path + ".tmp", (created, created))
-                os.replace(path + ".tmp", path)
+                tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique: other processes may export here at once
+                try:
+                    with open(tmp, "wb") as fh:
+                        fh.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+                    os.utime(tmp, (created, created))
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
                 written += 1
         except OSError as err:
             raise ValueError(f"Cannot write the results archive at {os.fspath(folder)!r}: {err}") from None
@@ -310,7 +330,9 @@ class ResultsStore:
                     experiment, run, config, result = row["experiment"], row["run"], row["config"], row["result"]
                     decoded = _decode(config)
                     self._check(experiment, decoded, run)
-                except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
+                    if not isinstance(result, dict):
+                        raise TypeError(f"its result must be a dict. Received: {type(result).__name__}")
+                except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:
                     raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
                 if not self.has(experiment, decoded, run):  # held under another file name (a renamed file)
                     # the exported JSON is the stored JSON: re-encoding would give the same text
