@@ -5,7 +5,9 @@ values (negative or zero counts, a negative seed, an empty `--only`, an unknown
 scale, a `--save` path that is not a writable `.keras` file) are rejected while
 parsing, before TensorFlow is imported; names that need the library to check
 (table/figure ids and their kind, datasets, models, norms, mixing methods,
-recipes) are checked right after it, still before any output folder exists. All
+recipes) and what needs the data (`train`: the dataset's files, a subset or batch
+larger than the data) are checked right after it, still before any output folder
+exists. All
 of them exit with status 2 and argparse's usage and one-line error.
 
 TensorFlow's C++ log output is hidden unless `--verbose` is given (or the
@@ -102,14 +104,20 @@ def _positive(kind):
     return parse
 
 
+#: The largest `--seed`: `runtime.configure` seeds NumPy's global RNG, which takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
 def _seed(text: str) -> int:
-    """argparse type: an int seed >= 0."""
+    """argparse type: an int seed in [0, MAX_SEED]."""
     try:
         value = int(text)
     except ValueError:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an int seed >= 0, got {text!r}")
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an int seed <= {MAX_SEED} (NumPy's seeds are 32-bit), got {text!r}")
     return value
 
 
@@ -242,7 +250,9 @@ def _check_names(args, sub_parser) -> None:
                 image_size=args.image_size, augment=not args.no_augment)
             shape = data.info(args.dataset, data_dir=args.data_dir, image_size=args.image_size).image_shape
             models.build(args.model, shape, info.num_classes, norm=args.norm)  # a bad model or norm raises here
-    except (ValueError, TypeError, KeyError) as err:
+            with experiments.training.data_dir(args.data_dir):  # missing files, a subset or batch too big
+                args.data = experiments.load_data(args.spec)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as err:
         sub_parser.error(_one_line(err))
 
 
@@ -284,7 +294,7 @@ def main(argv=None) -> int:
         try:
             with experiments.training.data_dir(args.data_dir):
                 [run] = experiments.train(args.spec, args.seed, store=store, verbose=1,
-                                          keep_weights=args.save is not None)
+                                          keep_weights=args.save is not None, data=args.data)
         except (ValueError, TypeError) as err:
             return _fail(_one_line(err))
         if args.save is not None:

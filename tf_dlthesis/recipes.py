@@ -17,7 +17,9 @@ cites the section it is read from and lists the settings the thesis does not sta
 | `ch5_cifar10` | Sec. 5.3.2 | batch 512; 3-epoch warm-up to 0.4, cosine decay over 500 epochs; momentum 0.9; weight decay 5e-4 |
 
 Run lengths: a recipe run for fewer (or more) epochs than the thesis's scales every
-milestone by the same factor, so the shape of the schedule is kept.
+milestone by the same factor, so the shape of the schedule is kept. A step-based
+recipe run within one epoch of the thesis's step count (e.g. 205 epochs of 391
+steps for its 80,000) keeps the thesis's step milestones exactly.
 
 Reference: C. Summers, *Understanding and Improving Deep Learning*, 2021,
 Secs. 2.4.1, 3.5.1, 4.4.1, 5.3.2.
@@ -201,9 +203,11 @@ class Recipe:
     assumed: tuple = ()
 
     def _factor(self, steps_per_epoch: int, epochs: int) -> float:
-        """How much longer (or shorter) this run is than the thesis's."""
+        """How much longer (or shorter) this run is than the thesis's (1 within an epoch of its step count)."""
         if self.schedule_kind == "steps" and self.total_steps:
-            return epochs * steps_per_epoch / self.total_steps
+            total = epochs * steps_per_epoch
+            # whole epochs rarely add up to the thesis's steps: that rounding is not a longer run
+            return 1.0 if abs(total - self.total_steps) < steps_per_epoch else total / self.total_steps
         if self.epochs:
             return epochs / self.epochs
         return 1.0
@@ -213,7 +217,9 @@ class Recipe:
 
         Args:
             steps_per_epoch: optimizer steps per epoch.
-            epochs: run length; default the thesis's. Milestones scale with it.
+            epochs: run length; default the thesis's. Milestones scale with it, except
+                that a step-based recipe run within one epoch of the thesis's step
+                count keeps the thesis's step milestones.
             learning_rate: override the peak rate (the other rates scale with it).
 
         Returns:

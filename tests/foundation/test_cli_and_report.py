@@ -28,6 +28,9 @@ from tf_dlthesis.experiments import Check, Finding, Output, Table, stats  # noqa
         (["figure", "4.wd"], "'4.wd' is a table, not a figure"),
         (["table", "fig4.1"], "'fig4.1' is a figure, not a table"),
         (["reproduce", "--dataset", "nosuchset"], "nosuchset"),
+        (["train", "--train-examples", "99999"], "`train_examples`=99999 exceeds the 1433 training examples."),
+        (["train", "--batch-size", "5000", "--mixing", "mixup"],
+         "`batch_size` must be <= the 1433 training examples with `mixing`"),
     ],
 )
 def test_bad_names_are_argparse_errors_before_anything_is_created(argv, match, capsys, tmp_path):
@@ -59,6 +62,7 @@ def test_bad_names_are_argparse_errors_before_anything_is_created(argv, match, c
     (["train", "--lr", "inf"], "argument --lr: expected a positive float, got 'inf'"),
     (["train", "--seed", "-1"], "argument --seed: expected an int seed >= 0, got '-1'"),
     (["train", "--seed", "x"], "argument --seed: expected an int seed >= 0, got 'x'"),
+    (["train", "--seed", "4294967296"], "argument --seed: expected an int seed <= 4294967295"),
     (["train", "--save", "model.h5"], "argument --save: expected a file name ending in .keras"),
     (["train", "--data-dir", "/no/such/folder"], "argument --data-dir: no such folder: '/no/such/folder'"),
     (["train", "--model", ""], "argument --model: expected a name, got ''"),
@@ -71,6 +75,17 @@ def test_bad_flags_are_caught_by_argparse_before_anything_is_created(argv, match
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"tf-dlthesis {argv[0]}: error: ") and match in err[-1], err[-1]
     assert os.listdir(tmp_path) == []  # not even the default tf-dlthesis-out/ folder
+
+
+def test_train_without_the_datasets_files_is_a_one_line_error_before_anything_is_created(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--dataset", "mnist", "--data-dir", str(empty), "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tf-dlthesis train: error: `data_dir` does not hold MNIST"), err[-1]
+    assert not (tmp_path / "out").exists()
 
 
 def test_version_flag(capsys):

@@ -139,6 +139,59 @@ def test_non_iid_batches_hold_four_classes_of_32():
         data.non_iid_batches((x, y), batch_size=100, classes_per_batch=3, seed=0)
 
 
+def test_non_iid_batches_draw_with_replacement_from_classes_smaller_than_their_quota():
+    # 4 classes of 10 examples, 16 per class: the largest class cannot fill a quota (it crashed in tf.gather)
+    x = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+    y = np.repeat(np.arange(4), 10)
+    for images, labels in data.non_iid_batches((x, y), batch_size=32, classes_per_batch=2, seed=0, num_batches=4):
+        index, labels = images.numpy().reshape(-1).astype(int), labels.numpy()
+        assert len(index) == 32 and np.array_equal(y[index], labels)
+        counts = np.bincount(labels, minlength=4)
+        assert np.all(counts % 16 == 0) and counts.sum() == 32
+        for c in np.flatnonzero(counts):  # each draw of a class holds every one of its examples
+            assert np.all(np.bincount(index[labels == c] - 10 * c, minlength=10) >= counts[c] // 16)
+
+
+def test_non_iid_batches_are_unchanged_where_every_class_fills_its_quota():
+    """Pinned batches (examples encode their index): the with-replacement fix changed no batch here."""
+    y = np.array([0] * 4 + [1] * 5 + [2] * 6)
+    x = np.arange(15, dtype=np.float32).reshape(15, 1, 1, 1)
+    expected = {(8, 2): [[13, 7, 10, 11, 8, 5, 14, 4], [1, 2, 11, 3, 12, 10, 0, 13], [7, 14, 8, 10, 4, 12, 13, 6]],
+                (12, 3): [[13, 7, 10, 11, 14, 13, 8, 10, 5, 9, 14, 4], [5, 1, 2, 11, 3, 12, 10, 0, 4, 6, 7, 13],
+                          [7, 7, 14, 8, 6, 10, 4, 8, 12, 13, 4, 6]]}
+    for (batch, k), batches in expected.items():
+        got = [b[0].numpy().reshape(-1).astype(int).tolist()
+               for b in data.non_iid_batches((x, y), batch_size=batch, classes_per_batch=k, seed=3, num_batches=3)]
+        assert got == batches, (batch, k)
+
+
+@pytest.mark.parametrize("start_epoch", [-1, 3, 1.5, True])
+def test_training_dataset_rejects_a_start_epoch_outside_the_run(start_epoch):
+    x, y = np.zeros((10, 2, 2, 1), np.float32), np.arange(10)
+    with pytest.raises(ValueError, match=f"`start_epoch` must be an int in \\[0, epochs\\]. Received: "
+                                         f"start_epoch={start_epoch}, epochs=2"):
+        data.training_dataset(x, y, batch_size=4, shuffle_seed=0, epochs=2, start_epoch=start_epoch)
+    assert len(list(data.training_dataset(x, y, batch_size=4, shuffle_seed=0, epochs=2, start_epoch=2))) == 0
+
+
+def test_training_dataset_refuses_a_batch_no_epoch_can_fill():
+    x, y = np.zeros((11, 2, 2, 1), np.float32), np.arange(11)
+
+    class Pairs:  # a pair-mode stage: an epoch yields 2 x floor(11 / 2) = 10 mixed examples
+        mode = "pair"
+
+        def pairs(self, x1, y1, x2, y2, epoch, index):
+            return x1, y1
+
+    with pytest.raises(ValueError, match="the 11 examples an epoch yields.*batch_size=12, 11 examples"):
+        data.training_dataset(x, y, batch_size=12, shuffle_seed=0, drop_remainder=True)
+    with pytest.raises(ValueError, match="the 10 examples an epoch yields.*batch_size=11, 11 examples"):
+        data.training_dataset(x, y, batch_size=11, shuffle_seed=0, drop_remainder=True, mix=Pairs())
+    assert [len(b) for b, _ in data.training_dataset(x, y, batch_size=12, shuffle_seed=0, epochs=1)] == [11]
+    assert [len(b) for b, _ in data.training_dataset(x, y, batch_size=10, shuffle_seed=0, epochs=1,
+                                                       drop_remainder=True, mix=Pairs())] == [10]
+
+
 # --------------------------------------------------------------------------------------
 # Real 28x28 sets through keras.datasets (Fashion-MNIST, MNIST), offline.
 

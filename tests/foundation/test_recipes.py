@@ -87,3 +87,32 @@ def test_schedules_serialize_and_errors_are_clear():
         recipes.WarmupPiecewiseConstant(0, 0.1, [10, 5], [0.1, 0.01, 0.001])
     with pytest.raises(ValueError, match="warmup"):
         recipes.WarmupPiecewiseConstant(5, 0.1, [10], [0.1, 0.01], warmup="cubic")
+
+
+@pytest.mark.parametrize("name", ["ch2_cifar10_baseline", "ch2_cifar10_mixing", "ch2_cifar100", "ch4_cifar100"])
+@pytest.mark.parametrize("epochs", [None, 204, 205])  # 391 steps per epoch: 79,764 / 80,155 steps, thesis 80,000
+def test_a_thesis_length_cifar_run_keeps_the_thesis_step_milestones(name, epochs):
+    # Sec. 2.4.1 at CIFAR's 391 steps per epoch (batch 128): 0.01 until step 400, then 0.1, /10 at 32k, 48k, 70k
+    # (whole epochs never add up to 80k steps; scaling by 80,155 / 80,000 had moved them to 401, 32062, ...)
+    s = recipes.get(name).schedule(steps_per_epoch=391, epochs=epochs)
+    expected = {399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01, 48000: 0.001, 69999: 0.001, 70000: 1e-4}
+    for step, lr in expected.items():
+        assert _lr(s, step) == pytest.approx(lr, rel=1e-6), step
+
+
+@pytest.mark.parametrize("steps_per_epoch", [160, 157])  # Caltech-256's 10,240 / 64, and one that does not divide
+def test_a_thesis_length_caltech_run_keeps_the_thesis_step_milestones(steps_per_epoch):
+    # Sec. 2.4.1: log-linear warm-up over 2,000 steps to 0.03; /10 at 20k, 26k (baseline) or 45k, 57k (mixing)
+    for name, (first, second), total in (("ch2_caltech_baseline", (20000, 26000), 30000),
+                                         ("ch2_caltech_mixing", (45000, 57000), 60000)):
+        for epochs in (None, total // steps_per_epoch, -(-total // steps_per_epoch)):
+            s = recipes.get(name).schedule(steps_per_epoch=steps_per_epoch, epochs=epochs)
+            assert _lr(s, 1999) < 0.03 and _lr(s, 2000) == pytest.approx(0.03)
+            assert _lr(s, first - 1) == pytest.approx(0.03) and _lr(s, first) == pytest.approx(0.003)
+            assert _lr(s, second - 1) == pytest.approx(0.003) and _lr(s, second) == pytest.approx(3e-4)
+
+
+def test_a_step_recipe_run_of_another_length_still_scales_its_milestones():
+    s = recipes.get("ch2_cifar10_baseline").schedule(steps_per_epoch=391, epochs=100)  # 39,100 steps: 0.48875 x
+    assert s.warmup_steps == round(400 * 0.48875)
+    assert s.boundaries == [round(m * 0.48875) for m in (32000, 48000, 70000)]

@@ -253,3 +253,65 @@ def test_train_creates_no_variable_inside_a_traced_function(extra):
         train(TrainSpec(**{**_SMALL, "epochs": 1}, **extra), [0])
     assert any(name and "momentum" in name for name, _ in created)  # the slots were made here...
     assert [name for name, inside in created if inside] == []  # ...and none while tracing
+
+
+def test_equal_specs_have_one_key_and_hash_and_numpy_numbers_are_json_able():
+    a, b = TrainSpec(learning_rate=1), TrainSpec(learning_rate=1.0)
+    assert a == b and hash(a) == hash(b) and a.key() == b.key() and len({a, b}) == 1
+    spec = TrainSpec(batch_size=np.int64(32), epochs=np.int32(3), learning_rate=np.float32(0.5), weight_decay=0,
+                     norm_weight_decay=(np.float64(1e-4), 1), flip=np.bool_(False))
+    config = spec.to_config()
+    assert json.loads(json.dumps(config)) == config and TrainSpec.from_config(config) == spec
+    assert type(spec.batch_size) is int and type(spec.epochs) is int and type(spec.flip) is bool
+    assert type(spec.learning_rate) is float and type(spec.weight_decay) is float
+    assert spec == TrainSpec(batch_size=32, epochs=3, learning_rate=0.5, weight_decay=0.0,
+                             norm_weight_decay=(1e-4, 1.0), flip=False)
+    # equality is the store key's: specs the store would keep apart are not equal
+    mixup = TrainSpec(mixing={"method": "mixup", "alpha": 1})
+    assert mixup != mixup.replace(mixing={"method": "mixup", "alpha": 1.0}) and mixup != "not a spec"
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ({"weight_decay": "x"}, ValueError, "`weight_decay` must be a number >= 0 or None. Received: weight_decay='x'"),
+    ({"weight_decay": -1e-4}, ValueError, "Received: weight_decay=-0.0001"),
+    ({"learning_rate": "0.1"}, ValueError, "`learning_rate` must be a number > 0 or None"),
+    ({"flip": "no"}, TypeError, "`flip` must be a bool or None. Received: flip='no'"),
+    ({"augment": "no"}, TypeError, "`augment` must be a bool. Received: augment='no'"),
+    ({"augment": None}, TypeError, "Received: augment=None"),
+    ({"norm_weight_decay": ("a", "b")}, ValueError, r"`norm_weight_decay` must be a pair .* norm_weight_decay=\('a'"),
+    ({"norm_weight_decay": 3}, ValueError, "`norm_weight_decay` must be a pair .* Received: norm_weight_decay=3"),
+    ({"norm_weight_decay": "ab"}, ValueError, "Received: norm_weight_decay='ab'"),
+    ({"norm_weight_decay": (-1e-4, 0.0)}, ValueError, "rate >= 0"),
+    ({"recipe": 3}, TypeError, "`recipe` must be a recipe name"),
+])
+def test_spec_rejects_bad_values_at_construction_naming_the_field(bad, error, match):
+    with pytest.raises(error, match=match):
+        TrainSpec(**{**_SMALL, **bad})
+
+
+def test_a_recipe_object_is_stored_by_its_name_and_a_custom_one_is_refused():
+    import dataclasses
+
+    from tf_dlthesis import recipes
+
+    spec = TrainSpec(recipe=recipes.get("ch3_cifar"))
+    assert spec.recipe == "ch3_cifar" and spec.key() == TrainSpec(recipe="ch3_cifar").key()
+    custom = dataclasses.replace(recipes.get("cosine"), learning_rate=0.2)
+    with pytest.raises(TypeError, match="`recipe` must be a registered recipe .* Received: recipe='cosine'"):
+        TrainSpec(recipe=custom)
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**63 - 2, 2**64 + 5])
+def test_train_refuses_seeds_beyond_int64_naming_seeds(seed):
+    # seed s also seeds s + 1 and s + 2 (TF int64 seeds); 2**63 - 2 overflowed silently in a NumPy cast
+    with pytest.raises(ValueError, match=rf"`seeds` must be ints in \[0, 2\*\*63 - 3\]. Received: seeds={seed}"):
+        train(TrainSpec(**_SMALL), seeds=[0, seed])
+
+
+def test_load_data_refuses_a_mixing_batch_larger_than_the_training_set():
+    spec = TrainSpec(**{**_SMALL, "train_examples": 101}, mixing="mixup", batch_size=101)  # pair mode: 100 per epoch
+    with pytest.raises(ValueError, match=r"`batch_size` must be <= the 101 training examples with `mixing` .*"
+                                         r"100 per epoch\). Received: batch_size=101"):
+        load_data(spec)
+    assert len(load_data(spec.replace(batch_size=100)).train[1]) == 101
+    assert len(load_data(spec.replace(mixing=None)).train[1]) == 101  # unmixed: one partial batch per epoch

@@ -198,7 +198,7 @@ def training_dataset(
         augment_seed: seed of `standard_augment` (int or `EpochSeeds`); `None`
             disables augmentation.
         epochs: number of epochs to yield; `None` repeats forever.
-        start_epoch: first epoch to yield (to resume).
+        start_epoch: first epoch to yield (to resume), at most `epochs`.
         pad, flip: `standard_augment` settings.
         drop_remainder: drop each epoch's last partial batch.
         mix: an `augment.MixStage` (or any object with `mode` and `pairs` /
@@ -208,13 +208,18 @@ def training_dataset(
         A `tf.data.Dataset` of `(images, labels)` batches.
 
     Raises:
-        ValueError: bad sizes, seeds or lengths.
+        ValueError: bad sizes, seeds or lengths; a `start_epoch` outside [0, epochs]; a
+            `batch_size` larger than an epoch with `drop_remainder` (no full batch).
         TypeError: a `mix` object without the stage interface.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0):
         raise ValueError(f"`epochs` must be an int >= 0 or None. Received: epochs={epochs!r}")
+    if (isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, np.integer)) or start_epoch < 0
+            or (epochs is not None and start_epoch > epochs)):
+        raise ValueError(f"`start_epoch` must be an int in [0, epochs]. Received: start_epoch={start_epoch!r}, "
+                         f"epochs={epochs!r}")
     if mix is not None and getattr(mix, "mode", None) not in ("pair", "batch"):
         raise TypeError(f"`mix` must be an augment.MixStage (mode 'pair' or 'batch'). Received: mix={mix!r}")
     x = np.asarray(x)
@@ -226,6 +231,11 @@ def training_dataset(
         raise ValueError("`x` is empty: a training stream needs at least one example.")
     if mix is not None and mix.mode == "pair" and n < 2:
         raise ValueError(f"Pair-mode mixing needs at least 2 examples. Received {n}")
+    per_epoch = 2 * (n // 2) if mix is not None and mix.mode == "pair" else n  # (pairs of) examples per epoch
+    if drop_remainder and batch_size > per_epoch:
+        raise ValueError(f"`batch_size` is larger than the {per_epoch} examples an epoch yields, so with "
+                         f"`drop_remainder` no batch would be made. Received: batch_size={batch_size}, "
+                         f"{n} examples")
     xs, ys = tf.constant(x), tf.constant(y)
     shuffle_table, shuffle_per_epoch = _epoch_seed_table("shuffle_seed", shuffle_seed, epochs)
     augment_table, augment_per_epoch = (None, False) if augment_seed is None else _epoch_seed_table(
@@ -287,10 +297,11 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
     Following Batch Renormalization and thesis Sec. 4.4.4, each batch of
     `batch_size` examples is made of `classes_per_batch` classes drawn uniformly
     *with replacement*, each contributing `batch_size // classes_per_batch`
-    examples drawn without replacement from that class (with replacement only if the
-    class is smaller than that). The examples of a batch come in random order (the
-    thesis describes a minibatch's classes, not an order; a class-grouped layout would
-    make every small contiguous ghost batch single-class). Batch `b` depends only on
+    examples drawn without replacement from that class (a class smaller than that
+    gives each of its examples once and draws the rest with replacement). The
+    examples of a batch come in random order (the thesis describes a minibatch's
+    classes, not an order; a class-grouped layout would make every small contiguous
+    ghost batch single-class). Batch `b` depends only on
     `(seed, b)`.
 
     Args:
@@ -328,7 +339,7 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
     order = np.argsort(y, kind="stable")
     counts = np.array([np.sum(y == c) for c in classes])
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    max_count = int(counts.max())
+    width = max(int(counts.max()), per_class)  # key columns: the largest class's count when it fills a quota
     if num_batches is None:
         num_batches = max(1, len(y) // batch_size)
     xs_t, ys_t = tf.constant(x), tf.constant(y)
@@ -340,11 +351,15 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
             tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(base, b), 3))
         chosen = tf.random.stateless_uniform([classes_per_batch], s_cls, 0, len(classes), dtype=tf.int32)
         cnt = tf.gather(counts_t, chosen)  # (k,)
-        keys = tf.random.stateless_uniform([classes_per_batch, max_count], s_ex)
-        valid = tf.range(max_count)[None] < tf.cast(cnt[:, None], tf.int32)
+        keys = tf.random.stateless_uniform([classes_per_batch, width], s_ex)
+        valid = tf.range(width)[None] < tf.cast(cnt[:, None], tf.int32)
         keys = tf.where(valid, keys, 2.0 + keys)  # invalid positions sort last
-        pos = tf.argsort(keys, axis=1)[:, :per_class]  # distinct positions when the class is big enough
-        pos = tf.math.floormod(tf.cast(pos, tf.int64), cnt[:, None])  # tiny classes: wrap (with replacement)
+        pos = tf.cast(tf.argsort(keys, axis=1)[:, :per_class], tf.int64)  # distinct positions of the class first
+        # a class smaller than its quota: the positions past its end are drawn with replacement
+        extra = tf.random.stateless_uniform([classes_per_batch, per_class],
+                                            tf.random.experimental.stateless_fold_in(s_ex, 1))
+        extra = tf.minimum(tf.cast(extra * tf.cast(cnt[:, None], tf.float32), tf.int64), cnt[:, None] - 1)
+        pos = tf.where(pos < cnt[:, None], pos, extra)
         idx = tf.gather(order_t, tf.gather(starts_t, chosen)[:, None] + pos)
         idx = tf.reshape(idx, [-1])
         # A minibatch is a set: its examples come in random order, not grouped by class (with a

@@ -93,6 +93,18 @@ def _positive_int(name, value, minimum=1, allow_none=False):
     return int(value)
 
 
+#: TrainSpec's int fields: (name, minimum, None allowed).
+_INT_FIELDS = (("train_examples", 2, True), ("validation_examples", 0, False), ("test_examples", 1, True),
+               ("image_size", 1, True), ("epochs", 1, False), ("batch_size", 1, False),
+               ("non_iid_classes", 1, True), ("snapshots", 0, False), ("stop_epoch", 1, True), ("pad", 0, True))
+#: TrainSpec's float fields (None allowed): (name, test, what the test says).
+_FLOAT_FIELDS = (("learning_rate", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+                 ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"), ("gradient_clip_norm", lambda v: v > 0, "> 0"),
+                 ("weight_noise", lambda v: v > 0, "> 0"))
+#: `train`'s int seed s also seeds s + 1 and s + 2, all as TF int64 seeds.
+MAX_SEED = 2**63 - 3
+
+
 #: TrainSpec fields added after results were stored: left out of the store key at their default.
 ADDED_FIELDS = ("momentum", "gradient_clip_norm", "swa", "weight_noise")
 
@@ -100,6 +112,9 @@ ADDED_FIELDS = ("momentum", "gradient_clip_norm", "swa", "weight_noise")
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """One training setting, frozen and JSON-able; its hash is the results store's key.
+
+    Two specs are equal exactly when their store keys are (numbers are stored as
+    plain int / float, so `learning_rate=1` and `learning_rate=1.0` are one spec).
 
     Example:
 
@@ -129,7 +144,8 @@ class TrainSpec:
             "epsilon": 0.1, "step_size": 0.025, "num_steps": 5}`, or None.
         non_iid_classes: draw each batch from this many classes (Table 4.1's
             sampler, `data.non_iid_batches`) instead of shuffled epochs.
-        recipe: a `recipes.get` name (optimizer, schedule, weight decay).
+        recipe: a `recipes.get` name (optimizer, schedule, weight decay); a
+            registered `recipes.Recipe` is stored as its name.
         optimizer: "sgd" (the recipe's) or "adam" (the recipe's schedule, Adam).
         learning_rate, weight_decay: override the recipe's peak rate / decay.
         epochs, batch_size: the run length and batch size.
@@ -197,19 +213,25 @@ class TrainSpec:
             raise TypeError(f"`dataset` must be a dataset name. Received: dataset={self.dataset!r}")
         if not isinstance(self.model, str):
             raise TypeError(f"`model` must be a models.build name. Received: model={self.model!r}")
-        _positive_int("train_examples", self.train_examples, 2, allow_none=True)
-        _positive_int("validation_examples", self.validation_examples, 0)
-        _positive_int("test_examples", self.test_examples, 1, allow_none=True)
-        _positive_int("image_size", self.image_size, 1, allow_none=True)
-        _positive_int("epochs", self.epochs, 1)
-        _positive_int("batch_size", self.batch_size, 1)
-        _positive_int("non_iid_classes", self.non_iid_classes, 1, allow_none=True)
-        _positive_int("snapshots", self.snapshots, 0)
-        _positive_int("stop_epoch", self.stop_epoch, 1, allow_none=True)
+        # numbers become plain int / float, so equal settings have one key (1 and 1.0, NumPy scalars)
+        for name, minimum, allow_none in _INT_FIELDS:
+            object.__setattr__(self, name, _positive_int(name, getattr(self, name), minimum, allow_none))
+        for name, test, what in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                if not _is_number(value) or not test(value):
+                    raise ValueError(f"`{name}` must be a number {what} or None. Received: {name}={value!r}")
+                object.__setattr__(self, name, float(value))
         if self.stop_epoch is not None and self.stop_epoch > self.epochs:
             raise ValueError(f"`stop_epoch` must be <= `epochs`. Received: stop_epoch={self.stop_epoch}, "
                              f"epochs={self.epochs}")
-        _positive_int("pad", self.pad, 0, allow_none=True)
+        for name, allow_none in (("augment", False), ("flip", True)):
+            value = getattr(self, name)
+            if not (value is None and allow_none):
+                if not isinstance(value, (bool, np.bool_)):
+                    raise TypeError(f"`{name}` must be a bool{' or None' if allow_none else ''}. "
+                                    f"Received: {name}={value!r}")
+                object.__setattr__(self, name, bool(value))
         for name in ("model_kwargs", "norm_kwargs"):
             value = getattr(self, name)
             if not isinstance(value, dict):
@@ -227,29 +249,28 @@ class TrainSpec:
             raise ValueError(f"`mixing` needs a 'method'. Received: mixing={self.mixing!r}")
         if self.defense is not None and "defense" not in self.defense:
             raise ValueError(f"`defense` needs a 'defense' name. Received: defense={self.defense!r}")
-        if self.norm_weight_decay is not None:
-            nwd = tuple(self.norm_weight_decay)
-            if len(nwd) != 2:
-                raise ValueError(f"`norm_weight_decay` must be (rate, gamma_center). Received: {self.norm_weight_decay!r}")
+        nwd = self.norm_weight_decay
+        if nwd is not None:
+            if (not isinstance(nwd, (list, tuple)) or len(nwd) != 2 or not all(_is_number(v) for v in nwd)
+                    or nwd[0] < 0):
+                raise ValueError(f"`norm_weight_decay` must be a pair (rate >= 0, gamma_center) of numbers or None. "
+                                 f"Received: norm_weight_decay={nwd!r}")
             object.__setattr__(self, "norm_weight_decay", (float(nwd[0]), float(nwd[1])))
         _norm_config(self.norm)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"`optimizer` must be 'sgd' or 'adam'. Received: optimizer={self.optimizer!r}")
         from tf_dlthesis import recipes
 
+        if isinstance(self.recipe, recipes.Recipe):  # a registered recipe is stored by its name
+            if self.recipe.name not in recipes.names() or recipes.get(self.recipe.name) != self.recipe:
+                raise TypeError(f"`recipe` must be a registered recipe (a spec stores its name; `recipes.names()`). "
+                                f"Received: recipe={self.recipe.name!r}, a custom Recipe")
+            object.__setattr__(self, "recipe", self.recipe.name)
+        if not isinstance(self.recipe, str):
+            raise TypeError(f"`recipe` must be a recipe name (`recipes.names()`). Received: recipe={self.recipe!r}")
         recipes.get(self.recipe)
         if self.non_iid_classes is not None and self.mixing is not None:
             raise ValueError("`non_iid_classes` and `mixing` cannot be combined.")
-        if self.momentum is not None:
-            if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
-                raise ValueError(f"`momentum` must be a number in [0, 1) or None. Received: momentum={self.momentum!r}")
-            object.__setattr__(self, "momentum", float(self.momentum))
-        for name in ("gradient_clip_norm", "weight_noise"):
-            value = getattr(self, name)
-            if value is not None:
-                if not _is_number(value) or not value > 0:
-                    raise ValueError(f"`{name}` must be a number > 0 or None. Received: {name}={value!r}")
-                object.__setattr__(self, name, float(value))
         if self.swa is not None:
             object.__setattr__(self, "swa", _swa_settings(self.swa, self.epochs))
             if self.snapshots:
@@ -279,6 +300,10 @@ class TrainSpec:
         from tf_dlthesis.experiments.results_store import config_hash
 
         return config_hash(self.to_config())
+
+    def __eq__(self, other):
+        # equal exactly when the store keys are (consistent with __hash__: learning_rate 1 == 1.0)
+        return self.key() == other.key() if isinstance(other, TrainSpec) else NotImplemented
 
     def __hash__(self):
         return hash(self.key())
@@ -389,6 +414,11 @@ def load_data(spec: TrainSpec) -> DataBundle:
             raise ValueError(f"`train_examples`={spec.train_examples} exceeds the {len(y)} training examples.")
         sub = stratified_indices(y, spec.train_examples)
         x, y = x[sub], y[sub]
+    if spec.mixing is not None:  # mixed batches are full batches only (pair mode: 2 x floor(N / 2) per epoch)
+        per_epoch = 2 * (len(y) // 2) if spec.mixing.get("mode", "pair") == "pair" else len(y)
+        if spec.batch_size > per_epoch:
+            raise ValueError(f"`batch_size` must be <= the {len(y)} training examples with `mixing` (only full "
+                             f"batches are mixed; {per_epoch} per epoch). Received: batch_size={spec.batch_size}")
     if spec.test_examples is not None and spec.test_examples < len(yt):
         sub = stratified_indices(yt, spec.test_examples)
         xt, yt = xt[sub], yt[sub]
@@ -489,6 +519,8 @@ def as_plan(seed):
     if isinstance(seed, SeedPlan):
         return seed
     s = check_int_seed(seed, "seeds", allow_none=False)
+    if s > MAX_SEED:  # s, s + 1 and s + 2 must fit TF's int64 seeds
+        raise ValueError(f"`seeds` must be ints in [0, 2**63 - 3]. Received: seeds={seed!r}")
     return SeedPlan(init=s, shuffle=s, augment=s + 1, stochastic=s + 2)
 
 
