@@ -50,7 +50,7 @@ trained in full; under op determinism their first 3 epochs are the candidates'.
 
 Findings (each a `stats` effect with a 95% interval, region = the thesis's claim):
 per-method rows give the paired difference of test error, method minus baseline,
-over seeds x test examples (`stats.accuracy_difference`, cluster bootstrap); a claim
+over seeds x test examples (`stats.accuracy_difference`: seed and test-set parts); a claim
 about a group of methods is a statistic of those per-method differences computed
 inside the same bootstrap (`stats.accuracy_differences`: the median for "most", the minimum
 for "every" / "both" / "lowest", the mean difference of two groups for "A beat B").
@@ -242,7 +242,7 @@ def _table(table_id, title, chosen: TableSetting, runs, scale) -> tuple:
         id=table_id, title=title,
         setting=(f"scale {scale}: {spec_text}; mixing in pair mode after standard augmentation (alpha = 1); "
                  f"{len(chosen.seeds)} seed(s) per method; {chosen.chosen}. vs_baseline_pts = test error minus the "
-                 f"baseline's, 95% cluster bootstrap over seeds x test examples (ci_low, ci_high); "
+                 f"baseline's, 95% interval over seeds x test examples (ci_low, ci_high); "
                  f"train_error_pct = error on the clean training set"),
         columns=list(COLUMNS), rows=rows, thesis=thesis_rows(table_id), thesis_setting=chosen.thesis_setting)
     return table, correct, rows

@@ -27,8 +27,8 @@ results store). Every evaluation is per example and stored with its model
   targets of seed 1, and seed 1 on seed 0).
 
 Statistics: a comparison of two defenses on one test set is paired per example
-(`stats.accuracy_difference`); with both seeds it is the cluster bootstrap over
-seeds x test examples. Logit variances and dynamic ranges get a paired bootstrap
+(`stats.accuracy_difference`); with both seeds the interval has a seed part and a
+test-set part. Logit variances and dynamic ranges get a paired bootstrap
 over test examples. SPSA verdicts are drawn only when SPSA is strong enough: on
 the undefended model its accuracy must come within `SPSA_MAX_GAP_PTS` points of
 PGD-1000's on the same images (issue 11); otherwise those findings are "not

@@ -14,7 +14,7 @@ weight alpha and the ghost size B' are tuned on the validation split
 40k/10k CIFAR-100 split) and only then tested; a tuned-vs-untuned alpha comparison
 on the same models is paired per test example (and over seeds where there are
 several), a comparison of models is paired over seeds x test examples
-(`stats.accuracy_difference`, a cluster bootstrap). Models that several items use
+(`stats.accuracy_difference`: seed and test-set parts). Models that several items use
 are the same spec, so they are trained once and shared through the results store
 (the shared BN model keeps its weights for the alpha sweep and App. A.2).
 

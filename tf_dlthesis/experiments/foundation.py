@@ -62,7 +62,8 @@ def baseline_accuracy(scale, dataset, store, *, out=None):
     spec = spec_for(scale, dataset, "cnn")
     table = Table(
         id="base",
-        title="Test accuracy (%) without any of the thesis's methods (95% Wilson interval)",
+        title="Test accuracy (%) without any of the thesis's methods (95% interval: Wilson for one seed, "
+              "seed and test-set parts for several)",
         setting=f"{spec.describe()} (per model: norm 'none' for linear); {len(seeds)} seed(s) per model; scale {scale}",
         columns=["accuracy_pct", "ci_low", "ci_high", "train_accuracy_pct"],
         rows=rows,
