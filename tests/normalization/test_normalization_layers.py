@@ -258,6 +258,26 @@ def test_bad_arguments(make, exc):
 
 
 @pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda: ExampleWeightedBatchNormalization(momentum="a"), ValueError, "momentum='a'"),
+        (lambda: ExampleWeightedBatchNormalization(momentum=None), ValueError, "momentum=None"),
+        (lambda: GhostBatchNormalization(4, momentum=1.5), ValueError, "momentum=1.5"),
+        (lambda: ExampleWeightedBatchNormalization(epsilon=float("nan")), ValueError, "epsilon=nan"),
+        (lambda: ExampleWeightedBatchNormalization(epsilon=float("inf")), ValueError, "epsilon=inf"),
+        (lambda: ExampleWeightedBatchNormalization(epsilon="a"), ValueError, "epsilon='a'"),
+        (lambda: ExampleWeightedBatchNormalization(example_weight="a", moving_statistics=False), TypeError,
+         "example_weight='a'"),
+        (lambda: ExampleWeightedGroupNormalization(2, example_weight=None, moving_statistics=False), TypeError,
+         "example_weight=None"),
+    ],
+)
+def test_bad_numeric_arguments_name_the_value(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
     "layer, shape",
     [
         (lambda: BatchGroupNormalization(4), (2, 3, 3, 6)),

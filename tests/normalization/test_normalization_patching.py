@@ -180,3 +180,60 @@ def test_training_outputs_never_exceed_bound():
         assert r["bound_min"] <= r["train_min"] and r["train_max"] <= r["bound_max"]
     for w, v in zip(model.non_trainable_weights, before):
         np.testing.assert_array_equal(w.numpy(), v)  # moving statistics restored
+
+
+@keras.saving.register_keras_serializable(package="tests_patching")
+class _Block(keras.layers.Layer):
+    """A custom (non-model) layer holding a Keras BN: `clone_model` rebuilds it from its config."""
+
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = keras.layers.Dense(units)
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, x, training=None):
+        return self.bn(self.dense(x), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_patch_refuses_bn_inside_a_custom_layer_or_wrapper():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(16, 4)).astype("float32"), rng.integers(0, 3, 16)
+    custom = keras.Sequential([keras.Input((4,)), _Block(3, name="my_block"), keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match="inside the layer 'my_block'"):
+        patch_model(custom, 0.5)
+    with pytest.raises(ValueError, match="my_block"):
+        sweep_example_weight(custom, (x, y), [0.0, 1.0])
+    wrapped = keras.Sequential([keras.Input((2, 4)), keras.layers.TimeDistributed(keras.layers.BatchNormalization(),
+                                                                                   name="td")])
+    with pytest.raises(ValueError, match="inside the layer 'td'"):
+        patch_model(wrapped, 0.5)
+
+
+def test_sweep_rejects_scalar_alphas_and_a_model_alpha_cannot_change(monkeypatch):
+    from tf_dlthesis.normalization import patching
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(16, 4)).astype("float32"), rng.integers(0, 3, 16)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
+    with pytest.raises(TypeError, match="alphas=0.5"):
+        sweep_example_weight(model, (x, y), 0.5)
+    with pytest.raises(TypeError, match="alphas"):
+        sweep_example_weight(model, (x, y), "0.5")
+    # a patch that leaves no example-weighted layer must not report one identical row per alpha
+    monkeypatch.setattr(patching, "patch_model", lambda m, alpha: keras.models.clone_model(m))
+    with pytest.raises(ValueError, match="no example-weighted normalization layer"):
+        sweep_example_weight(model, (x, y), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("rate, center", [(float("nan"), 0.0), (float("inf"), 0.0), (0.1, float("nan")),
+                                          (0.1, float("inf"))])
+def test_weight_decay_rejects_non_finite_values(rate, center):
+    with pytest.raises(ValueError, match="rate=|center="):
+        CenteredL2(rate, center)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match="rate=|gamma_center="):
+        apply_normalization_weight_decay(model, rate, gamma_center=center)

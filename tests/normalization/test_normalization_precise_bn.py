@@ -150,3 +150,51 @@ def test_bad_input_is_rejected():
     assert rebuilt.get_config() == {"epochs": [1, 3], "steps": 2, "batch_size": 32}
     with pytest.raises(ValueError, match="data"):
         model.fit(x, np.zeros(4, "int64"), epochs=1, verbose=0, callbacks=[rebuilt])
+
+
+def _plain_bn_model():
+    bn = keras.layers.BatchNormalization(center=False, scale=False, name="bn")
+    return keras.Sequential([keras.Input((3,)), bn]), bn
+
+
+def test_list_or_tuple_of_batches_uses_every_batch():
+    rng = np.random.default_rng(7)
+    batches = [rng.normal(loc=k, size=(8, 3)).astype("float32") for k in range(4)]  # means near 0, 1, 2, 3
+    expected = np.mean([b.mean(0) for b in batches], 0)
+    for data in (batches, tuple(batches), iter(batches), batches[:3] + [batches[3][:5]]):
+        model, bn = _plain_bn_model()
+        assert update_bn_statistics(model, data) == 4
+        if not (isinstance(data, list) and len(data[3]) == 5):
+            np.testing.assert_allclose(bn.moving_mean.numpy(), expected, rtol=1e-5)
+    # (x,), (x, y), (x, y, w) and [x, y]: x split into batches of batch_size, as an array x
+    x, y = np.concatenate(batches), np.arange(32)
+    model, bn = _plain_bn_model()
+    update_bn_statistics(model, x, batch_size=8)
+    reference = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    for data in ((x,), (x, y), (x, y, np.ones(32)), [x, y], (x, x)):
+        model, bn = _plain_bn_model()
+        assert update_bn_statistics(model, data, batch_size=8) == 4
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), reference[0])
+        np.testing.assert_array_equal(bn.moving_variance.numpy(), reference[1])
+    # 2-3 entries of different lengths: neither a valid (x, y) nor unambiguous batches
+    with pytest.raises(ValueError, match=r"differ in length.*iter\(batches\)"):
+        update_bn_statistics(_plain_bn_model()[0], [batches[0], batches[1][:5]])
+    with pytest.raises(ValueError, match="differ in length"):
+        update_bn_statistics(_plain_bn_model()[0], (x, y[:10]))
+
+
+def test_precise_bn_last_runs_when_fit_stops_early():
+    model = _model(seed=8)
+    x = np.random.default_rng(9).normal(size=(32, 6, 6, 2)).astype("float32")
+    cb = PreciseBN(x, batch_size=16)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)  # stops after epoch 2 of 10
+    history = model.fit(x, np.zeros(32, "int64"), batch_size=16, epochs=10, verbose=0, callbacks=[stop, cb])
+    assert len(history.history["loss"]) == 2 and cb.updated_epochs == [2]
+    expected = _probe_statistics(model, [x[:16], x[16:]])
+    for name in _NAMES:
+        np.testing.assert_allclose(model.get_layer(name).moving_mean.numpy(), expected[name][0], rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
+    # a run reaching its last epoch updates once, at that epoch; other schedules do not update at train end
+    full, every = PreciseBN(x, batch_size=16), PreciseBN(x, epochs=5, batch_size=16)
+    model.fit(x, np.zeros(32, "int64"), batch_size=16, epochs=2, verbose=0, callbacks=[full, every])
+    assert full.updated_epochs == [2] and every.updated_epochs == []

@@ -163,6 +163,8 @@ def test_bad_input_other():
         accuracy_sd(LOGITS, LABELS.astype(float))
     with pytest.raises(ValueError, match="at least 2"):
         bootstrap_sd([1.0])
+    with pytest.raises(ValueError, match="seed=-1"):
+        bootstrap_sd([1.0, 2.0], seed=-1)
 
 
 def _cka_model(seed):

@@ -35,6 +35,19 @@ def test_schedule_bad_input(kwargs, match):
         CyclicCosineSchedule(**kwargs)
 
 
+def test_schedule_accepts_numpy_rates_and_names_bad_types():
+    for lr in (np.float32(0.25), np.float64(0.25), np.int64(1)):
+        sched = CyclicCosineSchedule(lr, total_steps=10, cycles=2)
+        assert float(sched(0)) == pytest.approx(float(lr)) and isinstance(sched.get_config()["initial_learning_rate"], float)
+    assert float(CyclicCosineSchedule(np.float32(0.1), 10)(3)) == float(CyclicCosineSchedule(float(np.float32(0.1)), 10)(3))
+    with pytest.raises(TypeError, match="initial_learning_rate='0.1'"):
+        CyclicCosineSchedule("0.1", 10)
+    with pytest.raises(TypeError, match="initial_learning_rate=True"):
+        CyclicCosineSchedule(True, 10)
+    with pytest.raises(ValueError, match="initial_learning_rate=inf"):
+        CyclicCosineSchedule(float("inf"), 10)
+
+
 def _tiny_model(seed=0):
     return keras.Sequential(
         [keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(seed=seed))]
@@ -118,3 +131,21 @@ def test_predict_tta_grid_and_errors():
         predict_tta(PixelProbe(), images, mode="rotate")
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
         predict_tta(PixelProbe(), images[0], mode="flip")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"crop_size": 4, "grid": 0}, "grid=0"),
+        ({"crop_size": 4, "grid": 2.0}, "grid=2.0"),
+        ({"crop_size": 2, "grid_spacing": -1}, "grid_spacing=-1"),
+        ({"crop_size": 4.0, "grid": 2, "grid_spacing": 2}, "crop_size=4.0"),
+        ({"crop_size": None}, "crop_size=None"),
+    ],
+)
+def test_predict_tta_grid_arguments_are_validated(kwargs, match):
+    images = np.zeros((2, 6, 6, 1), "float32")
+    with pytest.raises(ValueError, match=match):
+        predict_tta(PixelProbe(), images, mode="flip_grid_crop", **kwargs)
+    # the non-grid modes ignore the grid arguments, as before
+    assert tta_views("flip", grid=0, grid_spacing=-1) == tta_views("flip")

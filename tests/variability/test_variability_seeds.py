@@ -98,6 +98,8 @@ def test_bit_change_layer_selection_and_errors():
         bit_change(model, seed=0, layer="nope")
     with pytest.raises(TypeError, match="seed"):
         bit_change(model, seed=None)
+    with pytest.raises(ValueError, match="seed=-1"):
+        bit_change(model, seed=-1)
     empty = keras.Sequential([keras.Input((3,)), keras.layers.Flatten()])
     with pytest.raises(ValueError, match="no layer with trainable weights"):
         bit_change(empty, seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import keras
@@ -190,11 +191,11 @@ class ExampleGroupNormalization(keras.layers.Layer):
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"`axis` must be an int. Received: axis={axis!r}")
         self.axis = int(axis)
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum}")
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` must be a number in [0, 1]. Received: momentum={momentum!r}")
         self.momentum = float(momentum)
-        if float(epsilon) < 0:
-            raise ValueError(f"`epsilon` must be >= 0. Received: epsilon={epsilon}")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0.0 <= epsilon < math.inf:
+            raise ValueError(f"`epsilon` must be a finite number >= 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
         if moving_update not in ("averaged", "sequential"):
             raise ValueError(
@@ -203,7 +204,8 @@ class ExampleGroupNormalization(keras.layers.Layer):
         self.moving_update = moving_update
         if not isinstance(moving_statistics, bool):
             raise TypeError(f"`moving_statistics` must be a bool. Received: moving_statistics={moving_statistics!r}")
-        if not moving_statistics and (renorm or float(example_weight) < 1.0):
+        example_weight = check_example_weight(example_weight)
+        if not moving_statistics and (renorm or example_weight < 1.0):
             raise ValueError("Without moving statistics the layer can only normalize by the example's own statistics: "
                              "it needs example_weight=1 and renorm=False. Received: moving_statistics=False, "
                              f"example_weight={example_weight}, renorm={renorm}")
@@ -223,7 +225,7 @@ class ExampleGroupNormalization(keras.layers.Layer):
         self.autocast = False
         # A raw tf.Variable: not a Keras weight (so weight lists match Keras BN
         # 1:1), but a variable, so changing it never retraces a tf.function.
-        self._alpha = [tf.Variable(check_example_weight(example_weight), trainable=False, dtype=tf.float32,
+        self._alpha = [tf.Variable(example_weight, trainable=False, dtype=tf.float32,
                                    name="example_weight")]
         self.gamma = None
         self.beta = None

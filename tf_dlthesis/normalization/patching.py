@@ -10,7 +10,7 @@ curves (accuracy and cross-entropy per alpha).
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from collections.abc import Iterable
 
 import keras
 import numpy as np
@@ -64,21 +64,34 @@ def _convert(layer, alpha: float):
 
 
 def _check_patchable(model) -> int:
-    """Counts normalization layers; refuses subclassed models that hide some."""
+    """Counts normalization layers; refuses containers that `clone_model` would rebuild from config.
+
+    Only Sequential and Functional models are cloned layer by layer; any other
+    layer (a subclassed model, a custom `keras.layers.Layer`, a wrapper such as
+    `TimeDistributed`) is re-created from its config, so a Keras BN/GN inside it
+    would silently stay unpatched.
+    """
     count = 0
     for layer in [model, *_walk(model)]:
         if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization,
                               ExampleGroupNormalization)):
             count += 1
-        elif isinstance(layer, keras.Model) and not (isinstance(layer, keras.Sequential) or _is_functional(layer)):
-            inner = [s for s in _walk(layer) if isinstance(
+        elif not (isinstance(layer, keras.Sequential) or _is_functional(layer)):
+            inner = [s.name for s in _walk(layer) if isinstance(
                 s, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))]
-            if inner:
+            if inner and isinstance(layer, keras.Model):
                 raise ValueError(
                     f"patch_model cannot rewrite normalization layers inside the subclassed model "
                     f"'{layer.name}' ({type(layer).__name__}): only Sequential and Functional models (nested "
                     "ones included) can be patched. Build it functionally, or construct it with "
                     "tf_dlthesis.normalization layers directly.")
+            if inner:
+                raise ValueError(
+                    f"patch_model cannot rewrite the normalization layers {inner} inside the layer '{layer.name}' "
+                    f"({type(layer).__name__}): a layer that is not a Sequential or Functional model is re-created "
+                    "from its config, so its inner BatchNormalization / GroupNormalization would stay unpatched. "
+                    "Build that block functionally, or construct it with tf_dlthesis.normalization layers "
+                    "directly.")
     return count
 
 
@@ -113,8 +126,10 @@ def patch_model(model: keras.Model, example_weight: float = 0.0) -> keras.Model:
 
     Raises:
         TypeError: ``model`` is not a Keras Sequential/Functional model.
-        ValueError: alpha outside [0, 1]; no normalization layer; BN inside
-            a subclassed model.
+        ValueError: alpha outside [0, 1]; no normalization layer; a Keras
+            BN/GN inside a subclassed model or inside any other layer that
+            is not a Sequential/Functional model (a custom layer, a
+            `TimeDistributed` wrapper).
 
     Reference:
         Thesis Sec. 4.3.1; https://arxiv.org/abs/1906.03548.
@@ -261,12 +276,16 @@ def sweep_example_weight(
         ``"correct"`` with ``per_example=True``).
 
     Raises:
-        ValueError / TypeError: bad alphas, batch size or dataset (empty,
-            mismatched lengths, wrong structure).
+        ValueError / TypeError: bad alphas (or not an iterable), batch size
+            or dataset (empty, mismatched lengths, wrong structure); a model
+            with no layer that alpha would change.
 
     Reference:
         Thesis Figures 4.1, 4.2, 4.4 and A.2-A.4.
     """
+    if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Iterable):
+        raise TypeError(f"`alphas` must be an iterable of floats in [0, 1] (e.g. [0.0, 0.1]). "
+                        f"Received: alphas={alphas!r}")
     alphas = [check_example_weight(a) for a in alphas]
     if not alphas:
         raise ValueError("`alphas` must contain at least one value in [0, 1]. Received: alphas=[]")
@@ -281,6 +300,9 @@ def sweep_example_weight(
     if not layers:
         model = patch_model(model, 0.0)
         layers = normalization_layers(model)
+        if not layers:  # nothing to sweep: every alpha would report the same numbers
+            raise ValueError(f"Model '{model.name}' has no example-weighted normalization layer after patching, so "
+                             "alpha would change nothing.")
     for layer in layers:
         for alpha in alphas:
             layer.check_alpha(alpha)

@@ -65,14 +65,42 @@ def _inputs_of(batch):
     return batch
 
 
+def _length(part):
+    """The number of examples of one entry of ``(x, y[, sample_weight])``, or ``None`` when it has none."""
+    shape = getattr(part, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) > 0 and shape[0] is not None else None
+    return len(part) if isinstance(part, (list, tuple)) else None
+
+
+def _xy_inputs(data):
+    """``x`` when ``data`` is ``(x[, y[, sample_weight]])`` arrays, else ``None`` (a sequence of batches).
+
+    The rule: a tuple or list of at most 3 entries whose first entry is an
+    array is ``(x[, y[, sample_weight]])``, as in Keras ``fit``, and its
+    entries must agree in length; any other tuple or list is a sequence of
+    batches.
+    """
+    if not (isinstance(data, (tuple, list)) and 0 < len(data) <= 3 and hasattr(data[0], "shape")):
+        return None
+    lengths = [_length(part) for part in data]
+    if any(n is not None and n != lengths[0] for n in lengths[1:]):
+        raise ValueError(
+            "`data` is read as (x, y[, sample_weight]) arrays (a tuple or list of at most 3 entries starting with "
+            "an array), but its entries differ in length. To pass 2 or 3 batches, pass iter(batches) or a "
+            f"tf.data.Dataset. Received: data with entry lengths {lengths}")
+    return data[0]
+
+
 def _batches(data, batch_size):
     """Iterates over the input batches of ``data`` (see `update_bn_statistics`)."""
     if isinstance(data, tf.data.Dataset):
         for batch in data:
             yield _inputs_of(batch)
         return
-    if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
-        data = data[0]  # (x, y) arrays: the inputs
+    x = _xy_inputs(data)
+    if x is not None:
+        data = x  # (x, y) arrays: the inputs
     if isinstance(data, (np.ndarray, tf.Tensor)) or (hasattr(data, "shape") and hasattr(data, "__getitem__")):
         n = int(data.shape[0])
         if n == 0:
@@ -130,9 +158,13 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
         model: A built Keras model (any kind: Sequential, Functional,
             subclassed).
         data: A batched `tf.data.Dataset` (elements ``x`` or ``(x, y, ...)``),
-            an array or tensor of inputs (or an ``(x, y)`` pair of them),
-            split into batches of ``batch_size``, or any iterable of batches.
-            Labels are never used.
+            an array or tensor of inputs (or an ``(x,)``, ``(x, y)`` or
+            ``(x, y, sample_weight)`` tuple or list of equally long arrays),
+            split into batches of ``batch_size``, or any other iterable of
+            batches (each ``x`` or ``(x, y, ...)``, used as it is). A tuple
+            or list of at most 3 entries starting with an array is always
+            read as ``(x, y[, sample_weight])``; pass 2 or 3 batches as
+            ``iter(batches)``. Labels are never used.
         steps: Number of batches to use; ``None`` = all of ``data``.
         batch_size: Batch size for array ``data``.
 
@@ -143,7 +175,8 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
         TypeError: ``model`` is not a Keras model / layer or ``data`` has an
             unusable type.
         ValueError: no BN-family layer to update, bad ``steps`` /
-            ``batch_size``, or ``data`` yields no batch.
+            ``batch_size``, ``data`` yields no batch, or ``(x, y[, w])``
+            entries of different lengths.
 
     Reference:
         Thesis App. A.3; Wu & Johnson 2021 (https://arxiv.org/abs/2105.07576);
@@ -221,7 +254,9 @@ class PreciseBN(keras.callbacks.Callback):
             `fit` starts (``None`` is allowed only so that a configuration,
             which cannot hold data, rebuilds the callback).
         epochs: When to recompute: ``"last"`` (default: after the final
-            epoch of `fit`), ``"all"`` (after every epoch), an int ``k``
+            epoch of `fit`, or, when `fit` stops early, e.g. by
+            `EarlyStopping`, at the end of training after the last epoch
+            that ran), ``"all"`` (after every epoch), an int ``k``
             (after every k-th epoch) or a collection of 1-based epoch
             numbers (as Keras prints them).
         steps: Batches per recomputation (``None``: all of ``data``).
@@ -230,6 +265,11 @@ class PreciseBN(keras.callbacks.Callback):
     Raises:
         ValueError / TypeError: bad ``epochs``, ``steps`` or ``batch_size``;
             ``data`` still ``None`` when `fit` starts.
+
+    Note: `EarlyStopping(restore_best_weights=True)` restores the weights
+    (moving statistics included) when training ends; list `PreciseBN` after
+    it in ``callbacks`` so that the statistics are recomputed for the
+    restored weights rather than overwritten.
 
     Reference:
         Thesis App. A.3; https://arxiv.org/abs/1906.03548.
@@ -261,12 +301,14 @@ class PreciseBN(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.updated_epochs: list = []
         self._total_epochs = None
+        self._pending = None  # the last epoch trained, when its statistics were not recomputed
 
     def on_train_begin(self, logs=None):
         if self.data is None:
             raise ValueError("PreciseBN needs `data` (the images to recompute the statistics from). Received: "
                              "data=None")
         self._total_epochs = (self.params or {}).get("epochs")
+        self._pending = None
 
     def _due(self, epoch_number: int) -> bool:
         if self.epochs == "all":
@@ -277,10 +319,20 @@ class PreciseBN(keras.callbacks.Callback):
             return epoch_number % self.epochs == 0
         return epoch_number in self.epochs
 
+    def _update(self, epoch_number: int) -> None:
+        update_bn_statistics(self.model, self.data, self.steps, batch_size=self.batch_size)
+        self.updated_epochs.append(epoch_number)
+        self._pending = None
+
     def on_epoch_end(self, epoch, logs=None):
+        self._pending = epoch + 1
         if self._due(epoch + 1):
-            update_bn_statistics(self.model, self.data, self.steps, batch_size=self.batch_size)
-            self.updated_epochs.append(epoch + 1)
+            self._update(epoch + 1)
+
+    def on_train_end(self, logs=None):
+        # "last" when fit stopped before params["epochs"] (EarlyStopping, stop_training)
+        if self.epochs == "last" and self._pending is not None:
+            self._update(self._pending)
 
     def get_config(self):
         return {"epochs": self.epochs, "steps": self.steps, "batch_size": self.batch_size}

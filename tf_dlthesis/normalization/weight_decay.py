@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import keras
@@ -28,18 +29,24 @@ class CenteredL2(keras.regularizers.Regularizer):
     >>> keras.layers.BatchNormalization(gamma_regularizer=CenteredL2(5e-4, center=1.0))
 
     Args:
-        rate: Non-negative penalty factor.
-        center: The value the weights are pulled toward.
+        rate: Finite, non-negative penalty factor.
+        center: The (finite) value the weights are pulled toward.
+
+    Raises:
+        ValueError / TypeError: ``rate`` negative, NaN or infinite;
+            ``center`` not a finite number.
 
     Reference:
         Thesis Sec. 4.3.3; https://arxiv.org/abs/1906.03548.
     """
 
     def __init__(self, rate: float = 0.01, center: float = 0.0):
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or rate < 0:
-            raise ValueError(f"`rate` must be a non-negative float. Received: rate={rate!r}")
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < math.inf:
+            raise ValueError(f"`rate` must be a finite, non-negative float. Received: rate={rate!r}")
         if isinstance(center, bool) or not isinstance(center, numbers.Real):
             raise TypeError(f"`center` must be a float. Received: center={center!r}")
+        if not math.isfinite(center):
+            raise ValueError(f"`center` must be finite. Received: center={center!r}")
         self.rate = float(rate)
         self.center = float(center)
 
@@ -85,11 +92,14 @@ def apply_normalization_weight_decay(model: keras.layers.Layer, rate: float, gam
         The number of normalization layers regularized.
 
     Raises:
-        ValueError: negative rate, unbuilt model, or no normalization layer.
+        ValueError: negative, NaN or infinite rate (or gamma_center), unbuilt
+            model, or no normalization layer.
 
     Reference:
         Thesis Sec. 4.3.3; https://arxiv.org/abs/1906.03548.
     """
+    if isinstance(gamma_center, numbers.Real) and not math.isfinite(gamma_center):
+        raise ValueError(f"`gamma_center` must be finite. Received: gamma_center={gamma_center!r}")
     gamma_reg = CenteredL2(rate, gamma_center)
     beta_reg = CenteredL2(rate, 0.0)
     if not getattr(model, "built", False):

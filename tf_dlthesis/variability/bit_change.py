@@ -95,11 +95,14 @@ def bit_change(model, *, seed: int, layer=None) -> BitChange:
         A `BitChange` record.
 
     Raises:
-        ValueError: if the model has no trainable weights or `layer` is unknown.
+        ValueError: if `seed` is negative, the model has no trainable weights
+            or `layer` is unknown.
         TypeError: if `seed` is not an int, or the variable is not floating point.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"`seed` must be an int. Received: seed={seed!r}")
+    if seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed}")
     target = _resolve_layer(model, layer)
     if not target.trainable_weights:
         raise ValueError(f"Layer {target.name!r} has no trainable weights to change.")

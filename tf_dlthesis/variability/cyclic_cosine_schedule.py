@@ -15,6 +15,7 @@ Huang et al., "Snapshot Ensembles: Train 1, get M for free", arXiv:1704.00109.
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -38,13 +39,17 @@ class CyclicCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
             (the thesis's baseline warms up for 3 epochs); 0 disables it.
 
     Raises:
-        ValueError: for non-positive rates or steps, cycles > total_steps, or
-            warmup_steps not shorter than one cycle.
+        TypeError: for a rate that is not a number (NumPy scalars are fine).
+        ValueError: for non-positive or infinite rates, non-positive steps,
+            cycles > total_steps, or warmup_steps not shorter than one cycle.
     """
 
     def __init__(self, initial_learning_rate: float, total_steps: int, cycles: int = 5, warmup_steps: int = 0, name=None):
-        if not isinstance(initial_learning_rate, (int, float)) or not initial_learning_rate > 0:
-            raise ValueError(f"`initial_learning_rate` must be > 0. Received: initial_learning_rate={initial_learning_rate!r}")
+        lr = initial_learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+            raise TypeError(f"`initial_learning_rate` must be a number. Received: initial_learning_rate={lr!r}")
+        if not 0 < lr < math.inf:
+            raise ValueError(f"`initial_learning_rate` must be finite and > 0. Received: initial_learning_rate={lr!r}")
         for key, val in (("total_steps", total_steps), ("cycles", cycles)):
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
                 raise ValueError(f"`{key}` must be an int >= 1. Received: {key}={val!r}")

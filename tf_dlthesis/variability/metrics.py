@@ -124,8 +124,8 @@ def bootstrap_sd(values, *, num_samples: int = 1000, seed: int = 0) -> float:
         The error bar, a float.
 
     Raises:
-        ValueError: if `values` is not 1-D with at least 2 finite entries or
-            `num_samples` < 2.
+        ValueError: if `values` is not 1-D with at least 2 finite entries,
+            `num_samples` < 2 or `seed` is negative.
     """
     vals = np.asarray(values, dtype=np.float64)
     if vals.ndim != 1 or vals.shape[0] < 2:
@@ -134,6 +134,8 @@ def bootstrap_sd(values, *, num_samples: int = 1000, seed: int = 0) -> float:
         raise ValueError("`values` contains NaN or infinite entries.")
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ValueError(f"`num_samples` must be an int >= 2. Received: num_samples={num_samples!r}")
+    if isinstance(seed, (int, np.integer)) and seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, vals.shape[0], size=(int(num_samples), vals.shape[0]))
     return float(_sd(_sd(vals[idx], axis=1)))

@@ -33,6 +33,10 @@ def tta_views(mode: str, *, pad: int = 4, grid: int = 3, grid_spacing: int = 16)
         raise ValueError(f"`mode` must be one of {TTA_MODES}. Received: mode={mode!r}")
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"`pad` must be an int >= 0. Received: pad={pad!r}")
+    if mode in ("grid_crop", "flip_grid_crop"):
+        for name, value, low in (("grid", grid, 1), ("grid_spacing", grid_spacing, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}. Received: {name}={value!r}")
     flips = (False, True) if mode.startswith("flip") else (False,)
     if mode in ("none", "flip"):
         offsets = [(pad, pad)]  # the unshifted image inside the padding
@@ -88,7 +92,9 @@ def predict_tta(
         ValueError: for a bad mode, images that are not 4-D, an empty batch
             (N = 0) or empty images, images whose channel count (or, for a model
             with a fixed input size, view size) differs from the model's input,
-            or a grid that does not fit the image.
+            a grid mode's `crop_size` / `grid` not an int >= 1 or
+            `grid_spacing` not an int >= 0, or a grid that does not fit the
+            image.
     """
     x = np.asarray(images, dtype=np.float32)
     if x.ndim != 4:
@@ -101,8 +107,8 @@ def predict_tta(
     n, h, w, c = x.shape
     expected = _model_input_shape(model)
     if mode in ("grid_crop", "flip_grid_crop"):
-        if crop_size is None or crop_size < 1:
-            raise ValueError(f"Grid TTA needs `crop_size` >= 1. Received: crop_size={crop_size!r}")
+        if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size < 1:
+            raise ValueError(f"Grid TTA needs `crop_size`, an int >= 1. Received: crop_size={crop_size!r}")
         reach = (grid - 1) * grid_spacing + crop_size
         if reach > min(h, w):
             raise ValueError(
