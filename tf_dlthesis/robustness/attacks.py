@@ -239,8 +239,11 @@ def _check_label_values(y, num_classes, name="y"):
 def _prepare_labels(model_fn, x, y, model=None):
     """Return (labels, loss_fn): sparse int labels use CleverHans's default loss; soft labels use softmax CE.
 
-    With ``model`` (eager calls), labels are checked against the model's number of
-    logits: sparse values in range, one-hot/soft width equal to it.
+    Sparse labels may be ``(B,)`` or ``(B, 1)`` (the column Keras's datasets
+    return), which is flattened.  With ``model`` (eager calls), labels are
+    checked against the model's number of logits: sparse values in range,
+    one-hot/soft width equal to it (a model whose output shape Keras does not
+    know is run once on one example to find its width).
     """
     if y is None:
         return tf.argmax(model_fn(x), axis=-1), None
@@ -250,6 +253,10 @@ def _prepare_labels(model_fn, x, y, model=None):
             f"Labels and images must have the same batch size. Received: x.shape={x.shape}, y.shape={y.shape}"
         )
     num_classes = None if model is None else _num_classes(model)
+    if num_classes is None and model is not None and tf.executing_eagerly():
+        num_classes = int(model_fn(x[:1]).shape[-1])
+    if y.shape.rank == 2 and y.shape[-1] == 1:  # a column of sparse labels
+        y = tf.reshape(y, [-1])
     if y.shape.rank == 2:
         if num_classes is not None and y.shape[-1] is not None and y.shape[-1] != num_classes:
             raise ValueError(f"One-hot/soft `y` must have {num_classes} columns (the model's logits). "
@@ -257,7 +264,7 @@ def _prepare_labels(model_fn, x, y, model=None):
         y = tf.cast(y, tf.float32)
         return y, lambda labels, logits: tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     if y.shape.rank != 1:
-        raise ValueError(f"Labels must be sparse (B,) or one-hot (B, K). Received: y.shape={y.shape}")
+        raise ValueError(f"Labels must be sparse (B,) or (B, 1), or one-hot (B, K). Received: y.shape={y.shape}")
     if y.dtype.is_floating:
         y = tf.cast(y, tf.int64)
     _check_label_values(y, num_classes)
@@ -286,8 +293,7 @@ def fgsm(model, x, y=None, *, epsilon: float, clip_range=(0.0, 1.0), loss_fn=Non
     Raises:
         ValueError: negative epsilon, inverted clip range, label/batch mismatch,
             an empty batch ``x``, labels ``y`` out of range for the model's
-            logits or one-hot ``y`` of another width (checked once, eagerly,
-            for a Keras model whose output shape is known).
+            logits or one-hot ``y`` of another width (checked once, eagerly).
 
     Reference:
         Thesis Sec. 3.2, Eq. 3.1; Goodfellow et al., https://arxiv.org/abs/1412.6572.
@@ -483,13 +489,14 @@ def cleverhans_spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rat
 
     Returns:
         Adversarial images (float32).
+
+    Raises:
+        ValueError: as :func:`spsa` (bad settings, labels or an empty batch).
     """
     epsilon, num_steps, lo, hi = _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta)
     model_fn = inference_fn(model)
-    x = as_images(x)
-    y = tf.reshape(tf.cast(tf.convert_to_tensor(y), tf.int64), [-1])
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"Labels and images must have the same batch size. Received: x.shape={x.shape}, y.shape={y.shape}")
+    x = _check_batch(as_images(x))
+    y = _spsa_labels(model, x, y)
     optimizer = SPSAAdamAdapter(lr=learning_rate, delta=delta, num_samples=spsa_samples, num_iters=spsa_iters,
                                 corrected_gradient=corrected_gradient)
     loss_fn = _margin_loss(model_fn)
@@ -500,14 +507,12 @@ def cleverhans_spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rat
     return tf.concat(out, axis=0)
 
 
-def _spsa_labels(x, y):
-    y = tf.convert_to_tensor(y)
-    if y.shape.rank == 2:
-        y = tf.argmax(y, axis=-1)
-    y = tf.cast(y, tf.int64)
-    if x.shape[0] is not None and y.shape[0] is not None and y.shape[0] != x.shape[0]:
-        raise ValueError(f"Labels and images must have the same batch size. Received: x.shape={x.shape}, y.shape={y.shape}")
-    return y
+def _spsa_labels(model, x, y):
+    """SPSA's sparse int64 labels, checked as FGSM/PGD check theirs; one-hot/soft labels give their argmax class."""
+    labels, _ = _prepare_labels(inference_fn(model), x, y, model)
+    if labels.shape.rank == 2:
+        labels = tf.argmax(tf.convert_to_tensor(y), axis=-1)  # of `y` itself: the same class as before the checks
+    return labels
 
 
 def _spsa_run(model_fn, optimizer, x, y, seed, epsilon, num_steps, lo, hi):
@@ -576,7 +581,9 @@ def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 
     Args:
         model: Keras model returning logits or a callable.
         x: images (any batch size); integer images are scaled to ``[0, 1]``.
-        y: sparse labels ``(B,)`` (or one-hot).
+        y: sparse labels ``(B,)`` or ``(B, 1)``, one-hot / soft labels ``(B, C)``
+            (their argmax class is attacked), or ``None`` for the model's
+            predictions (as FGSM / PGD).
         epsilon: L-inf radius.
         num_steps: optimisation steps.
         learning_rate, delta, spsa_samples, spsa_iters: CleverHans's SPSA settings
@@ -589,14 +596,17 @@ def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 
         Adversarial images (float32).
 
     Raises:
-        ValueError: bad epsilon / steps / clip range / sample count, label mismatch.
+        ValueError: bad epsilon / steps / clip range / sample count, label/batch
+            mismatch, an empty batch ``x``, labels ``y`` out of range for the
+            model's logits or one-hot ``y`` of another width (the checks of
+            :func:`fgsm` / :func:`pgd`).
 
     Reference:
         Thesis Sec. 3.5.3, Table 3.6; https://arxiv.org/abs/1802.05666.
     """
     epsilon, num_steps, lo, hi = _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta)
-    x = as_images(x)
-    y = _spsa_labels(x, y)
+    x = _check_batch(as_images(x))
+    y = _spsa_labels(model, x, y)
     fn = _compiled_spsa(model, num_steps, learning_rate, delta, spsa_samples, spsa_iters, lo, hi, corrected_gradient)
     return fn(x, y, as_seed(seed), tf.constant(epsilon, tf.float32))
 
@@ -758,8 +768,7 @@ class Attack:
         Args:
             model: Keras model returning logits (called with ``training=False``), or a callable.
             x: images; integer images are converted to ``[0, 1]`` floats.
-            y: sparse or one-hot labels; ``None`` uses the model's predictions
-                (not accepted by SPSA).
+            y: sparse or one-hot labels; ``None`` uses the model's predictions.
             seed: int, shape-[2] int tensor, or ``None`` (fresh entropy drawn once per call).
 
         Returns:

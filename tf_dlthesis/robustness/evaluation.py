@@ -63,17 +63,22 @@ def _model_width(model, x):
     return width
 
 
+def _check_label_range(model, x, y):
+    """Raise if any label is outside ``[0, C - 1]``, ``C`` the model's number of logits."""
+    width = _model_width(model, x)
+    bad = np.unique(y[(y < 0) | (y >= width)])
+    if bad.size:
+        raise ValueError(f"`dataset` has labels outside [0, {width - 1}] for a model with {width} logits. "
+                         f"Received out-of-range labels: {bad[:10].tolist()}")
+
+
 def _checked_data(model, dataset, max_examples, batch_size):
     """``(x, y)`` arrays, checked once at the API boundary: non-empty, labels within the model's logits."""
     batch_size = _check_batch_size(batch_size)
     x, y = to_arrays(dataset, max_examples)
     if len(x) == 0:
         raise ValueError("`dataset` is empty: there are no test examples to evaluate. Received: 0 examples")
-    width = _model_width(model, x)
-    bad = np.unique(y[(y < 0) | (y >= width)])
-    if bad.size:
-        raise ValueError(f"`dataset` has labels outside [0, {width - 1}] for a model with {width} logits. "
-                         f"Received out-of-range labels: {bad[:10].tolist()}")
+    _check_label_range(model, x, y)
     return x, y, batch_size
 
 
@@ -230,13 +235,16 @@ def black_box_matrix(models: dict, dataset, attack: str = "pgd10", *, targets: d
 
     Raises:
         ValueError: empty ``models`` or unknown attack, an empty ``dataset``,
-            labels outside the models' logits, ``batch_size < 1``.
+            labels outside the logits of any source or target model,
+            ``batch_size < 1``.
     """
     if not models:
         raise ValueError("`models` must be a non-empty dict of source models.")
     targets = models if targets is None else targets
     seed = _base_seed(seed)
     x, y, batch_size = _checked_data(next(iter(models.values())), dataset, max_examples, batch_size)
+    for model in (*models.values(), *targets.values()):  # every source and target, not just the first
+        _check_label_range(model, x, y)
     fn = next(iter(_resolve_attacks((attack,), epsilon, step_size, clip_range, None).values()))
     table = {t: {} for t in targets}
     for s_name, source in models.items():
@@ -363,7 +371,8 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
     Args:
         model: Keras model returning logits.
         dataset: ``(x, y)`` arrays or a ``tf.data.Dataset``.
-        epsilon, step_size, clip_range: the evaluated attack's settings.
+        epsilon, step_size, clip_range: the evaluated attack's settings
+            (``epsilon > 0``; ``clip_range=None`` needs ``large_epsilon``).
         epsilons: the epsilon sweep (default ``epsilon * [1/2, 1, 2, 4]``).
         large_epsilon, large_epsilon_max_accuracy: the full-success check.
         transfer_source: optional source model for the transfer check.
@@ -376,13 +385,28 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
         :class:`SanityReport` (``report.passed``, ``str(report)``,
         ``report.details["distinct_predicted_classes"]``).
 
+    Raises:
+        ValueError: ``epsilon`` not > 0 (the sweep and step sizes are
+            multiples of it), an invalid ``clip_range``, ``clip_range=None``
+            without ``large_epsilon`` (its default is half the clip range),
+            and the errors of :func:`evaluate_white_box`.
+        TypeError: a non-numeric ``epsilon`` or a ``clip_range`` that is not a pair.
+
     Reference:
         Carlini et al., "On Evaluating Adversarial Robustness", https://arxiv.org/abs/1902.06705.
     """
+    if _attacks._check_float("epsilon", epsilon, minimum=0.0) == 0:
+        raise ValueError("`epsilon` must be > 0: the epsilon sweep and the step sizes are multiples of it. "
+                         f"Received: epsilon={epsilon!r}")
+    _attacks._check_clip_range(clip_range)
+    if large_epsilon is None:
+        if clip_range is None:
+            raise ValueError("`large_epsilon` is required with clip_range=None (its default is half the clip "
+                             "range). Received: clip_range=None, large_epsilon=None")
+        lo, hi = clip_range
+        large_epsilon = (hi - lo) / 2
     seed = _base_seed(seed)
     x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
-    lo, hi = clip_range
-    large_epsilon = (hi - lo) / 2 if large_epsilon is None else large_epsilon
     epsilons = list(epsilons) if epsilons is not None else [epsilon / 2, epsilon, 2 * epsilon, 4 * epsilon]
     checks = []
     logits = _predict(model, x, batch_size)

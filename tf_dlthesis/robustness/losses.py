@@ -230,7 +230,8 @@ def label_smoothing_cross_entropy(y_true, y_pred, smoothing: float = 0.1, from_l
     Raises:
         ValueError: as :func:`smoothed_targets`; in particular one-hot/soft
             ``y_true`` whose width is not the number of logits (it is not
-            re-read as sparse labels).
+            re-read as sparse labels); ``y_true`` and ``y_pred`` with different
+            (static) batch sizes.
 
     Reference:
         Thesis Sec. 3.4, Eq. 3.8; https://arxiv.org/abs/1906.03749.
@@ -242,6 +243,9 @@ def label_smoothing_cross_entropy(y_true, y_pred, smoothing: float = 0.1, from_l
         if y_true.dtype.is_floating:
             y_true = tf.debugging.check_numerics(y_true, "label_smoothing_cross_entropy: `y_true` has NaN or Inf")
     targets = smoothed_targets(y_true, y_pred.shape[-1], smoothing, dtype=y_pred.dtype)
+    if targets.shape[0] is not None and y_pred.shape[0] is not None and targets.shape[0] != y_pred.shape[0]:
+        raise ValueError("`y_true` and `y_pred` must have the same batch size (they would broadcast). "
+                         f"Received: y_true.shape={tf.convert_to_tensor(y_true).shape}, y_pred.shape={y_pred.shape}")
     if from_logits:
         log_p = tf.nn.log_softmax(y_pred, axis=-1)
     else:
@@ -250,7 +254,7 @@ def label_smoothing_cross_entropy(y_true, y_pred, smoothing: float = 0.1, from_l
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
-def logit_squeezing(logits, class_reduction: str = "sum", *, reduction: str | None = None):
+def logit_squeezing(logits, class_reduction: str | None = None, *, reduction: str | None = None):
     """Logit squeezing: the squared L2 norm of the logits, ``||f(x)||^2``.
 
     Example:
@@ -259,26 +263,27 @@ def logit_squeezing(logits, class_reduction: str = "sum", *, reduction: str | No
 
     Args:
         logits: ``(B, C)``.
-        class_reduction: ``"sum"`` over classes (default: the thesis's "L2
-            regularization on the logits") or ``"mean"`` (divides by ``C``).
+        class_reduction: ``"sum"`` over classes (the default, also when
+            ``None``: the thesis's "L2 regularization on the logits") or
+            ``"mean"`` (divides by ``C``).
         reduction: deprecated alias of ``class_reduction``.
 
     Returns:
         ``(B,)`` per-example values.
 
     Raises:
-        ValueError: an unknown ``class_reduction``.
+        ValueError: an unknown ``class_reduction``, or both ``class_reduction``
+            and ``reduction`` passed with different values.
 
     Reference:
         Thesis Sec. 3.3.1 (Fig. 3.1 right); Kannan et al., https://arxiv.org/abs/1803.06373.
     """
-    class_reduction = _resolve_class_reduction(None if class_reduction == "sum" else class_reduction, reduction,
-                                               "reduction")
+    class_reduction = _resolve_class_reduction(class_reduction, reduction, "reduction")
     return _squared_norm(_as_logits(logits, "logits"), _check_class_reduction(class_reduction or "sum"))
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
-def logit_pairing(clean_logits, adv_logits, class_reduction: str = "mean", *, reduction: str | None = None):
+def logit_pairing(clean_logits, adv_logits, class_reduction: str | None = None, *, reduction: str | None = None):
     """Adversarial logit pairing term, thesis Eq. 3.9: ``||f(x) - f(g(x))||^2``.
 
     The default ``class_reduction="mean"`` divides the squared norm by the
@@ -294,21 +299,21 @@ def logit_pairing(clean_logits, adv_logits, class_reduction: str = "mean", *, re
     Args:
         clean_logits: logits of the original examples, ``(B, C)``.
         adv_logits: logits of their adversarial versions, ``(B, C)``.
-        class_reduction: ``"mean"`` over classes (Kannan et al.'s code,
-            default) or ``"sum"`` (the squared norm of Eq. 3.9).
+        class_reduction: ``"mean"`` over classes (Kannan et al.'s code; the
+            default, also when ``None``) or ``"sum"`` (the squared norm of Eq. 3.9).
         reduction: deprecated alias of ``class_reduction``.
 
     Returns:
         ``(B,)`` per-example values.
 
     Raises:
-        ValueError: on mismatched shapes or an unknown ``class_reduction``.
+        ValueError: on mismatched shapes, an unknown ``class_reduction``, or
+            both ``class_reduction`` and ``reduction`` passed with different values.
 
     Reference:
         Thesis Sec. 3.4.1, Eq. 3.9; https://arxiv.org/abs/1803.06373.
     """
-    class_reduction = _resolve_class_reduction(None if class_reduction == "mean" else class_reduction, reduction,
-                                               "reduction")
+    class_reduction = _resolve_class_reduction(class_reduction, reduction, "reduction")
     class_reduction = _check_class_reduction(class_reduction or "mean")
     a, b = _logit_pair(clean_logits, adv_logits)
     return _squared_norm(a - b, class_reduction)

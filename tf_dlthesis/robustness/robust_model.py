@@ -201,9 +201,13 @@ class RobustModel(keras.Model):
             the mixing methods' Beta concentration) and ``pairing_reduction``
             (now ``class_reduction``) still work for one release.
 
-    Labels are checked once, eagerly, when ``fit`` / ``evaluate`` start (not
-    inside the compiled step): in-memory ``y`` arrays against ``[0, C - 1]``
-    (``C`` the model's logits) and one-hot widths against ``C``; for a
+    Labels may be sparse ``(N,)`` or ``(N, 1)`` (as ``keras.datasets``
+    returns them), or one-hot / soft ``(N, C)``.  They are checked once,
+    eagerly, when ``fit`` / ``evaluate`` start (not inside the compiled step):
+    in-memory ``y`` arrays against ``[0, C - 1]`` (``C`` the model's logits;
+    for a subclassed or unbuilt inner model, whose output shape Keras does not
+    know, from one inference pass on one example) and one-hot widths against
+    ``C``; for a
     ``tf.data.Dataset`` only what its ``element_spec`` shows (label rank and
     one-hot width) can be checked without reading it, so sparse label *values*
     of a dataset are not range-checked (an out-of-range value then fails inside
@@ -338,20 +342,35 @@ class RobustModel(keras.Model):
         return self._attack_trace_count
 
     # ------------------------------------------------------------------ label checks
-    def _num_classes(self):
-        return _attacks._num_classes(self.model)
+    def _num_classes(self, x=None):
+        """The inner model's number of logits ``C``.
+
+        Keras's output shape when it is known without a forward pass; else
+        (a subclassed or not yet built model) the width of one inference-mode
+        pass on the first example of the images ``x`` (eager or traced), or
+        ``None`` without ``x``.
+        """
+        width = _attacks._num_classes(self.model)
+        if width is None and x is not None:
+            width = self.model(_attacks.as_images(x[:1]), training=False).shape[-1]
+        return width
 
     def _check_labels(self, x, y):
         """Checks labels once at the API boundary (``fit`` / ``evaluate``), never per batch."""
-        num_classes = self._num_classes()
-        if num_classes is None:
-            return
         if isinstance(x, tf.data.Dataset):
             spec = x.element_spec
-            if isinstance(spec, (tuple, list)) and len(spec) >= 2:
-                self._check_label_spec(spec[1].shape, spec[1].dtype, num_classes)
+            images, labels = spec[:2] if isinstance(spec, (tuple, list)) and len(spec) >= 2 else (spec, None)
+            probe = None  # one zero image of the dataset's shape: the width of a model Keras cannot tell
+            if isinstance(images, tf.TensorSpec) and images.shape.rank and images.shape[1:].is_fully_defined():
+                probe = tf.zeros([1, *images.shape[1:]], images.dtype)
+            num_classes = self._num_classes(probe)
+            if num_classes is not None and labels is not None:
+                self._check_label_spec(labels.shape, labels.dtype, num_classes)
             return
         if y is None or isinstance(y, tf.data.Dataset) or not hasattr(y, "__len__"):
+            return
+        num_classes = self._num_classes(x if hasattr(x, "__len__") and len(x) else None)
+        if num_classes is None:
             return
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[-1] != 1:
@@ -436,9 +455,8 @@ class RobustModel(keras.Model):
         method = self.defense_params["mixing"]
         if method is None:
             return x, y
-        num_classes = self.model.output_shape[-1]
         if y.shape.rank == 1 or (y.shape.rank == 2 and y.shape[-1] == 1):
-            y = tf.one_hot(tf.reshape(tf.cast(y, tf.int64), [-1]), num_classes)
+            y = tf.one_hot(tf.reshape(tf.cast(y, tf.int64), [-1]), self._num_classes(x))
         return mix_batch(x, tf.cast(y, tf.float32), method, seed=seed)
 
     def _partner(self, logits, seed):
