@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -323,3 +324,86 @@ def test_fmt_reads_the_same_on_both_sides_of_a_band_edge(value, text):
     from tf_dlthesis.experiments.registry import fmt
 
     assert fmt(value) == text
+
+
+def _deep(n):
+    if n == 0:
+        raise ZeroDivisionError("raised at the bottom")
+    return _deep(n - 1)
+
+
+def test_a_malformed_item_fails_alone_and_the_report_keeps_the_line_that_raised(tmp_path):
+    # before: an Output the report could not show (table rows that are no dicts, a finding that is no
+    # Finding, a figure that is no figure) stopped reproduce with an AttributeError and no report; and a
+    # traceback deeper than 8 frames lost its innermost frames, the line that raised
+    good_table = Table("T.g", "good", "s", ["a"], {"r": {"a": 1.0}})
+    items = {
+        "T.bt": lambda: Output(tables=[Table("T.bt", "t", "s", ["a"], [1, 2])]),
+        "T.bf": lambda: Output(findings=["not a finding"]),
+        "T.bg": lambda: Output(figures=[("fig_bad", "not a figure")]),
+        "T.dp": lambda: _deep(20),
+        "T.g": lambda: Output(tables=[good_table]),
+    }
+    for item_id, make in items.items():
+        experiments.register(item_id, title=item_id, chapter="T", quick_minutes=0.0)(
+            lambda scale, dataset, store, *, out=None, make=make: make())
+    try:
+        path, failed = experiments.reproduce(out_dir=str(tmp_path), only=list(items), progress=False)
+        text = open(path).read()
+        assert failed == 4
+        assert "| r | 1.00 |" in text  # the good item is reported
+        assert "TypeError: Table 'T.bt' in the output of 'T.bt': `rows` must map each row name" in text
+        assert "TypeError: `findings[0]` in the output of 'T.bf' must be a Finding. Received: 'not a finding'" in text
+        assert "TypeError: `figures[0]` in the output of 'T.bg' must be a (name, matplotlib figure) pair" in text
+        assert 'raise ZeroDivisionError("raised at the bottom")' in text and "frame(s) omitted" in text
+        assert "return _deep(n - 1)" in text and "in _compute_item" in text  # both ends of the stack
+    finally:
+        for item_id in items:
+            experiments.REGISTRY.pop(item_id, None)
+
+
+def test_reproduce_checks_scale_only_and_out_dir_before_creating_anything(tmp_path):
+    # before: scale="huge" made the folder, failed every item, then a KeyError; only=[] wrote an empty
+    # report; only="T.s" (a string) was read as the ids 'T', '.', 's'; a file as out_dir: FileExistsError
+    experiments.register("T.s", title="tiny", chapter="T", quick_minutes=0.0)(
+        lambda scale, dataset, store, *, out=None: Output())
+    try:
+        with pytest.raises(ValueError, match=r"`scale` must be one of \('quick', 'standard', 'full'\). "
+                                             r"Received: scale='huge'"):
+            experiments.reproduce(scale="huge", out_dir=str(tmp_path / "a"), only=["T.s"], progress=False)
+        with pytest.raises(ValueError, match=r"`only` must name at least one table or figure id"):
+            experiments.reproduce(out_dir=str(tmp_path / "a"), only=[], progress=False)
+        (tmp_path / "file").write_text("")
+        with pytest.raises(ValueError, match=r"`out_dir` must be a folder, but .* is a file"):
+            experiments.reproduce(out_dir=str(tmp_path / "file"), only=["T.s"], progress=False)
+        with pytest.raises(ValueError, match=r"`out_dir` must be a non-empty folder path"):
+            experiments.reproduce(out_dir="", only=["T.s"], progress=False)
+        assert not (tmp_path / "a").exists()
+        path, failed = experiments.reproduce(out_dir=str(tmp_path / "b"), only="T.s", progress=False)
+        assert failed == 0 and "## T.s: tiny" in open(path).read()
+        assert [e.id for e in experiments.registry.select("T.s, T.s")] == ["T.s"]
+    finally:
+        experiments.REGISTRY.pop("T.s", None)
+
+
+def test_findings_and_checks_refuse_contradictions():
+    effect = stats.Effect(1.0, 0.5, 2.0, "difference")
+    nan = float("nan")
+    # before: all accepted, and the report printed a verdict nobody could check
+    with pytest.raises(ValueError, match=r"needs the claimed region it was judged against"):
+        Finding("c", "reproduced", "", effect)
+    with pytest.raises(ValueError, match=r"a NaN interval is 'inconclusive'"):
+        Finding("c", "reproduced", "", stats.Effect(nan, nan, nan, "difference"), "> 0")
+    with pytest.raises(TypeError, match=r"`effect` must be a stats.Effect .* Received: effect=0.5"):
+        Finding.test("c", 0.5, above=0)  # before: AttributeError: 'float' object has no attribute 'low'
+    with pytest.raises(TypeError, match=r"`effect` must be a stats.Effect or None"):
+        Finding.not_comparable("c", "reason", effect=0.5)
+    with pytest.raises(ValueError, match=r"`above` must be < `below`. Received: above=2, below=1"):
+        Finding.not_comparable("c", "reason", above=2, below=1)  # before: region "in (2.00, 1.00)"
+    with pytest.raises(ValueError, match=r"`above` must be a finite number or None. Received: above=nan"):
+        Finding.test("c", effect, above=nan)  # before: region "> nan", verdict inconclusive
+    with pytest.raises(TypeError, match=r"Check `passed` must be a bool. Received: passed='no'"):
+        Check("n", "no", "detail")  # before: a truthy string, reported "ok"
+    assert Check("n", np.bool_(False), "detail").passed == False  # noqa: E712 (NumPy comparisons stay fine)
+    assert Finding.test("c", stats.Effect(1.0, 0.5, float("inf"), "ratio"), above=0).verdict == "reproduced"
+    assert Finding.not_comparable("c", "reason", above=0.5, below=2).region == "in (0.5, 2.00)"

@@ -152,3 +152,26 @@ def test_redraw_bit_change():
         plan.redraw_bit_change(-1)
     with pytest.raises(ValueError, match="bit change"):
         SeedPlan().vary("init", 0).redraw_bit_change(1)
+
+
+def test_seed_plans_from_numpy_seeds_stay_json_able():
+    # before: SeedPlan(init=np.int64(3)).to_config() held an np.int64 (json.dumps: "not JSON serializable")
+    # and deterministic_ops=np.bool_(False) was refused
+    import json
+
+    plan = SeedPlan(init=np.int64(3), shuffle=np.uint32(4), deterministic_ops=np.bool_(False))
+    assert json.loads(json.dumps(plan.to_config()))["init"] == 3 and type(plan.init) is int
+    assert plan.deterministic_ops is False and plan == SeedPlan(init=3, shuffle=4, deterministic_ops=False)
+    assert plan.vary("init", np.int64(1)).run == 1 and type(plan.vary("init", np.int64(1)).run) is int
+
+
+def test_derive_seed_refuses_fractional_and_negative_parts():
+    # before: derive_seed(1.5) silently equalled derive_seed(1);
+    # derive_seed(-1) raised NumPy's "expected non-negative integer"
+    from tf_dlthesis.variability import derive_seed
+
+    assert derive_seed(np.int64(3), 1) == derive_seed(3, 1)
+    with pytest.raises(TypeError, match=r"`derive_seed` takes int seeds. Received: part 1 = 1.5"):
+        derive_seed(0, 1.5)
+    with pytest.raises(ValueError, match=r"`derive_seed` takes int seeds >= 0. Received: part 0 = -1"):
+        derive_seed(-1)

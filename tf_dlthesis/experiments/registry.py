@@ -7,7 +7,11 @@ import difflib
 import functools
 import json
 import math
+import numbers
 from importlib import resources
+from typing import Mapping
+
+import numpy as np
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not comparable at this scale")
 SCALES = ("quick", "standard", "full")
@@ -49,6 +53,16 @@ class Table:
     thesis_setting: str = ""
 
 
+def _check_region(above, below) -> None:
+    """The claimed region's bounds: finite numbers (or None), `above` < `below` when both are given."""
+    for name, bound in (("above", above), ("below", below)):
+        if bound is not None and (isinstance(bound, (bool, np.bool_)) or not isinstance(bound, numbers.Real)
+                                  or not math.isfinite(bound)):
+            raise ValueError(f"`{name}` must be a finite number or None. Received: {name}={bound!r}")
+    if above is not None and below is not None and not above < below:
+        raise ValueError(f"`above` must be < `below`. Received: above={above}, below={below}")
+
+
 def _region_text(above, below) -> str:
     if above is not None and below is not None:
         return f"in ({fmt(float(above))}, {fmt(float(below))})"
@@ -85,18 +99,36 @@ class Finding:
         if self.verdict != VERDICTS[3] and not isinstance(self.effect, Effect):
             raise ValueError(f"A {self.verdict!r} verdict needs the measured effect with its interval. "
                              f"Received: effect={self.effect!r} for claim {self.claim!r}")
+        if self.effect is not None and not isinstance(self.effect, Effect):
+            raise TypeError(f"`effect` must be a stats.Effect or None. Received: effect={self.effect!r} "
+                            f"for claim {self.claim!r}")
+        if self.verdict != VERDICTS[3] and not self.region:
+            raise ValueError(f"A {self.verdict!r} verdict needs the claimed region it was judged against "
+                             f"(build it with Finding.test). Received: region={self.region!r} for claim "
+                             f"{self.claim!r}")
+        if self.verdict in VERDICTS[:2] and (math.isnan(self.effect.low) or math.isnan(self.effect.high)):
+            raise ValueError(f"A {self.verdict!r} verdict needs an interval; a NaN interval is 'inconclusive'. "
+                             f"Received: effect={self.effect!r} for claim {self.claim!r}")
 
     @classmethod
     def test(cls, claim: str, effect, *, above=None, below=None, evidence: str = "") -> "Finding":
         """The finding whose verdict compares `effect`'s interval with the claimed region (`above`, `below`)."""
-        from tf_dlthesis.experiments.stats import verdict
+        from tf_dlthesis.experiments.stats import Effect, verdict
 
+        if not isinstance(effect, Effect):
+            raise TypeError(f"`effect` must be a stats.Effect (estimate and 95% interval). Received: "
+                            f"effect={effect!r} for claim {claim!r}")
+        if above is not None or below is not None:
+            _check_region(above, below)
         return cls(claim, verdict(effect, above, below), evidence, effect, _region_text(above, below))
 
     @classmethod
     def not_comparable(cls, claim: str, reason: str, effect=None, *, above=None, below=None) -> "Finding":
         """A claim this scale cannot test; `reason` says why (a measured effect may still be shown)."""
-        region = _region_text(above, below) if (above is not None or below is not None) else ""
+        region = ""
+        if above is not None or below is not None:
+            _check_region(above, below)
+            region = _region_text(above, below)
         return cls(claim, VERDICTS[3], reason, effect, region)
 
 
@@ -119,6 +151,12 @@ class Check:
     detail: str
     regime: bool = False
 
+    def __post_init__(self):
+        for field in ("passed", "regime"):  # a string such as "no" would read as passed
+            if not isinstance(getattr(self, field), (bool, np.bool_)):
+                raise TypeError(f"Check `{field}` must be a bool. Received: {field}={getattr(self, field)!r} "
+                                f"for check {self.name!r}")
+
 
 @dataclasses.dataclass
 class Output:
@@ -129,6 +167,30 @@ class Output:
     findings: list = dataclasses.field(default_factory=list)
     checks: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
+
+    def validate(self, item: str = "") -> None:
+        """Raises `TypeError` for an entry the report cannot show (checked before the report is written,
+        so a malformed item fails alone instead of stopping the whole report).
+
+        Args:
+            item: The experiment id, for the message.
+        """
+        where = f" in the output of {item!r}" if item else ""
+        kinds = {"tables": Table, "findings": Finding, "checks": Check, "notes": str}
+        for field, kind in kinds.items():
+            for i, entry in enumerate(getattr(self, field)):
+                if not isinstance(entry, kind):
+                    raise TypeError(f"`{field}[{i}]`{where} must be a {kind.__name__}. Received: {entry!r}")
+        for i, table in enumerate(self.tables):
+            for name, rows in (("rows", table.rows), ("thesis", table.thesis or {})):
+                if not isinstance(rows, Mapping) or not all(isinstance(r, Mapping) for r in rows.values()):
+                    raise TypeError(f"Table {table.id!r}{where}: `{name}` must map each row name to a dict "
+                                    f"{{column: value}}. Received: {name}={rows!r}")
+        for i, figure in enumerate(self.figures):
+            if not (isinstance(figure, (tuple, list)) and len(figure) == 2 and isinstance(figure[0], str)
+                    and figure[0] and (figure[1] is None or callable(getattr(figure[1], "savefig", None)))):
+                raise TypeError(f"`figures[{i}]`{where} must be a (name, matplotlib figure) pair. "
+                                f"Received: {figure!r}")
 
 
 def _health_checks(runs) -> list:
@@ -173,6 +235,7 @@ class Experiment:
             TENSORBOARD_DIR.reset(tb_token)
         if not isinstance(result, Output):
             raise TypeError(f"Experiment {self.id!r} must return an Output. Received: {type(result).__name__}")
+        result.validate(self.id)
         result.checks = list(result.checks) + _health_checks(runs)
         failed = [c for c in result.checks if c.regime and not c.passed]
         if failed:
@@ -239,9 +302,12 @@ def all_ids() -> list:
 
 
 def select(only=None) -> list:
-    """Registered experiments in report order, optionally only the given ids."""
+    """Registered experiments in report order, optionally only the given ids (a list, or one
+    string of comma-separated ids as the command line's `--only`)."""
     if only is None:
         return sorted(REGISTRY.values(), key=_order)
+    if isinstance(only, str):  # "2.1" or "2.1,fig4.1", as the command line's --only
+        only = [part.strip() for part in only.split(",") if part.strip()]
     chosen = {get(i).id for i in only}
     return [e for e in sorted(REGISTRY.values(), key=_order) if e.id in chosen]
 

@@ -182,28 +182,11 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
         if error:
             lines += ["Failed:", "", "```", error.strip(), "```", ""]
             continue
-        for table in output.tables:
-            lines += _table_md(table)
-        for name, figure in output.figures:
+        def ensure_figure(name, output=output):
             if not os.path.exists(os.path.join(fig_dir, f"{name}.png")):
                 save_figures(output, out_dir)
-            lines += [f"![{name}](figures/{name}.png)", ""]
-        if output.checks:
-            lines += ["| regime / health check | status | measured |", "|---|---|---|"]
-            for c in output.checks:
-                lines.append(f"| {_cell(c.name)} | {'ok' if c.passed else '**FAILED**'} | {_cell(c.detail)} |")
-            lines.append("")
-        if output.findings:
-            lines += ["| finding | statistic | effect [95% CI] | claimed | verdict | evidence |",
-                      "|---|---|---|---|---|---|"]
-            for f in output.findings:
-                effect = f.effect.text() if f.effect is not None else "—"
-                statistic = f.effect.statistic if f.effect is not None else "—"
-                lines.append(f"| {_cell(f.claim)} | {_cell(statistic)} | {effect} | {f.region or '—'} | "
-                             f"**{f.verdict}** | {_cell(f.evidence)} |")
-            lines.append("")
-        for note in output.notes:
-            lines += [note, ""]
+
+        lines += _output_lines(output, ensure_figure)
     path = os.path.join(out_dir, "report.md")
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -231,6 +214,76 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class _TrimmedStack(traceback.StackSummary):
+    """A stack of a failed item's traceback with its middle frames left out (`_error_text`)."""
+
+    def __init__(self, frames, head: int, tail: int):
+        super().__init__(frames)
+        self._head, self._tail = head, tail
+
+    def format(self):
+        frames = list(self)
+        omitted = len(frames) - self._head - self._tail
+        return (traceback.StackSummary.from_list(frames[:self._head]).format()
+                + [f"  ... {omitted} frame(s) omitted ...\n"]
+                + traceback.StackSummary.from_list(frames[-self._tail:]).format())
+
+
+def _error_text(head: int = 4, tail: int = 8) -> str:
+    """The exception being handled, as the report shows a failed item: of each traceback in its chain
+    the outermost `head` frames (the item's own code) and the innermost `tail` (where it was raised).
+
+    `traceback.format_exc(limit=8)`, used before, kept only the outermost 8 frames, so an error
+    raised deeper (in training code, say) lost the very line that raised it.
+    """
+    exc = sys.exc_info()[1]
+    te = traceback.TracebackException.from_exception(exc)
+    seen, todo = set(), [te]
+    while todo:
+        t = todo.pop()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        if len(t.stack) > head + tail + 1:
+            t.stack = _TrimmedStack(t.stack, head, tail)
+        todo += [t.__cause__, t.__context__] + list(getattr(t, "exceptions", None) or [])
+    return "".join(te.format())
+
+
+def _output_lines(output, ensure_figure=None) -> list:
+    """The Markdown of an item's output: tables, figure links, checks, findings, notes.
+
+    Args:
+        output: The item's `Output`.
+        ensure_figure: Called with each figure's name before its link (`write_report`
+            saves a figure whose PNG is missing); None: nothing is written.
+    """
+    lines = []
+    for table in output.tables:
+        lines += _table_md(table)
+    for name, figure in output.figures:
+        if ensure_figure is not None:
+            ensure_figure(name)
+        lines += [f"![{name}](figures/{name}.png)", ""]
+    if output.checks:
+        lines += ["| regime / health check | status | measured |", "|---|---|---|"]
+        for c in output.checks:
+            lines.append(f"| {_cell(c.name)} | {'ok' if c.passed else '**FAILED**'} | {_cell(c.detail)} |")
+        lines.append("")
+    if output.findings:
+        lines += ["| finding | statistic | effect [95% CI] | claimed | verdict | evidence |",
+                  "|---|---|---|---|---|---|"]
+        for f in output.findings:
+            effect = f.effect.text() if f.effect is not None else "—"
+            statistic = f.effect.statistic if f.effect is not None else "—"
+            lines.append(f"| {_cell(f.claim)} | {_cell(statistic)} | {effect} | {f.region or '—'} | "
+                         f"**{f.verdict}** | {_cell(f.evidence)} |")
+        lines.append("")
+    for note in output.notes:
+        lines += [note, ""]
+    return lines
 
 
 def _keep_stopped_item(store, scale, dataset, exp, t0: float, held: int) -> None:
@@ -264,11 +317,11 @@ def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir,
         try:
             with data_dir_context(data_dir):
                 output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
-        except Exception:  # keep going: one failure must not lose the others' results
-            output, error = None, traceback.format_exc(limit=8)
-            warn(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
-        if output is not None:
+            _output_lines(output)  # an output the report cannot show fails its item here, not the report
             save_figures(output, out_dir)
+        except Exception:  # keep going: one failure must not lose the others' results
+            output, error = None, _error_text()
+            warn(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
     except KeyboardInterrupt:
         _keep_stopped_item(store, scale, dataset, exp, t0, held)
         raise
@@ -355,6 +408,15 @@ def _jobs(jobs, scale: str) -> int:
     return jobs
 
 
+def _check_out_dir(out_dir) -> None:
+    """`out_dir` must be a non-empty path that is not an existing file (raised before anything is created)."""
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise ValueError(f"`out_dir` must be a non-empty folder path. Received: out_dir={out_dir!r}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"`out_dir` must be a folder, but {os.fspath(out_dir)!r} is a file. Received: "
+                         f"out_dir={out_dir!r}")
+
+
 def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-dlthesis-out", only=None,
               tensorboard=None, progress: bool = True, data_dir=None, archive=None, jobs: int = 1):
     """Runs every registered table/figure and writes the report.
@@ -396,13 +458,23 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     Returns:
         `(report_path, number_of_failed_experiments)`.
 
+    `only`: ids in a list, or one string of comma-separated ids (as `--only`); None: every item.
+
     Raises:
-        ValueError: `jobs` is not an int >= 1 or "auto" (or an unknown id in `only`).
+        ValueError: `jobs` is not an int >= 1 or "auto", an unknown `scale`, an unknown id in
+            `only` or an `only` that names none, or an `out_dir` that is a file (all raised
+            before anything is created).
     """
     from tf_dlthesis.experiments.results_store import ResultsStore
 
     jobs = _jobs(jobs, scale)
+    if scale not in DEFAULT_DATASETS:
+        raise ValueError(f"`scale` must be one of {tuple(DEFAULT_DATASETS)}. Received: scale={scale!r}")
     experiments = select(only)
+    if not experiments:
+        raise ValueError(f"`only` must name at least one table or figure id (e.g. ['2.1', 'fig4.1']), or be None "
+                         f"for all. Received: only={only!r}")
+    _check_out_dir(out_dir)
     chosen = {exp.id for exp in experiments}
     absent = [exp.id for exp in select() if exp.id not in chosen]
     os.makedirs(out_dir, exist_ok=True)

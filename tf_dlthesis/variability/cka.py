@@ -27,10 +27,30 @@ def _as_features(x, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim < 2:
         raise ValueError(f"`{name}` must have shape (N, ...) with one row per example. Received: shape={arr.shape}")
+    if arr.shape[0] < 2:
+        raise ValueError(f"CKA needs at least 2 examples. Received: `{name}` of shape {arr.shape}")
     arr = arr.reshape(arr.shape[0], -1)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"`{name}` contains NaN or infinite values.")
     return arr
+
+
+#: Centred features whose largest magnitude lies outside [2^-100, 2^100] are rescaled
+#: by a power of two first: CKA's sums of fourth powers would overflow (1e200 -> nan) or
+#: underflow to a "constant representation" (1e-200). CKA is scale invariant and a
+#: power-of-two scaling is exact, so values in range are computed exactly as before.
+_SAFE_EXPONENT = 100
+
+
+def _safe_scale(centred: np.ndarray) -> np.ndarray:
+    """`centred` times an exact power of two when its magnitude is outside the safe range."""
+    peak = float(np.max(np.abs(centred))) if centred.size else 0.0
+    if peak == 0.0:
+        return centred
+    exponent = np.frexp(peak)[1]
+    if -_SAFE_EXPONENT <= exponent <= _SAFE_EXPONENT:
+        return centred
+    return np.ldexp(centred, -int(exponent))
 
 
 def linear_cka(x, y) -> float:
@@ -58,10 +78,8 @@ def linear_cka(x, y) -> float:
     b = _as_features(y, "y")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"`x` and `y` must hold the same examples. Received: N={a.shape[0]} and N={b.shape[0]}")
-    if a.shape[0] < 2:
-        raise ValueError(f"CKA needs at least 2 examples. Received: N={a.shape[0]}")
-    a = a - a.mean(axis=0, keepdims=True)
-    b = b - b.mean(axis=0, keepdims=True)
+    a = _safe_scale(a - a.mean(axis=0, keepdims=True))
+    b = _safe_scale(b - b.mean(axis=0, keepdims=True))
     cross = np.sum((b.T @ a) ** 2)
     norm_a = np.linalg.norm(a.T @ a)
     norm_b = np.linalg.norm(b.T @ b)
@@ -71,7 +89,7 @@ def linear_cka(x, y) -> float:
 
 
 def _unit_centred_gram(features: np.ndarray) -> np.ndarray:
-    f = features - features.mean(axis=0, keepdims=True)
+    f = _safe_scale(features - features.mean(axis=0, keepdims=True))
     gram = f @ f.T
     norm = np.linalg.norm(gram)
     if norm == 0:

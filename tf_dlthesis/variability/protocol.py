@@ -177,7 +177,19 @@ def _run_one(train_fn: Callable, plan: SeedPlan, threads: int | None, global_see
     `train_fn` forgot to seed explicitly is at least constant across runs.
     """
     _start_run(plan, threads, global_seed)
-    return _stamp_machine(_normalize_output(train_fn(plan), plan))
+    try:
+        out = train_fn(plan)
+    except Exception as exc:
+        _add_note(exc, f"run_protocol: train_fn failed in run {plan.run} of source {plan.source!r} "
+                       f"(plan {plan.to_config()}).")
+        raise
+    return _stamp_machine(_normalize_output(out, plan))
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """Adds `note` to `exc`'s traceback (`BaseException.add_note`, Python >= 3.11; a no-op before)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
 
 
 def _stamp_machine(result: dict) -> dict:
@@ -597,6 +609,10 @@ def _source_list(sources, check: Callable = parse_source) -> list:
         raise ValueError("`sources` must name at least one source.")
     for source in sources:
         check(source)
+    repeated = sorted({s for s in sources if sources.count(s) > 1})
+    if repeated:
+        raise ValueError(f"`sources` names {', '.join(repr(s) for s in repeated)} more than once (each name's "
+                         f"runs would be trained once per mention). Received: sources={sources!r}")
     return sources
 
 
@@ -900,6 +916,23 @@ def _threads_key(executor: str, threads_per_run) -> dict:
     return {} if threads == 1 else {"threads_per_run": threads}
 
 
+def _kept_note(store) -> str:
+    """What a failed protocol kept: the finished runs are in `store` (None: in memory, lost)."""
+    if isinstance(store, _MemoryStore):
+        return ("run_protocol: with store=None the runs that finished are lost with this error; pass "
+                "store='runs.sqlite' to keep them and resume.")
+    return ("run_protocol: every run that finished is kept in the store; calling run_protocol again with the "
+            "same arguments resumes, training only the missing runs.")
+
+
+def _check_start_method(start_method) -> None:
+    """`start_method` must be None or one of this platform's multiprocessing start methods."""
+    known = multiprocessing.get_all_start_methods()
+    if start_method is not None and start_method not in known:
+        raise ValueError(f"`start_method` must be None or one of {tuple(known)}. Received: "
+                         f"start_method={start_method!r}")
+
+
 def _default_workers() -> int:
     """The local pool's default size (`run_protocol`, `run_lm_protocol`): the usable cores
     (`runtime.usable_cores()`), at most 2."""
@@ -1007,9 +1040,14 @@ def run_protocol(
         A `ProtocolResult`.
 
     Raises:
-        ValueError: for an unknown source or executor, runs < 2, labels that are
-            not (N,) integers, or logits of the wrong shape or with NaNs.
-        TypeError: for a `store` that is neither a results store, a path nor None.
+        ValueError: for an unknown or repeated source, an unknown executor or
+            start method, runs < 2, workers or num_classes < 1, labels that are
+            not (N,) integers (N >= 1), or logits of the wrong shape or with NaNs.
+        TypeError: for a `store` that is neither a results store, a path nor
+            None, or a `config` that is not a dict.
+        Exception: whatever `train_fn` raised, with a note naming the failed run
+            (source, run index, seeds) and saying that the finished runs are
+            kept in the store (Python >= 3.11).
         ImportError: for `executor="ray"` without Ray installed.
         RuntimeError: if a source that should stay fixed changed between runs, or
             with `executor="local"` when called from a script's top level outside
@@ -1030,11 +1068,17 @@ def run_protocol(
     lab = np.asarray(labels)
     if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"`labels` must be a 1-D integer array. Received: shape={lab.shape}, dtype={lab.dtype}")
+    if lab.size == 0:
+        raise ValueError(f"`labels` must hold at least one test example (the metrics compare runs on them). "
+                         f"Received: labels of shape {lab.shape}")
+    _int("num_classes", num_classes, 1, allow_none=True)
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"`config` must be a dict (JSON-able) or None. Received: config={config!r}")
     base_plan = SeedPlan() if base_plan is None else base_plan
     if not isinstance(base_plan, SeedPlan):
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
-    if workers is None:
-        workers = _default_workers()
+    workers = _default_workers() if workers is None else _int("workers", workers)
+    _check_start_method(start_method)
     store = _as_store(store)
     if executor == "local":
         _check_main_guard()
@@ -1050,9 +1094,13 @@ def run_protocol(
         redraws=bit_change_redraws, ineffective=_ineffective,
         bit_change_of=lambda result: result.get("info:bit_change"), keep_replaced=True,
         validate=lambda result, source, run: _validate_run(result, lab, num_classes, source, run))
-    scheduler.run(lambda plan: _run_one(train_fn, plan, None, global_seed=None),
-                  _parallel_executor(executor, train_fn, threads_per_run, workers, start_method, ray_address),
-                  progress)
+    try:
+        scheduler.run(lambda plan: _run_one(train_fn, plan, None, global_seed=None),
+                      _parallel_executor(executor, train_fn, threads_per_run, workers, start_method, ray_address),
+                      progress)
+    except Exception as exc:
+        _add_note(exc, _kept_note(store))
+        raise
 
     rows, logits, hashes, infos, bit_changes, machines = {}, {}, {}, {}, {}, {}
     control = scheduler.stored_control()

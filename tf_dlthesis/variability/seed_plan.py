@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import operator
 from typing import Iterable
 
 import numpy as np
@@ -65,8 +66,23 @@ def parse_source(source: str) -> tuple[str, ...]:
 
 
 def derive_seed(*parts: int) -> int:
-    """A well-mixed 31-bit seed from a tuple of non-negative ints (NumPy SeedSequence)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+    """A well-mixed 31-bit seed from a tuple of non-negative ints (NumPy SeedSequence).
+
+    Raises:
+        TypeError: for a part that is not an integer (a float such as 1.5 would
+            silently stand for another seed).
+        ValueError: for a negative part.
+    """
+    ints = []
+    for i, p in enumerate(parts):
+        try:
+            value = operator.index(p)
+        except TypeError:
+            raise TypeError(f"`derive_seed` takes int seeds. Received: part {i} = {p!r}") from None
+        if value < 0:
+            raise ValueError(f"`derive_seed` takes int seeds >= 0. Received: part {i} = {p!r}")
+        ints.append(value)
+    return int(np.random.SeedSequence(ints).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
 
 
 def _check_seed(name: str, value) -> int:
@@ -116,14 +132,17 @@ class SeedPlan:
     run: int = 0
 
     def __post_init__(self):
+        # NumPy ints / bools are stored as Python ones, so `to_config` stays JSON-able
         for name in SEEDED_SOURCES:
-            _check_seed(name, getattr(self, name))
+            object.__setattr__(self, name, _check_seed(name, getattr(self, name)))
+        if isinstance(self.deterministic_ops, np.bool_):
+            object.__setattr__(self, "deterministic_ops", bool(self.deterministic_ops))
         if not isinstance(self.deterministic_ops, bool):
             raise TypeError(f"`deterministic_ops` must be a bool. Received: {self.deterministic_ops!r}")
         if self.bit_change is not None:
-            _check_seed("bit_change", self.bit_change)
-        _check_seed("onset_epoch", self.onset_epoch)
-        _check_seed("run", self.run)
+            object.__setattr__(self, "bit_change", _check_seed("bit_change", self.bit_change))
+        object.__setattr__(self, "onset_epoch", _check_seed("onset_epoch", self.onset_epoch))
+        object.__setattr__(self, "run", _check_seed("run", self.run))
 
     def vary(self, source: str, run: int, *, onset_epoch: int = 0) -> "SeedPlan":
         """The plan of run `run` when varying `source` (all other seeds fixed).
