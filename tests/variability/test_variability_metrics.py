@@ -127,6 +127,25 @@ def test_linear_cka_equals_gram_form_and_invariances():
     assert 0.0 <= linear_cka(x, rng.normal(size=(30, 3))) < 1.0
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_linear_cka_is_scale_invariant_at_extreme_magnitudes(scale):
+    # before: 1e200 gave nan (overflow), 1e-200 "CKA is undefined for a constant representation" (underflow)
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 5))
+    expected = _gram_cka(x, y)
+    assert linear_cka(scale * x, y) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(cka_matrix([scale * x, y, x]), cka_matrix([x, y, x]), rtol=1e-12)
+
+
+def test_cka_needs_two_examples_with_a_clear_error():
+    # before: cka_matrix on 0 examples: "cannot reshape array of size 0 ..."; on 1: "constant representation"
+    for n in (0, 1):
+        with pytest.raises(ValueError, match=r"CKA needs at least 2 examples. Received: `representations\[0\]`"):
+            cka_matrix([np.ones((n, 3)), np.ones((n, 2))])
+    with pytest.raises(ValueError, match=r"CKA needs at least 2 examples"):
+        linear_cka(np.ones((1, 3)), np.ones((1, 3)))
+
+
 def test_cka_matrix_matches_pairwise_linear_cka():
     rng = np.random.default_rng(4)
     reps = [rng.normal(size=(20, d)) for d in (3, 4, 6)]

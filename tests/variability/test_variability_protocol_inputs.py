@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tf_dlthesis.experiments import ResultsStore
-from tf_dlthesis.variability import SeedPlan, cka_matrix, linear_cka, mean_pairwise_cka, run_protocol
+from tf_dlthesis.variability import SeedPlan, run_protocol
 from tf_dlthesis.variability import protocol
 
 N, C = 12, 3
@@ -91,44 +91,3 @@ def test_the_failed_runs_note_crosses_the_process_boundary():
         protocol._run_one(lambda p: toy_train(p, fail=("init", 1)), plan, None, global_seed=None)
     back = pickle.loads(pickle.dumps(info.value))
     assert any("run 1 of source 'init'" in n for n in back.__notes__)
-
-
-# ------------------------------------------------------------------------------------------- linear CKA
-def _hand_cka(x, y):
-    """Linear CKA in its Gram form (Kornblith et al. 2019, Eq. 4 with HSIC), written out with a centring matrix."""
-    n = x.shape[0]
-    h = np.eye(n) - np.ones((n, n)) / n
-    k, l = x @ x.T, y @ y.T
-    hsic = lambda a, b: np.trace(a @ h @ b @ h)  # noqa: E731
-    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
-
-
-def test_linear_cka_matches_the_gram_form_and_its_invariances():
-    rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(9, 4)), rng.normal(size=(9, 6))
-    np.testing.assert_allclose(linear_cka(x, y), _hand_cka(x, y), rtol=1e-12)
-    np.testing.assert_allclose(cka_matrix([x, y])[0, 1], _hand_cka(x, y), rtol=1e-12)
-    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
-    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
-    assert linear_cka(x, 2.5 * x @ q + 7.0) == pytest.approx(1.0, abs=1e-12)  # orthogonal, isotropic, shift
-    assert linear_cka(x @ q * 0.01, y) == pytest.approx(linear_cka(x, y), abs=1e-12)
-    assert mean_pairwise_cka([x, y, x @ q]) == pytest.approx((2 * _hand_cka(x, y) + 1.0) / 3, abs=1e-12)
-
-
-@pytest.mark.parametrize("scale", [1e200, 1e-200])
-def test_linear_cka_is_scale_invariant_at_extreme_magnitudes(scale):
-    # before: 1e200 gave nan (overflow), 1e-200 "CKA is undefined for a constant representation" (underflow)
-    rng = np.random.default_rng(4)
-    x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 5))
-    expected = _hand_cka(x, y)
-    assert linear_cka(scale * x, y) == pytest.approx(expected, rel=1e-12)
-    np.testing.assert_allclose(cka_matrix([scale * x, y, x]), cka_matrix([x, y, x]), rtol=1e-12)
-
-
-def test_cka_needs_two_examples_with_a_clear_error():
-    # before: cka_matrix on 0 examples: "cannot reshape array of size 0 ..."; on 1: "constant representation"
-    for n in (0, 1):
-        with pytest.raises(ValueError, match=r"CKA needs at least 2 examples. Received: `representations\[0\]`"):
-            cka_matrix([np.ones((n, 3)), np.ones((n, 2))])
-    with pytest.raises(ValueError, match=r"CKA needs at least 2 examples"):
-        linear_cka(np.ones((1, 3)), np.ones((1, 3)))
