@@ -1,4 +1,4 @@
-"""Input validation of `run_protocol`, its errors for a failed run, and linear CKA checked by hand."""
+"""Input validation of `run_protocol` and its errors for a failed run."""
 
 import pickle
 

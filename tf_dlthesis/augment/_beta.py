@@ -17,7 +17,12 @@ variables", ACM TOMS 26(3), 2000.
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import tensorflow as tf
+
+from tf_dlthesis._seeds import as_seed
 
 #: Vectorized rejection rounds. For shape >= 1 one round accepts with probability
 #: > 0.95, so all rounds reject with probability < 0.05**8 ~ 4e-11 (then the
@@ -55,6 +60,16 @@ def _log_gamma_sample(seed, shape, concentration: float, dtype=tf.float32):
     return log_g
 
 
+def seed_per_call(seed, name: str = "seed"):
+    """`as_seed(seed)`, except that `seed=None` while tracing (`tf.function`, `tf.data`
+    maps, XLA) becomes fresh entropy drawn by an in-graph op at every execution: drawn
+    at trace time, one seed would be frozen into the graph and every call would mix
+    the same way, against "fresh entropy per call" (README, "One vocabulary")."""
+    if seed is None and not tf.executing_eagerly():
+        return tf.random.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
+    return as_seed(seed, name)
+
+
 def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.float32):
     """Stateless Beta(alpha, beta) samples that compile under XLA.
 
@@ -63,7 +78,8 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
     >>> lam = sample_beta(tf.constant([1, 2]), [4], alpha=0.4)
 
     Args:
-        seed: shape-[2] integer tensor (stateless seed).
+        seed: shape-[2] integer tensor (stateless seed), an int, or None (fresh
+            entropy per call, also inside `tf.function` / `tf.data`).
         shape: output shape (list or 1-D int tensor).
         alpha: first concentration, > 0.
         beta: second concentration, > 0; defaults to `alpha` (symmetric Beta).
@@ -78,12 +94,14 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
     """
     beta = alpha if beta is None else beta
     for name, value in (("alpha", alpha), ("beta", beta)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not (
                 0.0 < float(value) < float("inf")):
             raise ValueError(
                 f"Beta concentration `{name}` must be a positive finite number. "
                 f"Received: {name}={value!r}")
     alpha, beta = float(alpha), float(beta)
+    if not tf.is_tensor(seed):          # tensors (and traced seeds) are used as given
+        seed = seed_per_call(seed)
     if alpha == 1.0 and beta == 1.0:
         return tf.random.stateless_uniform(shape, seed, dtype=dtype, alg="philox")
     seeds = tf.random.experimental.stateless_split(seed, num=2, alg="philox")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 
 from tf_dlthesis.augment.mix import _images, _out_dtype
@@ -115,6 +117,18 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     stage = MixStage(method, mode=mode, num_classes=num_classes, seed=seed, pairing=pairing,
                      jit_compile=jit_compile, **params)
     x_spec, y_spec, as_dict = _split_element(dataset.element_spec)
+    if not (x_spec.dtype.is_floating or x_spec.dtype.is_integer) or x_spec.dtype == tf.bool:
+        raise TypeError(f"The dataset's `images` must be float or integer (e.g. uint8). Received: "
+                        f"images of dtype {x_spec.dtype.name}.")
+    if not (y_spec.dtype.is_floating or y_spec.dtype.is_integer) or y_spec.dtype == tf.bool:
+        raise TypeError(f"The dataset's `labels` must be integer (sparse) or float (one-hot/soft). "
+                        f"Received: labels of dtype {y_spec.dtype.name}.")
+    if not (tf.is_tensor(epoch) or isinstance(epoch, tf.Variable)):
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+            raise TypeError(f"`epoch` must be an int >= 0 or a scalar integer tensor / variable. "
+                            f"Received: epoch={epoch!r}")
+        if epoch < 0:
+            raise ValueError(f"`epoch` must be >= 0. Received: epoch={epoch}")
     rank = 3 if mode == "pair" else 4
     if x_spec.shape.rank != rank:
         raise ValueError(f"mode={mode!r} expects {'unbatched (H, W, C)' if rank == 3 else 'batched (B, H, W, C)'} "

@@ -18,6 +18,7 @@ Mixed-Example Data Augmentation", WACV 2019, https://arxiv.org/abs/1805.11272.
 from __future__ import annotations
 
 import difflib
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -52,19 +53,29 @@ _ALIASES = {"bcplus": "bc_plus", "bc+": "bc_plus", "vh_bcplus": "vh_bc_plus",
             "random_elems": "random_elements"}
 
 
+def _real(v):
+    """`v` as a Python float when it is a real number (NumPy scalars included, bools
+    excluded), else None."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return None
+    return float(v)
+
+
 def _check_alpha(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < float("inf"):
+    f = _real(v)
+    if f is None or not 0.0 < f < float("inf"):
         raise ValueError(f"`alpha` (Beta(alpha, alpha) concentration) must be a positive "
                          f"finite number. Received: alpha={v!r}")
-    return float(v)
+    return f
 
 
 def _check_std_floor(v, name="std_floor"):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v) > 0.0:
+    f = _real(v)
+    if f is None or not 0.0 < f < float("inf"):
         raise ValueError(f"`{name}` (BC+ / VH-BC+: constant added to each per-image standard "
-                         f"deviation sigma, so sigma = 0 cannot divide by zero) must be > 0. "
-                         f"Received: {name}={v!r}")
-    return float(v)
+                         f"deviation sigma, so sigma = 0 cannot divide by zero) must be a finite "
+                         f"number > 0. Received: {name}={v!r}")
+    return f
 
 
 def _check_epsilon(v):
@@ -73,14 +84,20 @@ def _check_epsilon(v):
 
 
 def _check_p(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0:
+    f = _real(v)
+    if f is None or not 0.0 < f <= 1.0:
         raise ValueError(f"`p` (Random 2x2: fraction of each axis the grid lines may fall in) "
                          f"must be in (0, 1]. Received: p={v!r}")
-    return float(v)
+    return f
 
 
 def _check_size(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or (
+    # NumPy scalars are accepted as Python ints / floats (an int is pixels, a float a fraction).
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        v = int(v)
+    elif _real(v) is not None:
+        v = float(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or (
             isinstance(v, float) and v > 1.0):
         raise ValueError(f"`size` (Random Square side) must be an int number of pixels >= 1 or "
                          f"a float fraction of min(H, W) in (0, 1]. Received: size={v!r}")
@@ -96,9 +113,10 @@ def _check_source(v):
 
 
 def _check_noise_std(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < float("inf"):
+    f = _real(v)
+    if f is None or not 0.0 <= f < float("inf"):
         raise ValueError(f"`noise_std` must be a finite number >= 0. Received: noise_std={v!r}")
-    return float(v)
+    return f
 
 
 def _check_noisy_label(v):

@@ -7,12 +7,13 @@ Both are thin front ends over one vectorized core that mixes a batch of pairs
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment import _masks as M
+from tf_dlthesis.augment._beta import seed_per_call
 from tf_dlthesis.augment.methods import METHODS, get_method, resolve
 
 _PAIRINGS = ("permute", "reverse")
@@ -53,13 +54,21 @@ def _is_eager(t):
     return tf.executing_eagerly() and hasattr(t, "numpy")
 
 
+def check_num_classes(num_classes, minimum=1):
+    """`num_classes` as a Python int (NumPy integers accepted, e.g. `y.max() + 1`) or None."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
+            or num_classes < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum} or None"
+        raise ValueError(f"`num_classes` must be {what}. Received: num_classes={num_classes!r}")
+    return int(num_classes)
+
+
 def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
     """Sparse int labels -> one-hot float32; float one-hot/soft labels pass through."""
     labels = tf.convert_to_tensor(labels)
-    if num_classes is not None and (isinstance(num_classes, bool)
-                                    or not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"`num_classes` must be a positive int. Received: "
-                         f"num_classes={num_classes!r}")
+    num_classes = check_num_classes(num_classes)
     if labels.dtype.is_integer:
         if labels.shape.rank != sparse_rank:
             raise ValueError(f"Sparse integer `{name}` must have rank {sparse_rank}; one-hot or "
@@ -278,7 +287,9 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
         labels: (B, K) one-hot/soft float labels, or (B,) sparse int labels (then
             `num_classes` is required).
         method: a name in `METHODS` (or a list of names: each pair then draws one).
-        seed: int or shape-[2] integer tensor (may be a traced tensor).
+        seed: int or shape-[2] integer tensor (may be a traced tensor); None draws
+            fresh entropy on every call, also inside `tf.function` / `tf.data` (an
+            in-graph draw, not one seed frozen at trace time).
         pairing: "permute" (a random permutation, as in mixup) or "reverse".
         num_classes: number of classes for sparse labels.
         **params: method hyperparameters (thesis defaults): `alpha=1.0` (lambda ~
@@ -321,7 +332,7 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
                          f"{tf.convert_to_tensor(labels).shape}.")
     x1 = check_numerics(tf.cast(images, tf.float32), "images", numerics)
     soft = check_numerics(soft, "labels", numerics)
-    x, y = batch_core(x1, soft, names, full, as_seed(seed), pairing)
+    x, y = batch_core(x1, soft, names, full, seed_per_call(seed), pairing)
     return tf.cast(x, _out_dtype(images)), y
 
 
@@ -357,7 +368,7 @@ def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
         x1, x2: (H, W, C) images of equal shape (float or integer).
         y1, y2: (K,) one-hot/soft float labels, or int scalars with `num_classes`.
         method: a name in `METHODS` or a list of names (one is drawn).
-        seed: int or shape-[2] integer tensor.
+        seed: int or shape-[2] integer tensor; None as in `mix_batch`.
         num_classes: number of classes for sparse labels.
         **params: method hyperparameters, as in `mix_batch`.
 
@@ -382,11 +393,17 @@ def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
     if s1.shape != s2.shape:
         raise ValueError(f"y1 and y2 must have the same shape. Received {s1.shape} and "
                          f"{s2.shape}.")
+    if s1.dtype != s2.dtype:
+        # e.g. float32 one-hot with float64 soft labels (or sparse ints, made float32):
+        # mix in the wider float dtype, as NumPy would.
+        wide = s1.dtype if s1.dtype.size > s2.dtype.size else (
+            s2.dtype if s2.dtype.size > s1.dtype.size else tf.float32)
+        s1, s2 = tf.cast(s1, wide), tf.cast(s2, wide)
     a = check_numerics(tf.cast(x1, tf.float32), "x1", numerics)
     b = check_numerics(tf.cast(x2, tf.float32), "x2", numerics)
     s1 = check_numerics(s1, "y1", numerics)
     s2 = check_numerics(s2, "y2", numerics)
-    x, y = mix_pairs(a[None], s1[None], b[None], s2[None], names, full, as_seed(seed))
+    x, y = mix_pairs(a[None], s1[None], b[None], s2[None], names, full, seed_per_call(seed))
     return tf.cast(x[0], _out_dtype(x1)), y[0]
 
 

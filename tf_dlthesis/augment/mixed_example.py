@@ -6,9 +6,11 @@ import keras
 import tensorflow as tf
 
 from tf_dlthesis.augment import _masks as M
-from tf_dlthesis.augment.methods import _PARAM_CHECKS, resolve
+from tf_dlthesis._seeds import check_int_seed
+from tf_dlthesis.augment.methods import _PARAM_CHECKS, _RENAMED_PARAMS, resolve
 from tf_dlthesis.augment.mix import (_images, _out_dtype, batch_partner, centred_inputs,
-                                     check_numerics, labels_to_soft, plan_pairs)
+                                     check_num_classes, check_numerics, labels_to_soft,
+                                     plan_pairs)
 
 _PAIRINGS = ("permute", "reverse")
 
@@ -48,7 +50,8 @@ class MixedExample(keras.layers.Layer):
 
     Args:
         method: a name in `METHODS` or a list of names (each pair draws one).
-        seed: int seed of the layer's `SeedGenerator`; None draws one at random.
+        seed: int seed (>= 0; NumPy integers accepted) of the layer's
+            `SeedGenerator`; None draws one at random.
         num_classes: required when labels are sparse integers.
         pairing: "permute" (default) or "reverse".
         check_numerics: fail with an error naming `images` / `labels` when they hold
@@ -67,7 +70,8 @@ class MixedExample(keras.layers.Layer):
 
     Raises:
         TypeError: inputs that are not a dict with "images" and "labels".
-        ValueError: unknown method or bad hyperparameters (at construction); an
+        ValueError: unknown method, bad hyperparameters, `num_classes` or a negative
+            `seed` (at construction); an
             unbatched image, a batch of 1, mismatched batch sizes, labels of the wrong
             width or (eager) out of range (at call time).
 
@@ -81,9 +85,11 @@ class MixedExample(keras.layers.Layer):
         super().__init__(**kwargs)
         self._names, self._full = resolve(method, params)
         self.method = list(method) if isinstance(method, (list, tuple)) else method
-        self.params = params
-        self.seed = seed
-        self.num_classes = num_classes
+        # The config stores current names (`std_floor`, not the deprecated `epsilon`), so
+        # a saved model keeps loading once the old name is removed.
+        self.params = {_RENAMED_PARAMS.get(k, k): v for k, v in params.items()}
+        self.seed = check_int_seed(seed)
+        self.num_classes = check_num_classes(num_classes)
         if pairing not in _PAIRINGS:
             raise ValueError(f"`pairing` must be 'permute' or 'reverse'. Received: "
                              f"pairing={pairing!r}")
@@ -92,7 +98,7 @@ class MixedExample(keras.layers.Layer):
                             f"check_numerics={check_numerics!r}")
         self.pairing = pairing
         self.check_numerics = check_numerics
-        self.seed_generator = keras.random.SeedGenerator(seed, name="mixed_example_seed")
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="mixed_example_seed")
         self.supports_jit = True
         # Like keras.layers.Pipeline: do not let Layer.__call__ cast every input to the
         # compute dtype (it would turn sparse integer labels into floats); `call` casts

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment.methods import get_method, resolve
-from tf_dlthesis.augment.mix import batch_core, check_numerics, labels_to_soft, mix_pairs, pop_check_numerics
+from tf_dlthesis.augment.mix import (batch_core, check_num_classes, check_numerics, labels_to_soft, mix_pairs,
+                                     pop_check_numerics)
 
 MODES = ("pair", "batch")
 _PAIRINGS = ("permute", "reverse")
@@ -77,9 +78,7 @@ class MixStage:
             raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
         if pairing not in _PAIRINGS:
             raise ValueError(f"`pairing` must be one of {_PAIRINGS}. Received: pairing={pairing!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 2):
-            raise ValueError(f"`num_classes` must be an int >= 2 or None. Received: num_classes={num_classes!r}")
+        num_classes = check_num_classes(num_classes, minimum=2)
         params = dict(params)
         self.check_numerics = pop_check_numerics(params)
         self.names, self._full = resolve(method, params)
