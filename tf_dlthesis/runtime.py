@@ -48,6 +48,7 @@ from tensorflow.python.framework import config as _tf_config
 
 _XLA_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 _STATE: dict = {"seed": None, "deterministic": False, "jit": None}
+_MAX_SEED = 2**32 - 1
 
 
 def configure(seed: int | None = None, deterministic: bool = False, jit: bool | None = None) -> dict:
@@ -77,13 +78,14 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
 
     Raises:
         TypeError: if `seed` is not an int, or the flags are not bools.
-        ValueError: if `seed` is negative.
+        ValueError: if `seed` is negative or above 2**32 - 1 (NumPy's seed range).
     """
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
-        if seed < 0:
-            raise ValueError(f"`seed` must be >= 0. Received: seed={seed}")
+        if not 0 <= seed <= _MAX_SEED:
+            # NumPy's global seed is a uint32: checked here, before any generator is reseeded.
+            raise ValueError(f"`seed` must be an int in [0, 2**32 - 1]. Received: seed={seed}")
     if not isinstance(deterministic, bool):
         raise TypeError(f"`deterministic` must be a bool. Received: deterministic={deterministic!r}")
     if jit is not None and not isinstance(jit, bool):

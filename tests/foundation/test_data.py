@@ -513,3 +513,144 @@ def test_as_arrays_rejects_bad_max_examples(max_examples):
 def test_as_arrays_passes_feature_vectors_through():
     x, y = data.as_arrays((np.full((3, 5), 255, np.uint8), [0, 1, 2]))
     assert x.shape == (3, 5) and np.all(x == 1.0) and y.tolist() == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------------------
+# Probe: empty slices, corrupt (Fashion-)MNIST files, and as_arrays edge values.
+
+
+@pytest.mark.parametrize("split", ["train[5:2]", "train[:0]", "train[2000:]", "test[:-150%]", "all[0%:0%]"])
+def test_a_split_slice_selecting_no_examples_is_an_error(split):
+    # before: a silently empty dataset (0 examples)
+    with pytest.raises(ValueError, match=re.escape(f"Received: split={split!r}")) as caught:
+        data.load_arrays("digits", split)
+    assert "selects no examples" in str(caught.value)
+    with pytest.raises(ValueError, match="selects no examples"):
+        data.load("digits", split)
+
+
+def test_empty_slices_of_keras_datasets_are_errors_and_full_slices_still_work(tmp_path):
+    _tiny_idx_set(tmp_path, seed=3)
+    with pytest.raises(ValueError, match=r"the 'train' split has 5, and the slice resolves to rows \[5:2\]"):
+        data.load_arrays("mnist", "train[5:2]", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="selects no examples"):
+        data.load("mnist", "test[3:]", data_dir=tmp_path)
+    assert len(data.load_arrays("mnist", "train[:9]", data_dir=tmp_path)[1]) == 5  # clamped, as before
+    assert len(data.load_arrays("digits", "train[-3:]")[1]) == 3
+
+
+def test_mnist_files_with_out_of_range_labels_or_foreign_npz_arrays_are_rejected(tmp_path):
+    images, labels, test_images, test_labels = _tiny_idx_set(tmp_path / "idx", seed=4)
+    bad = labels.copy()
+    bad[2] = 200
+    _write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte.gz", bad)
+    # before: label 200 of a 10-class set passed through
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz has labels outside \[0, 9\].*\[200\]"):
+        data.load_arrays("mnist", "train", data_dir=tmp_path / "idx")
+
+    def npz(folder, **arrays):
+        os.makedirs(tmp_path / folder)
+        base = dict(x_train=images, y_train=labels, x_test=test_images, y_test=test_labels)
+        np.savez(tmp_path / folder / "mnist.npz", **{**base, **arrays})
+        return tmp_path / folder
+
+    # before: 4 labels for 5 images, 32x32 float images scaled by 1/255, and label -3 all loaded
+    with pytest.raises(ValueError, match=r"\(y_train\) must hold one integer label per image"):
+        data.load_arrays("mnist", "train", data_dir=npz("count", y_train=labels[:4]))
+    with pytest.raises(ValueError, match=r"\(x_train\) must hold mnist's uint8 28x28 images.*float64"):
+        data.load_arrays("mnist", "train", data_dir=npz("shape", x_train=np.zeros((5, 32, 32))))
+    with pytest.raises(ValueError, match=r"\(y_test\) has labels outside \[0, 9\].*\[-3\]"):
+        data.load_arrays("mnist", "test", data_dir=npz("negative", y_test=np.array([0, 1, -3])))
+    os.makedirs(tmp_path / "garbage")
+    (tmp_path / "garbage" / "mnist.npz").write_bytes(b"not a zip archive")
+    # before: NumPy's "This file contains pickled (object) data ..."
+    with pytest.raises(ValueError, match="is not a NumPy .npz archive"):
+        data.load_arrays("mnist", "train", data_dir=tmp_path / "garbage")
+
+
+_FASHION_CORRUPT = """
+    import gzip, json, os, sys
+    from tf_dlthesis import data
+
+    out = {}
+    for folder in sys.argv[1:]:
+        try:
+            data.load_arrays("fashion_mnist", "test", data_dir=folder)
+            out[os.path.basename(folder)] = "loaded"
+        except Exception as err:
+            out[os.path.basename(folder)] = f"{type(err).__name__}: {err}"
+    print(json.dumps(out))
+"""
+
+
+def test_fashion_mnist_with_truncated_or_foreign_files_names_the_file(tmp_path):
+    # Keras's loader reshapes whatever bytes it finds; before: "cannot reshape array of size
+    # ... into shape (3,28,28)" / a bare EOFError / labels outside 0..9 loaded.
+    folders = {}
+    for case in ("truncated", "stream", "labels"):
+        folders[case] = tmp_path / case
+        _tiny_idx_set(folders[case], seed=5)
+    images = folders["truncated"] / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(images, "rb") as f:
+        body = f.read()
+    with gzip.open(images, "wb") as f:
+        f.write(body[:-100])  # header promises 3 images
+    stream = folders["stream"] / "t10k-images-idx3-ubyte.gz"
+    stream.write_bytes(stream.read_bytes()[:-40])  # the gzip stream itself ends early
+    _write_idx(folders["labels"] / "t10k-labels-idx1-ubyte.gz", np.array([1, 12, 3]))
+    result = _run_isolated(_FASHION_CORRUPT, tmp_path, *folders.values())
+    assert result["truncated"].startswith("ValueError: ") and "t10k-images-idx3-ubyte.gz is truncated" in result["truncated"]
+    assert result["stream"].startswith("ValueError: ") and "t10k-images-idx3-ubyte.gz is not a gzipped IDX" in result["stream"]
+    assert result["labels"].startswith("ValueError: ") and "t10k-labels-idx1-ubyte.gz has labels outside [0, 9]" in result["labels"]
+
+
+def test_load_arrays_of_variable_size_tfds_images_asks_for_image_size(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=4):
+        # before: "Cannot add tensor to the batch: number of elements does not match" from TF
+        with pytest.raises(ValueError, match="images of different sizes.*image_size="):
+            data.load_arrays("oxford_flowers102", "test", data_dir=str(tmp_path))
+        x, y = data.load_arrays("oxford_flowers102", "test", data_dir=str(tmp_path), image_size=8)
+    assert x.shape == (4, 8, 8, 3) and y.dtype == np.int64
+
+
+def test_info_checks_data_dir_and_per_class_split_checks_its_input():
+    with pytest.raises(TypeError, match="data_dir=3"):
+        data.info("digits", data_dir=3)
+    labels = np.repeat(np.arange(2), 4)
+    # before: "need at least one array to concatenate", "'int' object is not iterable", 1.7 read as 1
+    with pytest.raises(ValueError, match="`labels` is empty"):
+        data.per_class_split([], (1,))
+    with pytest.raises(ValueError, match="sizes=2"):
+        data.per_class_split(labels, 2)
+    with pytest.raises(ValueError, match=r"sizes=\(1.7,\)"):
+        data.per_class_split(labels, (1.7,))
+    whole = data.per_class_split(labels, (2.0, 1))
+    assert [len(p) for p in whole] == [4, 2]
+
+
+@pytest.mark.parametrize(
+    "given, error, pattern",
+    [
+        # before: silently wrapped to a negative int64 label past the ">= 0" check
+        ((np.zeros((2, 2, 2, 1)), np.array([0, 2**63 + 5], np.uint64)), ValueError, "class indices"),
+        ((np.zeros((2, 2, 2, 1)), np.array([0.0, 1e20])), ValueError, "class indices"),
+        # before: the imaginary part silently dropped
+        ((np.zeros((2, 2, 2, 1)), np.array([0j, 1j])), TypeError, "complex128"),
+        ((np.zeros((2, 2, 2, 1), complex), np.array([0, 1])), TypeError, "complex128"),
+        # before: 1000 / 255 = 3.9 and -5 / 255 passed as "[0, 1]" images
+        ((np.full((2, 2, 2), 1000, np.uint16), np.array([0, 1])), ValueError, r"uint16 with values in \[1000, 1000\]"),
+        ((np.full((2, 2, 2), -5, np.int32), np.array([0, 1])), ValueError, r"\[-5, -5\]"),
+        # before: NumPy's "attempt to get argmax of an empty sequence"
+        ((np.zeros((2, 2, 2, 1)), np.zeros((2, 0))), ValueError, r"labels of shape \(2, 0\)"),
+    ],
+)
+def test_as_arrays_rejects_values_it_would_silently_corrupt(given, error, pattern):
+    with pytest.raises(error, match=pattern):
+        data.as_arrays(given)
+
+
+def test_as_arrays_still_takes_8_bit_integers_of_any_integer_dtype():
+    x, y = data.as_arrays((np.array([[[0, 255]]], np.int64), np.array([np.uint64(3)])))
+    assert x.dtype == np.float32 and x.ravel().tolist() == [0.0, 1.0] and y.tolist() == [3]

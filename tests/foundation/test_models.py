@@ -212,3 +212,80 @@ def test_shufflenet_channel_ops_and_small_inputs():
         models.build("vgg11", (8, 8, 1), 10, width_multiplier=0)
     with pytest.raises(ValueError, match="filters"):
         models.build("mnist_2conv", (28, 28, 1), 10, filters=(8,))
+
+
+# ----------------------------------------------------------------------------- options and shapes (probe)
+@pytest.mark.parametrize(
+    "name, input_shape, kwargs, match",
+    [
+        ("preact_resnet6", (8, 8, 1), {"width_multiplier": True}, "width_multiplier=True"),
+        ("preact_resnet6", (8, 8, 1), {"width_multiplier": "0.5"}, "width_multiplier='0.5'"),
+        ("preact_resnet6", (8, 8, 1), {"width_multiplier": float("inf")}, "width_multiplier=inf"),
+        ("resnet6", (8, 8, 1), {"width_multiplier": float("inf")}, "width_multiplier=inf"),
+        ("preact_resnet6", (8, 8, 1), {"widths": (0, 4)}, r"widths=\(0, 4\)"),
+        ("preact_resnet6", (8, 8, 1), {"widths": 4}, "widths=4"),
+        ("resnet6", (8, 8, 1), {"widths": 4}, "widths=4"),
+        ("preact_resnet6", (8, 8, 1), {"depth": 8}, "depth=8"),
+        ("resnet18", (8, 8, 1), {"depth": 6}, "depth=6"),
+        ("vgg11", (8, 8, 1), {"depth": 16}, "depth=16"),
+        ("shufflenet_v2_0.5", (8, 8, 1), {"width": 0.7}, "width=0.7"),
+        ("shufflenet_v2_0.5", (8, 8, 1), {"repeats": 2}, "repeats=2"),
+        ("cnn", (8, 8, 1), {"filters": 16}, "filters=16"),
+        ("cnn", (8, 8, 1), {"filters": ()}, r"filters=\(\)"),
+        ("conv1", (8, 8, 1), {"filters": (4,)}, r"filters=\(4,\)"),
+        ("mlp", (8, 8, 1), {"hidden": 0}, "hidden=0"),
+        ("mlp", (8, 8, 1), {"dropout": 1.0}, "dropout=1.0"),
+        ("mlp", (8, 8, 1), {"dropout": "0.5"}, "dropout='0.5'"),
+        ("cnn", (8, 8, 1), {"dropout": 2}, "dropout=2"),
+        ("mnist_2conv", (28, 28, 1), {"dropout": 0.3}, "dropout=0.3"),
+        ("mnist_2conv", (28, 28, 1), {"dropout": (1.5, 0.0)}, "dropout=1.5"),
+        ("mnist_2conv", (5, 5, 1), {}, r"at least 6x6.*input_shape=\(5, 5, 1\)"),
+        ("cnn", (None, None, 1), {}, r"fixed image size.*input_shape=\(None, None, 1\)"),
+        ("vgg11", (None, None, 3), {}, "fixed image size"),
+        ("linear", (None, 8, 1), {}, "fixed image size"),
+        ("preact_resnet6", (8, 8, None), {}, "number of channels"),
+        ("cnn", (True, 8, 1), {}, r"input_shape=\(True, 8, 1\)"),
+        ("cnn", 8, {}, "input_shape=8"),
+    ],
+)
+def test_bad_model_options_and_shapes_are_one_clear_error(name, input_shape, kwargs, match):
+    # before: TypeError / OverflowError / KeyError / a deep Keras error, or silently a different
+    # model (widths=(0, 4) -> 1 channel, filters=() -> no conv, dropout=1.0 -> all-zero logits)
+    with pytest.raises(ValueError, match=match):
+        models.build(name, input_shape, 10, **kwargs)
+
+
+def test_variable_image_size_still_builds_the_fully_convolutional_models():
+    for name in ("preact_resnet6", "resnet6", "shufflenet_v2_0.5"):
+        model = models.build(name, (None, None, 1), 10, seed=0, width_multiplier=0.25)
+        assert model(np.zeros((1, 12, 12, 1), np.float32)).shape == (1, 10)
+    small = models.build("mnist_2conv", (6, 6, 1), 10, seed=0)
+    assert small.output_shape == (None, 10)
+    # numpy numbers are options too
+    narrow = models.build("resnet6", (8, 8, 1), 10, seed=0, width_multiplier=np.float32(0.25))
+    assert narrow.get_layer("stem_conv").filters == 16
+
+
+def test_norm_can_be_a_keras_layer_class():
+    # before: "Unrecognized keyword arguments passed to BatchNormalization: {'channels': 32}"
+    a = models.build("cnn", (8, 8, 1), 10, norm=keras.layers.BatchNormalization, seed=0,
+                     norm_kwargs={"momentum": 0.9})
+    b = models.build("cnn", (8, 8, 1), 10, norm="batch", seed=0, norm_kwargs={"momentum": 0.9})
+    assert [l.name for l in a.layers] == [l.name for l in b.layers]
+    assert a.get_layer("block1_conv1_norm").momentum == 0.9
+    x = np.random.default_rng(0).random((2, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(a(x, training=True).numpy(), b(x, training=True).numpy())
+    ln = models.build("cnn", (8, 8, 1), 10, norm=keras.layers.LayerNormalization, seed=0)
+    assert isinstance(ln.get_layer("block1_conv1_norm"), keras.layers.LayerNormalization)
+
+
+def test_norm_layer_instance_and_reserved_norm_kwargs_are_clear_errors():
+    # before: "missing a required argument: 'inputs'" / "got multiple values for keyword argument"
+    with pytest.raises(TypeError, match="not a layer instance"):
+        models.build("cnn", (8, 8, 1), 10, norm=keras.layers.BatchNormalization())
+    with pytest.raises(ValueError, match="may not set 'name'"):
+        models.build("cnn", (8, 8, 1), 10, norm_kwargs={"name": "bn"})
+    with pytest.raises(ValueError, match="may not set 'name'"):
+        models.build("cnn", (8, 8, 1), 10, norm=keras.layers.LayerNormalization, norm_kwargs={"name": "ln"})
+    with pytest.raises(ValueError, match=r"norm='group:2' already sets.*groups"):
+        models.build("cnn", (8, 8, 1), 10, norm="group:2", norm_kwargs={"groups": 4})

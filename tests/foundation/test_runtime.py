@@ -116,3 +116,18 @@ def test_the_variability_protocols_default_worker_count_follows_the_usable_cores
             protocol.run_protocol(lambda plan: None, sources=["init"], runs=2, labels=np.arange(4) % 2,
                                   executor="serial", progress=False)
     assert seen == [1, 2, 2]
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**40, np.uint64(2**63)])
+def test_configure_rejects_a_seed_numpy_cannot_take_before_reseeding_anything(seed):
+    # before: NumPy's "Seed must be between 0 and 2**32 - 1", raised after Keras's global seed and
+    # Python's `random` had already been reseeded with it
+    import random
+
+    runtime.configure(seed=5)
+    state = random.getstate()
+    with pytest.raises(ValueError, match=r"`seed` must be an int in \[0, 2\*\*32 - 1\]. Received: seed="):
+        runtime.configure(seed=seed)
+    assert random.getstate() == state
+    assert runtime.configure()["seed"] == 5
+    assert runtime.configure(seed=2**32 - 1)["seed"] == 2**32 - 1

@@ -86,7 +86,7 @@ def as_arrays(dataset, max_examples: int | None = None):
       weights are ignored) or of such dicts, batched or unbatched (decided by the
       image rank: 4 is batched, 3 unbatched).
 
-    Integer images (e.g. uint8) are scaled by 1/255; bool images become 0/1; float images are passed
+    Integer images (e.g. uint8; values must lie in [0, 255]) are scaled by 1/255; bool images become 0/1; float images are passed
     through as float32 (they are assumed to be in [0, 1], as everywhere in this
     library). Grey `(N, H, W)` arrays, as `keras.datasets` loaders return them,
     get a channel axis; `(N, D)` feature vectors pass through. One-hot (or soft) `(N, K)` labels become their argmax;
@@ -110,11 +110,13 @@ def as_arrays(dataset, max_examples: int | None = None):
         `(x, y)`: float32 images (N, H, W, C) and int64 sparse labels (N,).
 
     Raises:
-        TypeError: `dataset` is none of the accepted forms, or its elements are not
-            `(image, label)` pairs.
+        TypeError: `dataset` is none of the accepted forms, its elements are not
+            `(image, label)` pairs, or images or labels are not real numbers
+            (strings, complex).
         ValueError: images and labels differ in length, a dataset or array is empty,
-            images or labels have an unusable rank, labels are not whole numbers >= 0,
-            or `max_examples` is not a positive int.
+            images or labels have an unusable rank, labels are not whole numbers >= 0
+            (or are too large to be class indices), integer images hold values
+            outside [0, 255], or `max_examples` is not a positive int.
     """
     max_examples = _check_max_examples(max_examples)
     if isinstance(dataset, tf.data.Dataset):
@@ -153,13 +155,22 @@ def as_arrays(dataset, max_examples: int | None = None):
             f"Images must have shape (N, H, W, C) or (N, H, W) (or (N, D) feature vectors). "
             f"Received: images of shape {x.shape}"
         )
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise TypeError(f"Images must be numeric. Received: images of dtype {x.dtype}")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.issubdtype(x.dtype, np.complexfloating):
+        raise TypeError(f"Images must be real numbers. Received: images of dtype {x.dtype}")
     if max_examples is not None:
         x, y = x[:max_examples], y[:max_examples]
     if np.issubdtype(x.dtype, np.integer):
+        low, high = x.min(), x.max()
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Integer images must hold 8-bit pixel values in [0, 255] (they are scaled by 1/255 to [0, 1]); "
+                f"rescale others to float32 in [0, 1] first. Received: images of dtype {x.dtype} with values in "
+                f"[{low}, {high}]"
+            )
         x = x.astype(np.float32) / np.float32(255.0)
     x = x.astype(np.float32, copy=False)
+    if y.ndim == 2 and y.shape[1] == 0:
+        raise ValueError(f"One-hot labels need at least one column (class). Received: labels of shape {y.shape}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2:
@@ -168,10 +179,14 @@ def as_arrays(dataset, max_examples: int | None = None):
         raise ValueError(
             f"Labels must be sparse (N,) or one-hot (N, K). Received: labels of shape {y.shape}"
         )
-    if not np.issubdtype(y.dtype, np.number):
-        raise TypeError(f"Labels must be numeric. Received: labels of dtype {y.dtype}")
-    if np.issubdtype(y.dtype, np.floating) and not np.all(np.mod(y, 1) == 0):
-        raise ValueError(f"Sparse labels must be whole numbers. Received: labels such as {y[np.mod(y, 1) != 0][:3]}")
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise TypeError(f"Labels must be real numbers. Received: labels of dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        whole = np.isfinite(y) & (np.mod(y, 1, where=np.isfinite(y), out=np.ones_like(y)) == 0)
+        if not np.all(whole):
+            raise ValueError(f"Sparse labels must be whole numbers. Received: labels such as {y[~whole][:3]}")
     if y.min() < 0:
         raise ValueError(f"Labels must be >= 0. Received: a label of {y.min()}")
+    if y.max() > np.iinfo(np.int64).max // 2:  # class ids this large are corrupt data; int64 would wrap them
+        raise ValueError(f"Labels must be class indices. Received: a label of {y.max()}")
     return x, y.astype(np.int64)

@@ -20,6 +20,7 @@ import re
 import struct
 import subprocess
 import tempfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -129,18 +130,31 @@ def _parse_split(name, split, bases):
     return match["base"], match["start"], match["stop"]
 
 
+def _bound(text, n):
+    """A raw slice bound ("20000", "-5", "10%") of a split with n rows; percent bounds are rounded."""
+    if text is None:
+        return None
+    if text.endswith("%"):
+        return int(round(int(text[:-1]) * n / 100))
+    return int(text)
+
+
 def _take(x, y, start, stop):
     """Rows [start:stop] of (x, y); percent bounds are of len(x), rounded."""
-
-    def bound(text):
-        if text is None:
-            return None
-        if text.endswith("%"):
-            return int(round(int(text[:-1]) * len(x) / 100))
-        return int(text)
-
-    rows = slice(bound(start), bound(stop))
+    rows = slice(_bound(start, len(x)), _bound(stop, len(x)))
     return x[rows], y[rows]
+
+
+def _take_split(name, split, base, x, y, start, stop):
+    """`_take`, refusing a slice that selects no examples (a model would train or score on nothing)."""
+    xs, ys = _take(x, y, start, stop)
+    if len(xs) == 0:
+        first, last, _ = slice(_bound(start, len(x)), _bound(stop, len(x))).indices(len(x))
+        raise ValueError(
+            f"Split {split!r} of {name!r} selects no examples: the {base!r} split has {len(x)}, and the slice "
+            f"resolves to rows [{first}:{last}]. Received: split={split!r}"
+        )
+    return xs, ys
 
 
 # --------------------------------------------------- keras.datasets route (28x28 sets)
@@ -424,16 +438,52 @@ def _keras_arrays(name, route, files_key):
     """
     files = {fname: path for fname, path, _, _ in files_key}
     if route == "keras":
-        (x, y), (xt, yt) = _through_keras(name, files)
+        try:
+            (x, y), (xt, yt) = _through_keras(name, files)
+        except (ValueError, EOFError, OSError, zlib.error) as err:
+            if isinstance(err, DatasetNotFoundError):
+                raise
+            # Keras's loader reshapes whatever bytes it finds: name the broken file instead.
+            for fname in _IDX_FILES:
+                if fname in files:
+                    _read_idx(files[fname])
+            raise
+        sources = {"train": (files.get(_IDX_FILES[0]), files.get(_IDX_FILES[1])),
+                   "test": (files.get(_IDX_FILES[2]), files.get(_IDX_FILES[3]))}
     elif route == "npz":
-        with np.load(files[_MNIST_NPZ], allow_pickle=False) as npz:
+        path = files[_MNIST_NPZ]
+        try:
+            npz = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{path} is not a NumPy .npz archive like Keras's mnist.npz ({err}). Received: {path}") from None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is a single NumPy array, not an .npz archive like Keras's mnist.npz. Received: {path}")
+        with npz:
             keys = {"x_train", "y_train", "x_test", "y_test"}
             if not keys <= set(npz.files):
-                raise ValueError(f"{files[_MNIST_NPZ]} must hold the arrays {sorted(keys)}. Received: {sorted(npz.files)}")
+                raise ValueError(f"{path} must hold the arrays {sorted(keys)}. Received: {sorted(npz.files)}")
             x, y, xt, yt = (npz[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+        sources = {"train": (f"{path} (x_train)", f"{path} (y_train)"), "test": (f"{path} (x_test)", f"{path} (y_test)")}
     else:  # "idx"
         x, y, xt, yt = (_read_idx(files[f])[1] for f in _IDX_FILES)
+        sources = {"train": (files[_IDX_FILES[0]], files[_IDX_FILES[1]]), "test": (files[_IDX_FILES[2]], files[_IDX_FILES[3]])}
+    _check_mnist_arrays(name, x, y, *sources["train"])
+    _check_mnist_arrays(name, xt, yt, *sources["test"])
     return _freeze(x, y), _freeze(xt, yt)
+
+
+def _check_mnist_arrays(name, x, y, x_source, y_source):
+    """(Fashion-)MNIST arrays as their files define them: uint8 (N, 28, 28) images, N labels in 0..9."""
+    if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise ValueError(f"{x_source} must hold {name}'s uint8 28x28 images. Received: an array of dtype "
+                         f"{x.dtype} and shape {x.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"{y_source} must hold one integer label per image of {x_source} ({len(x)}). Received: "
+                         f"an array of dtype {y.dtype} and shape {y.shape}")
+    bad = np.unique(y[(y < 0) | (y > 9)]) if len(y) else y
+    if len(bad):
+        raise ValueError(f"{y_source} has labels outside [0, 9] ({name} has 10 classes; a corrupt or foreign "
+                         f"file?). Received out-of-range labels: {bad[:10].tolist()}")
 
 
 def _keras_split(name, split, data_dir):
@@ -442,7 +492,7 @@ def _keras_split(name, split, data_dir):
     key = tuple(sorted((f, os.path.realpath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for f, p in files.items()))
     train, test = _keras_arrays(name, route, key)
     x, y = train if base == "train" else test
-    return _take(x, y, start, stop)
+    return _take_split(name, split, base, x, y, start, stop)
 
 
 # ------------------------------------------------------------------ tfds route
@@ -527,6 +577,7 @@ def info(name: str, *, image_size: int | None = None, data_dir: str | None = Non
     """
     name = _check_name(name)
     image_size = _check_image_size(image_size)
+    data_dir = _check_data_dir(data_dir)
     if name == DIGITS:
         _, y, is_test = _digits_arrays()
         shape = (8, 8, 1) if image_size is None else (image_size, image_size, 3)
@@ -614,8 +665,10 @@ def load_arrays(name: str, split: str = "train", *, image_size: int | None = Non
         `(x, y)`: float32 (N, H, W, C) in [0, 1] and int64 (N,).
 
     Raises:
-        ValueError: unknown dataset or split, bad `image_size`, or files that are not
-            the dataset's format.
+        ValueError: unknown dataset or split, a split slice that selects no
+            examples, bad `image_size`, or files that are not the dataset's format
+            (truncated, labels outside 0..9, not 28x28 uint8 images), or a tfds
+            dataset of variable-size images without `image_size`.
         DatasetNotFoundError: the dataset's files are not on this machine (the
             message says what to install or where to point `data_dir`).
     """
@@ -626,12 +679,19 @@ def load_arrays(name: str, split: str = "train", *, image_size: int | None = Non
         x, y, is_test = _digits_arrays()
         masks = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}
         base, start, stop = _parse_split(DIGITS, split, masks)
-        x, y = _take(x[masks[base]], y[masks[base]], start, stop)
+        x, y = _take_split(DIGITS, split, base, x[masks[base]], y[masks[base]], start, stop)
         return _resize_array(x, image_size), y
     if name in KERAS_DATASETS:
         x, y = _keras_split(name, split, data_dir)
         return _resize_array(x, image_size), y
-    ds = load(name, split, data_dir=data_dir, image_size=image_size).batch(1024)
+    ds = load(name, split, data_dir=data_dir, image_size=image_size)
+    if not ds.element_spec[0].shape.is_fully_defined():
+        raise ValueError(
+            f"{name!r} has images of different sizes (shape {tuple(ds.element_spec[0].shape)}), which do not stack "
+            f"into one array: pass `image_size=` to resize them all, or iterate `load(...)`. "
+            f"Received: name={name!r}, image_size=None"
+        )
+    ds = ds.batch(1024)
     xs, ys = [], []
     for bx, by in ds.as_numpy_iterator():
         xs.append(bx)
@@ -698,8 +758,9 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None, image_
         A `tf.data.Dataset`.
 
     Raises:
-        ValueError: unknown dataset or split, bad `image_size`, or files that are not
-            the dataset's format.
+        ValueError: unknown dataset or split, a split slice that selects no
+            examples, bad `image_size`, or files that are not the dataset's format
+            (truncated, labels outside 0..9, not 28x28 uint8 images).
         DatasetNotFoundError: (a `FileNotFoundError`) the dataset is not on this
             machine; the message names `data_dir`, the files it must contain and
             `apt-get install dataset-fashion-mnist` (or `tfds build NAME`).
@@ -742,6 +803,12 @@ def validation_splits(name: str) -> tuple[str, str]:
     return THESIS_VALIDATION_SPLITS[name]
 
 
+def _is_whole(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return bool(np.isfinite(value)) and value == int(value)
+
+
 def per_class_split(labels, sizes=(40, 10, 30), *, seed: int = 0):
     """Splits example indices into parts with a fixed number per class.
 
@@ -763,7 +830,16 @@ def per_class_split(labels, sizes=(40, 10, 30), *, seed: int = 0):
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"`labels` must be 1-D. Received shape {labels.shape}")
-    sizes = tuple(int(s) for s in sizes)
+    if len(labels) == 0:
+        raise ValueError("`labels` is empty: there are no classes to split. Received: labels of shape (0,)")
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise ValueError(f"`sizes` must be a sequence of examples-per-class counts, e.g. (40, 10, 30). "
+                         f"Received: sizes={sizes!r}")
+    raw = tuple(sizes)
+    if not all(_is_whole(s) for s in raw):
+        raise ValueError(f"`sizes` must be whole numbers of examples per class, e.g. (40, 10, 30). "
+                         f"Received: sizes={raw!r}")
+    sizes = tuple(int(s) for s in raw)
     if any(s < 0 for s in sizes):
         raise ValueError(f"`sizes` must be >= 0. Received: sizes={sizes}")
     rng = np.random.default_rng(seed)

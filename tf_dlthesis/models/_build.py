@@ -49,6 +49,38 @@ class _Seeds:
         return keras.initializers.GlorotUniform(seed=self())
 
 
+def _is_int(value):
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+
+
+def _check_count(name, value):
+    """A layer width / unit count: an int >= 1 (returned unchanged)."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+    return value
+
+
+def _check_counts(name, values, length=None):
+    """A sequence of widths (ints >= 1), non-empty (or of exactly `length` entries)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"`{name}` must be a sequence of ints >= 1. Received: {name}={values!r}")
+    values = tuple(values)
+    if (length is None and not values) or (length is not None and len(values) != length):
+        need = "at least one entry" if length is None else f"{length} entries"
+        raise ValueError(f"`{name}` needs {need} of ints >= 1. Received: {name}={values!r}")
+    if not all(_is_int(v) and v >= 1 for v in values):
+        raise ValueError(f"`{name}` must be a sequence of ints >= 1. Received: {name}={values!r}")
+    return values
+
+
+def _check_rate(name, value):
+    """A dropout rate: a real number in [0, 1) (rate 1 zeroes every activation)."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not 0 <= value < 1):
+        raise ValueError(f"`{name}` must be a dropout rate in [0, 1). Received: {name}={value!r}")
+    return value
+
+
 def _conv(x, filters, kernel, seeds, name, strides=1):
     return keras.layers.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False, kernel_initializer=seeds.he(), name=name
@@ -71,6 +103,8 @@ def _linear(inputs, num_classes, make_norm, seeds):
 
 
 def _mlp(inputs, num_classes, make_norm, seeds, hidden=256, dropout=0.0):
+    _check_count("hidden", hidden)
+    _check_rate("dropout", dropout)
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = keras.layers.Dense(hidden, kernel_initializer=seeds.he(), name="hidden")(x)
     x = _norm_act(x, make_norm, "hidden")
@@ -80,12 +114,15 @@ def _mlp(inputs, num_classes, make_norm, seeds, hidden=256, dropout=0.0):
 
 
 def _conv1(inputs, num_classes, make_norm, seeds, filters=64):
+    _check_count("filters", filters)
     x = keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer=seeds.he(), name="conv")(inputs)
     x = _norm_act(x, make_norm, "conv")
     return _dense_head(keras.layers.Flatten(name="flatten")(x), num_classes, seeds)
 
 
 def _cnn(inputs, num_classes, make_norm, seeds, filters=(32, 64), dropout=0.0):
+    filters = _check_counts("filters", filters)
+    _check_rate("dropout", dropout)
     x = inputs
     for s, f in enumerate(filters, start=1):
         for j in (1, 2):
@@ -101,11 +138,10 @@ def _cnn(inputs, num_classes, make_norm, seeds, filters=(32, 64), dropout=0.0):
 
 def _preact_resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, width_multiplier=1.0):
     blocks = RESNET_BLOCKS[depth]
-    widths = tuple(widths) if widths is not None else RESNET_WIDTHS[: len(blocks)]
+    widths = _check_counts("widths", widths) if widths is not None else RESNET_WIDTHS[: len(blocks)]
     if len(widths) != len(blocks):
         raise ValueError(f"`widths` needs one entry per stage ({len(blocks)} for ResNet-{depth}). Received: widths={widths}")
-    if not width_multiplier > 0:
-        raise ValueError(f"`width_multiplier` must be > 0. Received: width_multiplier={width_multiplier}")
+    _check_multiplier(width_multiplier)  # validation only: the arithmetic below keeps the value as given
     widths = [max(1, int(round(w * width_multiplier))) for w in widths]
     x = _conv(inputs, widths[0], 3, seeds, "stem_conv")
     for s, (n, w) in enumerate(zip(blocks, widths), start=1):
@@ -126,8 +162,10 @@ def _preact_resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, wi
 
 
 def _check_multiplier(width_multiplier):
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or not width_multiplier > 0:
-        raise ValueError(f"`width_multiplier` must be a number > 0. Received: width_multiplier={width_multiplier!r}")
+    if (isinstance(width_multiplier, (bool, np.bool_))
+            or not isinstance(width_multiplier, (int, float, np.integer, np.floating))
+            or not 0 < width_multiplier < float("inf")):
+        raise ValueError(f"`width_multiplier` must be a finite number > 0. Received: width_multiplier={width_multiplier!r}")
     return float(width_multiplier)
 
 
@@ -139,7 +177,7 @@ def _scaled(width, multiplier, even=False):
 def _resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, width_multiplier=1.0):
     """Post-activation ResNet (He et al. 2016a): conv-norm-ReLU-conv-norm, add, ReLU."""
     blocks = RESNET_BLOCKS[depth]
-    widths = tuple(widths) if widths is not None else RESNET_WIDTHS[: len(blocks)]
+    widths = _check_counts("widths", widths) if widths is not None else RESNET_WIDTHS[: len(blocks)]
     if len(widths) != len(blocks):
         raise ValueError(f"`widths` needs one entry per stage ({len(blocks)} for ResNet-{depth}). Received: widths={widths}")
     multiplier = _check_multiplier(width_multiplier)
@@ -168,6 +206,8 @@ def _resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, width_mul
 
 def _vgg(inputs, num_classes, make_norm, seeds, depth=11, width_multiplier=1.0):
     """CIFAR VGG: 3x3 convs (with bias) + norm + ReLU, 2x2 max-pools, one linear classifier."""
+    if depth not in VGG_CONFIGS:
+        raise ValueError(f"`depth` must be one of {sorted(VGG_CONFIGS)} for VGG. Received: depth={depth!r}")
     multiplier = _check_multiplier(width_multiplier)
     x = inputs
     conv_index, stage = 0, 1
@@ -220,7 +260,12 @@ def _shuffle_unit(x, out_channels, stride, make_norm, seeds, name):
 def _shufflenet_v2(inputs, num_classes, make_norm, seeds, width=0.5, width_multiplier=1.0,
                    repeats=SHUFFLENET_V2_REPEATS):
     """CIFAR ShuffleNetV2: 3x3 stride-1 stem, no max-pool, three stages, 1x1 conv, pool, linear."""
+    if width not in SHUFFLENET_V2_WIDTHS:
+        raise ValueError(f"`width` must be one of {sorted(SHUFFLENET_V2_WIDTHS)} (ShuffleNetV2's widths). "
+                         f"Received: width={width!r}")
     multiplier = _check_multiplier(width_multiplier)
+    if isinstance(repeats, (str, bytes)) or not hasattr(repeats, "__iter__"):
+        raise ValueError(f"`repeats` must be three ints >= 1 (units per stage). Received: repeats={repeats!r}")
     repeats = tuple(repeats)
     if len(repeats) != 3 or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1 for r in repeats):
         raise ValueError(f"`repeats` must be three ints >= 1 (units per stage). Received: repeats={repeats}")
@@ -239,10 +284,16 @@ def _shufflenet_v2(inputs, num_classes, make_norm, seeds, width=0.5, width_multi
 
 def _mnist_2conv(inputs, num_classes, make_norm, seeds, filters=(32, 64), hidden=128, dropout=(0.25, 0.5)):
     """PyTorch's MNIST example net: two 3x3 valid convs, max-pool, dropout, dense, dropout, dense."""
-    filters, dropout = tuple(filters), tuple(dropout)
-    if len(filters) != 2 or len(dropout) != 2:
-        raise ValueError(f"`filters` and `dropout` need two entries each. Received: filters={filters}, "
-                         f"dropout={dropout}")
+    for arg, value in (("filters", filters), ("dropout", dropout)):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or len(tuple(value)) != 2:
+            raise ValueError(f"`filters` and `dropout` need two entries each. Received: {arg}={value!r}")
+    filters, dropout = _check_counts("filters", filters, 2), tuple(dropout)
+    _check_rate("dropout", dropout[0])
+    _check_rate("dropout", dropout[1])
+    _check_count("hidden", hidden)
+    if inputs.shape[1] is not None and inputs.shape[2] is not None and min(inputs.shape[1], inputs.shape[2]) < 6:
+        raise ValueError(f"'mnist_2conv' needs images of at least 6x6 (two unpadded 3x3 convs, then a 2x2 "
+                         f"max-pool). Received: input_shape={tuple(inputs.shape[1:])}")
     x = inputs
     for i, f in enumerate(filters, start=1):
         x = keras.layers.Conv2D(f, 3, padding="valid", kernel_initializer=seeds.he(), name=f"conv{i}")(x)
@@ -257,6 +308,9 @@ def _mnist_2conv(inputs, num_classes, make_norm, seeds, filters=(32, 64), hidden
         x = keras.layers.Dropout(dropout[1], seed=seeds(), name="dropout2")(x)
     return _dense_head(x, num_classes, seeds)
 
+
+#: Models whose layers all work on any image size (convolutions and a global average pool).
+_ANY_SIZE = ("preact_resnet", "resnet", "shufflenet_v2")
 
 _BUILDERS = {"linear": _linear, "mlp": _mlp, "conv1": _conv1, "cnn": _cnn, "vgg11": _vgg,
              "shufflenet_v2_0.5": _shufflenet_v2, "mnist_2conv": _mnist_2conv}
@@ -341,10 +395,12 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
 
     Args:
         name: model name (see above).
-        input_shape: (H, W, C).
+        input_shape: (H, W, C). H and W may be None (any image size) only for
+            the `preact_resnetN`, `resnetN` and `shufflenet_v2_0.5` models.
         num_classes: number of logits.
         norm: `"batch"` (Keras BatchNormalization), `"none"`, `"group:G"`, a kind
-            registered with `register_norm` (e.g. `"ghost:16"`), or a callable.
+            registered with `register_norm` (e.g. `"ghost:16"`), or a callable
+            (a Keras layer class such as `keras.layers.LayerNormalization` works).
         seed: base seed; `None` lets Keras draw seeds.
         norm_kwargs: options of every normalization layer (e.g.
             `{"momentum": 0.9}`), kept for any `norm` kind.
@@ -363,9 +419,18 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
         close = difflib.get_close_matches(name, MODEL_NAMES, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"Unknown model name. Expected one of {list(MODEL_NAMES)}. Received: name={name!r}.{hint}")
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
+        raise ValueError(f"`input_shape` must be (H, W, C) with positive ints. Received: input_shape={input_shape!r}")
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or any((d is not None and (not isinstance(d, (int, np.integer)) or d < 1)) for d in input_shape):
+    if len(input_shape) != 3 or any((d is not None and (not _is_int(d) or d < 1)) for d in input_shape):
         raise ValueError(f"`input_shape` must be (H, W, C) with positive ints. Received: input_shape={input_shape}")
+    if input_shape[2] is None:
+        raise ValueError(f"`input_shape` must give the number of channels C (the first layer's weights depend on "
+                         f"it). Received: input_shape={input_shape}")
+    if None in input_shape[:2] and not name.startswith(_ANY_SIZE):
+        raise ValueError(f"Model {name!r} needs a fixed image size: `input_shape` must give H and W (its "
+                         f"flattening or pooling depends on them; only the preact_resnetN, resnetN and "
+                         f"shufflenet_v2_0.5 models take H, W = None). Received: input_shape={input_shape}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
@@ -375,6 +440,9 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
     make_norm = norm_factory(norm, **(norm_kwargs or {}))
     seeds = _Seeds(None if seed is None else int(seed))
     inputs = keras.Input(input_shape, name="images")
+    if name.startswith(("preact_resnet", "resnet")) and "depth" in kwargs:
+        raise ValueError(f"The depth of {name!r} is part of its name (e.g. 'preact_resnet8', 'resnet18'); it takes "
+                         f"no `depth` option. Received: depth={kwargs['depth']!r}")
     if name.startswith("preact_resnet"):
         builder = lambda *a, **k: _preact_resnet(*a, depth=int(name[len("preact_resnet"):]), **k)  # noqa: E731
     elif name.startswith("resnet"):

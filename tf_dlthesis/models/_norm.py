@@ -62,13 +62,27 @@ register_norm("batch", _batch)
 register_norm("group", _group)
 
 
+def _check_reserved(norm, passed, layer_kwargs):
+    """`name` (and `channels`) are set per layer by the factory; a layer option may not set them too."""
+    clash = sorted(set(layer_kwargs) & set(passed))
+    if clash:
+        raise ValueError(
+            f"`norm_kwargs` may not set {', '.join(repr(c) for c in clash)}: `build` gives every normalization "
+            f"layer its own name (and channel count). Received: norm={norm!r}, norm_kwargs={layer_kwargs!r}"
+        )
+
+
 def norm_factory(norm, **layer_kwargs):
     """Resolves a `norm=` value into `make(channels, name) -> Layer | None`.
 
     Accepted: `"none"`/`None` (no normalization), `"batch"`, `"group:G"`, any kind
     registered with `register_norm` (chapter 4 registers `"ghost:B"`,
     `"batch_group:G:B"`, ...), or a callable returning a layer, called as
-    `norm(channels=..., name=..., **layer_kwargs)` with the keywords it accepts.
+    `norm(channels=..., name=..., **layer_kwargs)` with the keywords it accepts
+    (a Keras layer class, e.g. `keras.layers.LayerNormalization`, gets `name=`
+    and `layer_kwargs`, and `channels=` only if its constructor names it).
+    `layer_kwargs` may not set `name` or `channels`, nor an option the string
+    already sets (`groups` of `"group:4"`).
 
     Example:
 
@@ -84,18 +98,30 @@ def norm_factory(norm, **layer_kwargs):
     Raises:
         ValueError: unknown kind (with suggestions), malformed arguments, or
             keyword arguments with `norm="none"`.
-        TypeError: anything other than a string, None or a callable, or a
-            keyword the layer does not take.
+        TypeError: anything other than a string, None or a callable (a layer
+            instance too: every position needs its own layer), or a keyword the
+            layer does not take.
     """
     if norm is None or norm == "none":
         if layer_kwargs:
             raise ValueError(f"norm='none' takes no layer options. Received: {sorted(layer_kwargs)}")
         return lambda channels, name: None
+    if isinstance(norm, keras.layers.Layer):
+        raise TypeError(
+            f"`norm` must be a layer class or a function that makes a new layer, not a layer instance: every "
+            f"normalization position needs its own layer. Pass e.g. norm=keras.layers.LayerNormalization "
+            f"(with options in norm_kwargs). Received: norm={norm!r}"
+        )
     if callable(norm):
         params = inspect.signature(norm).parameters
-        takes = {k for k in ("channels", "name") if k in params} or (
-            {"channels", "name"} if any(p.kind == p.VAR_KEYWORD for p in params.values()) else set()
-        )
+        if isinstance(norm, type) and issubclass(norm, keras.layers.Layer):
+            # A Keras layer class: its **kwargs go to `Layer.__init__`, which takes `name` but not `channels`.
+            takes = {"name"} | ({"channels"} if "channels" in params else set())
+        else:
+            takes = {k for k in ("channels", "name") if k in params} or (
+                {"channels", "name"} if any(p.kind == p.VAR_KEYWORD for p in params.values()) else set()
+            )
+        _check_reserved(norm, takes, layer_kwargs)
 
         def make(channels, name):
             kwargs = {"channels": channels, "name": name}
@@ -128,6 +154,15 @@ def norm_factory(norm, **layer_kwargs):
         inspect.signature(factory).bind(1, *int_args, name="x")
     except TypeError:
         raise ValueError(f"Wrong number of arguments for norm kind {kind!r}. Received: norm={norm!r}") from None
+    _check_reserved(norm, {"name", "channels"}, layer_kwargs)
+    try:  # keywords that would collide with the arguments parsed from the string (e.g. `groups` of "group:4")
+        inspect.signature(factory).bind(1, *int_args, name="x", **layer_kwargs)
+    except TypeError as err:
+        if "multiple values" in str(err):
+            raise ValueError(
+                f"norm={norm!r} already sets this option from its ':'-separated arguments ({err}); remove it "
+                f"from `norm_kwargs`. Received: norm_kwargs={layer_kwargs!r}"
+            ) from None
     def make(channels, name):
         try:
             return factory(channels, *int_args, name=name, **layer_kwargs)
