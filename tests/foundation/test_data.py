@@ -519,7 +519,7 @@ def test_as_arrays_passes_feature_vectors_through():
 # Probe: empty slices, corrupt (Fashion-)MNIST files, and as_arrays edge values.
 
 
-@pytest.mark.parametrize("split", ["train[5:2]", "train[:0]", "train[2000:]", "test[:-150%]", "all[0%:0%]"])
+@pytest.mark.parametrize("split", ["train[5:2]", "train[:0]", "train[2000:]", "test[:-100%]", "all[0%:0%]"])
 def test_a_split_slice_selecting_no_examples_is_an_error(split):
     # before: a silently empty dataset (0 examples)
     with pytest.raises(ValueError, match=re.escape(f"Received: split={split!r}")) as caught:
@@ -654,3 +654,12 @@ def test_as_arrays_rejects_values_it_would_silently_corrupt(given, error, patter
 def test_as_arrays_still_takes_8_bit_integers_of_any_integer_dtype():
     x, y = data.as_arrays((np.array([[[0, 255]]], np.int64), np.array([np.uint64(3)])))
     assert x.dtype == np.float32 and x.ravel().tolist() == [0.0, 1.0] and y.tolist() == [3]
+
+
+@pytest.mark.parametrize("split", ["train[:150%]", "test[-101%:]", "all[200%:300%]"])
+def test_percent_slice_bounds_beyond_the_split_are_errors(split):
+    # before: silently clamped to the whole split (a typo read as "all of it")
+    with pytest.raises(ValueError, match=r"must lie in \[-100%, 100%\]"):
+        data.load_arrays("digits", split)
+    assert len(data.load_arrays("digits", "train[:100%]")[1]) == 1433
+    assert len(data.load_arrays("digits", "train[-100%:]")[1]) == 1433

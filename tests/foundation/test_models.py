@@ -289,3 +289,11 @@ def test_norm_layer_instance_and_reserved_norm_kwargs_are_clear_errors():
         models.build("cnn", (8, 8, 1), 10, norm=keras.layers.LayerNormalization, norm_kwargs={"name": "ln"})
     with pytest.raises(ValueError, match=r"norm='group:2' already sets.*groups"):
         models.build("cnn", (8, 8, 1), 10, norm="group:2", norm_kwargs={"groups": 4})
+
+
+@pytest.mark.parametrize("norm", ["group: 4", "group:+4", "group:1_6", "ghost:\u0661\u0666", "group:4.0", "group:"])
+def test_norm_string_arguments_must_be_plain_digits(norm):
+    # before: int() accepted " 4", "+4", "1_6" and Arabic-Indic digits
+    with pytest.raises(ValueError, match="norm arguments must be integers"):
+        models.norm_factory(norm)
+    assert models.norm_factory("group:4")(8, "n").groups == 4

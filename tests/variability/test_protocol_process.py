@@ -6,9 +6,11 @@ stop."""
 import multiprocessing
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -206,8 +208,17 @@ def test_each_task_has_a_temporary_folder_of_its_own_removed_when_it_ends(tmp_pa
     source files (deleted at exit) used to stay in the system's temporary folder, one set
     per task process. Each task now writes into a folder the pool removes, after a result
     and after an exception alike."""
-    system_tmp = tmp_path / "tmp"
-    system_tmp.mkdir()
+    # A short system folder: the forkserver's socket lives in it, and a Unix socket path may hold
+    # at most ~107 bytes (pytest's tmp_path plus the socket's name came to 106 on CI, 117 with a
+    # longer TMPDIR; see the next test).
+    system_tmp = pathlib.Path(tempfile.mkdtemp(prefix="tfd-", dir="/tmp" if os.access("/tmp", os.W_OK) else None))
+    try:
+        _check_task_folders(tmp_path, system_tmp)
+    finally:
+        shutil.rmtree(system_tmp, ignore_errors=True)
+
+
+def _check_task_folders(tmp_path, system_tmp):
     script = tmp_path / "temp.py"
     script.write_text(textwrap.dedent("""
         import os, tempfile
@@ -245,6 +256,31 @@ def test_each_task_has_a_temporary_folder_of_its_own_removed_when_it_ends(tmp_pa
     assert lines["RAISED"] == "failed after converting"
     assert lines["LEFT"] == "[]"
     assert sorted(os.listdir(system_tmp)) == []
+
+
+def test_a_temporary_folder_too_long_for_the_forkserver_socket_is_a_clear_error(tmp_path):
+    """Before: `OSError: AF_UNIX path too long` from deep inside multiprocessing's forkserver."""
+    long_tmp = tmp_path / ("t" * 60) / ("u" * 60)
+    long_tmp.mkdir(parents=True)
+    script = tmp_path / "long.py"
+    script.write_text(textwrap.dedent("""
+        from tf_dlthesis.variability.protocol import _process_pool
+
+        def job(plan):
+            return plan
+
+        if __name__ == "__main__":
+            try:
+                _process_pool([("a", 1)], job, 1, None, lambda label, result: None, None)
+            except OSError as exc:
+                print("RAISED", exc)
+    """))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TMPDIR=str(long_tmp))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RAISED The forkserver start method could not open its Unix socket" in out.stdout
+    assert "Set TMPDIR to a shorter folder" in out.stdout and f"TMPDIR={str(long_tmp)!r}" in out.stdout
+    assert [p.name for p in long_tmp.iterdir() if p.name.startswith("tf_dlthesis-task-")] == []  # its folder removed
 
 
 def test_the_keras_cache_lock_holds_across_processes_with_their_own_temporary_folders(tmp_path, monkeypatch):

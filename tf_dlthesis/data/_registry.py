@@ -127,6 +127,12 @@ def _parse_split(name, split, bases):
             f"Unknown split for {name!r}. Expected one of {sorted(bases)}, optionally sliced like "
             f"'train[:20000]' or 'test[:10%]'. Received: split={split!r}"
         )
+    for bound in (match["start"], match["stop"]):
+        if bound is not None and bound.endswith("%") and abs(int(bound[:-1])) > 100:
+            # As in tensorflow-datasets: a percent beyond the split is a typo, not "all of it".
+            raise ValueError(
+                f"Percent slice bounds of {name!r} must lie in [-100%, 100%]. Received: split={split!r}"
+            )
     return match["base"], match["start"], match["stop"]
 
 

@@ -143,10 +143,11 @@ def norm_factory(norm, **layer_kwargs):
             f"Unknown norm kind {kind!r}. Expected one of {sorted(_FACTORIES) + ['none']} "
             f"(with ':'-separated integer arguments, e.g. 'group:32'). Received: norm={norm!r}.{hint}"
         )
-    try:
-        int_args = [int(a) for a in args]
-    except ValueError:
-        raise ValueError(f"norm arguments must be integers, e.g. 'ghost:16'. Received: norm={norm!r}") from None
+    # Plain ASCII digits only: int() would also take " 4", "+4", "1_6" or non-Latin digits.
+    if not all(a.isascii() and a.isdigit() for a in args):
+        raise ValueError(f"norm arguments must be integers written with digits 0-9, e.g. 'ghost:16'. "
+                         f"Received: norm={norm!r}")
+    int_args = [int(a) for a in args]
     if any(a <= 0 for a in int_args):
         raise ValueError(f"norm arguments must be positive integers. Received: norm={norm!r}")
     factory = _FACTORIES[kind]

@@ -297,7 +297,7 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
                 proc = ctx.Process(target=_pool_task, args=(job, plan, writer, os.getpid(), on_message is not None,
                                                             temp_dir), name=f"tf_dlthesis-task-{label}")
                 temp_dirs[reader] = temp_dir
-                proc.start()
+                _start(proc, start_method)
                 writer.close()  # the task's copy is its own: end-of-file here once it is gone
                 running[reader] = label, taken, proc
                 free -= taken
@@ -323,6 +323,25 @@ def _process_pool(tasks, job: Callable, workers, start_method, on_done, progress
     finally:
         for temp_dir in temp_dirs.values():  # tasks ended by a stop or a failure
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _start(proc, start_method: str) -> None:
+    """`proc.start()`, with a clear error where the forkserver cannot open its socket.
+
+    The forkserver listens on a Unix socket under the temporary folder, and a socket path
+    may hold at most ~107 bytes: a long `TMPDIR` makes Python's multiprocessing fail deep
+    inside `forkserver.ensure_running` with "AF_UNIX path too long"."""
+    try:
+        proc.start()
+    except OSError as err:
+        if start_method != "forkserver" or "too long" not in str(err):
+            raise
+        temp = tempfile.gettempdir()
+        raise OSError(
+            f"The forkserver start method could not open its Unix socket under the temporary folder {temp!r} "
+            f"({len(temp)} characters; a socket path may hold at most ~107, and the socket's own name adds ~30). "
+            f"Set TMPDIR to a shorter folder (e.g. /tmp), or pass start_method='spawn'. Received: TMPDIR={temp!r}"
+        ) from err
 
 
 def _take_fitting(queue: list, free: int, capacity: int, slots: Callable) -> list:
