@@ -296,7 +296,7 @@ def _values(stack, labels, metric: str) -> np.ndarray:
 
 
 def _sd_ratio(stack_a, stack_b, labels, metric: str, what: str) -> stats.Effect:
-    """SD of `metric` over runs A / over runs B, bootstrap over the runs of each."""
+    """SD of `metric` over runs A / over runs B, Bonett interval (F with < 5 runs a side; `stats.sd_ratio`)."""
     return stats.sd_ratio(_values(stack_a, labels, metric), _values(stack_b, labels, metric),
                           what=f"{metric} SD ratio, {what}")
 
