@@ -399,13 +399,13 @@ def sd_ratio(values_a, values_b, *, what: str = "SD ratio", n_boot: int = N_BOOT
       normal-theory F interval: `(s_a^2 / s_b^2) / F` at the F quantiles with
       `n_a - 1` and `n_b - 1` degrees of freedom (exact for normal data).
 
-    Simulated coverage at 95% (4,000 draws a setting, true ratio 2): normal data
-    94.7-95.4% (F, 2-4 runs a side and 3 vs 10) and 96.2-97.1% (Bonett, 5-20 a side);
-    accuracies of a binomial test set 94.4-96.8%; Student-t data with 5 degrees of
-    freedom (heavy tails) 91.5-94.3% (F) and 93.9-95.7% (Bonett), where the F interval
-    alone fell to 84% at 20 a side. The percentile bootstrap used before covered 93%
-    (normal) and 90.5% (t5) at 10 a side and 73-77% at 3 vs 10, and had infinite width at
-    2-3 a side.
+    Simulated coverage at 95% (`benchmarks/sim_sd_ratio_coverage.py`, 4,000 draws a
+    setting, true ratio 2): normal data 95.1-95.4% (F: 2-4 runs a side, 3 vs 10) and
+    95.2-97.3% (Bonett: 5-20 a side); accuracies of a binomial test set 94.8-97.0%;
+    Student-t data with 5 degrees of freedom (heavy tails) 91.2-94.3% (F) and 94.0-95.4%
+    (Bonett), where the F interval alone fell to 84% at 20 a side. The percentile
+    bootstrap used before covered 93% (normal) and 90.5% (t5) at 10 a side and 72-75% at
+    3 vs 10, and had infinite width at 2-3 a side.
 
     A side whose runs are all equal has an SD of exactly 0, which neither interval
     covers: the ratio is then 0, inf or (0 / 0) 1, with the percentile bootstrap's
