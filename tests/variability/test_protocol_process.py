@@ -53,8 +53,16 @@ def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path, proc
         if __name__ == "__main__":
             run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, workers=2, progress=False)
     """))
-    proc = process_session.start([sys.executable, str(script)], env=_env(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
+    system_tmp = pathlib.Path(tempfile.mkdtemp(prefix="tfd-", dir="/tmp" if os.access("/tmp", os.W_OK) else None))
+    try:
+        _kill_9(script, marker, process_session, system_tmp)
+    finally:
+        shutil.rmtree(system_tmp, ignore_errors=True)
+
+
+def _kill_9(script, marker, process_session, system_tmp):
+    proc = process_session.start([sys.executable, str(script)], env=dict(_env(), TMPDIR=str(system_tmp)),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     process_session.wait_for(marker, proc, timeout=60)  # a worker started a run
     time.sleep(0.5)
     family = process_session.members(proc.pid)
@@ -64,6 +72,8 @@ def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path, proc
     left = process_session.wait_gone(proc.pid)
     assert not left, [pathlib.Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
     assert "the protocol's process" in proc.stderr.read().decode()  # the workers said why they stopped
+    # each worker removed its own temporary folder (the killed pool could not); before: one empty folder each
+    assert [p.name for p in system_tmp.iterdir() if p.name.startswith("tf_dlthesis-task-")] == []
 
 
 _PROTOCOL_CALLS = {

@@ -377,7 +377,7 @@ def _pool_task(job: Callable, plan, writer, parent: int, messages: bool, temp_di
     files go to `temp_dir`, which the pool removes when the task ends."""
     import traceback
 
-    _die_with(parent)
+    _die_with(parent, temp_dir)
     tempfile.tempdir = temp_dir
     os.environ["TMPDIR"] = temp_dir  # processes the task starts (a chapter's protocol workers) nest theirs in it
     try:
@@ -572,7 +572,7 @@ def _check_main_guard() -> None:
     raise RuntimeError(f"{_GUARD_HELP}{where}")
 
 
-def _die_with(pid: int) -> None:
+def _die_with(pid: int, temp_dir: str | None = None) -> None:
     """Called first in a task process of `_process_pool`: it ends itself as soon as process `pid` is gone.
 
     A `kill -9` of the `run_protocol` process gives its pool no chance to stop the
@@ -582,7 +582,8 @@ def _die_with(pid: int) -> None:
     Linux pidfd of `pid` (readable when it exits; immune to pid reuse), else polls
     `os.kill(pid, 0)` every 0.2 s, and then calls `os._exit`. Once the workers are
     gone the forkserver sees end-of-file on its liveness pipe and exits, and the
-    resource tracker follows.
+    resource tracker follows. `temp_dir` (the task's temporary folder, which the pool
+    would have removed) is removed first: nobody else is left to do it.
     """
     def watch():
         pidfd = None
@@ -609,6 +610,8 @@ def _die_with(pid: int) -> None:
             os.write(2, f"tf_dlthesis run_protocol worker {os.getpid()}: the protocol's process {pid} is gone; "
                         f"stopping\n".encode())
         finally:
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
             os._exit(70)
 
     threading.Thread(target=watch, name="tf_dlthesis-protocol-watchdog", daemon=True).start()
