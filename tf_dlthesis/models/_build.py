@@ -264,11 +264,10 @@ def _shufflenet_v2(inputs, num_classes, make_norm, seeds, width=0.5, width_multi
         raise ValueError(f"`width` must be one of {sorted(SHUFFLENET_V2_WIDTHS)} (ShuffleNetV2's widths). "
                          f"Received: width={width!r}")
     multiplier = _check_multiplier(width_multiplier)
-    if isinstance(repeats, (str, bytes)) or not hasattr(repeats, "__iter__"):
+    sequence = hasattr(repeats, "__iter__") and not isinstance(repeats, (str, bytes))
+    repeats = tuple(repeats) if sequence else repeats
+    if not sequence or len(repeats) != 3 or not all(_is_int(r) and r >= 1 for r in repeats):
         raise ValueError(f"`repeats` must be three ints >= 1 (units per stage). Received: repeats={repeats!r}")
-    repeats = tuple(repeats)
-    if len(repeats) != 3 or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1 for r in repeats):
-        raise ValueError(f"`repeats` must be three ints >= 1 (units per stage). Received: repeats={repeats}")
     stem, *stages, final = SHUFFLENET_V2_WIDTHS[width]
     x = _conv(inputs, _scaled(stem, multiplier), 3, seeds, "stem_conv")
     x = _norm_act(x, make_norm, "stem")
@@ -431,9 +430,9 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
         raise ValueError(f"Model {name!r} needs a fixed image size: `input_shape` must give H and W (its "
                          f"flattening or pooling depends on them; only the preact_resnetN, resnetN and "
                          f"shufflenet_v2_0.5 models take H, W = None). Received: input_shape={input_shape}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    if not _is_int(num_classes) or num_classes < 2:
         raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+    if seed is not None and (not _is_int(seed) or seed < 0):
         raise ValueError(f"`seed` must be an int >= 0 or None. Received: seed={seed!r}")
     if norm_kwargs is not None and not isinstance(norm_kwargs, dict):
         raise TypeError(f"`norm_kwargs` must be a dict or None. Received: norm_kwargs={norm_kwargs!r}")
