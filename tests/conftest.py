@@ -26,6 +26,20 @@ def _close_figures():
         sys.modules["matplotlib.pyplot"].close("all")
 
 
+@pytest.fixture
+def short_tmp():
+    """A folder with a short path (under /tmp where writable), removed at teardown: a system
+    `TMPDIR` for a script that starts a forkserver, whose Unix socket lives in it (a socket path
+    may hold at most ~107 bytes; pytest's `tmp_path` plus the socket's name came to 106 on CI)."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    path = pathlib.Path(tempfile.mkdtemp(prefix="tfd-", dir="/tmp" if os.access("/tmp", os.W_OK) else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class ProcessSession:
     """Scripts started in a session of their own, so that everything they spawn (a forkserver,
     pool workers, a resource tracker) can be found through /proc (Linux) and killed."""

@@ -6,11 +6,9 @@ stop."""
 import multiprocessing
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -37,7 +35,7 @@ def _env():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path, process_session):
+def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path, process_session, short_tmp):
     marker = tmp_path / "started"
     script = tmp_path / "protocol.py"
     script.write_text(textwrap.dedent(f"""
@@ -53,15 +51,7 @@ def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path, proc
         if __name__ == "__main__":
             run_protocol(train, sources=["init"], runs=2, labels=np.arange(4) % 2, workers=2, progress=False)
     """))
-    system_tmp = pathlib.Path(tempfile.mkdtemp(prefix="tfd-", dir="/tmp" if os.access("/tmp", os.W_OK) else None))
-    try:
-        _kill_9(script, marker, process_session, system_tmp)
-    finally:
-        shutil.rmtree(system_tmp, ignore_errors=True)
-
-
-def _kill_9(script, marker, process_session, system_tmp):
-    proc = process_session.start([sys.executable, str(script)], env=dict(_env(), TMPDIR=str(system_tmp)),
+    proc = process_session.start([sys.executable, str(script)], env=dict(_env(), TMPDIR=str(short_tmp)),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     process_session.wait_for(marker, proc, timeout=60)  # a worker started a run
     time.sleep(0.5)
@@ -73,7 +63,7 @@ def _kill_9(script, marker, process_session, system_tmp):
     assert not left, [pathlib.Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
     assert "the protocol's process" in proc.stderr.read().decode()  # the workers said why they stopped
     # each worker removed its own temporary folder (the killed pool could not); before: one empty folder each
-    assert [p.name for p in system_tmp.iterdir() if p.name.startswith("tf_dlthesis-task-")] == []
+    assert [p.name for p in short_tmp.iterdir() if p.name.startswith("tf_dlthesis-task-")] == []
 
 
 _PROTOCOL_CALLS = {
@@ -213,22 +203,11 @@ def test_pool_stop_waits_for_a_task_that_stops_cleanly_and_the_process_exits(tmp
     assert not process_session.wait_gone(proc.pid)
 
 
-def test_each_task_has_a_temporary_folder_of_its_own_removed_when_it_ends(tmp_path):
+def test_each_task_has_a_temporary_folder_of_its_own_removed_when_it_ends(tmp_path, short_tmp):
     """Task processes leave through `os._exit`, which skips `atexit`: AutoGraph's generated
     source files (deleted at exit) used to stay in the system's temporary folder, one set
     per task process. Each task now writes into a folder the pool removes, after a result
     and after an exception alike."""
-    # A short system folder: the forkserver's socket lives in it, and a Unix socket path may hold
-    # at most ~107 bytes (pytest's tmp_path plus the socket's name came to 106 on CI, 117 with a
-    # longer TMPDIR; see the next test).
-    system_tmp = pathlib.Path(tempfile.mkdtemp(prefix="tfd-", dir="/tmp" if os.access("/tmp", os.W_OK) else None))
-    try:
-        _check_task_folders(tmp_path, system_tmp)
-    finally:
-        shutil.rmtree(system_tmp, ignore_errors=True)
-
-
-def _check_task_folders(tmp_path, system_tmp):
     script = tmp_path / "temp.py"
     script.write_text(textwrap.dedent("""
         import os, tempfile
@@ -257,7 +236,7 @@ def _check_task_folders(tmp_path, system_tmp):
                 print("RAISED", exc)
             print("LEFT", sorted(f for f in os.listdir(tempfile.gettempdir()) if not f.startswith("pymp-")))
     """))
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TMPDIR=str(system_tmp))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TMPDIR=str(short_tmp))
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
@@ -265,7 +244,7 @@ def _check_task_folders(tmp_path, system_tmp):
     assert lines["DIR"] == "True True True False"
     assert lines["RAISED"] == "failed after converting"
     assert lines["LEFT"] == "[]"
-    assert sorted(os.listdir(system_tmp)) == []
+    assert sorted(os.listdir(short_tmp)) == []  # the forkserver's socket lived here too
 
 
 def test_a_temporary_folder_too_long_for_the_forkserver_socket_is_a_clear_error(tmp_path):

@@ -4,11 +4,9 @@ import functools
 import importlib.util
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -144,14 +142,13 @@ def reference(tmp_path_factory, test_labels):
     return run_protocol(TINY, sources=SOURCES, runs=2, labels=test_labels, store=store, executor="local", workers=2, progress=False)
 
 
-def test_kill_9_mid_protocol_then_resume_gives_the_same_table(tmp_path, reference, test_labels):
+def test_kill_9_mid_protocol_then_resume_gives_the_same_table(tmp_path, reference, test_labels, short_tmp):
     path = tmp_path / "r.sqlite"
     script = tmp_path / "protocol_script.py"
     script.write_text(textwrap.dedent(_SCRIPT.format(sources=SOURCES)))
-    # its own temporary folder, removed below: SIGKILL to the whole group leaves no process to clean up
-    system_tmp = tempfile.mkdtemp(prefix="tfd-", dir="/tmp" if os.access("/tmp", os.W_OK) else None)
+    # its own temporary folder, removed at teardown: SIGKILL to the whole group leaves no process to clean up
     proc = subprocess.Popen([sys.executable, str(script), str(path)], start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, TMPDIR=system_tmp))
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, TMPDIR=str(short_tmp)))
     store = None
     try:
         deadline = time.time() + 240
@@ -165,7 +162,6 @@ def test_kill_9_mid_protocol_then_resume_gives_the_same_table(tmp_path, referenc
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the subprocess, its forkserver and its workers
         proc.wait()
-        shutil.rmtree(system_tmp, ignore_errors=True)
     before = _final_runs(store)
     assert 1 <= len(before) < 4, "kill must land mid-protocol"
     resumed = run_protocol(TINY, sources=SOURCES, runs=2, labels=test_labels, store=ResultsStore(path), executor="local", progress=False)
