@@ -40,6 +40,19 @@ def short_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def tfds_tempdir(tmp_path, monkeypatch):
+    """`tempfile`'s folder pointed into the test's own `tmp_path`: tfds's
+    `DatasetInfo.initialize_from_bucket` makes a `tmp*tfds` folder with `tempfile.mkdtemp`
+    and never removes it, which left one in TMPDIR per tfds test."""
+    import tempfile
+
+    folder = tmp_path / "tempfile"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 class ProcessSession:
     """Scripts started in a session of their own, so that everything they spawn (a forkserver,
     pool workers, a resource tracker) can be found through /proc (Linux) and killed."""

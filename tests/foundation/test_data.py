@@ -39,7 +39,7 @@ def test_bad_split_and_image_size():
         data.load("digits", image_size=0)
 
 
-def test_tfds_path_with_mock_data(tmp_path):
+def test_tfds_path_with_mock_data(tmp_path, tfds_tempdir):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=6):
@@ -404,7 +404,7 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path):
 # tfds: a dataset that is not prepared is one clear error, never a download.
 
 
-def test_tfds_dataset_not_prepared_is_one_clear_error(tmp_path):
+def test_tfds_dataset_not_prepared_is_one_clear_error(tmp_path, tfds_tempdir):
     with pytest.raises(data.DatasetNotFoundError) as caught:
         data.load("cifar10", "train", data_dir=str(tmp_path))
     message = str(caught.value)
@@ -604,7 +604,7 @@ def test_fashion_mnist_with_truncated_or_foreign_files_names_the_file(tmp_path):
     assert result["labels"].startswith("ValueError: ") and "t10k-labels-idx1-ubyte.gz has labels outside [0, 9]" in result["labels"]
 
 
-def test_load_arrays_of_variable_size_tfds_images_asks_for_image_size(tmp_path):
+def test_load_arrays_of_variable_size_tfds_images_asks_for_image_size(tmp_path, tfds_tempdir):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=4):

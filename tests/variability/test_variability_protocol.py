@@ -192,11 +192,13 @@ def test_linear_bit_change_is_stable_and_hashes_control(reference):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (optional [ray] extra)")
-def test_ray_executor_matches_local(tmp_path, reference, test_labels):
+def test_ray_executor_matches_local(tmp_path, short_tmp, reference, test_labels):
     import ray
 
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
+        # _temp_dir: Ray's session folder (sockets, logs) goes where the fixture removes it, not TMPDIR/ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(short_tmp),
+                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
         res = run_protocol(TINY, sources=["init"], runs=2, labels=test_labels, store=ResultsStore(tmp_path / "r.sqlite"), executor="ray", progress=False)
     finally:
         ray.shutdown()
