@@ -315,3 +315,20 @@ def test_table_5_6_skips_a_row_whose_dataset_is_missing(new_items, tmp_path):
     skipped = [f for f in out.findings if f.verdict == VERDICTS[3] and "not run" in f.evidence and "MNIST" in f.claim]
     assert len(skipped) == 1 and "data_dir" in skipped[0].evidence
     assert "mnist/all" in out.tables[0].rows  # the digits row ran (read back from the store)
+
+
+def test_sd_ratio_of_runs_whose_accuracies_tie_uses_the_test_sets_grid():
+    """Runs that differ but score the same accuracy on N test examples: their SD of 0 is the 1/N grid's,
+    bounded through it; bit-identical runs keep the exact treatment (ratio 0, the bootstrap's interval)."""
+    labels = np.array([0, 1, 0, 1, 0])
+    base = np.eye(2)[labels][None].repeat(4, axis=0) * 2.0 - 1.0        # 4 runs, all 5 examples right
+    tied = base + np.arange(4)[:, None, None] * 1e-3                     # runs differ, accuracies all 1.0
+    varied = base.copy()
+    varied[1, 0] = varied[1, 0][::-1]                                     # run 1 misses example 0
+    varied[2, :2] = varied[2, :2, ::-1]                                   # run 2 misses examples 0 and 1
+    e = c5._sd_ratio(tied, varied, labels, "accuracy", "tied / varied")
+    assert "tied-values bound (grid 1/5)" in e.statistic and e.estimate == 0.0 and 0 < e.high < math.inf
+    exact = c5._sd_ratio(base, varied, labels, "accuracy", "identical / varied")
+    assert "percentile bootstrap" in exact.statistic and exact.estimate == 0.0
+    # cross-entropies are continuous: no grid
+    assert "tied" not in c5._sd_ratio(tied, varied, labels, "cross_entropy", "x").statistic

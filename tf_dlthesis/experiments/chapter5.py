@@ -296,9 +296,15 @@ def _values(stack, labels, metric: str) -> np.ndarray:
 
 
 def _sd_ratio(stack_a, stack_b, labels, metric: str, what: str) -> stats.Effect:
-    """SD of `metric` over runs A / over runs B, Bonett interval (F with < 5 runs a side; `stats.sd_ratio`)."""
+    """SD of `metric` over runs A / over runs B, Bonett interval (F with < 5 runs a side; `stats.sd_ratio`).
+
+    Accuracies lie on a grid of step 1 / N, so runs that differ can still tie: their SD of 0
+    is then bounded through that grid (`resolution`). A side whose runs are bit-identical has
+    an SD of exactly 0 with no rounding in it, and keeps `sd_ratio`'s exact treatment."""
+    identical = any(all(np.array_equal(run, stack[0]) for run in stack) for stack in (stack_a, stack_b))
+    resolution = 1.0 / np.asarray(stack_a).shape[1] if metric == "accuracy" and not identical else None
     return stats.sd_ratio(_values(stack_a, labels, metric), _values(stack_b, labels, metric),
-                          what=f"{metric} SD ratio, {what}")
+                          what=f"{metric} SD ratio, {what}", resolution=resolution)
 
 
 def _disagreement_matrix(stack) -> np.ndarray:
