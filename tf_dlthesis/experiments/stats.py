@@ -479,7 +479,9 @@ def sd_ratio(values_a, values_b, *, what: str = "SD ratio", n_boot: int = N_BOOT
       the SD at which a normal variable rounded to the grid puts all its runs in one cell
       with probability 2.5% (`_tied_sd_bound`), the other side's by its chi-square
       interval at 2.5%, and the ratio's interval is one-sided (it starts at 0 or ends at
-      inf). Simulated coverage with accuracies tied this way is in `tests`.
+      inf). Simulated coverage on a grid of 1 / 500 (`benchmarks/sim_sd_ratio_coverage.py
+      --tied`, 1,500 draws a setting): 94.4-100% over all draws and 99-100% over the tied
+      ones, where the bootstrap below covered 0-4% of tied draws at >= 5 runs a side.
     * Without it, the values are taken as continuous, so an SD of exactly 0 means the runs
       gave identical values (bit-identical models): the ratio is then 0, inf or (0 / 0) 1,
       with the percentile bootstrap's interval over the runs (`n_boot`, `seed`).
