@@ -112,8 +112,10 @@ def _machine_line() -> str:
     return (f"Written on: {m['cpu']}, {m['cores']} cores{cache}{gpus}, TensorFlow {m['tensorflow']}, vector "
             f"extensions {m['isa'] or 'unknown'} (machine id {m['id']}). TensorFlow's CPU kernels follow the "
             f"instruction set, the core count and the cache sizes, so rerunning an item (`--only`) gives its "
-            f"numbers bit for bit on a machine like this one, not necessarily on another. A resumed run's items "
-            f"may have been trained elsewhere.")
+            f"numbers bit for bit on a machine like the one that trained its runs, not necessarily on another. "
+            f"This line names the machine that wrote the report: the runs of a resumed run, or of one read back "
+            f"from a store or archive, may have been trained elsewhere (each run records its machine since "
+            f"2026-12-04).")
 
 
 def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float, absent=()) -> str:
