@@ -163,17 +163,25 @@ def test_sd_ratio_of_equal_values_is_exactly_zero_or_one():
     assert stats.sd_ratio([0.7] * 4, [0.7] * 4).estimate == 1.0  # both exactly 0: no variability either side
 
 
+def _rounded_normal(sigma, u):
+    """A normal (SD `sigma`, mean `u` from a grid point) rounded to a grid of step 1: the
+    probabilities of the points -30..30 and the rounded values' SD (grid steps)."""
+    from scipy import stats as sps
+
+    points = np.arange(-30, 31)
+    p = sps.norm.cdf((points + 0.5 - u) / sigma) - sps.norm.cdf((points - 0.5 - u) / sigma)
+    return p, math.sqrt(np.sum(p * points ** 2) - np.sum(p * points) ** 2)
+
+
 def _tied_bound_by_brute_force(n, tail=0.025):
     """The largest SD (grid steps) of a rounded normal that puts n runs on one grid point with
     probability >= tail, over a plain grid of latent SDs and offsets (a lower bound of the sup)."""
-    from scipy import stats as sps
-
-    points, best = np.arange(-30, 31), 0.0
+    best = 0.0
     for sigma in np.geomspace(0.05, 5, 300):
         for u in np.linspace(0, 0.5, 51):
-            p = sps.norm.cdf((points + 0.5 - u) / sigma) - sps.norm.cdf((points - 0.5 - u) / sigma)
+            p, sd = _rounded_normal(sigma, u)
             if np.sum(p ** n) >= tail:
-                best = max(best, math.sqrt(np.sum(p * points ** 2) - np.sum(p * points) ** 2))
+                best = max(best, sd)
     return best
 
 
@@ -188,7 +196,6 @@ def test_sd_ratio_of_tied_accuracies_is_bounded_through_their_grid():
     brute = _tied_bound_by_brute_force(10)
     assert brute <= c10 <= brute + 0.02  # ~0.56 grid steps
     low_b = np.std(b, ddof=1) * math.sqrt(9 / sps.chi2.ppf(0.975, 9))
-    up_b = np.std(b, ddof=1) * math.sqrt(9 / sps.chi2.ppf(0.025, 9))
     e = stats.sd_ratio([0.8] * 10, b, resolution=h)
     assert (e.estimate, e.low) == (0.0, 0.0) and e.high == pytest.approx(c10 * h / low_b)
     assert "tied-values bound" in e.statistic and e.n == 10
@@ -200,7 +207,7 @@ def test_sd_ratio_of_tied_accuracies_is_bounded_through_their_grid():
     flipped = stats.sd_ratio(b, [0.8] * 10, resolution=h)
     assert flipped.estimate == math.inf and flipped.high == math.inf
     assert flipped.low == pytest.approx(low_b / (c10 * h))
-    assert up_b > 0  # (the tied side's upper bound takes the other side's lower one, and vice versa)
+    assert flipped.low == pytest.approx(1 / e.high)  # swapping the sides inverts the one-sided interval
     both = stats.sd_ratio([0.8] * 5, [0.7] * 6, resolution=h)
     assert (both.estimate, both.low, both.high) == (1.0, 0.0, math.inf)
     # without `resolution` an SD of 0 stays exact (bit-identical runs), as before
@@ -218,20 +225,13 @@ def test_sd_ratio_resolution_must_be_a_positive_number(bad):
 def test_sd_ratio_with_tied_accuracies_covers_at_least_95_percent():
     # rounded normals on a grid of 1 / 500 where one side often ties; the target is the rounded values' SD ratio
     # (benchmarks/sim_sd_ratio_coverage.py --tied: 94-100% with resolution=, 0-5% of tied draws without it)
-    from scipy import stats as sps
-
-    rng, h, points = np.random.default_rng(5), 1 / 500, np.arange(-30, 31)
-
-    def rounded_sd(sigma, u):
-        p = sps.norm.cdf((points + 0.5 - u) / sigma) - sps.norm.cdf((points - 0.5 - u) / sigma)
-        return math.sqrt(np.sum(p * points ** 2) - np.sum(p * points) ** 2)
-
+    rng, h = np.random.default_rng(5), 1 / 500
     hits = ties = 0
     for _ in range(300):
         u_a, u_b = rng.uniform(-0.5, 0.5, 2)
         a, b = np.round(u_a + 0.15 * rng.normal(size=10)), np.round(u_b + 1.0 * rng.normal(size=10))
         e = stats.sd_ratio(0.8 + h * a, 0.8 + h * b, resolution=h)
-        hits += e.low <= rounded_sd(0.15, u_a) / rounded_sd(1.0, u_b) <= e.high
+        hits += e.low <= _rounded_normal(0.15, u_a)[1] / _rounded_normal(1.0, u_b)[1] <= e.high
         ties += np.ptp(a) == 0
     assert ties > 100 and hits >= 0.93 * 300
 

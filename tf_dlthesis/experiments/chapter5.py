@@ -295,13 +295,18 @@ def _values(stack, labels, metric: str) -> np.ndarray:
     return per_run_accuracy(stack, labels) if metric == "accuracy" else per_run_cross_entropy(stack, labels)
 
 
+def _bit_identical(stack) -> bool:
+    """Whether every run's logits in `stack` (runs first) equal the first run's, bit for bit."""
+    return all(np.array_equal(run, stack[0]) for run in stack)
+
+
 def _sd_ratio(stack_a, stack_b, labels, metric: str, what: str) -> stats.Effect:
     """SD of `metric` over runs A / over runs B, Bonett interval (F with < 5 runs a side; `stats.sd_ratio`).
 
     Accuracies lie on a grid of step 1 / N, so runs that differ can still tie: their SD of 0
     is then bounded through that grid (`resolution`). A side whose runs are bit-identical has
     an SD of exactly 0 with no rounding in it, and keeps `sd_ratio`'s exact treatment."""
-    identical = any(all(np.array_equal(run, stack[0]) for run in stack) for stack in (stack_a, stack_b))
+    identical = _bit_identical(stack_a) or _bit_identical(stack_b)
     resolution = 1.0 / np.asarray(stack_a).shape[1] if metric == "accuracy" and not identical else None
     return stats.sd_ratio(_values(stack_a, labels, metric), _values(stack_b, labels, metric),
                           what=f"{metric} SD ratio, {what}", resolution=resolution)
@@ -438,7 +443,7 @@ def table_5_1(scale, dataset, store, *, out=None):
                      f"{thesis['init']['accuracy_sd_pct']}% (all sources within 20%)"))
     for source in ops_like:
         stack = res.logits[source]
-        identical = all(np.array_equal(s, stack[0]) for s in stack)
+        identical = _bit_identical(stack)
         same_as_control = res.control_logits is not None and np.array_equal(stack[0], res.control_logits)
         claim = (f"Low-level nondeterminism ({_THESIS_NAME[source]}) matters as much as parameter initialization "
                  "(accuracy SDs within a factor of 2)")

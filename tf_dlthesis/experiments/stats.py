@@ -381,20 +381,15 @@ def _trimmed_mean(v: np.ndarray) -> float:
     return float(stats.trim_mean(v, 1.0 / (2.0 * math.sqrt(v.size - 4))))
 
 
-def _tied_sd_bound(n: int, resolution: float, tail: float) -> float:
-    """Upper `1 - tail` bound on the SD of values rounded to a grid of step `resolution`,
-    when all `n` runs fell on one grid point.
+@functools.lru_cache(maxsize=64)
+def _tied_sd_units(n: int, tail: float) -> float:
+    """Upper `1 - tail` bound, in grid steps, on the SD of values rounded to a grid when all
+    `n` runs fell on one grid point (multiply by the grid step for the values' units).
 
     Model: a normal variable (SD `sigma`, mean at offset `u` from a grid point) rounded to
     the grid; its rounded values have SD `tau(sigma, u)` and put all `n` runs on one point
     with probability `P(sigma, u)`. The bound is the largest `tau` with `P >= tail` over
-    every `sigma` and `u`: scale-free, `c(n) * resolution`; at 2.5%, c = 1.89, 0.84, 0.56,
-    0.41 for n = 3, 5, 10, 20."""
-    return resolution * _tied_sd_units(int(n), float(tail))
-
-
-@functools.lru_cache(maxsize=64)
-def _tied_sd_units(n: int, tail: float) -> float:
+    every `sigma` and `u`; at 2.5%: 1.89, 0.84, 0.56, 0.41 for n = 3, 5, 10, 20."""
     from scipy import optimize
     from scipy import stats
 
@@ -409,6 +404,8 @@ def _tied_sd_units(n: int, tail: float) -> float:
         return float(np.sqrt(max(np.sum(p * points ** 2) - np.sum(p * points) ** 2, 0.0)))
 
     offsets = np.linspace(0.0, 0.5, 101)  # by symmetry u and -u, u and 1 - u give the same
+    # at u = 0.5 (the mean midway between two points) P tends to 2 * 0.5^n as sigma -> 0, so no
+    # sigma reaches the tail there once 2 * 0.5^n < tail; any u < 0.5 reaches P = 1
     feasible = [u for u in offsets if 2.0 * 0.5 ** n >= tail or u < 0.5]
     best = max(feasible, key=rounded_sd)
     step = offsets[1] - offsets[0]
@@ -417,31 +414,30 @@ def _tied_sd_units(n: int, tail: float) -> float:
     return max(rounded_sd(best), -float(fine.fun))
 
 
-def _tied_sd_ratio(a: np.ndarray, b: np.ndarray, resolution: float, what: str, confidence: float) -> Effect:
-    """`sd_ratio` when a side's values are all equal on a grid of step `resolution`: that
-    side's SD is bounded by `_tied_sd_bound`, the other side's by its chi-square interval
-    (normal theory), each at half the error rate (Bonferroni), so the ratio's interval is
-    one-sided: `[0, up_a / low_b]`, `[low_a / up_b, inf]`, or `[0, inf]` with both tied."""
+def _tied_sd_ratio(sa: float, sb: float, na: int, nb: int, resolution: float, what: str,
+                   confidence: float) -> Effect:
+    """`sd_ratio` when a side's values (SDs `sa`, `sb` over `na`, `nb` runs) are all equal on a
+    grid of step `resolution`: that side's SD is bounded by `_tied_sd_units`, the other side's
+    by its chi-square interval (normal theory), each at half the error rate (Bonferroni), so
+    the ratio's interval is one-sided: `[0, up_a / low_b]`, `[low_a / up_b, inf]`, or
+    `[0, inf]` with both tied."""
     from scipy import stats
 
     tail = (1 - confidence) / 2
 
-    def bounds(v):
-        s = _sd(v)
+    def bounds(s, n):
         if s == 0:
-            return 0.0, _tied_sd_bound(v.size, resolution, tail)
-        df = v.size - 1
+            return 0.0, resolution * _tied_sd_units(n, tail)
+        df = n - 1
         return s * math.sqrt(df / float(stats.chi2.ppf(1 - tail, df))), s * math.sqrt(df / float(stats.chi2.ppf(tail, df)))
 
-    (low_a, up_a), (low_b, up_b) = bounds(a), bounds(b)
-    sa, sb = _sd(a), _sd(b)
+    (low_a, up_a), (low_b, up_b) = bounds(sa, na), bounds(sb, nb)
     estimate = sa / sb if sb > 0 else (math.inf if sa > 0 else 1.0)
     low, high = low_a / up_b, (up_a / low_b if low_b > 0 else math.inf)
     steps = 1.0 / resolution
     grid = f"1/{round(steps)}" if abs(steps - round(steps)) < 1e-6 * steps else f"{resolution:g}"
-    name = (f"{what}, tied-values bound (grid {grid}) with a chi-square interval over "
-            f"{a.size}/{b.size} runs")
-    return Effect(estimate, low, high, name, min(a.size, b.size), confidence)
+    name = f"{what}, tied-values bound (grid {grid}) with a chi-square interval over {na}/{nb} runs"
+    return Effect(estimate, low, high, name, min(na, nb), confidence)
 
 
 def sd_ratio(values_a, values_b, *, what: str = "SD ratio", n_boot: int = N_BOOT, seed: int = 0,
@@ -477,7 +473,7 @@ def sd_ratio(values_a, values_b, *, what: str = "SD ratio", n_boot: int = N_BOOT
     * With `resolution`, the step of the grid the values lie on (`1 / N` for accuracies
       on N test examples), the tie is read as rounding: that side's SD is bounded above by
       the SD at which a normal variable rounded to the grid puts all its runs in one cell
-      with probability 2.5% (`_tied_sd_bound`), the other side's by its chi-square
+      with probability 2.5% (`_tied_sd_units`), the other side's by its chi-square
       interval at 2.5%, and the ratio's interval is one-sided (it starts at 0 or ends at
       inf). Simulated coverage on a grid of 1 / 500 (`benchmarks/sim_sd_ratio_coverage.py
       --tied`, 1,500 draws a setting): 94.4-100% over all draws and 99-100% over the tied
@@ -500,7 +496,7 @@ def sd_ratio(values_a, values_b, *, what: str = "SD ratio", n_boot: int = N_BOOT
     a, b = a - a[0], b - b[0]  # shifted as in `_sd`: equal values give an SD of exactly 0
     sa, sb = _sd(a), _sd(b)
     if (sa == 0 or sb == 0) and resolution is not None:
-        return _tied_sd_ratio(a, b, float(resolution), what, confidence)
+        return _tied_sd_ratio(sa, sb, a.size, b.size, float(resolution), what, confidence)
     if sa == 0 or sb == 0:
         def stat(x, y):
             sy = _sd(y)
