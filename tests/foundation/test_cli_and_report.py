@@ -272,6 +272,11 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_arc
         assert failed == 0, open(moved).read()
         table = [line for line in open(first) if line.startswith("| linear")]
         assert table and table == [line for line in open(moved) if line.startswith("| linear")]
+        # each section names the machine that computed its stored results; the archive carries it
+        here = runtime.machine()["id"]
+        provenance = (f"Provenance: 1 stored result (trained runs and evaluations), computed on machine {here}. "
+                      f"`--only T.2` reproduces this section bit for bit on a machine with id {here}.\n")
+        assert provenance in open(path).readlines() and provenance in open(moved).readlines()
         # the resumed reports show the item's recorded compute time, not the read-back time
         timing = [line for line in open(first) if line.startswith("| T.2 |")]
         assert timing == [line for line in open(path) if line.startswith("| T.2 |")]
@@ -407,3 +412,47 @@ def test_findings_and_checks_refuse_contradictions():
     assert Check("n", np.bool_(False), "detail").passed == False  # noqa: E712 (NumPy comparisons stay fine)
     assert Finding.test("c", stats.Effect(1.0, 0.5, float("inf"), "ratio"), above=0).verdict == "reproduced"
     assert Finding.not_comparable("c", "reason", above=0.5, below=2).region == "in (0.5, 2.00)"
+
+
+@pytest.mark.parametrize("machines, expected", [
+    ({}, "Provenance: no stored results; everything here was computed by the run that wrote this report."),
+    ({"m1": 3, "m2": 5}, "Provenance: 8 stored results (trained runs and evaluations), computed 5 on machine m2 "
+                         "and 3 on machine m1. `--only X.1` in a fresh folder recomputes them all on one machine, "
+                         "so it can match this section bit for bit only where every one of them was computed on "
+                         "a machine like it."),
+    ({None: 2, "m1": 1}, "Provenance: 3 stored results (trained runs and evaluations), computed 1 on machine m1 "
+                         "and 2 on a machine not recorded (stored before machines were recorded). `--only X.1` in "
+                         "a fresh folder recomputes"),
+    ({None: 1}, "Provenance: 1 stored result (trained runs and evaluations), computed on a machine not recorded"),
+    ({"m1": 4}, "Provenance: 4 stored results (trained runs and evaluations), all computed on machine m1. "
+                "`--only X.1` reproduces this section bit for bit on a machine with id m1."),
+])
+def test_provenance_line_names_every_machine_and_promises_bit_exactness_only_for_one(machines, expected):
+    from tf_dlthesis.experiments import report
+
+    line = report._provenance_line("X.1", machines)
+    assert line.startswith(expected)
+    assert ("reproduces this section bit for bit" in line) == (len(machines) == 1 and None not in machines)
+
+
+def test_an_item_counts_each_stored_result_it_used_once_by_machine(tmp_path, monkeypatch):
+    store = experiments.ResultsStore(tmp_path / "r.sqlite")
+    store.record("e", {"k": 0}, 0, {"v": 1})
+    monkeypatch.setattr(store, "_machine", "other")  # the next rows come from another machine
+    store.record("e", {"k": 1}, 0, {"v": 2})
+
+    @experiments.register("T.m", title="provenance", chapter="T", quick_minutes=0.0)
+    def _item(scale, dataset, store, *, out=None):
+        for _ in range(2):  # read twice: counted once
+            store.get("e", {"k": 0}, 0), store.get("e", {"k": 1}, 0)
+        store.get("e", {"k": 2}, 0)  # absent: not counted
+        store.get_or_compute("e", {"k": 3}, 0, lambda: {"v": 3})  # computed here, by "other"
+        return Output()
+
+    try:
+        output = experiments.registry.get("T.m")("quick", None, store)
+    finally:
+        experiments.REGISTRY.pop("T.m")
+    from tf_dlthesis import runtime
+
+    assert output.machines == {runtime.machine()["id"]: 1, "other": 2}

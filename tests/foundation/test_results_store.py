@@ -252,3 +252,43 @@ def test_import_rows_rejects_a_result_that_is_not_a_dict(tmp_path):
     with pytest.raises(ValueError, match="list.json.gz.*is not a run exported by `export_rows`.*result must be a dict"):
         store.import_rows(tmp_path / "rows")
     assert len(store) == 0
+
+
+def test_a_store_from_before_machines_were_recorded_is_read_and_extended(tmp_path):
+    """Old rows (no `machine` column) read as not recorded, or as the machine their result names."""
+    import json
+
+    from tf_dlthesis import runtime
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE results (experiment TEXT NOT NULL, config_hash TEXT NOT NULL, run INTEGER NOT NULL, "
+                 "config TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL, "
+                 "PRIMARY KEY (experiment, config_hash, run))")
+    from tf_dlthesis.experiments.results_store import config_hash
+
+    for run, result in enumerate([{"acc": 0.5}, {"acc": 0.6, "info": {"machine": "m-train"}}, {"machine": "m-proto"}]):
+        conn.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                     ("old", config_hash({"k": 1}), run, json.dumps({"k": 1}), json.dumps(result), float(run)))
+    conn.commit()
+    conn.close()
+    store = ResultsStore(path)
+    with store.provenance() as outer:
+        with store.provenance() as inner:
+            assert store.get("old", {"k": 1}, 0) == {"acc": 0.5}
+        store.get("old", {"k": 1}, 1), store.get("old", {"k": 1}, 2)
+        store.record("new", {"k": 1}, 0, {"acc": 0.7})
+    here = runtime.machine()["id"]
+    assert list(inner.values()) == [None]
+    assert sorted(outer.values(), key=str) == sorted([None, "m-train", "m-proto", here], key=str)
+    assert [r["machine"] for r in store.rows()] == [None, "m-train", "m-proto", here]
+    store.get("old", {"k": 1}, 0)  # outside a context: nothing tracked, nothing raised
+    # the archive carries a row's machine; rows without one keep the old file format
+    store.export_rows(tmp_path / "rows")
+    fresh = ResultsStore(tmp_path / "fresh.sqlite")
+    assert fresh.import_rows(tmp_path / "rows") == 4
+    assert [r["machine"] for r in fresh.rows()] == [None, "m-train", "m-proto", here]
+    import gzip
+
+    texts = sorted(gzip.decompress(p.read_bytes()).decode() for p in (tmp_path / "rows").rglob("*.json.gz"))
+    assert sum('"machine":"%s"' % here in t for t in texts) == 1 and sum(t.endswith('"created":0.0}') for t in texts) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -160,13 +162,19 @@ class Check:
 
 @dataclasses.dataclass
 class Output:
-    """What an experiment returns: tables, (name, matplotlib figure) pairs, findings, checks."""
+    """What an experiment returns: tables, (name, matplotlib figure) pairs, findings, checks.
+
+    `machines` is filled by the registry, not by the experiment: the number of stored
+    results (trained runs, evaluations) the item read or recorded, per id of the
+    machine that computed them (`runtime.machine()["id"]`; None: not recorded).
+    """
 
     tables: list = dataclasses.field(default_factory=list)
     figures: list = dataclasses.field(default_factory=list)
     findings: list = dataclasses.field(default_factory=list)
     checks: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
+    machines: dict = dataclasses.field(default_factory=dict)
 
     def validate(self, item: str = "") -> None:
         """Raises `TypeError` for an entry the report cannot show (checked before the report is written,
@@ -228,14 +236,17 @@ class Experiment:
 
         runs: list = []
         log_token, tb_token = RUN_LOG.set(runs), TENSORBOARD_DIR.set(tensorboard)
+        tracked = getattr(store, "provenance", None)  # a ResultsStore; other stores name no machines
         try:
-            result = self.fn(scale, dataset, store, out=out)
+            with (tracked() if callable(tracked) else contextlib.nullcontext({})) as seen:
+                result = self.fn(scale, dataset, store, out=out)
         finally:
             RUN_LOG.reset(log_token)
             TENSORBOARD_DIR.reset(tb_token)
         if not isinstance(result, Output):
             raise TypeError(f"Experiment {self.id!r} must return an Output. Received: {type(result).__name__}")
         result.validate(self.id)
+        result.machines = dict(collections.Counter(seen.values()))
         result.checks = list(result.checks) + _health_checks(runs)
         failed = [c for c in result.checks if c.regime and not c.passed]
         if failed:

@@ -114,8 +114,30 @@ def _machine_line() -> str:
             f"instruction set, the core count and the cache sizes, so rerunning an item (`--only`) gives its "
             f"numbers bit for bit on a machine like the one that trained its runs, not necessarily on another. "
             f"This line names the machine that wrote the report: the runs of a resumed run, or of one read back "
-            f"from a store or archive, may have been trained elsewhere (each run records its machine since "
-            f"2026-12-04).")
+            f"from a store or archive, may have been trained elsewhere. Each section names the machines that "
+            f"computed its stored results (trained runs record their machine since 2026-12-04, every stored "
+            f"result since 2026-12-05).")
+
+
+def _provenance_line(item: str, machines: dict) -> str:
+    """A section's line naming the machines that computed its stored results (`Output.machines`)."""
+    if not machines:
+        return "Provenance: no stored results; everything here was computed by the run that wrote this report."
+    total = sum(machines.values())
+    known = sorted(((n, m) for m, n in machines.items() if m is not None), key=lambda nm: (-nm[0], nm[1]))
+    parts = [(n, f"on machine {m}") for n, m in known]
+    if machines.get(None):
+        parts.append((machines[None], "on a machine not recorded (stored before machines were recorded)"))
+    line = f"Provenance: {total} stored result{'s' if total != 1 else ''} (trained runs and evaluations), "
+    if len(parts) == 1:
+        line += f"{'all ' if total > 1 else ''}computed {parts[0][1]}"
+    else:
+        counted = [f"{n} {where}" for n, where in parts]
+        line += "computed " + ", ".join(counted[:-1]) + " and " + counted[-1]
+    if len(known) == 1 and not machines.get(None):
+        return line + f". `--only {item}` reproduces this section bit for bit on a machine with id {known[0][1]}."
+    return line + (f". `--only {item}` in a fresh folder recomputes them all on one machine, so it can match this "
+                   f"section bit for bit only where every one of them was computed on a machine like it.")
 
 
 def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: float, absent=()) -> str:
@@ -184,6 +206,7 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
         if error:
             lines += ["Failed:", "", "```", error.strip(), "```", ""]
             continue
+        lines += [_provenance_line(exp.id, output.machines), ""]
         def ensure_figure(name, output=output):
             if not os.path.exists(os.path.join(fig_dir, f"{name}.png")):
                 save_figures(output, out_dir)

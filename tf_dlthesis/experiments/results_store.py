@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -24,12 +25,16 @@ CREATE TABLE IF NOT EXISTS results (
     config TEXT NOT NULL,
     result TEXT NOT NULL,
     created REAL NOT NULL,
+    machine TEXT,
     PRIMARY KEY (experiment, config_hash, run)
 )
 """
 
 
-_TAGS = ("__ndarray__", "__float__")  # dicts holding these keys decode as arrays / floats
+_TAGS = ("__ndarray__", "__float__")
+#: The `runtime.machine()` id of the machine that computed a row, in the `machine` column (kept since
+#: 2026-12-05); rows stored before then fall back to the id their result recorded (`_machine_in`).
+_MACHINE_COLUMN = "machine"  # dicts holding these keys decode as arrays / floats
 
 
 def _encode(obj, key=None):
@@ -78,6 +83,15 @@ def _decode(obj):
     return obj
 
 
+def _machine_in(result) -> str | None:
+    """The machine id a result recorded itself: a training run's `info["machine"]` (since
+    2026-12-04) or a protocol run's `machine`; None when it recorded none."""
+    for holder in (result, result.get("info") if isinstance(result, dict) else None):
+        if isinstance(holder, dict) and isinstance(holder.get("machine"), str):
+            return holder["machine"]
+    return None
+
+
 def config_hash(config: dict) -> str:
     """Stable hash of a JSON-able config (key order does not matter)."""
     text = json.dumps(_encode(config), sort_keys=True, separators=(",", ":"))
@@ -106,6 +120,11 @@ class ResultsStore:
     Args:
         path: the SQLite file (created with its folder if missing).
 
+    Each row also keeps the `runtime.machine()` id of the machine that computed it
+    (TensorFlow's CPU results are bit-exact on one machine, not across machines);
+    `provenance()` collects the ids of the rows a piece of code read or recorded,
+    which is how the report names the machines behind each of its sections.
+
     Attributes:
         recorded: how many runs this object has recorded (`record`, `get_or_compute`;
             not rows imported or written by other processes).
@@ -119,6 +138,7 @@ class ResultsStore:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.recorded, self.last_recorded = 0, None
+        self._machine, self._trackers, self._tracker_lock = None, [], threading.Lock()
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -140,8 +160,61 @@ class ResultsStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_SCHEMA)
+            self._add_machine_column(conn)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
+
+    @staticmethod
+    def _add_machine_column(conn) -> None:
+        """Gives a store written before rows kept their machine the `machine` column (NULL in old rows)."""
+        if _MACHINE_COLUMN in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+            return
+        try:
+            conn.execute(f"ALTER TABLE results ADD COLUMN {_MACHINE_COLUMN} TEXT")
+        except sqlite3.OperationalError:  # another process added it first
+            if _MACHINE_COLUMN not in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+                raise
+
+    @property
+    def machine(self) -> str:
+        """The `runtime.machine()` id this object records with each row it computes."""
+        if self._machine is None:
+            from tf_dlthesis import runtime
+
+            self._machine = runtime.machine()["id"]
+        return self._machine
+
+    @contextlib.contextmanager
+    def provenance(self):
+        """Within: which machines computed the rows this object reads (`get`, `get_or_compute`) or records.
+
+        Yields a dict, filled as rows are read or recorded, from each row's key
+        `(experiment, config hash, run)` to the id of the machine that computed it
+        (`runtime.machine()["id"]`; None for a row stored before machines were
+        recorded). `collections.Counter(seen.values())` counts them per machine.
+        Contexts may nest; each sees every row used inside it.
+
+        Example:
+
+        >>> with store.provenance() as seen:
+        ...     _ = store.get("2.1", {"method": "mixup"}, 0)
+        >>> sorted(set(seen.values())) == [store.machine]
+        True
+        """
+        seen: dict = {}
+        with self._tracker_lock:
+            self._trackers.append(seen)
+        try:
+            yield seen
+        finally:
+            with self._tracker_lock:  # by identity: two contexts' dicts may be equal
+                self._trackers = [t for t in self._trackers if t is not seen]
+
+    def _seen(self, key: tuple, machine) -> None:
+        if self._trackers:
+            with self._tracker_lock:
+                for seen in self._trackers:
+                    seen[key] = machine
 
     @staticmethod
     def _check(experiment, config, run):
@@ -163,16 +236,18 @@ class ResultsStore:
         self._check(experiment, config, run)
         if not isinstance(result, dict):
             raise TypeError(f"`result` must be a dict. Received: result={type(result).__name__}")
-        created = time.time()
-        self._insert((experiment, config_hash(config), int(run), json.dumps(_encode(config), sort_keys=True),
-                      json.dumps(_encode(result)), created))
+        created, digest = time.time(), config_hash(config)
+        self._insert((experiment, digest, int(run), json.dumps(_encode(config), sort_keys=True),
+                      json.dumps(_encode(result)), created, self.machine))
+        self._seen((experiment, digest, int(run)), self.machine)
         self.recorded, self.last_recorded = self.recorded + 1, created
 
     def _insert(self, row) -> None:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)", row)
+            conn.execute("INSERT OR REPLACE INTO results (experiment, config_hash, run, config, result, created, "
+                         f"{_MACHINE_COLUMN}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -190,12 +265,15 @@ class ResultsStore:
     def get(self, experiment: str, config: dict, run: int):
         """The recorded result dict of a run, or None."""
         self._check(experiment, config, run)
-        cur = self._connect().execute(
-            "SELECT result FROM results WHERE experiment=? AND config_hash=? AND run=?",
-            (experiment, config_hash(config), int(run)),
-        )
-        row = cur.fetchone()
-        return None if row is None else _decode(json.loads(row[0]))
+        key = (experiment, config_hash(config), int(run))
+        row = self._connect().execute(
+            f"SELECT result, {_MACHINE_COLUMN} FROM results WHERE experiment=? AND config_hash=? AND run=?", key
+        ).fetchone()
+        if row is None:
+            return None
+        result = _decode(json.loads(row[0]))
+        self._seen(key, row[1] or _machine_in(result))
+        return result
 
     def get_or_compute(self, experiment: str, config: dict, run: int, fn):
         """The recorded result of a run, or `fn()` recorded first: the one resume idiom.
@@ -225,18 +303,21 @@ class ResultsStore:
         """All recorded runs (of one experiment, or all), oldest first.
 
         Returns:
-            A list of dicts with keys `experiment`, `config`, `run`, `result`.
+            A list of dicts with keys `experiment`, `config`, `run`, `result` and `machine`
+            (the id of the machine that computed the row; None where it was not recorded).
         """
-        query = "SELECT experiment, config, run, result FROM results"
+        query = f"SELECT experiment, config, run, result, {_MACHINE_COLUMN} FROM results"
         args: tuple = ()
         if experiment is not None:
             query += " WHERE experiment=?"
             args = (experiment,)
         cur = self._connect().execute(query + " ORDER BY created, rowid", args)
-        return [
-            {"experiment": e, "config": _decode(json.loads(c)), "run": r, "result": _decode(json.loads(res))}
-            for e, c, r, res in cur.fetchall()
-        ]
+        rows = []
+        for e, c, r, res, machine in cur.fetchall():
+            result = _decode(json.loads(res))
+            rows.append({"experiment": e, "config": _decode(json.loads(c)), "run": r, "result": result,
+                         "machine": machine or _machine_in(result)})
+        return rows
 
     def table(self, experiment: str) -> list[dict]:
         """One flat dict per run: config keys, `run`, and the result's scalar entries."""
@@ -258,7 +339,7 @@ class ResultsStore:
         """Writes every recorded run into `folder` as one small file per run, for version control.
 
         Each file (`<experiment>-<id>/<config hash>-<run>.json.gz`) holds one run's
-        experiment, config and result, compressed deterministically: exporting the
+        experiment, config, result and machine id, compressed deterministically: exporting the
         same run twice gives the same bytes, so a folder kept in git only grows by
         the runs that finished since the last export. `import_rows` reads it back on
         another machine (e.g. to resume a long `reproduce` run).
@@ -281,12 +362,14 @@ class ResultsStore:
                 # `created`, and a checked-out file is newer than every row it holds
                 if os.path.exists(path) and os.path.getmtime(path) >= created - 1e-3:  # (float rounding)
                     continue
-                config, result = conn.execute(
-                    "SELECT config, result FROM results WHERE experiment=? AND config_hash=? AND run=?",
-                    (experiment, digest, run)).fetchone()
-                text = json.dumps({"experiment": experiment, "run": run, "config": json.loads(config),
-                                   "result": json.loads(result), "created": created},
-                                  separators=(",", ":"))  # key order as stored: deterministic, and kept
+                config, result, machine = conn.execute(
+                    f"SELECT config, result, {_MACHINE_COLUMN} FROM results WHERE experiment=? AND config_hash=? "
+                    "AND run=?", (experiment, digest, run)).fetchone()
+                entry = {"experiment": experiment, "run": run, "config": json.loads(config),
+                         "result": json.loads(result), "created": created}
+                if machine is not None:  # (rows stored before machines were recorded keep their old bytes)
+                    entry["machine"] = machine
+                text = json.dumps(entry, separators=(",", ":"))  # key order as stored: deterministic, and kept
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique: other processes may export here at once
                 try:
@@ -336,8 +419,10 @@ class ResultsStore:
                     raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
                 if not self.has(experiment, decoded, run):  # held under another file name (a renamed file)
                     # the exported JSON is the stored JSON: re-encoding would give the same text
+                    machine = row.get("machine")
                     self._insert((experiment, config_hash(decoded), int(run), json.dumps(config, sort_keys=True),
-                                  json.dumps(result), float(row.get("created", time.time()))))
+                                  json.dumps(result), float(row.get("created", time.time())),
+                                  machine if isinstance(machine, str) else None))
                     added += 1
         return added
 
