@@ -421,9 +421,10 @@ def test_findings_and_checks_refuse_contradictions():
                          "so it can match this section bit for bit only where every one of them was computed on "
                          "a machine like it."),
     ({None: 2, "m1": 1}, "Provenance: 3 stored results (trained runs and evaluations), computed 1 on machine m1 "
-                         "and 2 on a machine not recorded (stored before machines were recorded). `--only X.1` in "
+                         "and 2 on unrecorded machines (stored before machines were recorded). `--only X.1` in "
                          "a fresh folder recomputes"),
-    ({None: 1}, "Provenance: 1 stored result (trained runs and evaluations), computed on a machine not recorded"),
+    ({None: 1}, "Provenance: 1 stored result (trained runs and evaluations), computed on an unrecorded machine "
+                "(stored before machines were recorded). `--only X.1` in a fresh folder"),
     ({"m1": 4}, "Provenance: 4 stored results (trained runs and evaluations), all computed on machine m1. "
                 "`--only X.1` reproduces this section bit for bit on a machine with id m1."),
 ])

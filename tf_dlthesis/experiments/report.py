@@ -127,7 +127,8 @@ def _provenance_line(item: str, machines: dict) -> str:
     known = sorted(((n, m) for m, n in machines.items() if m is not None), key=lambda nm: (-nm[0], nm[1]))
     parts = [(n, f"on machine {m}") for n, m in known]
     if machines.get(None):
-        parts.append((machines[None], "on a machine not recorded (stored before machines were recorded)"))
+        unrecorded = "an unrecorded machine" if machines[None] == 1 else "unrecorded machines"
+        parts.append((machines[None], f"on {unrecorded} (stored before machines were recorded)"))
     line = f"Provenance: {total} stored result{'s' if total != 1 else ''} (trained runs and evaluations), "
     if len(parts) == 1:
         line += f"{'all ' if total > 1 else ''}computed {parts[0][1]}"
