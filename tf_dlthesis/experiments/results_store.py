@@ -31,10 +31,10 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
-_TAGS = ("__ndarray__", "__float__")
+_TAGS = ("__ndarray__", "__float__")  # dicts holding these keys decode as arrays / floats
 #: The `runtime.machine()` id of the machine that computed a row, in the `machine` column (kept since
 #: 2026-12-05); rows stored before then fall back to the id their result recorded (`_machine_in`).
-_MACHINE_COLUMN = "machine"  # dicts holding these keys decode as arrays / floats
+_MACHINE_COLUMN = "machine"
 
 
 def _encode(obj, key=None):
@@ -108,6 +108,11 @@ class ResultsStore:
     and bytes). Safe to use from several processes at once (each opens its own
     connection; writers wait for each other).
 
+    Each row also keeps the `runtime.machine()` id of the machine that computed it
+    (TensorFlow's CPU results are bit-exact on one machine, not across machines);
+    `provenance()` collects the ids of the rows a piece of code read or recorded,
+    which is how the report names the machines behind each of its sections.
+
     Example:
 
     >>> import tempfile, os
@@ -119,11 +124,6 @@ class ResultsStore:
 
     Args:
         path: the SQLite file (created with its folder if missing).
-
-    Each row also keeps the `runtime.machine()` id of the machine that computed it
-    (TensorFlow's CPU results are bit-exact on one machine, not across machines);
-    `provenance()` collects the ids of the rows a piece of code read or recorded,
-    which is how the report names the machines behind each of its sections.
 
     Attributes:
         recorded: how many runs this object has recorded (`record`, `get_or_compute`;
