@@ -274,8 +274,8 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_arc
         assert table and table == [line for line in open(moved) if line.startswith("| linear")]
         # each section names the machine that computed its stored results; the archive carries it
         here = runtime.machine()["id"]
-        provenance = (f"Provenance: 1 stored result (trained runs and evaluations), computed on machine {here}. "
-                      f"`--only T.2` reproduces this section bit for bit on a machine with id {here}.\n")
+        provenance = (f"Provenance: its stored results (trained runs and evaluations) were all computed on machine "
+                      f"{here}. `--only T.2` reproduces this section bit for bit on a machine with id {here}.\n")
         assert provenance in open(path).readlines() and provenance in open(moved).readlines()
         # the resumed reports show the item's recorded compute time, not the read-back time
         timing = [line for line in open(first) if line.startswith("| T.2 |")]
@@ -416,16 +416,16 @@ def test_findings_and_checks_refuse_contradictions():
 
 @pytest.mark.parametrize("machines, expected", [
     ({}, "Provenance: no stored results; everything here was computed by the run that wrote this report."),
-    ({"m1": 3, "m2": 5}, "Provenance: 8 stored results (trained runs and evaluations), computed 5 on machine m2 "
-                         "and 3 on machine m1. `--only X.1` in a fresh folder recomputes them all on one machine, "
-                         "so it can match this section bit for bit only where every one of them was computed on "
-                         "a machine like it."),
-    ({None: 2, "m1": 1}, "Provenance: 3 stored results (trained runs and evaluations), computed 1 on machine m1 "
-                         "and 2 on unrecorded machines (stored before machines were recorded). `--only X.1` in "
-                         "a fresh folder recomputes"),
-    ({None: 1}, "Provenance: 1 stored result (trained runs and evaluations), computed on an unrecorded machine "
-                "(stored before machines were recorded). `--only X.1` in a fresh folder"),
-    ({"m1": 4}, "Provenance: 4 stored results (trained runs and evaluations), all computed on machine m1. "
+    ({"m2": 3, "m1": 5}, "Provenance: its stored results (trained runs and evaluations) were computed on machine m1 "
+                         "and machine m2. `--only X.1` in a fresh folder recomputes them all on one machine, so it "
+                         "can match this section bit for bit only where every one of them was computed on a machine "
+                         "like it."),
+    ({None: 2, "m1": 1}, "Provenance: its stored results (trained runs and evaluations) were computed on machine m1 "
+                         "and unrecorded machines (stored before machines were recorded). `--only X.1` in a fresh "
+                         "folder recomputes"),
+    ({None: 1}, "Provenance: its stored results (trained runs and evaluations) were all computed on unrecorded "
+                "machines (stored before machines were recorded). `--only X.1` in a fresh folder"),
+    ({"m1": 4}, "Provenance: its stored results (trained runs and evaluations) were all computed on machine m1. "
                 "`--only X.1` reproduces this section bit for bit on a machine with id m1."),
 ])
 def test_provenance_line_names_every_machine_and_promises_bit_exactness_only_for_one(machines, expected):
@@ -434,6 +434,17 @@ def test_provenance_line_names_every_machine_and_promises_bit_exactness_only_for
     line = report._provenance_line("X.1", machines)
     assert line.startswith(expected)
     assert ("reproduces this section bit for bit" in line) == (len(machines) == 1 and None not in machines)
+
+
+def test_the_header_counts_sections_by_provenance():
+    from tf_dlthesis.experiments import report
+
+    outputs = [Output(machines=m) for m in ({"a": 2}, {"a": 5}, {"b": 1}, {}, {None: 3, "a": 1}, {"a": 1, "b": 1})]
+    assert report._provenance_summary(outputs) == (
+        "Provenance of the 6 sections (each has its own line): 2 used results all computed on machine a (an "
+        "`--only` rerun on a machine with that id reproduces them bit for bit), 1 stored nothing, 1 used results "
+        "all computed on machine b (an `--only` rerun on a machine with that id reproduces them bit for bit), 1 "
+        "used results from several recorded machines, 1 used results from unrecorded machines.")
 
 
 def test_an_item_counts_each_stored_result_it_used_once_by_machine(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -119,24 +120,41 @@ def _machine_line() -> str:
             f"result since 2026-12-05).")
 
 
+def _provenance_summary(outputs) -> str:
+    """The header's count of sections by where their stored results come from (`Output.machines`)."""
+    kinds = collections.Counter()
+    for machines in (o.machines for o in outputs):
+        if not machines:
+            kinds["stored nothing"] += 1
+        elif None in machines:
+            kinds["used results from unrecorded machines"] += 1
+        elif len(machines) > 1:
+            kinds["used results from several recorded machines"] += 1
+        else:
+            kinds[f"used results all computed on machine {next(iter(machines))} (an `--only` rerun on a "
+                  f"machine with that id reproduces them bit for bit)"] += 1
+    return (f"Provenance of the {len(outputs)} sections (each has its own line): "
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0])))
+            + ".")
+
+
 def _provenance_line(item: str, machines: dict) -> str:
-    """A section's line naming the machines that computed its stored results (`Output.machines`)."""
+    """A section's line naming the machines that computed its stored results (`Output.machines`).
+
+    It names machines, not counts: how many stored results an item touches depends on
+    whether it computed them (a fresh run records an evaluation's per-batch rows too)
+    or read them back, and a rebuilt report must read as the fresh one did.
+    """
     if not machines:
         return "Provenance: no stored results; everything here was computed by the run that wrote this report."
-    total = sum(machines.values())
-    known = sorted(((n, m) for m, n in machines.items() if m is not None), key=lambda nm: (-nm[0], nm[1]))
-    parts = [(n, f"on machine {m}") for n, m in known]
-    if machines.get(None):
-        unrecorded = "an unrecorded machine" if machines[None] == 1 else "unrecorded machines"
-        parts.append((machines[None], f"on {unrecorded} (stored before machines were recorded)"))
-    line = f"Provenance: {total} stored result{'s' if total != 1 else ''} (trained runs and evaluations), "
-    if len(parts) == 1:
-        line += f"{'all ' if total > 1 else ''}computed {parts[0][1]}"
-    else:
-        counted = [f"{n} {where}" for n, where in parts]
-        line += "computed " + ", ".join(counted[:-1]) + " and " + counted[-1]
-    if len(known) == 1 and not machines.get(None):
-        return line + f". `--only {item}` reproduces this section bit for bit on a machine with id {known[0][1]}."
+    known = sorted(m for m in machines if m is not None)
+    where = [f"machine {m}" for m in known] + (["unrecorded machines (stored before machines were recorded)"]
+                                               if None in machines else [])
+    line = ("Provenance: its stored results (trained runs and evaluations) were "
+            + ("all computed on " + where[0] if len(where) == 1 else
+               "computed on " + ", ".join(where[:-1]) + " and " + where[-1]))
+    if len(known) == 1 and None not in machines:
+        return line + f". `--only {item}` reproduces this section bit for bit on a machine with id {known[0]}."
     return line + (f". `--only {item}` in a fresh folder recomputes them all on one machine, so it can match this "
                    f"section bit for bit only where every one of them was computed on a machine like it.")
 
@@ -189,6 +207,8 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
         "",
         f"Regime and health checks: {n_checks - n_failed} of {n_checks} passed"
         + (f" (failed: {', '.join(failed)})" if failed else "") + ".",
+        "",
+        _provenance_summary([output for _, output, _, error in sections if not error]),
         "",
     ]
     if absent:
