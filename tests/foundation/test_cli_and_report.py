@@ -468,3 +468,27 @@ def test_an_item_counts_each_stored_result_it_used_once_by_machine(tmp_path, mon
     from tf_dlthesis import runtime
 
     assert output.machines == {runtime.machine()["id"]: 1, "other": 2}
+
+
+def test_an_item_read_back_from_its_store_counts_the_same_results_as_when_it_computed_them(tmp_path):
+    """A rebuild reads an evaluation's own row only; the rows it was computed from still count (Table 3.6's case)."""
+    store = experiments.ResultsStore(tmp_path / "r.sqlite")
+
+    @experiments.register("T.r", title="rebuild", chapter="T", quick_minutes=0.0)
+    def _item(scale, dataset, store, *, out=None):
+        def evaluate():
+            for batch in range(3):  # per-batch rows for resuming, recorded on the way
+                store.record("per_batch", {"b": batch}, 0, {"v": batch})
+            return {"acc": 0.5}
+
+        store.get_or_compute("evaluation", {"k": 0}, 0, evaluate)
+        return Output()
+
+    try:
+        fresh = experiments.registry.get("T.r")("quick", None, store)
+        rebuilt = experiments.registry.get("T.r")("quick", None, experiments.ResultsStore(tmp_path / "r.sqlite"))
+    finally:
+        experiments.REGISTRY.pop("T.r")
+    from tf_dlthesis import runtime
+
+    assert fresh.machines == rebuilt.machines == {runtime.machine()["id"]: 4}

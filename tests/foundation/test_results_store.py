@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tf_dlthesis.experiments.results_store import ResultsStore
+from tf_dlthesis.experiments.results_store import ResultsStore, config_hash
 
 
 def test_record_has_get_rows_roundtrip_with_arrays(tmp_path):
@@ -265,7 +265,6 @@ def test_a_store_from_before_machines_were_recorded_is_read_and_extended(tmp_pat
     conn.execute("CREATE TABLE results (experiment TEXT NOT NULL, config_hash TEXT NOT NULL, run INTEGER NOT NULL, "
                  "config TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL, "
                  "PRIMARY KEY (experiment, config_hash, run))")
-    from tf_dlthesis.experiments.results_store import config_hash
 
     for run, result in enumerate([{"acc": 0.5}, {"acc": 0.6, "info": {"machine": "m-train"}}, {"machine": "m-proto"}]):
         conn.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",
@@ -273,6 +272,7 @@ def test_a_store_from_before_machines_were_recorded_is_read_and_extended(tmp_pat
     conn.commit()
     conn.close()
     store = ResultsStore(path)
+    assert [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(results)")][-2:] == ["machine", "inputs"]
     with store.provenance() as outer:
         with store.provenance() as inner:
             assert store.get("old", {"k": 1}, 0) == {"acc": 0.5}
@@ -292,3 +292,63 @@ def test_a_store_from_before_machines_were_recorded_is_read_and_extended(tmp_pat
 
     texts = sorted(gzip.decompress(p.read_bytes()).decode() for p in (tmp_path / "rows").rglob("*.json.gz"))
     assert sum('"machine":"%s"' % here in t for t in texts) == 1 and sum(t.endswith('"created":0.0}') for t in texts) == 1
+
+
+def test_a_stored_result_read_back_marks_the_rows_it_was_computed_from(tmp_path, monkeypatch):
+    """A result `get_or_compute` recorded keeps the rows its `fn` used: reading it later sees what computing it saw."""
+    import gzip
+    import json
+
+    store = ResultsStore(tmp_path / "r.sqlite")
+    monkeypatch.setattr(store, "_machine", "A")
+    store.record("weights", {"k": 0}, 0, {"w": 1.0})  # e.g. a model trained on machine A
+    monkeypatch.setattr(store, "_machine", "B")
+
+    def evaluate():  # on machine B, from A's weights, keeping a per-batch row on the way
+        w = store.get("weights", {"k": 0}, 0)["w"]
+        store.record("batch", {"k": 0}, 0, {"v": w})
+        return {"acc": 2 * w}
+
+    def summary():  # a result computed from the evaluation alone
+        return {"acc": store.get_or_compute("eval", {"k": 0}, 0, evaluate)["acc"] + 1}
+
+    with store.provenance() as fresh:
+        assert store.get_or_compute("summary", {"k": 0}, 0, summary) == {"acc": 3.0}
+    digest = config_hash({"k": 0})
+    assert fresh == {("weights", digest, 0): "A", ("batch", digest, 0): "B", ("eval", digest, 0): "B",
+                     ("summary", digest, 0): "B"}
+    later = ResultsStore(tmp_path / "r.sqlite")  # another process, reading the stored result only
+    with later.provenance() as read_back:
+        assert later.get_or_compute("summary", {"k": 0}, 0, lambda: pytest.fail("recomputed")) == {"acc": 3.0}
+    assert read_back == fresh  # inputs of inputs included
+    with later.provenance() as one_level:
+        later.get("eval", {"k": 0}, 0)
+    assert one_level == {("weights", digest, 0): "A", ("batch", digest, 0): "B", ("eval", digest, 0): "B"}
+    with later.provenance() as plain:
+        later.get("weights", {"k": 0}, 0)  # recorded directly: no inputs
+    assert plain == {("weights", digest, 0): "A"}
+
+    # the archive carries the inputs; rows without any keep the earlier file format
+    assert store.export_rows(tmp_path / "rows") == 4
+    texts = {json.loads(gzip.decompress(p.read_bytes()))["experiment"]: gzip.decompress(p.read_bytes()).decode()
+             for p in (tmp_path / "rows").rglob("*.json.gz")}
+    assert [e for e, t in sorted(texts.items()) if '"inputs"' in t] == ["eval", "summary"]
+    assert json.loads(texts["eval"])["inputs"] == [["batch", digest, 0, "B"], ["weights", digest, 0, "A"]]
+    copy = ResultsStore(tmp_path / "copy.sqlite")
+    assert copy.import_rows(tmp_path / "rows") == 4
+    with copy.provenance() as imported:
+        copy.get("summary", {"k": 0}, 0)
+    assert imported == fresh
+
+
+def test_an_archived_row_with_malformed_inputs_is_refused_by_name(tmp_path):
+    import gzip
+
+    store = ResultsStore(tmp_path / "r.sqlite")
+    (tmp_path / "rows" / "x").mkdir(parents=True)
+    (tmp_path / "rows" / "x" / "bad.json.gz").write_bytes(gzip.compress(
+        b'{"experiment": "e", "run": 0, "config": {}, "result": {}, "inputs": [["e", "h", "0", null]]}'))
+    with pytest.raises(ValueError, match=r"bad.json.gz.*is not a run exported by `export_rows`.*inputs must be a list "
+                                         r"of \[experiment, config hash, run, machine\]"):
+        store.import_rows(tmp_path / "rows")
+    assert len(store) == 0

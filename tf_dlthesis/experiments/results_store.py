@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS results (
     result TEXT NOT NULL,
     created REAL NOT NULL,
     machine TEXT,
+    inputs TEXT,
     PRIMARY KEY (experiment, config_hash, run)
 )
 """
@@ -35,6 +36,12 @@ _TAGS = ("__ndarray__", "__float__")  # dicts holding these keys decode as array
 #: The `runtime.machine()` id of the machine that computed a row, in the `machine` column (kept since
 #: 2026-12-05); rows stored before then fall back to the id their result recorded (`_machine_in`).
 _MACHINE_COLUMN = "machine"
+#: The rows a `get_or_compute` result was computed from: a JSON list of `[experiment, config hash, run,
+#: machine]` (kept since 2026-12-05; NULL for rows recorded otherwise or earlier). Reading the result marks
+#: them as used (`provenance`), so a report read back from a store names the machines of its inputs too.
+_INPUTS_COLUMN = "inputs"
+#: Columns added after the first release, in order: a store written before gains them when opened.
+_LATER_COLUMNS = (_MACHINE_COLUMN, _INPUTS_COLUMN)
 
 
 def _encode(obj, key=None):
@@ -90,6 +97,19 @@ def _machine_in(result) -> str | None:
         if isinstance(holder, dict) and isinstance(holder.get("machine"), str):
             return holder["machine"]
     return None
+
+
+def _checked_inputs(inputs):
+    """An archived row's `inputs` (None or a list of `[experiment, config hash, run, machine or None]`)."""
+    if inputs is None:
+        return None
+    if not isinstance(inputs, list) or not all(
+            isinstance(i, list) and len(i) == 4 and isinstance(i[0], str) and isinstance(i[1], str)
+            and isinstance(i[2], int) and not isinstance(i[2], bool) and (i[3] is None or isinstance(i[3], str))
+            for i in inputs):
+        raise TypeError("its inputs must be a list of [experiment, config hash, run, machine]. "
+                        f"Received: {inputs!r:.200}")
+    return inputs
 
 
 def config_hash(config: dict) -> str:
@@ -160,20 +180,21 @@ class ResultsStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_SCHEMA)
-            self._add_machine_column(conn)
+            self._add_later_columns(conn)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
     @staticmethod
-    def _add_machine_column(conn) -> None:
-        """Gives a store written before rows kept their machine the `machine` column (NULL in old rows)."""
-        if _MACHINE_COLUMN in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
-            return
-        try:
-            conn.execute(f"ALTER TABLE results ADD COLUMN {_MACHINE_COLUMN} TEXT")
-        except sqlite3.OperationalError:  # another process added it first
-            if _MACHINE_COLUMN not in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
-                raise
+    def _add_later_columns(conn) -> None:
+        """Gives a store written by an earlier release the columns added since (NULL in its old rows)."""
+        for column in _LATER_COLUMNS:
+            if column in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+                continue
+            try:
+                conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
+            except sqlite3.OperationalError:  # another process added it first
+                if column not in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+                    raise
 
     @property
     def machine(self) -> str:
@@ -192,7 +213,10 @@ class ResultsStore:
         `(experiment, config hash, run)` to the id of the machine that computed it
         (`runtime.machine()["id"]`; None for a row stored before machines were
         recorded). `collections.Counter(seen.values())` counts them per machine.
-        Contexts may nest; each sees every row used inside it.
+        Contexts may nest; each sees every row used inside it. Reading a result that
+        `get_or_compute` recorded also marks the rows it was computed from (read or
+        recorded inside its `fn`, recursively), so code that reads a stored result sees
+        the same rows, and machines, as the code that computed it.
 
         Example:
 
@@ -210,10 +234,13 @@ class ResultsStore:
             with self._tracker_lock:  # by identity: two contexts' dicts may be equal
                 self._trackers = [t for t in self._trackers if t is not seen]
 
-    def _seen(self, key: tuple, machine) -> None:
+    def _seen(self, key: tuple, machine, inputs=None) -> None:
+        """Marks row `key` (and the rows it was computed from: `[experiment, hash, run, machine]`s) as used."""
         if self._trackers:
             with self._tracker_lock:
                 for seen in self._trackers:
+                    for experiment, digest, run, source in inputs or ():
+                        seen[(experiment, digest, int(run))] = source
                     seen[key] = machine
 
     @staticmethod
@@ -233,13 +260,19 @@ class ResultsStore:
                 argument types.
             ValueError: a dict key is one the store reserves (`"__ndarray__"`, `"__float__"`), or a bad `run`.
         """
+        self._record(experiment, config, run, result, None)
+
+    def _record(self, experiment, config, run, result, inputs) -> None:
+        """`record`, keeping `inputs` ({row key: machine} of the rows `result` was computed from)."""
         self._check(experiment, config, run)
         if not isinstance(result, dict):
             raise TypeError(f"`result` must be a dict. Received: result={type(result).__name__}")
         created, digest = time.time(), config_hash(config)
-        self._insert((experiment, digest, int(run), json.dumps(_encode(config), sort_keys=True),
-                      json.dumps(_encode(result)), created, self.machine))
-        self._seen((experiment, digest, int(run)), self.machine)
+        key = (experiment, digest, int(run))
+        used = [[*k, m] for k, m in sorted((inputs or {}).items(), key=lambda item: item[0]) if k != key]
+        self._insert((*key, json.dumps(_encode(config), sort_keys=True), json.dumps(_encode(result)), created,
+                      self.machine, json.dumps(used, separators=(",", ":")) if used else None))
+        self._seen(key, self.machine)
         self.recorded, self.last_recorded = self.recorded + 1, created
 
     def _insert(self, row) -> None:
@@ -247,7 +280,7 @@ class ResultsStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("INSERT OR REPLACE INTO results (experiment, config_hash, run, config, result, created, "
-                         f"{_MACHINE_COLUMN}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                         f"{_MACHINE_COLUMN}, {_INPUTS_COLUMN}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -267,16 +300,19 @@ class ResultsStore:
         self._check(experiment, config, run)
         key = (experiment, config_hash(config), int(run))
         row = self._connect().execute(
-            f"SELECT result, {_MACHINE_COLUMN} FROM results WHERE experiment=? AND config_hash=? AND run=?", key
-        ).fetchone()
+            f"SELECT result, {_MACHINE_COLUMN}, {_INPUTS_COLUMN} FROM results WHERE experiment=? AND config_hash=? "
+            "AND run=?", key).fetchone()
         if row is None:
             return None
         result = _decode(json.loads(row[0]))
-        self._seen(key, row[1] or _machine_in(result))
+        self._seen(key, row[1] or _machine_in(result), json.loads(row[2]) if row[2] else None)
         return result
 
     def get_or_compute(self, experiment: str, config: dict, run: int, fn):
         """The recorded result of a run, or `fn()` recorded first: the one resume idiom.
+
+        The rows `fn` reads or records are kept with the result, so that reading it
+        later marks them as used too (`provenance`).
 
         Example:
 
@@ -289,10 +325,11 @@ class ResultsStore:
             raise TypeError(f"`fn` must be callable. Received: fn={fn!r}")
         result = self.get(experiment, config, run)
         if result is None:
-            result = fn()
+            with self.provenance() as used:
+                result = fn()
             if not isinstance(result, dict):
                 raise TypeError(f"`fn` must return a dict of results. Received: {type(result).__name__}")
-            self.record(experiment, config, run, result)
+            self._record(experiment, config, run, result, used)
         return result
 
     def __len__(self) -> int:
@@ -362,13 +399,15 @@ class ResultsStore:
                 # `created`, and a checked-out file is newer than every row it holds
                 if os.path.exists(path) and os.path.getmtime(path) >= created - 1e-3:  # (float rounding)
                     continue
-                config, result, machine = conn.execute(
-                    f"SELECT config, result, {_MACHINE_COLUMN} FROM results WHERE experiment=? AND config_hash=? "
-                    "AND run=?", (experiment, digest, run)).fetchone()
+                config, result, machine, inputs = conn.execute(
+                    f"SELECT config, result, {_MACHINE_COLUMN}, {_INPUTS_COLUMN} FROM results WHERE experiment=? "
+                    "AND config_hash=? AND run=?", (experiment, digest, run)).fetchone()
                 entry = {"experiment": experiment, "run": run, "config": json.loads(config),
                          "result": json.loads(result), "created": created}
                 if machine is not None:  # (rows stored before machines were recorded keep their old bytes)
                     entry["machine"] = machine
+                if inputs is not None:
+                    entry["inputs"] = json.loads(inputs)
                 text = json.dumps(entry, separators=(",", ":"))  # key order as stored: deterministic, and kept
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique: other processes may export here at once
@@ -415,6 +454,7 @@ class ResultsStore:
                     self._check(experiment, decoded, run)
                     if not isinstance(result, dict):
                         raise TypeError(f"its result must be a dict. Received: {type(result).__name__}")
+                    inputs = _checked_inputs(row.get("inputs"))
                 except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:
                     raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
                 if not self.has(experiment, decoded, run):  # held under another file name (a renamed file)
@@ -422,7 +462,8 @@ class ResultsStore:
                     machine = row.get("machine")
                     self._insert((experiment, config_hash(decoded), int(run), json.dumps(config, sort_keys=True),
                                   json.dumps(result), float(row.get("created", time.time())),
-                                  machine if isinstance(machine, str) else None))
+                                  machine if isinstance(machine, str) else None,
+                                  json.dumps(inputs, separators=(",", ":")) if inputs else None))
                     added += 1
         return added
 
