@@ -412,6 +412,18 @@ def test_tfds_dataset_not_prepared_is_one_clear_error(tmp_path, tfds_tempdir):
     assert "tfds build cifar10" in message and "data_dir" in message
 
 
+def test_an_unprepared_tfds_dataset_leaves_no_temporary_folder(tmp_path, tfds_tempdir):
+    """tfds makes an empty `tmp*tfds` folder per builder of an unprepared dataset and never removes
+    it; the library removes the empty ones it made, and nothing else."""
+    kept = [tfds_tempdir / "tmpearliertfds", tfds_tempdir / "unrelated"]  # there before the call
+    for folder in kept:
+        folder.mkdir()
+    for _ in range(2):
+        with pytest.raises(data.DatasetNotFoundError):
+            data.load("cifar10", "train", data_dir=str(tmp_path / "tfds"))
+    assert sorted(tfds_tempdir.iterdir()) == sorted(kept)
+
+
 def test_tfds_missing_module_is_a_clear_import_error(monkeypatch):
     import tensorflow_datasets as tfds
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import glob
 import gzip
 import hashlib
 import os
@@ -521,11 +522,30 @@ def _tfds_builder_names():
         return list(_KNOWN_TFDS)
 
 
+@contextlib.contextmanager
+def _tfds_temp_folders_removed():
+    """Removes the empty `tmp*tfds` folders tensorflow-datasets made inside.
+
+    tfds's `DatasetInfo.initialize_from_bucket` makes one with `tempfile.mkdtemp`
+    for every builder of a dataset that is not prepared, and never removes it. Only
+    folders that appeared inside and are still empty go (`os.rmdir`).
+    """
+    pattern = os.path.join(tempfile.gettempdir(), "tmp*tfds")
+    before = set(glob.glob(pattern))
+    try:
+        yield
+    finally:
+        for folder in set(glob.glob(pattern)) - before:
+            with contextlib.suppress(OSError):  # not empty, or gone already
+                os.rmdir(folder)
+
+
 def _tfds_builder(name, data_dir):
     try:
         import tensorflow_datasets as tfds
 
-        return tfds.builder(name, data_dir=data_dir)
+        with _tfds_temp_folders_removed():
+            return tfds.builder(name, data_dir=data_dir)
     except ModuleNotFoundError as err:
         raise _missing_module(err) from None
 
