@@ -284,6 +284,27 @@ def test_figure_5_1_means_are_layer_cka_of_the_stored_runs(new_items):
         assert out.tables[0].rows["all"][name] == pytest.approx(value, abs=1e-9)
 
 
+def test_figure_5_1_reads_its_stored_cka_back_instead_of_recomputing_it(new_items, monkeypatch):
+    """A rebuild from the store reproduces Fig. 5.1 on any CPU: the CKA matrices are stored, keyed by the
+    stored models' weight hashes, and not recomputed (their last bits would follow the CPU's kernels)."""
+    import tf_dlthesis.variability as variability
+
+    first, store = new_items[0]("fig5.1"), new_items[1]
+    [row] = store.rows(c5.CKA_KEY)
+    assert set(row["config"]["models"]) == {"init", "all"} and all(len(h) == 2 for h in row["config"]["models"].values())
+    assert row["result"]["matrices"]["all"]["logits"].shape == (2, 2)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CKA recomputed although it is stored")
+
+    monkeypatch.setattr(variability, "cka_matrix", refuse)
+    monkeypatch.setattr(variability, "layer_activations", refuse)
+    again = get("fig5.1")("quick", None, store)
+    assert again.tables[0].rows == first.tables[0].rows
+    assert [(f.verdict, f.effect) for f in again.findings] == [(f.verdict, f.effect) for f in first.findings]
+    assert len(store.rows(c5.CKA_KEY)) == 1
+
+
 def test_per_example_disagreement_and_the_small_r_interval():
     # three runs, four examples; predictions (argmax): run0 [0,1,2,0], run1 [0,1,1,1], run2 [0,2,1,0]
     preds = np.array([[0, 1, 2, 0], [0, 1, 1, 1], [0, 2, 1, 0]])

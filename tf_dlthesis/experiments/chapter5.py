@@ -1169,6 +1169,8 @@ CKA_LAYERS = {
     "resnet14": ("stem_relu", "stage1_block1_relu", "stage1_block2_relu", "stage2_block2_relu", "stage3_block2_relu",
                  "logits"),
 }
+#: The store's experiment name of Fig. 5.1's CKA matrices (computed once from the stored models).
+CKA_KEY = "ch5.cka"
 #: Runs per source and probe images for CKA (the thesis: 25 models per source, "due to the cost of CKA").
 CKA_SETTINGS = {"quick": (3, 200, ("init", "shuffle", "all")),
                 "standard": (10, 500, ("init", "shuffle", "augment", "all")),
@@ -1202,17 +1204,26 @@ def figure_5_1(scale, dataset, store, *, out=None):
         model.set_weights([np.asarray(w) for w in info["weights"]])
         return model
 
-    means, matrices = {}, {}
-    for source in sources:
-        if source not in res.rows:
-            continue
-        acts = []
-        for info in res.info[source]:  # one model at a time: only its activations are kept
-            acts.append(layer_activations(rebuilt(info), images, layers))
-            keras.backend.clear_session()
-        # (R, R) CKA per layer; its mean over pairs is `variability.layer_cka` of the R models
-        matrices[source] = {name: cka_matrix([a[name] for a in acts]) for name in layers}
-        means[source] = {name: float(m[np.triu_indices(len(m), 1)].mean()) for name, m in matrices[source].items()}
+    present = [source for source in sources if source in res.rows]
+
+    def compute():
+        matrices = {}
+        for source in present:
+            acts = []
+            for info in res.info[source]:  # one model at a time: only its activations are kept
+                acts.append(layer_activations(rebuilt(info), images, layers))
+                keras.backend.clear_session()
+            # (R, R) CKA per layer; its mean over pairs is `variability.layer_cka` of the R models
+            matrices[source] = {name: cka_matrix([a[name] for a in acts]) for name in layers}
+        return {"matrices": matrices}
+
+    # Stored, keyed by the exact models (their weight hashes): a report rebuilt from the store on another
+    # CPU reads these values instead of recomputing their last bits with that CPU's kernels.
+    config = {"spec": spec.to_config(), "layers": list(layers), "images": len(images),
+              "models": {source: [weights_hash(info["weights"]) for info in res.info[source]] for source in present}}
+    matrices = (store.get_or_compute(CKA_KEY, config, 0, compute) if store is not None else compute())["matrices"]
+    means = {source: {name: float(m[np.triu_indices(len(m), 1)].mean()) for name, m in matrices[source].items()}
+             for source in present}
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for source, per_layer in means.items():
         ax.plot(range(len(layers)), [per_layer[name] for name in layers], marker="o", label=source)
