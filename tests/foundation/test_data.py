@@ -424,6 +424,18 @@ def test_an_unprepared_tfds_dataset_leaves_no_temporary_folder(tmp_path, tfds_te
     assert sorted(tfds_tempdir.iterdir()) == sorted(kept)
 
 
+def test_the_tfds_temporary_folder_cleanup_takes_the_folder_name_literally(tmp_path, monkeypatch):
+    """A temporary folder whose name holds glob characters (`[1]`) is still cleaned."""
+    import tempfile
+
+    folder = tmp_path / "temp[1]"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    with pytest.raises(data.DatasetNotFoundError):
+        data.load("cifar10", "train", data_dir=str(tmp_path / "tfds"))
+    assert list(folder.iterdir()) == []
+
+
 def test_tfds_missing_module_is_a_clear_import_error(monkeypatch):
     import tensorflow_datasets as tfds
 

@@ -530,7 +530,7 @@ def _tfds_temp_folders_removed():
     for every builder of a dataset that is not prepared, and never removes it. Only
     folders that appeared inside and are still empty go (`os.rmdir`).
     """
-    pattern = os.path.join(tempfile.gettempdir(), "tmp*tfds")
+    pattern = os.path.join(glob.escape(tempfile.gettempdir()), "tmp*tfds")  # (the folder's name may hold [ or *)
     before = set(glob.glob(pattern))
     try:
         yield
