@@ -120,6 +120,11 @@ def _machine_line() -> str:
             f"result since 2026-12-05).")
 
 
+def _only_machine(machines: dict):
+    """The one recorded machine behind a section's stored results, or None (several, unrecorded or none)."""
+    return next(iter(machines)) if len(machines) == 1 and None not in machines else None
+
+
 def _provenance_summary(outputs) -> str:
     """The header's count of sections by where their stored results come from (`Output.machines`)."""
     kinds = collections.Counter()
@@ -128,10 +133,10 @@ def _provenance_summary(outputs) -> str:
             kinds["stored nothing"] += 1
         elif None in machines:
             kinds["used results from unrecorded machines"] += 1
-        elif len(machines) > 1:
+        elif _only_machine(machines) is None:
             kinds["used results from several recorded machines"] += 1
         else:
-            kinds[f"used results all computed on machine {next(iter(machines))} (an `--only` rerun on a "
+            kinds[f"used results all computed on machine {_only_machine(machines)} (an `--only` rerun on a "
                   f"machine with that id reproduces them bit for bit)"] += 1
     return (f"Provenance of the {len(outputs)} sections (each has its own line): "
             + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0])))
@@ -153,7 +158,7 @@ def _provenance_line(item: str, machines: dict) -> str:
     line = ("Provenance: its stored results (trained runs and evaluations) were "
             + ("all computed on " + where[0] if len(where) == 1 else
                "computed on " + ", ".join(where[:-1]) + " and " + where[-1]))
-    if len(known) == 1 and None not in machines:
+    if _only_machine(machines) is not None:
         return line + f". `--only {item}` reproduces this section bit for bit on a machine with id {known[0]}."
     return line + (f". `--only {item}` in a fresh folder recomputes them all on one machine, so it can match this "
                    f"section bit for bit only where every one of them was computed on a machine like it.")

@@ -187,13 +187,14 @@ class ResultsStore:
     @staticmethod
     def _add_later_columns(conn) -> None:
         """Gives a store written by an earlier release the columns added since (NULL in its old rows)."""
-        for column in _LATER_COLUMNS:
-            if column in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
-                continue
+        def columns():
+            return {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+
+        for column in [c for c in _LATER_COLUMNS if c not in columns()]:
             try:
                 conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
             except sqlite3.OperationalError:  # another process added it first
-                if column not in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+                if column not in columns():
                     raise
 
     @property
