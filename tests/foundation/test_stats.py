@@ -158,9 +158,15 @@ def test_accuracy_differences_known_cases():
 
 
 def test_sd_ratio_of_equal_values_is_exactly_zero_or_one():
+    # identical runs on one side (continuous values): the ratio is exactly 0 (or inf), a zero-width interval
+    # (the bootstrap over 3 runs used before gave [0, 1]: its replicates of the varied side could tie too)
     same = stats.sd_ratio([0.1, 0.1, 0.1], [0.3, 0.1, 0.2])
-    assert same.estimate == 0.0
-    assert stats.sd_ratio([0.7] * 4, [0.7] * 4).estimate == 1.0  # both exactly 0: no variability either side
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0) and "exact" in same.statistic
+    assert verdict(same, above=0.5, below=2) == "not reproduced"
+    flipped = stats.sd_ratio([0.3, 0.1, 0.2], [0.1, 0.1, 0.1])
+    assert flipped.estimate == flipped.low == flipped.high == math.inf
+    both = stats.sd_ratio([0.7] * 4, [0.7] * 4)   # both exactly 0: no variability either side
+    assert (both.estimate, both.low, both.high) == (1.0, 1.0, 1.0)
 
 
 def _rounded_normal(sigma, u):
@@ -379,3 +385,89 @@ def test_proportion_over_several_runs_is_not_a_pooled_wilson_interval():
     # it is the interval of a difference to an always-wrong classifier
     ref = stats.accuracy_difference(runs, np.zeros_like(runs))
     assert (e.low, e.high) == pytest.approx((max(0.0, ref.low), min(100.0, ref.high)))
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: stats.mean_interval([1.0, 2.0, 4.0], confidence=c),
+    lambda c: stats.proportion([1, 0, 1, 1], confidence=c),
+    lambda c: stats.bootstrap(np.mean, np.arange(10.0), what="m", confidence=c),
+    lambda c: stats.accuracy_difference([1, 0, 1, 1], [0, 0, 1, 0], confidence=c),
+    lambda c: stats.sd_ratio([1.0, 2.0, 4.0], [1.0, 3.0, 2.0], confidence=c),
+])
+@pytest.mark.parametrize("bad", [95, 0, 1.0, -0.5, True, "0.95", math.nan])
+def test_confidence_must_be_a_coverage_between_0_and_1(call, bad):
+    # 95 instead of 0.95 gave a [nan, nan] interval ("inconclusive") or [0, 100] for a proportion
+    with pytest.raises(ValueError, match="confidence"):
+        call(bad)
+
+
+def test_equal_values_have_no_t_interval_only_a_sign_test_one():
+    # three seeds that all pick the same grid value: the t interval had zero width and read "reproduced";
+    # a sign test on 3 of 3 positive differences has p = 0.25
+    three = stats.paired_difference([0.1, 0.1, 0.1], [0.0, 0.0, 0.0], unit="alpha")
+    assert math.isinf(three.low) and math.isinf(three.high) and verdict(three, above=0) == "inconclusive"
+    two = stats.paired_difference([0.3, 0.3], [0.2, 0.2])
+    assert verdict(two, above=0) == "inconclusive"
+    # six of six equal values on one side of 0: p = 2 / 64 < 0.05, the sign test's interval is the value
+    six = stats.mean_interval([0.05] * 6)
+    assert (six.low, six.high) == (0.05, 0.05) and "sign-test" in six.statistic and verdict(six, above=0) == "reproduced"
+    five = stats.mean_interval([0.05] * 5)   # 2 / 32 > 0.05
+    assert math.isinf(five.high) and verdict(five, above=0) == "inconclusive"
+    # values with a spread keep the t interval
+    spread = stats.mean_interval([0.05, 0.05, 0.1])
+    half = 4.302652729911275 * np.std([0.05, 0.05, 0.1], ddof=1) / math.sqrt(3)
+    assert spread.high == pytest.approx(np.mean([0.05, 0.05, 0.1]) + half)
+
+
+@pytest.mark.parametrize("sample", [[0.7], [1.0, 0.0], [3.0, 1.0, 2.0, 5.0, 4.0]])
+def test_bootstrap_of_fewer_than_6_units_gives_no_interval(sample):
+    # one value used to give [0.7, 0.7] and "reproduced"
+    e = stats.bootstrap(np.mean, np.array(sample), what="mean")
+    assert e.estimate == pytest.approx(np.mean(sample)) and math.isinf(e.low) and math.isinf(e.high)
+    assert verdict(e, above=-100) == "inconclusive" and "no interval" in e.statistic
+    two = stats.bootstrap(lambda a, b: a.mean() - b.mean(), np.arange(10.0), np.array(sample), what="d")
+    assert math.isinf(two.low) and two.n == len(sample)
+
+
+def test_bootstrap_is_the_expanded_percentile_interval_by_hand():
+    from scipy import stats as sps
+
+    x = np.array([2.0, 3.5, 1.0, 4.0, 2.5, 3.0, 5.5, 0.5])
+    e = stats.bootstrap(np.mean, x, what="mean", n_boot=500, seed=3)
+    rng = np.random.default_rng(3)
+    reps = np.array([x[rng.integers(0, 8, 8)].mean() for _ in range(500)])
+    tail = sps.norm.cdf(-math.sqrt(8 / 7) * sps.t.ppf(0.975, 7))      # 0.0057: wider than 0.025
+    assert 0.005 < tail < 0.0065
+    np.testing.assert_allclose([e.low, e.high], np.percentile(reps, [100 * tail, 100 - 100 * tail]), rtol=0, atol=0)
+    assert "expanded percentile" in e.statistic
+
+
+def test_bootstrap_of_a_small_sample_covers_about_95_percent():
+    # the plain percentile interval covered ~85% of normal means with 6 units (the expanded one ~94%)
+    rng = np.random.default_rng(7)
+    hits = 0
+    sims = 400
+    for i in range(sims):
+        e = stats.bootstrap(np.mean, rng.standard_normal(6), what="m", n_boot=400, seed=i)
+        hits += e.low < 0 < e.high
+    assert hits / sims >= 0.91
+
+
+def test_minimum_over_methods_with_one_run_each_keeps_its_coverage():
+    # one run per method, 8 methods exactly as accurate as the baseline: the minimum gain is 0, so the
+    # interval of "every method beats the baseline" must exclude 0 rarely. The percentile interval of
+    # the bootstrapped minimum excluded it in ~41% of such cases.
+    rng = np.random.default_rng(11)
+    wrong = 0
+    sims = 60
+    for i in range(sims):
+        base = rng.random(500) < 0.8
+        pairs = [(rng.random(500) < 0.8, base) for _ in range(8)]
+        e = stats.accuracy_differences(pairs, np.min, what="min", n_boot=300, seed=i)
+        wrong += not (e.low <= 0 <= e.high)
+        assert e.low <= e.estimate <= e.high
+    assert wrong / sims <= 0.07
+    # a clear effect is still found: every method 10 points better
+    base = rng.random(2000) < 0.7
+    clear = stats.accuracy_differences([(rng.random(2000) < 0.8, base) for _ in range(4)], np.min, what="min")
+    assert verdict(clear, above=0) == "reproduced"
