@@ -100,6 +100,47 @@ def test_fully_masked_input_gives_zeros_and_bad_mask_rank_is_rejected():
         ExampleWeightedBatchNormalization()(np.ones((2, 3, 4), "float32"), mask=np.ones((2, 3, 4)), training=True)
 
 
+@pytest.mark.parametrize("steps", [3, 5])  # T == C (a wrong axis broadcast silently) and T != C
+def test_mask_with_the_channel_axis_first_masks_the_right_axis(steps):
+    # (B, C, T) with axis=1: the mask (B, T) is the input's shape without the channel axis. (Keras 3.15's
+    # BN appends the channel dimension last, so it masks along the wrong axis here: compare with NumPy.)
+    x = (_rng(4).normal(size=(2, 3, steps)) * 2 + 1).astype("float32")
+    mask = np.zeros((2, steps), bool)
+    mask[0, :2], mask[1, :1] = True, True
+    values = np.moveaxis(x, 1, -1)[mask]  # (count, C): the unmasked (b, t) positions
+    mean, var = values.mean(0), values.var(0)
+    layer = ExampleWeightedBatchNormalization(axis=1, momentum=0.0, center=False, scale=False)
+    y = layer(x, training=True, mask=mask).numpy()
+    np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, (x - mean[:, None]) / np.sqrt(var[:, None] + EPS), rtol=1e-4, atol=1e-4)
+    layer.example_weight = 1.0  # inference: each example's statistics over its own unmasked positions
+    y = layer(x, training=False, mask=mask).numpy()
+    for i in range(2):
+        vals = x[i][:, mask[i]]
+        ref = (x[i] - vals.mean(1, keepdims=True)) / np.sqrt(vals.var(1, keepdims=True) + EPS)
+        np.testing.assert_allclose(y[i], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_keras_propagated_mask_with_the_channel_axis_first_matches_keras_bn():
+    # Keras's Masking propagates the input's shape without the *last* axis: (B, C) for (B, C, T). When that
+    # shape does not also fit (B, T), it is read as Keras BN reads it: mask[b, c] masks x[b, c, :].
+    x = (_rng(5).normal(size=(4, 2, 3)) * 2 + 1).astype("float32")
+    mask = np.array([[1, 0], [1, 1], [0, 1], [1, 1]], bool)
+    keras_bn = keras.layers.BatchNormalization(axis=1, momentum=0.0)
+    ours = ExampleWeightedBatchNormalization(axis=1, momentum=0.0)
+    np.testing.assert_allclose(ours(x, training=True, mask=mask).numpy(),
+                               keras_bn(x, training=True, mask=mask).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), keras_bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), keras_bn.moving_variance.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_mask_of_the_wrong_shape_is_rejected():
+    x = np.ones((2, 3, 5), "float32")
+    with pytest.raises(ValueError, match=r"without the channel axis 1, \(2, 5\).*mask.shape=\(2, 4\)"):
+        ExampleWeightedBatchNormalization(axis=1)(x, mask=np.ones((2, 4), bool), training=True)
+
+
 @pytest.mark.parametrize("make", [lambda: ExampleWeightedBatchNormalization(momentum=0.0),
                                   lambda: GhostBatchNormalization(5, momentum=0.0)])
 def test_masked_values_are_ignored_through_fit(make):

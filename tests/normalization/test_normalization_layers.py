@@ -445,3 +445,42 @@ def test_training_gradients_match_autodiff_reference(layer_kwargs, shape):
     for got in (ours, xla):
         for a, b in zip(got, ref):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=2e-4)
+
+
+def test_example_statistics_stay_accurate_far_from_zero():
+    # mean / std = 1000: the former one-pass E[x^2] - E[x]^2 erred by 0.15-0.35 here (float32 cancellation);
+    # the two-pass form is as accurate as Keras GN (~2e-4 against a float64 reference of the same input).
+    rng = np.random.default_rng(0)
+    x = (1000.0 + rng.normal(size=(4, 8, 8, 8))).astype("float32")
+    x64 = x.astype(np.float64)
+    g = x64.reshape(4, 8, 8, 2, 4)  # 2 groups of 4 channels
+    gn_ref = ((g - g.mean((1, 2, 4), keepdims=True)) / np.sqrt(g.var((1, 2, 4), keepdims=True) + EPS)).reshape(x.shape)
+    ew = ExampleWeightedGroupNormalization(2)
+    np.testing.assert_allclose(ew(x, training=False).numpy(), gn_ref, atol=1e-3)
+    np.testing.assert_allclose(ew(x, training=False).numpy(), keras.layers.GroupNormalization(2)(x).numpy(), atol=1e-3)
+    # Eq. 4.3 at alpha = 0.5 with moving statistics near the data (per channel, Batch Norm)
+    mm, mv = np.full(8, 1000.5), np.full(8, 2.0)
+    bn = _built(ExampleWeightedBatchNormalization(example_weight=0.5, center=False, scale=False), x,
+                [mm.astype("float32"), mv.astype("float32")])
+    mu_e, var_e = x64.mean((1, 2), keepdims=True), x64.var((1, 2), keepdims=True)
+    mu = 0.5 * mu_e + 0.5 * mm
+    var = 0.5 * (var_e + mu_e ** 2) + 0.5 * (mv + mm ** 2) - mu ** 2
+    np.testing.assert_allclose(bn(x, training=False).numpy(), (x64 - mu) / np.sqrt(var + EPS), atol=1e-3)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_alpha0_is_classical_inference_for_non_finite_and_huge_values(jit):
+    # 0 * inf = NaN: the example's moments must not reach the output at alpha = 0 (Keras BN's output there)
+    x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype("float32")
+    x[0, 1, 0], x[1, 2, 1], x[1, 0, 2] = np.inf, np.nan, 2e19  # 2e19 ** 2 overflows float32
+    w = _params(3)
+    bn = _built(keras.layers.BatchNormalization(), x, w)
+    ew = _built(ExampleWeightedBatchNormalization(example_weight=0.0), x, w)
+    run = tf.function(lambda v: ew(v, training=False), jit_compile=True) if jit else (lambda v: ew(v, training=False))
+    expected = bn(x, training=False).numpy()
+    out = run(x).numpy()
+    assert np.isfinite(expected).sum() == x.size - 2  # only the inf and the NaN themselves
+    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(expected))
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)  # equal_nan: inf/NaN in the same places
+    ew.example_weight = 0.5  # alpha > 0: the example statistics of the affected channels are non-finite
+    assert not np.isfinite(run(x).numpy()[0, :, 0]).any()

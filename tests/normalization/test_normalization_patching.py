@@ -1,5 +1,7 @@
 """patch_model / set_example_weight / sweep_example_weight, weight decay and the App. A.1 bound."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -237,3 +239,69 @@ def test_weight_decay_rejects_non_finite_values(rate, center):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match="rate=|gamma_center="):
         apply_normalization_weight_decay(model, rate, gamma_center=center)
+
+
+def _conv_bn_gn_model():
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.GroupNormalization(groups=4, name="gn")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+def test_patch_keeps_keras_group_norm_plain_so_alpha0_equals_the_original():
+    # A Keras GN has no moving statistics: patching must not invent them (moving_mean=0, variance=1 changed
+    # this model's alpha = 0 output by ~1 before the fix). GN stays plain GN; alpha acts on the BN only.
+    rng = np.random.default_rng(0)
+    model = _conv_bn_gn_model()
+    _randomize_bn(model, 5)
+    x = (rng.normal(size=(12, 6, 6, 3)) * 3 + 2).astype("float32")
+    y = rng.integers(0, 3, 12)
+    original = model(x, training=False).numpy()
+    patched = patch_model(model, 0.0)
+    gn = patched.get_layer("gn")
+    assert isinstance(gn, ExampleWeightedGroupNormalization) and not gn.moving_statistics
+    assert gn.example_weight == 1.0
+    np.testing.assert_allclose(patched(x, training=False).numpy(), original, rtol=1e-5, atol=1e-5)
+    # set_example_weight acts on the BN only; the GN output stays Keras GN's at every alpha
+    assert set_example_weight(patched, 0.5) == 1
+    assert gn.example_weight == 1.0 and patched.get_layer("bn").example_weight == 0.5
+    pre_gn = keras.Model(patched.inputs, patched.get_layer("bn").output)(x, training=False).numpy()
+    post_gn = keras.Model(patched.inputs, gn.output)(x, training=False).numpy()
+    np.testing.assert_allclose(post_gn, model.get_layer("gn")(pre_gn).numpy(), rtol=1e-5, atol=1e-5)
+    # the sweep at alpha = 0 reports the original model's own accuracy and cross-entropy
+    logits = original.astype(np.float64)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    result = sweep_example_weight(model, (x, y), [0.0, 1.0], batch_size=8)
+    assert result["accuracy"][0] == pytest.approx(np.mean(logits.argmax(1) == y))
+    assert result["cross_entropy"][0] == pytest.approx(-np.mean(logp[np.arange(12), y]), rel=1e-5)
+
+
+def test_alpha_on_a_group_norm_only_model_is_refused():
+    model = keras.Sequential([keras.Input((4, 4, 8)), keras.layers.GroupNormalization(4, name="gn")])
+    x = (np.random.default_rng(1).normal(size=(3, 4, 4, 8)) * 5 + 3).astype("float32")
+    y = np.array([0, 1, 2])
+    for alpha in (0.0, 0.5):
+        with pytest.raises(ValueError, match=f"no normalization layer that example_weight can act on.*"
+                                             f"example_weight={alpha}"):
+            patch_model(model, alpha)
+    with pytest.raises(ValueError, match="no normalization layer that example_weight can act on"):
+        sweep_example_weight(model, (x, y), [0.0, 1.0])
+    patched = patch_model(model, 1.0)  # alpha = 1 is what GN does: allowed, and equal to Keras GN
+    np.testing.assert_allclose(patched(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="example_weight=0.3"):
+        set_example_weight(patched, 0.3)
+    with pytest.raises(ValueError, match="no normalization layer that example_weight can act on"):
+        sweep_example_weight(patched, (x, y), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("bad", [2.9, 32.0, True, np.float64(3.0), "4"])
+def test_output_bound_rejects_a_non_integer_count(bad):
+    with pytest.raises(TypeError, match=re.escape(f"values_per_statistic={bad!r}")):
+        output_bound([1.0], [0.0], bad)
+
+
+def test_output_bound_accepts_numpy_integers():
+    lo, hi = output_bound([2.0], [0.5], np.int64(4))
+    np.testing.assert_allclose([lo[0], hi[0]], [0.5 - 2 * np.sqrt(3), 0.5 + 2 * np.sqrt(3)])

@@ -118,3 +118,95 @@ def test_graph_def_errors():
         slim_mod.patch_graph_def(g.as_graph_def(), 1.5)
     with pytest.raises(TypeError):
         slim_mod.patch_graph_def("graph", 0.1)
+
+
+def _fused_graph(x_shape, data_format, *, epsilon=1e-3, seed=0, training_node=False):
+    """A graph ``out = fused_batch_norm(x)`` (inference) with random parameters; returns (GraphDef, params)."""
+    rng = np.random.default_rng(seed)
+    c = x_shape[1] if data_format.startswith("NC") else x_shape[-1]
+    params = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.5, c), rng.uniform(0.5, 2.0, c)]
+    params = [p.astype("float32") for p in params]
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, x_shape, name="x")
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, *params, epsilon=epsilon, data_format=data_format,
+                                                   is_training=False, name="bn")
+        tf.identity(y, name="out")
+        if training_node:
+            t, _, _ = tf.compat.v1.nn.fused_batch_norm(x, params[0], params[1], epsilon=epsilon, is_training=True,
+                                                       name="bn_train")
+            tf.identity(t, name="out_train")
+    return g, params
+
+
+def _eq43(x, params, alpha, channel_axis, eps):
+    """Thesis Eq. 4.3 in float64: per-example moments over the spatial axes blended with the moving ones."""
+    x = x.astype(np.float64)
+    shape = [1] * x.ndim
+    shape[channel_axis] = -1
+    scale, offset, mm, mv = (p.astype(np.float64).reshape(shape) for p in params)
+    spatial = tuple(a for a in range(1, x.ndim) if a != channel_axis)
+    mu_e, x2_e = x.mean(spatial, keepdims=True), (x ** 2).mean(spatial, keepdims=True)
+    mu = alpha * mu_e + (1 - alpha) * mm
+    var = alpha * x2_e + (1 - alpha) * (mv + mm ** 2) - mu ** 2
+    return scale * (x - mu) / np.sqrt(var + eps) + offset
+
+
+def _run(graph_def, fetch, x):
+    g = tf.Graph()
+    with g.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=g) as sess:
+        return sess.run(fetch, {"x:0": x})
+
+
+@pytest.mark.parametrize("data_format, shape, channel_axis", [("NDHWC", (2, 3, 4, 5, 6), 4),
+                                                              ("NCDHW", (2, 6, 3, 4, 5), 1),
+                                                              ("NCHW", (2, 6, 4, 5), 1)])
+def test_patch_graph_def_reduces_over_every_spatial_axis(data_format, shape, channel_axis):
+    # 5-D (Conv3D) FusedBatchNormV3 nodes: the example's statistics span depth, height and width
+    x = (np.random.default_rng(1).normal(size=shape) * 2 + 1).astype("float32")
+    g, params = _fused_graph(shape, data_format)
+    for alpha in (0.3, 1.0):
+        out = _run(slim_mod.patch_graph_def(g.as_graph_def(), alpha), "out:0", x)
+        np.testing.assert_allclose(out, _eq43(x, params, alpha, channel_axis, 1e-3), rtol=1e-4, atol=1e-4)
+
+
+def test_patch_graph_def_rejects_an_unknown_data_format():
+    g, _ = _fused_graph((2, 4, 4, 3), "NHWC")
+    graph_def = g.as_graph_def()
+    node = next(n for n in graph_def.node if n.name == "bn")
+    node.attr["data_format"].s = b"NWC"
+    with pytest.raises(ValueError, match="'bn'.*data_format 'NWC'"):
+        slim_mod.patch_graph_def(graph_def, 0.5)
+
+
+def test_patch_graph_def_reads_stripped_default_attrs_and_leaves_its_input_alone():
+    # strip_default_attrs=True drops epsilon=1e-4, is_training=True and data_format="NHWC" (the op's defaults)
+    x = (np.random.default_rng(2).normal(size=(4, 4, 4, 3)) * 2 + 1).astype("float32")
+    g, params = _fused_graph(x.shape, "NHWC", epsilon=1e-4, training_node=True)
+    with g.as_default():
+        meta = tf.compat.v1.train.export_meta_graph(graph=g, strip_default_attrs=True)
+    stripped = meta.graph_def
+    bn = {n.name: n for n in stripped.node}
+    assert not {"epsilon", "is_training", "data_format"} & set(bn["bn_train"].attr)  # the precondition
+    assert not {"epsilon", "data_format"} & set(bn["bn"].attr) and "is_training" in bn["bn"].attr
+    before = stripped.SerializeToString(deterministic=True)
+    patched = slim_mod.patch_graph_def(stripped, 0.0)
+    assert stripped.SerializeToString(deterministic=True) == before  # the input is not modified
+    ops = {n.name: n.op for n in patched.node}
+    assert ops["bn_train"].startswith("FusedBatchNorm") and ops["bn"] == "Identity"  # the training node stays
+    # alpha = 0 equals TF's own FusedBatchNorm on the stripped graph (TF fills in epsilon = 1e-4)
+    np.testing.assert_allclose(_run(patched, "out:0", x), _run(stripped, "out:0", x), rtol=1e-6, atol=1e-6)
+    out = _run(slim_mod.patch_graph_def(stripped, 0.4), "out:0", x)
+    np.testing.assert_allclose(out, _eq43(x, params, 0.4, 3, 1e-4), rtol=1e-4, atol=1e-4)
+
+
+def test_patch_graph_def_alpha0_keeps_non_finite_values_in_place():
+    x = np.random.default_rng(3).normal(size=(2, 3, 3, 2)).astype("float32")
+    x[0, 1, 1, 0], x[1, 0, 2, 1] = np.inf, np.nan
+    g, _ = _fused_graph(x.shape, "NHWC")
+    out = _run(slim_mod.patch_graph_def(g.as_graph_def(), 0.0), "out:0", x)
+    expected = _run(g.as_graph_def(), "out:0", x)  # TF's FusedBatchNorm
+    assert np.isfinite(expected).sum() == x.size - 2
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)

@@ -133,8 +133,11 @@ class ExampleGroupNormalization(keras.layers.Layer):
         training: Python bool, ``None`` or a boolean scalar tensor (then both
             branches are built and chosen at run time).
         mask: Optional boolean mask of the input's shape without the
-            channel axis (Keras BN's convention): masked positions do not
-            count in the statistics.
+            channel axis: masked positions do not count in the statistics.
+            With the channel axis not last, a mask of the input's shape
+            without the last axis (what Keras's Masking / Embedding
+            propagate) masks along that axis, as Keras BN, unless its shape
+            also fits the first form.
 
     Reference:
         Thesis Sec. 4.3; https://arxiv.org/abs/1906.03548.
@@ -366,14 +369,35 @@ class ExampleGroupNormalization(keras.layers.Layer):
             example_weight=self._alpha[0], mask=mask)
 
     def _mask(self, mask, inputs):
-        """Keras BN's mask (input rank - 1, channel axis dropped) -> a float mask of the input's rank."""
+        """The call's mask -> a float mask of the input's rank (size 1 where it broadcasts).
+
+        A mask has the input's shape without the channel axis; its size-1
+        channel dimension goes back at the channel axis (Keras 3.15's BN
+        always appends it last, which for ``axis != -1`` masks along the wrong
+        axis). A mask of the input's shape without the *last* axis, the shape
+        Keras's Masking / Embedding propagate and Keras BN reads, is read that
+        way when the channel axis is not last and the shape does not also fit
+        the first form.
+        """
         if mask is None:
             return None
         mask = tf.convert_to_tensor(mask)
         if mask.shape.rank != inputs.shape.rank - 1:
             raise ValueError(f"The mask provided should be one dimension less than the inputs. Received: "
                              f"mask.shape={mask.shape}, inputs.shape={inputs.shape}")
-        return tf.expand_dims(tf.cast(tf.cast(mask, tf.bool), tf.float32), -1)
+
+        def fits(expected):
+            return all(m is None or d is None or m in (1, d) for m, d in zip(mask.shape, expected))
+
+        mask = tf.cast(tf.cast(mask, tf.bool), tf.float32)
+        without_channel = [d for i, d in enumerate(inputs.shape) if i != self._axis]
+        if fits(without_channel):
+            return tf.expand_dims(mask, self._axis)
+        if fits(inputs.shape[:-1]):  # Keras's propagated mask: every position of the last axis
+            return tf.expand_dims(mask, -1)
+        raise ValueError(f"The mask should have the input's shape without the channel axis {self._axis}, "
+                         f"{tuple(without_channel)}. Received: mask.shape={tuple(mask.shape)}, "
+                         f"inputs.shape={tuple(inputs.shape)}")
 
     def call(self, inputs, training=None, mask=None):
         x = tf.cast(inputs, tf.float32)

@@ -35,12 +35,16 @@ equal but cancellation-free form
 
 (``= alpha * E[x^2] + (1 - alpha) * m_{x^2} - mu^2`` with
 ``m_{x^2} = moving_variance + moving_mean^2``), so the variance is non-negative
-by construction, also under XLA; training statistics use the two-pass
-``mean((x - mean)^2)`` for the same reason. The example's own variance at
-inference is one-pass, ``max(E[x^2] - E[x]^2, 0)`` (`example_moments`): the
-two moments are independent reductions (no pass waits for the mean), and the
-blend and affine fold into one per-(example, channel) scale and offset, so
-the activation is read twice for statistics and once by the multiply-add.
+by construction, also under XLA. Every variance, in training and of the
+example at inference (`example_moments`), is the two-pass
+``mean((x - mean)^2)``: the one-pass ``E[x^2] - E[x]^2`` loses about
+``(mean / std)^2`` float32 epsilons (already visible at ``mean / std = 100``).
+The blend and affine fold into one per-(example, channel) scale and offset,
+so the activation is read twice for statistics and once by the multiply-add.
+At ``alpha = 0`` the example's statistics are replaced by zeros before the
+blend (an elementwise select on the small statistics, no ``tf.cond``), so a
+non-finite or huge example value cannot leak into its channel through
+``0 * inf = NaN``: the output is classical inference, as Keras BN's.
 
 Masks (Keras BN's convention), Batch Renormalization and cross-replica
 ("synchronized") statistics are options of `normalize_training`; a batch not
@@ -179,38 +183,29 @@ def grouped_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None, c
 
 
 def example_moments(xr: tf.Tensor, reduce_axes, mask: tf.Tensor | None = None):
-    """One-pass mean and variance of ``xr`` over ``reduce_axes`` (inference, Eq. 4.3).
+    """Two-pass mean and (biased) variance of ``xr`` over ``reduce_axes`` (inference, Eq. 4.3).
 
-    The two moments ``E[x]`` and ``E[x^2]`` are independent reductions of the
-    input (no dependence on each other, unlike the two-pass variance), and
-    for the channels-last view ``(n, k, C)`` the second one is a batched
-    product ``ones(1, k) @ (x * x)``: XLA on CPU runs a fused
+    The statistics of `grouped_moments` (``mean((x - mean)^2)``, accurate to
+    a few float32 epsilons whatever the mean / std ratio), computed faster
+    for the channels-last view ``(n, k, C)``: both reductions are batched
+    products with ``ones(1, k) / k``, since XLA on CPU runs a fused
     square-and-reduce about 2-4x slower than this product (measured on a
-    ``(128, 32, 32, 64)`` activation), and without XLA it is as fast as the
-    reduction. Returns the variance ``max(E[x^2] - E[x]^2, 0)``: its absolute
-    error is about float32's epsilon times ``E[x^2]``, negligible unless the
-    mean is thousands of standard deviations from 0 (training keeps the
-    exact two-pass form).
+    ``(128, 32, 32, 64)`` activation, where the two-pass form then costs
+    about what the former one-pass ``E[x^2] - E[x]^2`` did); without XLA
+    it is as fast as the reductions.
 
     Returns:
         ``(mean, variance)``.
     """
-    if mask is not None:
-        safe = tf.maximum(_count(xr, reduce_axes, mask), 1.0)
-        xm = xr * mask
-        mean = tf.reduce_sum(xm, reduce_axes, keepdims=True) / safe
-        second = tf.reduce_sum(xm * xr, reduce_axes, keepdims=True) / safe
-    else:
-        mean = tf.reduce_mean(xr, reduce_axes, keepdims=True)
-        rank = xr.shape.rank
-        if list(reduce_axes) == [rank - 2] and rank >= 3:
-            dims = _static_or_dynamic_dims(xr)
-            k = dims[rank - 2]
-            averager = tf.fill(tf.stack(dims[:rank - 2] + [1, k]), 1.0 / tf.cast(k, tf.float32))
-            second = tf.matmul(averager, tf.square(xr))
-        else:
-            second = tf.reduce_mean(tf.square(xr), reduce_axes, keepdims=True)
-    return mean, tf.maximum(second - tf.square(mean), 0.0)
+    rank = xr.shape.rank
+    if mask is not None or list(reduce_axes) != [rank - 2] or rank < 3:
+        return grouped_moments(xr, reduce_axes, mask)
+    dims = _static_or_dynamic_dims(xr)
+    k = dims[rank - 2]
+    averager = tf.fill(tf.stack(dims[:rank - 2] + [1, k]), 1.0 / tf.cast(k, tf.float32))
+    mean = tf.matmul(averager, xr)
+    # stop_gradient as in `grouped_moments`: d var / d mean is exactly 0
+    return mean, tf.matmul(averager, tf.math.squared_difference(xr, tf.stop_gradient(mean)))
 
 
 def _reduced_size(xr: tf.Tensor, reduce_axes) -> tf.Tensor:
@@ -589,14 +584,19 @@ def normalize_inference(
     xr = tf.reshape(x, view.shape)
     alpha = tf.cast(example_weight, tf.float32)
 
-    # No tf.cond on alpha: at alpha = 0 the blend reduces exactly to the
-    # moving statistics (0 * finite + 1 * m == m in IEEE arithmetic), and a
-    # cond per layer multiplies tracing time of deep nets (ResNet-50: 7x).
-    # One pass for the example's moments (`example_moments`), and the blend
-    # and affine folded into one per-(example, channel) scale and offset: the
-    # activation is read twice for the moments and once for the multiply-add.
+    # No tf.cond on alpha (a cond per layer multiplied the tracing time of
+    # deep nets, ResNet-50: 7x): at alpha = 0 a select on the small
+    # statistics zeroes the example's moments, so the blend is exactly the
+    # moving statistics (0 * 0 + 1 * m == m) even where an example holds
+    # inf / NaN or values whose square overflows (0 * inf would be NaN).
+    # The blend and affine fold into one per-(example, channel) scale and
+    # offset: the activation is read twice for the moments, once for the
+    # multiply-add.
     vmask = None if mask is None else _view_mask(mask, x, axis, view)
     mu_e, var_e = _pool_channels(*example_moments(xr, view.reduce_axes, vmask), groups, channels)
+    use_example = alpha > 0.0
+    mu_e = tf.where(use_example, mu_e, tf.zeros_like(mu_e))
+    var_e = tf.where(use_example, var_e, tf.zeros_like(var_e))
     mu = alpha * mu_e + (1.0 - alpha) * mu_m
     var = alpha * var_e + (1.0 - alpha) * var_m + alpha * (1.0 - alpha) * tf.math.squared_difference(mu_e, mu_m)
     y = _affine(xr, mu, var, gamma, beta, epsilon, view.param_shape)

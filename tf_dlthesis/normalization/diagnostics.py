@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -25,9 +27,17 @@ def output_bound(gamma, beta, values_per_statistic: int):
     Returns:
         ``(lower, upper)`` arrays of shape ``(C,)``.
 
+    Raises:
+        TypeError: ``values_per_statistic`` is not an integer (a float such
+            as ``2.9`` or ``32.0``, or a bool).
+        ValueError: ``values_per_statistic < 1``.
+
     Reference:
         Thesis Eq. 4.2 and App. A.1.
     """
+    if isinstance(values_per_statistic, bool) or not isinstance(values_per_statistic, numbers.Integral):
+        raise TypeError(f"`values_per_statistic` must be an int >= 1 (a count of values). "
+                        f"Received: values_per_statistic={values_per_statistic!r}")
     b = int(values_per_statistic)
     if b < 1:
         raise ValueError(f"`values_per_statistic` must be >= 1. Received: values_per_statistic={values_per_statistic}")

@@ -4,7 +4,9 @@
 Sequential / Functional model, nested ones included, for the example-weighted
 layer with the same weights; `set_example_weight` changes alpha in place
 (a variable: no retracing); `sweep_example_weight` produces the Fig. 4.1/4.2/4.4
-curves (accuracy and cross-entropy per alpha).
+curves (accuracy and cross-entropy per alpha). Alpha acts only on layers with
+moving statistics (`_takes_example_weight`): a Keras `GroupNormalization` has
+none, so it stays plain Group Normalization (alpha fixed at 1).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .example_weighted_group_normalization import ExampleWeightedGroupNormalizat
 
 __all__ = ["patch_model", "set_example_weight", "sweep_example_weight", "normalization_layers"]
 
+
 def _is_functional(model) -> bool:
     return any(c.__name__ == "Functional" for c in type(model).__mro__)
 
@@ -41,15 +44,37 @@ def _walk(layer):
 
 
 def normalization_layers(model) -> list[ExampleGroupNormalization]:
-    """All example-weightable layers of ``model`` (nested models included)."""
+    """All of this package's normalization layers in ``model`` (nested models included).
+
+    Alpha acts only on those with moving statistics (`_takes_example_weight`).
+    """
     return [layer for layer in _walk(model) if isinstance(layer, ExampleGroupNormalization)]
 
 
+def _takes_example_weight(layer) -> bool:
+    """Whether alpha acts on ``layer`` (a Keras BN, or one of this package's layers with moving statistics).
+
+    Eq. 4.3 blends the example's statistics with moving statistics; a layer
+    without them (a Keras `GroupNormalization`, or
+    ``ExampleWeightedGroupNormalization(moving_statistics=False)``) always
+    normalizes by the example's own statistics (alpha = 1).
+    """
+    if isinstance(layer, ExampleGroupNormalization):
+        return layer.moving_statistics
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
 def _convert(layer, alpha: float):
-    """The example-weighted replacement for one layer, or ``None``."""
+    """The example-weighted replacement for one layer, or ``None``.
+
+    A layer without moving statistics keeps alpha = 1: a Keras GN becomes
+    ``ExampleWeightedGroupNormalization(moving_statistics=False)``, plain GN
+    with the same weights and outputs (invented moving statistics would
+    change its output at alpha < 1).
+    """
     if isinstance(layer, ExampleGroupNormalization):
         config = layer.get_config()
-        config["example_weight"] = alpha
+        config["example_weight"] = alpha if layer.moving_statistics else 1.0
         return type(layer).from_config(config)
     if isinstance(layer, keras.layers.BatchNormalization):
         # every Keras BN argument carries over (renorm and synchronized included)
@@ -59,23 +84,32 @@ def _convert(layer, alpha: float):
         new = {k: config[k] for k in ("name", "dtype", "trainable", "groups", "axis", "epsilon", "center", "scale",
                                       "beta_initializer", "gamma_initializer", "beta_regularizer",
                                       "gamma_regularizer", "beta_constraint", "gamma_constraint") if k in config}
-        return ExampleWeightedGroupNormalization(example_weight=alpha, moving_statistics=True, **new)
+        return ExampleWeightedGroupNormalization(example_weight=1.0, moving_statistics=False, **new)
     return None
 
 
-def _check_patchable(model) -> int:
-    """Counts normalization layers; refuses containers that `clone_model` would rebuild from config.
+def _no_weightable_layer(model, alpha) -> ValueError:
+    """The error for a model where alpha acts on no layer."""
+    return ValueError(
+        f"Model '{model.name}' has no normalization layer that example_weight can act on: its Group Normalization "
+        "layers track no moving statistics, so they always normalize by the example's own statistics "
+        "(example_weight = 1). For an alpha sweep, train with ExampleWeightedGroupNormalization("
+        f"moving_statistics=True) (norm='ew_group:G'). Received: example_weight={alpha}")
+
+
+def _check_patchable(model) -> list:
+    """The model's normalization layers; refuses containers that `clone_model` would rebuild from config.
 
     Only Sequential and Functional models are cloned layer by layer; any other
     layer (a subclassed model, a custom `keras.layers.Layer`, a wrapper such as
     `TimeDistributed`) is re-created from its config, so a Keras BN/GN inside it
     would silently stay unpatched.
     """
-    count = 0
+    found = []
     for layer in [model, *_walk(model)]:
         if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization,
                               ExampleGroupNormalization)):
-            count += 1
+            found.append(layer)
         elif not (isinstance(layer, keras.Sequential) or _is_functional(layer)):
             inner = [s.name for s in _walk(layer) if isinstance(
                 s, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))]
@@ -92,7 +126,7 @@ def _check_patchable(model) -> int:
                     "from its config, so its inner BatchNormalization / GroupNormalization would stay unpatched. "
                     "Build that block functionally, or construct it with tf_dlthesis.normalization layers "
                     "directly.")
-    return count
+    return found
 
 
 def patch_model(model: keras.Model, example_weight: float = 0.0) -> keras.Model:
@@ -107,10 +141,14 @@ def patch_model(model: keras.Model, example_weight: float = 0.0) -> keras.Model:
     outputs. Batch Renormalization layers are patched too (their inference
     only uses the moving statistics).
 
-    Note: a Keras `GroupNormalization` has no moving statistics; its patched
-    version starts with ``moving_mean=0, moving_variance=1``, so use alpha = 1
-    (plain GN) unless those statistics were tracked in training (train with
-    `ExampleWeightedGroupNormalization` for Fig. 4.2 style sweeps).
+    Alpha acts on the layers with moving statistics only. A Keras
+    `GroupNormalization` has none: it becomes
+    ``ExampleWeightedGroupNormalization(moving_statistics=False)``, plain GN
+    with the same outputs at every alpha (alpha stays 1 there;
+    `set_example_weight` and `sweep_example_weight` skip it). For Fig. 4.2
+    style sweeps of GN, train with
+    ``ExampleWeightedGroupNormalization(moving_statistics=True)``
+    (``norm="ew_group:G"``), which tracks the statistics.
 
     Example:
 
@@ -126,10 +164,11 @@ def patch_model(model: keras.Model, example_weight: float = 0.0) -> keras.Model:
 
     Raises:
         TypeError: ``model`` is not a Keras Sequential/Functional model.
-        ValueError: alpha outside [0, 1]; no normalization layer; a Keras
-            BN/GN inside a subclassed model or inside any other layer that
-            is not a Sequential/Functional model (a custom layer, a
-            `TimeDistributed` wrapper).
+        ValueError: alpha outside [0, 1]; no normalization layer; alpha < 1
+            but no layer with moving statistics (e.g. only Keras GN layers);
+            a Keras BN/GN inside a subclassed model or inside any other
+            layer that is not a Sequential/Functional model (a custom layer,
+            a `TimeDistributed` wrapper).
 
     Reference:
         Thesis Sec. 4.3.1; https://arxiv.org/abs/1906.03548.
@@ -143,8 +182,11 @@ def patch_model(model: keras.Model, example_weight: float = 0.0) -> keras.Model:
             f"{type(model).__name__}. Build it functionally or use tf_dlthesis.normalization layers directly.")
     if not model.built:
         raise ValueError(f"patch_model needs a built model; '{model.name}' is not built yet.")
-    if _check_patchable(model) == 0:
+    found = _check_patchable(model)
+    if not found:
         raise ValueError(f"Model '{model.name}' has no BatchNormalization or GroupNormalization layer to patch.")
+    if alpha < 1.0 and not any(_takes_example_weight(layer) for layer in found):
+        raise _no_weightable_layer(model, alpha)
 
     pairs = []
 
@@ -179,23 +221,33 @@ def set_example_weight(model: keras.Model, example_weight: float) -> int:
     """Sets alpha of every example-weighted layer of ``model`` in place.
 
     Alpha lives in a variable, so compiled functions (``predict``,
-    ``tf.function``, XLA) keep running without retracing.
+    ``tf.function``, XLA) keep running without retracing. Layers without
+    moving statistics (plain Group Normalization, alpha fixed at 1) are
+    skipped.
 
     Args:
         model: A model containing this package's normalization layers (e.g.
-            the result of `patch_model`).
+            the result of `patch_model`), or one such layer.
         example_weight: alpha in [0, 1].
 
     Returns:
         The number of layers changed.
 
     Raises:
-        ValueError: alpha outside [0, 1] or no such layer in ``model``.
+        ValueError: alpha outside [0, 1]; no such layer in ``model``, or none
+            with moving statistics; alpha < 1 for a single layer without them.
     """
     alpha = check_example_weight(example_weight)
-    layers = normalization_layers(model) if not isinstance(model, ExampleGroupNormalization) else [model]
-    if not layers:
-        raise ValueError(f"Model '{model.name}' has no example-weighted normalization layer; call patch_model first.")
+    if isinstance(model, ExampleGroupNormalization):
+        layers = [model]
+    else:
+        layers = normalization_layers(model)
+        if not layers:
+            raise ValueError(f"Model '{model.name}' has no example-weighted normalization layer; call patch_model "
+                             "first.")
+        layers = [layer for layer in layers if _takes_example_weight(layer)]
+        if not layers:
+            raise _no_weightable_layer(model, alpha)
     for layer in layers:
         layer.check_alpha(alpha)
     for layer in layers:
@@ -278,7 +330,8 @@ def sweep_example_weight(
     Raises:
         ValueError / TypeError: bad alphas (or not an iterable), batch size
             or dataset (empty, mismatched lengths, wrong structure); a model
-            with no layer that alpha would change.
+            with no layer that alpha would change (e.g. only Group
+            Normalization layers, which track no moving statistics).
 
     Reference:
         Thesis Figures 4.1, 4.2, 4.4 and A.2-A.4.
@@ -296,13 +349,14 @@ def sweep_example_weight(
         x_all, y_all = data.as_arrays(dataset)
     except ValueError as err:
         raise ValueError(f"`dataset`: {err}") from None
-    layers = normalization_layers(model)
-    if not layers:
+    if not normalization_layers(model):
         model = patch_model(model, 0.0)
-        layers = normalization_layers(model)
-        if not layers:  # nothing to sweep: every alpha would report the same numbers
+        if not normalization_layers(model):  # nothing to sweep: every alpha would report the same numbers
             raise ValueError(f"Model '{model.name}' has no example-weighted normalization layer after patching, so "
                              "alpha would change nothing.")
+    layers = [layer for layer in normalization_layers(model) if _takes_example_weight(layer)]
+    if not layers:  # e.g. plain GN only: every alpha would report the same numbers
+        raise _no_weightable_layer(model, alphas[0])
     for layer in layers:
         for alpha in alphas:
             layer.check_alpha(alpha)

@@ -175,6 +175,19 @@ def example_weighted(example_weight):
 
 
 _FUSED = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
+# The FusedBatchNorm/V2/V3 OpDefs' defaults: a GraphDef exported with
+# strip_default_attrs=True (the usual TF1 SavedModel / MetaGraph export) omits
+# every attr equal to them.
+_FUSED_DEFAULTS = {"is_training": True, "epsilon": 1e-4, "data_format": b"NHWC"}
+# Per data format: the axes an example's statistic reduces (its spatial axes)
+# and the shape a (C,) parameter takes to broadcast against the input.
+_FORMATS = {"NHWC": ([1, 2], None), "NCHW": ([2, 3], [-1, 1, 1]),
+            "NDHWC": ([1, 2, 3], None), "NCDHW": ([2, 3, 4], [-1, 1, 1, 1])}
+
+
+def _attr(node, key: str, field: str):
+    """``node``'s attr ``key`` (its ``field``), or the op's default when absent; never inserts the key."""
+    return getattr(node.attr[key], field) if key in node.attr else _FUSED_DEFAULTS[key]
 
 
 def _node(graph_def, op, name, inputs, **attrs):
@@ -193,7 +206,13 @@ def patch_graph_def(graph_def, example_weight: float):
     Each node ``n`` with ``is_training=false`` is replaced by a few standard
     ops (Mean, SquaredDifference, Rsqrt, Mul, AddV2) whose result is an
     ``Identity`` named ``n``, so every consumer of ``n:0`` stays wired. The
-    moving statistics are the node's ``mean``/``variance`` inputs.
+    moving statistics are the node's ``mean``/``variance`` inputs; the
+    example's statistics reduce over its spatial axes (4-D ``NHWC``/``NCHW``
+    and 5-D ``NDHWC``/``NCDHW``). Attrs left out of the GraphDef (exported
+    with ``strip_default_attrs=True``) take the op's defaults:
+    ``is_training=true``, ``epsilon=1e-4``, ``data_format="NHWC"``. At
+    alpha = 0 the node is classical inference (the example's statistics are
+    not computed, so an inf/NaN stays in its own position).
 
     Args:
         graph_def: A ``tf.compat.v1.GraphDef`` (frozen or not).
@@ -206,12 +225,13 @@ def patch_graph_def(graph_def, example_weight: float):
         ValueError: alpha outside [0, 1]; no inference ``FusedBatchNorm*`` node
             (e.g. BN was folded into the convolutions by an inference
             optimizer, so its statistics no longer exist); a rewritten node's
-            other outputs are consumed.
+            other outputs are consumed; a node's ``data_format`` is none of
+            the four above, or its input is not float32.
     """
     alpha = check_example_weight(example_weight)
     if not isinstance(graph_def, tf.compat.v1.GraphDef):
         raise TypeError(f"`graph_def` must be a tf.compat.v1.GraphDef. Received: {type(graph_def).__name__}")
-    targets = {n.name for n in graph_def.node if n.op in _FUSED and not n.attr["is_training"].b}
+    targets = {n.name for n in graph_def.node if n.op in _FUSED and not _attr(n, "is_training", "b")}
     if not targets:
         raise ValueError(
             "patch_graph_def found no inference FusedBatchNorm/FusedBatchNormV2/FusedBatchNormV3 node. If batch "
@@ -244,33 +264,40 @@ def patch_graph_def(graph_def, example_weight: float):
         t = n.attr["T"] if "T" in n.attr else f32
         if t.type != tf.float32.as_datatype_enum:
             raise ValueError(f"Node {n.name!r}: only float32 inputs are supported.")
-        eps = n.attr["epsilon"].f
-        nchw = n.attr["data_format"].s.decode().startswith("NC")
+        eps = _attr(n, "epsilon", "f")
+        data_format = _attr(n, "data_format", "s").decode()
+        if data_format not in _FORMATS:
+            raise ValueError(f"Node {n.name!r}: data_format {data_format!r} is not supported; expected one of "
+                             f"{list(_FORMATS)}. Received: data_format={data_format!r}")
+        reduce_axes, param_shape = _FORMATS[data_format]
         p = n.name + "/example_weighted"
-        axes = const(p + "/axes", [2, 3] if nchw else [1, 2], np.int32)
 
         def param(name):
-            if not nchw:
+            if param_shape is None:
                 return name
-            shape = const(f"{p}/shape_{len(out.node)}", [-1, 1, 1], np.int32)
+            shape = const(f"{p}/shape_{len(out.node)}", param_shape, np.int32)
             return _node(out, "Reshape", f"{p}/reshape_{len(out.node)}", [name, shape], T=f32,
                          Tshape=tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum))
 
         mean_r, var_r, scale_r, offset_r = param(mean), param(var), param(scale), param(offset)
-        mu_e = _node(out, "Mean", p + "/mu_e", [x, axes], T=f32, keep_dims=keep,
-                     Tidx=tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum))
-        sq = _node(out, "SquaredDifference", p + "/sq", [x, mu_e], T=f32)
-        var_e = _node(out, "Mean", p + "/var_e", [sq, axes], T=f32, keep_dims=keep,
-                      Tidx=tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum))
-        a = const(p + "/alpha", alpha)
-        b = const(p + "/one_minus_alpha", 1.0 - alpha)
-        ab = const(p + "/alpha_one_minus_alpha", alpha * (1.0 - alpha))
         e = const(p + "/epsilon", eps)
         mul = lambda name, u, v: _node(out, "Mul", f"{p}/{name}", [u, v], T=f32)  # noqa: E731
         add = lambda name, u, v: _node(out, "AddV2", f"{p}/{name}", [u, v], T=f32)  # noqa: E731
-        mu = add("mu", mul("a_mu_e", a, mu_e), mul("b_mean", b, mean_r))
-        dm = _node(out, "SquaredDifference", p + "/dmean", [mu_e, mean_r], T=f32)
-        v = add("var", add("var_ab", mul("a_var_e", a, var_e), mul("b_var", b, var_r)), mul("ab_dm", ab, dm))
+        if alpha == 0.0:  # classical inference: no example statistics (0 * inf would be NaN)
+            mu, v = mean_r, var_r
+        else:
+            axes = const(p + "/axes", reduce_axes, np.int32)
+            mu_e = _node(out, "Mean", p + "/mu_e", [x, axes], T=f32, keep_dims=keep,
+                         Tidx=tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum))
+            sq = _node(out, "SquaredDifference", p + "/sq", [x, mu_e], T=f32)
+            var_e = _node(out, "Mean", p + "/var_e", [sq, axes], T=f32, keep_dims=keep,
+                          Tidx=tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum))
+            a = const(p + "/alpha", alpha)
+            b = const(p + "/one_minus_alpha", 1.0 - alpha)
+            ab = const(p + "/alpha_one_minus_alpha", alpha * (1.0 - alpha))
+            mu = add("mu", mul("a_mu_e", a, mu_e), mul("b_mean", b, mean_r))
+            dm = _node(out, "SquaredDifference", p + "/dmean", [mu_e, mean_r], T=f32)
+            v = add("var", add("var_ab", mul("a_var_e", a, var_e), mul("b_var", b, var_r)), mul("ab_dm", ab, dm))
         inv = mul("inv", _node(out, "Rsqrt", p + "/rsqrt", [add("var_eps", v, e)], T=f32), scale_r)
         off = _node(out, "Sub", p + "/offset", [offset_r, mul("mu_inv", mu, inv)], T=f32)
         y = add("y", mul("x_inv", x, inv), off)
