@@ -1,6 +1,7 @@
 """The tiny seeded classifier the robustness tests share (imported by module name: pytest puts this folder on sys.path)."""
 
 import keras
+import numpy as np
 
 
 def tiny_classifier(seed=0):
@@ -8,3 +9,9 @@ def tiny_classifier(seed=0):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
                              keras.layers.Flatten(), keras.layers.Dense(5)])
+
+
+def log_softmax(z):
+    """log softmax in float64 (the hand computation the loss tests compare with)."""
+    z = np.asarray(z, np.float64)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))

@@ -9,7 +9,7 @@ import pytest
 from tf_dlthesis import robustness as R
 
 
-from _tiny_model import tiny_classifier as _model
+from _tiny_model import log_softmax as _log_softmax, tiny_classifier as _model
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +17,6 @@ def data():
     rng = np.random.default_rng(0)
     return rng.random((32, 6, 6, 1)).astype("float32"), (np.arange(32) % 5).astype("int64")
 
-
-def _log_softmax(z):
-    z = np.asarray(z, np.float64)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 @pytest.mark.parametrize("defense", R.DEFENSES)

@@ -86,6 +86,7 @@ def test_per_example_results_resume_from_store(data, tmp_path):
         calls.append(len(xb))
         return xb
 
+    attack.get_config = lambda: {"name": "identity"}  # a user function's store key is its get_config()
     first = R.evaluate_white_box(_threshold_model(), (x, y), {"slow": attack}, batch_size=25, store=store,
                                  store_key="m")
     assert len(calls) == 4
@@ -93,6 +94,7 @@ def test_per_example_results_resume_from_store(data, tmp_path):
     def broken(model, xb, yb, seed):
         raise AssertionError("must not be recomputed")
 
+    broken.get_config = attack.get_config  # the same attack, e.g. in a resumed process
     again = R.evaluate_white_box(_threshold_model(), (x, y), {"slow": broken}, batch_size=25, store=store,
                                  store_key="m")
     assert again == first

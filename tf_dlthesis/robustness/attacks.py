@@ -74,6 +74,8 @@ from cleverhans.tf2.utils import clip_eta
 
 from tf_dlthesis._seeds import as_seed
 
+from .losses import _check_integer_labels, _real
+
 __all__ = [
     "fgsm", "pgd", "spsa", "cleverhans_spsa", "SPSAAdamAdapter", "BatchedSPSAAdam",
     "inference_fn", "make_attack", "Attack", "ATTACK_NAMES",
@@ -161,14 +163,14 @@ def inference_fn(model):
     raise TypeError(f"`model` must be a Keras model or a callable returning logits. Received: {model!r}")
 
 
-def _check_float(name, value, *, minimum=None, allow_tensor=False):
+def _check_float(name, value, *, minimum=None, positive=False, allow_tensor=False):
+    """``float(value)``, finite and ``>= minimum`` (``> 0`` with ``positive=True``)."""
     if allow_tensor and tf.is_tensor(value):
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
-    value = float(value)
-    if not np.isfinite(value) or (minimum is not None and value < minimum):
-        raise ValueError(f"`{name}` must be a finite number >= {minimum}. Received: {name}={value}")
+    value = _real(name, value)
+    if not np.isfinite(value) or (positive and value <= 0) or (minimum is not None and value < minimum):
+        bound = " > 0" if positive else ("" if minimum is None else f" >= {minimum}")
+        raise ValueError(f"`{name}` must be a finite number{bound}. Received: {name}={value}")
     return value
 
 
@@ -184,13 +186,13 @@ def _check_clip_range(clip_range):
     return lo, hi
 
 
-def _check_steps(num_steps, *, allow_tensor=False):
+def _check_steps(num_steps, *, allow_tensor=False, name="num_steps", minimum=0):
     if allow_tensor and tf.is_tensor(num_steps):
         if not num_steps.dtype.is_integer or num_steps.shape.rank != 0:
-            raise ValueError(f"`num_steps` must be a scalar integer tensor. Received: {num_steps!r}")
+            raise ValueError(f"`{name}` must be a scalar integer tensor. Received: {num_steps!r}")
         return num_steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
-        raise ValueError(f"`num_steps` must be an integer >= 0. Received: num_steps={num_steps!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={num_steps!r}")
     return int(num_steps)
 
 
@@ -201,6 +203,39 @@ def as_images(x):
         return tf.cast(x, tf.float32) / 255.0
     if x.dtype != tf.float32:
         return tf.cast(x, tf.float32)
+    return x
+
+
+def _check_clip_range_values(x, clip_range, name="x"):
+    """Raise if concrete images ``x`` have values outside ``clip_range``; no-op for traced tensors or ``None``.
+
+    ``x`` is an array or eager tensor; integer images are compared after
+    :func:`as_images`'s scaling by 1/255.  Attacks clip ``x + perturbation``
+    into ``clip_range``, so an image outside it (e.g. 0..255 floats with the
+    default ``(0, 1)``) would move far beyond epsilon without an error.
+    Inside a ``tf.function`` (a compiled train step) nothing is checked.
+    """
+    lo, hi = _check_clip_range(clip_range)
+    if lo is None or (tf.is_tensor(x) and not (tf.executing_eagerly() and hasattr(x, "numpy"))):
+        return
+    values = np.asarray(x.numpy() if tf.is_tensor(x) else x)
+    if values.size == 0:
+        return
+    low, high = values.min(), values.max()
+    if values.dtype.kind in "biu":  # as_images: integer images / 255 in float32
+        low, high = np.float32(low) / np.float32(255), np.float32(high) / np.float32(255)
+    dtype = np.result_type(low, np.float32)  # compare in the images' precision (clip_by_value casts the range)
+    if low < np.asarray(lo, dtype) or high > np.asarray(hi, dtype):
+        raise ValueError(f"`{name}` has values in [{float(low):g}, {float(high):g}], outside clip_range=({lo:g}, "
+                         f"{hi:g}): attacks clip into clip_range, which would move pixels far beyond epsilon. "
+                         "Scale the images into clip_range (integer images are divided by 255 automatically) "
+                         "or pass the clip_range of your images.")
+
+
+def _images(x, clip_range):
+    """The attacks' input images: float32 (:func:`as_images`), a non-empty batch, within ``clip_range`` (eager)."""
+    x = _check_batch(as_images(x))
+    _check_clip_range_values(x, clip_range)
     return x
 
 
@@ -266,6 +301,7 @@ def _prepare_labels(model_fn, x, y, model=None):
     if y.shape.rank != 1:
         raise ValueError(f"Labels must be sparse (B,) or (B, 1), or one-hot (B, K). Received: y.shape={y.shape}")
     if y.dtype.is_floating:
+        _check_integer_labels(y)
         y = tf.cast(y, tf.int64)
     _check_label_values(y, num_classes)
     return tf.cast(y, tf.int64), None
@@ -292,8 +328,9 @@ def fgsm(model, x, y=None, *, epsilon: float, clip_range=(0.0, 1.0), loss_fn=Non
 
     Raises:
         ValueError: negative epsilon, inverted clip range, label/batch mismatch,
-            an empty batch ``x``, labels ``y`` out of range for the model's
-            logits or one-hot ``y`` of another width (checked once, eagerly).
+            an empty batch ``x``, images ``x`` outside ``clip_range``, labels
+            ``y`` out of range for the model's logits, non-integer sparse
+            labels or one-hot ``y`` of another width (checked once, eagerly).
 
     Reference:
         Thesis Sec. 3.2, Eq. 3.1; Goodfellow et al., https://arxiv.org/abs/1412.6572.
@@ -301,7 +338,7 @@ def fgsm(model, x, y=None, *, epsilon: float, clip_range=(0.0, 1.0), loss_fn=Non
     epsilon = _check_float("epsilon", epsilon, minimum=0.0, allow_tensor=True)
     lo, hi = _check_clip_range(clip_range)
     model_fn = inference_fn(model)
-    x = _check_batch(as_images(x))
+    x = _images(x, clip_range)
     y, default_loss = _prepare_labels(model_fn, x, y, model)
     return fast_gradient_method(model_fn, x, epsilon, np.inf, loss_fn=loss_fn or default_loss,
                                 clip_min=lo, clip_max=hi, y=y)
@@ -345,8 +382,9 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
     Raises:
         ValueError: negative epsilon, ``step_size > epsilon``, inverted clip
             range, negative ``num_steps``, label/batch mismatch, an empty batch
-            ``x``, labels ``y`` out of range for the model's logits or one-hot
-            ``y`` of another width (checked once, eagerly).
+            ``x``, images ``x`` outside ``clip_range``, labels ``y`` out of range
+            for the model's logits, non-integer sparse labels or one-hot ``y`` of
+            another width (checked once, eagerly).
 
     Reference:
         Thesis Sec. 3.2 and 3.5.1 (eps 0.03, step 0.0078); https://arxiv.org/abs/1706.06083.
@@ -358,7 +396,7 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
     num_steps = _check_steps(num_steps, allow_tensor=True)
     lo, hi = _check_clip_range(clip_range)
     model_fn = inference_fn(model)
-    x = _check_batch(as_images(x))
+    x = _images(x, clip_range)
     y, default_loss = _prepare_labels(model_fn, x, y, model)
     loss_fn = loss_fn or default_loss
     if random_start:
@@ -462,14 +500,15 @@ def _margin_loss(model_fn):
     return loss_fn
 
 
-def _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta):
+def _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta, spsa_iters):
     epsilon = _check_float("epsilon", epsilon, minimum=0.0)
     num_steps = _check_steps(num_steps)
     lo, hi = _check_clip_range(clip_range)
     if lo is None:
         raise ValueError("SPSA (CleverHans projected_optimization) requires a clip_range. Received: clip_range=None")
-    _check_float("learning_rate", learning_rate, minimum=0.0)
-    _check_float("delta", delta, minimum=0.0)
+    _check_float("learning_rate", learning_rate, positive=True)
+    _check_float("delta", delta, positive=True)  # the gradient estimate divides by delta
+    _check_steps(spsa_iters, name="spsa_iters", minimum=1)
     if isinstance(spsa_samples, bool) or not isinstance(spsa_samples, (int, np.integer)) or spsa_samples <= 0 \
             or spsa_samples % 2:
         raise ValueError(f"`spsa_samples` must be a positive even integer. Received: spsa_samples={spsa_samples!r}")
@@ -493,9 +532,10 @@ def cleverhans_spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rat
     Raises:
         ValueError: as :func:`spsa` (bad settings, labels or an empty batch).
     """
-    epsilon, num_steps, lo, hi = _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta)
+    epsilon, num_steps, lo, hi = _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta,
+                                            spsa_iters)
     model_fn = inference_fn(model)
-    x = _check_batch(as_images(x))
+    x = _images(x, clip_range)
     y = _spsa_labels(model, x, y)
     optimizer = SPSAAdamAdapter(lr=learning_rate, delta=delta, num_samples=spsa_samples, num_iters=spsa_iters,
                                 corrected_gradient=corrected_gradient)
@@ -596,16 +636,19 @@ def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 
         Adversarial images (float32).
 
     Raises:
-        ValueError: bad epsilon / steps / clip range / sample count, label/batch
-            mismatch, an empty batch ``x``, labels ``y`` out of range for the
-            model's logits or one-hot ``y`` of another width (the checks of
-            :func:`fgsm` / :func:`pgd`).
+        ValueError: bad epsilon / steps / clip range / sample count,
+            ``learning_rate <= 0``, ``delta <= 0`` (the estimate divides by it),
+            ``spsa_iters`` not an integer >= 1, label/batch mismatch, an empty
+            batch ``x``, images ``x`` outside ``clip_range``, labels ``y`` out
+            of range for the model's logits or one-hot ``y`` of another width
+            (the checks of :func:`fgsm` / :func:`pgd`).
 
     Reference:
         Thesis Sec. 3.5.3, Table 3.6; https://arxiv.org/abs/1802.05666.
     """
-    epsilon, num_steps, lo, hi = _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta)
-    x = _check_batch(as_images(x))
+    epsilon, num_steps, lo, hi = _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delta,
+                                            spsa_iters)
+    x = _images(x, clip_range)
     y = _spsa_labels(model, x, y)
     fn = _compiled_spsa(model, num_steps, learning_rate, delta, spsa_samples, spsa_iters, lo, hi, corrected_gradient)
     return fn(x, y, as_seed(seed), tf.constant(epsilon, tf.float32))
@@ -663,7 +706,7 @@ class Attack:
             if unknown:
                 raise ValueError(f"Unknown `spsa_params` {sorted(unknown)}. Expected some of {_SPSA_KEYS}.")
             _spsa_args(epsilon, params["num_steps"], clip, params.get("spsa_samples", 128),
-                       params.get("learning_rate", 0.01), params.get("delta", 0.01))
+                       params.get("learning_rate", 0.01), params.get("delta", 0.01), params.get("spsa_iters", 1))
             num_steps = int(params["num_steps"])
         else:
             raise ValueError(f"Unknown attack {name!r}. Expected one of {ATTACK_NAMES} or 'pgd<N>'.")
@@ -775,9 +818,10 @@ class Attack:
             Adversarial images (float32).
 
         Raises:
-            ValueError: an empty batch ``x``; labels ``y`` out of range for the
-                model's logits or one-hot ``y`` of another width (checked once,
-                eagerly, before the compiled function runs).
+            ValueError: an empty batch ``x``; images ``x`` outside the attack's
+                ``clip_range`` (not for ``"natural"``); labels ``y`` out of range
+                for the model's logits or one-hot ``y`` of another width
+                (checked once, eagerly, before the compiled function runs).
         """
         x = as_images(x)
         if self.kind == "natural":
@@ -786,7 +830,7 @@ class Attack:
             p = self.spsa_params
             return spsa(model, x, y, epsilon=self.epsilon, clip_range=self.clip_range, seed=seed, **p)
         model_fn = inference_fn(model)
-        x = _check_batch(x)
+        x = _images(x, self.clip_range)
         if y is not None:
             y, _ = _prepare_labels(model_fn, x, y, model)
         fn = self._compiled(model, x, y)

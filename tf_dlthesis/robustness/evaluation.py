@@ -24,29 +24,50 @@ def to_arrays(dataset, max_examples: int | None = None):
     return data.as_arrays(dataset, max_examples)
 
 
-def _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params):
-    """``{column name: attack callable}`` from names, :class:`~.attacks.Attack` objects or a dict of either."""
-    def build(spec):
-        if callable(spec):  # an Attack (reused as is) or a user function fn(model, x, y, seed)
-            return spec
-        return _attacks.make_attack(spec, epsilon=epsilon, step_size=step_size, clip_range=clip_range,
-                                    spsa_params=spsa_params if spec == "spsa" else None)
-
+def _columns(attacks):
+    """``{column name: spec}`` (an attack name, :class:`~.attacks.Attack` or user function) from any ``attacks``."""
     if isinstance(attacks, (str, _attacks.Attack)):
         attacks = (attacks,)
     if isinstance(attacks, dict):
-        return {name: build(spec) for name, spec in attacks.items()}
-    return {(a.name if isinstance(a, _attacks.Attack) else a): build(a) for a in attacks}
+        return dict(attacks)
+    return {(a.name if isinstance(a, _attacks.Attack) else a): a for a in attacks}
 
 
-def _named_columns(attacks):
-    if isinstance(attacks, str):
-        return {attacks}
-    if isinstance(attacks, dict):
-        return {k for k, v in attacks.items() if isinstance(v, str)}
-    if isinstance(attacks, _attacks.Attack):
-        return set()
-    return {a for a in attacks if isinstance(a, str)}
+def _build(spec, epsilon, step_size, clip_range, spsa_params):
+    if callable(spec):  # an Attack (reused as is) or a user function fn(model, x, y, seed)
+        return spec
+    return _attacks.make_attack(spec, epsilon=epsilon, step_size=step_size, clip_range=clip_range,
+                                spsa_params=spsa_params if spec == "spsa" else None)
+
+
+def _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params):
+    """``{column name: attack callable}`` from names, :class:`~.attacks.Attack` objects or a dict of either."""
+    return {name: _build(spec, epsilon, step_size, clip_range, spsa_params) for name, spec in _columns(attacks).items()}
+
+
+def _store_config(column, spec, n, epsilon, step_size, clip_range, spsa_params):
+    """The store key of one column: the attack's full settings, never the column's name.
+
+    An attack name is keyed by the name and this call's settings, an
+    :class:`~.attacks.Attack` by its own; a user function by its
+    ``get_config()`` (without one its results cannot be told apart from
+    another function's, so storing them is refused).
+    """
+    if isinstance(spec, str):  # built from this call's settings
+        return {"attack": spec, "epsilon": float(epsilon), "step_size": float(step_size),
+                "clip_range": list(clip_range) if clip_range else None, "sample": n,
+                "spsa": dict(spsa_params or {}) if spec == "spsa" else None}
+    if isinstance(spec, _attacks.Attack):
+        cfg = {"attack": spec.name, "epsilon": spec.epsilon, "step_size": spec.step_size,
+               "clip_range": list(spec.clip_range) if spec.clip_range else None, "sample": n,
+               "spsa": dict(spec.spsa_params) if spec.kind == "spsa" else None}
+        if spec.kind == "pgd" and not spec.random_start:
+            cfg["random_start"] = False
+        return cfg
+    if not callable(getattr(spec, "get_config", None)):
+        raise ValueError(f"With `store`, a user attack function needs a `get_config()` returning its settings (the "
+                         f"store key of its results), or use an Attack from make_attack. Received: {column!r}: {spec!r}")
+    return {"attack": "custom", "config": spec.get_config(), "sample": n}
 
 
 def _check_batch_size(batch_size):
@@ -159,7 +180,10 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
             subsample of n examples (SPSA on 1,000 images in the thesis).
         spsa_params: passed to :func:`tf_dlthesis.robustness.spsa`.
         store, store_key: record per-example results (resumable); ``store_key``
-            names the model and is required with ``store``.
+            names the model and is required with ``store``.  Each column's
+            results are keyed by its attack's settings (an ``Attack``'s own, a
+            name's with this call's settings, a user function's
+            ``get_config()``), never by the column's name.
         return_details: also return per-example correctness arrays.
 
     Returns:
@@ -170,7 +194,8 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
         ValueError: unknown attack, ``store`` without ``store_key``, an empty
             ``dataset``, labels outside the model's logits (checked once, up
             front, on the arrays read from ``dataset``), ``batch_size < 1``,
-            ``sample`` sizes < 1.
+            ``sample`` sizes < 1, images outside an attack's clip range, a user
+            attack function without ``get_config()`` when ``store`` is given.
 
     Reference:
         Thesis Sec. 3.5, Tables 3.1, 3.3, 3.5, 3.6.
@@ -179,8 +204,8 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
         raise ValueError(f"`store_key` (a name for the model) is required with `store`. Received: store_key={store_key!r}")
     seed = _base_seed(seed)
     x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
-    fns = _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params)
-    named = _named_columns(attacks)  # built from names here: their store key follows this call's settings
+    specs = _columns(attacks)
+    fns = {name: _build(spec, epsilon, step_size, clip_range, spsa_params) for name, spec in specs.items()}
     sample = dict(sample or {})
     unknown = set(sample) - set(fns)
     if unknown:
@@ -189,22 +214,16 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"`sample` sizes must be ints >= 1 (an empty sample has no accuracy). "
                              f"Received: sample={{{name!r}: {n!r}}}")
+    sizes = {name: min(int(sample.get(name, len(x))), len(x)) for name in fns}
+    configs = {name: _store_config(name, specs[name], sizes[name], epsilon, step_size, clip_range, spsa_params)
+               for name in fns} if store is not None else {}
     acc, details = {}, {}
     for name, fn in fns.items():
         xs, ys = x, y
-        if name in sample and sample[name] < len(x):
-            idx = np.sort(np.random.default_rng(seed).permutation(len(x))[: int(sample[name])])
+        if sizes[name] < len(x):
+            idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:sizes[name]])
             xs, ys = x[idx], y[idx]
-        if isinstance(fn, _attacks.Attack) and name not in named:
-            cfg = {"attack": fn.name, "epsilon": fn.epsilon, "step_size": fn.step_size,
-                   "clip_range": list(fn.clip_range) if fn.clip_range else None, "sample": int(len(xs)),
-                   "spsa": dict(fn.spsa_params) if fn.kind == "spsa" else None}
-            if fn.kind == "pgd" and not fn.random_start:
-                cfg["random_start"] = False
-        else:
-            cfg = {"attack": name, "epsilon": float(epsilon), "step_size": float(step_size),
-                   "clip_range": list(clip_range) if clip_range else None, "sample": int(len(xs)),
-                   "spsa": dict(spsa_params or {}) if name == "spsa" else None}
+        cfg = configs.get(name)
         correct = per_example_correct(model, xs, ys, fn, batch_size=batch_size, seed=seed, store=store,
                                       store_key=store_key, store_config=cfg)
         acc[name] = float(correct.mean()) if len(correct) else float("nan")

@@ -39,9 +39,11 @@ Reference:
 from __future__ import annotations
 
 import abc
+import numbers
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 #: Accepted values of ``class_reduction``.
@@ -82,19 +84,48 @@ def _check_h_gradient(h_gradient):
     return h_gradient
 
 
+def _real(name, value):
+    """``float(value)`` for any real number (Python or NumPy, e.g. ``np.float32(1e-3)``) except a bool.
+
+    Raises:
+        TypeError: ``value`` is a bool or not a real number.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number. Received: {name}={value!r}")
+    return float(value)
+
+
 def _check_beta(beta):
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+    beta = _real("beta", beta)
+    if not beta >= 0:
         raise ValueError(f"`beta` must be a number >= 0. Received: beta={beta!r}")
-    return float(beta)
+    return beta
 
 
 def _check_ratio(ratio):
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < float("inf"):
+    ratio = _real("ratio", ratio)
+    if not 0 < ratio < float("inf"):
         raise ValueError(
             "`ratio` (adversarial training loss / pairing loss, thesis Sec. 3.4.1) must be a finite number > 0. "
             f"Received: ratio={ratio!r}"
         )
-    return float(ratio)
+    return ratio
+
+
+def _check_integer_labels(labels, name="y"):
+    """Raise if concrete sparse labels (an array or eager tensor) hold non-integer values; no-op when traced.
+
+    A float label such as 0.6 would otherwise be truncated to class 0 without a word.
+    """
+    if tf.is_tensor(labels) and not (tf.executing_eagerly() and hasattr(labels, "numpy")):
+        return
+    values = np.asarray(labels.numpy() if tf.is_tensor(labels) else labels)
+    if values.dtype.kind != "f":
+        return
+    bad = values[values != np.round(values)]
+    if bad.size:
+        raise ValueError(f"`{name}` must hold integer class indices (sparse labels). "
+                         f"Received non-integer labels: {sorted({v.item() for v in bad})[:10]}")
 
 
 def _as_logits(x, name):
@@ -166,8 +197,8 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
 
     Raises:
         ValueError: ``smoothing`` out of range, ``num_classes < 2``, sparse
-            ``y_true`` outside ``[0, C - 1]``, or float ``(B, K)`` labels whose
-            width ``K`` is not ``C``.
+            ``y_true`` outside ``[0, C - 1]`` or not integers (eager), or float
+            ``(B, K)`` labels whose width ``K`` is not ``C``.
     """
     if num_classes is None or int(num_classes) < 2:
         raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
@@ -194,6 +225,7 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
             f"Received out-of-range labels: {bad[:10]}"
         )
     if y_true.dtype.is_floating:
+        _check_integer_labels(y_true, "y_true")
         y_true = tf.cast(y_true, tf.int64)
     onehot = tf.one_hot(tf.reshape(y_true, [-1]), num_classes, dtype=dtype)
     return _smooth(onehot, num_classes, smoothing, dtype)
@@ -479,9 +511,10 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
                  reduction="sum_over_batch_size", name="label_smoothing_cross_entropy", dtype=None,
                  check_numerics: bool = False):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
-        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
+        smoothing = _real("smoothing", smoothing)
+        if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"`smoothing` must be a float in [0, 1). Received: smoothing={smoothing!r}")
-        self.smoothing = float(smoothing)
+        self.smoothing = smoothing
         self.from_logits = bool(from_logits)
         self.check_numerics = bool(check_numerics)
 

@@ -20,7 +20,9 @@ from .losses import (
     LabelSmoothingCrossEntropy,
     LogitPairing,
     LogitSqueezing,
+    _check_integer_labels,
     _check_ratio,
+    _real,
 )
 
 DEFENSES = ("none", "label_smoothing", "pgd", "alp", "logit_squeezing", "clean_logit_pairing", "lrm")
@@ -80,11 +82,8 @@ PRESETS = _freeze({
 
 
 def _number(name, value, lo, hi, *, lo_open=False, hi_open=False):
-    ok = not isinstance(value, bool) and isinstance(value, (int, float))
-    if ok:
-        value = float(value)
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
+    value = _real(name, value)
+    if not ((value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)):
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
         raise ValueError(f"`{name}` must be a number in {interval}. Received: {name}={value!r}")
     return value
@@ -216,9 +215,11 @@ class RobustModel(keras.Model):
     Raises:
         ValueError: unknown defense / attack / mixing / preset, a parameter the
             defense does not take, or an out-of-range value (e.g. ``ratio <= 0``);
-            at ``fit`` / ``evaluate``: labels ``y`` out of range or of the wrong
-            width (see above).
-        TypeError: ``model`` is not a Keras model.
+            at ``fit`` / ``evaluate``: labels ``y`` out of range, not integers
+            or of the wrong width (see above); at ``fit`` of an adversarial
+            defense: in-memory images ``x`` outside ``clip_range``.
+        TypeError: ``model`` is not a Keras model; a parameter that is not a
+            real number.
 
     Reference:
         Thesis Sec. 3.2-3.5 (Eqs. 3.1, 3.2, 3.8, 3.9, 3.11); https://arxiv.org/abs/1906.03749;
@@ -381,6 +382,7 @@ class RobustModel(keras.Model):
         if y.ndim not in (1, 2):
             raise ValueError(f"`y` must be sparse labels (N,) or one-hot labels (N, {num_classes}). "
                              f"Received: y.shape={y.shape}")
+        _check_integer_labels(y)
         values = y.reshape(-1)
         bad = np.unique(values[(values < 0) | (values >= num_classes)])
         if bad.size:
@@ -395,8 +397,10 @@ class RobustModel(keras.Model):
                              f"logits). Received: labels of shape {shape}")
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """``keras.Model.fit``, after checking the labels once (see the class docstring)."""
+        """``keras.Model.fit``, after checking the labels (and in-memory images) once (see the class docstring)."""
         self._check_labels(x, y)
+        if self.defense in _ADVERSARIAL and (isinstance(x, np.ndarray) or tf.is_tensor(x)):
+            _attacks._check_clip_range_values(x, self.clip_range)  # the training attack clips into clip_range
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -406,7 +410,8 @@ class RobustModel(keras.Model):
 
     # ------------------------------------------------------------------ keras plumbing
     def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
+        # integer (e.g. uint8) images are scaled by 1/255 here too, as in training and `evaluate`
+        return self.model(_attacks.as_images(inputs), training=training)
 
     def build(self, input_shape):
         if not self.model.built:
@@ -473,7 +478,7 @@ class RobustModel(keras.Model):
             (plus ``"partner"`` for clean logit pairing).
         """
         mix_seed, attack_seed, pair_seed = self._step_seeds(step)
-        x = _attacks.as_images(x)
+        x, y = _attacks.as_images(x), tf.convert_to_tensor(y)
         if self.check_numerics:
             x = tf.debugging.check_numerics(x, "RobustModel: the input images `x` have NaN or Inf")
         x, y = self._mix(x, y, mix_seed)
@@ -550,7 +555,7 @@ class RobustModel(keras.Model):
         """
         if not training:
             if y_pred is None:
-                y_pred = self(_attacks.as_images(x), training=False)
+                y_pred = self(x, training=False)
             if isinstance(y_pred, dict):
                 y_pred = y_pred["clean"]
             return self._with_regularization(self._eval_ce(y, y_pred, sample_weight))
@@ -616,7 +621,6 @@ class RobustModel(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = tf.convert_to_tensor(y)
-        x = _attacks.as_images(x)
         logits = self(x, training=False)
         loss = self.compute_loss(x, y, logits, sample_weight, training=False)
         self._update_loss_metric(loss, tf.shape(logits)[0])
