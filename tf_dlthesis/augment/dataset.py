@@ -174,10 +174,15 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         xm, ym = stage.interleaved(x, y, _as_int32(epoch), _as_int32(index))
         return pack(tf.cast(xm, _out_dtype(x)), ym)
 
+    def has_pair(index, element):
+        return tf.shape(_split_element(element)[0])[0] >= 2
+
     # Pair mode reads two input examples per output, so batching the input stream is
     # half its cost: the batch copies run in parallel (order stays deterministic).
+    # A trailing chunk of one example (N % (2 * chunk) == 1) holds no pair: it is
+    # skipped, so no empty batch is emitted (call indices are taken before the skip).
     out = stream.batch(2 * chunk, num_parallel_calls=num_parallel_calls,
-                       deterministic=True).enumerate().map(
+                       deterministic=True).enumerate().filter(has_pair).map(
         mix_chunk, num_parallel_calls=num_parallel_calls, deterministic=True)
     known = int(length) if int(length) >= 0 else None
     pairs = None if known is None else known // 2
@@ -187,8 +192,6 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         # Calls mix a multiple of batch_size pairs: split their output into batches
         # (only the last batch of the stream can be partial, as with `.batch()`).
         out = out.rebatch(batch_size)
-    else:
-        pairs = None                     # cardinality already known to tf.data
     if pairs is not None:
         n_out = pairs if batch_size is None else -(-pairs // batch_size)
         out = out.apply(tf.data.experimental.assert_cardinality(n_out))

@@ -85,14 +85,16 @@ def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
                 raise ValueError(f"`{name}` out of range for num_classes={num_classes}: "
                                  f"expected values in [0, {num_classes - 1}]. Received "
                                  f"out-of-range labels {bad[:10]}.")
-            deps = []
-        else:
-            what = f"`{name}` must be in [0, {num_classes - 1}] (num_classes={num_classes})"
-            deps = [tf.debugging.assert_non_negative(labels, message=what),
-                    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype),
-                                             message=what)]
-        with tf.control_dependencies(deps):
             return tf.one_hot(labels, num_classes, dtype=tf.float32)
+        what = f"`{name}` must be in [0, {num_classes - 1}] (num_classes={num_classes})"
+        deps = [tf.debugging.assert_non_negative(labels, message=what),
+                tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=what)]
+        with tf.control_dependencies(deps):
+            one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+        # XLA drops the asserts: there an out-of-range label gives a NaN row (so the loss
+        # is NaN) instead of tf.one_hot's silent all-zero row.
+        valid = (labels >= 0) & (labels < tf.cast(num_classes, labels.dtype))
+        return tf.where(valid[..., None], one_hot, float("nan"))
     if not labels.dtype.is_floating:
         raise TypeError(f"`{name}` must be integer (sparse) or float (one-hot/soft). "
                         f"Received dtype {labels.dtype.name}.")
@@ -311,7 +313,8 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
         ValueError: unknown method (with a suggestion), wrong rank, an empty (0-pixel)
             image, batch of 1, bad hyperparameter, sparse labels without `num_classes`
             or out of range, negative soft labels (range and sign are checked on eager
-            tensors; traced sparse labels get an in-graph assert).
+            tensors; traced sparse labels get an in-graph assert, which XLA drops: under
+            `jit_compile=True` an out-of-range sparse label gives a NaN label row instead).
         TypeError: unexpected hyperparameter, non-numeric images/labels.
 
     Reference:

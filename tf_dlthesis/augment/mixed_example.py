@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from tf_dlthesis.augment import _masks as M
-from tf_dlthesis._seeds import check_int_seed
+from tf_dlthesis._seeds import as_seed, check_int_seed
 from tf_dlthesis.augment.methods import _PARAM_CHECKS, _RENAMED_PARAMS, resolve
 from tf_dlthesis.augment.mix import (_images, _out_dtype, batch_partner, centred_inputs,
                                      check_num_classes, check_numerics, labels_to_soft,
@@ -73,7 +73,9 @@ class MixedExample(keras.layers.Layer):
         ValueError: unknown method, bad hyperparameters, `num_classes` or a negative
             `seed` (at construction); an
             unbatched image, a batch of 1, mismatched batch sizes, labels of the wrong
-            width or (eager) out of range (at call time).
+            width or out of range (at call time; under `jit_compile=True`, where
+            XLA drops the range assert, an out-of-range sparse label gives a NaN label
+            row and so a NaN loss).
 
     Reference:
         Thesis Sec. 2.3; https://arxiv.org/abs/1805.11272
@@ -129,12 +131,16 @@ class MixedExample(keras.layers.Layer):
         Args:
             data: dict {"images", "labels"} (or the images alone).
             training: None is returned when False (no mixing).
-            seed: shape-[2] integer seed; None takes the next from the layer's
-                `SeedGenerator`.
+            seed: int >= 0 (as `[seed, 0]`) or shape-[2] integer seed; None takes
+                the next from the layer's `SeedGenerator`.
 
         Returns:
             dict with "partner" ((B,) index of each example's partner) and "plan" (the
             mixing plan of `mix_batch`), or None when not training.
+
+        Raises:
+            TypeError / ValueError: a `seed` that is not an int >= 0 or a shape-[2]
+                integer seed.
         """
         if not training:
             return None
@@ -145,7 +151,7 @@ class MixedExample(keras.layers.Layer):
             raise ValueError(f"MixedExample needs a batch of at least 2 `images` to pair; "
                              f"received shape {images.shape}.")
         x1 = tf.cast(images, tf.float32)
-        seed = tf.cast(self.seed_generator.next() if seed is None else seed, tf.int64)
+        seed = tf.cast(self.seed_generator.next(), tf.int64) if seed is None else as_seed(seed, "seed")
         partner, s_mix = batch_partner(x1, seed, self.pairing)
         pair_plan = plan_pairs(x1, tf.gather(x1, partner), self._names, self._full, s_mix,
                                partner=partner)

@@ -8,7 +8,7 @@ import numpy as np
 
 from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment.methods import DISPLAY_NAMES, METHODS, canonical_name, resolve
-from tf_dlthesis.augment.mix import mix_pair, mix_pairs
+from tf_dlthesis.augment.mix import mix_pair, mix_pairs, pop_check_numerics
 
 
 def _show(ax, image, title):
@@ -40,6 +40,8 @@ def _closest_draw(x1, x2, name, kwargs, seed, lam, draws):
     """Of `draws` mixes of (x1, x2) drawn with one seed, the one whose x1 label weight is closest to `lam`."""
     import tensorflow as tf
 
+    kwargs = dict(kwargs)
+    pop_check_numerics(kwargs)             # mix_pair has checked the inputs
     names, full = resolve(name, kwargs)
     a = tf.repeat(tf.convert_to_tensor(x1, tf.float32)[None], draws, axis=0)
     b = tf.repeat(tf.convert_to_tensor(x2, tf.float32)[None], draws, axis=0)
@@ -85,22 +87,22 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=N
     Raises:
         ValueError: unknown method or mismatched image shapes (from `mix_pair`),
             `lam` outside (0, 1), `draws` < 1.
+        TypeError: a hyperparameter no method knows (e.g. a misspelled `alpah`).
 
     Reference:
         Thesis Figure 2.2, Sec. 2.3.
     """
     import matplotlib.pyplot as plt
-    from tf_dlthesis.augment.methods import default_params
 
     lam = _check_lam(lam, draws)
     names = [canonical_name(m) for m in methods]
     panels = [(np.asarray(x1), "x1"), (np.asarray(x2), "x2")]
     for i, name in enumerate(names):
-        accepted = default_params(name)
-        kwargs = {k: v for k, v in params.items() if k in accepted}
-        image, label = mix_pair(x1, [1.0, 0.0], x2, [0.0, 1.0], name, seed=[seed, i], **kwargs)
+        # Every method accepts (and ignores where it has none) any method's hyperparameter;
+        # an unknown name raises a TypeError, as in `mix_pair`.
+        image, label = mix_pair(x1, [1.0, 0.0], x2, [0.0, 1.0], name, seed=[seed, i], **params)
         if lam is not None:   # mix_pair above validated the inputs
-            image, label = _closest_draw(x1, x2, name, kwargs, [seed, i], lam, int(draws))
+            image, label = _closest_draw(x1, x2, name, params, [seed, i], lam, int(draws))
         panels.append((image.numpy(), f"{DISPLAY_NAMES[name]}\n$\\lambda$={float(label[0]):.2f}"))
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.9 * rows))

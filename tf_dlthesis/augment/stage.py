@@ -149,7 +149,8 @@ class MixStage:
     def interleaved(self, x, y, epoch, index):
         """Mixes consecutive examples of a chunk (x[0] with x[1], x[2] with x[3], ...).
 
-        An odd trailing example is dropped. Used by `mix_dataset`'s pair mode.
+        An odd trailing example is dropped (a chunk of one example gives an empty
+        output; `mix_dataset`'s pair mode, which uses this, skips such chunks).
         """
         if self._interleaved_fn is None:
             def core(x, y, seed):
