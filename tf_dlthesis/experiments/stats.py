@@ -305,7 +305,8 @@ _CROSSED = "t half-widths of a seed jackknife and an example bootstrap, added in
 def _interval(d: np.ndarray, reduce, scale: float, n_boot: int, seed: int, confidence: float) -> tuple:
     """(estimate, low, high) of `reduce(scale * per-pair means)` for `d` of shape (pairs, R runs, N examples).
 
-    R = 1: percentile interval of the example bootstrap. R > 1: the seed part (a
+    R = 1: percentile interval of the example bootstrap for one pair, `reduce` of
+    simultaneous per-pair intervals for several (`_simultaneous`). R > 1: the seed part (a
     delete-one-run jackknife, R - 1 df) and the test-set part (the example
     bootstrap with every run kept, N - 1 df), their t half-widths added in
     quadrature (see `accuracy_differences`).
