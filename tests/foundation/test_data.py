@@ -687,3 +687,46 @@ def test_percent_slice_bounds_beyond_the_split_are_errors(split):
         data.load_arrays("digits", split)
     assert len(data.load_arrays("digits", "train[:100%]")[1]) == 1433
     assert len(data.load_arrays("digits", "train[-100%:]")[1]) == 1433
+
+
+def _digits_xy():
+    return data.load_arrays("digits", "train")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x, y: (x, y + 0.5), "whole numbers"),            # were truncated to int silently
+    (lambda x, y: (x, y - 3), ">= 0"),                       # a label -1 was yielded
+    (lambda x, y: (x[:600], y[:500]), "differ in length"),   # was accepted
+    (lambda x, y: (x[:100], y[:500]), "differ in length"),   # failed mid-iteration in TF
+])
+def test_non_iid_batches_check_their_examples_as_as_arrays_does(bad, match):
+    x, y = _digits_xy()
+    with pytest.raises(ValueError, match=match):
+        data.non_iid_batches(bad(x, y), batch_size=32, classes_per_batch=4, seed=0)
+
+
+@pytest.mark.parametrize("num_batches", [0, -1, 2.5, True])
+def test_non_iid_batches_num_batches_must_be_a_positive_int(num_batches):
+    x, y = _digits_xy()
+    with pytest.raises(ValueError, match="num_batches"):
+        data.non_iid_batches((x, y), batch_size=32, classes_per_batch=4, seed=0, num_batches=num_batches)
+
+
+def test_uint8_images_are_scaled_to_unit_range_in_both_pipelines():
+    x, y = _digits_xy()
+    raw = np.round(x[:256] * 255).astype(np.uint8)   # digits are k / 16: not all exactly 8-bit, so compare to raw / 255
+    want = raw.astype(np.float32) / np.float32(255.0)
+    # training_dataset used to stream the 0..255 values unchanged
+    batch, _ = next(iter(data.training_dataset(raw, y[:256], batch_size=256, shuffle_seed=0, epochs=1)))
+    got = np.sort(batch.numpy().reshape(256, -1), axis=0)
+    np.testing.assert_array_equal(got, np.sort(want.reshape(256, -1), axis=0))
+    # non_iid_batches too
+    xb, yb = next(iter(data.non_iid_batches((raw, y[:256]), batch_size=32, classes_per_batch=4, seed=0)))
+    assert xb.dtype == tf.float32 and float(tf.reduce_max(xb)) <= 1.0
+    for image, label in zip(xb.numpy(), yb.numpy()):
+        assert any(np.array_equal(image, w) for w in want[y[:256] == label])
+    # float images pass through unchanged (bit for bit)
+    fb, _ = next(iter(data.training_dataset(x[:64], y[:64], batch_size=64, shuffle_seed=0, epochs=1)))
+    assert fb.dtype == tf.float32 and set(np.unique(fb.numpy())) <= set(np.unique(x[:64]))
+    with pytest.raises(TypeError, match="real numbers"):
+        data.training_dataset(raw.astype(complex), y[:256], batch_size=32, shuffle_seed=0)

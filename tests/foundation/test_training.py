@@ -315,3 +315,11 @@ def test_load_data_refuses_a_mixing_batch_larger_than_the_training_set():
         load_data(spec)
     assert len(load_data(spec.replace(batch_size=100)).train[1]) == 101
     assert len(load_data(spec.replace(mixing=None)).train[1]) == 101  # unmixed: one partial batch per epoch
+
+
+def test_snapshots_cannot_stop_before_the_schedule_ends():
+    # the snapshot cycles span `epochs`: stopping at epoch 5 of 10 took 3 of 5 snapshots at 85% of the peak rate
+    with pytest.raises(ValueError, match="snapshots.*stop_epoch"):
+        TrainSpec(epochs=10, snapshots=5, stop_epoch=5)
+    assert TrainSpec(epochs=10, snapshots=5, stop_epoch=10).snapshots == 5
+    assert TrainSpec(epochs=10, stop_epoch=5).stop_epoch == 5

@@ -311,3 +311,22 @@ def test_language_model_metrics_bad_input():
         language_model_metrics(np.log(LM_TRUE), np.zeros((3, 3), int))
     with pytest.raises(TypeError, match="integer"):
         prediction_disagreement(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("convert", [lambda a: a + 0.5j, lambda a: a.astype(str), lambda a: a > 0,
+                                     lambda a: a.astype(object)])
+def test_logits_and_features_must_be_real_numbers(convert):
+    # complex logits lost their imaginary part with a warning, strings were parsed, bools accepted
+    labels = np.array([0, 1, 1, 0])
+    with pytest.raises(TypeError, match="real numbers"):
+        accuracy_sd(convert(LOGITS), labels)
+    with pytest.raises(TypeError, match="real numbers"):
+        linear_cka(convert(LOGITS[0]), LOGITS[1])
+
+
+def test_metric_settings_are_checked():
+    with pytest.raises(ValueError, match="seed"):
+        bootstrap_sd([0.1, 0.2, 0.4], seed=1.5)       # was NumPy's SeedSequence TypeError
+    with pytest.raises(ValueError, match="max_chunk_bytes"):
+        ensemble_delta(LOGITS, np.array([0, 1, 1, 0]), max_chunk_bytes=0)   # was accepted
+    assert bootstrap_sd([0.1, 0.2, 0.4], seed=None) >= 0

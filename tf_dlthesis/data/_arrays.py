@@ -74,6 +74,33 @@ def _dataset_to_numpy(dataset: tf.data.Dataset, max_examples):
         ) from None
 
 
+def _check_real_images(x: np.ndarray) -> None:
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.issubdtype(x.dtype, np.complexfloating):
+        raise TypeError(f"Images must be real numbers. Received: images of dtype {x.dtype}")
+
+
+def unit_images(x: np.ndarray) -> np.ndarray:
+    """Images in [0, 1]: integer (8-bit) images scaled by 1/255, bool ones as 0/1, floats unchanged.
+
+    Raises:
+        TypeError: non-numeric or complex images.
+        ValueError: integer images outside [0, 255].
+    """
+    _check_real_images(x)
+    if np.issubdtype(x.dtype, np.integer):
+        low, high = x.min(), x.max()
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Integer images must hold 8-bit pixel values in [0, 255] (they are scaled by 1/255 to [0, 1]); "
+                f"rescale others to float32 in [0, 1] first. Received: images of dtype {x.dtype} with values in "
+                f"[{low}, {high}]"
+            )
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype == bool:
+        return x.astype(np.float32)
+    return x
+
+
 def as_arrays(dataset, max_examples: int | None = None):
     """Turns any dataset that an evaluation function accepts into NumPy arrays.
 
@@ -155,20 +182,10 @@ def as_arrays(dataset, max_examples: int | None = None):
             f"Images must have shape (N, H, W, C) or (N, H, W) (or (N, D) feature vectors). "
             f"Received: images of shape {x.shape}"
         )
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.issubdtype(x.dtype, np.complexfloating):
-        raise TypeError(f"Images must be real numbers. Received: images of dtype {x.dtype}")
+    _check_real_images(x)
     if max_examples is not None:
         x, y = x[:max_examples], y[:max_examples]
-    if np.issubdtype(x.dtype, np.integer):
-        low, high = x.min(), x.max()
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"Integer images must hold 8-bit pixel values in [0, 255] (they are scaled by 1/255 to [0, 1]); "
-                f"rescale others to float32 in [0, 1] first. Received: images of dtype {x.dtype} with values in "
-                f"[{low}, {high}]"
-            )
-        x = x.astype(np.float32) / np.float32(255.0)
-    x = x.astype(np.float32, copy=False)
+    x = unit_images(x).astype(np.float32, copy=False)
     if y.ndim == 2 and y.shape[1] == 0:
         raise ValueError(f"One-hot labels need at least one column (class). Received: labels of shape {y.shape}")
     if y.ndim == 2 and y.shape[1] == 1:

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis._seeds import as_seed
+from tf_dlthesis.data._arrays import as_arrays, unit_images
 
 
 def _plain(fn):
@@ -190,7 +191,8 @@ def training_dataset(
     >>> ds = data.training_dataset(x, y, batch_size=128, shuffle_seed=0, augment_seed=1, pad=1, epochs=3, mix=stage)
 
     Args:
-        x: float32 images (N, H, W, C).
+        x: images (N, H, W, C) in [0, 1]; integer (uint8) images are scaled by 1/255,
+            as `as_arrays` does.
         y: labels (N,) or (N, K).
         batch_size: examples per batch.
         shuffle_seed: seed of the per-epoch permutations (int, None for fresh
@@ -229,6 +231,7 @@ def training_dataset(
     n = len(x)
     if n == 0:
         raise ValueError("`x` is empty: a training stream needs at least one example.")
+    x = unit_images(x)  # uint8 images (as keras.datasets loads them) in [0, 1], as `as_arrays` gives them
     if mix is not None and mix.mode == "pair" and n < 2:
         raise ValueError(f"Pair-mode mixing needs at least 2 examples. Received {n}")
     per_epoch = 2 * (n // 2) if mix is not None and mix.mode == "pair" else n  # (pairs of) examples per epoch
@@ -305,7 +308,9 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
     `(seed, b)`.
 
     Args:
-        dataset: an unbatched `(image, label)` dataset, or a tuple `(x, y)` of arrays.
+        dataset: any form `as_arrays` accepts: `(x, y)` arrays, a dict, or a
+            `tf.data.Dataset` of `(image, label)`, batched or not (uint8 images
+            are scaled to [0, 1]).
         batch_size: examples per batch (thesis: 128).
         classes_per_batch: classes per batch (thesis: 4); must divide `batch_size`.
         seed: sampling seed.
@@ -315,7 +320,10 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
         A `tf.data.Dataset` of `(images (B, ...), labels (B,))`.
 
     Raises:
-        ValueError: if `classes_per_batch` does not divide `batch_size`, or sizes are not positive.
+        ValueError: if `classes_per_batch` does not divide `batch_size`, sizes are not
+            positive, or the examples are not usable (as `as_arrays`: lengths differ,
+            labels are not whole numbers >= 0, ...).
+        TypeError: images or labels that are not real numbers.
     """
     for name, value in (("batch_size", batch_size), ("classes_per_batch", classes_per_batch)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -325,15 +333,10 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
             f"`classes_per_batch` must divide `batch_size`. Received: batch_size={batch_size}, "
             f"classes_per_batch={classes_per_batch}"
         )
-    if isinstance(dataset, tf.data.Dataset):
-        xs, ys = [], []
-        for bx, by in dataset.batch(4096).as_numpy_iterator():
-            xs.append(bx)
-            ys.append(by)
-        x, y = np.concatenate(xs), np.concatenate(ys)
-    else:
-        x, y = (np.asarray(a) for a in dataset)
-    y = y.astype(np.int64)
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer))
+                                    or num_batches < 1):
+        raise ValueError(f"`num_batches` must be a positive int or None. Received: num_batches={num_batches!r}")
+    x, y = as_arrays(dataset)   # the checks every evaluating function makes (lengths, labels, dtypes)
     per_class = batch_size // classes_per_batch
     classes = np.unique(y)
     order = np.argsort(y, kind="stable")

@@ -225,6 +225,11 @@ class TrainSpec:
         if self.stop_epoch is not None and self.stop_epoch > self.epochs:
             raise ValueError(f"`stop_epoch` must be <= `epochs`. Received: stop_epoch={self.stop_epoch}, "
                              f"epochs={self.epochs}")
+        if self.snapshots and self.stop_epoch is not None and self.stop_epoch < self.epochs:
+            raise ValueError(f"`snapshots` cannot be combined with `stop_epoch` < `epochs`: the snapshots' cosine "
+                             f"cycles span `epochs`, so stopping early would take snapshots mid-cycle at a high "
+                             f"learning rate (thesis Sec. 5.5: members are taken where the rate reaches 0). "
+                             f"Received: snapshots={self.snapshots}, stop_epoch={self.stop_epoch}, epochs={self.epochs}")
         for name, allow_none in (("augment", False), ("flip", True)):
             value = getattr(self, name)
             if not (value is None and allow_none):

@@ -22,9 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
+from tf_dlthesis.variability.metrics import real_array
+
 
 def _as_features(x, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
+    arr = real_array(x, name, "(N, ...)")
     if arr.ndim < 2:
         raise ValueError(f"`{name}` must have shape (N, ...) with one row per example. Received: shape={arr.shape}")
     if arr.shape[0] < 2:

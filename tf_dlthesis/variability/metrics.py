@@ -46,11 +46,19 @@ _METRICS = ("accuracy", "cross_entropy")
 _COMBINE = ("probabilities", "logits")
 
 
-def _check_logits(logits, *, min_runs: int = 2, name: str = "logits") -> np.ndarray:
+def real_array(values, name: str, shape: str) -> np.ndarray:
+    """`values` as float64, refusing what NumPy would convert quietly (strings, complex, bools, objects)."""
     try:
-        arr = np.asarray(logits, dtype=np.float64)
+        raw = np.asarray(values)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"`{name}` must be a numeric array of shape (R, N, C). Received: {type(logits).__name__}") from exc
+        raise TypeError(f"`{name}` must be a numeric array of shape {shape}. Received: {type(values).__name__}") from exc
+    if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
+        raise TypeError(f"`{name}` must hold real numbers (int or float), shape {shape}. Received: dtype {raw.dtype}")
+    return raw.astype(np.float64)
+
+
+def _check_logits(logits, *, min_runs: int = 2, name: str = "logits") -> np.ndarray:
+    arr = real_array(logits, name, "(R, N, C)")
     if arr.ndim != 3:
         raise ValueError(f"`{name}` must have shape (R, N, C) (runs, examples, classes). Received: shape={arr.shape}")
     if arr.shape[0] < min_runs:
@@ -134,8 +142,8 @@ def bootstrap_sd(values, *, num_samples: int = 1000, seed: int = 0) -> float:
         raise ValueError("`values` contains NaN or infinite entries.")
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ValueError(f"`num_samples` must be an int >= 2. Received: num_samples={num_samples!r}")
-    if isinstance(seed, (int, np.integer)) and seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"`seed` must be a non-negative int (or None for fresh entropy). Received: seed={seed!r}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, vals.shape[0], size=(int(num_samples), vals.shape[0]))
     return float(_sd(_sd(vals[idx], axis=1)))
@@ -260,6 +268,8 @@ def ensemble_delta(logits, labels, *, metric: str = "accuracy", max_chunk_bytes:
     """
     if metric not in _METRICS:
         raise ValueError(f"`metric` must be one of {_METRICS}. Received: metric={metric!r}")
+    if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, (int, np.integer)) or max_chunk_bytes < 1:
+        raise ValueError(f"`max_chunk_bytes` must be a positive int. Received: max_chunk_bytes={max_chunk_bytes!r}")
     arr = _check_logits(logits)
     lab = _check_labels(labels, arr)
     runs = arr.shape[0]
