@@ -290,8 +290,8 @@ def main(argv=None) -> int:
     if args.command == "train":
         os.makedirs(args.out, exist_ok=True)
         runtime.configure(seed=args.seed, deterministic=args.deterministic)
-        store = experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))
         try:
+            store = experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))
             with experiments.training.data_dir(args.data_dir):
                 [run] = experiments.train(args.spec, args.seed, store=store, verbose=1,
                                           keep_weights=args.save is not None, data=args.data)
@@ -315,6 +315,10 @@ def main(argv=None) -> int:
     # reproduce / table / figure
     only = args.only if args.command == "reproduce" else [experiments.get(args.id).id]
     os.makedirs(args.out, exist_ok=True)
+    try:  # an unreadable results file is the user's to fix: one line, before any work
+        experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))
+    except ValueError as err:
+        return _fail(_one_line(err))
     try:
         path, failed = experiments.reproduce(
             scale=args.scale,

@@ -492,3 +492,18 @@ def test_an_item_read_back_from_its_store_counts_the_same_results_as_when_it_com
     from tf_dlthesis import runtime
 
     assert fresh.machines == rebuilt.machines == {runtime.machine()["id"]: 4}
+
+
+@pytest.mark.parametrize("argv", [["reproduce", "--scale", "quick", "--only", "A.2"], ["train", "--epochs", "1"]])
+@pytest.mark.parametrize("bad", ["garbage", "folder"])
+def test_an_unreadable_results_file_is_a_one_line_error(argv, bad, capsys, tmp_path):
+    # it was a full traceback ending in "file is not a database", exit status 1
+    out = tmp_path / "out"
+    out.mkdir()
+    if bad == "garbage":
+        (out / "results.sqlite").write_bytes(b"not a database" * 100)
+    else:
+        (out / "results.sqlite").mkdir()
+    assert cli.main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tf-dlthesis: error: Cannot open results store"), err

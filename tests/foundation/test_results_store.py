@@ -352,3 +352,20 @@ def test_an_archived_row_with_malformed_inputs_is_refused_by_name(tmp_path):
                                          r"of \[experiment, config hash, run, machine\]"):
         store.import_rows(tmp_path / "rows")
     assert len(store) == 0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_numpy_non_finite_values_share_the_python_values_key_and_survive_an_archive(value, tmp_path):
+    # np.float64("nan") hashed apart from float("nan") and an import moved its row to the Python value's key
+    py = {"a": float(value)}
+    for np_value in (np.float64(value), np.float32(value)):
+        assert config_hash({"a": np_value}) == config_hash(py)
+    store = ResultsStore(tmp_path / "a.sqlite")
+    store.record("x", {"a": np.float64(value)}, 0, {"v": np.float32(value)})
+    store.export_rows(tmp_path / "arch")
+    other = ResultsStore(tmp_path / "b.sqlite")
+    other.import_rows(tmp_path / "arch")
+    assert other.has("x", {"a": np.float64(value)}, 0) and other.has("x", py, 0)
+    [row] = other.rows("x")
+    got = row["result"]["v"]
+    assert isinstance(got, float) and (np.isnan(got) if np.isnan(value) else got == value)

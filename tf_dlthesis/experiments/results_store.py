@@ -57,8 +57,8 @@ def _encode(obj, key=None):
             return {"__ndarray__": base64.b64encode(packed).decode("ascii"), "dtype": arr.dtype.str,
                     "shape": list(arr.shape), "zlib": True}
         return {"__ndarray__": base64.b64encode(raw).decode("ascii"), "dtype": arr.dtype.str, "shape": list(arr.shape)}
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if isinstance(obj, np.generic):  # then as the Python value: np.float64("nan") is tagged as float("nan") is
+        return _encode(obj.item(), key)
     if isinstance(obj, dict):
         encoded = {str(k): _encode(v, k) for k, v in obj.items()}
         for tag in _TAGS:
