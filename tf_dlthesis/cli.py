@@ -5,8 +5,9 @@ values (negative or zero counts, a negative seed, an empty `--only`, an unknown
 scale, a `--save` path that is not a writable `.keras` file) are rejected while
 parsing, before TensorFlow is imported; names that need the library to check
 (table/figure ids and their kind, datasets, models, norms, mixing methods,
-recipes) and what needs the data (`train`: the dataset's files, a subset or batch
-larger than the data) are checked right after it, still before any output folder
+recipes) and what needs the data (`train`: the dataset's files, a subset larger
+than the data, a batch larger than it with `--mixing`; without mixing such a batch
+is one partial batch per epoch, as in Keras) are checked right after it, still before any output folder
 exists. All
 of them exit with status 2 and argparse's usage and one-line error.
 
