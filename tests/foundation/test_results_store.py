@@ -91,6 +91,26 @@ def test_get_or_compute_records_once(tmp_path):
         store.get_or_compute("e", {"k": 2}, 0, lambda: [1])
 
 
+def test_get_or_compute_returns_the_stored_form_on_the_first_run_too(tmp_path):
+    """A first run got fn()'s own objects (tuples, float32 scalars, the caller's array), a resumed one the
+    decoded copy (lists, Python floats, a fresh array): code after the call could differ between the two."""
+    from tf_dlthesis.experiments import ResultsStore
+
+    array = np.arange(3, dtype=np.float32)
+    result = {"pair": (1, 2), "acc": np.float32(0.1), "x": array, "nan": np.float64("nan")}
+    store = ResultsStore(tmp_path / "s.sqlite")
+    first = store.get_or_compute("e", {"k": 1}, 0, lambda: result)
+    resumed = ResultsStore(tmp_path / "s.sqlite").get_or_compute("e", {"k": 1}, 0, lambda: 1 / 0)
+    for got in (first, resumed):
+        assert got["pair"] == [1, 2] and type(got["acc"]) is float and got["acc"] == float(np.float32(0.1))
+        assert got["x"] is not array and got["x"].dtype == np.float32
+        np.testing.assert_array_equal(got["x"], array)
+        assert type(got["nan"]) is float and np.isnan(got["nan"])
+    assert repr(first) == repr(resumed)
+    first["x"][0] = 7  # the caller's array and the stored one are not the same memory
+    assert array[0] == 0 and store.get("e", {"k": 1}, 0)["x"][0] == 0
+
+
 def test_export_import_rows_moves_every_run_to_a_fresh_store(tmp_path):
     store = ResultsStore(tmp_path / "a.sqlite")
     logits = np.random.default_rng(1).normal(size=(50, 10)).astype(np.float32)

@@ -220,3 +220,25 @@ def test_non_integer_float_labels_are_an_error(images):
     with pytest.raises(ValueError, match="non-integer labels"):
         robust.fit(x, bad, epochs=1, verbose=0)
     assert np.isfinite(robust.fit(x, tf.constant(y, tf.float32), epochs=1, verbose=0).history["loss"][0])
+
+
+# --------------------------------------------------------------------------- bool images
+def test_bool_images_are_0_1_like_the_data_pipeline(images):
+    """`as_images` made bool images 0 / (1/255) while `data.as_arrays` makes them 0/1: the attack saw other images."""
+    x, y = images
+    xb = x > 0.5
+    model = tiny_classifier(0)
+    from tf_dlthesis.data import as_arrays
+    from tf_dlthesis.robustness.attacks import as_images
+
+    x_data, _ = as_arrays((xb, y))
+    np.testing.assert_array_equal(as_images(xb).numpy(), x_data)
+    np.testing.assert_array_equal(as_images(xb).numpy(), xb.astype(np.float32))
+    np.testing.assert_array_equal(R.fgsm(model, xb, y, epsilon=0.1).numpy(),
+                                  R.fgsm(model, xb.astype(np.float32), y, epsilon=0.1).numpy())
+    robust = R.RobustModel(tiny_classifier(0), "none")
+    robust.compile("sgd", jit_compile=False)
+    np.testing.assert_array_equal(robust.predict(xb, verbose=0), robust.predict(xb.astype(np.float32), verbose=0))
+    # clip_range is checked on the 0/1 values, not on 0/255ths: (0.5, 1) excludes the zeros
+    with pytest.raises(ValueError, match=r"\[0, 1\].*clip_range=\(0.5, 1\)"):
+        R.fgsm(model, xb, y, epsilon=0.1, clip_range=(0.5, 1.0))

@@ -263,18 +263,23 @@ class ResultsStore:
         """
         self._record(experiment, config, run, result, None)
 
-    def _record(self, experiment, config, run, result, inputs) -> None:
-        """`record`, keeping `inputs` ({row key: machine} of the rows `result` was computed from)."""
+    def _record(self, experiment, config, run, result, inputs) -> str:
+        """`record`, keeping `inputs` ({row key: machine} of the rows `result` was computed from).
+
+        Returns the stored JSON text of `result`.
+        """
         self._check(experiment, config, run)
         if not isinstance(result, dict):
             raise TypeError(f"`result` must be a dict. Received: result={type(result).__name__}")
         created, digest = time.time(), config_hash(config)
         key = (experiment, digest, int(run))
         used = [[*k, m] for k, m in sorted((inputs or {}).items(), key=lambda item: item[0]) if k != key]
-        self._insert((*key, json.dumps(_encode(config), sort_keys=True), json.dumps(_encode(result)), created,
+        text = json.dumps(_encode(result))
+        self._insert((*key, json.dumps(_encode(config), sort_keys=True), text, created,
                       self.machine, json.dumps(used, separators=(",", ":")) if used else None))
         self._seen(key, self.machine)
         self.recorded, self.last_recorded = self.recorded + 1, created
+        return text
 
     def _insert(self, row) -> None:
         conn = self._connect()
@@ -313,7 +318,9 @@ class ResultsStore:
         """The recorded result of a run, or `fn()` recorded first: the one resume idiom.
 
         The rows `fn` reads or records are kept with the result, so that reading it
-        later marks them as used too (`provenance`).
+        later marks them as used too (`provenance`). Either way the caller gets the
+        stored form (tuples as lists, NumPy scalars as Python numbers, fresh arrays),
+        so a resumed run computes from exactly what a first run did.
 
         Example:
 
@@ -330,7 +337,7 @@ class ResultsStore:
                 result = fn()
             if not isinstance(result, dict):
                 raise TypeError(f"`fn` must return a dict of results. Received: {type(result).__name__}")
-            self._record(experiment, config, run, result, used)
+            result = _decode(json.loads(self._record(experiment, config, run, result, used)))
         return result
 
     def __len__(self) -> int:

@@ -197,9 +197,15 @@ def _check_steps(num_steps, *, allow_tensor=False, name="num_steps", minimum=0):
 
 
 def as_images(x):
-    """Convert images to float32; integer images (e.g. uint8) are scaled by 1/255 into [0, 1]."""
+    """Convert images to float32; integer images (e.g. uint8) are scaled by 1/255 into [0, 1], bool ones are 0/1.
+
+    The same conversion as `tf_dlthesis.data.as_arrays` makes, so an attack sees
+    the images a model was trained on.
+    """
     x = tf.convert_to_tensor(x)
-    if x.dtype.is_integer or x.dtype == tf.bool:
+    if x.dtype == tf.bool:
+        return tf.cast(x, tf.float32)
+    if x.dtype.is_integer:
         return tf.cast(x, tf.float32) / 255.0
     if x.dtype != tf.float32:
         return tf.cast(x, tf.float32)
@@ -222,7 +228,7 @@ def _check_clip_range_values(x, clip_range, name="x"):
     if values.size == 0:
         return
     low, high = values.min(), values.max()
-    if values.dtype.kind in "biu":  # as_images: integer images / 255 in float32
+    if values.dtype.kind in "iu":  # as_images: integer images / 255 in float32 (bool ones are 0/1)
         low, high = np.float32(low) / np.float32(255), np.float32(high) / np.float32(255)
     dtype = np.result_type(low, np.float32)  # compare in the images' precision (clip_by_value casts the range)
     if low < np.asarray(lo, dtype) or high > np.asarray(hi, dtype):
