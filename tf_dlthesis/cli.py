@@ -234,7 +234,7 @@ def _check_names(args, sub_parser) -> None:
                 if args.only is not None:
                     experiments.registry.select(args.only)
             else:
-                exp = experiments.get(args.id)
+                exp = experiments.get(args.id, kind=args.command)
                 if exp.kind != args.command:
                     raise ValueError(f"{args.id!r} is a {exp.kind}, not a {args.command}: "
                                      f"use `tf-dlthesis {exp.kind} {args.id}`")
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
         return 0
 
     # reproduce / table / figure
-    only = args.only if args.command == "reproduce" else [experiments.get(args.id).id]
+    only = args.only if args.command == "reproduce" else [experiments.get(args.id, kind=args.command).id]
     os.makedirs(args.out, exist_ok=True)
     try:  # an unreadable results file is the user's to fix: one line, before any work
         experiments.ResultsStore(os.path.join(args.out, "results.sqlite"))

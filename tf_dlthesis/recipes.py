@@ -16,6 +16,14 @@ cites the section it is read from and lists the settings the thesis does not sta
 | `ch4_cifar100` | Sec. 4.4.1 (model only) | the Ch. 2 CIFAR-100 schedule: the thesis states no separate one for Ch. 4 |
 | `ch5_cifar10` | Sec. 5.3.2 | batch 512; 3-epoch warm-up to 0.4, cosine decay over 500 epochs; momentum 0.9; weight decay 5e-4 |
 
+Weight decay: the thesis's runs (TF-Slim, Sec. 2.4.1 / 3.5.1; PyTorch, Sec. 5.3.2) add
+`weight_decay * w` to the gradient before the momentum step (L2 regularization), so at
+momentum 0.9 the weights shrink about 10x more per step than under Keras's *decoupled*
+`weight_decay` (`w -= lr * weight_decay * w`) with the same number. The thesis recipes
+therefore use `weight_decay_mode="l2"` (`CoupledSGD`); the library's `cosine` default
+keeps Keras's decoupled decay. Batch-norm gamma and beta are not decayed (Sec. 4.3.3
+makes decaying them an option: `TrainSpec.norm_weight_decay`).
+
 Run lengths: a recipe run for fewer (or more) epochs than the thesis's scales every
 milestone by the same factor, so the shape of the schedule is kept. A step-based
 recipe run within one epoch of the thesis's step count (e.g. 205 epochs of 391
@@ -34,9 +42,14 @@ import math
 import keras
 import numpy as np
 
-__all__ = ["Recipe", "WarmupCosine", "WarmupPiecewiseConstant", "get", "names"]
+__all__ = ["CoupledSGD", "Recipe", "WarmupCosine", "WarmupPiecewiseConstant", "get", "names", "sgd"]
 
 _WARMUPS = ("constant", "linear", "log_linear")
+#: How weight decay enters the step: "l2" adds `wd * w` to the gradient (the thesis's TF-Slim and PyTorch
+#: runs), "decoupled" shrinks the weights by `lr * wd` after the step (Keras's `weight_decay`).
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+#: Variables whose names contain these are never decayed (Sec. 4.3.3 decays gamma/beta only when asked).
+NOT_DECAYED = ("gamma", "beta")
 
 
 def _check_steps(name, value, minimum=0):
@@ -45,10 +58,35 @@ def _check_steps(name, value, minimum=0):
     return int(value)
 
 
+def _is_real(value) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+
+
 def _check_rate(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value > 0:
-        raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
+    if not _is_real(value) or not 0 < value < math.inf:
+        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
     return float(value)
+
+
+def _check_decay(name, value):
+    if not _is_real(value) or not 0 <= value < math.inf:
+        raise ValueError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_boundaries(boundaries, warmup_steps):
+    if isinstance(boundaries, (str, bytes)) or not isinstance(boundaries, (list, tuple, np.ndarray)):
+        raise TypeError(f"`boundaries` must be a list of step counts. Received: boundaries={boundaries!r}")
+    bad = [b for b in boundaries if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer))]
+    if bad:
+        raise TypeError(f"`boundaries` must be ints (step counts). Received: boundaries={list(boundaries)!r}")
+    out = [int(b) for b in boundaries]
+    if any(b2 <= b1 for b1, b2 in zip(out, out[1:])):
+        raise ValueError(f"`boundaries` must be increasing. Received: boundaries={out!r}")
+    if out and out[0] <= warmup_steps:
+        raise ValueError(f"`boundaries` must lie after the warm-up (> warmup_steps={warmup_steps}): a rate change "
+                         f"inside the warm-up would not be seen. Received: boundaries={out!r}")
+    return out
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -75,22 +113,22 @@ class WarmupPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
         warmup: `"constant"`, `"linear"` or `"log_linear"`.
 
     Raises:
-        ValueError: for non-increasing boundaries, a wrong number of values,
-            non-positive rates or an unknown warm-up kind.
+        ValueError: for non-increasing boundaries or boundaries inside the
+            warm-up, a wrong number of values, rates that are not finite and
+            positive, or an unknown warm-up kind.
+        TypeError: boundaries that are not a list of ints.
     """
 
     def __init__(self, warmup_steps, warmup_start, boundaries, values, warmup="constant", name=None):
         self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
-        if isinstance(warmup_start, bool) or not isinstance(warmup_start, (int, float, np.floating)) or warmup_start < 0:
-            raise ValueError(f"`warmup_start` must be a number >= 0. Received: warmup_start={warmup_start!r}")
-        self.warmup_start = float(warmup_start)
-        self.boundaries = [int(b) for b in boundaries]
+        self.warmup_start = _check_decay("warmup_start", warmup_start)
+        self.boundaries = _check_boundaries(boundaries, self.warmup_steps)
+        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)):
+            raise TypeError(f"`values` must be a list of rates. Received: values={values!r}")
         self.values = [_check_rate("values", v) for v in values]
         if len(self.values) != len(self.boundaries) + 1:
             raise ValueError(f"`values` needs len(boundaries) + 1 = {len(self.boundaries) + 1} entries. "
                              f"Received: values={values!r}")
-        if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
-            raise ValueError(f"`boundaries` must be increasing. Received: boundaries={boundaries!r}")
         if warmup not in _WARMUPS:
             raise ValueError(f"`warmup` must be one of {_WARMUPS}. Received: warmup={warmup!r}")
         if warmup == "log_linear" and self.warmup_start == 0:
@@ -137,7 +175,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         warmup_steps: linear warm-up length (0: start at `peak`).
 
     Raises:
-        ValueError: non-positive peak or total, warm-up not shorter than the run.
+        ValueError: a peak that is not finite and positive, a non-positive total,
+            a warm-up not shorter than the run.
     """
 
     def __init__(self, peak, total_steps, warmup_steps=0, name=None):
@@ -163,6 +202,81 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                 "name": self.name}
 
 
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class CoupledSGD(keras.optimizers.SGD):
+    """SGD whose weight decay is L2 regularization: `l2 * w` joins the gradient before momentum.
+
+    This is the convention of the thesis's TF-Slim runs (an L2 loss term) and of
+    PyTorch's `SGD(weight_decay=...)`: with momentum `m` the weights shrink by
+    about `lr * l2 / (1 - m)` per step. Keras's own `weight_decay` is decoupled
+    (`w -= lr * weight_decay * w` after the step), about `1 - m` times weaker
+    with the same number. Variables excluded through `exclude_from_weight_decay`
+    get no decay.
+
+    Example:
+
+    >>> opt = CoupledSGD(0.1, momentum=0.9, l2=5e-4)
+    >>> opt.exclude_from_weight_decay(var_names=["gamma", "beta"])
+
+    Args:
+        learning_rate: a rate or a schedule.
+        momentum, nesterov: as `keras.optimizers.SGD`.
+        l2: the L2 coefficient (the thesis's "weight decay"), >= 0.
+        **kwargs: other `keras.optimizers.Optimizer` options except `weight_decay`.
+
+    Raises:
+        ValueError: `l2` is not a finite number >= 0, or `weight_decay` is given too.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, l2=0.0, name="coupled_sgd", **kwargs):
+        if kwargs.get("weight_decay") is not None:
+            raise ValueError("CoupledSGD takes its decay as `l2` (added to the gradient); `weight_decay` is Keras's "
+                             f"decoupled decay. Received: weight_decay={kwargs['weight_decay']!r}")
+        kwargs.pop("weight_decay", None)
+        super().__init__(learning_rate, momentum=momentum, nesterov=nesterov, name=name, **kwargs)
+        self.l2 = _check_decay("l2", l2)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.l2 and self._use_weight_decay(variable):
+            gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "l2": self.l2}
+
+
+def sgd(learning_rate, *, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0,
+        weight_decay_mode: str = "l2", **kwargs):
+    """An SGD optimizer with weight decay in the given mode, gamma/beta never decayed.
+
+    Args:
+        learning_rate: a rate or a schedule.
+        momentum, nesterov: SGD's momentum settings.
+        weight_decay: the decay coefficient (0: none).
+        weight_decay_mode: `"l2"` (`CoupledSGD`: the thesis's convention) or
+            `"decoupled"` (Keras's `SGD(weight_decay=...)`).
+        **kwargs: other optimizer options (e.g. `global_clipnorm`).
+
+    Returns:
+        A `keras.optimizers.SGD` (a `CoupledSGD` for a non-zero `"l2"` decay).
+
+    Raises:
+        ValueError: unknown mode, or a decay that is not a finite number >= 0.
+    """
+    wd = _check_decay("weight_decay", weight_decay)
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}. "
+                         f"Received: weight_decay_mode={weight_decay_mode!r}")
+    if wd and weight_decay_mode == "l2":
+        opt = CoupledSGD(learning_rate, momentum=momentum, nesterov=nesterov, l2=wd, **kwargs)
+    else:
+        opt = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=wd or None,
+                                   **kwargs)
+    if wd:
+        opt.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
+    return opt
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """A named training recipe: optimizer, its settings and a learning-rate schedule.
@@ -179,9 +293,11 @@ class Recipe:
         epochs: the thesis's run length in epochs (`None`: given by steps).
         total_steps: the thesis's run length in steps (step-based recipes).
         batch_size: the thesis's batch size.
-        momentum, nesterov, weight_decay: optimizer settings. Weight decay is
-            Keras's `weight_decay` (the weights shrink by `lr * weight_decay` each
-            step: L2 regularization for plain SGD).
+        momentum, nesterov, weight_decay: optimizer settings.
+        weight_decay_mode: `"l2"`: the decay joins the gradient before momentum,
+            as in the thesis's runs (`CoupledSGD`); `"decoupled"`: Keras's
+            `weight_decay` (the weights shrink by `lr * weight_decay` after each
+            step; about 10x weaker at momentum 0.9).
         assumed: settings the thesis does not state (documented guesses).
     """
 
@@ -200,7 +316,14 @@ class Recipe:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    weight_decay_mode: str = "l2"
     assumed: tuple = ()
+
+    def __post_init__(self):
+        if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}. "
+                             f"Received: weight_decay_mode={self.weight_decay_mode!r}")
+        _check_decay("weight_decay", self.weight_decay)
 
     def _factor(self, steps_per_epoch: int, epochs: int) -> float:
         """How much longer (or shorter) this run is than the thesis's (1 within an epoch of its step count)."""
@@ -248,10 +371,13 @@ class Recipe:
 
     def optimizer(self, steps_per_epoch: int, epochs: int | None = None, *, learning_rate: float | None = None,
                   weight_decay: float | None = None):
-        """A Keras SGD optimizer with this recipe's momentum, weight decay and schedule."""
-        wd = self.weight_decay if weight_decay is None else float(weight_decay)
-        return keras.optimizers.SGD(self.schedule(steps_per_epoch, epochs, learning_rate=learning_rate),
-                                    momentum=self.momentum, nesterov=self.nesterov, weight_decay=wd or None)
+        """A Keras SGD optimizer with this recipe's momentum, weight decay (in its mode) and schedule.
+
+        Batch-norm gamma and beta are not decayed (`NOT_DECAYED`), as in `experiments.train`.
+        """
+        wd = self.weight_decay if weight_decay is None else _check_decay("weight_decay", weight_decay)
+        return sgd(self.schedule(steps_per_epoch, epochs, learning_rate=learning_rate), momentum=self.momentum,
+                   nesterov=self.nesterov, weight_decay=wd, weight_decay_mode=self.weight_decay_mode)
 
     def to_config(self) -> dict:
         return dataclasses.asdict(self)
@@ -264,8 +390,8 @@ def _ch2_cifar(name, weight_decay, which):
         milestones=(32000, 48000, 70000), values=(0.1, 0.01, 0.001, 1e-4), total_steps=80000, batch_size=128,
         momentum=0.9, weight_decay=weight_decay,
         assumed=("momentum 0.9 (He et al.'s setting; the thesis names only the schedule)",
-                 "80,000 steps in all (the thesis's 205 epochs at 391 steps per epoch)",
-                 f"weight decay {weight_decay} is the thesis's for {which}"),
+                 "80,000 steps in all (He et al.'s length; the thesis gives only the decay points)",
+                 f"weight decay {weight_decay} is the thesis's for {which}, as L2 in the gradient"),
     )
 
 
@@ -282,11 +408,12 @@ def _ch2_caltech(name, milestones, total):
 _RECIPES = {
     "cosine": Recipe(
         name="cosine", reference="library default (cosine decay: Loshchilov & Hutter, as in Thesis Sec. 5.3.2)",
-        schedule_kind="cosine", learning_rate=0.05, nesterov=True, weight_decay=5e-4,
-        assumed=("not a thesis recipe: the short-run default of the quick and standard scales",)),
+        schedule_kind="cosine", learning_rate=0.05, nesterov=True, weight_decay=5e-4, weight_decay_mode="decoupled",
+        assumed=("not a thesis recipe: the short-run default of the quick and standard scales",
+                 "Keras's decoupled weight decay")),
     "constant": Recipe(
         name="constant", reference="library option (a constant rate, e.g. for Adam)", schedule_kind="epochs",
-        learning_rate=1e-3, values=(1e-3,), weight_decay=0.0,
+        learning_rate=1e-3, values=(1e-3,), weight_decay=0.0, weight_decay_mode="decoupled",
         assumed=("not a thesis recipe: a constant rate (set `learning_rate`)",)),
     "ch2_cifar10_baseline": _ch2_cifar("ch2_cifar10_baseline", 5e-4, "the CIFAR-10 baseline"),
     "ch2_cifar10_mixing": _ch2_cifar("ch2_cifar10_mixing", 1e-4, "CIFAR-10 mixed-example methods"),
@@ -304,7 +431,8 @@ _RECIPES = {
         name="ch3_svhn", reference="Thesis Sec. 3.5.1 (SVHN, ResNet-8)", schedule_kind="epochs", learning_rate=0.01,
         warmup=5, warmup_kind="constant", warmup_start=0.001, milestones=(80,), values=(0.01, 0.001), epochs=101,
         batch_size=128, momentum=0.9, weight_decay=2e-4,
-        assumed=("momentum 0.9 and weight decay 2e-4 carried over from the chapter's CIFAR setting",)),
+        assumed=("momentum 0.9 and weight decay 2e-4 carried over from the chapter's CIFAR setting",
+                 "batch size 128 carried over from the chapter's CIFAR setting")),
     "ch5_cifar10": Recipe(
         name="ch5_cifar10", reference="Thesis Sec. 5.3.2 (ResNet-14, CIFAR-10)", schedule_kind="cosine",
         learning_rate=0.4, warmup=3, warmup_kind="linear", epochs=500, batch_size=512, momentum=0.9,

@@ -507,3 +507,25 @@ def test_an_unreadable_results_file_is_a_one_line_error(argv, bad, capsys, tmp_p
     assert cli.main(argv + ["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tf-dlthesis: error: Cannot open results store"), err
+
+
+@pytest.mark.parametrize("number", ["2.2", "3.1", "3.2", "4.1", "5.1", "5.2"])
+def test_figure_with_a_bare_number_names_the_figure_where_a_table_shares_it(number):
+    """`tf-dlthesis figure 4.1` (DESIGN.md's own example) was refused: the table of the same number was found first."""
+    import argparse
+
+    from tf_dlthesis import experiments
+
+    assert experiments.get(number, kind="figure").id == f"fig{number}"
+    assert experiments.get(number, kind="table").id == experiments.get(number).id == number
+    for command, expected in (("figure", f"fig{number}"), ("table", number)):
+        args = argparse.Namespace(command=command, id=number, dataset=None, data_dir=None)
+
+        class _Parser:
+            def error(self, message):
+                raise AssertionError(message)
+
+        cli._check_names(args, _Parser())  # no error: the id names an item of the command's kind
+        assert experiments.get(args.id, kind=command).id == expected
+    with pytest.raises(ValueError, match="`kind` must be 'table', 'figure' or None. Received: kind='fig'"):
+        experiments.get(number, kind="fig")

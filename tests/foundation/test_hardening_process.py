@@ -112,6 +112,8 @@ EXAMPLES = {
         [0, 5, 10, 39, 40, 85]),
     "SnapshotEnsemble": lambda: {"kind": "callback", "object": variability.SnapshotEnsemble(cycles=3)},
     "PreciseBN": lambda: {"kind": "callback", "object": normalization.PreciseBN(X, epochs=[1, 3], steps=2)},
+    # an optimizer: serialized and rebuilt from its config like the callbacks
+    "CoupledSGD": lambda: {"kind": "callback", "object": recipes.CoupledSGD(0.1, momentum=0.9, nesterov=True, l2=5e-4)},
 }
 _OPTIONAL = {  # registered by modules that may not exist in every checkout of this issue
     "SWASchedule": ("tf_dlthesis.variability.swa", lambda m: _schedule(m.SWASchedule(0.1, 0.01, 40), [0, 10, 25, 39, 40, 60])),

@@ -1,5 +1,7 @@
 """Recipes: the learning rate at the thesis's milestones equals the values the thesis states."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -44,7 +46,7 @@ def test_ch3_cifar_schedule_in_epochs():
     assert _lr(s, 100 * spe - 1) == pytest.approx(0.1) and _lr(s, 100 * spe) == pytest.approx(0.01)
     assert _lr(s, 150 * spe) == pytest.approx(0.001)
     opt = recipes.get("ch3_cifar").optimizer(steps_per_epoch=spe)
-    assert opt.momentum == 0.9 and opt.weight_decay == pytest.approx(2e-4)
+    assert opt.momentum == 0.9 and opt.l2 == pytest.approx(2e-4) and opt.weight_decay is None  # L2, not decoupled
 
 
 def test_ch3_svhn_and_ch5_schedules():
@@ -116,3 +118,100 @@ def test_a_step_recipe_run_of_another_length_still_scales_its_milestones():
     s = recipes.get("ch2_cifar10_baseline").schedule(steps_per_epoch=391, epochs=100)  # 39,100 steps: 0.48875 x
     assert s.warmup_steps == round(400 * 0.48875)
     assert s.boundaries == [round(m * 0.48875) for m in (32000, 48000, 70000)]
+
+
+# --------------------------------------------------------------------------- weight decay as the thesis applies it
+def _hand_momentum_l2(w, target, lr, momentum, l2, steps):
+    """TF-Slim / PyTorch momentum SGD on 0.5 * (w - target)^2 plus L2: grad = (w - target) + l2 * w, in float64.
+
+    target None: no loss, the decay alone.
+    """
+    v = 0.0
+    for _ in range(steps):
+        g = (0.0 if target is None else w - target) + l2 * w
+        v = momentum * v + g
+        w = w - lr * v
+    return w
+
+
+def _run(opt, w0, target, steps):
+    w = keras.Variable(np.float32(w0), name="kernel")
+    for _ in range(steps):
+        opt.apply([keras.ops.zeros_like(w) if target is None else w - np.float32(target)], [w])
+    return float(w.numpy())
+
+
+@pytest.mark.parametrize("target", [None, 3.0])
+def test_thesis_recipes_add_the_decay_to_the_gradient_before_momentum(target):
+    """The thesis's runs decay as L2 (Secs. 2.4.1, 3.5.1 via TF-Slim; 5.3.2 via PyTorch): ~10x Keras's decoupled decay."""
+    lr, m, wd, n = 0.1, 0.9, 5e-4, 200
+    opt = recipes.sgd(lr, momentum=m, weight_decay=wd, weight_decay_mode="l2")
+    assert isinstance(opt, recipes.CoupledSGD)
+    ours = _run(opt, 1.0, target, n)
+    assert ours == pytest.approx(_hand_momentum_l2(1.0, target, lr, m, wd, n), rel=1e-5, abs=1e-6)
+    if target is None:  # the decay alone: the thesis's convention shrinks the weight ~10x faster than Keras's
+        hand = _hand_momentum_l2(1.0, None, lr, m, wd, n)
+        keras_decoupled = _run(recipes.sgd(lr, momentum=m, weight_decay=wd, weight_decay_mode="decoupled"), 1.0, None, n)
+        no_decay = _run(keras.optimizers.SGD(lr, momentum=m), 1.0, None, n)
+        assert no_decay == 1.0 and keras_decoupled == pytest.approx((1 - lr * wd) ** n, rel=1e-5)
+        assert 9 < np.log(hand) / np.log(keras_decoupled) < 1 / (1 - m)  # -> 10x once the momentum has built up
+    for name in ("ch2_cifar10_baseline", "ch2_caltech_mixing", "ch3_cifar", "ch3_svhn", "ch4_cifar100", "ch5_cifar10"):
+        assert recipes.get(name).weight_decay_mode == "l2", name
+        assert isinstance(recipes.get(name).optimizer(steps_per_epoch=10, epochs=5), recipes.CoupledSGD)
+    assert recipes.get("cosine").weight_decay_mode == "decoupled"  # the library's default keeps Keras's decay
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+def test_gamma_and_beta_are_never_decayed_by_recipe_optimizers(mode):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
+    model.layers[1].set_weights([np.full(2, 2.0, np.float32), np.full(2, 1.0, np.float32), np.zeros(2, np.float32),
+                                 np.ones(2, np.float32)])
+    recipe = dataclasses.replace(recipes.get("ch3_cifar"), weight_decay_mode=mode)
+    opt = recipe.optimizer(steps_per_epoch=1, epochs=20, weight_decay=0.1)
+    variables = model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    for _ in range(5):
+        opt.apply([keras.ops.zeros_like(v) for v in variables], variables)
+    moved = {v.path.split("/")[-1]: not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)}
+    assert moved == {"kernel": True, "bias": False, "gamma": False, "beta": False}, moved  # bias is 0: nothing to decay
+
+
+def test_coupled_sgd_serializes_and_refuses_bad_settings():
+    opt = recipes.get("ch5_cifar10").optimizer(steps_per_epoch=10, epochs=5)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(again) is recipes.CoupledSGD and again.l2 == opt.l2 == 5e-4 and again.momentum == 0.9
+    assert again.get_config() == opt.get_config()
+    with pytest.raises(ValueError, match=r"`l2` must be a finite number >= 0. Received: l2=-1"):
+        recipes.CoupledSGD(0.1, l2=-1)
+    with pytest.raises(ValueError, match="Received: weight_decay=0.1"):
+        recipes.CoupledSGD(0.1, weight_decay=0.1)
+    with pytest.raises(ValueError, match=r"`weight_decay` must be a finite number >= 0. Received: weight_decay=-1"):
+        recipes.get("ch3_cifar").optimizer(steps_per_epoch=10, weight_decay=-1)
+    with pytest.raises(ValueError, match=r"`weight_decay_mode` must be one of \('l2', 'decoupled'\)"):
+        recipes.sgd(0.1, weight_decay=1e-4, weight_decay_mode="adamw")
+    with pytest.raises(ValueError, match="weight_decay_mode"):
+        dataclasses.replace(recipes.get("cosine"), weight_decay_mode="L2")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"boundaries": [1.7]}, TypeError, r"`boundaries` must be ints .* Received: boundaries=\[1.7\]"),
+    ({"boundaries": ["5"]}, TypeError, r"Received: boundaries=\['5'\]"),
+    ({"boundaries": 5}, TypeError, "`boundaries` must be a list of step counts. Received: boundaries=5"),
+    ({"boundaries": [-3]}, ValueError, r"after the warm-up .* Received: boundaries=\[-3\]"),
+    ({"warmup_steps": 400, "boundaries": [100]}, ValueError, r"warmup_steps=400.* Received: boundaries=\[100\]"),
+    ({"boundaries": [], "values": [float("inf")]}, ValueError, "finite number > 0. Received: values=inf"),
+    ({"warmup_start": float("nan")}, ValueError, "`warmup_start` must be a finite number >= 0. Received: warmup_start=nan"),
+    ({"warmup_start": float("inf")}, ValueError, "Received: warmup_start=inf"),
+    ({"values": None}, TypeError, "`values` must be a list of rates. Received: values=None"),
+])
+def test_piecewise_schedule_refuses_bad_settings(kwargs, error, message):
+    args = {"warmup_steps": 0, "warmup_start": 0.0, "boundaries": [10], "values": [0.1, 0.01], **kwargs}
+    with pytest.raises(error, match=message):
+        recipes.WarmupPiecewiseConstant(**args)
+
+
+def test_schedules_take_numpy_numbers_and_refuse_an_infinite_peak():
+    s = recipes.WarmupPiecewiseConstant(np.int64(2), np.float32(0.01), [np.int64(5)], [np.int64(1), np.float64(0.5)])
+    assert [float(s(t)) for t in (0, 2, 5)] == [pytest.approx(0.01), 1.0, 0.5]
+    with pytest.raises(ValueError, match="`peak` must be a finite number > 0. Received: peak=inf"):
+        recipes.WarmupCosine(float("inf"), total_steps=10)

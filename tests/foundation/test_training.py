@@ -236,6 +236,46 @@ def test_store_keys_of_existing_specs_are_unchanged_by_the_b4_fields():
     assert changed.key() != spec.replace(snapshots=0).key()
 
 
+def test_weight_decay_mode_keys_l2_runs_apart_and_keeps_every_stored_key():
+    """Runs stored before `weight_decay_mode` trained with Keras's decoupled decay: their keys must not move, and
+    a thesis recipe's L2 run (the thesis's convention) must not read them back."""
+    from tf_dlthesis import recipes
+    from tf_dlthesis.experiments import chapter3, chapter5
+    from tf_dlthesis.experiments.results_store import config_hash
+    from tf_dlthesis.experiments.training import _optimizer
+
+    assert SETTINGS_KEYS == {"standard_5": chapter5.SETTINGS["standard"].spec.key(),
+                             "standard_5.6": chapter5.ARCHITECTURES["standard"].base.key(),
+                             "standard_3": chapter3._standard().base.key()}
+    l2 = TrainSpec(recipe="ch3_cifar", epochs=4)
+    assert l2.weight_decay_mode is None and l2.resolved_weight_decay_mode == "l2"
+    assert l2.to_config()["weight_decay_mode"] == "l2"
+    legacy = {k: v for k, v in l2.to_config().items() if k != "weight_decay_mode"}  # how it was keyed before
+    decoupled = l2.replace(weight_decay_mode="decoupled")
+    assert decoupled.key() == config_hash(legacy) != l2.key()
+    for spec in (l2, decoupled):  # the config round trip keeps the mode
+        assert TrainSpec.from_config(json.loads(json.dumps(spec.to_config()))) == spec
+    assert TrainSpec.from_config(legacy).resolved_weight_decay_mode == "decoupled"
+    assert TrainSpec(recipe="ch3_cifar", epochs=4, weight_decay_mode="l2") == l2  # None resolves to the recipe's
+    # the mode follows the recipe through replace, and no decay (or Adam) is one key whatever the mode says
+    assert TrainSpec(epochs=4).replace(recipe="ch3_cifar") == l2
+    assert l2.replace(weight_decay=0.0) == decoupled.replace(weight_decay=0.0)
+    assert "weight_decay_mode" not in l2.replace(weight_decay=0.0).to_config()
+    assert l2.replace(optimizer="adam").resolved_weight_decay_mode == "decoupled"
+    assert isinstance(_optimizer(l2, 10), recipes.CoupledSGD) and _optimizer(l2, 10).l2 == 2e-4
+    assert not isinstance(_optimizer(decoupled, 10), recipes.CoupledSGD) and _optimizer(decoupled, 10).weight_decay == 2e-4
+    assert "decoupled" in decoupled.describe() and "decoupled" not in l2.describe()
+    with pytest.raises(ValueError, match=r"`weight_decay_mode` must be one of \('l2', 'decoupled'\) or None. "
+                                         r"Received: weight_decay_mode='L2'"):
+        TrainSpec(weight_decay_mode="L2")
+    with pytest.raises(ValueError, match="Adam takes Keras's decoupled weight decay"):
+        TrainSpec(recipe="ch3_cifar", optimizer="adam", weight_decay_mode="l2")
+
+
+#: The keys of the standard report's stored Chapter 3 / 5 bases (trained with decoupled decay), read before the mode existed.
+SETTINGS_KEYS = {"standard_5": "475136d75112d0cd", "standard_5.6": "4bd29cd2647213a3", "standard_3": "e74dc98b383f34a4"}
+
+
 @pytest.mark.parametrize("extra", [{}, {"mixing": {"method": "mixup"}},
                                    {"defense": {"defense": "label_smoothing", "smoothing": 0.1}}])
 def test_train_creates_no_variable_inside_a_traced_function(extra):
@@ -323,3 +363,95 @@ def test_snapshots_cannot_stop_before_the_schedule_ends():
         TrainSpec(epochs=10, snapshots=5, stop_epoch=5)
     assert TrainSpec(epochs=10, snapshots=5, stop_epoch=10).snapshots == 5
     assert TrainSpec(epochs=10, stop_epoch=5).stop_epoch == 5
+
+
+# --------------------------------------------------------------------------- review of the training path (2026-12-05)
+def _module_level_norm(name=None):
+    import keras
+
+    return keras.layers.LayerNormalization(name=name)
+
+
+def test_norm_callables_that_a_name_cannot_identify_are_refused():
+    """Closures, lambdas and callable objects were keyed by their shared qualname (or a repr with an address), so
+    ghost(2) and ghost(32) closures shared one stored run."""
+    import functools
+
+    import keras
+
+    def ghost(size):
+        return lambda name=None: keras.layers.BatchNormalization(name=name)
+
+    class Factory:
+        def __call__(self, name=None):
+            return keras.layers.LayerNormalization(name=name)
+
+    for norm in (ghost(2), lambda name=None: None, Factory(), functools.partial(lambda name, k: None, k=1)):
+        with pytest.raises(TypeError, match="a lambda, a closure or a callable object would share the key"):
+            TrainSpec(norm=norm)
+    by_function = TrainSpec(norm=_module_level_norm)
+    assert by_function.to_config()["norm"] == {"callable": f"{__name__}._module_level_norm"}
+    assert TrainSpec(norm=functools.partial(_module_level_norm, name="x")) != by_function
+    assert TrainSpec(norm=keras.layers.LayerNormalization).to_config()["norm"]["callable"].endswith("LayerNormalization")
+
+
+def test_callbacks_with_a_store_and_data_of_another_spec_are_refused(tmp_path):
+    """A callback that stopped a run early had its run stored under the spec's key (a later plain call read back a
+    1-epoch run as the 3-epoch spec's); a DataBundle of other data trained under the spec's key."""
+    import keras
+
+    from tf_dlthesis.experiments import DataBundle, load_data
+
+    spec = TrainSpec(**{**_SMALL, "epochs": 1})
+    store = ResultsStore(tmp_path / "s.sqlite")
+    with pytest.raises(ValueError, match="`callbacks` cannot be combined with `store`"):
+        train(spec, 0, store=store, callbacks=[keras.callbacks.TerminateOnNaN()])
+    other = load_data(spec.replace(train_examples=300))
+    with pytest.raises(ValueError, match=r"`data` was loaded for .*'train_examples': 300.* asks for .*400"):
+        train(spec, 0, data=other)
+    handmade = DataBundle(other.train, None, other.test, other.num_classes)
+    with pytest.raises(ValueError, match="must come from `load_data\\(spec\\)` when `store` is given"):
+        train(spec, 0, data=handmade, store=store)
+    with pytest.raises(TypeError, match="`data` must be a DataBundle"):
+        train(spec, 0, data=(other.train, other.test))
+    assert len(store) == 0
+
+
+def test_non_iid_batches_are_augmented_when_the_spec_says_so():
+    """The non-i.i.d. stream ignored `augment`/`pad`/`flip` (Table 4.1's i.i.d. comparator was augmented, the
+    non-i.i.d. runs not); its batches are augmented now, under a key apart from the earlier unaugmented runs."""
+    from tf_dlthesis.experiments.results_store import config_hash
+    from tf_dlthesis.experiments.training import _stream, as_plan, load_data
+
+    spec = TrainSpec(**{**_SMALL, "epochs": 1}, non_iid_classes=2, pad=2)
+    bundle = load_data(spec)
+    raw = {bytes(np.asarray(im, np.float32).tobytes()) for im in bundle.train[0]}
+
+    def first_batch(s):
+        ds, _ = _stream(s, bundle, as_plan(0), None)
+        return next(iter(ds))
+
+    images, labels = first_batch(spec)
+    plain_images, plain_labels = first_batch(spec.replace(augment=False))
+    np.testing.assert_array_equal(labels, plain_labels)  # the same examples, in the same order
+    assert all(bytes(im.tobytes()) in raw for im in np.asarray(plain_images))
+    moved = [bytes(im.tobytes()) not in raw for im in np.asarray(images)]
+    assert sum(moved) > len(moved) // 2  # most crops move the image (pad 2: 24 of 25 offsets)
+    np.testing.assert_array_equal(images, first_batch(spec)[0])  # seeded: the same stream again
+    legacy = {k: v for k, v in spec.to_config().items() if k != "non_iid_augmented"}
+    assert spec.key() != config_hash(legacy) and spec.to_config()["non_iid_augmented"] is True
+    assert "non_iid_augmented" not in spec.replace(augment=False).to_config()
+    assert TrainSpec.from_config(json.loads(json.dumps(spec.to_config()))) == spec
+
+
+def test_non_iid_batches_take_an_augment_seed():
+    x = np.random.default_rng(0).random((40, 6, 6, 1)).astype(np.float32)
+    y = np.arange(40) % 4
+    plain = list(data.non_iid_batches((x, y), batch_size=8, classes_per_batch=2, seed=3, num_batches=2))
+    aug = list(data.non_iid_batches((x, y), batch_size=8, classes_per_batch=2, seed=3, num_batches=2, augment_seed=5,
+                                    pad=1, flip=False))
+    for b, ((xp, yp), (xa, ya)) in enumerate(zip(plain, aug)):
+        np.testing.assert_array_equal(yp, ya)
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([5, 0], tf.int64), tf.constant(b, tf.int64))
+        np.testing.assert_array_equal(xa, data.standard_augment(xp, seed=seed, pad=1, flip=False))
+        assert not np.array_equal(xa, xp)

@@ -136,6 +136,23 @@ def test_fig_4_5_rows_share_the_bn_models_and_the_ideal_line(tiny):
     assert chapter4._all_improvements_spec(s, s.base).norm_weight_decay == (s.norm_decay, 0.0)
 
 
+def test_fig_4_5_regime_is_bns_drop_beyond_group_norms(tiny):
+    """B = 2 runs use Sec. 4.3.4's spec (fewer images and epochs), so BN's drop from the base B mixed batch size
+    with data and length; the regime check is now BN's drop minus Group Norm's (a batch-independent control)."""
+    out = registry.get("fig4.5")("quick", None, tiny)
+    [table] = out.tables
+    [check] = [c for c in out.checks if c.name.startswith("BN degrades at small batch size")]
+    assert check.regime and "Group Norm's" in check.name
+    rows = table.rows
+    did = (rows["B=32"]["bn_pct"] - rows["B=2"]["bn_pct"]) - (rows["B=32"]["gn_pct"] - rows["B=2"]["gn_pct"])
+    extra = float(check.detail.rsplit("BN's extra drop ", 1)[1].split(" [")[0])
+    assert extra == pytest.approx(did, abs=5e-3 * max(1.0, abs(did)))
+    low = float(check.detail.rsplit(" [", 1)[1].split(",")[0])
+    assert check.passed == (low > 0)
+    if not check.passed:  # the regime gates every finding of the figure
+        assert {f.verdict for f in out.findings} == {"not comparable at this scale"}
+
+
 _FRESH = textwrap.dedent("""
     import importlib.util, json, sys
     from tf_dlthesis import runtime

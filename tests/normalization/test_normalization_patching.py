@@ -184,6 +184,20 @@ def test_training_outputs_never_exceed_bound():
         np.testing.assert_array_equal(w.numpy(), v)  # moving statistics restored
 
 
+def test_inference_range_is_the_trained_models_own():
+    """The training-mode passes moved the moving statistics before each inference pass (restored only at the end),
+    so the "inference" range was another model's and changed with the batch size."""
+    rng = np.random.default_rng(1)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(6, 3, padding="same"),
+                              keras.layers.BatchNormalization(name="bn", momentum=0.5)])
+    _randomize_bn(model, 2)
+    x = (3 * rng.standard_normal((32, 4, 4, 1)) + 2).astype("float32")  # far from the moving statistics
+    expected = model(x, training=False).numpy()
+    for batch in (1, 4, 32):
+        r = measure_output_range(model, "bn", x, batch_size=batch)
+        assert (r["inference_min"], r["inference_max"]) == (expected.min(), expected.max()), batch
+
+
 @keras.saving.register_keras_serializable(package="tests_patching")
 class _Block(keras.layers.Layer):
     """A custom (non-model) layer holding a Keras BN: `clone_model` rebuilds it from its config."""

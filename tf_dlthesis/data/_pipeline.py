@@ -294,7 +294,8 @@ def steps_per_epoch_of(num_examples: int, batch_size: int, *, drop_remainder: bo
     return steps_per_epoch(n, batch_size, drop_remainder)
 
 
-def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 4, seed: int, num_batches: int | None = None) -> tf.data.Dataset:
+def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 4, seed: int, num_batches: int | None = None,
+                    augment_seed=None, pad: int = 4, flip: bool = True) -> tf.data.Dataset:
     """Non-i.i.d. minibatches: each batch holds a few random classes (Table 4.1).
 
     Following Batch Renormalization and thesis Sec. 4.4.4, each batch of
@@ -305,7 +306,9 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
     examples of a batch come in random order (the thesis describes a minibatch's
     classes, not an order; a class-grouped layout would make every small contiguous
     ghost batch single-class). Batch `b` depends only on
-    `(seed, b)`.
+    `(seed, b)`; with `augment_seed`, its images are augmented as
+    `training_dataset` augments (`standard_augment`) with a seed that depends
+    only on `(augment_seed, b)`.
 
     Args:
         dataset: any form `as_arrays` accepts: `(x, y)` arrays, a dict, or a
@@ -315,6 +318,9 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
         classes_per_batch: classes per batch (thesis: 4); must divide `batch_size`.
         seed: sampling seed.
         num_batches: batches to yield; default one epoch's worth (N // batch_size).
+        augment_seed: seed of the pad-and-crop (+ flip) augmentation of each
+            batch, or None for none.
+        pad, flip: the augmentation's settings (as `standard_augment`).
 
     Returns:
         A `tf.data.Dataset` of `(images (B, ...), labels (B,))`.
@@ -348,6 +354,7 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
     xs_t, ys_t = tf.constant(x), tf.constant(y)
     order_t, counts_t, starts_t = tf.constant(order), tf.constant(counts), tf.constant(starts)
     base = as_seed(seed)
+    augment_base = None if augment_seed is None else as_seed(augment_seed)
 
     def make(b):
         s_cls, s_ex, s_order = tf.unstack(
@@ -369,7 +376,11 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
         # grouped layout every contiguous ghost batch of <= batch_size / classes_per_batch examples,
         # Batch Group Norm's pairs included, would hold a single class).
         idx = tf.gather(idx, tf.argsort(tf.random.stateless_uniform([batch_size], s_order)))
-        return tf.gather(xs_t, idx), tf.gather(ys_t, idx)
+        images = tf.gather(xs_t, idx)
+        if augment_base is not None:
+            images = standard_augment(images, seed=tf.random.experimental.stateless_fold_in(augment_base, b),
+                                      pad=pad, flip=flip)
+        return images, tf.gather(ys_t, idx)
 
     return tf.data.Dataset.range(num_batches).map(_plain(make), num_parallel_calls=tf.data.AUTOTUNE,
                                                   deterministic=True)

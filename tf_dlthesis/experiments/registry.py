@@ -293,15 +293,25 @@ def _order(exp):
     return (0 if chapter.isdigit() else 1, chapter.zfill(3), exp.id)
 
 
-def get(id: str) -> Experiment:
+def get(id: str, kind: str | None = None) -> Experiment:
     """The registered experiment with this id (e.g. `"2.1"`, `"fig4.1"`).
+
+    Args:
+        id: the item's id; a figure may be named without its "fig" prefix.
+        kind: `"figure"` reads a bare number as the figure ("4.1" -> "fig4.1",
+            though Table 4.1 exists too), `"table"` as the table; None: the
+            table where both exist.
 
     Raises:
         ValueError: unknown id, with the closest names.
     """
+    if kind not in (None, "table", "figure"):
+        raise ValueError(f"`kind` must be 'table', 'figure' or None. Received: kind={kind!r}")
+    if kind == "figure" and f"fig{id}" in REGISTRY:  # `tf-dlthesis figure 4.1` names "fig4.1"
+        return REGISTRY[f"fig{id}"]
     if id in REGISTRY:
         return REGISTRY[id]
-    if f"fig{id}" in REGISTRY:  # `figure 4.1` names "fig4.1"
+    if f"fig{id}" in REGISTRY:
         return REGISTRY[f"fig{id}"]
     close = difflib.get_close_matches(str(id), list(REGISTRY), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -40,14 +40,24 @@ def _jsonable(name, value):
         raise TypeError(f"`{name}` must be JSON-able (numbers, strings, lists, dicts). Received: {name}={value!r}") from None
 
 
+def _callable_name(fn, what: str) -> str:
+    """`module.qualname` of a module-level function or class: the only callables a name identifies."""
+    qualname, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
+    if not isinstance(qualname, str) or not module or "<lambda>" in qualname or "<locals>" in qualname:
+        raise TypeError(f"`norm` must be a norm string, a module-level function or class returning a layer, or a "
+                        f"functools.partial of one: the store keys a spec by name, so a lambda, a closure or a "
+                        f"callable object would share the key of any other with the same name. Received: {what}")
+    return f"{module}.{qualname}"
+
+
 def _norm_config(norm):
     if norm is None or isinstance(norm, str):
         return norm or "none"
     if callable(norm):
         if isinstance(norm, functools.partial):
-            return {"callable": f"{norm.func.__module__}.{norm.func.__qualname__}",
+            return {"callable": _callable_name(norm.func, f"norm={norm!r}"),
                     "args": _jsonable("norm", list(norm.args)), "kwargs": _jsonable("norm", norm.keywords)}
-        return {"callable": f"{getattr(norm, '__module__', '?')}.{getattr(norm, '__qualname__', repr(norm))}"}
+        return {"callable": _callable_name(norm, f"norm={norm!r}")}
     raise TypeError(f"`norm` must be a norm string (e.g. 'ghost:16') or a callable returning a layer. Received: norm={norm!r}")
 
 
@@ -105,6 +115,9 @@ _FLOAT_FIELDS = (("learning_rate", lambda v: v > 0, "> 0"), ("weight_decay", lam
 MAX_SEED = 2**63 - 3
 
 
+#: In the key of non-i.i.d. specs with `augment`: their batches are augmented since 2026-12-05 (before, the
+#: non-i.i.d. stream ignored `augment`, so earlier stored runs under the plain key were not augmented).
+_NON_IID_AUGMENTED = "non_iid_augmented"
 #: TrainSpec fields added after results were stored: left out of the store key at their default.
 ADDED_FIELDS = ("momentum", "gradient_clip_norm", "swa", "weight_noise")
 
@@ -134,8 +147,10 @@ class TrainSpec:
         test_examples: evaluate on a stratified subset of the test split.
         image_size: resize images (`data.load(image_size=...)`).
         model, model_kwargs: `models.build` name and options.
-        norm, norm_kwargs: the `norm=` kind (string, or a callable returning a
-            layer) and the options of every normalization layer (e.g. momentum).
+        norm, norm_kwargs: the `norm=` kind (string, or a module-level function
+            or class returning a layer, or a `functools.partial` of one: the key
+            names it, so lambdas and closures are refused) and the options of
+            every normalization layer (e.g. momentum).
         norm_weight_decay: `(rate, gamma_center)` L2 on gamma/beta (Sec. 4.3.3),
             or None (gamma and beta are excluded from weight decay).
         mixing: `augment.MixStage` settings, e.g. `{"method": "vh_mixup", "mode":
@@ -143,11 +158,18 @@ class TrainSpec:
         defense: `robustness.RobustModel` settings, e.g. `{"defense": "lrm",
             "epsilon": 0.1, "step_size": 0.025, "num_steps": 5}`, or None.
         non_iid_classes: draw each batch from this many classes (Table 4.1's
-            sampler, `data.non_iid_batches`) instead of shuffled epochs.
+            sampler, `data.non_iid_batches`) instead of shuffled epochs; the
+            batches are augmented as the i.i.d. ones when `augment` is set.
         recipe: a `recipes.get` name (optimizer, schedule, weight decay); a
             registered `recipes.Recipe` is stored as its name.
         optimizer: "sgd" (the recipe's) or "adam" (the recipe's schedule, Adam).
         learning_rate, weight_decay: override the recipe's peak rate / decay.
+        weight_decay_mode: how the decay enters the step: `"l2"` (added to the
+            gradient before momentum, the thesis's convention) or `"decoupled"`
+            (Keras's `weight_decay`, about 10x weaker at momentum 0.9). None: the
+            recipe's (`recipes.Recipe.weight_decay_mode`; Adam: decoupled). It is
+            `"decoupled"` whenever there is no decay, so it never splits keys
+            of runs without one.
         epochs, batch_size: the run length and batch size.
         augment: standard pad-and-crop (+ flip) augmentation.
         pad, flip: its settings (default: pad H // 8 >= 1; flips except on digits/MNIST).
@@ -176,7 +198,9 @@ class TrainSpec:
 
     Fields added after results were first stored (`momentum`, `gradient_clip_norm`,
     `swa`, `weight_noise`) are left out of `to_config` while at their default, so
-    the store key of every earlier spec is unchanged.
+    the store key of every earlier spec is unchanged. Every run stored before
+    `weight_decay_mode` existed trained with decoupled decay, so the key names the
+    mode only when it is `"l2"`, and a config without it means `"decoupled"`.
     """
 
     dataset: str = "digits"
@@ -207,6 +231,7 @@ class TrainSpec:
     gradient_clip_norm: float | None = None
     swa: dict | None = None
     weight_noise: float | None = None
+    weight_decay_mode: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -274,6 +299,7 @@ class TrainSpec:
         if not isinstance(self.recipe, str):
             raise TypeError(f"`recipe` must be a recipe name (`recipes.names()`). Received: recipe={self.recipe!r}")
         recipes.get(self.recipe)
+        self.resolved_weight_decay_mode  # noqa: B018 (validates the mode against the recipe and optimizer)
         if self.non_iid_classes is not None and self.mixing is not None:
             raise ValueError("`non_iid_classes` and `mixing` cannot be combined.")
         if self.swa is not None:
@@ -281,24 +307,50 @@ class TrainSpec:
             if self.snapshots:
                 raise ValueError("`swa` and `snapshots` cannot be combined (both set the learning-rate schedule).")
 
+    @property
+    def resolved_weight_decay_mode(self) -> str:
+        """`weight_decay_mode`, with None resolved (the recipe's; Adam and no decay: `"decoupled"`)."""
+        from tf_dlthesis import recipes
+
+        recipe, mode = recipes.get(self.recipe), self.weight_decay_mode
+        if mode is not None and mode not in recipes.WEIGHT_DECAY_MODES:
+            raise ValueError(f"`weight_decay_mode` must be one of {recipes.WEIGHT_DECAY_MODES} or None. "
+                             f"Received: weight_decay_mode={mode!r}")
+        if not (recipe.weight_decay if self.weight_decay is None else self.weight_decay):
+            return "decoupled"  # no decay: the mode changes nothing
+        if self.optimizer == "adam":
+            if mode == "l2":
+                raise ValueError("`weight_decay_mode='l2'` is for SGD; Adam takes Keras's decoupled weight decay. "
+                                 "Received: optimizer='adam', weight_decay_mode='l2'")
+            return "decoupled"
+        return recipe.weight_decay_mode if mode is None else mode
+
     # ------------------------------------------------------------------ config / key
     def to_config(self) -> dict:
         """The JSON-able dict the store keys on (and `from_config` reads).
 
         Fields in `ADDED_FIELDS` are left out while at their default (keys of
-        earlier specs stay the same).
+        earlier specs stay the same); `weight_decay_mode` only while it is
+        `"decoupled"`, as every run stored before it existed trained.
         """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if not (f.name in ADDED_FIELDS and getattr(self, f.name) == f.default)}
+        out["weight_decay_mode"] = self.resolved_weight_decay_mode
+        if out["weight_decay_mode"] == "decoupled":
+            del out["weight_decay_mode"]
+        if self.non_iid_classes is not None and self.augment:
+            out[_NON_IID_AUGMENTED] = True  # non-i.i.d. runs stored before 2026-12-05 ignored `augment`
         out["norm"] = _norm_config(self.norm)
         out["norm_weight_decay"] = None if self.norm_weight_decay is None else list(self.norm_weight_decay)
         return out
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainSpec":
+        """The spec of a `to_config` dict (a config without `weight_decay_mode` means `"decoupled"`)."""
         if isinstance(config.get("norm"), dict):
             raise ValueError("A spec with a callable `norm` cannot be rebuilt from its config; pass the callable.")
-        return cls(**config)
+        config = {k: v for k, v in config.items() if k != _NON_IID_AUGMENTED}
+        return cls(**{"weight_decay_mode": "decoupled", **config})
 
     def key(self) -> str:
         """The results store's config hash of this spec."""
@@ -330,6 +382,16 @@ class TrainSpec:
     def resolved_flip(self) -> bool:
         return (self.dataset not in _FLIP_FREE) if self.flip is None else bool(self.flip)
 
+    def _decay_mode_text(self) -> str:
+        from tf_dlthesis import recipes
+
+        mode, recipe = self.resolved_weight_decay_mode, recipes.get(self.recipe)
+        if mode == recipe.weight_decay_mode or not (recipe.weight_decay if self.weight_decay is None
+                                                    else self.weight_decay):
+            return ""
+        return (" (Keras's decoupled weight decay, ~1/10 of the thesis's L2 at momentum 0.9)" if mode == "decoupled"
+                else " (weight decay as L2 in the gradient)")
+
     def describe(self) -> str:
         """A one-line human description for report settings."""
         parts = [self.dataset + (f" ({self.train_examples} training examples)" if self.train_examples else ""),
@@ -338,7 +400,8 @@ class TrainSpec:
                  + (f" {self.norm_kwargs}" if self.norm_kwargs else ""),
                  f"recipe {self.recipe}" + (f" ({self.optimizer})" if self.optimizer != "sgd" else "")
                  + (f", peak LR {self.learning_rate}" if self.learning_rate is not None else "")
-                 + (f", weight decay {self.weight_decay}" if self.weight_decay is not None else ""),
+                 + (f", weight decay {self.weight_decay}" if self.weight_decay is not None else "")
+                 + self._decay_mode_text(),
                  f"{self.epochs} epochs, batch {self.batch_size}"
                  + (f" (stopped after {self.stop_epoch})" if self.stop_epoch else "")]
         if self.augment:
@@ -366,12 +429,25 @@ class TrainSpec:
 # ---------------------------------------------------------------------------- data
 @dataclasses.dataclass(frozen=True)
 class DataBundle:
-    """The arrays of one spec: training (subset), validation, test; and the class count."""
+    """The arrays of one spec: training (subset), validation, test; and the class count.
+
+    `source` holds the spec's data fields it was loaded for (`load_data` sets it),
+    so `train(data=...)` can refuse a bundle of other data.
+    """
 
     train: tuple
     validation: tuple | None
     test: tuple
     num_classes: int
+    source: dict | None = None
+
+
+#: The TrainSpec fields that decide a DataBundle.
+_DATA_FIELDS = ("dataset", "train_examples", "validation_examples", "test_examples", "image_size")
+
+
+def _data_source(spec) -> dict:
+    return {name: getattr(spec, name) for name in _DATA_FIELDS}
 
 
 def stratified_indices(labels, n: int, *, from_end: bool = False) -> np.ndarray:
@@ -427,7 +503,7 @@ def load_data(spec: TrainSpec) -> DataBundle:
     if spec.test_examples is not None and spec.test_examples < len(yt):
         sub = stratified_indices(yt, spec.test_examples)
         xt, yt = xt[sub], yt[sub]
-    return DataBundle((x, y), validation, (xt, yt), num_classes)
+    return DataBundle((x, y), validation, (xt, yt), num_classes, _data_source(spec))
 
 
 # ---------------------------------------------------------------------------- runs
@@ -562,7 +638,9 @@ def _stream(spec, bundle, plan, stage):
     if spec.non_iid_classes is not None:
         steps = max(1, len(x) // spec.batch_size)
         ds = data.non_iid_batches((x, y), batch_size=spec.batch_size, classes_per_batch=spec.non_iid_classes,
-                                  seed=plan.shuffle, num_batches=spec.epochs * steps)
+                                  seed=plan.shuffle, num_batches=spec.epochs * steps,
+                                  augment_seed=plan.augment if spec.augment else None, pad=spec.resolved_pad,
+                                  flip=spec.resolved_flip)
         return ds, steps
     epochs = spec.epochs
     onset = plan.base is not None and plan.onset_epoch > 0
@@ -616,13 +694,12 @@ def _optimizer(spec, steps):
     if spec.optimizer == "adam":
         beta = {} if spec.momentum is None else {"beta_1": spec.momentum}
         opt = keras.optimizers.Adam(schedule, weight_decay=wd or None, **beta, **clip)
-    else:
-        momentum = recipe.momentum if spec.momentum is None else spec.momentum
-        opt = keras.optimizers.SGD(schedule, momentum=momentum, nesterov=recipe.nesterov and momentum > 0,
-                                   weight_decay=wd or None, **clip)
-    if wd:
-        opt.exclude_from_weight_decay(var_names=["gamma", "beta"])  # Sec. 4.3.3: off unless asked for
-    return opt
+        if wd:
+            opt.exclude_from_weight_decay(var_names=list(recipes.NOT_DECAYED))  # Sec. 4.3.3: off unless asked for
+        return opt
+    momentum = recipe.momentum if spec.momentum is None else spec.momentum
+    return recipes.sgd(schedule, momentum=momentum, nesterov=recipe.nesterov and momentum > 0, weight_decay=wd,
+                       weight_decay_mode=spec.resolved_weight_decay_mode, **clip)
 
 
 def predict_logits(model, x, batch_size: int = 512) -> np.ndarray:
@@ -770,9 +847,11 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
         evaluation: the name of that evaluation (required with `store` and `evaluate`).
         keep_weights: store the final weights too, so `run.model` works after a
             resume and other evaluations need no retraining.
-        callbacks: extra Keras callbacks for `fit`.
+        callbacks: extra Keras callbacks for `fit` (not with `store`: a callback
+            can change a run, e.g. stop it early, and is not part of its key).
         verbose: Keras `fit` verbosity (1: progress bar).
-        data: a preloaded `DataBundle` (default: `load_data(spec)`).
+        data: a preloaded `DataBundle` of this spec's data (default:
+            `load_data(spec)`); with `store`, one that `load_data` made.
 
     Returns:
         A list of `Run`, one per seed.
@@ -789,6 +868,20 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
         raise TypeError(f"`evaluate` must be callable. Received: evaluate={evaluate!r}")
     if evaluate is not None and store is not None and not evaluation:
         raise ValueError("`evaluation` (a name for the stored evaluation) is required with `store` and `evaluate`.")
+    if callbacks and store is not None:
+        raise ValueError("`callbacks` cannot be combined with `store`: a callback can change a run (stop it early, "
+                         "change its rate) but is not part of the store key, so a later call without it would read "
+                         f"that run back as the spec's. Train without `store`, or put the setting in the spec. "
+                         f"Received: callbacks={callbacks!r}")
+    if data is not None:
+        if not isinstance(data, DataBundle):
+            raise TypeError(f"`data` must be a DataBundle (`load_data(spec)`). Received: {type(data).__name__}")
+        if data.source is None and store is not None:
+            raise ValueError("`data` must come from `load_data(spec)` when `store` is given: the store keys the run "
+                             "by the spec, so the data must be the spec's.")
+        if data.source is not None and data.source != _data_source(spec):
+            raise ValueError(f"`data` was loaded for {data.source}, but the spec asks for {_data_source(spec)}: pass "
+                             f"`load_data(spec)`.")
     plans = [as_plan(s) for s in seed_list]
     runs = []
     bundle = data

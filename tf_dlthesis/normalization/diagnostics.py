@@ -51,9 +51,12 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
     """Output range of a BN-type layer in training vs inference mode vs the Eq. 4.2 bound.
 
     Runs ``images`` through ``model`` in batches of ``batch_size`` (a trailing
-    partial batch is dropped), once in training mode (batch statistics;
-    every layer's moving statistics are restored afterwards, so the model is
-    unchanged) and once in inference mode, recording the layer's outputs.
+    partial batch is dropped), first in inference mode (the trained moving
+    statistics), then in training mode (batch statistics; every layer's moving
+    statistics are restored afterwards, so the model is unchanged), recording
+    the layer's outputs. (Before 2026-12-05 the two modes alternated batch by
+    batch, so each inference pass saw moving statistics that the training-mode
+    passes before it had already moved.)
 
     Args:
         model: A built Functional/Sequential model containing ``layer``.
@@ -75,14 +78,12 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
     probe = keras.Model(model.inputs, layer.output)
     saved = [w.numpy() for w in model.non_trainable_weights]
     n = (len(images) // batch_size) * batch_size
-    train_out, infer_out = [], []
     run_train = tf.function(lambda v: probe(v, training=True), autograph=False)
     run_infer = tf.function(lambda v: probe(v, training=False), autograph=False)
+    batches = [tf.convert_to_tensor(images[i:i + batch_size]) for i in range(0, n, batch_size)]
     try:
-        for i in range(0, n, batch_size):
-            xb = tf.convert_to_tensor(images[i:i + batch_size])
-            train_out.append(run_train(xb).numpy())
-            infer_out.append(run_infer(xb).numpy())
+        infer_out = [run_infer(xb).numpy() for xb in batches]  # before any training-mode call moves the statistics
+        train_out = [run_train(xb).numpy() for xb in batches]
     finally:
         for w, v in zip(model.non_trainable_weights, saved):
             w.assign(v)
