@@ -455,3 +455,26 @@ def test_non_iid_batches_take_an_augment_seed():
         seed = tf.random.experimental.stateless_fold_in(tf.constant([5, 0], tf.int64), tf.constant(b, tf.int64))
         np.testing.assert_array_equal(xa, data.standard_augment(xp, seed=seed, pad=1, flip=False))
         assert not np.array_equal(xa, xp)
+
+
+def test_snapshot_and_swa_settings_that_cannot_work_are_refused_at_the_spec():
+    with pytest.raises(ValueError, match="`epochs` must be a multiple of `snapshots`.*epochs=10, snapshots=3"):
+        TrainSpec(epochs=10, snapshots=3)
+    with pytest.raises(ValueError, match=r"`swa\['start_epoch'\]` must be < `stop_epoch`"):
+        TrainSpec(epochs=10, stop_epoch=5, swa={"mode": "swa", "start_epoch": 8})
+    assert TrainSpec(epochs=10, snapshots=5).snapshots == 5
+
+
+def test_a_run_retrained_to_evaluate_returns_the_retrained_metrics(tmp_path):
+    """A run stored without weights is trained again for a new evaluation and replaces its row; the returned Run
+    carried the old row's metrics next to an evaluation of the new model."""
+    spec = TrainSpec(**{**_SMALL, "epochs": 1})
+    store = ResultsStore(tmp_path / "s.sqlite")
+    [first] = train(spec, 0, store=store)
+    config = {"spec": spec.to_config(), "plan": first.plan.to_config()}
+    stale = store.get("runs", config, 0)
+    stale["metrics"]["test_accuracy"] = 0.123  # as if stored by another machine's run
+    store.record("runs", config, 0, stale)
+    [again] = train(spec, 0, store=store, evaluate=lambda ctx: {"n": len(ctx.data.test[1])}, evaluation="probe")
+    assert again.metrics["test_accuracy"] == first.metrics["test_accuracy"] != 0.123
+    assert store.get("runs", config, 0)["metrics"]["test_accuracy"] == first.metrics["test_accuracy"]

@@ -271,3 +271,14 @@ def test_table_settings():
             cfg.spec.replace(epochs=epochs, snapshots=cfg.snapshot_cycles)
     with pytest.raises(ValueError, match="scale"):
         chapter5_lm.settings("huge")
+
+
+def test_pair_ratio_of_a_zero_reference_is_nan_not_a_crash():
+    """Table 5.4 / B.3 ratios divided by the reference's mean over pairs: a reference whose runs agree exactly
+    (mean 0) raised ZeroDivisionError in the language-model chapter (Table 5.1's version already gave NaN)."""
+    from tf_dlthesis.experiments import chapter5_lm
+
+    a = np.full((6, 6), 0.2) - 0.2 * np.eye(6)
+    e = chapter5_lm._pair_ratio(a, np.zeros((6, 6)), "ratio")
+    assert math.isnan(e.estimate)
+    assert chapter5_lm._pair_ratio(a, 2 * a, "ratio").estimate == pytest.approx(0.5)

@@ -160,6 +160,7 @@ TINY_ARCH = c5.ArchitectureSetting(
     sources=("all", "bit_change"), runs=2, runs_snapshot=2, min_runs=2)
 SHORT_SPEC = TINY_SPEC.replace(epochs=2, train_examples=200)
 TINY_GRID = c5.GridSetting(base=SHORT_SPEC, rows=(
+    ("all/.40/200 (N=100)", "all", 1.0, 1, 2),  # the same length here as .40/250: the same runs, counted once
     ("all/.40/250 (N=20)", "all", 1.0, 1, 2), ("all/.40/500 (N=100)", "all", 1.0, 2, 2),
     ("shuffle/.40/500 (N=100)", "shuffle", 1.0, 2, 2), ("shuffle/.20/500 (N=100)", "shuffle", 0.5, 2, 2),
     ("shuffle/.20/1000 (N=100)", "shuffle", 0.5, 4, 2), ("shuffle/.10/500 (N=100)", "shuffle", 0.25, 2, 2)),
@@ -229,6 +230,10 @@ def test_table_b_2_crosses_sources_learning_rates_and_epochs(new_items):
     assert out.tables[0].thesis["all/.40/2000 (N=20)"]["correlation"] == 0.828
     claims = " | ".join(f.claim for f in out.findings)
     assert "learning rate" in claims and "shorter" in claims and "twice as long" in claims
+    assert "the same runs here (their thesis lengths map to one length): all/.40/250 (N=20) = all/.40/200 (N=100)" \
+        in out.tables[0].setting
+    [collapse] = [c for c in out.checks if c.name == "no collapsed model"]
+    assert collapse.detail.startswith(f"{2 * (len(TINY_GRID.rows) - 1)} trained model(s)")  # 7 distinct rows x 2
     # the baseline rows are the main spec's own runs: the store holds one protocol for them, not two
     specs = {json.dumps(r["config"]["spec"], sort_keys=True) for r in store.rows(c5.STORE_KEY)
              if r["config"].get("source") == "shuffle"}

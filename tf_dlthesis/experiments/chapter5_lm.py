@@ -58,7 +58,7 @@ import dataclasses
 import numpy as np
 
 from tf_dlthesis.experiments import stats
-from tf_dlthesis.experiments.chapter5 import _mean_pairs, _pct
+from tf_dlthesis.experiments.chapter5 import _mean_pairs, _pair_ratio, _pct
 from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, for_scale, register, thesis_rows
 from tf_dlthesis.experiments.training import DATA_DIR
 from tf_dlthesis.variability.language_model import LanguageModelSpec, run_lm_protocol
@@ -169,12 +169,6 @@ def ensemble_delta_matrix(target_log_probs) -> np.ndarray:
             mixed = np.logaddexp(lp[i], lp[j]) - np.log(2.0)
             out[i, j] = out[j, i] = np.exp(-mixed.mean()) - 0.5 * (ppl[i] + ppl[j])
     return out
-
-
-def _pair_ratio(matrix_a, matrix_b, what: str) -> stats.Effect:
-    """Mean over pairs of A / mean over pairs of B, bootstrap over the runs of each."""
-    return stats.bootstrap(lambda a, b: _mean_pairs(matrix_a, a) / _mean_pairs(matrix_b, b),
-                           np.arange(len(matrix_a)), np.arange(len(matrix_b)), what=what)
 
 
 def _ppl(res, source) -> np.ndarray:

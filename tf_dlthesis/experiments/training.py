@@ -250,6 +250,10 @@ class TrainSpec:
         if self.stop_epoch is not None and self.stop_epoch > self.epochs:
             raise ValueError(f"`stop_epoch` must be <= `epochs`. Received: stop_epoch={self.stop_epoch}, "
                              f"epochs={self.epochs}")
+        if self.snapshots and self.epochs % self.snapshots:
+            raise ValueError(f"`epochs` must be a multiple of `snapshots` (each cosine cycle is a whole number of "
+                             f"epochs, a snapshot at its end). Received: epochs={self.epochs}, "
+                             f"snapshots={self.snapshots}")
         if self.snapshots and self.stop_epoch is not None and self.stop_epoch < self.epochs:
             raise ValueError(f"`snapshots` cannot be combined with `stop_epoch` < `epochs`: the snapshots' cosine "
                              f"cycles span `epochs`, so stopping early would take snapshots mid-cycle at a high "
@@ -304,6 +308,9 @@ class TrainSpec:
             raise ValueError("`non_iid_classes` and `mixing` cannot be combined.")
         if self.swa is not None:
             object.__setattr__(self, "swa", _swa_settings(self.swa, self.epochs))
+            if self.stop_epoch is not None and self.swa["start_epoch"] >= self.stop_epoch:
+                raise ValueError(f"`swa['start_epoch']` must be < `stop_epoch`: averaging would never start. "
+                                 f"Received: swa={self.swa}, stop_epoch={self.stop_epoch}")
             if self.snapshots:
                 raise ValueError("`swa` and `snapshots` cannot be combined (both set the learning-rate schedule).")
 
@@ -914,7 +921,7 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
         evaluated = None
         if evaluate is not None:
             def evaluate_now():
-                nonlocal bundle
+                nonlocal bundle, record
                 if "context" not in fresh:
                     if "weights" in record:  # a stored model: rebuild it, no retraining
                         bundle = bundle or load_data(spec)
@@ -922,8 +929,10 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
                         model.set_weights(_weights(record))
                         fresh["rebuilt"] = RunContext(model, spec, plan, bundle, _stage(spec, bundle.num_classes, plan),
                                                       None, record.get("history"))
-                    else:  # stored without weights: train again (bit-identical) to evaluate
+                    else:  # stored without weights: train again to evaluate; the run is the retrained one
+                        # (bit-identical on a machine like the one that stored it, not on another)
                         store.record(RUNS, config, 0, train_now())
+                        record = store.get(RUNS, config, 0)
                 return evaluate(fresh.get("context") or fresh["rebuilt"])
 
             evaluated = (store.get_or_compute(f"{RUNS}/{evaluation}", config, 0, evaluate_now) if store is not None
