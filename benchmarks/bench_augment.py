@@ -142,8 +142,9 @@ def bench_layer(rounds, steps, depth):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="more rounds and batches")
-    parser.add_argument("--quick", action="store_true", help="the default")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="more rounds and batches")
+    size.add_argument("--quick", action="store_true", help="the default")
     parser.add_argument("--skip-layer", action="store_true", help="skip the train-step part")
     args = parser.parse_args()
     rounds, batches, n = (7, 100, 128 * 40) if args.full else (5, 30, 128 * 16)

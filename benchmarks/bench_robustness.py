@@ -161,10 +161,12 @@ def bench_evaluation(repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", default=True)
-    parser.add_argument("--full", action="store_true", help="more repeats")
-    parser.add_argument("--no-xla", action="store_true", help="skip the XLA variant")
-    parser.add_argument("--xla-only", action="store_true", help="only the XLA train-step benchmark (GPU script)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the default")
+    size.add_argument("--full", action="store_true", help="more repeats")
+    xla = parser.add_mutually_exclusive_group()
+    xla.add_argument("--no-xla", action="store_true", help="skip the XLA variant")
+    xla.add_argument("--xla-only", action="store_true", help="only the XLA train-step benchmark (GPU script)")
     args = parser.parse_args(argv)
     repeats = 15 if args.full else 5
     print(f"device: {'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}; TF {tf.__version__}")

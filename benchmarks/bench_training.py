@@ -61,6 +61,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
     train(settings()["baseline"], [99])  # warm-up: imports, data, first-use costs
     print(f"{'setting':<18} {'ours s/model':>13} {'peer s/model':>13} {'ratio':>7}  traces ours/peer  same predictions")
     for name, spec in settings().items():

@@ -87,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--bootstrap", action="store_true", help="also the percentile bootstrap used before")
     parser.add_argument("--tied", action="store_true", help="accuracies on a grid whose runs can tie")
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be >= 1. Received: {args.draws}")
     if args.tied:
         tied(args.draws)
         return

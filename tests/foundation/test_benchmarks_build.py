@@ -61,3 +61,19 @@ def test_standard_cost_benchmark_covers_every_chapter_and_its_floor_counts_the_r
     with pytest.raises(SystemExit):
         bench.main(["--only", "no-such-setting"])
     sys.modules.pop("bench_standard_cost", None)
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("bench_training", ["--repeats", "0"], "--repeats must be >= 1. Received: 0"),
+    ("sim_sd_ratio_coverage", ["--draws", "-1"], "--draws must be >= 1. Received: -1"),
+    ("bench_robustness", ["--no-xla", "--xla-only"], "not allowed with argument"),
+    ("bench_robustness", ["--quick", "--full"], "not allowed with argument"),
+])
+def test_benchmark_arguments_that_cannot_work_are_argparse_errors(module, argv, message, capsys):
+    """`--repeats 0` trained a warm-up model and then died in statistics.median; `--draws -1` printed -0.0%
+    coverage; `--no-xla --xla-only` ran the variant the user asked to skip."""
+    bench = importlib.import_module(module)
+    with pytest.raises(SystemExit) as info:
+        bench.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    sys.modules.pop(module, None)

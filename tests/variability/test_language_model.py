@@ -282,3 +282,4 @@ def test_pair_ratio_of_a_zero_reference_is_nan_not_a_crash():
     e = chapter5_lm._pair_ratio(a, np.zeros((6, 6)), "ratio")
     assert math.isnan(e.estimate)
     assert chapter5_lm._pair_ratio(a, 2 * a, "ratio").estimate == pytest.approx(0.5)
+    assert chapter5_lm._pair_ratio(-a, -2 * a, "ratio").estimate == pytest.approx(0.5)  # ensemble deltas are < 0

@@ -861,12 +861,13 @@ def _disagreement_ratio(stack_a, stack_b, what: str, *, paired: bool = False) ->
 
 
 def _pair_ratio(matrix_a, matrix_b, what: str, *, paired: bool = False) -> stats.Effect:
-    """Mean pairwise value of runs A / of runs B (disagreement or correlation), bootstrap over runs."""
+    """Mean pairwise value of runs A / of runs B (disagreement, correlation or an ensemble delta, which is
+    negative), bootstrap over runs; NaN where B's mean is 0."""
     ra, rb = len(matrix_a), len(matrix_b)
 
     def stat(a, b):
         den = _mean_pairs(matrix_b, b)
-        return _mean_pairs(matrix_a, a) / den if den > 0 else float("nan")
+        return _mean_pairs(matrix_a, a) / den if den != 0 else float("nan")
 
     if paired:
         return stats.bootstrap(lambda i: stat(i, i), np.arange(ra), what=what)
