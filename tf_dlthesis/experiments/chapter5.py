@@ -875,7 +875,7 @@ def _pair_ratio(matrix_a, matrix_b, what: str, *, paired: bool = False) -> stats
 
 
 def _generalization_checks(counts: dict, min_runs: int, scale: str, infos: dict,
-                           runs_of: str = "'all sources' runs;") -> list:
+                           runs_of: str = "'all sources' runs") -> list:
     shares, train_acc = [], []
     for info in infos.values():
         for run in info:
@@ -889,7 +889,7 @@ def _generalization_checks(counts: dict, min_runs: int, scale: str, infos: dict,
               ", ".join(f"{k} {v}" for k, v in counts.items()), regime=True),
         Check("models trained to convergence (the thesis's regime): the last 10% of the epochs made < 5% of the "
               "training loss's decrease", max(shares) < 0.05,
-              f"at most {100 * max(shares):.1f}% over {len(shares)} {runs_of} mean training accuracy "
+              f"at most {100 * max(shares):.1f}% over {len(shares)} {runs_of}; mean training accuracy "
               f"{100 * float(np.mean(train_acc)):.1f}%", regime=True),
     ]
 
@@ -1093,7 +1093,7 @@ def table_b_2(scale, dataset, store, *, out=None):
         group = groups.setdefault(spec, {})
         group[key] = max(runs, group.get(key, 0))
     results = {spec: _protocol(store, spec, tta, list(src), src) for spec, src in groups.items()}
-    ours, logits, infos, counts, distinct = {}, {}, {}, {}, {}
+    ours, logits, infos, counts = {}, {}, {}, {}
     first, shared = {}, []  # rows whose thesis lengths map to one length here show the same runs
     for name, source, lr_factor, epochs, runs in cfg.rows:
         spec = cfg.base.replace(learning_rate=peak * lr_factor, epochs=epochs,
@@ -1109,7 +1109,6 @@ def table_b_2(scale, dataset, store, *, out=None):
             shared.append(f"{name} = {first[spec, key]}")
             continue
         first[spec, key] = name
-        distinct[name] = res.logits[key]
         if source not in ("bit_change", "snapshot") and epochs >= settings(scale, dataset).spec.epochs:
             infos[name] = res.info[key]  # the convergence check: runs at least as long as the baseline
     labels = next(iter(results.values())).labels
@@ -1175,8 +1174,9 @@ def table_b_2(scale, dataset, store, *, out=None):
     )
     checks = _generalization_checks(counts, cfg.min_runs, scale, infos,
                                     runs_of=f"runs of the {len(infos)} rows with >= {base_epochs} epochs (sources: "
-                                            + ", ".join(sorted({name.split('/')[0] for name in infos})) + ");")
-    checks.append(_collapse_check(distinct, int(next(iter(distinct.values())).shape[2])))
+                                            + ", ".join(sorted({name.split('/')[0] for name in infos})) + ")")
+    checks.append(_collapse_check({name: logits[name] for name in first.values()},
+                                  int(next(iter(logits.values())).shape[2])))
     return Output(tables=[table], findings=findings, checks=checks)
 
 

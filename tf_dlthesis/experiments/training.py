@@ -315,6 +315,13 @@ class TrainSpec:
                 raise ValueError("`swa` and `snapshots` cannot be combined (both set the learning-rate schedule).")
 
     @property
+    def resolved_weight_decay(self) -> float:
+        """The decay coefficient the run uses: `weight_decay`, or the recipe's when None."""
+        from tf_dlthesis import recipes
+
+        return recipes.get(self.recipe).weight_decay if self.weight_decay is None else self.weight_decay
+
+    @property
     def resolved_weight_decay_mode(self) -> str:
         """`weight_decay_mode`, with None resolved (the recipe's; Adam and no decay: `"decoupled"`)."""
         from tf_dlthesis import recipes
@@ -323,7 +330,7 @@ class TrainSpec:
         if mode is not None and mode not in recipes.WEIGHT_DECAY_MODES:
             raise ValueError(f"`weight_decay_mode` must be one of {recipes.WEIGHT_DECAY_MODES} or None. "
                              f"Received: weight_decay_mode={mode!r}")
-        if not (recipe.weight_decay if self.weight_decay is None else self.weight_decay):
+        if not self.resolved_weight_decay:
             return "decoupled"  # no decay: the mode changes nothing
         if self.optimizer == "adam":
             if mode == "l2":
@@ -392,9 +399,8 @@ class TrainSpec:
     def _decay_mode_text(self) -> str:
         from tf_dlthesis import recipes
 
-        mode, recipe = self.resolved_weight_decay_mode, recipes.get(self.recipe)
-        if mode == recipe.weight_decay_mode or not (recipe.weight_decay if self.weight_decay is None
-                                                    else self.weight_decay):
+        mode = self.resolved_weight_decay_mode
+        if mode == recipes.get(self.recipe).weight_decay_mode or not self.resolved_weight_decay:
             return ""
         return (" (Keras's decoupled weight decay, ~1/10 of the thesis's L2 at momentum 0.9)" if mode == "decoupled"
                 else " (weight decay as L2 in the gradient)")
@@ -696,7 +702,7 @@ def _optimizer(spec, steps):
         schedule = SWASchedule(peak, swa_lr, swa_start_step=max(1, spec.swa["start_epoch"] * steps))
     else:
         schedule = recipe.schedule(steps, spec.epochs, learning_rate=spec.learning_rate)
-    wd = recipe.weight_decay if spec.weight_decay is None else spec.weight_decay
+    wd = spec.resolved_weight_decay
     clip = {} if spec.gradient_clip_norm is None else {"global_clipnorm": spec.gradient_clip_norm}
     if spec.optimizer == "adam":
         beta = {} if spec.momentum is None else {"beta_1": spec.momentum}
