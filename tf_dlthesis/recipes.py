@@ -272,7 +272,26 @@ def sgd(learning_rate, *, momentum: float = 0.9, nesterov: bool = False, weight_
     else:
         opt = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=wd or None,
                                    **kwargs)
-    if wd:
+    return _norm_params_not_decayed(opt, wd)
+
+
+def adam(learning_rate, *, weight_decay: float = 0.0, **kwargs):
+    """A Keras Adam optimizer with decoupled weight decay, gamma/beta never decayed.
+
+    Args:
+        learning_rate: a rate or a schedule.
+        weight_decay: Keras's decoupled decay coefficient (0: none).
+        **kwargs: other `keras.optimizers.Adam` options (e.g. `beta_1`, `global_clipnorm`).
+
+    Raises:
+        ValueError: a decay that is not a finite number >= 0.
+    """
+    wd = _check_decay("weight_decay", weight_decay)
+    return _norm_params_not_decayed(keras.optimizers.Adam(learning_rate, weight_decay=wd or None, **kwargs), wd)
+
+
+def _norm_params_not_decayed(opt, weight_decay):
+    if weight_decay:  # Sec. 4.3.3: gamma and beta are not decayed unless asked for
         opt.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
     return opt
 

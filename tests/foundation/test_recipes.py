@@ -161,13 +161,16 @@ def test_thesis_recipes_add_the_decay_to_the_gradient_before_momentum(target):
     assert recipes.get("cosine").weight_decay_mode == "decoupled"  # the library's default keeps Keras's decay
 
 
-@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+@pytest.mark.parametrize("mode", ["l2", "decoupled", "adam"])
 def test_gamma_and_beta_are_never_decayed_by_recipe_optimizers(mode):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
     model.layers[1].set_weights([np.full(2, 2.0, np.float32), np.full(2, 1.0, np.float32), np.zeros(2, np.float32),
                                  np.ones(2, np.float32)])
-    recipe = dataclasses.replace(recipes.get("ch3_cifar"), weight_decay_mode=mode)
-    opt = recipe.optimizer(steps_per_epoch=1, epochs=20, weight_decay=0.1)
+    if mode == "adam":  # experiments.train's Adam: the same exclusion
+        opt = recipes.adam(0.01, weight_decay=0.1)
+    else:
+        recipe = dataclasses.replace(recipes.get("ch3_cifar"), weight_decay_mode=mode)
+        opt = recipe.optimizer(steps_per_epoch=1, epochs=20, weight_decay=0.1)
     variables = model.trainable_variables
     before = [v.numpy().copy() for v in variables]
     for _ in range(5):
@@ -187,6 +190,8 @@ def test_coupled_sgd_serializes_and_refuses_bad_settings():
         recipes.CoupledSGD(0.1, weight_decay=0.1)
     with pytest.raises(ValueError, match=r"`weight_decay` must be a finite number >= 0. Received: weight_decay=-1"):
         recipes.get("ch3_cifar").optimizer(steps_per_epoch=10, weight_decay=-1)
+    with pytest.raises(ValueError, match="`weight_decay` must be a finite number >= 0. Received: weight_decay=nan"):
+        recipes.adam(0.01, weight_decay=float("nan"))
     with pytest.raises(ValueError, match=r"`weight_decay_mode` must be one of \('l2', 'decoupled'\)"):
         recipes.sgd(0.1, weight_decay=1e-4, weight_decay_mode="adamw")
     with pytest.raises(ValueError, match="weight_decay_mode"):
@@ -215,3 +220,35 @@ def test_schedules_take_numpy_numbers_and_refuse_an_infinite_peak():
     assert [float(s(t)) for t in (0, 2, 5)] == [pytest.approx(0.01), 1.0, 0.5]
     with pytest.raises(ValueError, match="`peak` must be a finite number > 0. Received: peak=inf"):
         recipes.WarmupCosine(float("inf"), total_steps=10)
+
+
+# Stored runs are keyed by the recipe's *name* (TrainSpec.key), not by its numbers, so an edit
+# of a registered recipe's numbers would read back runs trained with the old ones. Each recipe's
+# training-affecting fields are pinned here: a change must come with a new recipe name (or the
+# numbers in the spec's key), never as a silent edit.
+_PINNED = {
+    "cosine": "f348425197bb7d2b", "constant": "0a60b8dc28acd186",
+    "ch2_cifar10_baseline": "114ac68dc7bcbbc3", "ch2_cifar10_mixing": "fd7577008cbeced5",
+    "ch2_cifar100": "114ac68dc7bcbbc3", "ch2_caltech_baseline": "d816fe81ec6bb955",
+    "ch2_caltech_mixing": "621f22283a39af55", "ch3_cifar": "ead66ff07eeb5947", "ch3_svhn": "08417453a54f0d5a",
+    "ch5_cifar10": "66ac35231ff5ceea", "ch4_cifar100": "114ac68dc7bcbbc3",
+}
+
+
+def _numbers_hash(recipe):
+    from tf_dlthesis.experiments.results_store import config_hash
+
+    return config_hash({k: v for k, v in recipe.to_config().items() if k not in ("name", "reference", "assumed")})
+
+
+def test_registered_recipes_keep_the_numbers_their_stored_runs_were_trained_with():
+    assert set(recipes.names()) == set(_PINNED), "a recipe was added or removed: pin its numbers here"
+    changed = [n for n in recipes.names() if _numbers_hash(recipes.get(n)) != _PINNED[n]]
+    assert not changed, (f"recipes {changed} changed numbers under the same name: stored runs are keyed by the "
+                         "name, so they would be read back as runs of the new numbers. Register a new name.")
+    # the pin reads every training-affecting field: a changed decay, milestone or mode moves the hash
+    base = recipes.get("ch3_cifar")
+    for change in ({"weight_decay": 1e-4}, {"milestones": (100, 151)}, {"weight_decay_mode": "decoupled"},
+                   {"momentum": 0.8}, {"warmup_kind": "constant"}):
+        assert _numbers_hash(dataclasses.replace(base, **change)) != _PINNED["ch3_cifar"], change
+    assert _numbers_hash(dataclasses.replace(base, assumed=(), reference="x")) == _PINNED["ch3_cifar"]

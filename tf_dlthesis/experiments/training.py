@@ -684,8 +684,6 @@ def data_order_hash(spec, plan, num_examples):
 
 
 def _optimizer(spec, steps):
-    import keras
-
     from tf_dlthesis import recipes
 
     recipe = recipes.get(spec.recipe)
@@ -706,10 +704,7 @@ def _optimizer(spec, steps):
     clip = {} if spec.gradient_clip_norm is None else {"global_clipnorm": spec.gradient_clip_norm}
     if spec.optimizer == "adam":
         beta = {} if spec.momentum is None else {"beta_1": spec.momentum}
-        opt = keras.optimizers.Adam(schedule, weight_decay=wd or None, **beta, **clip)
-        if wd:
-            opt.exclude_from_weight_decay(var_names=list(recipes.NOT_DECAYED))  # Sec. 4.3.3: off unless asked for
-        return opt
+        return recipes.adam(schedule, weight_decay=wd, **beta, **clip)
     momentum = recipe.momentum if spec.momentum is None else spec.momentum
     return recipes.sgd(schedule, momentum=momentum, nesterov=recipe.nesterov and momentum > 0, weight_decay=wd,
                        weight_decay_mode=spec.resolved_weight_decay_mode, **clip)
