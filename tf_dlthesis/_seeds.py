@@ -60,13 +60,15 @@ def as_seed(seed, name: str = "seed") -> tf.Tensor:
 
     Raises:
         TypeError: bools, floats, non-integer tensors.
-        ValueError: negative ints, tensors of another shape.
+        ValueError: negative ints or ints >= 2**63, tensors of another shape.
     """
     if seed is None:
         return tf.constant([fresh_seed(), fresh_seed()], tf.int64)
     if isinstance(seed, bool):
         raise TypeError(f"`{name}` must be an int, a shape-[2] integer tensor or None. Received: {name}={seed!r}")
     if isinstance(seed, (int, np.integer)):
+        if seed >= 2**63:
+            raise ValueError(f"`{name}` must be < 2**63 (an int64). Received: {name}={seed}")
         return tf.constant([check_int_seed(seed, name), 0], tf.int64)
     if isinstance(seed, float):
         raise TypeError(f"`{name}` must be an int, a shape-[2] integer tensor or None. Received: {name}={seed!r}")

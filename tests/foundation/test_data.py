@@ -51,8 +51,44 @@ def test_tfds_path_with_mock_data(tmp_path, tfds_tempdir):
     assert 0.0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 1.0
 
 
+def test_a_tfds_slice_that_selects_nothing_is_a_clear_error(tmp_path, tfds_tempdir):
+    import tensorflow_datasets as tfds
+
+    class TfDlthesisTinyImages(tfds.core.GeneratorBasedBuilder):  # a prepared tfds set, built offline
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(4, 4, 3)),
+                                                   "label": tfds.features.ClassLabel(num_classes=3)})
+            return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(10)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((4, 4, 3), i, np.uint8), "label": i % 3}
+
+    TfDlthesisTinyImages(data_dir=str(tmp_path)).download_and_prepare()
+    name = "tf_dlthesis_tiny_images"
+    # before: a dataset of cardinality -3 that failed in TF's IteratorGetNext when read
+    with pytest.raises(ValueError, match=r"Split 'train\[5:2\]' of 'tf_dlthesis_tiny_images' selects no examples"):
+        data.load(name, "train[5:2]", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="selects no examples"):
+        data.load_arrays(name, "train[5:2]", data_dir=str(tmp_path))
+    x, y = data.load_arrays(name, "train[2:5]", data_dir=str(tmp_path))
+    values = np.rint(x[:, 0, 0, 0] * 255).astype(int)  # tfds stores rows in its own (hashed) order
+    assert len(y) == 3 and len(set(values)) == 3 and np.array_equal(y, values % 3)
+
+
 def test_validation_helpers():
     assert data.validation_splits("cifar100") == ("train[:40000]", "train[40000:]")
+    # Sec. 4.4.1: SVHN's 604,388 non-test images 80 / 20; the thesis states no CIFAR-10 split
+    assert data.validation_splits("svhn_cropped") == ("train[:80%]+extra[:80%]", "train[80%:]+extra[80%:]")
+    with pytest.raises(ValueError, match="No thesis validation"):
+        data.validation_splits("cifar10")
+    with pytest.raises(TypeError, match=r"Received: name=\['cifar100'\]"):
+        data.validation_splits(["cifar100"])
     labels = np.repeat(np.arange(3), 90)
     train, val, test = data.per_class_split(labels, (40, 10, 30), seed=0)
     for part, size in ((train, 40), (val, 10), (test, 30)):
@@ -559,7 +595,12 @@ def test_empty_slices_of_keras_datasets_are_errors_and_full_slices_still_work(tm
         data.load_arrays("mnist", "train[5:2]", data_dir=tmp_path)
     with pytest.raises(ValueError, match="selects no examples"):
         data.load("mnist", "test[3:]", data_dir=tmp_path)
-    assert len(data.load_arrays("mnist", "train[:9]", data_dir=tmp_path)[1]) == 5  # clamped, as before
+    # an absolute bound beyond the split: an error, as in tensorflow-datasets (before: clamped to 5)
+    with pytest.raises(ValueError, match=r"bound beyond the 'train' split's 5 examples \(it would be clamped to 5\)"):
+        data.load_arrays("mnist", "train[:9]", data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"Received: split='train\[-2000:\]'"):
+        data.load_arrays("digits", "train[-2000:]")
+    assert len(data.load_arrays("mnist", "train[:5]", data_dir=tmp_path)[1]) == 5
     assert len(data.load_arrays("digits", "train[-3:]")[1]) == 3
 
 
@@ -639,13 +680,22 @@ def test_load_arrays_of_variable_size_tfds_images_asks_for_image_size(tmp_path, 
     assert x.shape == (4, 8, 8, 3) and y.dtype == np.int64
 
 
-def test_info_checks_data_dir_and_per_class_split_checks_its_input():
+def test_info_checks_data_dir_and_per_class_split_checks_its_input(tfds_tempdir):
     with pytest.raises(TypeError, match="data_dir=3"):
         data.info("digits", data_dir=3)
+    # a registered tfds name that is not image classification (before: KeyError: 'image')
+    with pytest.raises(ValueError, match=r"'imdb_reviews' is not a tensorflow-datasets image-classification"):
+        data.info("imdb_reviews")
     labels = np.repeat(np.arange(2), 4)
     # before: "need at least one array to concatenate", "'int' object is not iterable", 1.7 read as 1
     with pytest.raises(ValueError, match="`labels` is empty"):
         data.per_class_split([], (1,))
+    # before: NumPy's "expected non-negative integer" / "SeedSequence expects int", naming no argument
+    with pytest.raises(ValueError, match="`seed` must be >= 0. Received: seed=-1"):
+        data.per_class_split(labels, (1, 1), seed=-1)
+    with pytest.raises(TypeError, match="Received: seed='a'"):
+        data.per_class_split(labels, (1, 1), seed="a")
+    assert len(data.per_class_split(labels, (1, 1), seed=None)[0]) == 2  # None: fresh entropy
     with pytest.raises(ValueError, match="sizes=2"):
         data.per_class_split(labels, 2)
     with pytest.raises(ValueError, match=r"sizes=\(1.7,\)"):

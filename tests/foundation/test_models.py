@@ -229,6 +229,10 @@ def test_shufflenet_channel_ops_and_small_inputs():
         ("resnet18", (8, 8, 1), {"depth": 6}, "depth=6"),
         ("vgg11", (8, 8, 1), {"depth": 16}, "depth=16"),
         ("shufflenet_v2_0.5", (8, 8, 1), {"width": 0.7}, "width=0.7"),
+        ("shufflenet_v2_0.5", (8, 8, 1), {"width": True}, "width=True"),  # was the 1.0x net (True == 1.0)
+        ("shufflenet_v2_0.5", (8, 8, 1), {"width": [1]}, r"width=\[1\]"),  # was "unhashable type"
+        ("vgg11", (8, 8, 1), {"depth": [11]}, r"depth=\[11\]"),
+        ("vgg11", (8, 8, 1), {"depth": 11.0}, r"depth=11.0"),
         ("shufflenet_v2_0.5", (8, 8, 1), {"repeats": 2}, "repeats=2"),
         ("cnn", (8, 8, 1), {"filters": 16}, "filters=16"),
         ("cnn", (8, 8, 1), {"filters": ()}, r"filters=\(\)"),
@@ -277,6 +281,14 @@ def test_norm_can_be_a_keras_layer_class():
     np.testing.assert_array_equal(a(x, training=True).numpy(), b(x, training=True).numpy())
     ln = models.build("cnn", (8, 8, 1), 10, norm=keras.layers.LayerNormalization, seed=0)
     assert isinstance(ln.get_layer("block1_conv1_norm"), keras.layers.LayerNormalization)
+
+
+def test_a_norm_option_the_layer_does_not_take_is_a_type_error_naming_the_norm():
+    # before: Keras's "Unrecognized keyword arguments passed to BatchNormalization", a ValueError
+    # naming neither `norm` nor `norm_kwargs`
+    for norm in ("batch", "ghost:4", "group:2"):
+        with pytest.raises(TypeError, match=rf"norm='{norm}' does not take \['bogus'\]"):
+            models.build("cnn", (8, 8, 1), 10, norm=norm, norm_kwargs={"bogus": 1})
 
 
 def test_norm_layer_instance_and_reserved_norm_kwargs_are_clear_errors():

@@ -131,3 +131,13 @@ def test_configure_rejects_a_seed_numpy_cannot_take_before_reseeding_anything(se
     assert random.getstate() == state
     assert runtime.configure()["seed"] == 5
     assert runtime.configure(seed=2**32 - 1)["seed"] == 2**32 - 1
+
+
+def test_a_stateless_seed_beyond_int64_is_an_error_naming_the_argument():
+    from tf_dlthesis import data
+    from tf_dlthesis._seeds import as_seed
+
+    assert as_seed(2**63 - 1).numpy().tolist() == [2**63 - 1, 0]
+    # before: TensorFlow's "Can't convert Python int to int64" style error, naming no argument
+    with pytest.raises(ValueError, match=r"`seed` must be < 2\*\*63 \(an int64\). Received: seed=9223372036854775808"):
+        data.standard_augment(np.zeros((8, 8, 1), np.float32), seed=2**63)

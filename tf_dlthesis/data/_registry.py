@@ -39,10 +39,11 @@ _KNOWN_TFDS = {
     "oxford_flowers102": (102, (None, None, 3), {"train": 1_020, "validation": 1_020, "test": 6_149}),
     "caltech_birds2011": (200, (None, None, 3), {"train": 5_994, "test": 5_794}),
 }
-# Thesis validation protocol (Sec. 2.4, 4.4): CIFAR-100 holds out 10k of its 50k training images.
+# Thesis validation protocol (Sec. 4.4.1): CIFAR-100 holds out 10k of its 50k training images, SVHN 20% of
+# its 604,388 non-test images (here 20% of `train` and of `extra` each). The thesis states no CIFAR-10 split.
 THESIS_VALIDATION_SPLITS = {
     "cifar100": ("train[:40000]", "train[40000:]"),
-    "cifar10": ("train[:45000]", "train[45000:]"),
+    "svhn_cropped": ("train[:80%]+extra[:80%]", "train[80%:]+extra[80%:]"),
 }
 
 
@@ -153,7 +154,8 @@ def _take(x, y, start, stop):
 
 
 def _take_split(name, split, base, x, y, start, stop):
-    """`_take`, refusing a slice that selects no examples (a model would train or score on nothing)."""
+    """`_take`, refusing a slice that selects no examples (a model would train or score on nothing) and
+    absolute bounds beyond the split (a typo; tensorflow-datasets refuses them too, not clamping)."""
     xs, ys = _take(x, y, start, stop)
     if len(xs) == 0:
         first, last, _ = slice(_bound(start, len(x)), _bound(stop, len(x))).indices(len(x))
@@ -161,6 +163,9 @@ def _take_split(name, split, base, x, y, start, stop):
             f"Split {split!r} of {name!r} selects no examples: the {base!r} split has {len(x)}, and the slice "
             f"resolves to rows [{first}:{last}]. Received: split={split!r}"
         )
+    if any(b is not None and not b.endswith("%") and abs(int(b)) > len(x) for b in (start, stop)):
+        raise ValueError(f"Split {split!r} of {name!r} has a bound beyond the {base!r} split's {len(x)} examples "
+                         f"(it would be clamped to {len(xs)}). Received: split={split!r}")
     return xs, ys
 
 
@@ -555,7 +560,7 @@ def _load_tfds(name, split, data_dir):
     builder = _tfds_builder(name, data_dir)
     try:
         # `as_dataset` only reads a prepared copy (like `tfds.load(..., download=False)`).
-        return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     except ModuleNotFoundError as err:
         raise _missing_module(err) from None
     except AssertionError:  # tfds's "could not find data in ..."
@@ -568,6 +573,14 @@ def _load_tfds(name, split, data_dir):
         ) from None
     except (ValueError, KeyError) as err:  # tfds raises these for bad split strings
         raise ValueError(f"Could not load split {split!r} of {name!r}: {err}") from None
+    try:
+        rows = builder.info.splits[split].num_examples
+    except (KeyError, ValueError):  # no split metadata (e.g. under `tfds.testing.mock_data`): tfds checks reading
+        return ds
+    if rows <= 0:  # tfds reads a reversed slice ("train[5:2]") as -3 rows, which fails only when iterated
+        raise ValueError(f"Split {split!r} of {name!r} selects no examples (tensorflow-datasets counts {rows}). "
+                         f"Received: split={split!r}")
+    return ds
 
 
 # ------------------------------------------------------------------ public API
@@ -616,6 +629,9 @@ def info(name: str, *, image_size: int | None = None, data_dir: str | None = Non
     else:
         _check_tfds_name(name)
         builder = _tfds_builder(name, data_dir)
+        if not {"image", "label"} <= set(builder.info.features):
+            raise ValueError(f"{name!r} is not a tensorflow-datasets image-classification dataset (its features: "
+                             f"{sorted(builder.info.features)}; expected 'image' and 'label'). Received: name={name!r}")
         feature = builder.info.features["label"]
         k = feature.num_classes
         shape = tuple(builder.info.features["image"].shape)
@@ -816,10 +832,15 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None, image_
 
 
 def validation_splits(name: str) -> tuple[str, str]:
-    """The thesis's (train, validation) split strings for a tfds dataset.
+    """The thesis's (train, validation) split strings for a tfds dataset (Sec. 4.4.1).
 
-    CIFAR-100: 40k/10k (Sec. 4.4). Datasets without a thesis protocol raise.
+    CIFAR-100: 40k/10k; SVHN (`"svhn_cropped"`): 80/20 of `train` + `extra`.
+    Caltech-256's 40 / 10 / 30 images per class are a random draw: use
+    `per_class_split`. Other names raise (CUB-2011: the thesis holds out 25% of its
+    training set without saying which).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a dataset name string. Received: name={name!r}")
     if name not in THESIS_VALIDATION_SPLITS:
         raise ValueError(
             f"No thesis validation protocol for this dataset. Expected one of "
@@ -845,13 +866,14 @@ def per_class_split(labels, sizes=(40, 10, 30), *, seed: int = 0):
     Args:
         labels: int array (N,).
         sizes: examples per class for each returned part.
-        seed: permutation seed.
+        seed: permutation seed (an int >= 0; `None`: fresh entropy).
 
     Returns:
         A tuple of sorted int64 index arrays, one per entry of `sizes`.
 
     Raises:
-        ValueError: if a class has fewer than `sum(sizes)` examples or a size is < 0.
+        ValueError: if a class has fewer than `sum(sizes)` examples, a size is < 0 or `seed` < 0.
+        TypeError: `seed` is not an int or None.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -868,7 +890,9 @@ def per_class_split(labels, sizes=(40, 10, 30), *, seed: int = 0):
     sizes = tuple(int(s) for s in raw)
     if any(s < 0 for s in sizes):
         raise ValueError(f"`sizes` must be >= 0. Received: sizes={sizes}")
-    rng = np.random.default_rng(seed)
+    from tf_dlthesis._seeds import check_int_seed
+
+    rng = np.random.default_rng(check_int_seed(seed))  # None: fresh entropy, as everywhere
     parts = [[] for _ in sizes]
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)

@@ -206,7 +206,7 @@ def _resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, width_mul
 
 def _vgg(inputs, num_classes, make_norm, seeds, depth=11, width_multiplier=1.0):
     """CIFAR VGG: 3x3 convs (with bias) + norm + ReLU, 2x2 max-pools, one linear classifier."""
-    if depth not in VGG_CONFIGS:
+    if not _is_int(depth) or depth not in VGG_CONFIGS:
         raise ValueError(f"`depth` must be one of {sorted(VGG_CONFIGS)} for VGG. Received: depth={depth!r}")
     multiplier = _check_multiplier(width_multiplier)
     x = inputs
@@ -260,7 +260,8 @@ def _shuffle_unit(x, out_channels, stride, make_norm, seeds, name):
 def _shufflenet_v2(inputs, num_classes, make_norm, seeds, width=0.5, width_multiplier=1.0,
                    repeats=SHUFFLENET_V2_REPEATS):
     """CIFAR ShuffleNetV2: 3x3 stride-1 stem, no max-pool, three stages, 1x1 conv, pool, linear."""
-    if width not in SHUFFLENET_V2_WIDTHS:
+    if isinstance(width, (bool, np.bool_)) or not isinstance(width, (int, float, np.integer, np.floating)) \
+            or width not in SHUFFLENET_V2_WIDTHS:
         raise ValueError(f"`width` must be one of {sorted(SHUFFLENET_V2_WIDTHS)} (ShuffleNetV2's widths). "
                          f"Received: width={width!r}")
     multiplier = _check_multiplier(width_multiplier)
