@@ -255,6 +255,13 @@ def test_weight_decay_rejects_non_finite_values(rate, center):
         apply_normalization_weight_decay(model, rate, gamma_center=center)
 
 
+def test_weight_decay_names_gamma_center_when_it_is_not_a_number():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
+    # before: "`center` must be a float. Received: center='1'", an argument the caller never passed
+    with pytest.raises(TypeError, match="`gamma_center` must be a float. Received: gamma_center='1'"):
+        apply_normalization_weight_decay(model, 0.1, gamma_center="1")
+
+
 def _conv_bn_gn_model():
     inputs = keras.Input((6, 6, 3))
     h = keras.layers.Conv2D(8, 3, padding="same")(inputs)

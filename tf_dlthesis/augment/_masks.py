@@ -8,7 +8,9 @@ where
   * ``w`` is a per-element weight of x1, stored in the smallest broadcastable shape
     ((B,1,1,1) for mixup, (B,H,1,1) for row methods, (B,1,W,1) for column methods,
     (B,H,W,1) for pixel methods, (B,H,W,C) for element methods); binary for the
-    non-linear methods, so every output element is exactly x1's or x2's;
+    mask-based methods (the concatenations, Random 2x2 / Square / intervals / rows /
+    columns / pixels / elements), so every output element is exactly x1's or x2's,
+    and fractional for mixup, BC+, VH-Mixup, VH-BC+ and Noisy Mixup, which blend;
   * ``l`` is the label weight: by default the realised fraction ``mean(w)``;
   * x1', x2' are the inputs, zero-meaned per image for the BC+ family (``center``),
     and x2 optionally re-indexed so that a random region of x2 lands in the mixed
@@ -103,8 +105,7 @@ def _top24(words):
 
 
 def word_uniform(seed, shape):
-    """float32 uniform on {0, 1, ..., 2^24 - 1} * 2^-24 (the same grid as
-    `tf.random.stateless_uniform`), from `random_words`."""
+    """float32 uniform on {0, 1, ..., 2^24 - 1} * 2^-24, from `random_words`."""
     return as_float(_top24(random_words(seed, shape))) * (2.0 ** -24)
 
 

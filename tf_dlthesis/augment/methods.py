@@ -7,7 +7,7 @@ for BC+ and the region methods, a scale or a re-indexing of x2. The BC+ family
 (`mix.PairStats`, computed once per image) as a fifth argument. Mixing itself, the
 batch/pair/dataset/layer front ends and validation are shared.
 
-Per-element randomness (Random Pixels/Elements, Noisy Mixup, Random 2x2 cells) comes
+Per-element randomness (Random Rows/Columns/Pixels/Elements, Noisy Mixup, Random 2x2 cells) comes
 from `_masks.random_words`: a Philox key per pair and a fused integer hash per
 element, far cheaper on CPU than one Philox draw per element.
 
@@ -469,7 +469,14 @@ def resolve(method, params: dict):
 
 
 def default_params(method: str) -> dict:
-    """The thesis's default hyperparameters of one method (a copy)."""
+    """The default hyperparameters of one method (a copy).
+
+    The thesis's, except where it leaves one open: Noisy Mixup's ``noise_std=0.025``
+    is the authors' released code's (the text's "sigma^2 ... sqrt(0.025)" is
+    ambiguous), and the interval methods' ``source="same"`` is this library's
+    reading (the released code takes x2's rows / columns from a random position:
+    ``source="random"``).
+    """
     return dict(_REGISTRY[canonical_name(method)].defaults)
 
 

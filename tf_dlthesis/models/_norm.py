@@ -167,8 +167,8 @@ def norm_factory(norm, **layer_kwargs):
     def make(channels, name):
         try:
             return factory(channels, *int_args, name=name, **layer_kwargs)
-        except TypeError as err:
-            if "unexpected keyword" in str(err) or "not recognized" in str(err):
+        except (TypeError, ValueError) as err:  # Keras layers raise ValueError("Unrecognized keyword ...")
+            if any(text in str(err) for text in ("unexpected keyword", "not recognized", "Unrecognized keyword")):
                 raise TypeError(f"norm={norm!r} does not take {sorted(layer_kwargs)}: {err}") from None
             raise
 

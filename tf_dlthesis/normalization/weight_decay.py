@@ -94,11 +94,14 @@ def apply_normalization_weight_decay(model: keras.layers.Layer, rate: float, gam
     Raises:
         ValueError: negative, NaN or infinite rate (or gamma_center), unbuilt
             model, or no normalization layer.
+        TypeError: `gamma_center` is not a number.
 
     Reference:
         Thesis Sec. 4.3.3; https://arxiv.org/abs/1906.03548.
     """
-    if isinstance(gamma_center, numbers.Real) and not math.isfinite(gamma_center):
+    if isinstance(gamma_center, bool) or not isinstance(gamma_center, numbers.Real):
+        raise TypeError(f"`gamma_center` must be a float. Received: gamma_center={gamma_center!r}")
+    if not math.isfinite(gamma_center):
         raise ValueError(f"`gamma_center` must be finite. Received: gamma_center={gamma_center!r}")
     gamma_reg = CenteredL2(rate, gamma_center)
     beta_reg = CenteredL2(rate, 0.0)
