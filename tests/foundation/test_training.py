@@ -75,6 +75,16 @@ def test_epoch_seeds_switch_the_order_at_the_onset():
         data.EpochSeeds([1, -2])
 
 
+def test_train_refuses_an_onset_on_the_stochastic_source_it_cannot_delay():
+    from tf_dlthesis.experiments.training import as_plan
+
+    spec = TrainSpec(dataset="digits", model="mlp", epochs=2, train_examples=64)
+    late = as_plan(0).vary("stochastic", 1, onset_epoch=1)
+    # before: dropout was seeded with the varied seed from epoch 0, the onset silently ignored
+    with pytest.raises(ValueError, match=r"cannot delay the 'stochastic' source .* onset_epoch=1"):
+        train(spec, [late])
+
+
 def test_stratified_indices_are_proportional_and_rng_free():
     labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
     idx = stratified_indices(labels, 10)

@@ -132,6 +132,8 @@ def test_bad_input_is_rejected():
         update_bn_statistics(model, x, steps=0)
     with pytest.raises(ValueError, match="batch_size"):
         update_bn_statistics(model, x, batch_size=0)
+    with pytest.raises(ValueError, match="`average` must be 'batches' or 'examples'. Received: average='mean'"):
+        update_bn_statistics(model, x, average="mean")
     with pytest.raises(ValueError, match="data"):
         update_bn_statistics(model, x[:0])
     with pytest.raises(TypeError, match="model"):

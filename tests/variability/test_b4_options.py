@@ -156,6 +156,29 @@ def test_batch_norm_statistics_are_recomputed_as_the_mean_over_batches():
     assert bn.momentum == 0.99  # restored
 
 
+def test_batch_norm_recomputation_weighs_batches_by_size_and_covers_the_chapter_4_layers():
+    from tf_dlthesis.normalization import GhostBatchNormalization
+
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(loc=m, scale=s, size=(n, 3)).astype(np.float64) for m, s, n in ((0.0, 1.0, 8),
+                                                                                          (5.0, 3.0, 2))]
+    # Izmailov et al.'s bn_update: batch b counts b / (n + b) -> weights 8 and 2 (before: 1 and 1)
+    mean = (8 * batches[0].mean(0) + 2 * batches[1].mean(0)) / 10
+    var = (8 * batches[0].var(0) + 2 * batches[1].var(0)) / 10
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    assert recompute_batch_norm_statistics(model, [b.astype(np.float32) for b in batches]) == 2
+    np.testing.assert_allclose(model.layers[0].moving_mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(model.layers[0].moving_variance.numpy(), var, rtol=1e-5)
+    # a Ghost BN layer (not a Keras BN subclass) was skipped: its statistics stayed 0 / 1
+    ghost = keras.Sequential([keras.Input((3,)), GhostBatchNormalization(2)])
+    assert recompute_batch_norm_statistics(ghost, [batches[0].astype(np.float32)]) == 1
+    halves = batches[0].reshape(4, 2, 3)  # four ghost batches of 2
+    np.testing.assert_allclose(ghost.layers[0].moving_mean.numpy(), halves.mean(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ghost.layers[0].moving_variance.numpy(), halves.var(1).mean(0), rtol=1e-5)
+    assert recompute_batch_norm_statistics(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]),
+                                           batches) == 0
+
+
 def test_swa_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="mode"):
         StochasticWeightAveraging(mode="ema")

@@ -121,6 +121,46 @@ def test_reseed_stochastic_layers_controls_dropout():
     assert weights_hash(a) == weights_hash(b)
 
 
+@keras.saving.register_keras_serializable(package="tests")
+class _Block(keras.layers.Layer):  # a custom layer whose dropout is an attribute, not in `.layers`
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.drop = keras.layers.Dropout(0.5, seed=1)
+
+    def call(self, x, training=None):
+        return self.drop(x, training=training)
+
+
+def test_reseed_stochastic_layers_reaches_dropout_inside_custom_layers_and_rnn_cells():
+    from tf_dlthesis.variability.seed_plan import derive_seed
+
+    x = np.ones((4, 5, 6), np.float32)
+
+    def model():
+        return keras.Sequential([keras.Input((5, 6)), keras.layers.Dropout(0.5, seed=1), _Block(),
+                                 keras.layers.LSTM(3, dropout=0.5, return_sequences=True, seed=1,
+                                                   kernel_initializer=keras.initializers.GlorotUniform(0),
+                                                   recurrent_initializer=keras.initializers.Orthogonal(seed=0))])
+
+    def out(seed):
+        m = model()
+        assert reseed_stochastic_layers(m, seed) == 3  # before: 1 (the custom layer's and the cell's were missed)
+        return m, np.asarray(m(x, training=True))
+
+    (_, a), (_, b), (_, c) = out(5), out(5), out(6)
+    np.testing.assert_array_equal(a, b)
+    # every generator moves with the stochastic seed (before: the block's and the cell's masks kept their build seed)
+    inner = [keras.Sequential([keras.Input((5, 6)), keras.layers.Dropout(0.5, seed=1), _Block()]) for _ in range(2)]
+    for m, s in zip(inner, (5, 6)):
+        reseed_stochastic_layers(m, s)
+    assert not np.array_equal(*(np.asarray(m(x, training=True)) for m in inner))
+    assert not np.array_equal(a, c)
+    # the generators the first walk finds keep the seeds they had (stored runs stay reproducible)
+    fresh = model()
+    reseed_stochastic_layers(fresh, 5)
+    assert fresh.layers[0].seed_generator.state.numpy().tolist() == [derive_seed(5, 0, 0), 0]
+
+
 def test_order_hash():
     assert order_hash([0, 1, 2]) == order_hash(np.array([0, 1, 2]))
     assert order_hash([0, 1, 2]) != order_hash([0, 2, 1])

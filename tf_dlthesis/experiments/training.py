@@ -891,6 +891,12 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
             raise ValueError(f"`data` was loaded for {data.source}, but the spec asks for {_data_source(spec)}: pass "
                              f"`load_data(spec)`.")
     plans = [as_plan(s) for s in seed_list]
+    for plan in plans:
+        if plan.base is not None and plan.onset_epoch and plan.stochastic != plan.base.stochastic:
+            raise ValueError("`train` seeds dropout, attacks and weight noise once per run, so it cannot delay the "
+                             "'stochastic' source to an onset epoch (it would vary from epoch 0). Vary 'shuffle' / "
+                             f"'augment' with an onset, or 'stochastic' without one. Received: a plan varying "
+                             f"{plan.source!r} with onset_epoch={plan.onset_epoch}")
     runs = []
     bundle = data
     log = RUN_LOG.get()

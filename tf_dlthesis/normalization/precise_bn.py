@@ -120,16 +120,26 @@ def _batches(data, batch_size):
         yield _inputs_of(batch)
 
 
-def _forward_and_accumulate(model, layers, sums, x):
-    """One training-mode forward pass; adds each layer's batch statistics (momentum 0) to ``sums``."""
+def _forward_and_accumulate(model, layers, sums, x, weight):
+    """One training-mode forward pass; adds each layer's batch statistics (momentum 0) x ``weight`` to ``sums``."""
     model(x, training=True)
     for layer, (mean_sum, var_sum) in zip(layers, sums):
-        mean_sum.assign_add(tf.cast(layer.moving_mean.value, tf.float64))
-        var_sum.assign_add(tf.cast(layer.moving_variance.value, tf.float64))
+        mean_sum.assign_add(weight * tf.cast(layer.moving_mean.value, tf.float64))
+        var_sum.assign_add(weight * tf.cast(layer.moving_variance.value, tf.float64))
     return tf.constant(0)
 
 
-def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, batch_size: int = 32) -> int:
+def _examples_in(x) -> int:
+    """The number of examples of one input batch (its first tensor's leading dimension)."""
+    shape = getattr(tf.nest.flatten(x)[0], "shape", None)
+    if shape is None or len(shape) == 0 or shape[0] is None:
+        raise ValueError("average='examples' needs batches whose inputs have a known leading (batch) dimension. "
+                         f"Received: a batch of shape {shape}")
+    return int(shape[0])
+
+
+def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, batch_size: int = 32,
+                         average: str = "batches") -> int:
     """Recomputes every BN-family layer's moving mean and variance exactly from ``data`` (Precise BN).
 
     Runs ``model(x, training=True)`` on each batch of ``data`` (up to
@@ -149,6 +159,11 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
     layers, nested models included, when built and trainable (a frozen BN
     runs in inference mode, so it has no batch statistics to average).
 
+    ``average="examples"`` weighs each batch by its number of examples
+    instead (Izmailov et al.'s ``bn_update`` for SWA, which
+    `variability.recompute_batch_norm_statistics` uses): it differs from the
+    plain average only when the batches differ in size (a short last batch).
+
     Example:
 
     >>> model.fit(train_ds_augmented, epochs=30)
@@ -167,6 +182,8 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
             ``iter(batches)``. Labels are never used.
         steps: Number of batches to use; ``None`` = all of ``data``.
         batch_size: Batch size for array ``data``.
+        average: ``"batches"`` (each batch counts once, as fvcore) or
+            ``"examples"`` (each batch counts by its size).
 
     Returns:
         The number of batches averaged.
@@ -175,8 +192,8 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
         TypeError: ``model`` is not a Keras model / layer or ``data`` has an
             unusable type.
         ValueError: no BN-family layer to update, bad ``steps`` /
-            ``batch_size``, ``data`` yields no batch, or ``(x, y[, w])``
-            entries of different lengths.
+            ``batch_size`` / ``average``, ``data`` yields no batch, or
+            ``(x, y[, w])`` entries of different lengths.
 
     Reference:
         Thesis App. A.3; Wu & Johnson 2021 (https://arxiv.org/abs/2105.07576);
@@ -187,6 +204,8 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
     steps = _check_steps(steps)
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    if average not in ("batches", "examples"):
+        raise ValueError(f"`average` must be 'batches' or 'examples'. Received: average={average!r}")
     if not model.built:
         raise ValueError(f"`model` must be built (call it on data first); '{model.name}' is not built.")
     layers = bn_layers(model)
@@ -198,7 +217,7 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
     sums = [(tf.Variable(tf.zeros(layer.moving_mean.shape, tf.float64), trainable=False),
              tf.Variable(tf.zeros(layer.moving_variance.shape, tf.float64), trainable=False)) for layer in layers]
     renorm = [(layer, [getattr(layer, n) for n in _RENORM_STATE]) for layer in layers if getattr(layer, "renorm", False)]
-    count = 0
+    count, total = 0, 0.0
     done = False
     try:
         for layer in layers:
@@ -210,8 +229,9 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
         for x in _batches(data, int(batch_size)):
             if steps is not None and count >= steps:
                 break
-            step(x)
-            count += 1
+            weight = float(_examples_in(x)) if average == "examples" else 1.0
+            step(x, tf.constant(weight, tf.float64))
+            count, total = count + 1, total + weight
             for layer, variables in renorm:  # renorm's (r, d) must see the trained statistics every batch
                 for v in variables:
                     v.assign(saved[layers.index(layer)][v.name])
@@ -230,8 +250,8 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
     for layer, values, (mean_sum, var_sum) in zip(layers, saved, sums):
         for w in layer.non_trainable_weights:  # back to the trained state, then the averages
             w.assign(values[w.name])
-        mean = (mean_sum / count).numpy()
-        variance = np.maximum((var_sum / count).numpy(), 0.0)
+        mean = (mean_sum / total).numpy()
+        variance = np.maximum((var_sum / total).numpy(), 0.0)
         layer.moving_mean.assign(mean.astype(np.float32))
         layer.moving_variance.assign(variance.astype(np.float32))
         if getattr(layer, "renorm", False):

@@ -238,7 +238,7 @@ def order_hash(indices) -> str:
 
 
 def reseed_stochastic_layers(model, seed: int) -> int:
-    """Re-seeds every Keras `SeedGenerator` held by the model's layers (dropout, noise).
+    """Re-seeds every Keras `SeedGenerator` held by the model's layers (dropout, noise), nested ones included.
 
     `tf_dlthesis.models.build(seed=...)` derives initializer and dropout seeds from
     one seed; this decouples the "stochastic" source from "init".
@@ -249,8 +249,16 @@ def reseed_stochastic_layers(model, seed: int) -> int:
     import keras
 
     seed = _check_seed("seed", seed)
+    layers = _all_layers(model)
+    # then the sublayers Keras tracks outside `.layers` (an LSTM's cell, a custom layer's attributes),
+    # numbered after the others so the seeds of models without them stay as they were
+    known = {id(layer) for layer in layers}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if id(layer) not in known:
+            known.add(id(layer))
+            layers.append(layer)
     count = 0
-    for i, layer in enumerate(_all_layers(model)):
+    for i, layer in enumerate(layers):
         for attr in sorted(vars(layer)):
             gen = getattr(layer, attr, None)
             if isinstance(gen, keras.random.SeedGenerator):

@@ -24,8 +24,9 @@ Two modes of one callback, `StochasticWeightAveraging`:
   decreased too rapidly" the thesis reports; starting later (`start_epoch`) is one
   way to let the model converge first.
 
-Only trainable variables are averaged; moving statistics of normalization layers
-are recomputed (`bn_data`) or, without data, kept as training left them.
+Only trainable variables are averaged; the moving statistics of batch-norm-family
+layers (Keras BN and the library's Chapter 4 layers) are recomputed (`bn_data`)
+or, without data, kept as training left them.
 
 Reference: Thesis App. B.4; Izmailov et al., "Averaging Weights Leads to Wider
 Optima and Better Generalization", arXiv:1803.05407; Madhyastha & Jain, "On Model
@@ -94,40 +95,29 @@ class SWASchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def recompute_batch_norm_statistics(model, batches) -> int:
-    """Sets every BatchNormalization layer's moving statistics to the mean over `batches`.
+    """Sets every BN-family layer's moving statistics to their average over `batches` (Izmailov et al.'s `bn_update`).
 
-    Izmailov et al.'s `bn_update`: the moving mean and variance are reset and
-    recomputed as the plain average of the per-batch statistics of one pass over
-    the data (Keras momentum k/(k+1) at batch k), with the averaged weights.
+    One training-mode pass over the data with the averaged weights; each layer's
+    moving mean and variance become the average of the per-batch statistics it
+    normalized with, each batch weighted by its number of examples (their
+    `bn_update` momentum b / (n + b)). Covers Keras `BatchNormalization` and the
+    library's Chapter 4 layers (Ghost BN, Batch Group Norm, ...), nested ones
+    included: `normalization.update_bn_statistics(..., average="examples")`.
 
     Args:
         model: a Keras model.
-        batches: an iterable of input batches (or (inputs, labels) pairs).
+        batches: an iterable of input batches (or (inputs, labels) pairs), a batched
+            `tf.data.Dataset`, or one array of inputs (split into batches of 32).
 
     Returns:
-        The number of batches seen (0: the model has no BatchNormalization layer).
+        The number of batches seen (0: the model has no layer with moving statistics).
     """
-    from tf_dlthesis.variability.seed_plan import _all_layers
+    from tf_dlthesis.normalization import bn_layers, update_bn_statistics
 
-    layers = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
-    if not layers:
+    if not bn_layers(model):
         return 0
-    momenta = [l.momentum for l in layers]
-    for layer in layers:
-        layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
-    seen = 0
-    try:
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            for layer in layers:
-                layer.momentum = seen / (seen + 1.0)
-            model(x, training=True)
-            seen += 1
-    finally:
-        for layer, m in zip(layers, momenta):
-            layer.momentum = m
-    return seen
+    whole = hasattr(batches, "shape") or isinstance(batches, tf.data.Dataset)  # else a list of batches, never (x, y)
+    return update_bn_statistics(model, batches if whole else iter(batches), average="examples")
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -146,8 +136,8 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             assign at the end of training) or ``"aswa"`` (average after every
             step from `start_epoch` on, assign at the end of every epoch).
         start_epoch: the first epoch (0-based) whose weights are averaged.
-        bn_data: optional iterable of training batches for the final
-            batch-norm recomputation (`recompute_batch_norm_statistics`).
+        bn_data: optional training data for the final batch-norm recomputation
+            (what `recompute_batch_norm_statistics` takes: batches, a dataset or an array).
 
     Raises:
         ValueError: unknown mode, negative start epoch, or (at `fit`) a start
