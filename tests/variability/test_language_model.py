@@ -87,6 +87,29 @@ def test_segment_lengths():
     assert sum(a) == 1_000 and min(a[:-1]) >= 5 and a == lm.segment_lengths(1_000, 35, seed=3)
     assert a != lm.segment_lengths(1_000, 35, seed=4)
     assert 25 < np.mean(a[:-1]) < 40  # base 35, halved with probability 0.05
+    # before: NumPy's errors naming no argument, and variable="no" read as True
+    with pytest.raises(ValueError, match="`seed` must be >= 0. Received: seed=-1"):
+        lm.segment_lengths(100, 35, seed=-1)
+    with pytest.raises(TypeError, match="Received: seed=1.5"):
+        lm.segment_lengths(100, 35, seed=1.5)
+    with pytest.raises(TypeError, match="`variable` must be a bool. Received: variable='no'"):
+        lm.segment_lengths(100, 35, seed=0, variable="no")
+    with pytest.raises(ValueError, match="`models` is empty"):  # before: "math domain error"
+        lm.evaluate_stream([], np.arange(50))
+
+
+def test_fixed_bptt_runs_that_vary_dropout_share_their_segment_hash():
+    # variable_bptt=False: every run has the same segments, so "stochastic" runs share the order hash
+    # (before: "Source 'stochastic' varies stochastic but its runs share a order_hash", after training)
+    control = {"init_hash": "i0", "order_hash": "o"}
+    records = {"stochastic": [{"init_hash": "i0", "order_hash": "o"}, {"init_hash": "i0", "order_hash": "o"}],
+               "init": [{"init_hash": "i1", "order_hash": "o"}, {"init_hash": "i2", "order_hash": "o"}]}
+    lm._check_hashes(records, control, segments_vary=False)
+    with pytest.raises(RuntimeError, match="varies stochastic but its runs share"):
+        lm._check_hashes(records, control, segments_vary=True)
+    leaked = {"stochastic": [{"init_hash": "i0", "order_hash": "o"}, {"init_hash": "i0", "order_hash": "p"}]}
+    with pytest.raises(RuntimeError, match="uncontrolled source"):  # fixed segments must all agree
+        lm._check_hashes(leaked, control, segments_vary=False)
 
 
 def test_windows_and_labels():

@@ -146,6 +146,27 @@ def test_cka_needs_two_examples_with_a_clear_error():
         linear_cka(np.ones((1, 3)), np.ones((1, 3)))
 
 
+def test_a_constant_float64_representation_is_refused_not_scored_near_zero():
+    # before: 0.1 centred to ~1e-17 instead of 0, so CKA returned ~2e-33 (cka_matrix ~6e-18)
+    x = np.random.default_rng(0).normal(size=(100, 3))
+    constant = np.full((100, 4), 0.1)
+    with pytest.raises(ValueError, match=r"constant representation .* Received: `y` with 100 identical rows"):
+        linear_cka(x, constant)
+    with pytest.raises(ValueError, match=r"Received: `representations\[1\]` with 100 identical rows"):
+        cka_matrix([x, constant])
+
+
+def test_bootstrap_sd_and_the_lm_metrics_refuse_what_numpy_converts_quietly():
+    from tf_dlthesis.variability import mixture_perplexity_delta
+
+    # before: strings parsed as numbers, bools as 0/1, complex numbers cut to their real part (a warning)
+    for bad in (["1.0", "2.5"], [True, False, True], np.array([1 + 1j, 2 + 0j])):
+        with pytest.raises(TypeError, match="`values` must hold real numbers"):
+            bootstrap_sd(bad, num_samples=10)
+    with pytest.raises(TypeError, match="`target_log_probs` must hold real numbers"):
+        mixture_perplexity_delta(np.array([[-1 + 1j, -1], [-1, -1]]))
+
+
 def test_cka_matrix_matches_pairwise_linear_cka():
     rng = np.random.default_rng(4)
     reps = [rng.normal(size=(20, d)) for d in (3, 4, 6)]

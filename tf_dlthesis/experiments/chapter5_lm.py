@@ -24,10 +24,10 @@ before any verdict was seen:
 * quick - vocabulary 1,000 (<unk> 28% of test tokens, unigram test perplexity 93),
   the first 60,000 training tokens, one 128-unit LSTM layer with 64-dimensional
   embeddings, locked dropout 0.1 / 0.3, Adam 0.01 with a cosine to 0, batch 20,
-  BPTT 35, 5 epochs (~1,000 steps), R = 4 per source (the 2-core budget of the
+  BPTT 35, 5 epochs (448 steps), R = 4 per source (the 2-core budget of the
   quick report: ~10 CPU-s per run, ~25 runs); snapshot ensembles of 5 cycles of
   1 epoch. Test perplexity ~60 (0.65 x unigram). One training length. Measured:
-  in these ~1,000 Adam steps a one-ULP bit change does not grow (the largest
+  in these 448 Adam steps a one-ULP bit change does not grow (the largest
   change of a test token's log-probability: 2.6e-5 after 5 epochs, 0.045 after
   15, about x2 per epoch), so Table 5.4's check "instability appeared" fails at
   this scale; at the standard setting one bit change changed 1.95% of the test

@@ -37,6 +37,13 @@ def _as_features(x, name: str) -> np.ndarray:
     return arr
 
 
+def _check_not_constant(arr: np.ndarray, name: str) -> None:
+    """Refuses identical rows before centring (a float64 constant need not centre to exact zeros)."""
+    if np.all(arr == arr[:1]):
+        raise ValueError(f"CKA is undefined for a constant representation (all examples map to the same point). "
+                         f"Received: `{name}` with {arr.shape[0]} identical rows")
+
+
 #: Centred features whose largest magnitude lies outside [2^-100, 2^100] are rescaled
 #: by a power of two first: CKA's sums of fourth powers would overflow (1e200 -> nan) or
 #: underflow to a "constant representation" (1e-200). CKA is scale invariant and a
@@ -80,6 +87,8 @@ def linear_cka(x, y) -> float:
     b = _as_features(y, "y")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"`x` and `y` must hold the same examples. Received: N={a.shape[0]} and N={b.shape[0]}")
+    _check_not_constant(a, "x")
+    _check_not_constant(b, "y")
     a = _safe_scale(a - a.mean(axis=0, keepdims=True))
     b = _safe_scale(b - b.mean(axis=0, keepdims=True))
     cross = np.sum((b.T @ a) ** 2)
@@ -114,6 +123,8 @@ def cka_matrix(representations: Sequence) -> np.ndarray:
     n = {r.shape[0] for r in reps}
     if len(n) != 1:
         raise ValueError(f"All representations must hold the same examples. Received example counts: {sorted(n)}")
+    for i, r in enumerate(reps):
+        _check_not_constant(r, f"representations[{i}]")
     grams = np.stack([_unit_centred_gram(r) for r in reps])  # (R, N*N) unit vectors
     return grams @ grams.T
 
@@ -131,7 +142,7 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
     Args:
         model: A built functional/sequential `keras.Model`.
         images: (N, H, W, C) inputs.
-        layers: Layer names; `None` takes every layer with weights plus the output.
+        layers: Layer names; `None` takes every layer with weights.
         batch_size: Prediction batch size.
 
     Returns:

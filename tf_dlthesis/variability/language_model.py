@@ -61,6 +61,7 @@ import time
 import keras
 import numpy as np
 
+from tf_dlthesis._seeds import check_int_seed
 from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
@@ -265,6 +266,9 @@ def segment_lengths(num_positions: int, bptt: int, *, seed: int | None, variable
     """
     num_positions = _int("num_positions", num_positions)
     bptt = _int("bptt", bptt)
+    seed = check_int_seed(seed)  # None: fresh entropy
+    if not isinstance(variable, (bool, np.bool_)):
+        raise TypeError(f"`variable` must be a bool. Received: variable={variable!r}")
     rng = np.random.default_rng(seed) if variable else None
     out, pos = [], 0
     while pos < num_positions:
@@ -341,6 +345,8 @@ def evaluate_stream(models, stream, *, window: int = 35, batch: int = 256) -> tu
         ((len(stream) - 1) // window * window,), in `evaluation_labels` order.
     """
     models = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not models:
+        raise ValueError("`models` is empty: pass a model from `build_language_model` or a list of them.")
     x, y = _windows(stream, window)
     batch = _int("batch", batch)
     step = _make_eval_step(models)
@@ -509,13 +515,17 @@ def _run_lm(spec, plan, corpus, threads):
     return _stamp_machine(out)
 
 
-def _check_hashes(records: dict, control) -> None:
-    """Runs that do not vary a source share its hash (with the control); runs that vary it differ."""
+def _check_hashes(records: dict, control, *, segments_vary: bool = True) -> None:
+    """Runs that do not vary a source share its hash (with the control); runs that vary it differ.
+
+    The order hash is of the BPTT segment lengths: with `variable_bptt=False`
+    (`segments_vary=False`) every run has the same ones, whatever it varies.
+    """
     for key, source_name in (("init_hash", "init"), ("order_hash", "stochastic")):
         fixed = set() if control is None else {control[key]}
         for source, recs in records.items():
             values = [r[key] for r in recs]
-            if source_name in parse_source(source):
+            if source_name in parse_source(source) and (key == "init_hash" or segments_vary):
                 if len(set(values)) != len(values):
                     raise RuntimeError(f"Source {source!r} varies {source_name} but its runs share a {key}.")
             else:
@@ -630,7 +640,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
             raise ValueError(f"Stored runs of {source!r} have {logps[source].shape[1]} test tokens; expected "
                              f"{labels.shape[0]}.")
         rows[source] = language_model_metrics(logps[source], preds[source], bootstrap_samples=bootstrap_samples)
-    _check_hashes(records, control)
+    _check_hashes(records, control, segments_vary=spec.variable_bptt)
     return LMProtocolResult(rows=rows, target_log_probs=logps, predictions=preds, labels=labels, info=infos,
                             bit_changes=bit_changes, control=control)
 

@@ -135,7 +135,7 @@ def bootstrap_sd(values, *, num_samples: int = 1000, seed: int = 0) -> float:
         ValueError: if `values` is not 1-D with at least 2 finite entries,
             `num_samples` < 2 or `seed` is negative.
     """
-    vals = np.asarray(values, dtype=np.float64)
+    vals = real_array(values, "values", "(R,)")
     if vals.ndim != 1 or vals.shape[0] < 2:
         raise ValueError(f"`values` must be 1-D with at least 2 runs. Received: shape={vals.shape}")
     if not np.all(np.isfinite(vals)):
@@ -313,11 +313,7 @@ def variability_metrics(logits, labels, *, bootstrap_samples: int = 1000, seed: 
 
 # ---------------------------------------------------------------------------- language models
 def _check_log_probs(target_log_probs, *, min_runs: int = 1) -> np.ndarray:
-    try:
-        arr = np.asarray(target_log_probs, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"`target_log_probs` must be a numeric (R, N) array. Received: {type(target_log_probs).__name__}") \
-            from exc
+    arr = real_array(target_log_probs, "target_log_probs", "(R, N)")
     if arr.ndim != 2 or arr.shape[0] < min_runs or arr.shape[1] < 1:
         raise ValueError(f"`target_log_probs` must have shape (R, N) with R >= {min_runs} runs and N >= 1 tokens. "
                          f"Received: shape={arr.shape}")
