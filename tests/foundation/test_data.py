@@ -652,7 +652,7 @@ def test_fashion_mnist_with_truncated_or_foreign_files_names_the_file(tmp_path):
     # Keras's loader reshapes whatever bytes it finds; before: "cannot reshape array of size
     # ... into shape (3,28,28)" / a bare EOFError / labels outside 0..9 loaded.
     folders = {}
-    for case in ("truncated", "stream", "labels"):
+    for case in ("truncated", "stream", "labels", "trailing"):
         folders[case] = tmp_path / case
         _tiny_idx_set(folders[case], seed=5)
     images = folders["truncated"] / "t10k-images-idx3-ubyte.gz"
@@ -663,10 +663,19 @@ def test_fashion_mnist_with_truncated_or_foreign_files_names_the_file(tmp_path):
     stream = folders["stream"] / "t10k-images-idx3-ubyte.gz"
     stream.write_bytes(stream.read_bytes()[:-40])  # the gzip stream itself ends early
     _write_idx(folders["labels"] / "t10k-labels-idx1-ubyte.gz", np.array([1, 12, 3]))
+    trailing = folders["trailing"] / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(trailing, "rb") as f:
+        body = f.read()
+    with gzip.open(trailing, "wb") as f:
+        f.write(body + bytes(16))  # before: Keras's "cannot reshape array of size 2368 into shape (3,28,28)"
     result = _run_isolated(_FASHION_CORRUPT, tmp_path, *folders.values())
     assert result["truncated"].startswith("ValueError: ") and "t10k-images-idx3-ubyte.gz is truncated" in result["truncated"]
     assert result["stream"].startswith("ValueError: ") and "t10k-images-idx3-ubyte.gz is not a gzipped IDX" in result["stream"]
     assert result["labels"].startswith("ValueError: ") and "t10k-labels-idx1-ubyte.gz has labels outside [0, 9]" in result["labels"]
+    assert result["trailing"].startswith("ValueError: ") and "t10k-images-idx3-ubyte.gz holds 16 bytes beyond" in result["trailing"]
+    # the MNIST files, read here rather than by Keras, loaded with the extra bytes ignored
+    with pytest.raises(ValueError, match="holds 16 bytes beyond"):
+        data.load_arrays("mnist", "test", data_dir=folders["trailing"])
 
 
 def test_load_arrays_of_variable_size_tfds_images_asks_for_image_size(tmp_path, tfds_tempdir):

@@ -257,6 +257,8 @@ def _read_idx(path, header_only=False):
     count = int(np.prod(dims))
     if len(body) < count:
         raise ValueError(f"{path} is truncated: its header promises {dims} values, it holds {len(body)}.")
+    if len(body) > count:  # Keras's loader would fail reshaping them, naming no file; the IDX route ignored them
+        raise ValueError(f"{path} holds {len(body) - count} bytes beyond the {dims} values its header promises.")
     return dims, np.frombuffer(body, np.uint8, count=count).reshape(dims)
 
 
