@@ -242,3 +242,32 @@ def test_bool_images_are_0_1_like_the_data_pipeline(images):
     # clip_range is checked on the 0/1 values, not on 0/255ths: (0.5, 1) excludes the zeros
     with pytest.raises(ValueError, match=r"\[0, 1\].*clip_range=\(0.5, 1\)"):
         R.fgsm(model, xb, y, epsilon=0.1, clip_range=(0.5, 1.0))
+
+
+# --------------------------------------------------------------------- second review (2026-12-05, night)
+def test_robust_model_config_keeps_trainable_and_dtype():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    frozen = R.RobustModel(inner, "pgd", epsilon=0.1, step_size=0.05, trainable=False, dtype="float64")
+    again = R.RobustModel.from_config(json.loads(json.dumps(frozen.get_config())))
+    # before: a frozen float64 model came back trainable and float32
+    assert again.trainable is False and again.dtype_policy.name == "float64"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: R.RobustModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), "pgd", random_start="False"),
+    lambda: R.RobustModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), "pgd", random_start=None),
+    lambda: R.LabelSmoothingCrossEntropy(from_logits="False"),
+    lambda: R.make_attack("pgd10", epsilon=0.1, step_size=0.05, random_start="no"),
+])
+def test_bool_options_are_checked_not_converted(make):
+    # before: "False" and "no" read as True (a random start; probabilities taken for logits), None as False
+    with pytest.raises(TypeError, match=r"must be a bool. Received: \w+=('False'|None|'no')"):
+        make()
+
+
+def test_smoothing_that_is_not_a_number_is_named():
+    y, logits = np.array([0, 1]), np.zeros((2, 3), np.float32)
+    # before: "'<=' not supported between instances of 'float' and 'str'"; True was read as 1.0
+    for bad in ("0.1", True):
+        with pytest.raises(TypeError, match=rf"`smoothing` must be a real number. Received: smoothing={bad!r}"):
+            R.label_smoothing_cross_entropy(y, logits, bad)

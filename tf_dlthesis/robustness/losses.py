@@ -84,6 +84,13 @@ def _check_h_gradient(h_gradient):
     return h_gradient
 
 
+def _bool(name, value) -> bool:
+    """``value`` when it is a bool (Python or NumPy); a string like ``"False"`` would read as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return bool(value)
+
+
 def _real(name, value):
     """``float(value)`` for any real number (Python or NumPy, e.g. ``np.float32(1e-3)``) except a bool.
 
@@ -203,6 +210,7 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
     if num_classes is None or int(num_classes) < 2:
         raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
     num_classes = int(num_classes)
+    smoothing = _real("smoothing", smoothing)
     if not 0.0 <= smoothing <= 1.0 - 1.0 / num_classes + 1e-12:
         raise ValueError(
             "`smoothing` must be in [0, 1 - 1/C] (thesis Eq. 3.8). "
@@ -466,7 +474,7 @@ def scale_to_ratio(term, reference, ratio: float):
     0.95 on CIFAR-100 and SVHN).  A zero ``term`` gives 0.
 
     Example:
-        >>> scale_to_ratio(h=tf.constant(2.0), reference=tf.constant(1.0), ratio=0.125)  # 8.0
+        >>> scale_to_ratio(term=tf.constant(2.0), reference=tf.constant(1.0), ratio=0.125)  # 8.0
 
     Args:
         term: scalar tensor (e.g. the batch mean of ``h``).
@@ -515,8 +523,8 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"`smoothing` must be a float in [0, 1). Received: smoothing={smoothing!r}")
         self.smoothing = smoothing
-        self.from_logits = bool(from_logits)
-        self.check_numerics = bool(check_numerics)
+        self.from_logits = _bool("from_logits", from_logits)
+        self.check_numerics = _bool("check_numerics", check_numerics)
 
     def call(self, y_true, y_pred):
         return label_smoothing_cross_entropy(y_true, y_pred, self.smoothing, self.from_logits,

@@ -20,6 +20,7 @@ from .losses import (
     LabelSmoothingCrossEntropy,
     LogitPairing,
     LogitSqueezing,
+    _bool,
     _check_integer_labels,
     _check_ratio,
     _real,
@@ -182,7 +183,8 @@ class RobustModel(keras.Model):
         attack: ``"pgd"`` or ``"fgsm"`` (adversary used during training).
         epsilon: L-inf radius (default: the preset's, else 0.03 as in the thesis).
         step_size: PGD step (default: the preset's, else 0.0078).
-        num_steps: PGD iterations (thesis: 10 in training).
+        num_steps: PGD iterations in training (the thesis gives epsilon 0.03 and step 0.0078, Sec. 3.5.1,
+            but no training step count; its 5/10/20/1000 steps are evaluation attacks).
         random_start: PGD random start (Madry et al.).
         clip_range: valid input range.
         seed: base seed; the per-step mixing / attack / pairing seeds derive
@@ -273,7 +275,7 @@ class RobustModel(keras.Model):
         self.attack = attack
         self.preset = preset
         self.epsilon, self.step_size, self.num_steps = epsilon, step_size, num_steps
-        self.random_start = bool(random_start)
+        self.random_start = _bool("random_start", random_start)
         self.clip_range = None if lo is None else (lo, hi)
         self.seed = fresh_seed() if seed is None else seed
         self.defense_params = params
@@ -424,6 +426,7 @@ class RobustModel(keras.Model):
             "defense": self.defense, "attack": self.attack, "epsilon": self.epsilon,
             "step_size": self.step_size, "num_steps": self.num_steps, "random_start": self.random_start,
             "clip_range": self.clip_range, "seed": self.seed, "preset": self.preset, "name": self.name,
+            "trainable": self.trainable, "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
             "check_numerics": self.check_numerics, **self.defense_params,
         }
 
