@@ -326,3 +326,19 @@ def test_output_bound_rejects_a_non_integer_count(bad):
 def test_output_bound_accepts_numpy_integers():
     lo, hi = output_bound([2.0], [0.5], np.int64(4))
     np.testing.assert_allclose([lo[0], hi[0]], [0.5 - 2 * np.sqrt(3), 0.5 + 2 * np.sqrt(3)])
+
+
+def test_a_sub_model_shared_by_two_nested_models_is_counted_once():
+    from tf_dlthesis.normalization import normalization_layers, set_example_weight
+
+    sub = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()], name="sub")
+
+    def wrap(name):
+        i = keras.Input((3,))
+        return keras.Model(i, sub(i), name=name)
+
+    a, b = wrap("a"), wrap("b")
+    i = keras.Input((3,))
+    patched = patch_model(keras.Model(i, keras.layers.Add()([a(i), b(i)])), 0.0)
+    assert len(normalization_layers(patched)) == 1
+    assert set_example_weight(patched, 0.2) == 1  # before: 2 for one changed layer

@@ -210,3 +210,21 @@ def test_patch_graph_def_alpha0_keeps_non_finite_values_in_place():
     expected = _run(g.as_graph_def(), "out:0", x)  # TF's FusedBatchNorm
     assert np.isfinite(expected).sum() == x.size - 2
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_slim_batch_norm_checks_numpy_and_string_alphas_and_collects_its_own_output():
+    tf1 = tf.compat.v1
+    with tf.Graph().as_default():
+        x = tf1.placeholder(tf.float32, [2, 3, 3, 2])
+        # before: np.float32(1.5) ran (NaN outputs), '0.1' failed only at Session.run
+        with pytest.raises(ValueError, match="`example_weight` must be in"):
+            slim_mod.batch_norm(x, is_training=False, example_weight=np.float32(1.5), scope="a")
+        with pytest.raises(TypeError, match="example_weight='0.1'"):
+            slim_mod.batch_norm(x, is_training=False, example_weight="0.1", scope="b")
+        with pytest.raises(ValueError, match="`example_weight` must be in"):
+            with slim_mod.example_weighted(np.float32(2.0)):
+                pass
+        y = slim_mod.batch_norm(x, is_training=False, example_weight=0.5, scope="bn", outputs_collections="ends")
+        ends = tf_slim.utils.convert_collection_to_dict("ends")
+        # before: the end point was the stock op's (alpha = 0) output, up to 3.9 away from the returned one
+        assert list(ends) == ["bn"] and ends["bn"] is y

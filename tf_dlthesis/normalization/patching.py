@@ -44,11 +44,16 @@ def _walk(layer):
 
 
 def normalization_layers(model) -> list[ExampleGroupNormalization]:
-    """All of this package's normalization layers in ``model`` (nested models included).
+    """All of this package's normalization layers in ``model`` (nested models included), each once.
 
     Alpha acts only on those with moving statistics (`_takes_example_weight`).
     """
-    return [layer for layer in _walk(model) if isinstance(layer, ExampleGroupNormalization)]
+    seen, out = set(), []
+    for layer in _walk(model):  # a sub-model shared by two nested models is walked twice
+        if isinstance(layer, ExampleGroupNormalization) and id(layer) not in seen:
+            seen.add(id(layer))
+            out.append(layer)
+    return out
 
 
 def _takes_example_weight(layer) -> bool:

@@ -81,7 +81,7 @@ _COUNTER = itertools.count()
 
 def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, activation_fn=None,
                 is_training=True, data_format="NHWC", example_weight=0.0, scope=None, **kwargs):
-    if isinstance(example_weight, (int, float)):
+    if not isinstance(example_weight, (tf.Tensor, tf.Variable)):  # NumPy numbers and strings are checked too
         example_weight = check_example_weight(example_weight)
     common = dict(decay=decay, center=center, scale=scale, epsilon=epsilon, data_format=data_format,
                   scope=scope, **kwargs)
@@ -93,6 +93,7 @@ def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, ac
     # Let the stock op create (or reuse) its variables with TF-Slim's names, and
     # collect them through a private collection; its own output is unused.
     key = f"_tf_dlthesis_bn_{next(_COUNTER)}"
+    outputs_collections = common.pop("outputs_collections", None)  # for the example-weighted output, below
     user = common.pop("variables_collections", None) or {}
     cols = {}
     for name in ("beta", "gamma", "moving_mean", "moving_variance"):
@@ -103,6 +104,8 @@ def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, ac
     def get(name):
         found = tf.compat.v1.get_collection(f"{key}/{name}")
         return tf.cast(found[0], tf.float32) if found else None
+
+    stats = tf.compat.v1.get_collection(f"{key}/moving_mean")
 
     x = tf.cast(inputs, tf.float32)
     rank = x.shape.rank
@@ -117,6 +120,8 @@ def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, ac
         y = tf.cast(y, inputs.dtype)
     if activation_fn is not None:
         y = activation_fn(y)
+    if outputs_collections:  # under the stock op's alias, its variable scope (".../BatchNorm")
+        y = tf_slim.utils.collect_named_outputs(outputs_collections, stats[0].op.name.rsplit("/", 1)[0], y)
     return y
 
 
@@ -158,7 +163,7 @@ def example_weighted(example_weight):
     >>> with example_weighted(0.1):
     ...     logits, _ = resnet_v2.resnet_v2_50(images, 1000, is_training=False)
     """
-    if isinstance(example_weight, (int, float)):
+    if not isinstance(example_weight, (tf.Tensor, tf.Variable)):
         check_example_weight(example_weight)
     fn = functools.wraps(_STOCK_BATCH_NORM)(
         lambda *args, **kwargs: batch_norm(*args, **{**kwargs, "example_weight": example_weight}))
