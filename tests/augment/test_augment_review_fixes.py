@@ -150,3 +150,27 @@ def test_plot_methods_passes_hyperparameters_to_methods_that_take_them():
         lam = float(ax.get_title().split("=")[-1])
         assert image.std() == 0.0
         assert abs(image.mean() - lam) <= 0.005
+
+
+# --------------------------------------------------------------------- second review (2026-12-05, night)
+@pytest.mark.parametrize("dtype, labels, num_classes", [(tf.uint8, [0, 100, 200, 255], 300),
+                                                        (tf.int8, [0, 5, 100, 127], 200),
+                                                        (tf.int16, [0, 1, 2, 3], 4), (tf.uint16, [0, 1, 2, 3], 4)])
+def test_narrow_integer_labels_one_hot_the_same_traced_as_eager(dtype, labels, num_classes):
+    y = tf.constant(labels, dtype)
+    expected = np.eye(num_classes, dtype=np.float32)[labels]
+    np.testing.assert_array_equal(labels_to_soft(y, num_classes, 1).numpy(), expected)
+    # before: traced, uint8 / int8 wrapped num_classes in the range check ("must be in [0, 299]") and
+    # int16 / uint16 reached tf.one_hot, which has no kernel for them
+    traced = tf.function(lambda t: labels_to_soft(t, num_classes, 1))
+    np.testing.assert_array_equal(traced(y).numpy(), expected)
+
+
+def test_mix_dataset_takes_numpy_ints_and_mix_stage_checks_jit_compile():
+    from tf_dlthesis.augment import MixStage
+
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((8, 4, 4, 1), np.float32), np.arange(8) % 2))
+    out = mix_dataset(ds, "mixup", seed=0, num_classes=2, batch_size=np.int64(2), pairs_per_call=np.int64(2))
+    assert sum(1 for _ in out) == 2  # 4 pairs in batches of 2 (before: "must be a positive int")
+    with pytest.raises(TypeError, match="`jit_compile` must be a bool. Received: jit_compile='no'"):
+        MixStage("mixup", num_classes=2, jit_compile="no")  # before: "no" turned XLA on

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis.augment.mix import _images, _out_dtype
@@ -134,8 +135,11 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         raise ValueError(f"mode={mode!r} expects {'unbatched (H, W, C)' if rank == 3 else 'batched (B, H, W, C)'} "
                          f"images; the dataset's images have shape {x_spec.shape}.")
     for name, value in (("batch_size", batch_size), ("pairs_per_call", pairs_per_call)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+                                  or value < 1):
             raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+    batch_size = None if batch_size is None else int(batch_size)
+    pairs_per_call = None if pairs_per_call is None else int(pairs_per_call)
     if y_spec.dtype.is_integer and num_classes is None:
         raise ValueError("Sparse integer labels need `num_classes=` to be one-hot encoded. "
                          "Received: num_classes=None")

@@ -77,6 +77,8 @@ def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):
         if num_classes is None:
             raise ValueError(f"Sparse integer `{name}` need `num_classes=` to be one-hot "
                              f"encoded. Received: num_classes=None")
+        if labels.dtype != tf.int64:  # uint8 / int8 would wrap num_classes in the range check; int16 has no one_hot
+            labels = tf.cast(labels, tf.int64)
         if _is_eager(labels):
             values = labels.numpy()
             if values.size and (values.min() < 0 or values.max() >= num_classes):

@@ -10,6 +10,7 @@ augmentation (the thesis's order, Sec. 2.4.1); `mix_dataset` uses one internally
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis._seeds import as_seed
@@ -86,6 +87,8 @@ class MixStage:
         self.mode = mode
         self.num_classes = num_classes
         self.pairing = pairing
+        if not isinstance(jit_compile, (bool, np.bool_)):
+            raise TypeError(f"`jit_compile` must be a bool. Received: jit_compile={jit_compile!r}")
         self.jit_compile = bool(jit_compile)
         self.params = dict(params)
         self.seed = as_seed(seed)

@@ -181,7 +181,8 @@ def training_dataset(
 
     Labels are then soft `(B, num_classes)`.
 
-    Use with `model.fit(ds, epochs=E, steps_per_epoch=steps_per_epoch(N, B))`.
+    Use with `model.fit(ds, epochs=E, steps_per_epoch=steps_per_epoch_of(N, B, drop_remainder=..., mix=mix))`
+    (pair mode drops an odd example per pass, so an epoch can have fewer batches than ceil(N / B)).
 
     Example:
 
