@@ -271,3 +271,16 @@ def test_smoothing_that_is_not_a_number_is_named():
     for bad in ("0.1", True):
         with pytest.raises(TypeError, match=rf"`smoothing` must be a real number. Received: smoothing={bad!r}"):
             R.label_smoothing_cross_entropy(y, logits, bad)
+
+
+def test_a_robust_model_compiled_with_a_loss_is_refused_not_ignored():
+    robust = R.RobustModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), "label_smoothing")
+    x, y = np.zeros((4, 4), np.float32), np.arange(4) % 3
+    robust.compile("sgd", loss="mse")
+    # before: the loss was accepted and never used (the defense's own loss trains)
+    for run in (robust.fit, robust.evaluate):
+        with pytest.raises(ValueError, match="would be ignored.*Received: loss='mse'"):
+            run(x, y, verbose=0)
+    fresh = R.RobustModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), "label_smoothing")
+    fresh.compile("sgd", metrics=["accuracy"])  # the supported call still trains
+    assert np.isfinite(fresh.fit(x, y, epochs=1, verbose=0).history["loss"][0])

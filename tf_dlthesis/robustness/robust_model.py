@@ -398,8 +398,16 @@ class RobustModel(keras.Model):
             raise ValueError(f"The dataset's one-hot/soft labels `y` must have {num_classes} columns (the model's "
                              f"logits). Received: labels of shape {shape}")
 
+    def _refuse_compiled_loss(self):
+        if getattr(self, "loss", None) is not None:
+            raise ValueError(f"RobustModel trains with its defense's own loss ({self.defense!r}: Eqs. 3.1-3.11) and "
+                             f"evaluates the plain cross-entropy, so the `loss` given to compile would be ignored; "
+                             f"compile a RobustModel without it (Keras keeps a compiled loss through later compile "
+                             f"calls). Received: loss={self.loss!r}")
+
     def fit(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.fit``, after checking the labels (and in-memory images) once (see the class docstring)."""
+        self._refuse_compiled_loss()
         self._check_labels(x, y)
         if self.defense in _ADVERSARIAL and (isinstance(x, np.ndarray) or tf.is_tensor(x)):
             _attacks._check_clip_range_values(x, self.clip_range)  # the training attack clips into clip_range
@@ -407,6 +415,7 @@ class RobustModel(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.evaluate``, after checking the labels once (see the class docstring)."""
+        self._refuse_compiled_loss()
         self._check_labels(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
