@@ -37,10 +37,14 @@ def _children(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
-def _walk(layer):
+def _walk(layer, _seen=None):
+    """Every layer below ``layer``, depth first, each once (a sub-model shared by two nested models too)."""
+    seen = set() if _seen is None else _seen
     for child in _children(layer):
-        yield child
-        yield from _walk(child)
+        if id(child) not in seen:
+            seen.add(id(child))
+            yield child
+            yield from _walk(child, seen)
 
 
 def normalization_layers(model) -> list[ExampleGroupNormalization]:
@@ -48,12 +52,7 @@ def normalization_layers(model) -> list[ExampleGroupNormalization]:
 
     Alpha acts only on those with moving statistics (`_takes_example_weight`).
     """
-    seen, out = set(), []
-    for layer in _walk(model):  # a sub-model shared by two nested models is walked twice
-        if isinstance(layer, ExampleGroupNormalization) and id(layer) not in seen:
-            seen.add(id(layer))
-            out.append(layer)
-    return out
+    return [layer for layer in _walk(model) if isinstance(layer, ExampleGroupNormalization)]
 
 
 def _takes_example_weight(layer) -> bool:

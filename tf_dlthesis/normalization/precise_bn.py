@@ -39,13 +39,8 @@ def bn_layers(model) -> list:
     """
     from .patching import _walk
 
-    seen, out = set(), []
-    for layer in ([model] if _is_bn(model) else []) + list(_walk(model)):
-        if (_is_bn(layer) and layer.built and layer.trainable and getattr(layer, "moving_statistics", True)
-                and id(layer) not in seen):
-            seen.add(id(layer))
-            out.append(layer)
-    return out
+    return [layer for layer in ([model] if _is_bn(model) else []) + list(_walk(model))  # `_walk`: each once
+            if _is_bn(layer) and layer.built and layer.trainable and getattr(layer, "moving_statistics", True)]
 
 
 def _check_steps(steps):

@@ -105,8 +105,6 @@ def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, ac
         found = tf.compat.v1.get_collection(f"{key}/{name}")
         return tf.cast(found[0], tf.float32) if found else None
 
-    stats = tf.compat.v1.get_collection(f"{key}/moving_mean")
-
     x = tf.cast(inputs, tf.float32)
     rank = x.shape.rank
     axis = 1 if data_format.startswith("NC") else rank - 1
@@ -121,7 +119,8 @@ def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, ac
     if activation_fn is not None:
         y = activation_fn(y)
     if outputs_collections:  # under the stock op's alias, its variable scope (".../BatchNorm")
-        y = tf_slim.utils.collect_named_outputs(outputs_collections, stats[0].op.name.rsplit("/", 1)[0], y)
+        scope = tf.compat.v1.get_collection(f"{key}/moving_mean")[0].op.name.rsplit("/", 1)[0]
+        y = tf_slim.utils.collect_named_outputs(outputs_collections, scope, y)
     return y
 
 

@@ -267,9 +267,7 @@ class RobustModel(keras.Model):
         num_steps = _attacks._check_steps(num_steps)
         lo, hi = _attacks._check_clip_range(clip_range)
         seed = check_int_seed(seed, "seed")
-        if not isinstance(check_numerics, bool):
-            raise TypeError(f"`check_numerics` must be a bool. Received: check_numerics={check_numerics!r}")
-        self.check_numerics = check_numerics
+        self.check_numerics = _bool("check_numerics", check_numerics)
         self.model = model
         self.defense = defense
         self.attack = attack
