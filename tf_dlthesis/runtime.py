@@ -46,6 +46,8 @@ import tensorflow as tf
 # TF exports `enable_op_determinism` but neither its inverse nor the query; both live here.
 from tensorflow.python.framework import config as _tf_config
 
+from tf_dlthesis._checks import check_bool
+
 _XLA_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 _STATE: dict = {"seed": None, "deterministic": False, "jit": None}
 _MAX_SEED = 2**32 - 1
@@ -86,10 +88,8 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
         if not 0 <= seed <= _MAX_SEED:
             # NumPy's global seed is a uint32: checked here, before any generator is reseeded.
             raise ValueError(f"`seed` must be an int in [0, 2**32 - 1]. Received: seed={seed}")
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"`deterministic` must be a bool. Received: deterministic={deterministic!r}")
-    if jit is not None and not isinstance(jit, bool):
-        raise TypeError(f"`jit` must be True, False or None. Received: jit={jit!r}")
+    deterministic = check_bool("deterministic", deterministic)
+    jit = check_bool("jit", jit, allow_none=True)
 
     if seed is not None:
         import keras

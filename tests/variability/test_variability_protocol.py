@@ -88,7 +88,7 @@ def test_controls_are_verified():
         ({"train_fn": functools.partial(toy_train, width=3), "num_classes": 4}, ValueError, "expected 4"),
         ({"sources": "init"}, TypeError, "list of source names"),
         ({"threads_per_run": 0}, ValueError, r"threads_per_run=0"),
-        ({"threads_per_run": "2"}, ValueError, r"threads_per_run='2'"),
+        ({"threads_per_run": "2"}, TypeError, r"threads_per_run='2'"),
     ],
 )
 def test_bad_input(kwargs, error, match):

@@ -27,20 +27,21 @@ def _serial(**kwargs):
     return run_protocol(toy_train, **{**args, **kwargs})
 
 
-@pytest.mark.parametrize("workers", [0, -1, "2", True, 1.5])
-def test_workers_must_be_a_positive_int(workers):
+@pytest.mark.parametrize("workers, error", [(0, ValueError), (-1, ValueError), ("2", TypeError), (True, TypeError),
+                                           (1.5, TypeError)])
+def test_workers_must_be_a_positive_int(workers, error):
     # before: accepted; the local pool then started every run at once (0 or -1 free slots "fit" any task)
     CALLS.clear()
-    with pytest.raises(ValueError, match=r"`workers` must be an int >= 1. Received: workers="):
+    with pytest.raises(error, match=r"`workers` must be an int >= 1. Received: workers="):
         _serial(workers=workers)
     assert CALLS == []
 
 
-@pytest.mark.parametrize("num_classes", [0, "3", 2.0])
-def test_num_classes_is_checked_up_front(num_classes):
+@pytest.mark.parametrize("num_classes, error", [(0, ValueError), ("3", TypeError), (2.0, TypeError)])
+def test_num_classes_is_checked_up_front(num_classes, error):
     # before: "... has 3 classes, expected 3." after the first run had trained
     CALLS.clear()
-    with pytest.raises(ValueError, match=r"`num_classes` must be an int >= 1 or None. Received: num_classes="):
+    with pytest.raises(error, match=r"`num_classes` must be an int >= 1 or None. Received: num_classes="):
         _serial(num_classes=num_classes)
     assert CALLS == []
 

@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_bool
 from tf_dlthesis.augment import _masks as M
 from tf_dlthesis.augment._beta import seed_per_call
 from tf_dlthesis.augment.methods import METHODS, get_method, resolve
@@ -37,10 +38,7 @@ def _images(x, rank, name):
 
 def pop_check_numerics(params):
     """Removes and validates the `check_numerics` option from method hyperparameters."""
-    value = params.pop("check_numerics", False)
-    if not isinstance(value, bool):
-        raise TypeError(f"`check_numerics` must be a bool. Received: check_numerics={value!r}")
-    return value
+    return check_bool("check_numerics", params.pop("check_numerics", False))
 
 
 def check_numerics(x, name, enabled):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_bool
 from tf_dlthesis.augment import _masks as M
 from tf_dlthesis._seeds import as_seed, check_int_seed
 from tf_dlthesis.augment.methods import _PARAM_CHECKS, _RENAMED_PARAMS, resolve
@@ -95,11 +96,8 @@ class MixedExample(keras.layers.Layer):
         if pairing not in _PAIRINGS:
             raise ValueError(f"`pairing` must be 'permute' or 'reverse'. Received: "
                              f"pairing={pairing!r}")
-        if not isinstance(check_numerics, bool):
-            raise TypeError(f"`check_numerics` must be a bool. Received: "
-                            f"check_numerics={check_numerics!r}")
         self.pairing = pairing
-        self.check_numerics = check_numerics
+        self.check_numerics = check_bool("check_numerics", check_numerics)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="mixed_example_seed")
         self.supports_jit = True
         # Like keras.layers.Pipeline: do not let Layer.__call__ cast every input to the

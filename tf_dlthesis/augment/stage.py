@@ -10,9 +10,9 @@ augmentation (the thesis's order, Sec. 2.4.1); `mix_dataset` uses one internally
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_bool
 from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment.methods import get_method, resolve
 from tf_dlthesis.augment.mix import (batch_core, check_num_classes, check_numerics, labels_to_soft, mix_pairs,
@@ -87,9 +87,7 @@ class MixStage:
         self.mode = mode
         self.num_classes = num_classes
         self.pairing = pairing
-        if not isinstance(jit_compile, (bool, np.bool_)):
-            raise TypeError(f"`jit_compile` must be a bool. Received: jit_compile={jit_compile!r}")
-        self.jit_compile = bool(jit_compile)
+        self.jit_compile = check_bool("jit_compile", jit_compile)
         self.params = dict(params)
         self.seed = as_seed(seed)
         self._pair_fn = None

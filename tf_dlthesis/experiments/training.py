@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis._seeds import check_int_seed
 
 #: The store namespace of training runs.
@@ -93,14 +94,6 @@ def _swa_settings(swa, epochs) -> dict:
         raise ValueError(f"`swa_lr` applies to mode 'swa' only (aggressive SWA keeps the recipe's schedule). "
                          f"Received: swa={swa!r}")
     return out
-
-
-def _positive_int(name, value, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}{' or None' if allow_none else ''}. Received: {name}={value!r}")
-    return int(value)
 
 
 #: TrainSpec's int fields: (name, minimum, None allowed).
@@ -240,7 +233,7 @@ class TrainSpec:
             raise TypeError(f"`model` must be a models.build name. Received: model={self.model!r}")
         # numbers become plain int / float, so equal settings have one key (1 and 1.0, NumPy scalars)
         for name, minimum, allow_none in _INT_FIELDS:
-            object.__setattr__(self, name, _positive_int(name, getattr(self, name), minimum, allow_none))
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum, allow_none=allow_none))
         for name, test, what in _FLOAT_FIELDS:
             value = getattr(self, name)
             if value is not None:
@@ -260,12 +253,7 @@ class TrainSpec:
                              f"learning rate (thesis Sec. 5.5: members are taken where the rate reaches 0). "
                              f"Received: snapshots={self.snapshots}, stop_epoch={self.stop_epoch}, epochs={self.epochs}")
         for name, allow_none in (("augment", False), ("flip", True)):
-            value = getattr(self, name)
-            if not (value is None and allow_none):
-                if not isinstance(value, (bool, np.bool_)):
-                    raise TypeError(f"`{name}` must be a bool{' or None' if allow_none else ''}. "
-                                    f"Received: {name}={value!r}")
-                object.__setattr__(self, name, bool(value))
+            object.__setattr__(self, name, check_bool(name, getattr(self, name), allow_none=allow_none))
         for name in ("model_kwargs", "norm_kwargs"):
             value = getattr(self, name)
             if not isinstance(value, dict):

@@ -8,6 +8,8 @@ import numbers
 import keras
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_bool, check_int
+
 from . import _core
 
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -21,16 +23,6 @@ def check_example_weight(alpha) -> float:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`example_weight` must be in [0, 1]. Received: example_weight={alpha}")
     return alpha
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be a positive int. Received: {name}={value!r}")
-    if value <= 0:
-        raise ValueError(f"`{name}` must be a positive int. Received: {name}={value}")
-    return int(value)
 
 
 def check_groups(groups, allow_none: bool = True):
@@ -171,17 +163,14 @@ class ExampleGroupNormalization(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.groups = check_groups(groups)
-        self.ghost_batch_size = _check_positive_int("ghost_batch_size", ghost_batch_size, allow_none=True)
-        if not isinstance(renorm, bool):
-            raise TypeError(f"`renorm` must be a bool. Received: renorm={renorm!r}")
-        self.renorm = renorm
+        self.ghost_batch_size = check_int("ghost_batch_size", ghost_batch_size, 1, allow_none=True)
+        self.renorm = renorm = check_bool("renorm", renorm)
         self.renorm_clipping = check_renorm_clipping(renorm_clipping) if renorm else renorm_clipping
         if isinstance(renorm_momentum, bool) or not isinstance(renorm_momentum, numbers.Real) or not (
                 0.0 <= float(renorm_momentum) <= 1.0):
             raise ValueError(f"`renorm_momentum` must be in [0, 1]. Received: renorm_momentum={renorm_momentum!r}")
         self.renorm_momentum = float(renorm_momentum)
-        if not isinstance(synchronized, bool):
-            raise TypeError(f"`synchronized` must be a bool. Received: synchronized={synchronized!r}")
+        synchronized = check_bool("synchronized", synchronized)
         if synchronized and self.ghost_batch_size is not None:
             what = ("single examples" if self.ghost_batch_size == 1
                     else f"ghost batches of {self.ghost_batch_size} examples")
@@ -205,8 +194,7 @@ class ExampleGroupNormalization(keras.layers.Layer):
                 f"`moving_update` must be 'averaged' or 'sequential'. Received: moving_update={moving_update!r}"
             )
         self.moving_update = moving_update
-        if not isinstance(moving_statistics, bool):
-            raise TypeError(f"`moving_statistics` must be a bool. Received: moving_statistics={moving_statistics!r}")
+        moving_statistics = check_bool("moving_statistics", moving_statistics)
         example_weight = check_example_weight(example_weight)
         if not moving_statistics and (renorm or example_weight < 1.0):
             raise ValueError("Without moving statistics the layer can only normalize by the example's own statistics: "

@@ -72,9 +72,10 @@ from cleverhans.tf2.attacks import spsa as _ch_spsa
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta
 
+from tf_dlthesis._checks import check_bool
 from tf_dlthesis._seeds import as_seed
 
-from .losses import _bool, _check_integer_labels, _real
+from .losses import _check_integer_labels, _real
 
 __all__ = [
     "fgsm", "pgd", "spsa", "cleverhans_spsa", "SPSAAdamAdapter", "BatchedSPSAAdam",
@@ -456,7 +457,7 @@ class SPSAAdamAdapter(_ch_spsa.SPSAAdam):
         self._num_samples = int(num_samples) // 2  # mirrored +/- delta
         self._num_iters = int(num_iters)
         self._compare_to_analytic_grad = compare_to_analytic_grad
-        self._corrected_gradient = _bool("corrected_gradient", corrected_gradient)
+        self._corrected_gradient = check_bool("corrected_gradient", corrected_gradient)
 
     @property
     def lr(self):
@@ -719,7 +720,7 @@ class Attack:
         params = None if params is None else types.MappingProxyType(params)  # read-only, like the rest
         for attr, value in (("name", name), ("kind", kind), ("num_steps", num_steps), ("epsilon", epsilon),
                             ("step_size", None if step_size is None else float(step_size)), ("clip_range", clip),
-                            ("random_start", _bool("random_start", random_start)), ("spsa_params", params)):
+                            ("random_start", check_bool("random_start", random_start)), ("spsa_params", params)):
             object.__setattr__(self, attr, value)
 
     def __setattr__(self, name, value):

@@ -46,6 +46,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_bool
+
 #: Accepted values of ``class_reduction``.
 CLASS_REDUCTIONS = ("sum", "mean")
 #: Accepted values of ``h_gradient`` (which logits the pairing cross-entropy trains).
@@ -82,13 +84,6 @@ def _check_h_gradient(h_gradient):
     if h_gradient not in H_GRADIENTS:
         raise ValueError(f"`h_gradient` must be one of {H_GRADIENTS}. Received: h_gradient={h_gradient!r}")
     return h_gradient
-
-
-def _bool(name, value) -> bool:
-    """``value`` when it is a bool (Python or NumPy); a string like ``"False"`` would read as True."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return bool(value)
 
 
 def _real(name, value):
@@ -523,8 +518,8 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"`smoothing` must be a float in [0, 1). Received: smoothing={smoothing!r}")
         self.smoothing = smoothing
-        self.from_logits = _bool("from_logits", from_logits)
-        self.check_numerics = _bool("check_numerics", check_numerics)
+        self.from_logits = check_bool("from_logits", from_logits)
+        self.check_numerics = check_bool("check_numerics", check_numerics)
 
     def call(self, y_true, y_pred):
         return label_smoothing_cross_entropy(y_true, y_pred, self.smoothing, self.from_logits,

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_bool
 from tf_dlthesis._seeds import check_int_seed, fresh_seed
 from tf_dlthesis.augment import mix_batch  # robustness may use augment (DESIGN.md: LRM's VH-mixup)
 
@@ -20,7 +21,6 @@ from .losses import (
     LabelSmoothingCrossEntropy,
     LogitPairing,
     LogitSqueezing,
-    _bool,
     _check_integer_labels,
     _check_ratio,
     _real,
@@ -267,13 +267,13 @@ class RobustModel(keras.Model):
         num_steps = _attacks._check_steps(num_steps)
         lo, hi = _attacks._check_clip_range(clip_range)
         seed = check_int_seed(seed, "seed")
-        self.check_numerics = _bool("check_numerics", check_numerics)
+        self.check_numerics = check_bool("check_numerics", check_numerics)
         self.model = model
         self.defense = defense
         self.attack = attack
         self.preset = preset
         self.epsilon, self.step_size, self.num_steps = epsilon, step_size, num_steps
-        self.random_start = _bool("random_start", random_start)
+        self.random_start = check_bool("random_start", random_start)
         self.clip_range = None if lo is None else (lo, hi)
         self.seed = fresh_seed() if seed is None else seed
         self.defense_params = params

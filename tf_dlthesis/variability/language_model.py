@@ -61,12 +61,13 @@ import time
 import keras
 import numpy as np
 
+from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis._seeds import check_int_seed
 from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
-from tf_dlthesis.variability.protocol import _check_main_guard, _default_workers, _ineffective, _int, \
+from tf_dlthesis.variability.protocol import _check_main_guard, _default_workers, _ineffective, \
     _MemoryStore, _process_pool, _Scheduler, _source_list, _stamp_machine, _start_run, _threads_key
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
@@ -134,21 +135,20 @@ class LanguageModelSpec:
 
         if self.corpus not in CORPORA:
             raise ValueError(f"`corpus` must be one of {CORPORA}. Received: corpus={self.corpus!r}")
-        _int("vocab_size", self.vocab_size, 3)
-        _int("train_tokens", self.train_tokens, 2, allow_none=True)
-        for name in ("embedding_dim", "hidden", "layers", "epochs", "batch_size", "eval_batch"):
-            _int(name, getattr(self, name))
-        _int("bptt", self.bptt, _MIN_SEGMENT)
+        # NumPy ints / bools are stored as Python ones, so `to_config` (the store's key) is one JSON
+        ints = {"vocab_size": (3, False), "train_tokens": (2, True), "bptt": (_MIN_SEGMENT, False),
+                "snapshots": (1, True), **{name: (1, False) for name in (
+                    "embedding_dim", "hidden", "layers", "epochs", "batch_size", "eval_batch")}}
+        for name, (minimum, allow_none) in ints.items():
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum, allow_none=allow_none))
         _rate("dropout", self.dropout)
         _rate("embedding_dropout", self.embedding_dropout)
         for name in ("learning_rate", "clipnorm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {name}={value!r}")
-        if not isinstance(self.variable_bptt, bool):
-            raise TypeError(f"`variable_bptt` must be a bool. Received: variable_bptt={self.variable_bptt!r}")
+        object.__setattr__(self, "variable_bptt", check_bool("variable_bptt", self.variable_bptt))
         if self.snapshots is not None:
-            _int("snapshots", self.snapshots)
             if self.epochs % self.snapshots:
                 raise ValueError(f"`epochs` must be a multiple of `snapshots` (one snapshot per cycle). "
                                  f"Received: epochs={self.epochs}, snapshots={self.snapshots}")
@@ -199,21 +199,22 @@ def build_language_model(vocab_size: int, *, embedding_dim: int = 128, hidden: i
         An uncompiled functional `keras.Model`.
 
     Raises:
+        TypeError: a size or seed that is not an int.
         ValueError: a size < 1, a rate outside [0, 1) or a negative seed.
     """
-    vocab_size = _int("vocab_size", vocab_size, 2)
+    vocab_size = check_int("vocab_size", vocab_size, 2)
     for name, value in (("embedding_dim", embedding_dim), ("hidden", hidden), ("layers", layers)):
-        _int(name, value)
+        check_int(name, value, 1)
     _rate("dropout", dropout)
     _rate("embedding_dropout", embedding_dropout)
     if seed is not None:
-        seed = _int("seed", seed, 0)
+        seed = check_int("seed", seed, 0)
     base = 0 if seed is None else seed
 
     def init_seed(i):
         return None if seed is None else derive_seed(base, i)
 
-    drop = derive_seed(base, 999) if stochastic_seed is None else derive_seed(_int("stochastic_seed", stochastic_seed, 0))
+    drop = derive_seed(base, 999) if stochastic_seed is None else derive_seed(check_int("stochastic_seed", stochastic_seed, 0))
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding",
                                embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1, seed=init_seed(0)))(tokens)
@@ -245,7 +246,7 @@ def batchify(stream, rows: int) -> np.ndarray:
         ValueError: if the stream has fewer than 2 tokens per row.
     """
     stream = np.asarray(stream)
-    rows = _int("rows", rows)
+    rows = check_int("rows", rows, 1)
     cols = stream.shape[0] // rows
     if cols < 2:
         raise ValueError(f"A stream of {stream.shape[0]} tokens is too short for {rows} rows of >= 2 tokens.")
@@ -264,11 +265,10 @@ def segment_lengths(num_positions: int, bptt: int, *, seed: int | None, variable
     >>> segment_lengths(10, 4, seed=None, variable=False)
     [4, 4, 2]
     """
-    num_positions = _int("num_positions", num_positions)
-    bptt = _int("bptt", bptt)
+    num_positions = check_int("num_positions", num_positions, 1)
+    bptt = check_int("bptt", bptt, 1)
     seed = check_int_seed(seed)  # None: fresh entropy
-    if not isinstance(variable, (bool, np.bool_)):
-        raise TypeError(f"`variable` must be a bool. Received: variable={variable!r}")
+    variable = check_bool("variable", variable)
     rng = np.random.default_rng(seed) if variable else None
     out, pos = [], 0
     while pos < num_positions:
@@ -318,7 +318,7 @@ def _make_eval_step(models):
 
 def _windows(stream, window: int) -> tuple[np.ndarray, np.ndarray]:
     stream = np.asarray(stream)
-    window = _int("window", window)
+    window = check_int("window", window, 1)
     count = (stream.shape[0] - 1) // window
     if count < 1:
         raise ValueError(f"A stream of {stream.shape[0]} tokens is too short for one window of {window} + 1 tokens.")
@@ -348,7 +348,7 @@ def evaluate_stream(models, stream, *, window: int = 35, batch: int = 256) -> tu
     if not models:
         raise ValueError("`models` is empty: pass a model from `build_language_model` or a list of them.")
     x, y = _windows(stream, window)
-    batch = _int("batch", batch)
+    batch = check_int("batch", batch, 1)
     step = _make_eval_step(models)
     targets, preds = [], []
     for start in range(0, x.shape[0], batch):
@@ -578,6 +578,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         An `LMProtocolResult`.
 
     Raises:
+        TypeError: a run count, `workers` or `threads_per_run` that is not an int.
         ValueError: an unknown source or one the language model does not have,
             runs < 2, or an unknown executor.
         FileNotFoundError: the corpus is not installed.
@@ -592,12 +593,12 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
             raise ValueError(f"`runs` gives no run count for source(s) {missing}. Received: runs={runs!r}")
     counts = {s: runs[s] if isinstance(runs, dict) else runs for s in sources}
     for source, r in counts.items():
-        _int(f"runs[{source!r}]", r, 2)
+        check_int(f"runs[{source!r}]", r, 2)
     if executor not in ("local", "serial"):
         raise ValueError(f"`executor` must be 'local' or 'serial'. Received: executor={executor!r}")
     if executor == "local":
         _check_main_guard()
-    _int("bit_change_redraws", bit_change_redraws, 0)
+    check_int("bit_change_redraws", bit_change_redraws, 0)
     threads_key = _threads_key(executor, threads_per_run)  # checked before the corpus loads
     base_plan = SeedPlan() if base_plan is None else base_plan
     if not isinstance(base_plan, SeedPlan):
@@ -605,7 +606,7 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     corpus = load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)  # fails early when absent
     labels = evaluation_labels(corpus.test, spec.bptt)
     store = _MemoryStore(default=str) if store is None else store
-    workers = _default_workers() if workers is None else _int("workers", workers)
+    workers = _default_workers() if workers is None else check_int("workers", workers, 1)
     config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config(),
               **threads_key}
 

@@ -44,6 +44,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis.variability.metrics import variability_metrics
 from tf_dlthesis.variability.seed_plan import SeedPlan, parse_source
 
@@ -933,7 +934,7 @@ def _threads_key(executor: str, threads_per_run) -> dict:
     with another count. The ``"serial"`` executor runs in this process with its
     thread pools as they are (TF's default unless the caller set them): `None`.
     """
-    threads = _int("threads_per_run", threads_per_run, 1, allow_none=True)  # None: TF's default
+    threads = check_int("threads_per_run", threads_per_run, 1, allow_none=True)  # None: TF's default
     threads = None if executor == "serial" else threads
     return {} if threads == 1 else {"threads_per_run": threads}
 
@@ -961,16 +962,6 @@ def _default_workers() -> int:
     from tf_dlthesis import runtime
 
     return min(2, runtime.usable_cores())
-
-
-def _int(name, value, minimum=1, allow_none=False):
-    """`value` as an int >= `minimum` (or None when `allow_none`); a `ValueError` naming it otherwise."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}{' or None' if allow_none else ''}. "
-                         f"Received: {name}={value!r}")
-    return int(value)
 
 
 def _parallel_executor(executor, train_fn, threads, workers, start_method, ray_address) -> Callable | None:
@@ -1066,7 +1057,8 @@ def run_protocol(
             start method, runs < 2, workers or num_classes < 1, labels that are
             not (N,) integers (N >= 1), or logits of the wrong shape or with NaNs.
         TypeError: for a `store` that is neither a results store, a path nor
-            None, or a `config` that is not a dict.
+            None, a `config` that is not a dict, or `workers`, `num_classes`
+            or `threads_per_run` that is not an int.
         Exception: whatever `train_fn` raised, with a note naming the failed run
             (source, run index, seeds) and saying that the finished runs are
             kept in the store (Python >= 3.11).
@@ -1086,20 +1078,20 @@ def run_protocol(
             raise ImportError(
                 "executor='ray' needs Ray, which is not installed. Install the extra: pip install 'tf-dlthesis[ray]'"
             ) from exc
-    _int("bit_change_redraws", bit_change_redraws, 0)
+    check_int("bit_change_redraws", bit_change_redraws, 0)
     lab = np.asarray(labels)
     if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"`labels` must be a 1-D integer array. Received: shape={lab.shape}, dtype={lab.dtype}")
     if lab.size == 0:
         raise ValueError(f"`labels` must hold at least one test example (the metrics compare runs on them). "
                          f"Received: labels of shape {lab.shape}")
-    _int("num_classes", num_classes, 1, allow_none=True)
+    check_int("num_classes", num_classes, 1, allow_none=True)
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"`config` must be a dict (JSON-able) or None. Received: config={config!r}")
     base_plan = SeedPlan() if base_plan is None else base_plan
     if not isinstance(base_plan, SeedPlan):
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
-    workers = _default_workers() if workers is None else _int("workers", workers)
+    workers = _default_workers() if workers is None else check_int("workers", workers, 1)
     _check_start_method(start_method)
     store = _as_store(store)
     if executor == "local":

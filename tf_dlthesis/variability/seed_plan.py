@@ -35,6 +35,8 @@ from typing import Iterable
 
 import numpy as np
 
+from tf_dlthesis._checks import check_bool
+
 SOURCES = ("init", "shuffle", "augment", "stochastic", "ops", "bit_change")
 SEEDED_SOURCES = ("init", "shuffle", "augment", "stochastic")
 ALL_SOURCES = ("init", "shuffle", "augment", "stochastic", "ops")
@@ -135,10 +137,7 @@ class SeedPlan:
         # NumPy ints / bools are stored as Python ones, so `to_config` stays JSON-able
         for name in SEEDED_SOURCES:
             object.__setattr__(self, name, _check_seed(name, getattr(self, name)))
-        if isinstance(self.deterministic_ops, np.bool_):
-            object.__setattr__(self, "deterministic_ops", bool(self.deterministic_ops))
-        if not isinstance(self.deterministic_ops, bool):
-            raise TypeError(f"`deterministic_ops` must be a bool. Received: {self.deterministic_ops!r}")
+        object.__setattr__(self, "deterministic_ops", check_bool("deterministic_ops", self.deterministic_ops))
         if self.bit_change is not None:
             object.__setattr__(self, "bit_change", _check_seed("bit_change", self.bit_change))
         object.__setattr__(self, "onset_epoch", _check_seed("onset_epoch", self.onset_epoch))
