@@ -46,7 +46,8 @@ def _weights(robust):
 
 
 def _fit(inner, defense, x, y, **kwargs):
-    robust = R.RobustModel(inner, defense, epsilon=0.1, step_size=0.05, num_steps=1, seed=0, **kwargs)
+    pgd = {} if kwargs.get("attack") == "fgsm" else {"step_size": 0.05, "num_steps": 1}
+    robust = R.RobustModel(inner, defense, epsilon=0.1, seed=0, **pgd, **kwargs)
     robust.compile(keras.optimizers.SGD(0.1), metrics=["accuracy"])
     if isinstance(x, tf.data.Dataset):
         hist = robust.fit(x, epochs=1, verbose=0, shuffle=False)

@@ -284,3 +284,26 @@ def test_a_robust_model_compiled_with_a_loss_is_refused_not_ignored():
     fresh = R.RobustModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), "label_smoothing")
     fresh.compile("sgd", metrics=["accuracy"])  # the supported call still trains
     assert np.isfinite(fresh.fit(x, y, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_fgsm_training_refuses_pgd_settings_and_old_fgsm_configs_load():
+    def inner():
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+    # before: num_steps=20 and step_size=0.01 were stored, shown in get_config and silently unused
+    for bad, shown in (({"num_steps": 20}, "num_steps=20"), ({"step_size": 0.01}, "step_size=0.01")):
+        with pytest.raises(ValueError, match=rf"attack='fgsm' takes one step of size `epsilon`.*Received: {shown}"):
+            R.RobustModel(inner(), "pgd", attack="fgsm", epsilon=0.1, **bad)
+    robust = R.RobustModel(inner(), "alp", attack="fgsm", epsilon=0.1, preset="cifar10")  # preset step: PGD's
+    config = robust.get_config()
+    assert (config["num_steps"], config["step_size"]) == (None, None)
+    settings = {k: v for k, v in config.items() if k != "model"}  # (the inner model's layer names change)
+
+    def reloaded(cfg):
+        return {k: v for k, v in R.RobustModel.from_config(cfg).get_config().items() if k != "model"}
+
+    assert reloaded(json.loads(json.dumps(config))) == settings
+    # a config written by an earlier release (PGD defaults stored for FGSM) still loads
+    assert reloaded(dict(config, num_steps=10, step_size=0.0078)) == settings
+    pgd = R.RobustModel(inner(), "pgd", epsilon=0.1, step_size=0.05)
+    assert (pgd.num_steps, pgd.step_size) == (10, 0.05)

@@ -182,10 +182,12 @@ class RobustModel(keras.Model):
         defense: one of ``DEFENSES``.
         attack: ``"pgd"`` or ``"fgsm"`` (adversary used during training).
         epsilon: L-inf radius (default: the preset's, else 0.03 as in the thesis).
-        step_size: PGD step (default: the preset's, else 0.0078).
-        num_steps: PGD iterations in training (the thesis gives epsilon 0.03 and step 0.0078, Sec. 3.5.1,
-            but no training step count; its 5/10/20/1000 steps are evaluation attacks).
-        random_start: PGD random start (Madry et al.).
+        step_size: PGD step (default: the preset's, else 0.0078). PGD only: FGSM takes
+            one step of size ``epsilon``, so ``attack="fgsm"`` refuses a ``step_size``.
+        num_steps: PGD iterations in training (default 10; the thesis gives epsilon 0.03 and step
+            0.0078, Sec. 3.5.1, but no training step count; its 5/10/20/1000 steps are evaluation
+            attacks). PGD only, like ``step_size``.
+        random_start: PGD random start (Madry et al.; FGSM has none).
         clip_range: valid input range.
         seed: base seed; the per-step mixing / attack / pairing seeds derive
             from ``fold_in(seed, optimizer.iterations)`` (stateless, resumes
@@ -216,7 +218,8 @@ class RobustModel(keras.Model):
 
     Raises:
         ValueError: unknown defense / attack / mixing / preset, a parameter the
-            defense does not take, or an out-of-range value (e.g. ``ratio <= 0``);
+            defense does not take, ``num_steps`` or ``step_size`` with
+            ``attack="fgsm"``, or an out-of-range value (e.g. ``ratio <= 0``);
             at ``fit`` / ``evaluate``: labels ``y`` out of range, not integers
             or of the wrong width (see above); at ``fit`` of an adversarial
             defense: in-memory images ``x`` outside ``clip_range``.
@@ -229,7 +232,7 @@ class RobustModel(keras.Model):
     """
 
     def __init__(self, model, defense: str = "none", attack: str = "pgd", *, epsilon: float | None = None,
-                 step_size: float | None = None, num_steps: int = 10, random_start: bool = True,
+                 step_size: float | None = None, num_steps: int | None = None, random_start: bool = True,
                  clip_range=(0.0, 1.0), seed: int | None = 0, preset: str | None = None,
                  check_numerics: bool = False, **defense_params):
         keras_kwargs = {k: defense_params.pop(k) for k in ("name", "trainable", "dtype") if k in defense_params}
@@ -260,11 +263,18 @@ class RobustModel(keras.Model):
         self._check_params(params)
         attack_cfg = preset_cfg.get("attack", {})
         epsilon = attack_cfg.get("epsilon", 0.03) if epsilon is None else epsilon
-        step_size = attack_cfg.get("step_size", 0.0078) if step_size is None else step_size
         # validate the attack settings once, eagerly (same checks as the attack functions)
         epsilon = _attacks._check_float("epsilon", epsilon, minimum=0.0)
-        step_size = _attacks._check_float("step_size", step_size, minimum=0.0)
-        num_steps = _attacks._check_steps(num_steps)
+        if attack == "fgsm":  # one step of size epsilon: a PGD step size or count would be ignored
+            given = {k: v for k, v in (("num_steps", num_steps), ("step_size", step_size)) if v is not None}
+            if given:
+                raise ValueError(
+                    "attack='fgsm' takes one step of size `epsilon`; `num_steps` and `step_size` are settings of "
+                    "attack='pgd'. Received: " + ", ".join(f"{k}={v!r}" for k, v in given.items()))
+        else:
+            step_size = attack_cfg.get("step_size", 0.0078) if step_size is None else step_size
+            step_size = _attacks._check_float("step_size", step_size, minimum=0.0)
+            num_steps = _attacks._check_steps(10 if num_steps is None else num_steps)
         lo, hi = _attacks._check_clip_range(clip_range)
         seed = check_int_seed(seed, "seed")
         self.check_numerics = check_bool("check_numerics", check_numerics)
@@ -439,8 +449,14 @@ class RobustModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        """Rebuild from :meth:`get_config`; configs saved with ``alpha`` / ``pairing_reduction`` still load."""
+        """Rebuild from :meth:`get_config`; configs saved with ``alpha`` / ``pairing_reduction`` still load.
+
+        So do FGSM configs of earlier releases, which stored the (unused) PGD
+        ``num_steps`` / ``step_size``: they are dropped.
+        """
         config = dict(config)
+        if config.get("attack") == "fgsm":
+            config.pop("num_steps", None), config.pop("step_size", None)
         model = keras.saving.deserialize_keras_object(config.pop("model"))
         return cls(model, **config)
 
