@@ -695,6 +695,11 @@ def test_info_checks_data_dir_and_per_class_split_checks_its_input(tfds_tempdir)
     # a registered tfds name that is not image classification (before: KeyError: 'image')
     with pytest.raises(ValueError, match=r"'imdb_reviews' is not a tensorflow-datasets image-classification"):
         data.info("imdb_reviews")
+    # a tfds set that is not prepared: its classes and shape are known, its split sizes are not (as in tfds)
+    beans = data.info("beans", data_dir=str(tfds_tempdir))
+    assert (beans.num_classes, beans.image_shape, beans.splits) == (3, (500, 500, 3), {})
+    with pytest.raises(data.DatasetNotFoundError, match="no prepared copy of 'beans'"):
+        data.load("beans", "train", data_dir=str(tfds_tempdir))
     labels = np.repeat(np.arange(2), 4)
     # before: "need at least one array to concatenate", "'int' object is not iterable", 1.7 read as 1
     with pytest.raises(ValueError, match="`labels` is empty"):

@@ -611,7 +611,11 @@ def info(name: str, *, image_size: int | None = None, data_dir: str | None = Non
 
     Returns:
         A `DatasetInfo`. For `"fashion_mnist"` / `"mnist"` the split sizes are the
-        original sets' (60,000 / 10,000), whatever files `data_dir` holds.
+        original sets' (60,000 / 10,000), whatever files `data_dir` holds. For a
+        tfds name outside the thesis's sets the split sizes are known only once the
+        dataset is prepared in `data_dir` (as in tfds's own `builder.info`): before
+        that `splits` is empty, while `num_classes` and `image_shape` are given, and
+        `load` raises `DatasetNotFoundError`.
 
     Raises:
         ValueError: for an unknown dataset name or a bad `image_size`.
