@@ -54,8 +54,13 @@ def test_seed_plan_bad_input():
         SeedPlan().vary("init", -1)
     with pytest.raises(ValueError, match="onset_epoch"):
         SeedPlan().vary("init", 0, onset_epoch=2)
-    with pytest.raises(TypeError, match="init"):
+    with pytest.raises(TypeError, match=r"`init` must be an int >= 0\. Received: init=1\.5"):
         SeedPlan(init=1.5)
+    with pytest.raises(ValueError, match=r"`bit_change` must be >= 0\. Received: bit_change=-2"):
+        SeedPlan(bit_change=-2)
+    with pytest.raises(TypeError, match=r"`run` must be an int >= 0\. Received: run='2'"):
+        SeedPlan().vary("init", "2")
+    assert SeedPlan(init=np.int64(4), run=np.int32(1)).to_config()["init"] == 4  # NumPy ints stored as Python ints
     with pytest.raises(TypeError, match="source"):
         SeedPlan().vary(3, 0)
 

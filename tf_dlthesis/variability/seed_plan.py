@@ -35,7 +35,8 @@ from typing import Iterable
 
 import numpy as np
 
-from tf_dlthesis._checks import check_bool
+from tf_dlthesis._checks import check_bool, check_int
+from tf_dlthesis._seeds import check_int_seed
 
 SOURCES = ("init", "shuffle", "augment", "stochastic", "ops", "bit_change")
 SEEDED_SOURCES = ("init", "shuffle", "augment", "stochastic")
@@ -87,14 +88,6 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(ints).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
 
 
-def _check_seed(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int seed. Received: {name}={value!r}")
-    if value < 0:
-        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
-    return int(value)
-
-
 @dataclasses.dataclass(frozen=True)
 class SeedPlan:
     """One seed per source of nondeterminism for one training run.
@@ -136,12 +129,12 @@ class SeedPlan:
     def __post_init__(self):
         # NumPy ints / bools are stored as Python ones, so `to_config` stays JSON-able
         for name in SEEDED_SOURCES:
-            object.__setattr__(self, name, _check_seed(name, getattr(self, name)))
+            object.__setattr__(self, name, check_int_seed(getattr(self, name), name, allow_none=False))
         object.__setattr__(self, "deterministic_ops", check_bool("deterministic_ops", self.deterministic_ops))
         if self.bit_change is not None:
-            object.__setattr__(self, "bit_change", _check_seed("bit_change", self.bit_change))
-        object.__setattr__(self, "onset_epoch", _check_seed("onset_epoch", self.onset_epoch))
-        object.__setattr__(self, "run", _check_seed("run", self.run))
+            object.__setattr__(self, "bit_change", check_int_seed(self.bit_change, "bit_change", allow_none=False))
+        object.__setattr__(self, "onset_epoch", check_int("onset_epoch", self.onset_epoch, 0))
+        object.__setattr__(self, "run", check_int("run", self.run, 0))
 
     def vary(self, source: str, run: int, *, onset_epoch: int = 0) -> "SeedPlan":
         """The plan of run `run` when varying `source` (all other seeds fixed).
@@ -161,8 +154,8 @@ class SeedPlan:
                 source that acts before training (init, bit_change, ops).
         """
         names = parse_source(source)
-        run = _check_seed("run", run)
-        onset_epoch = _check_seed("onset_epoch", onset_epoch)
+        run = check_int("run", run, 0)
+        onset_epoch = check_int("onset_epoch", onset_epoch, 0)
         if onset_epoch and any(n not in _PER_EPOCH_SOURCES for n in names):
             raise ValueError(
                 f"`onset_epoch` applies only to per-epoch sources {_PER_EPOCH_SOURCES}. "
@@ -191,7 +184,7 @@ class SeedPlan:
         """
         if self.bit_change is None:
             raise ValueError(f"Only a plan with a bit change can redraw it. Received a plan of source {self.source!r}.")
-        attempt = _check_seed("attempt", attempt)
+        attempt = check_int("attempt", attempt, 0)
         init = self.init if self.base is None else self.base.init
         parts = (init, SOURCES.index("bit_change"), self.run) + ((attempt,) if attempt else ())
         return dataclasses.replace(self, bit_change=derive_seed(*parts))
@@ -200,7 +193,7 @@ class SeedPlan:
         """The seed of a per-epoch source in force at `epoch` (honours `onset_epoch`)."""
         if source not in _PER_EPOCH_SOURCES:
             raise ValueError(f"`source` must be one of {_PER_EPOCH_SOURCES}. Received: source={source!r}")
-        epoch = _check_seed("epoch", epoch)
+        epoch = check_int("epoch", epoch, 0)
         if self.base is not None and epoch < self.onset_epoch:
             return getattr(self.base, source)
         return getattr(self, source)
@@ -247,7 +240,7 @@ def reseed_stochastic_layers(model, seed: int) -> int:
     """
     import keras
 
-    seed = _check_seed("seed", seed)
+    seed = check_int_seed(seed, "seed", allow_none=False)
     layers = _all_layers(model)
     # then the sublayers Keras tracks outside `.layers` (an LSTM's cell, a custom layer's attributes),
     # numbered after the others so the seeds of models without them stay as they were
