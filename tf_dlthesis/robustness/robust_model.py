@@ -456,7 +456,8 @@ class RobustModel(keras.Model):
         """
         config = dict(config)
         if config.get("attack") == "fgsm":
-            config.pop("num_steps", None), config.pop("step_size", None)
+            for pgd_only in ("num_steps", "step_size"):
+                config.pop(pgd_only, None)
         model = keras.saving.deserialize_keras_object(config.pop("model"))
         return cls(model, **config)
 
