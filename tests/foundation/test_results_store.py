@@ -163,6 +163,40 @@ def test_export_rows_rewrites_a_row_recorded_again(tmp_path):
     assert fresh.export_rows(archive) == 0
 
 
+def test_export_rows_replace_keeps_exactly_the_stores_runs_of_its_configs(tmp_path):
+    """Merging a retrain: an item's whole record (all run indices) is replaced, other configs are left alone."""
+    old, archive = ResultsStore(tmp_path / "old.sqlite"), tmp_path / "rows"
+    item = {"scale": "standard", "item": "5.2"}
+    for run, seconds in enumerate([100.0, 40.0, 7.0]):  # three processes' time rows
+        old.record("reproduce.item_seconds", item, run, {"seconds": seconds})
+    old.record("ch5.lm_runs", {"seed": 1}, 0, {"ppl": 90.0})
+    old.record("ch5.lm_runs", {"seed": 1}, 1, {"ppl": 91.0})
+    old.record("ch5.runs", {"seed": 1}, 0, {"acc": 0.5})  # another item's run: must survive
+    assert old.export_rows(archive) == 6
+    other = {p.relative_to(archive): p.read_bytes() for p in archive.rglob("*.json.gz")
+             if p.parent.name.startswith("ch5.runs-")}
+
+    fresh = ResultsStore(tmp_path / "fresh.sqlite")
+    fresh.record("reproduce.item_seconds", item, 0, {"seconds": 80.0})
+    fresh.record("ch5.lm_runs", {"seed": 1}, 0, {"ppl": 89.0})
+    assert fresh.export_rows(archive, replace=True) == 2
+    merged = ResultsStore(tmp_path / "merged.sqlite")
+    assert merged.import_rows(archive) == 3
+    assert [(r["experiment"], r["run"], r["result"]) for r in merged.rows()
+            if r["experiment"] != "ch5.runs"] == [("reproduce.item_seconds", 0, {"seconds": 80.0}),
+                                                   ("ch5.lm_runs", 0, {"ppl": 89.0})]
+    assert merged.get("ch5.runs", {"seed": 1}, 0) == {"acc": 0.5}
+    assert {p.relative_to(archive): p.read_bytes() for p in archive.rglob("*.json.gz")
+            if p.parent.name.startswith("ch5.runs-")} == other
+    # without `replace` the old runs 1 and 2 would have stayed (the time summed over 3 rows)
+    plain = tmp_path / "plain"
+    old.export_rows(plain)
+    fresh.export_rows(plain)
+    assert ResultsStore(tmp_path / "p.sqlite").import_rows(plain) == 6
+    with pytest.raises(TypeError, match="`replace` must be True or False. Received: replace='yes'"):
+        fresh.export_rows(archive, replace="yes")
+
+
 def test_import_rows_bad_input(tmp_path):
     store = ResultsStore(tmp_path / "a.sqlite")
     with pytest.raises(ValueError, match="must be a folder written by `export_rows`"):

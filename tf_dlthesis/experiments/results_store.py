@@ -380,7 +380,7 @@ class ResultsStore:
         folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
         return os.path.join(f"{folder}-{hashlib.sha256(experiment.encode()).hexdigest()[:6]}", f"{digest}-{run}.json.gz")
 
-    def export_rows(self, folder) -> int:
+    def export_rows(self, folder, *, replace: bool = False) -> int:
         """Writes every recorded run into `folder` as one small file per run, for version control.
 
         Each file (`<experiment>-<id>/<config hash>-<run>.json.gz`) holds one run's
@@ -389,17 +389,36 @@ class ResultsStore:
         the runs that finished since the last export. `import_rows` reads it back on
         another machine (e.g. to resume a long `reproduce` run).
 
+        `replace=True` merges a retrain into an archive: every file in `folder` of a
+        config this store holds is removed first, whatever its run index, so the folder
+        keeps exactly this store's runs of those configs (e.g. an item's time, which is
+        one row per process that ran it, or runs of another machine) and every other
+        config's files untouched.
+
+        Example (an item retrained in a fresh folder replaces its runs in the archive):
+
+        >>> fresh = ResultsStore("retrain/results.sqlite")  # doctest: +SKIP
+        >>> fresh.export_rows("docs/standard-report/store", replace=True)  # doctest: +SKIP
+
         Returns:
             The number of files written (runs already in `folder` are left alone,
-            unless their row was recorded again since).
+            unless their row was recorded again since, or `replace`).
 
         Raises:
             ValueError: `folder` cannot be created or written.
         """
+        if not isinstance(replace, bool):
+            raise TypeError(f"`replace` must be True or False. Received: replace={replace!r}")
         written, conn = 0, self._connect()
         keys = conn.execute("SELECT experiment, config_hash, run, created FROM results ORDER BY created, rowid"
                             ).fetchall()
         try:
+            if replace:
+                for experiment, digest in sorted({(e, d) for e, d, _, _ in keys}):
+                    sub = os.path.dirname(os.path.join(os.fspath(folder), self._archive_name(experiment, digest, 0)))
+                    for name in os.listdir(sub) if os.path.isdir(sub) else ():
+                        if re.fullmatch(rf"{re.escape(digest)}-\d+\.json\.gz", name):
+                            os.remove(os.path.join(sub, name))
             for experiment, digest, run, created in keys:
                 path = os.path.join(os.fspath(folder), self._archive_name(experiment, digest, run))
                 # a file is rewritten only when its row was recorded again after the file was written (a
