@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
+
 
 def fresh_seed() -> int:
     """A random int seed in [0, 2**31 - 1) from OS entropy (for `seed=None`)."""
@@ -34,13 +36,7 @@ def check_int_seed(seed, name: str = "seed", *, allow_none: bool = True):
         TypeError: not an int (bools and floats included).
         ValueError: a negative int.
     """
-    if seed is None and allow_none:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int >= 0{' or None' if allow_none else ''}. Received: {name}={seed!r}")
-    if seed < 0:
-        raise ValueError(f"`{name}` must be >= 0. Received: {name}={seed}")
-    return int(seed)
+    return check_int(name, seed, 0, allow_none=allow_none)
 
 
 def as_seed(seed, name: str = "seed") -> tf.Tensor:

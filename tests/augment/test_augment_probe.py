@@ -137,7 +137,7 @@ def test_mixed_example_checks_seed_and_num_classes_at_construction():
         MixedExample("mixup", num_classes=0)
     with pytest.raises(ValueError, match=r"Received: num_classes='4'"):
         MixedExample("mixup", num_classes="4")
-    with pytest.raises(ValueError, match=r"`seed` must be >= 0. Received: seed=-1"):
+    with pytest.raises(ValueError, match=r"`seed` must be an int >= 0 or None\. Received: seed=-1"):
         MixedExample("mixup", seed=-1)
     with pytest.raises(TypeError, match=r"`seed` must be an int"):
         MixedExample("mixup", seed=1.5)

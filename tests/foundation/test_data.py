@@ -705,7 +705,7 @@ def test_info_checks_data_dir_and_per_class_split_checks_its_input(tfds_tempdir)
     with pytest.raises(ValueError, match="`labels` is empty"):
         data.per_class_split([], (1,))
     # before: NumPy's "expected non-negative integer" / "SeedSequence expects int", naming no argument
-    with pytest.raises(ValueError, match="`seed` must be >= 0. Received: seed=-1"):
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0 or None\. Received: seed=-1"):
         data.per_class_split(labels, (1, 1), seed=-1)
     with pytest.raises(TypeError, match="Received: seed='a'"):
         data.per_class_split(labels, (1, 1), seed="a")

@@ -88,7 +88,7 @@ def test_segment_lengths():
     assert a != lm.segment_lengths(1_000, 35, seed=4)
     assert 25 < np.mean(a[:-1]) < 40  # base 35, halved with probability 0.05
     # before: NumPy's errors naming no argument, and variable="no" read as True
-    with pytest.raises(ValueError, match="`seed` must be >= 0. Received: seed=-1"):
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0 or None\. Received: seed=-1"):
         lm.segment_lengths(100, 35, seed=-1)
     with pytest.raises(TypeError, match="Received: seed=1.5"):
         lm.segment_lengths(100, 35, seed=1.5)

@@ -56,7 +56,7 @@ def test_seed_plan_bad_input():
         SeedPlan().vary("init", 0, onset_epoch=2)
     with pytest.raises(TypeError, match=r"`init` must be an int >= 0\. Received: init=1\.5"):
         SeedPlan(init=1.5)
-    with pytest.raises(ValueError, match=r"`bit_change` must be >= 0\. Received: bit_change=-2"):
+    with pytest.raises(ValueError, match=r"`bit_change` must be an int >= 0\. Received: bit_change=-2"):
         SeedPlan(bit_change=-2)
     with pytest.raises(TypeError, match=r"`run` must be an int >= 0\. Received: run='2'"):
         SeedPlan().vary("init", "2")
