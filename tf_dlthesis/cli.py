@@ -161,8 +161,9 @@ def _parser():
                        help="override the scale's dataset (quick: digits, standard: fashion_mnist, full: each "
                             "table's thesis dataset)")
         p.add_argument("--data-dir", type=_existing_dir, default=None,
-                       help="folder with the dataset's files (IDX files, mnist.npz or a prepared "
-                            "tensorflow-datasets directory)")
+                       help="folder with dataset files (IDX files, mnist.npz or a prepared tensorflow-datasets "
+                            "directory), directly or in DIR/<name>/; datasets it lacks come from their default "
+                            "source")
         p.add_argument("--out", type=_writable_dir, default="tf-dlthesis-out",
                        help="output folder (report.md, figures/, results.sqlite)")
         p.add_argument("--tensorboard", type=_writable_dir, default=None, metavar="DIR",
@@ -194,7 +195,9 @@ def _parser():
     train = subs["train"] = sub.add_parser("train", parents=[shared],
                                            help="train and evaluate one model (a TrainSpec), recording the result")
     train.add_argument("--dataset", type=_name, default="digits", help="digits, fashion_mnist, mnist or a tfds name")
-    train.add_argument("--data-dir", type=_existing_dir, default=None)
+    train.add_argument("--data-dir", type=_existing_dir, default=None,
+                       help="folder with the dataset's files, directly or in DIR/<name>/ (default: the dataset's "
+                            "default source)")
     train.add_argument("--model", type=_name, default="cnn", help="linear, mlp, conv1, cnn, preact_resnet6|8|10|14|18")
     train.add_argument("--norm", type=_name, default="batch", help="batch, none, group:G, ghost:B, batch_group:G:B, ...")
     train.add_argument("--mixing", type=_name, default=None, help="a Chapter 2 mixing method, e.g. vh_mixup (pair mode)")

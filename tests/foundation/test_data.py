@@ -392,6 +392,58 @@ def test_mnist_from_idx_files_and_npz(tmp_path):
     assert [g[1] for g in got] == test_labels.tolist()
 
 
+def test_one_data_dir_holds_both_sets_in_subfolders_and_holds_says_which(tmp_path):
+    """MNIST's and Fashion-MNIST's IDX files share names: `data_dir/<name>/` lets one folder hold both."""
+    shared = tmp_path / "shared"
+    images, labels, _, test_labels = _tiny_idx_set(shared / "mnist", seed=3)
+    x, y = data.load_arrays("mnist", "train", data_dir=str(shared))
+    np.testing.assert_array_equal(x[..., 0], images.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(y, labels)
+    assert data.holds("mnist", shared) and not data.holds("fashion_mnist", shared)
+    # the fashion_mnist/ subfolder is missing: the error says where it looked (before any cache is touched)
+    with pytest.raises(data.DatasetNotFoundError, match="holds none of the files") as caught:
+        data.load_arrays("fashion_mnist", data_dir=str(shared))
+    assert "subfolder fashion_mnist/" in str(caught.value)
+    _tiny_idx_set(shared / "fashion_mnist", seed=4)
+    assert data.holds("fashion_mnist", shared)
+    # files directly in the folder serve either name; an empty or missing folder holds nothing
+    _tiny_idx_set(tmp_path / "flat", seed=5)
+    assert data.holds("mnist", tmp_path / "flat") and data.holds("fashion_mnist", str(tmp_path / "flat"))
+    (tmp_path / "empty").mkdir()
+    assert not any(data.holds(n, tmp_path / d) for n in ("mnist", "fashion_mnist", "digits", "cifar10")
+                   for d in ("empty", "missing"))
+    np.savez(tmp_path / "empty" / "mnist.npz", x_train=images)
+    assert data.holds("mnist", tmp_path / "empty") and not data.holds("fashion_mnist", tmp_path / "empty")
+    (tmp_path / "empty" / "cifar10").mkdir()  # a prepared tfds copy lives in data_dir/<name>/
+    assert data.holds("cifar10", tmp_path / "empty") and not data.holds("digits", tmp_path / "flat")
+    assert not data.holds("mnist", None)
+    with pytest.raises(TypeError, match="data_dir=3"):
+        data.holds("mnist", 3)
+    with pytest.raises(TypeError, match="`name` must be a dataset name string"):
+        data.holds(None, tmp_path)
+
+
+def test_mnist_and_fashion_mnist_files_are_not_read_as_each_other(tmp_path):
+    """The original sets' first ten labels tell them apart: files of one read as the other are refused."""
+    rng = np.random.default_rng(6)
+    first = {"mnist": ([5, 0, 4, 1, 9, 2, 1, 3, 1, 4], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]),
+             "fashion_mnist": ([9, 0, 0, 3, 0, 2, 7, 2, 5, 5], [9, 2, 1, 1, 6, 1, 4, 6, 5, 7])}
+    folder = tmp_path / "fashion_files"
+    os.makedirs(folder)
+    train, test = (np.array(v + [0], np.uint8) for v in first["fashion_mnist"])
+    for name, array in zip(IDX_FILES, (rng.integers(0, 256, (11, 28, 28)), train,
+                                       rng.integers(0, 256, (11, 28, 28)), test)):
+        _write_idx(folder / name, array)
+    with pytest.raises(ValueError, match=r"The files read as 'mnist' are 'fashion_mnist''s: the first ten labels"):
+        data.load_arrays("mnist", data_dir=str(folder))
+    with pytest.raises(ValueError, match=r"data_dir/mnist/ and data_dir/fashion_mnist/"):
+        _registry._check_not_the_other_set("fashion_mnist", np.array(first["mnist"][0]),
+                                           np.array(first["mnist"][1]), "a", "b")
+    # their own labels, or labels matching only one split's start, pass
+    _registry._check_not_the_other_set("fashion_mnist", train, test, "a", "b")
+    _registry._check_not_the_other_set("mnist", train, test[::-1], "a", "b")
+
+
 def test_keras_dataset_info_and_bad_splits(tmp_path):
     for name in ("fashion_mnist", "mnist"):
         info = data.info(name)

@@ -369,6 +369,37 @@ def test_load_data_refuses_a_mixing_batch_larger_than_the_training_set():
     assert len(load_data(spec.replace(mixing=None)).train[1]) == 101  # unmixed: one partial batch per epoch
 
 
+def test_a_runs_data_dir_serves_the_datasets_it_holds_and_leaves_the_others_to_their_default(tmp_path, monkeypatch):
+    """`--data-dir` with MNIST in DIR/mnist/ (Table 5.6's MNIST row) must not take Fashion-MNIST's rows with it."""
+    import gzip
+    import struct
+
+    from tf_dlthesis.data import _registry
+    from tf_dlthesis.experiments.training import _data_dir_of, data_dir
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "mnist").mkdir()
+    arrays = [rng.integers(0, 256, (4, 28, 28)), np.array([1, 2, 3, 4]), rng.integers(0, 256, (2, 28, 28)), np.array([5, 6])]
+    for name, array in zip(_registry._IDX_FILES, arrays):
+        array = np.asarray(array, np.uint8)
+        with gzip.open(tmp_path / "mnist" / name, "wb") as f:
+            f.write(struct.pack(">I", {1: 2049, 3: 2051}[array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+                    + array.tobytes())
+    spec = TrainSpec(**{**_SMALL, "dataset": "mnist", "train_examples": None, "test_examples": None})
+    with data_dir(str(tmp_path)):
+        assert _data_dir_of("mnist") == str(tmp_path)
+        assert load_data(spec).test[1].tolist() == [5, 6]
+        assert _data_dir_of("digits") is None  # no files, found in scikit-learn
+        if all(n in _registry._debian_package_files("dataset-fashion-mnist") for n in _registry._IDX_FILES):
+            assert _data_dir_of("fashion_mnist") is None  # the Debian package's set, as without --data-dir
+        monkeypatch.setattr(_registry, "_debian_package_files", lambda package: {})
+        monkeypatch.setattr(_registry, "_keras_cache_dir", lambda: str(tmp_path / "no_cache"))
+        assert _data_dir_of("fashion_mnist") == str(tmp_path)  # in neither: the error will name the run's folder
+        with pytest.raises(data.DatasetNotFoundError, match="`data_dir` does not hold Fashion-MNIST"):
+            load_data(spec.replace(dataset="fashion_mnist"))
+    assert _data_dir_of("mnist") is None
+
+
 def test_snapshots_cannot_stop_before_the_schedule_ends():
     # the snapshot cycles span `epochs`: stopping at epoch 5 of 10 took 3 of 5 snapshots at 85% of the peak rate
     with pytest.raises(ValueError, match="snapshots.*stop_epoch"):

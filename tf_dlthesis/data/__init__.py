@@ -21,6 +21,7 @@ from tf_dlthesis.data._pipeline import training_dataset as training_dataset
 from tf_dlthesis.data._registry import THESIS_VALIDATION_SPLITS as THESIS_VALIDATION_SPLITS
 from tf_dlthesis.data._registry import DatasetInfo as DatasetInfo
 from tf_dlthesis.data._registry import DatasetNotFoundError as DatasetNotFoundError
+from tf_dlthesis.data._registry import holds as holds
 from tf_dlthesis.data._registry import info as info
 from tf_dlthesis.data._registry import load as load
 from tf_dlthesis.data._registry import load_arrays as load_arrays

@@ -295,14 +295,52 @@ def _in_dir(folder, names):
     return {n: os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))}
 
 
+def _dataset_folder(name, data_dir) -> str:
+    """`data_dir/<name>` where that folder exists (one folder holding several datasets), else `data_dir`."""
+    folder = os.fspath(data_dir)
+    sub = os.path.join(folder, name.split(":")[0])
+    return sub if os.path.isdir(sub) else folder
+
+
+def holds(name: str, data_dir) -> bool:
+    """Whether `data_dir` holds files of dataset `name`, directly or in its subfolder `data_dir/<name>/`.
+
+    For `"fashion_mnist"` / `"mnist"`: any of the four IDX files (for MNIST also
+    `mnist.npz`); for a tfds name: its prepared copy's folder `data_dir/<name>/`;
+    `"digits"` ships with scikit-learn and has no files (False). A folder shared by
+    several datasets (`--data-dir` of `tf-dlthesis reproduce` / `train`,
+    `experiments.data_dir`) serves the datasets it holds; the others come from their
+    default source (Fashion-MNIST: the Debian package).
+
+    Example:
+
+    >>> import tempfile
+    >>> from tf_dlthesis import data
+    >>> data.holds("mnist", tempfile.mkdtemp())
+    False
+
+    Raises:
+        TypeError: `name` is not a string, or `data_dir` not a path.
+    """
+    name = _check_name(name)
+    data_dir = _check_data_dir(data_dir)
+    if data_dir is None or name == DIGITS or not os.path.isdir(data_dir):
+        return False
+    if name not in KERAS_DATASETS:
+        return os.path.isdir(os.path.join(os.fspath(data_dir), name.split(":")[0]))
+    names = _IDX_FILES + ((_MNIST_NPZ,) if name == "mnist" else ())
+    return bool(_in_dir(_dataset_folder(name, data_dir), names))
+
+
 def _keras_source(name, data_dir):
     """Where `name`'s files come from: (route, {file name: path}).
 
     route `"keras"`: handed to Keras's loader through its cache; `"idx"` / `"npz"`:
-    MNIST files Keras's loader cannot take, read here.
+    MNIST files Keras's loader cannot take, read here. `data_dir/<name>/` is used
+    where it exists, so one folder can hold both sets (their IDX files share names).
     """
     if data_dir is not None:
-        folder = os.fspath(data_dir)
+        folder = _dataset_folder(name, data_dir)
         idx = _in_dir(folder, _IDX_FILES)
         if name == "mnist":
             npz = _in_dir(folder, [_MNIST_NPZ])
@@ -317,17 +355,19 @@ def _keras_source(name, data_dir):
             where = "it holds none of the files"
         else:
             where = "it lacks " + ", ".join(f for f in _IDX_FILES if f not in idx)
+        if folder != os.fspath(data_dir):
+            where += f"; looked in its subfolder {name}/"
         if name == "fashion_mnist":
             raise DatasetNotFoundError(
                 f"`data_dir` does not hold Fashion-MNIST ({where}). A Fashion-MNIST `data_dir` must "
-                f"contain the four original gzipped IDX files: {_IDX_LIST} (or install them with "
-                f"`apt-get install {_FASHION_PACKAGE}` and leave data_dir=None). "
-                f"Received: name={name!r}, data_dir={data_dir!r}"
+                f"contain the four original gzipped IDX files, directly or in a subfolder fashion_mnist/: "
+                f"{_IDX_LIST} (or install them with `apt-get install {_FASHION_PACKAGE}` and leave "
+                f"data_dir=None). Received: name={name!r}, data_dir={data_dir!r}"
             )
         raise DatasetNotFoundError(
             f"`data_dir` does not hold MNIST ({where}; no {_MNIST_NPZ} either). An MNIST `data_dir` "
-            f"must contain Keras's {_MNIST_NPZ} or the four original gzipped IDX files: {_IDX_LIST}. "
-            f"Received: name={name!r}, data_dir={data_dir!r}"
+            f"must contain, directly or in a subfolder mnist/, Keras's {_MNIST_NPZ} or the four original "
+            f"gzipped IDX files: {_IDX_LIST}. Received: name={name!r}, data_dir={data_dir!r}"
         )
     cache = _keras_cache_dir()
     if name == "fashion_mnist":
@@ -483,7 +523,25 @@ def _keras_arrays(name, route, files_key):
         sources = {"train": (files[_IDX_FILES[0]], files[_IDX_FILES[1]]), "test": (files[_IDX_FILES[2]], files[_IDX_FILES[3]])}
     _check_mnist_arrays(name, x, y, *sources["train"])
     _check_mnist_arrays(name, xt, yt, *sources["test"])
+    _check_not_the_other_set(name, y, yt, sources["train"][1], sources["test"][1])
     return _freeze(x, y), _freeze(xt, yt)
+
+
+# The first ten training and test labels of the original MNIST and Fashion-MNIST files. The two
+# sets' files have the same names and shapes; these labels tell them apart (whatever the compression).
+_FIRST_LABELS = {"mnist": ((5, 0, 4, 1, 9, 2, 1, 3, 1, 4), (7, 2, 1, 0, 4, 1, 4, 9, 5, 9)),
+                 "fashion_mnist": ((9, 0, 0, 3, 0, 2, 7, 2, 5, 5), (9, 2, 1, 1, 6, 1, 4, 6, 5, 7))}
+
+
+def _check_not_the_other_set(name, y, yt, y_source, yt_source):
+    """Refuses MNIST's files read as Fashion-MNIST and the reverse (same file names: an easy mix-up)."""
+    for other, (train, test) in _FIRST_LABELS.items():
+        if other != name and tuple(y[:10].tolist()) == train and tuple(yt[:10].tolist()) == test:
+            raise ValueError(
+                f"The files read as {name!r} are {other!r}'s: the first ten labels of {y_source} and "
+                f"{yt_source} are exactly {other}'s ({list(train)} / {list(test)}). The two sets' files "
+                f"have the same names; keep each in its own folder (a `data_dir` holding both: "
+                f"data_dir/mnist/ and data_dir/fashion_mnist/). Received: name={name!r}")
 
 
 def _check_mnist_arrays(name, x, y, x_source, y_source):
@@ -797,8 +855,10 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None, image_
             like `"train[:20000]"` or `"test[:10%]"`; any tfds split string for tfds
             datasets.
         data_dir: for `"fashion_mnist"` / `"mnist"`, a folder holding the four
-            gzipped IDX files (or, for MNIST, `mnist.npz`); for tfds names, the tfds
-            data directory. Ignored for digits.
+            gzipped IDX files (or, for MNIST, `mnist.npz`), directly or in a subfolder
+            named after the set (`data_dir/mnist/`, `data_dir/fashion_mnist/`: one
+            folder for both, whose files share names); for tfds names, the tfds data
+            directory. Ignored for digits.
         image_size: resize to image_size x image_size; greyscale is tiled to RGB so
             CIFAR-style models run on digits and (Fashion-)MNIST.
 

@@ -479,8 +479,9 @@ def load_data(spec: TrainSpec) -> DataBundle:
     """The training / validation / test arrays of `spec` (stratified subsets, no RNG)."""
     from tf_dlthesis import data
 
-    x, y = data.load_arrays(spec.dataset, "train", image_size=spec.image_size, data_dir=DATA_DIR.get())
-    xt, yt = data.load_arrays(spec.dataset, "test", image_size=spec.image_size, data_dir=DATA_DIR.get())
+    folder = _data_dir_of(spec.dataset)
+    x, y = data.load_arrays(spec.dataset, "train", image_size=spec.image_size, data_dir=folder)
+    xt, yt = data.load_arrays(spec.dataset, "test", image_size=spec.image_size, data_dir=folder)
     num_classes = int(data.info(spec.dataset, image_size=spec.image_size).num_classes)
     validation = None
     if spec.validation_examples:
@@ -586,12 +587,32 @@ DATA_DIR: contextvars.ContextVar = contextvars.ContextVar("tf_dlthesis_data_dir"
 
 @contextlib.contextmanager
 def data_dir(path):
-    """Within the block, `load_data` (and so `train`) reads datasets from `path` (`data.load_arrays(data_dir=)`)."""
+    """Within the block, `load_data` (and so `train`) reads datasets from `path` (`data.load_arrays(data_dir=)`).
+
+    One folder serves every dataset of a run (`--data-dir`): each is read from
+    `path/<name>/` or `path` where it holds that dataset's files (`data.holds`),
+    and from its default source otherwise (Fashion-MNIST: the Debian package); a
+    dataset found in neither raises the error that names `path`.
+    """
     token = DATA_DIR.set(path)
     try:
         yield
     finally:
         DATA_DIR.reset(token)
+
+
+def _data_dir_of(name):
+    """The `data_dir` to read dataset `name` with in this context (see `data_dir`)."""
+    from tf_dlthesis import data
+
+    folder = DATA_DIR.get()
+    if folder is None or data.holds(name, folder):
+        return folder
+    try:
+        data.load_arrays(name, "test[:1]")  # its default source (cached in-process: the real load is free)
+    except data.DatasetNotFoundError:
+        return folder  # not there either: the error names the run's folder
+    return None
 
 
 def as_plan(seed):
