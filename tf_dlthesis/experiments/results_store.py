@@ -393,7 +393,9 @@ class ResultsStore:
         config this store holds is removed first, whatever its run index, so the folder
         keeps exactly this store's runs of those configs (e.g. an item's time, which is
         one row per process that ran it, or runs of another machine) and every other
-        config's files untouched.
+        config's files untouched. Configs the retrain did not produce are kept (e.g. a
+        bit change's later redraws in the old runs, which the protocol still reads):
+        `provenance` over a rebuild shows which rows each item reads.
 
         Example (an item retrained in a fresh folder replaces its runs in the archive):
 
