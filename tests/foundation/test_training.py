@@ -371,20 +371,14 @@ def test_load_data_refuses_a_mixing_batch_larger_than_the_training_set():
 
 def test_a_runs_data_dir_serves_the_datasets_it_holds_and_leaves_the_others_to_their_default(tmp_path, monkeypatch):
     """`--data-dir` with MNIST in DIR/mnist/ (Table 5.6's MNIST row) must not take Fashion-MNIST's rows with it."""
-    import gzip
-    import struct
-
     from tf_dlthesis.data import _registry
     from tf_dlthesis.experiments.training import _data_dir_of, data_dir
 
     rng = np.random.default_rng(0)
     (tmp_path / "mnist").mkdir()
-    arrays = [rng.integers(0, 256, (4, 28, 28)), np.array([1, 2, 3, 4]), rng.integers(0, 256, (2, 28, 28)), np.array([5, 6])]
-    for name, array in zip(_registry._IDX_FILES, arrays):
-        array = np.asarray(array, np.uint8)
-        with gzip.open(tmp_path / "mnist" / name, "wb") as f:
-            f.write(struct.pack(">I", {1: 2049, 3: 2051}[array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-                    + array.tobytes())
+    np.savez(tmp_path / "mnist" / "mnist.npz", x_train=rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+             y_train=np.array([1, 2, 3, 4], np.uint8), x_test=rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+             y_test=np.array([5, 6], np.uint8))
     spec = TrainSpec(**{**_SMALL, "dataset": "mnist", "train_examples": None, "test_examples": None})
     with data_dir(str(tmp_path)):
         assert _data_dir_of("mnist") == str(tmp_path)

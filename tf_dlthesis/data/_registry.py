@@ -326,10 +326,10 @@ def holds(name: str, data_dir) -> bool:
     data_dir = _check_data_dir(data_dir)
     if data_dir is None or name == DIGITS or not os.path.isdir(data_dir):
         return False
+    folder = _dataset_folder(name, data_dir)
     if name not in KERAS_DATASETS:
-        return os.path.isdir(os.path.join(os.fspath(data_dir), name.split(":")[0]))
-    names = _IDX_FILES + ((_MNIST_NPZ,) if name == "mnist" else ())
-    return bool(_in_dir(_dataset_folder(name, data_dir), names))
+        return folder != os.fspath(data_dir)  # a prepared tfds copy: data_dir/<name>/
+    return bool(_in_dir(folder, _IDX_FILES + ((_MNIST_NPZ,) if name == "mnist" else ())))
 
 
 def _keras_source(name, data_dir):
