@@ -31,8 +31,13 @@ def check_bool(name: str, value, *, allow_none: bool = False) -> bool | None:
     return bool(value)
 
 
-def check_int(name: str, value, minimum: int | None = None, *, allow_none: bool = False) -> int | None:
+def check_int(name: str, value, minimum: int | None = None, *, allow_none: bool = False,
+              why: str = "") -> int | None:
     """`value` as a Python int >= `minimum` (NumPy ints included; `None` passes when allowed).
+
+    `why`, when given, is added to the message in parentheses, e.g. ``check_int("runs", 1, 2,
+    why="a standard deviation needs two runs")`` says "`runs` must be an int >= 2 (a standard
+    deviation needs two runs). Received: runs=1".
 
     Raises:
         TypeError: a bool, a float (even 3.0), a string or any other non-integer.
@@ -41,6 +46,8 @@ def check_int(name: str, value, minimum: int | None = None, *, allow_none: bool 
     if value is None and allow_none:
         return None
     expected = f"an int{'' if minimum is None else f' >= {minimum}'}{' or None' if allow_none else ''}"
+    if why:
+        expected += f" ({why})"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be {expected}. Received: {name}={value!r}")
     if minimum is not None and value < minimum:

@@ -42,6 +42,8 @@ import math
 import keras
 import numpy as np
 
+from tf_dlthesis._checks import check_int
+
 __all__ = ["CoupledSGD", "Recipe", "WarmupCosine", "WarmupPiecewiseConstant", "get", "names", "sgd"]
 
 _WARMUPS = ("constant", "linear", "log_linear")
@@ -53,9 +55,7 @@ NOT_DECAYED = ("gamma", "beta")
 
 
 def _check_steps(name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
-    return int(value)
+    return check_int(name, value, minimum)
 
 
 def _is_real(value) -> bool:

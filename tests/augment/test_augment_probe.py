@@ -133,9 +133,9 @@ def test_mix_dataset_checks_dtypes_and_epoch_at_the_call():
 
 # ----------------------------------------------------------------------- MixedExample
 def test_mixed_example_checks_seed_and_num_classes_at_construction():
-    with pytest.raises(ValueError, match=r"`num_classes` must be a positive int. Received: num_classes=0"):
+    with pytest.raises(ValueError, match=r"`num_classes` must be an int >= 1 or None. Received: num_classes=0"):
         MixedExample("mixup", num_classes=0)
-    with pytest.raises(ValueError, match=r"Received: num_classes='4'"):
+    with pytest.raises(TypeError, match=r"Received: num_classes='4'"):
         MixedExample("mixup", num_classes="4")
     with pytest.raises(ValueError, match=r"`seed` must be an int >= 0 or None\. Received: seed=-1"):
         MixedExample("mixup", seed=-1)

@@ -6,11 +6,14 @@ that the others accepted, and two int helpers raised `ValueError` for a string w
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
 
+from tf_dlthesis import augment, data, experiments, models, normalization, recipes, robustness, variability
 from tf_dlthesis._checks import check_bool, check_int
+from tf_dlthesis.experiments import stats
 
 
 @pytest.mark.parametrize("value, expected", [(True, True), (False, False), (np.bool_(True), True),
@@ -54,6 +57,14 @@ def test_check_int_range_and_none():
     with pytest.raises(TypeError, match=r"`n` must be an int\. Received: n=None"):
         check_int("n", None)
 
+
+
+def test_check_int_why_is_added_to_both_messages():
+    with pytest.raises(ValueError, match=r"^`runs` must be an int >= 2 \(a standard deviation needs two runs\)\. "
+                                         r"Received: runs=1$"):
+        check_int("runs", 1, 2, why="a standard deviation needs two runs")
+    with pytest.raises(TypeError, match=r"^`n` must be an int or None \(a reason\)\. Received: n='1'$"):
+        check_int("n", "1", allow_none=True, why="a reason")
 
 # --- callers: NumPy bools are accepted everywhere now, and stored as Python bools ------------------
 
@@ -122,3 +133,43 @@ def test_seed_plan_and_train_spec_use_the_shared_checks():
     with pytest.raises(ValueError, match=r"`epochs` must be an int >= 1. Received: epochs=0"):
         TrainSpec(dataset="digits", model="cnn", epochs=0)
     assert TrainSpec(dataset="digits", model="cnn", flip=np.bool_(False)).flip is False
+
+
+# --- callers: the inline int checks that raised a ValueError for a float, a string or a bool -------
+
+# (entry point, call taking the int argument, the argument's name in messages, an int out of range)
+INT_ENTRY_POINTS = [
+    pytest.param(lambda v: variability.SnapshotEnsemble(cycles=v), "cycles", 0, id="variability.SnapshotEnsemble"),
+    pytest.param(lambda v: variability.CyclicCosineSchedule(0.1, total_steps=v), "total_steps", 0,
+                 id="variability.CyclicCosineSchedule"),
+    pytest.param(lambda v: variability.bootstrap_sd([0.1, 0.2, 0.4], num_samples=v), "num_samples", 1,
+                 id="variability.bootstrap_sd"),
+    pytest.param(lambda v: variability.tta_views("flip", pad=v), "pad", -1, id="variability.tta_views"),
+    pytest.param(lambda v: variability.WeightNoise(stddev=0.01, seed=v), "seed", -1, id="variability.WeightNoise"),
+    pytest.param(lambda v: augment.MixedExample("mixup", num_classes=v), "num_classes", 0,
+                 id="augment.MixedExample"),
+    pytest.param(lambda v: robustness.logit_statistics(None, None, bins=v), "bins", 0,
+                 id="robustness.logit_statistics"),
+    pytest.param(lambda v: normalization.PreciseBN(batch_size=v), "batch_size", 0, id="normalization.PreciseBN"),
+    pytest.param(lambda v: normalization.ExampleWeightedGroupNormalization(groups=v), "groups", 0,
+                 id="normalization.ExampleWeightedGroupNormalization"),
+    pytest.param(lambda v: models.build("cnn", (8, 8, 1), num_classes=v), "num_classes", 1, id="models.build"),
+    pytest.param(lambda v: data.EpochSeeds([3, v]), "seeds[1]", -1, id="data.EpochSeeds"),
+    pytest.param(lambda v: data.non_iid_batches(None, batch_size=v, seed=0), "batch_size", 0, id="data.non_iid_batches"),
+    pytest.param(lambda v: experiments.register("T.int", title="t", chapter="T", workers=v), "workers", 0,
+                 id="experiments.register"),
+    pytest.param(lambda v: stats.proportion([[1, 0, 1, 1], [1, 1, 0, 1]], n_boot=v), "n_boot", 1,
+                 id="experiments.stats.proportion"),
+    pytest.param(lambda v: recipes.WarmupCosine(0.1, total_steps=v), "total_steps", 0, id="recipes.WarmupCosine"),
+]
+
+
+@pytest.mark.parametrize("call, name, out_of_range", INT_ENTRY_POINTS)
+@pytest.mark.parametrize("wrong_kind", [2.0, "2", True], ids=["float", "str", "bool"])
+def test_int_arguments_refuse_a_wrong_kind_with_a_type_error(call, name, out_of_range, wrong_kind):
+    # before: a ValueError for all three kinds (each caller re-implemented the check inline)
+    named, shown = re.escape(f"`{name}`"), re.escape(f"Received: {name}=")
+    with pytest.raises(TypeError, match=rf"{named} must be an int.*{shown}{re.escape(repr(wrong_kind))}"):
+        call(wrong_kind)
+    with pytest.raises(ValueError, match=rf"{named}.*{shown}{out_of_range}"):
+        call(out_of_range)

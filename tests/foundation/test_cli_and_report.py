@@ -162,9 +162,10 @@ def test_only_selects_in_report_order_whatever_the_order_given():
     assert chosen == [i for i in every if i in picked] and chosen != picked
 
 
-@pytest.mark.parametrize("jobs", [0, -1, True, 1.5, "2"])
-def test_reproduce_refuses_a_bad_jobs_count_before_creating_anything(jobs, tmp_path):
-    with pytest.raises(ValueError, match=r"`jobs` must be an int >= 1 .* Received: jobs="):
+@pytest.mark.parametrize("jobs, error", [(0, ValueError), (-1, ValueError), (True, TypeError), (1.5, TypeError),
+                                         ("2", TypeError)])
+def test_reproduce_refuses_a_bad_jobs_count_before_creating_anything(jobs, error, tmp_path):
+    with pytest.raises(error, match=r"`jobs` must be an int >= 1 .* Received: jobs="):
         experiments.reproduce(out_dir=str(tmp_path / "out"), only=["fig2.2"], jobs=jobs)
     assert not (tmp_path / "out").exists()
 
@@ -195,9 +196,9 @@ def test_the_command_line_runs_chapters_side_by_side_unless_told(argv, expected,
     assert seen["jobs"] == expected
 
 
-@pytest.mark.parametrize("workers", [0, True, 2.0])
-def test_register_refuses_a_bad_workers_count(workers):
-    with pytest.raises(ValueError, match=r"`workers` must be an int >= 1. Received: workers="):
+@pytest.mark.parametrize("workers, error", [(0, ValueError), (True, TypeError), (2.0, TypeError)])
+def test_register_refuses_a_bad_workers_count(workers, error):
+    with pytest.raises(error, match=r"`workers` must be an int >= 1. Received: workers="):
         experiments.register("T.w", title="t", chapter="T", workers=workers)
     assert "T.w" not in experiments.REGISTRY
 

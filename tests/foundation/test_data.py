@@ -201,11 +201,15 @@ def test_non_iid_batches_are_unchanged_where_every_class_fills_its_quota():
         assert got == batches, (batch, k)
 
 
-@pytest.mark.parametrize("start_epoch", [-1, 3, 1.5, True])
-def test_training_dataset_rejects_a_start_epoch_outside_the_run(start_epoch):
+@pytest.mark.parametrize("start_epoch, error, message", [
+    (-1, ValueError, "`start_epoch` must be an int >= 0. Received: start_epoch=-1"),
+    (3, ValueError, "`start_epoch` must be an int in \\[0, epochs\\]. Received: start_epoch=3, epochs=2"),
+    (1.5, TypeError, "`start_epoch` must be an int >= 0. Received: start_epoch=1.5"),
+    (True, TypeError, "`start_epoch` must be an int >= 0. Received: start_epoch=True"),
+])
+def test_training_dataset_rejects_a_start_epoch_outside_the_run(start_epoch, error, message):
     x, y = np.zeros((10, 2, 2, 1), np.float32), np.arange(10)
-    with pytest.raises(ValueError, match=f"`start_epoch` must be an int in \\[0, epochs\\]. Received: "
-                                         f"start_epoch={start_epoch}, epochs=2"):
+    with pytest.raises(error, match=message):
         data.training_dataset(x, y, batch_size=4, shuffle_seed=0, epochs=2, start_epoch=start_epoch)
     assert len(list(data.training_dataset(x, y, batch_size=4, shuffle_seed=0, epochs=2, start_epoch=2))) == 0
 
@@ -615,10 +619,11 @@ def test_as_arrays_rejects_bad_input(given, error, pattern):
         data.as_arrays(given)
 
 
-@pytest.mark.parametrize("max_examples", [0, -1, 2.5, True, "3"])
-def test_as_arrays_rejects_bad_max_examples(max_examples):
+@pytest.mark.parametrize("max_examples, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
+                                                 (True, TypeError), ("3", TypeError)])
+def test_as_arrays_rejects_bad_max_examples(max_examples, error):
     x, y = _expected()
-    with pytest.raises(ValueError, match=f"max_examples={max_examples!r}"):
+    with pytest.raises(error, match=f"max_examples={max_examples!r}"):
         data.as_arrays((x, y), max_examples=max_examples)
 
 
@@ -821,10 +826,11 @@ def test_non_iid_batches_check_their_examples_as_as_arrays_does(bad, match):
         data.non_iid_batches(bad(x, y), batch_size=32, classes_per_batch=4, seed=0)
 
 
-@pytest.mark.parametrize("num_batches", [0, -1, 2.5, True])
-def test_non_iid_batches_num_batches_must_be_a_positive_int(num_batches):
+@pytest.mark.parametrize("num_batches, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
+                                                (True, TypeError)])
+def test_non_iid_batches_num_batches_must_be_a_positive_int(num_batches, error):
     x, y = _digits_xy()
-    with pytest.raises(ValueError, match="num_batches"):
+    with pytest.raises(error, match="num_batches"):
         data.non_iid_batches((x, y), batch_size=32, classes_per_batch=4, seed=0, num_batches=num_batches)
 
 

@@ -236,7 +236,6 @@ def test_shufflenet_channel_ops_and_small_inputs():
         ("shufflenet_v2_0.5", (8, 8, 1), {"repeats": 2}, "repeats=2"),
         ("cnn", (8, 8, 1), {"filters": 16}, "filters=16"),
         ("cnn", (8, 8, 1), {"filters": ()}, r"filters=\(\)"),
-        ("conv1", (8, 8, 1), {"filters": (4,)}, r"filters=\(4,\)"),
         ("mlp", (8, 8, 1), {"hidden": 0}, "hidden=0"),
         ("mlp", (8, 8, 1), {"dropout": 1.0}, "dropout=1.0"),
         ("mlp", (8, 8, 1), {"dropout": "0.5"}, "dropout='0.5'"),
@@ -257,6 +256,19 @@ def test_bad_model_options_and_shapes_are_one_clear_error(name, input_shape, kwa
     # model (widths=(0, 4) -> 1 channel, filters=() -> no conv, dropout=1.0 -> all-zero logits)
     with pytest.raises(ValueError, match=match):
         models.build(name, input_shape, 10, **kwargs)
+
+
+@pytest.mark.parametrize("name, kwargs, error, match", [
+    ("conv1", {"filters": (4,)}, TypeError, r"`filters` must be an int >= 1\. Received: filters=\(4,\)"),
+    ("mlp", {"hidden": 8.0}, TypeError, r"`hidden` must be an int >= 1\. Received: hidden=8\.0"),
+    ("mlp", {"hidden": 0}, ValueError, r"`hidden` must be an int >= 1\. Received: hidden=0"),
+    ("cnn", {"seed": 1.0}, TypeError, r"`seed` must be an int >= 0 or None\. Received: seed=1\.0"),
+    ("cnn", {"seed": -1}, ValueError, r"`seed` must be an int >= 0 or None\. Received: seed=-1"),
+])
+def test_int_options_are_a_type_error_for_another_kind_and_a_value_error_out_of_range(name, kwargs, error, match):
+    # before: a ValueError for a float or a tuple as well
+    with pytest.raises(error, match=match):
+        models.build(name, (8, 8, 1), 10, **kwargs)
 
 
 def test_variable_image_size_still_builds_the_fully_convolutional_models():

@@ -366,11 +366,11 @@ def test_a_proportion_needs_correctness_in_zero_one(bad):
     assert stats.accuracy_difference(bad, [0, 0, 0, 0], scale=1.0).estimate == pytest.approx(np.mean(bad))
 
 
-@pytest.mark.parametrize("n_boot", [0, 1, 2.5, True])
-def test_bootstrap_replicates_must_be_at_least_two(n_boot):
-    with pytest.raises(ValueError, match="n_boot"):
+@pytest.mark.parametrize("n_boot, error", [(0, ValueError), (1, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_bootstrap_replicates_must_be_at_least_two(n_boot, error):
+    with pytest.raises(error, match="n_boot"):
         stats.accuracy_difference([1, 0, 1], [0, 0, 1], n_boot=n_boot)
-    with pytest.raises(ValueError, match="n_boot"):
+    with pytest.raises(error, match="n_boot"):
         stats.bootstrap(np.mean, np.arange(5.0), what="mean", n_boot=n_boot)
 
 

@@ -244,8 +244,8 @@ def test_group_norm_defaults_to_32_groups_and_minus_one_is_instance_norm():
     assert inst.get_config()["groups"] == -1
     np.testing.assert_allclose(BatchGroupNormalization(-1, center=False, scale=False)(x, training=True).numpy(),
                                ref, rtol=1e-5, atol=1e-5)  # one example per batch here: BGN = instance norm
-    for bad in (0, -2, 1.5, "32", True):
-        with pytest.raises(ValueError, match="groups"):
+    for bad, error in ((0, ValueError), (-2, ValueError), (1.5, TypeError), ("32", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="groups"):
             ExampleWeightedGroupNormalization(groups=bad)
     with pytest.raises(ValueError, match="groups"):
         ExampleWeightedGroupNormalization(groups=5)(np.ones((2, 4), "float32"))

@@ -116,8 +116,11 @@ def test_evaluate_white_box_bad_inputs(model, data):
     with pytest.raises(ValueError, match="`dataset` is empty"):
         R.evaluate_white_box(model, (x[:0], y[:0]), ["natural"])
     # before: {'natural': nan}
-    with pytest.raises(ValueError, match=r"`sample` sizes.*'natural': 0"):
+    with pytest.raises(ValueError, match=r"`sample\['natural'\]` must be an int >= 1 \(an empty sample has no "
+                                         r"accuracy\)\. Received: sample\['natural'\]=0"):
         R.evaluate_white_box(model, (x, y), ["natural"], sample={"natural": 0})
+    with pytest.raises(TypeError, match=r"Received: sample\['natural'\]=0\.5"):
+        R.evaluate_white_box(model, (x, y), ["natural"], sample={"natural": 0.5})
     with pytest.raises(ValueError, match="`batch_size`"):
         R.black_box_matrix({"m": model}, (x, y), batch_size=0)
 

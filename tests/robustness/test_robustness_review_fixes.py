@@ -138,18 +138,20 @@ def test_images_inside_clip_range_still_pass(images):
 
 
 # --------------------------------------------------------------------------- D4
-@pytest.mark.parametrize("params, name", [({"delta": 0.0}, "delta"), ({"delta": -0.01}, "delta"),
-                                          ({"learning_rate": 0.0}, "learning_rate"),
-                                          ({"spsa_iters": 0}, "spsa_iters"), ({"spsa_iters": -1}, "spsa_iters"),
-                                          ({"spsa_iters": 1.5}, "spsa_iters")])
-def test_spsa_rejects_degenerate_settings(images, params, name):
+@pytest.mark.parametrize("params, name, error", [({"delta": 0.0}, "delta", ValueError),
+                                                 ({"delta": -0.01}, "delta", ValueError),
+                                                 ({"learning_rate": 0.0}, "learning_rate", ValueError),
+                                                 ({"spsa_iters": 0}, "spsa_iters", ValueError),
+                                                 ({"spsa_iters": -1}, "spsa_iters", ValueError),
+                                                 ({"spsa_iters": 1.5}, "spsa_iters", TypeError)])
+def test_spsa_rejects_degenerate_settings(images, params, name, error):
     x, y = images
     model = tiny_classifier(0)
-    with pytest.raises(ValueError, match=f"`{name}` must be"):
+    with pytest.raises(error, match=f"`{name}` must be"):
         R.spsa(model, x, y, epsilon=0.1, num_steps=1, spsa_samples=4, seed=0, **params)
-    with pytest.raises(ValueError, match=f"`{name}` must be"):
+    with pytest.raises(error, match=f"`{name}` must be"):
         R.make_attack("spsa", epsilon=0.1, spsa_params={"num_steps": 1, **params})
-    with pytest.raises(ValueError, match=f"`{name}` must be"):
+    with pytest.raises(error, match=f"`{name}` must be"):
         R.cleverhans_spsa(model, x[:1], y[:1], epsilon=0.1, num_steps=1, spsa_samples=4, **params)
 
 

@@ -346,8 +346,8 @@ def test_logits_and_features_must_be_real_numbers(convert):
 
 
 def test_metric_settings_are_checked():
-    with pytest.raises(ValueError, match="seed"):
-        bootstrap_sd([0.1, 0.2, 0.4], seed=1.5)       # was NumPy's SeedSequence TypeError
+    with pytest.raises(TypeError, match=r"`seed` must be an int >= 0 or None .*Received: seed=1\.5"):
+        bootstrap_sd([0.1, 0.2, 0.4], seed=1.5)       # was NumPy's SeedSequence TypeError, naming no argument
     with pytest.raises(ValueError, match="max_chunk_bytes"):
         ensemble_delta(LOGITS, np.array([0, 1, 1, 0]), max_chunk_bytes=0)   # was accepted
     assert bootstrap_sd([0.1, 0.2, 0.4], seed=None) >= 0

@@ -134,18 +134,18 @@ def test_predict_tta_grid_and_errors():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"crop_size": 4, "grid": 0}, "grid=0"),
-        ({"crop_size": 4, "grid": 2.0}, "grid=2.0"),
-        ({"crop_size": 2, "grid_spacing": -1}, "grid_spacing=-1"),
-        ({"crop_size": 4.0, "grid": 2, "grid_spacing": 2}, "crop_size=4.0"),
-        ({"crop_size": None}, "crop_size=None"),
+        ({"crop_size": 4, "grid": 0}, ValueError, "grid=0"),
+        ({"crop_size": 4, "grid": 2.0}, TypeError, "grid=2.0"),
+        ({"crop_size": 2, "grid_spacing": -1}, ValueError, "grid_spacing=-1"),
+        ({"crop_size": 4.0, "grid": 2, "grid_spacing": 2}, TypeError, "crop_size=4.0"),
+        ({"crop_size": None}, TypeError, "crop_size=None"),
     ],
 )
-def test_predict_tta_grid_arguments_are_validated(kwargs, match):
+def test_predict_tta_grid_arguments_are_validated(kwargs, error, match):
     images = np.zeros((2, 6, 6, 1), "float32")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         predict_tta(PixelProbe(), images, mode="flip_grid_crop", **kwargs)
     # the non-grid modes ignore the grid arguments, as before
     assert tta_views("flip", grid=0, grid_spacing=-1) == tta_views("flip")

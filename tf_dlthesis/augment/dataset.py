@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis.augment.mix import _images, _out_dtype
 from tf_dlthesis.augment.stage import MODES as _MODES
 from tf_dlthesis.augment.stage import MixStage
@@ -134,12 +134,8 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     if x_spec.shape.rank != rank:
         raise ValueError(f"mode={mode!r} expects {'unbatched (H, W, C)' if rank == 3 else 'batched (B, H, W, C)'} "
                          f"images; the dataset's images have shape {x_spec.shape}.")
-    for name, value in (("batch_size", batch_size), ("pairs_per_call", pairs_per_call)):
-        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
-                                  or value < 1):
-            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
-    batch_size = None if batch_size is None else int(batch_size)
-    pairs_per_call = None if pairs_per_call is None else int(pairs_per_call)
+    batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+    pairs_per_call = check_int("pairs_per_call", pairs_per_call, 1, allow_none=True)
     if y_spec.dtype.is_integer and num_classes is None:
         raise ValueError("Sparse integer labels need `num_classes=` to be one-hot encoded. "
                          "Received: num_classes=None")

@@ -7,12 +7,11 @@ Both are thin front ends over one vectorized core that mixes a batch of pairs
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from tf_dlthesis._checks import check_bool
+from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis.augment import _masks as M
 from tf_dlthesis.augment._beta import seed_per_call
 from tf_dlthesis.augment.methods import METHODS, get_method, resolve
@@ -54,13 +53,7 @@ def _is_eager(t):
 
 def check_num_classes(num_classes, minimum=1):
     """`num_classes` as a Python int (NumPy integers accepted, e.g. `y.max() + 1`) or None."""
-    if num_classes is None:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
-            or num_classes < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum} or None"
-        raise ValueError(f"`num_classes` must be {what}. Received: num_classes={num_classes!r}")
-    return int(num_classes)
+    return check_int("num_classes", num_classes, minimum, allow_none=True)
 
 
 def labels_to_soft(labels, num_classes, sparse_rank, name="labels"):

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment.methods import DISPLAY_NAMES, METHODS, canonical_name, resolve
 from tf_dlthesis.augment.mix import mix_pair, mix_pairs, pop_check_numerics
@@ -31,8 +32,7 @@ def _check_lam(lam, draws):
     if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating)) or not 0.0 < float(lam) < 1.0:
         raise ValueError(f"`lam` (the target label weight of x1) must be a number in (0, 1) or None. "
                          f"Received: lam={lam!r}")
-    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
-        raise ValueError(f"`draws` must be an int >= 1. Received: draws={draws!r}")
+    check_int("draws", draws, 1)
     return float(lam)
 
 

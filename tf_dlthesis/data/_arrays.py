@@ -7,17 +7,15 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
+
 # Keys accepted for dict-structured examples: tfds's non-supervised form and the
 # `{"images", "labels"}` dict that `augment.MixedExample` takes and returns.
 _DICT_KEYS = (("image", "label"), ("images", "labels"))
 
 
 def _check_max_examples(max_examples):
-    if max_examples is None:
-        return None
-    if isinstance(max_examples, bool) or not isinstance(max_examples, (int, np.integer)) or max_examples < 1:
-        raise ValueError(f"`max_examples` must be a positive int or None. Received: max_examples={max_examples!r}")
-    return int(max_examples)
+    return check_int("max_examples", max_examples, 1, allow_none=True)
 
 
 def _pair_from_mapping(mapping, what):

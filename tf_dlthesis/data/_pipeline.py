@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.data._arrays import as_arrays, unit_images
 
@@ -20,9 +21,7 @@ def _plain(fn):
 
 
 def _check_pad(pad):
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-        raise ValueError(f"`pad` must be an int >= 0. Received: pad={pad!r}")
-    return int(pad)
+    return check_int("pad", pad, 0)
 
 
 def standard_augment(image, *, seed, pad: int = 4, flip: bool = True):
@@ -88,14 +87,16 @@ class EpochSeeds(tuple):
     to 9 from epoch 3 (the onset experiment of Thesis Fig. 5.2).
 
     Raises:
-        ValueError: an empty sequence or a seed that is not an int >= 0.
+        TypeError: a seed that is not an int.
+        ValueError: an empty sequence or a negative seed.
     """
 
     def __new__(cls, seeds):
         values = tuple(seeds)
-        if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+        if not values:
             raise ValueError(f"`EpochSeeds` needs a non-empty sequence of ints >= 0. Received: {seeds!r}")
-        return super().__new__(cls, (int(v) for v in values))
+        return super().__new__(cls, [check_int(f"seeds[{i}]", v, 0, why="EpochSeeds holds one seed per epoch")
+                                     for i, v in enumerate(values)])
 
 
 def _epoch_seed_table(name, seed, epochs):
@@ -213,14 +214,13 @@ def training_dataset(
     Raises:
         ValueError: bad sizes, seeds or lengths; a `start_epoch` outside [0, epochs]; a
             `batch_size` larger than an epoch with `drop_remainder` (no full batch).
-        TypeError: a `mix` object without the stage interface.
+        TypeError: a `mix` object without the stage interface; sizes or epochs that are
+            not ints.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0):
-        raise ValueError(f"`epochs` must be an int >= 0 or None. Received: epochs={epochs!r}")
-    if (isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, np.integer)) or start_epoch < 0
-            or (epochs is not None and start_epoch > epochs)):
+    check_int("batch_size", batch_size, 1)
+    check_int("epochs", epochs, 0, allow_none=True)
+    check_int("start_epoch", start_epoch, 0)
+    if epochs is not None and start_epoch > epochs:
         raise ValueError(f"`start_epoch` must be an int in [0, epochs]. Received: start_epoch={start_epoch!r}, "
                          f"epochs={epochs!r}")
     if mix is not None and getattr(mix, "mode", None) not in ("pair", "batch"):
@@ -330,19 +330,16 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
         ValueError: if `classes_per_batch` does not divide `batch_size`, sizes are not
             positive, or the examples are not usable (as `as_arrays`: lengths differ,
             labels are not whole numbers >= 0, ...).
-        TypeError: images or labels that are not real numbers.
+        TypeError: images or labels that are not real numbers; sizes that are not ints.
     """
-    for name, value in (("batch_size", batch_size), ("classes_per_batch", classes_per_batch)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+    check_int("batch_size", batch_size, 1)
+    check_int("classes_per_batch", classes_per_batch, 1)
     if batch_size % classes_per_batch:
         raise ValueError(
             f"`classes_per_batch` must divide `batch_size`. Received: batch_size={batch_size}, "
             f"classes_per_batch={classes_per_batch}"
         )
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer))
-                                    or num_batches < 1):
-        raise ValueError(f"`num_batches` must be a positive int or None. Received: num_batches={num_batches!r}")
+    check_int("num_batches", num_batches, 1, allow_none=True)
     x, y = as_arrays(dataset)   # the checks every evaluating function makes (lengths, labels, dtypes)
     per_class = batch_size // classes_per_batch
     classes = np.unique(y)

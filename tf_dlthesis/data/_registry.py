@@ -26,6 +26,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
+
 DIGITS = "digits"
 # Real 28x28 sets read through `keras.datasets` (their original files, offline).
 KERAS_DATASETS = ("fashion_mnist", "mnist")
@@ -89,11 +91,7 @@ def _check_name(name) -> str:
 
 
 def _check_image_size(image_size):
-    if image_size is None:
-        return None
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError(f"`image_size` must be a positive int or None. Received: image_size={image_size!r}")
-    return int(image_size)
+    return check_int("image_size", image_size, 1, allow_none=True)
 
 
 @functools.lru_cache(maxsize=None)

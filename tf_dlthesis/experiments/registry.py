@@ -15,6 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
+
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not comparable at this scale")
 SCALES = ("quick", "standard", "full")
 #: The dataset each scale runs on when none is given (full: each table's thesis dataset).
@@ -275,8 +277,7 @@ def register(id: str, *, title: str, chapter, quick_minutes: float = 1.0, worker
     """
     if not isinstance(id, str) or not id:
         raise ValueError(f"`id` must be a non-empty string. Received: id={id!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be an int >= 1. Received: workers={workers!r}")
+    workers = check_int("workers", workers, 1)
 
     def decorator(fn):
         if id in REGISTRY and REGISTRY[id].fn is not fn:

@@ -16,6 +16,7 @@ import time
 import traceback
 from concurrent.futures.process import BrokenProcessPool
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis.experiments.registry import DEFAULT_DATASETS, VERDICTS, Output, fmt, select
 
 
@@ -453,10 +454,7 @@ def auto_jobs(scale: str) -> int:
 def _jobs(jobs, scale: str) -> int:
     if jobs == "auto":
         return auto_jobs(scale)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"`jobs` must be an int >= 1 (processes running chapters side by side) or 'auto'. "
-                         f"Received: jobs={jobs!r}")
-    return jobs
+    return check_int("jobs", jobs, 1, why="processes running chapters side by side, or 'auto'")
 
 
 def _check_out_dir(out_dir) -> None:

@@ -17,6 +17,8 @@ import zlib
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     experiment TEXT NOT NULL,
@@ -250,8 +252,7 @@ class ResultsStore:
             raise TypeError(f"`experiment` must be a non-empty string. Received: experiment={experiment!r}")
         if not isinstance(config, dict):
             raise TypeError(f"`config` must be a dict. Received: config={config!r}")
-        if isinstance(run, bool) or not isinstance(run, (int, np.integer)) or run < 0:
-            raise ValueError(f"`run` must be an int >= 0. Received: run={run!r}")
+        check_int("run", run, 0)
 
     def record(self, experiment: str, config: dict, run: int, result: dict) -> None:
         """Stores one finished run atomically (replacing an earlier row with the same key).

@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
+
 CONFIDENCE = 0.95
 N_BOOT = 2000
 _NO_EFFECT = "inconclusive"
@@ -207,8 +209,7 @@ def _as_matrix(name, correct) -> np.ndarray:
 
 
 def _check_n_boot(n_boot) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
-        raise ValueError(f"`n_boot` must be an int >= 2. Received: n_boot={n_boot!r}")
+    check_int("n_boot", n_boot, 2)
 
 
 def accuracy_difference(correct_a, correct_b, *, what: str = "accuracy", unit: str = "pts", scale: float = 100.0,

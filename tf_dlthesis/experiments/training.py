@@ -82,7 +82,8 @@ def _swa_settings(swa, epochs) -> dict:
     if mode not in MODES:
         raise ValueError(f"`swa['mode']` must be one of {MODES}. Received: swa={swa!r}")
     start = swa.get("start_epoch", int(0.75 * epochs) if mode == "swa" else 0)
-    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < epochs:
+    start = check_int("swa['start_epoch']", start, 0)
+    if start >= epochs:
         raise ValueError(f"`swa['start_epoch']` must be an int in [0, epochs={epochs}). Received: swa={swa!r}")
     out = {"mode": mode, "start_epoch": int(start)}
     if mode == "swa":

@@ -7,6 +7,7 @@ import difflib
 import keras
 import numpy as np
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis.models._norm import norm_factory
 
 # N -> residual blocks per stage. N counts weighted layers: stem + 2 per block + classifier.
@@ -55,8 +56,7 @@ def _is_int(value):
 
 def _check_count(name, value):
     """A layer width / unit count: an int >= 1 (returned unchanged)."""
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+    check_int(name, value, 1)
     return value
 
 
@@ -431,10 +431,8 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
         raise ValueError(f"Model {name!r} needs a fixed image size: `input_shape` must give H and W (its "
                          f"flattening or pooling depends on them; only the preact_resnetN, resnetN and "
                          f"shufflenet_v2_0.5 models take H, W = None). Received: input_shape={input_shape}")
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise ValueError(f"`seed` must be an int >= 0 or None. Received: seed={seed!r}")
+    check_int("num_classes", num_classes, 2)
+    check_int("seed", seed, 0, allow_none=True)
     if norm_kwargs is not None and not isinstance(norm_kwargs, dict):
         raise TypeError(f"`norm_kwargs` must be a dict or None. Received: norm_kwargs={norm_kwargs!r}")
     make_norm = norm_factory(norm, **(norm_kwargs or {}))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from tf_dlthesis._checks import check_int
+
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
 class ChannelSplit(keras.layers.Layer):
@@ -57,14 +59,13 @@ class ChannelShuffle(keras.layers.Layer):
         groups: number of groups g (2 in ShuffleNetV2).
 
     Raises:
+        TypeError: `groups` not an int.
         ValueError: `groups` < 1 or not dividing the channel count.
     """
 
     def __init__(self, groups: int = 2, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"`groups` must be an int >= 1. Received: groups={groups!r}")
-        self.groups = groups
+        self.groups = check_int("groups", groups, 1)
 
     def build(self, input_shape):
         channels = input_shape[-1]

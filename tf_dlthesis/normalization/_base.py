@@ -27,12 +27,11 @@ def check_example_weight(alpha) -> float:
 
 def check_groups(groups, allow_none: bool = True):
     """Validates ``groups``: a positive int, ``-1`` (one channel per group) or, where allowed, ``None``."""
-    if groups is None and allow_none:
-        return None
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or (groups <= 0 and groups != -1):
+    groups = check_int("groups", groups, allow_none=allow_none)  # a TypeError for anything but an int (or None)
+    if groups is not None and groups <= 0 and groups != -1:
         raise ValueError(f"Invalid value for argument `groups`: expected a positive int or -1 (one channel per "
                          f"group). Received: groups={groups!r}")
-    return int(groups)
+    return groups
 
 
 def check_renorm_clipping(renorm_clipping) -> dict:
@@ -180,9 +179,7 @@ class ExampleGroupNormalization(keras.layers.Layer):
                 "ExampleWeightedBatchNormalization or BatchGroupNormalization(ghost_batch_size=None) for "
                 "cross-replica statistics). Received: synchronized=True")
         self.synchronized = synchronized
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"`axis` must be an int. Received: axis={axis!r}")
-        self.axis = int(axis)
+        self.axis = check_int("axis", axis)
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
             raise ValueError(f"`momentum` must be a number in [0, 1]. Received: momentum={momentum!r}")
         self.momentum = float(momentum)

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis import data
+from tf_dlthesis._checks import check_int
 
 from ._base import ExampleGroupNormalization, check_example_weight
 from .example_weighted_batch_normalization import ExampleWeightedBatchNormalization
@@ -346,8 +347,7 @@ def sweep_example_weight(
     alphas = [check_example_weight(a) for a in alphas]
     if not alphas:
         raise ValueError("`alphas` must contain at least one value in [0, 1]. Received: alphas=[]")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     _check_pair_lengths(dataset)
     try:
         x_all, y_all = data.as_arrays(dataset)

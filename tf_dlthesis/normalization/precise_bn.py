@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
+
 from ._base import ExampleGroupNormalization
 
 __all__ = ["update_bn_statistics", "PreciseBN", "bn_layers"]
@@ -44,11 +46,7 @@ def bn_layers(model) -> list:
 
 
 def _check_steps(steps):
-    if steps is None:
-        return None
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"`steps` must be a positive int or None. Received: steps={steps!r}")
-    return int(steps)
+    return check_int("steps", steps, 1, allow_none=True)
 
 
 def _inputs_of(batch):
@@ -197,8 +195,7 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"`model` must be a Keras model. Received: model={type(model).__name__}")
     steps = _check_steps(steps)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     if average not in ("batches", "examples"):
         raise ValueError(f"`average` must be 'batches' or 'examples'. Received: average={average!r}")
     if not model.built:
@@ -311,9 +308,7 @@ class PreciseBN(keras.callbacks.Callback):
         self.data = data
         self.epochs = epochs
         self.steps = _check_steps(steps)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.updated_epochs: list = []
         self._total_epochs = None
         self._pending = None  # the last epoch trained, when its statistics were not recomputed

@@ -72,7 +72,7 @@ from cleverhans.tf2.attacks import spsa as _ch_spsa
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta
 
-from tf_dlthesis._checks import check_bool
+from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis._seeds import as_seed
 
 from .losses import _check_integer_labels, _real
@@ -192,9 +192,7 @@ def _check_steps(num_steps, *, allow_tensor=False, name="num_steps", minimum=0):
         if not num_steps.dtype.is_integer or num_steps.shape.rank != 0:
             raise ValueError(f"`{name}` must be a scalar integer tensor. Received: {num_steps!r}")
         return num_steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={num_steps!r}")
-    return int(num_steps)
+    return check_int(name, num_steps, minimum)
 
 
 def as_images(x):
@@ -516,9 +514,9 @@ def _spsa_args(epsilon, num_steps, clip_range, spsa_samples, learning_rate, delt
     _check_float("learning_rate", learning_rate, positive=True)
     _check_float("delta", delta, positive=True)  # the gradient estimate divides by delta
     _check_steps(spsa_iters, name="spsa_iters", minimum=1)
-    if isinstance(spsa_samples, bool) or not isinstance(spsa_samples, (int, np.integer)) or spsa_samples <= 0 \
-            or spsa_samples % 2:
-        raise ValueError(f"`spsa_samples` must be a positive even integer. Received: spsa_samples={spsa_samples!r}")
+    check_int("spsa_samples", spsa_samples)  # a TypeError for anything but an int
+    if spsa_samples <= 0 or spsa_samples % 2:
+        raise ValueError(f"`spsa_samples` must be a positive even int. Received: spsa_samples={spsa_samples!r}")
     return epsilon, num_steps, lo, hi
 
 

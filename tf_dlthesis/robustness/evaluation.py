@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis import data
+from tf_dlthesis._checks import check_int
 from tf_dlthesis._seeds import check_int_seed, fresh_seed
 
 from . import attacks as _attacks
@@ -71,9 +72,7 @@ def _store_config(column, spec, n, epsilon, step_size, clip_range, spsa_params):
 
 
 def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
-    return int(batch_size)
+    return check_int("batch_size", batch_size, 1)
 
 
 def _model_width(model, x):
@@ -211,9 +210,7 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
     if unknown:
         raise ValueError(f"`sample` names attacks not evaluated: {sorted(unknown)}")
     for name, n in sample.items():
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"`sample` sizes must be ints >= 1 (an empty sample has no accuracy). "
-                             f"Received: sample={{{name!r}: {n!r}}}")
+        check_int(f"sample[{name!r}]", n, 1, why="an empty sample has no accuracy")
     sizes = {name: min(int(sample.get(name, len(x))), len(x)) for name in fns}
     configs = {name: _store_config(name, specs[name], sizes[name], epsilon, step_size, clip_range, spsa_params)
                for name in fns} if store is not None else {}
@@ -301,8 +298,7 @@ def logit_statistics(model, dataset, *, bins: int = 60, value_range=None, attack
             with ``min < max``, an empty ``dataset``, labels outside the
             model's logits (with ``attack``), ``batch_size < 1``.
     """
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"`bins` (number of histogram bins) must be an int >= 1. Received: bins={bins!r}")
+    check_int("bins", bins, 1, why="the number of histogram bins")
     if value_range is not None:
         try:
             lo, hi = (float(v) for v in value_range)

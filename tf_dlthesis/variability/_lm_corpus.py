@@ -36,6 +36,8 @@ import re
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
+
 #: Where Debian/Ubuntu (`fortunes`) and Fedora (`fortune-mod`) install the data files.
 DEFAULT_DIRS = ("/usr/share/games/fortunes", "/usr/share/games/fortune", "/usr/share/fortune")
 #: How to install the corpus (said by every error about a missing corpus).
@@ -244,8 +246,7 @@ def load_corpus(name: str = "fortunes", *, vocab_size: int = 10_000, data_dir=No
         FileNotFoundError: the corpus is not installed (the message says how to install it).
     """
     _check_name(name)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 3:
-        raise ValueError(f"`vocab_size` must be an int >= 3. Received: vocab_size={vocab_size!r}")
+    check_int("vocab_size", vocab_size, 3)
     folder = find_corpus_dir(name, data_dir)
     if folder is None:
         where = ", ".join(([os.fspath(data_dir)] if data_dir is not None else []) + list(DEFAULT_DIRS))

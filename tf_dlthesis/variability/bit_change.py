@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
+
 
 @dataclasses.dataclass(frozen=True)
 class BitChange:
@@ -99,10 +101,7 @@ def bit_change(model, *, seed: int, layer=None) -> BitChange:
             or `layer` is unknown.
         TypeError: if `seed` is not an int, or the variable is not floating point.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"`seed` must be an int. Received: seed={seed!r}")
-    if seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed}")
+    check_int("seed", seed, 0)
     target = _resolve_layer(model, layer)
     if not target.trainable_weights:
         raise ValueError(f"Layer {target.name!r} has no trainable weights to change.")

@@ -18,7 +18,8 @@ import math
 import numbers
 
 import keras
-import numpy as np
+
+from tf_dlthesis._checks import check_int
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -39,7 +40,8 @@ class CyclicCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
             (the thesis's baseline warms up for 3 epochs); 0 disables it.
 
     Raises:
-        TypeError: for a rate that is not a number (NumPy scalars are fine).
+        TypeError: for a rate that is not a number (NumPy scalars are fine), or
+            steps / cycles that are not ints.
         ValueError: for non-positive or infinite rates, non-positive steps,
             cycles > total_steps, or warmup_steps not shorter than one cycle.
     """
@@ -50,13 +52,13 @@ class CyclicCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
             raise TypeError(f"`initial_learning_rate` must be a number. Received: initial_learning_rate={lr!r}")
         if not 0 < lr < math.inf:
             raise ValueError(f"`initial_learning_rate` must be finite and > 0. Received: initial_learning_rate={lr!r}")
-        for key, val in (("total_steps", total_steps), ("cycles", cycles)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise ValueError(f"`{key}` must be an int >= 1. Received: {key}={val!r}")
+        check_int("total_steps", total_steps, 1)
+        check_int("cycles", cycles, 1)
         if cycles > total_steps:
             raise ValueError(f"`cycles` must not exceed `total_steps`. Received: cycles={cycles}, total_steps={total_steps}")
         self.cycle_length = int(math.ceil(total_steps / cycles))
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or not 0 <= warmup_steps < self.cycle_length:
+        check_int("warmup_steps", warmup_steps, 0)
+        if warmup_steps >= self.cycle_length:
             raise ValueError(
                 f"`warmup_steps` must be an int in [0, {self.cycle_length}). Received: warmup_steps={warmup_steps!r}"
             )

@@ -367,9 +367,7 @@ def evaluation_labels(stream, window: int = 35) -> np.ndarray:
 def _as_plan(plan) -> SeedPlan:
     if isinstance(plan, SeedPlan):
         return plan
-    if isinstance(plan, bool) or not isinstance(plan, (int, np.integer)) or plan < 0:
-        raise TypeError(f"`plan` must be a SeedPlan or an int seed >= 0. Received: plan={plan!r}")
-    s = int(plan)
+    s = check_int("plan", plan, 0, why="an int seed, or a SeedPlan")
     return SeedPlan(init=s, shuffle=s, augment=s + 1, stochastic=s + 2)
 
 

@@ -42,6 +42,8 @@ import numpy as np
 from scipy.special import log_softmax
 from scipy.stats import rankdata
 
+from tf_dlthesis._checks import check_int
+
 _METRICS = ("accuracy", "cross_entropy")
 _COMBINE = ("probabilities", "logits")
 
@@ -132,6 +134,7 @@ def bootstrap_sd(values, *, num_samples: int = 1000, seed: int = 0) -> float:
         The error bar, a float.
 
     Raises:
+        TypeError: if `num_samples` or `seed` is not an int.
         ValueError: if `values` is not 1-D with at least 2 finite entries,
             `num_samples` < 2 or `seed` is negative.
     """
@@ -140,10 +143,8 @@ def bootstrap_sd(values, *, num_samples: int = 1000, seed: int = 0) -> float:
         raise ValueError(f"`values` must be 1-D with at least 2 runs. Received: shape={vals.shape}")
     if not np.all(np.isfinite(vals)):
         raise ValueError("`values` contains NaN or infinite entries.")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
-        raise ValueError(f"`num_samples` must be an int >= 2. Received: num_samples={num_samples!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"`seed` must be a non-negative int (or None for fresh entropy). Received: seed={seed!r}")
+    check_int("num_samples", num_samples, 2)
+    check_int("seed", seed, 0, allow_none=True, why="None draws fresh entropy")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, vals.shape[0], size=(int(num_samples), vals.shape[0]))
     return float(_sd(_sd(vals[idx], axis=1)))
@@ -268,8 +269,7 @@ def ensemble_delta(logits, labels, *, metric: str = "accuracy", max_chunk_bytes:
     """
     if metric not in _METRICS:
         raise ValueError(f"`metric` must be one of {_METRICS}. Received: metric={metric!r}")
-    if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, (int, np.integer)) or max_chunk_bytes < 1:
-        raise ValueError(f"`max_chunk_bytes` must be a positive int. Received: max_chunk_bytes={max_chunk_bytes!r}")
+    check_int("max_chunk_bytes", max_chunk_bytes, 1)
     arr = _check_logits(logits)
     lab = _check_labels(labels, arr)
     runs = arr.shape[0]

@@ -639,19 +639,17 @@ def _source_list(sources, check: Callable = parse_source) -> list:
     return sources
 
 
+_TWO_RUNS = "a standard deviation needs two runs"
+
+
 def _runs_per_source(runs, sources) -> dict:
     if isinstance(runs, Mapping):
         missing = [s for s in sources if s not in runs]
         if missing:
             raise ValueError(f"`runs` gives no run count for source(s) {missing}. Received: runs={dict(runs)!r}")
-        counts = {s: runs[s] for s in sources}
-    else:
-        counts = {s: runs for s in sources}
-    for source, r in counts.items():
-        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 2:
-            raise ValueError(f"`runs` must be an int >= 2 (a standard deviation needs two runs). "
-                             f"Received: runs={r!r} for source {source!r}")
-    return {s: int(r) for s, r in counts.items()}
+        return {s: check_int(f"runs[{s!r}]", runs[s], 2, why=_TWO_RUNS) for s in sources}
+    count = check_int("runs", runs, 2, why=_TWO_RUNS)
+    return {s: count for s in sources}
 
 
 _DRAW_FIELDS = ("attempt", "bit_change_seed", "reason", "bit_change")

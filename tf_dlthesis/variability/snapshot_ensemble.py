@@ -15,6 +15,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis.variability.tta import predict_tta
 
 
@@ -37,15 +38,14 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         cycles: Number of cycles M (= snapshots), 5 in the thesis.
 
     Raises:
+        TypeError: if `cycles` is not an int.
         ValueError: if `cycles` < 1, or (at `fit`) the epoch count is not a
             multiple of `cycles`.
     """
 
     def __init__(self, cycles: int = 5):
         super().__init__()
-        if isinstance(cycles, bool) or not isinstance(cycles, (int, np.integer)) or cycles < 1:
-            raise ValueError(f"`cycles` must be an int >= 1. Received: cycles={cycles!r}")
-        self.cycles = int(cycles)
+        self.cycles = check_int("cycles", cycles, 1)
         self.snapshots: list[list[np.ndarray]] = []
         self.snapshot_epochs: list[int] = []
         self._epochs_per_cycle = None

@@ -39,6 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
+
 MODES = ("swa", "aswa")
 
 
@@ -72,15 +74,14 @@ class SWASchedule(keras.optimizers.schedules.LearningRateSchedule):
         swa_start_step: the step at which averaging starts.
 
     Raises:
+        TypeError: a start step that is not an int.
         ValueError: non-positive rates or start step.
     """
 
     def __init__(self, learning_rate, swa_lr, swa_start_step, name=None):
         self.learning_rate = float(_number("learning_rate", learning_rate, positive=True))
         self.swa_lr = float(_number("swa_lr", swa_lr, positive=True))
-        if isinstance(swa_start_step, bool) or not isinstance(swa_start_step, (int, np.integer)) or swa_start_step < 1:
-            raise ValueError(f"`swa_start_step` must be an int >= 1. Received: swa_start_step={swa_start_step!r}")
-        self.swa_start_step = int(swa_start_step)
+        self.swa_start_step = check_int("swa_start_step", swa_start_step, 1)
         self.name = name
 
     def __call__(self, step):
@@ -140,6 +141,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             (what `recompute_batch_norm_statistics` takes: batches, a dataset or an array).
 
     Raises:
+        TypeError: a start epoch that is not an int.
         ValueError: unknown mode, negative start epoch, or (at `fit`) a start
             epoch at or after the last epoch.
     """
@@ -148,10 +150,9 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, np.integer)) or start_epoch < 0:
-            raise ValueError(f"`start_epoch` must be an int >= 0. Received: start_epoch={start_epoch!r}")
+        start_epoch = check_int("start_epoch", start_epoch, 0)
         self.mode = mode
-        self.start_epoch = int(start_epoch)
+        self.start_epoch = start_epoch
         self.bn_data = bn_data
         self.averaged = 0
         self._average = None

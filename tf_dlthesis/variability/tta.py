@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
+
 TTA_MODES = ("none", "flip", "crop", "flip_crop", "grid_crop", "flip_grid_crop")
 
 
@@ -31,12 +33,10 @@ def tta_views(mode: str, *, pad: int = 4, grid: int = 3, grid_spacing: int = 16)
     """
     if mode not in TTA_MODES:
         raise ValueError(f"`mode` must be one of {TTA_MODES}. Received: mode={mode!r}")
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-        raise ValueError(f"`pad` must be an int >= 0. Received: pad={pad!r}")
+    check_int("pad", pad, 0)
     if mode in ("grid_crop", "flip_grid_crop"):
-        for name, value, low in (("grid", grid, 1), ("grid_spacing", grid_spacing, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"`{name}` must be an int >= {low}. Received: {name}={value!r}")
+        check_int("grid", grid, 1)
+        check_int("grid_spacing", grid_spacing, 0)
     flips = (False, True) if mode.startswith("flip") else (False,)
     if mode in ("none", "flip"):
         offsets = [(pad, pad)]  # the unshifted image inside the padding
@@ -89,12 +89,13 @@ def predict_tta(
         (N, num_classes) float64 mean logits.
 
     Raises:
+        TypeError: for `pad`, `batch_size` or (grid modes) `crop_size`, `grid`,
+            `grid_spacing` that are not ints (`crop_size=None` included).
         ValueError: for a bad mode, images that are not 4-D, an empty batch
             (N = 0) or empty images, images whose channel count (or, for a model
             with a fixed input size, view size) differs from the model's input,
-            a grid mode's `crop_size` / `grid` not an int >= 1 or
-            `grid_spacing` not an int >= 0, or a grid that does not fit the
-            image.
+            a grid mode's `crop_size` / `grid` < 1 or `grid_spacing` < 0, or a
+            grid that does not fit the image.
     """
     x = np.asarray(images, dtype=np.float32)
     if x.ndim != 4:
@@ -107,8 +108,7 @@ def predict_tta(
     n, h, w, c = x.shape
     expected = _model_input_shape(model)
     if mode in ("grid_crop", "flip_grid_crop"):
-        if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size < 1:
-            raise ValueError(f"Grid TTA needs `crop_size`, an int >= 1. Received: crop_size={crop_size!r}")
+        check_int("crop_size", crop_size, 1, why="the crop side the grid modes require")
         reach = (grid - 1) * grid_spacing + crop_size
         if reach > min(h, w):
             raise ValueError(
@@ -118,8 +118,7 @@ def predict_tta(
     else:
         source = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
         out_h, out_w = h, w
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     if expected is not None:
         want_h, want_w, want_c = expected
         if want_c is not None and want_c != c:

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
+
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
 class WeightNoise(keras.callbacks.Callback):
@@ -47,7 +49,8 @@ class WeightNoise(keras.callbacks.Callback):
         seed: int seed of the offsets (step t, variable i: seed (seed, t, i)).
 
     Raises:
-        ValueError: `stddev` not > 0, `seed` not an int >= 0.
+        TypeError: `seed` not an int.
+        ValueError: `stddev` not > 0, `seed` < 0.
     """
 
     def __init__(self, stddev: float, seed: int = 0):
@@ -55,8 +58,7 @@ class WeightNoise(keras.callbacks.Callback):
         if isinstance(stddev, bool) or not isinstance(stddev, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(stddev) or not stddev > 0:
             raise ValueError(f"`stddev` must be a number > 0. Received: stddev={stddev!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"`seed` must be an int >= 0. Received: seed={seed!r}")
+        check_int("seed", seed, 0)
         self.stddev = float(stddev)
         self.seed = int(seed)
         self.steps = 0
