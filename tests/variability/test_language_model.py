@@ -72,6 +72,30 @@ def test_missing_corpus_names_the_install(tmp_path, monkeypatch):
         corpus_mod.load_corpus(vocab_size=2, data_dir=tmp_path)
 
 
+def test_a_data_dir_without_the_corpus_is_an_error_never_the_systems(tmp_path, monkeypatch):
+    from tf_dlthesis.experiments import chapter5_lm
+    from tf_dlthesis.experiments.training import data_dir
+
+    system, empty, mine = tmp_path / "system", tmp_path / "empty", tmp_path / "mine"
+    for folder in (system, empty, mine / "fortunes"):
+        folder.mkdir(parents=True)
+    _write_fortunes(system, {"alpha": [f"the system fortune {i}" for i in range(40)]})
+    _write_fortunes(mine / "fortunes", {"beta": [f"my own fortune {i}" for i in range(40)]})
+    monkeypatch.setattr(corpus_mod, "DEFAULT_DIRS", (str(system),))
+    assert corpus_mod.load_corpus(vocab_size=9).files == ("alpha",)
+    assert not corpus_mod.corpus_available(data_dir=empty)
+    with pytest.raises(FileNotFoundError, match="holds no 'fortunes' corpus"):
+        corpus_mod.load_corpus(vocab_size=9, data_dir=empty)  # not silently the system's files
+    assert corpus_mod.load_corpus(vocab_size=9, data_dir=mine).files == ("beta",)  # DIR/fortunes/ is read
+    # a run's --data-dir serves the corpus where it holds it, else the system's; neither: the error names it
+    for run_dir, expected in ((mine, str(mine)), (empty, None), (None, None)):
+        with data_dir(None if run_dir is None else str(run_dir)):
+            assert chapter5_lm._corpus_dir("fortunes") == expected
+    monkeypatch.setattr(corpus_mod, "DEFAULT_DIRS", (str(tmp_path / "nowhere"),))
+    with data_dir(str(empty)):
+        assert chapter5_lm._corpus_dir("fortunes") == str(empty)
+
+
 @needs_corpus
 def test_real_corpus_size():
     corpus = corpus_mod.load_corpus(vocab_size=10_000)

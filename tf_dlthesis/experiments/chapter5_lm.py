@@ -130,15 +130,26 @@ def settings(scale: str) -> LMSetting:
     return for_scale(SETTINGS, scale)
 
 
+def _corpus_dir(name: str):
+    """The run's `--data-dir` where it holds corpus `name`, else the system's corpus (as `training.data_dir`)."""
+    from tf_dlthesis.variability._lm_corpus import corpus_available
+
+    folder = DATA_DIR.get()
+    if folder is None or corpus_available(name, folder) or not corpus_available(name):
+        return folder  # the run's folder; when neither has the corpus, the error names it
+    return None
+
+
 def _protocol(cfg: LMSetting, store, sources, *, spec: LanguageModelSpec | None = None, runs: int | None = None):
-    return run_lm_protocol(spec or cfg.spec, sources=list(sources), runs=runs or cfg.runs, store=store,
-                           experiment=STORE_KEY, workers=WORKERS, data_dir=DATA_DIR.get())
+    spec = spec or cfg.spec
+    return run_lm_protocol(spec, sources=list(sources), runs=runs or cfg.runs, store=store,
+                           experiment=STORE_KEY, workers=WORKERS, data_dir=_corpus_dir(spec.corpus))
 
 
 def _corpus(cfg: LMSetting):
     from tf_dlthesis.variability._lm_corpus import load_corpus
 
-    return load_corpus(cfg.spec.corpus, vocab_size=cfg.spec.vocab_size, data_dir=DATA_DIR.get())
+    return load_corpus(cfg.spec.corpus, vocab_size=cfg.spec.vocab_size, data_dir=_corpus_dir(cfg.spec.corpus))
 
 
 # ---------------------------------------------------------------------------- statistics

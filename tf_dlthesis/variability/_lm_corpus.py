@@ -132,16 +132,17 @@ def tokenize(text: str) -> list[str]:
 
 
 def find_corpus_dir(name: str = "fortunes", data_dir=None) -> str | None:
-    """The folder holding the corpus's files, or None when it is not installed.
+    """The folder holding the corpus's files, or None when it is not there.
 
-    Looks in `data_dir`, `data_dir/fortunes`, then the system folders
-    (`DEFAULT_DIRS`).
+    With `data_dir`, looks in `data_dir` and `data_dir/fortunes` only (a folder the
+    caller names is never silently replaced by another corpus); without it, in the
+    system folders (`DEFAULT_DIRS`).
     """
     _check_name(name)
-    candidates = []
     if data_dir is not None:
-        candidates += [os.fspath(data_dir), os.path.join(os.fspath(data_dir), "fortunes")]
-    candidates += list(DEFAULT_DIRS)
+        candidates = [os.fspath(data_dir), os.path.join(os.fspath(data_dir), name)]
+    else:
+        candidates = list(DEFAULT_DIRS)
     for folder in candidates:
         if os.path.isdir(folder) and _fortune_files(folder):
             return folder
@@ -235,20 +236,29 @@ def load_corpus(name: str = "fortunes", *, vocab_size: int = 10_000, data_dir=No
         name: `"fortunes"` (the English fortune-mod data files).
         vocab_size: Vocabulary size including `<eos>` and `<unk>` (Penn
             Treebank: 10,000); at most the number of distinct training words + 2.
-        data_dir: Folder with the fortune files (default: where the package
-            manager installs them).
+        data_dir: Folder with the fortune files (each with its strfile index
+            `<file>.dat`), directly or in `data_dir/fortunes/`. Default: where the
+            package manager installs them. A `data_dir` without them is an error,
+            never a fallback to the system's files.
 
     Returns:
         A `Corpus`.
 
     Raises:
+        TypeError: `vocab_size` is not an int.
         ValueError: unknown `name` or `vocab_size` < 3.
-        FileNotFoundError: the corpus is not installed (the message says how to install it).
+        FileNotFoundError: `data_dir` holds no corpus, or (without `data_dir`) the corpus is not
+            installed; the message says how to install it.
     """
     _check_name(name)
     check_int("vocab_size", vocab_size, 3)
     folder = find_corpus_dir(name, data_dir)
+    if folder is None and data_dir is not None:
+        where = os.fspath(data_dir)
+        raise FileNotFoundError(f"data_dir={where!r} holds no {name!r} corpus (looked for fortune files with their "
+                                f"`.dat` index in {where} and {os.path.join(where, name)}); put them there, or leave "
+                                f"data_dir unset to read the system's: {INSTALL_HINT}.")
     if folder is None:
-        where = ", ".join(([os.fspath(data_dir)] if data_dir is not None else []) + list(DEFAULT_DIRS))
-        raise FileNotFoundError(f"The {name!r} corpus is not installed (looked in {where}); {INSTALL_HINT}.")
+        raise FileNotFoundError(f"The {name!r} corpus is not installed (looked in {', '.join(DEFAULT_DIRS)}); "
+                                f"{INSTALL_HINT}.")
     return _load(name, int(vocab_size), os.path.abspath(folder))
