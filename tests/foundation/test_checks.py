@@ -58,7 +58,6 @@ def test_check_int_range_and_none():
         check_int("n", None)
 
 
-
 def test_check_int_why_is_added_to_both_messages():
     with pytest.raises(ValueError, match=r"^`runs` must be an int >= 2 \(a standard deviation needs two runs\)\. "
                                          r"Received: runs=1$"):

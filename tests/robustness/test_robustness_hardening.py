@@ -102,6 +102,8 @@ def test_pgd_step_counts_share_one_compiled_function(data):
     assert not np.array_equal(images[0], images[2])
     with pytest.raises(ValueError, match="scalar integer tensor"):
         R.pgd(model, x[:2], y[:2], epsilon=0.1, step_size=0.03, num_steps=tf.constant([1, 2]))
+    with pytest.raises(TypeError, match="`num_steps` must be an int or a scalar integer tensor"):
+        R.pgd(model, x[:2], y[:2], epsilon=0.1, step_size=0.03, num_steps=tf.constant(2.0))
 
 
 # ---------------------------------------------------------------- evaluation

@@ -189,7 +189,9 @@ def _check_clip_range(clip_range):
 
 def _check_steps(num_steps, *, allow_tensor=False, name="num_steps", minimum=0):
     if allow_tensor and tf.is_tensor(num_steps):
-        if not num_steps.dtype.is_integer or num_steps.shape.rank != 0:
+        if not num_steps.dtype.is_integer:  # a wrong kind, as a float for an int
+            raise TypeError(f"`{name}` must be an int or a scalar integer tensor. Received: {num_steps!r}")
+        if num_steps.shape.rank != 0:
             raise ValueError(f"`{name}` must be a scalar integer tensor. Received: {num_steps!r}")
         return num_steps
     return check_int(name, num_steps, minimum)
