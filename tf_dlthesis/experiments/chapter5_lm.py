@@ -60,7 +60,7 @@ import numpy as np
 from tf_dlthesis.experiments import stats
 from tf_dlthesis.experiments.chapter5 import _mean_pairs, _pair_ratio, _pct
 from tf_dlthesis.experiments.registry import Check, Finding, Output, Table, for_scale, register, thesis_rows
-from tf_dlthesis.experiments.training import DATA_DIR
+from tf_dlthesis.experiments.training import _run_folder
 from tf_dlthesis.variability.language_model import LanguageModelSpec, run_lm_protocol
 from tf_dlthesis.variability.metrics import perplexity_from_log_probs
 
@@ -134,10 +134,7 @@ def _corpus_dir(name: str):
     """The run's `--data-dir` where it holds corpus `name`, else the system's corpus (as `training.data_dir`)."""
     from tf_dlthesis.variability._lm_corpus import corpus_available
 
-    folder = DATA_DIR.get()
-    if folder is None or corpus_available(name, folder) or not corpus_available(name):
-        return folder  # the run's folder; when neither has the corpus, the error names it
-    return None
+    return _run_folder(lambda folder: corpus_available(name, folder), lambda: corpus_available(name))
 
 
 def _protocol(cfg: LMSetting, store, sources, *, spec: LanguageModelSpec | None = None, runs: int | None = None):

@@ -602,18 +602,30 @@ def data_dir(path):
         DATA_DIR.reset(token)
 
 
+def _run_folder(holds, elsewhere):
+    """The run's `--data-dir` where `holds(folder)`, else None (the default source) where `elsewhere()`.
+
+    The rule of `data_dir` for any data a run reads: a folder that lacks the data leaves
+    it to its default source; found in neither, the folder is returned, so the error names it.
+    """
+    folder = DATA_DIR.get()
+    if folder is None or holds(folder) or not elsewhere():
+        return folder
+    return None
+
+
 def _data_dir_of(name):
     """The `data_dir` to read dataset `name` with in this context (see `data_dir`)."""
     from tf_dlthesis import data
 
-    folder = DATA_DIR.get()
-    if folder is None or data.holds(name, folder):
-        return folder
-    try:
-        data.load_arrays(name, "test[:1]")  # its default source (cached in-process: the real load is free)
-    except data.DatasetNotFoundError:
-        return folder  # not there either: the error names the run's folder
-    return None
+    def elsewhere():
+        try:
+            data.load_arrays(name, "test[:1]")  # its default source (cached in-process: the real load is free)
+        except data.DatasetNotFoundError:
+            return False
+        return True
+
+    return _run_folder(lambda folder: data.holds(name, folder), elsewhere)
 
 
 def as_plan(seed):

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from tf_dlthesis._checks import check_int
+from tf_dlthesis._seeds import check_int_seed
 from tf_dlthesis.models._norm import norm_factory
 
 # N -> residual blocks per stage. N counts weighted layers: stem + 2 per block + classifier.
@@ -432,7 +433,7 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
                          f"flattening or pooling depends on them; only the preact_resnetN, resnetN and "
                          f"shufflenet_v2_0.5 models take H, W = None). Received: input_shape={input_shape}")
     check_int("num_classes", num_classes, 2)
-    check_int("seed", seed, 0, allow_none=True)
+    check_int_seed(seed)
     if norm_kwargs is not None and not isinstance(norm_kwargs, dict):
         raise TypeError(f"`norm_kwargs` must be a dict or None. Received: norm_kwargs={norm_kwargs!r}")
     make_norm = norm_factory(norm, **(norm_kwargs or {}))

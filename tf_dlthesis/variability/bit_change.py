@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from tf_dlthesis._checks import check_int
+from tf_dlthesis._seeds import check_int_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ def bit_change(model, *, seed: int, layer=None) -> BitChange:
             or `layer` is unknown.
         TypeError: if `seed` is not an int, or the variable is not floating point.
     """
-    check_int("seed", seed, 0)
+    check_int_seed(seed, allow_none=False)
     target = _resolve_layer(model, layer)
     if not target.trainable_weights:
         raise ValueError(f"Layer {target.name!r} has no trainable weights to change.")

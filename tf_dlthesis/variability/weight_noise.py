@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dlthesis._checks import check_int
+from tf_dlthesis._seeds import check_int_seed
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -58,7 +58,7 @@ class WeightNoise(keras.callbacks.Callback):
         if isinstance(stddev, bool) or not isinstance(stddev, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(stddev) or not stddev > 0:
             raise ValueError(f"`stddev` must be a number > 0. Received: stddev={stddev!r}")
-        check_int("seed", seed, 0)
+        check_int_seed(seed, allow_none=False)
         self.stddev = float(stddev)
         self.seed = int(seed)
         self.steps = 0
