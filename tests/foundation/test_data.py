@@ -540,6 +540,30 @@ def test_tfds_missing_module_is_a_clear_import_error(monkeypatch):
     assert not isinstance(caught.value, ModuleNotFoundError)
 
 
+def test_a_tfds_that_cannot_be_imported_is_one_clear_error_and_typos_still_get_their_hint(monkeypatch):
+    # TensorFlow 2.16 / 2.17 cap protobuf below 5, and tensorflow-metadata 1.21 (which a fresh install picks)
+    # needs protobuf 5: tensorflow-datasets then fails inside its lazy imports, with an ImportError on first
+    # use and an AttributeError (`no attribute 'builder'`) after that. Both are simulated here.
+    import sys
+    import types
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, attr):
+            raise ImportError("cannot import name 'runtime_version' from 'google.protobuf'")
+
+    for broken in (Broken("tensorflow_datasets"), types.ModuleType("tensorflow_datasets")):
+        monkeypatch.setitem(sys.modules, "tensorflow_datasets", broken)
+        with pytest.raises(ImportError, match=r"tensorflow-metadata<1\.21") as caught:
+            data.load("cifar10")
+        assert not isinstance(caught.value, ModuleNotFoundError)
+        with pytest.raises(ImportError, match="'nosuchset'"):
+            data.load("nosuchset")
+        with pytest.raises(ValueError, match="Did you mean 'cifar10'"):
+            data.load("cifr10")
+        x, _ = data.load_arrays("digits", "train[:4]")  # the datasets that never need tfds still load
+        assert x.shape[0] == 4
+
+
 # --------------------------------------------------------------------------------------
 # as_arrays: the one conversion of "a dataset" to (x float32 [0, 1], y int64).
 

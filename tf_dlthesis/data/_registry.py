@@ -576,9 +576,26 @@ def _missing_module(err):
     )
 
 
-def _tfds_builder_names():
-    import tensorflow_datasets as tfds
+def _tfds():
+    """The `tensorflow_datasets` module, or one clear `ImportError` when it cannot be imported here."""
+    try:
+        import tensorflow_datasets as tfds
 
+        tfds.builder  # (tfds imports most of itself lazily: a broken dependency surfaces here)
+    except ModuleNotFoundError as err:
+        raise _missing_module(err) from None
+    except (ImportError, AttributeError) as err:
+        raise ImportError(
+            "tensorflow-datasets is installed but cannot be imported, so datasets other than 'digits', "
+            "'fashion_mnist' and 'mnist' cannot be read. A known cause: tensorflow-metadata >= 1.21 needs "
+            "protobuf >= 5, which TensorFlow 2.16 and 2.17 do not allow; `pip install 'tensorflow-metadata<1.21'` "
+            f"(or TensorFlow >= 2.18) mends it. Received: {type(err).__name__}: {err}"
+        ) from None
+    return tfds
+
+
+def _tfds_builder_names():
+    tfds = _tfds()
     try:
         return list(tfds.list_builders())
     except Exception:  # pragma: no cover - listing never needs the network, but be safe
@@ -604,9 +621,8 @@ def _tfds_temp_folders_removed():
 
 
 def _tfds_builder(name, data_dir):
+    tfds = _tfds()
     try:
-        import tensorflow_datasets as tfds
-
         with _tfds_temp_folders_removed():
             return tfds.builder(name, data_dir=data_dir)
     except ModuleNotFoundError as err:
@@ -706,9 +722,14 @@ def info(name: str, *, image_size: int | None = None, data_dir: str | None = Non
 def _check_tfds_name(name):
     if name in _KNOWN_TFDS:
         return
-    names = _tfds_builder_names()
-    if name.split(":")[0] not in names:
-        close = difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *names], n=3)
+    try:
+        names = _tfds_builder_names()
+    except ImportError as err:  # tfds cannot be imported: a near miss of a name known here is still a typo
+        names = None
+        if not difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *_KNOWN_TFDS], n=1):
+            raise ImportError(f"{err} (asked for the dataset name={name!r})") from None
+    if names is None or name.split(":")[0] not in names:
+        close = difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *(names or _KNOWN_TFDS)], n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
             f"Unknown dataset name. Expected 'digits', 'fashion_mnist', 'mnist' or a "
@@ -870,7 +891,8 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None, image_
         DatasetNotFoundError: (a `FileNotFoundError`) the dataset is not on this
             machine; the message names `data_dir`, the files it must contain and
             `apt-get install dataset-fashion-mnist` (or `tfds build NAME`).
-        ImportError: a module tensorflow-datasets needs is missing.
+        ImportError: a module tensorflow-datasets needs is missing, or tensorflow-datasets
+            cannot be imported (the message names the known cause and its fix).
     """
     name = _check_name(name)
     image_size = _check_image_size(image_size)
