@@ -584,7 +584,7 @@ def _tfds():
         tfds.builder  # (tfds imports most of itself lazily: a broken dependency surfaces here)
     except ModuleNotFoundError as err:
         raise _missing_module(err) from None
-    except (ImportError, AttributeError) as err:
+    except Exception as err:  # (an ImportError, AttributeError or protobuf's TypeError from its lazy imports)
         raise ImportError(
             "tensorflow-datasets is installed but cannot be imported, so datasets other than 'digits', "
             "'fashion_mnist' and 'mnist' cannot be read. A known cause: tensorflow-metadata >= 1.21 needs "
@@ -722,15 +722,17 @@ def info(name: str, *, image_size: int | None = None, data_dir: str | None = Non
 def _check_tfds_name(name):
     if name in _KNOWN_TFDS:
         return
+    unchecked = ""
     try:
         names = _tfds_builder_names()
     except ImportError as err:  # tfds cannot be imported: a near miss of a name known here is still a typo
         names = None
         if not difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *_KNOWN_TFDS], n=1):
             raise ImportError(f"{err} (asked for the dataset name={name!r})") from None
+        unchecked = " (tensorflow-datasets cannot be imported here, so its other names were not checked)"
     if names is None or name.split(":")[0] not in names:
         close = difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *(names or _KNOWN_TFDS)], n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = (f" Did you mean {', '.join(repr(c) for c in close)}?" if close else "") + unchecked
         raise ValueError(
             f"Unknown dataset name. Expected 'digits', 'fashion_mnist', 'mnist' or a "
             f"tensorflow-datasets image classification name such as 'cifar10'. "
