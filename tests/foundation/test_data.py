@@ -543,7 +543,8 @@ def test_tfds_missing_module_is_a_clear_import_error(monkeypatch):
 def test_a_tfds_that_cannot_be_imported_is_one_clear_error_and_typos_still_get_their_hint(monkeypatch):
     # TensorFlow 2.16 / 2.17 cap protobuf below 5, and tensorflow-metadata 1.21 (which a fresh install picks)
     # needs protobuf 5: tensorflow-datasets then fails inside its lazy imports, with an ImportError on first
-    # use and an AttributeError (`no attribute 'builder'`) after that. Both are simulated here.
+    # use and an AttributeError (`no attribute 'builder'`) after that; tfds 4.9.0-4.9.1 under protobuf 4.25 fail
+    # with a TypeError. All three are simulated here.
     import sys
     import types
 

@@ -726,12 +726,12 @@ def _check_tfds_name(name):
     try:
         names = _tfds_builder_names()
     except ImportError as err:  # tfds cannot be imported: a near miss of a name known here is still a typo
-        names = None
         if not difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *_KNOWN_TFDS], n=1):
             raise ImportError(f"{err} (asked for the dataset name={name!r})") from None
-        unchecked = " (tensorflow-datasets cannot be imported here, so its other names were not checked)"
-    if names is None or name.split(":")[0] not in names:
-        close = difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *(names or _KNOWN_TFDS)], n=3)
+        names, unchecked = list(_KNOWN_TFDS), (" (tensorflow-datasets cannot be imported here, so its other "
+                                               "names were not checked)")
+    if name.split(":")[0] not in names:
+        close = difflib.get_close_matches(name, [DIGITS, *KERAS_DATASETS, *names], n=3)
         hint = (f" Did you mean {', '.join(repr(c) for c in close)}?" if close else "") + unchecked
         raise ValueError(
             f"Unknown dataset name. Expected 'digits', 'fashion_mnist', 'mnist' or a "
