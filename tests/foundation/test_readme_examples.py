@@ -3,7 +3,8 @@
 The default suite checks every example statically: it parses, each name it imports from
 `tf_dlthesis` exists, and each call of a library function or class binds its arguments to
 the current signature (a renamed or removed keyword fails here). `pytest -m slow` runs each
-example as a script in a fresh folder.
+example as a script in a fresh folder. README's "Requirements" line names the floors
+of `setup.cfg`.
 """
 
 import ast
@@ -150,3 +151,26 @@ def test_example_runs(source, tmp_path):
     done = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _requirement_floors():
+    """`(setup.cfg's floors, README's floors)` for Python, TensorFlow and Keras."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    declared = {"Python": cfg["options"]["python_requires"].strip().removeprefix(">=")}
+    for line in cfg["options"]["install_requires"].split():
+        name, _, floor = line.partition(">=")
+        if name in ("tensorflow", "keras"):
+            declared["TensorFlow" if name == "tensorflow" else "Keras"] = floor
+    line = re.search(r"^Requirements: (.*)$", README.read_text(), re.M).group(1)
+    stated = dict(re.findall(r"(Python|TensorFlow|Keras) >= ([0-9.]+)", line))
+    return declared, stated
+
+
+def test_readme_requirements_name_the_floors_setup_cfg_declares():
+    # (README said Python >= 3.10 with setup.cfg until Keras 3.14, the Keras floor, turned out to need 3.11)
+    declared, stated = _requirement_floors()
+    assert stated == declared
+    assert sys.version_info[:2] >= tuple(map(int, declared["Python"].split(".")))
