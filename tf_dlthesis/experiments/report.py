@@ -275,12 +275,12 @@ class _TrimmedStack(traceback.StackSummary):
         super().__init__(frames)
         self._head, self._tail = head, tail
 
-    def format(self):
+    def format(self, **kwargs):  # (Python 3.13's traceback passes `colorize=`)
         frames = list(self)
         omitted = len(frames) - self._head - self._tail
-        return (traceback.StackSummary.from_list(frames[:self._head]).format()
+        return (traceback.StackSummary.from_list(frames[:self._head]).format(**kwargs)
                 + [f"  ... {omitted} frame(s) omitted ...\n"]
-                + traceback.StackSummary.from_list(frames[-self._tail:]).format())
+                + traceback.StackSummary.from_list(frames[-self._tail:]).format(**kwargs))
 
 
 def _error_text(head: int = 4, tail: int = 8) -> str:
