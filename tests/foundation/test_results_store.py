@@ -211,6 +211,33 @@ def test_import_rows_bad_input(tmp_path):
         store.export_rows(tmp_path / "file")
 
 
+def test_import_rows_of_one_machine_only(tmp_path, monkeypatch):
+    """`machine=` imports the runs computed on that machine: a retrain resumed on a fresh machine
+    of its class starts from them and trains only the rest."""
+    store = ResultsStore(tmp_path / "a.sqlite")
+    for run, who in enumerate(["A", "B", "A"]):
+        monkeypatch.setattr(store, "_machine", who)
+        store.record("e", {"k": 1}, run, {"v": run})
+    store.export_rows(tmp_path / "rows")
+    import gzip
+    import json
+
+    # rows stored before machines were recorded: no file-level machine; one result names its own
+    for run, result in ((3, {"v": 3}), (4, {"v": 4, "info": {"machine": "A"}})):
+        path = tmp_path / "rows" / "old" / f"{run}.json.gz"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(gzip.compress(json.dumps({"experiment": "e", "run": run, "config": {"k": 1},
+                                                   "result": result, "created": 0.0}).encode()))
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    assert fresh.import_rows(tmp_path / "rows", machine="A") == 3
+    assert sorted(r["run"] for r in fresh.rows()) == [0, 2, 4]
+    assert [r["machine"] for r in sorted(fresh.rows(), key=lambda r: r["run"])] == ["A", "A", "A"]
+    assert fresh.import_rows(tmp_path / "rows", machine="nowhere") == 0
+    assert fresh.import_rows(tmp_path / "rows") == 2  # the rest: B's run and the unrecorded one
+    with pytest.raises(TypeError, match=r"`machine` must be a machine id .* Received: machine=7"):
+        fresh.import_rows(tmp_path / "rows", machine=7)
+
+
 def test_recorded_counts_only_this_objects_own_runs(tmp_path):
     """`recorded` / `last_recorded` tell `reproduce` whether an item trained anything, even
     while another process writes to the same store at the same time."""

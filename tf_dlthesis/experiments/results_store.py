@@ -454,8 +454,21 @@ class ResultsStore:
             raise ValueError(f"Cannot write the results archive at {os.fspath(folder)!r}: {err}") from None
         return written
 
-    def import_rows(self, folder) -> int:
+    def import_rows(self, folder, *, machine: str | None = None) -> int:
         """Records every run of an `export_rows` folder that this store does not hold yet.
+
+        `machine` imports only the runs computed on that machine id (the file's recorded
+        machine, else the one its result recorded; runs with none count as not that
+        machine). It resumes a retrain on a fresh machine of the class that began it: seed
+        the retrain's store with the runs already merged from that class, and `reproduce`
+        trains only the rest.
+
+        Example (finish an item's retrain on this machine's class; `retrain/` is fresh):
+
+        >>> store = ResultsStore("retrain/results.sqlite")  # doctest: +SKIP
+        >>> store.import_rows("docs/standard-report/store", machine=runtime.machine()["id"])  # doctest: +SKIP
+
+        Then `tf-dlthesis reproduce --scale standard --only B.2 --out retrain`.
 
         Returns:
             The number of runs added.
@@ -463,10 +476,14 @@ class ResultsStore:
         Raises:
             ValueError: `folder` is not a folder, or holds a file that is not an exported run
                 (named in the message).
+            TypeError: `machine` is not a string or None.
         """
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
+        if machine is not None and not isinstance(machine, str):
+            raise TypeError(f"`machine` must be a machine id (a string, e.g. runtime.machine()['id']) or None. "
+                            f"Received: machine={machine!r}")
         # runs already held are skipped by file name (as `export_rows` does), without reading them
         held = {self._archive_name(*key) for key in
                 self._connect().execute("SELECT experiment, config_hash, run FROM results").fetchall()}
@@ -487,12 +504,13 @@ class ResultsStore:
                     inputs = _checked_inputs(row.get("inputs"))
                 except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:
                     raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
+                recorded_on = row.get("machine") if isinstance(row.get("machine"), str) else None
+                if machine is not None and (recorded_on or _machine_in(result)) != machine:
+                    continue
                 if not self.has(experiment, decoded, run):  # held under another file name (a renamed file)
                     # the exported JSON is the stored JSON: re-encoding would give the same text
-                    machine = row.get("machine")
                     self._insert((experiment, config_hash(decoded), int(run), json.dumps(config, sort_keys=True),
-                                  json.dumps(result), float(row.get("created", time.time())),
-                                  machine if isinstance(machine, str) else None,
+                                  json.dumps(result), float(row.get("created", time.time())), recorded_on,
                                   json.dumps(inputs, separators=(",", ":")) if inputs else None))
                     added += 1
         return added
