@@ -450,3 +450,59 @@ def test_numpy_non_finite_values_share_the_python_values_key_and_survive_an_arch
     [row] = other.rows("x")
     got = row["result"]["v"]
     assert isinstance(got, float) and (np.isnan(got) if np.isnan(value) else got == value)
+
+
+def test_confirm_rows_rerecords_only_runs_retrained_bit_for_bit(tmp_path, monkeypatch):
+    """A retrain on the archive's machine class: identical runs (times and machine aside) take the
+    retrain's machine and times; a different result, a run the archive lacks, and item times stay."""
+    archive, logits = tmp_path / "rows", np.arange(6, dtype=np.float32).reshape(2, 3)
+    old = ResultsStore(tmp_path / "old.sqlite")
+    monkeypatch.setattr(old, "_machine", "unrecorded")
+    old.record("ch5.runs", {"seed": 1}, 0, {"logits": logits, "info:seconds": 9.0, "info:acc": 0.5})
+    old.record("runs", {"seed": 1}, 0, {"acc": 0.5, "info": {"seconds": 3.0, "machine": "X"}, "per": [1, 2]})
+    old.record("runs", {"seed": 2}, 0, {"acc": 0.5})
+    old.record("reproduce.item_seconds", {"item": "B.2"}, 0, {"seconds": 100.0})
+    old.export_rows(archive)
+    before = archive_bytes(archive)
+
+    fresh = ResultsStore(tmp_path / "fresh.sqlite")
+    monkeypatch.setattr(fresh, "_machine", "C")
+    fresh.record("ch5.runs", {"seed": 1}, 0, {"logits": logits.copy(), "info:seconds": 4.0, "info:acc": 0.5,
+                                              "info:process_cpu_seconds": 7.0})
+    fresh.record("runs", {"seed": 1}, 0, {"acc": 0.5, "info": {"seconds": 1.0, "machine": "C"}, "per": [1, 2]})
+    fresh.record("runs", {"seed": 2}, 0, {"acc": 0.5 + 2 ** -40})  # one bit off: a new measurement
+    fresh.record("runs", {"seed": 3}, 0, {"acc": 0.7})
+    fresh.record("reproduce.item_seconds", {"item": "B.2"}, 0, {"seconds": 60.0})
+    name = ResultsStore._archive_name
+    found = fresh.confirm_rows(archive)
+    assert found == {"confirmed": sorted([name("ch5.runs", config_hash({"seed": 1}), 0),
+                                          name("runs", config_hash({"seed": 1}), 0)]),
+                     "differing": [name("runs", config_hash({"seed": 2}), 0)],
+                     "absent": [name("runs", config_hash({"seed": 3}), 0)],
+                     "timings": [name("reproduce.item_seconds", config_hash({"item": "B.2"}), 0)]}
+    after = archive_bytes(archive)
+    assert {p for p in after if after[p] != before[p]} == {archive / n for n in found["confirmed"]}
+    assert set(after) == set(before)  # nothing added
+    merged = ResultsStore(tmp_path / "merged.sqlite")
+    merged.import_rows(archive)
+    by_key = {(r["experiment"], r["config"]["seed"] if "seed" in r["config"] else None): r for r in merged.rows()}
+    assert by_key[("ch5.runs", 1)]["machine"] == "C" and by_key[("ch5.runs", 1)]["result"]["info:seconds"] == 4.0
+    assert by_key[("ch5.runs", 1)]["result"]["logits"].tobytes() == logits.tobytes()
+    assert by_key[("runs", 1)]["machine"] == "C" and by_key[("runs", 2)]["machine"] == "unrecorded"
+    assert merged.get("reproduce.item_seconds", {"item": "B.2"}, 0) == {"seconds": 100.0}
+    # the finished item's times are swapped separately, and only they
+    assert fresh.export_rows(archive, replace=True, experiment="reproduce.item_seconds") == 1
+    assert {p for p, b in archive_bytes(archive).items() if b != after[p]} == \
+        {archive / found["timings"][0]}
+    with pytest.raises(TypeError, match=r"`experiment` must be an experiment name .* Received: experiment=3"):
+        fresh.export_rows(archive, experiment=3)
+    with pytest.raises(ValueError, match=r"`folder` must be a folder written by `export_rows`"):
+        fresh.confirm_rows(tmp_path / "nowhere")
+    (archive / found["absent"][0]).parent.mkdir(parents=True, exist_ok=True)
+    (archive / found["absent"][0]).write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=r"is not a run exported by `export_rows`"):
+        fresh.confirm_rows(archive)
+
+
+def archive_bytes(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*.json.gz")}

@@ -101,6 +101,19 @@ def _machine_in(result) -> str | None:
     return None
 
 
+#: Result entries that time a run or name its machine: `confirm_rows` compares results without them.
+_TIMING_KEYS = frozenset({"seconds", "cpu_seconds", "process_cpu_seconds", "machine"})
+
+
+def _without_timings(obj):
+    """Stored result JSON `obj` without its `_TIMING_KEYS` entries (at any depth; `info:`-prefixed keys too)."""
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if k.rsplit(":", 1)[-1] not in _TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
 def _checked_inputs(inputs):
     """An archived row's `inputs` (None or a list of `[experiment, config hash, run, machine or None]`)."""
     if inputs is None:
@@ -381,7 +394,31 @@ class ResultsStore:
         folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
         return os.path.join(f"{folder}-{hashlib.sha256(experiment.encode()).hexdigest()[:6]}", f"{digest}-{run}.json.gz")
 
-    def export_rows(self, folder, *, replace: bool = False) -> int:
+    @staticmethod
+    def _write_file(conn, path, key) -> None:
+        """Writes row `key` (`(experiment, config hash, run)`) of `conn`'s store to archive file `path`."""
+        config, result, created, machine, inputs = conn.execute(
+            f"SELECT config, result, created, {_MACHINE_COLUMN}, {_INPUTS_COLUMN} FROM results WHERE experiment=? "
+            "AND config_hash=? AND run=?", key).fetchone()
+        entry = {"experiment": key[0], "run": key[2], "config": json.loads(config), "result": json.loads(result),
+                 "created": created}
+        if machine is not None:  # (rows stored before machines were recorded keep their old bytes)
+            entry["machine"] = machine
+        if inputs is not None:
+            entry["inputs"] = json.loads(inputs)
+        text = json.dumps(entry, separators=(",", ":"))  # key order as stored: deterministic, and kept
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique: other processes may export here at once
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+            os.utime(tmp, (created, created))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def export_rows(self, folder, *, replace: bool = False, experiment: str | None = None) -> int:
         """Writes every recorded run into `folder` as one small file per run, for version control.
 
         Each file (`<experiment>-<id>/<config hash>-<run>.json.gz`) holds one run's
@@ -398,6 +435,9 @@ class ResultsStore:
         bit change's later redraws in the old runs, which the protocol still reads):
         `provenance` over a rebuild shows which rows each item reads.
 
+        `experiment` exports only that experiment's runs (e.g. `reproduce`'s item times,
+        `"reproduce.item_seconds"`, after `confirm_rows` re-recorded a retrain's runs).
+
         Example (an item retrained in a fresh folder replaces its runs in the archive):
 
         >>> fresh = ResultsStore("retrain/results.sqlite")  # doctest: +SKIP
@@ -412,47 +452,93 @@ class ResultsStore:
         """
         if not isinstance(replace, bool):
             raise TypeError(f"`replace` must be True or False. Received: replace={replace!r}")
+        if experiment is not None and not isinstance(experiment, str):
+            raise TypeError(f"`experiment` must be an experiment name (a string) or None. "
+                            f"Received: experiment={experiment!r}")
         written, conn = 0, self._connect()
-        keys = conn.execute("SELECT experiment, config_hash, run, created FROM results ORDER BY created, rowid"
-                            ).fetchall()
+        keys = [key for key in conn.execute("SELECT experiment, config_hash, run, created FROM results ORDER BY "
+                                            "created, rowid").fetchall() if experiment in (None, key[0])]
         try:
             if replace:
-                for experiment, digest in sorted({(e, d) for e, d, _, _ in keys}):
-                    sub = os.path.dirname(os.path.join(os.fspath(folder), self._archive_name(experiment, digest, 0)))
+                for name_of, digest in sorted({(e, d) for e, d, _, _ in keys}):
+                    sub = os.path.dirname(os.path.join(os.fspath(folder), self._archive_name(name_of, digest, 0)))
                     for name in os.listdir(sub) if os.path.isdir(sub) else ():
                         if re.fullmatch(rf"{re.escape(digest)}-\d+\.json\.gz", name):
                             os.remove(os.path.join(sub, name))
-            for experiment, digest, run, created in keys:
-                path = os.path.join(os.fspath(folder), self._archive_name(experiment, digest, run))
+            for name_of, digest, run, created in keys:
+                path = os.path.join(os.fspath(folder), self._archive_name(name_of, digest, run))
                 # a file is rewritten only when its row was recorded again after the file was written (a
                 # bit-change draw's pending result replaced by its judgement): the file's mtime is its row's
                 # `created`, and a checked-out file is newer than every row it holds
                 if os.path.exists(path) and os.path.getmtime(path) >= created - 1e-3:  # (float rounding)
                     continue
-                config, result, machine, inputs = conn.execute(
-                    f"SELECT config, result, {_MACHINE_COLUMN}, {_INPUTS_COLUMN} FROM results WHERE experiment=? "
-                    "AND config_hash=? AND run=?", (experiment, digest, run)).fetchone()
-                entry = {"experiment": experiment, "run": run, "config": json.loads(config),
-                         "result": json.loads(result), "created": created}
-                if machine is not None:  # (rows stored before machines were recorded keep their old bytes)
-                    entry["machine"] = machine
-                if inputs is not None:
-                    entry["inputs"] = json.loads(inputs)
-                text = json.dumps(entry, separators=(",", ":"))  # key order as stored: deterministic, and kept
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique: other processes may export here at once
-                try:
-                    with open(tmp, "wb") as fh:
-                        fh.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
-                    os.utime(tmp, (created, created))
-                    os.replace(tmp, path)
-                finally:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
+                self._write_file(conn, path, (name_of, digest, run))
                 written += 1
         except OSError as err:
             raise ValueError(f"Cannot write the results archive at {os.fspath(folder)!r}: {err}") from None
         return written
+
+    def confirm_rows(self, folder) -> dict:
+        """Re-records in an `export_rows` archive the runs this store computed again, bit for bit.
+
+        For a retrain on the machine class that computed an archive's runs: each run
+        this store holds whose archived file has the same config and the same result,
+        timing entries aside (`seconds`, `cpu_seconds`, `process_cpu_seconds`, `machine`,
+        at any depth, also as `info:` keys), is written over that file, so the archive
+        names the machine (and the times) of the retrain. No number in the archive
+        changes. Everything else is left as it is and listed: runs whose result differs
+        (a retrain on another class is a new measurement: merge it with
+        `export_rows(replace=True)` instead), runs the archive lacks, and rows that hold
+        only timings (e.g. `reproduce`'s item times: once an item's retrain has finished,
+        `export_rows(folder, replace=True, experiment="reproduce.item_seconds")` swaps them).
+
+        Example (a bit-identical retrain of App. B.2 merged into the archive):
+
+        >>> fresh = ResultsStore("retrain/results.sqlite")  # doctest: +SKIP
+        >>> done = fresh.confirm_rows("docs/standard-report/store")  # doctest: +SKIP
+        >>> len(done["differing"]) == 0  # doctest: +SKIP
+        True
+
+        Returns:
+            A dict of sorted lists of archive file names (relative to `folder`):
+            `"confirmed"` (rewritten from this store), `"differing"`, `"absent"`, `"timings"`.
+
+        Raises:
+            ValueError: `folder` is not a folder, holds an unreadable file of one of this
+                store's runs, or cannot be written.
+        """
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
+        found: dict = {"confirmed": [], "differing": [], "absent": [], "timings": []}
+        conn = self._connect()
+        for key in conn.execute("SELECT experiment, config_hash, run FROM results ORDER BY created, rowid"):
+            name = self._archive_name(*key)
+            path = os.path.join(folder, name)
+            config, result = conn.execute("SELECT config, result FROM results WHERE experiment=? AND config_hash=? "
+                                          "AND run=?", key).fetchone()
+            mine = _without_timings(json.loads(result))
+            if not mine:
+                found["timings"].append(name)
+                continue
+            if not os.path.exists(path):
+                found["absent"].append(name)
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    row = json.loads(gzip.decompress(fh.read()))
+                theirs = (row["config"], _without_timings(row["result"]))
+            except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
+            if theirs != (json.loads(config), mine):
+                found["differing"].append(name)
+                continue
+            try:
+                self._write_file(conn, path, key)
+            except OSError as err:
+                raise ValueError(f"Cannot write the results archive at {folder!r}: {err}") from None
+            found["confirmed"].append(name)
+        return {kind: sorted(names) for kind, names in found.items()}
 
     def import_rows(self, folder, *, machine: str | None = None) -> int:
         """Records every run of an `export_rows` folder that this store does not hold yet.
