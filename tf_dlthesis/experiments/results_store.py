@@ -485,7 +485,7 @@ class ResultsStore:
         this store holds whose archived file has the same config and the same result,
         timing entries aside (`seconds`, `cpu_seconds`, `process_cpu_seconds`, `machine`,
         at any depth, also as `info:` keys), is written over that file, so the archive
-        names the machine (and the times) of the retrain. No number in the archive
+        names the machine (and the times) of the retrain; no other entry of a result
         changes. Everything else is left as it is and listed: runs whose result differs
         (a retrain on another class is a new measurement: merge it with
         `export_rows(replace=True)` instead), runs the archive lacks, and rows that hold
