@@ -418,6 +418,21 @@ class ResultsStore:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
+    @classmethod
+    def _read_file(cls, path) -> tuple:
+        """Archive file `path`'s row (its `inputs` checked) and decoded config; ValueError naming it otherwise."""
+        try:
+            with open(path, "rb") as fh:
+                row = json.loads(gzip.decompress(fh.read()))
+            decoded = _decode(row["config"])
+            cls._check(row["experiment"], decoded, row["run"])
+            if not isinstance(row["result"], dict):
+                raise TypeError(f"its result must be a dict. Received: {type(row['result']).__name__}")
+            row["inputs"] = _checked_inputs(row.get("inputs"))
+        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
+        return row, decoded
+
     def export_rows(self, folder, *, replace: bool = False, experiment: str | None = None) -> int:
         """Writes every recorded run into `folder` as one small file per run, for version control.
 
@@ -512,11 +527,10 @@ class ResultsStore:
             raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
         found: dict = {"confirmed": [], "differing": [], "absent": [], "timings": []}
         conn = self._connect()
-        for key in conn.execute("SELECT experiment, config_hash, run FROM results ORDER BY created, rowid"):
+        for *key, config, result in conn.execute("SELECT experiment, config_hash, run, config, result FROM results "
+                                                 "ORDER BY created, rowid"):
             name = self._archive_name(*key)
             path = os.path.join(folder, name)
-            config, result = conn.execute("SELECT config, result FROM results WHERE experiment=? AND config_hash=? "
-                                          "AND run=?", key).fetchone()
             mine = _without_timings(json.loads(result))
             if not mine:
                 found["timings"].append(name)
@@ -524,17 +538,12 @@ class ResultsStore:
             if not os.path.exists(path):
                 found["absent"].append(name)
                 continue
-            try:
-                with open(path, "rb") as fh:
-                    row = json.loads(gzip.decompress(fh.read()))
-                theirs = (row["config"], _without_timings(row["result"]))
-            except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
-            if theirs != (json.loads(config), mine):
+            row, _ = self._read_file(path)
+            if (row["config"], _without_timings(row["result"])) != (json.loads(config), mine):
                 found["differing"].append(name)
                 continue
             try:
-                self._write_file(conn, path, key)
+                self._write_file(conn, path, tuple(key))
             except OSError as err:
                 raise ValueError(f"Cannot write the results archive at {folder!r}: {err}") from None
             found["confirmed"].append(name)
@@ -579,17 +588,9 @@ class ResultsStore:
                 path = os.path.join(root, name)
                 if not name.endswith(".json.gz") or os.path.relpath(path, folder) in held:
                     continue
-                try:
-                    with open(path, "rb") as fh:
-                        row = json.loads(gzip.decompress(fh.read()))
-                    experiment, run, config, result = row["experiment"], row["run"], row["config"], row["result"]
-                    decoded = _decode(config)
-                    self._check(experiment, decoded, run)
-                    if not isinstance(result, dict):
-                        raise TypeError(f"its result must be a dict. Received: {type(result).__name__}")
-                    inputs = _checked_inputs(row.get("inputs"))
-                except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:
-                    raise ValueError(f"{path!r} is not a run exported by `export_rows`: {err}") from None
+                row, decoded = self._read_file(path)
+                experiment, run, config, result, inputs = (row[k] for k in ("experiment", "run", "config", "result",
+                                                                            "inputs"))
                 recorded_on = row.get("machine") if isinstance(row.get("machine"), str) else None
                 if machine is not None and (recorded_on or _machine_in(result)) != machine:
                     continue
