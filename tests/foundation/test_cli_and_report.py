@@ -286,6 +286,47 @@ def test_reproduce_writes_tensorboard_runs_and_resumes_from_the_store_or_its_arc
         experiments.REGISTRY.pop("T.2")
 
 
+def test_archive_reads_lists_the_rows_no_item_reads_and_never_trains(tmp_path, monkeypatch):
+    from tf_dlthesis.experiments import training
+
+    spec = experiments.TrainSpec(dataset="digits", model="linear", norm="none", epochs=1)
+
+    @experiments.register("T.3", title="reads one run", chapter="T", quick_minutes=0.0)
+    def _reads(scale, dataset, store, *, out=None):
+        [run] = experiments.train(spec, 0, store=store)
+        return Output(tables=[Table("T.3", "acc", "digits", ["acc"], {"linear": {"acc": run.metrics["test_accuracy"]}})])
+
+    rows = tmp_path / "rows"
+    try:
+        _, failed = experiments.reproduce(out_dir=str(tmp_path / "out"), only=["T.3"], progress=False,
+                                          archive=str(rows))
+        assert failed == 0
+        stray = experiments.ResultsStore(tmp_path / "stray.sqlite")  # a row of settings no item uses any more
+        stray.record("runs", {"spec": "an old setting"}, 0, {"acc": 0.1})
+        stray.export_rows(rows)
+        files = sorted(str(p.relative_to(rows)) for p in rows.rglob("*.json.gz"))
+        assert len(files) == 3  # the run, the item's time, the stray row
+        monkeypatch.setattr(training, "_train_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+        found = experiments.archive_reads(rows, scale="quick", only="T.3")
+        stray_file = experiments.ResultsStore._archive_name("runs", experiments.results_store.config_hash(
+            {"spec": "an old setting"}), 0)
+        assert found["unread"] == [stray_file]
+        assert sorted(found["read"] + found["unread"]) == files
+        assert sorted(str(p.relative_to(rows)) for p in rows.rglob("*.json.gz")) == files  # archive untouched
+        # an archive that lacks the item's run: a ValueError naming the item, and nothing trained
+        (rows / [f for f in found["read"] if f.startswith("runs-")][0]).unlink()
+        with pytest.raises(ValueError, match=r"Item T.3 reads a run that the archive .* lacks \(Not stored: Run 0"):
+            experiments.archive_reads(rows, scale="quick", only="T.3")
+    finally:
+        experiments.REGISTRY.pop("T.3")
+    with pytest.raises(ValueError, match=r"`archive` must be a folder .* Received: archive="):
+        experiments.archive_reads(tmp_path / "missing")
+    with pytest.raises(ValueError, match="`scale` must be one of"):
+        experiments.archive_reads(rows, scale="huge")
+    with pytest.raises(ValueError, match="Unknown table/figure id '9.9'"):
+        experiments.archive_reads(rows, only="9.9")
+
+
 def test_item_compute_seconds_add_up_over_processes_and_survive_the_archive(tmp_path):
     from tf_dlthesis.experiments import report
 

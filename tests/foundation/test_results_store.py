@@ -506,3 +506,24 @@ def test_confirm_rows_rerecords_only_runs_retrained_bit_for_bit(tmp_path, monkey
 
 def archive_bytes(folder):
     return {p: p.read_bytes() for p in folder.rglob("*.json.gz")}
+
+
+def test_reading_only_reads_but_computes_and_records_nothing(tmp_path):
+    from tf_dlthesis.experiments.results_store import NotStoredError
+
+    store = ResultsStore(tmp_path / "r.sqlite")
+    store.record("5.1", {"source": "init"}, 0, {"acc": 0.5})
+    calls = []
+    with store.reading_only():
+        assert store.get_or_compute("5.1", {"source": "init"}, 0, lambda: calls.append(1)) == {"acc": 0.5}
+        with pytest.raises(NotStoredError, match=r"Not stored: Run 1 of '5.1' \(config [0-9a-f]{16}\)"):
+            store.get_or_compute("5.1", {"source": "init"}, 1, lambda: calls.append(1) or {"acc": 0.7})
+        with store.reading_only():  # contexts nest
+            pass
+        with pytest.raises(NotStoredError, match="reading_only"):
+            store.record("5.1", {"source": "init"}, 2, {"acc": 0.1})
+        with pytest.raises(LookupError):  # NotStoredError is a LookupError
+            store.before_compute("anything")
+    assert calls == [] and len(store) == 1
+    store.before_compute("anything")  # outside: no-op
+    assert store.get_or_compute("5.1", {"source": "init"}, 1, lambda: {"acc": 0.7}) == {"acc": 0.7}

@@ -146,6 +146,28 @@ def test_store_may_be_a_path(tmp_path, as_path):
     assert first.rows["init"]["accuracy_sd"] == pytest.approx(np.std(acc, ddof=1))
 
 
+def test_a_reading_only_store_reads_stored_runs_and_refuses_to_train_missing_ones(tmp_path):
+    from tf_dlthesis.experiments import NotStoredError
+
+    store = ResultsStore(tmp_path / "protocol.sqlite")
+    first = run_protocol(toy_train, sources=["init"], runs=2, labels=LABELS, store=store, executor="serial",
+                         progress=False)
+    untrainable = lambda plan: (_ for _ in ()).throw(AssertionError("trained"))  # noqa: E731
+    with store.reading_only():
+        again = run_protocol(untrainable, sources=["init"], runs=2, labels=LABELS, store=store, executor="serial",
+                             progress=False)
+        np.testing.assert_array_equal(again.logits["init"], first.logits["init"])
+        # more runs asked for: refused before any run is trained, in this process or in workers
+        for executor in ("serial", "local"):
+            with pytest.raises(NotStoredError, match=r"Not stored: \d+ run\(s\) of 'variability'"):
+                run_protocol(untrainable, sources=["init"], runs=3, labels=LABELS, store=store, executor=executor,
+                             progress=False)
+    assert len(store.rows("variability")) == 2
+    third = run_protocol(toy_train, sources=["init"], runs=3, labels=LABELS, store=store, executor="serial",
+                         progress=False)  # outside the context the store computes again
+    assert third.rows["init"]["runs"] == 3 and len(store.rows("variability")) == 3
+
+
 @pytest.mark.parametrize("store, error, match", [
     (lambda: None, TypeError, r"`store` must be a ResultsStore, a path to one .*Received: store=<function"),
     (42, TypeError, r"`store` must be a ResultsStore.*int has no has/get/record. Received: store=42"),

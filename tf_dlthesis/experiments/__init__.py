@@ -16,8 +16,10 @@ from tf_dlthesis.experiments.registry import get as get
 from tf_dlthesis.experiments.registry import register as register
 from tf_dlthesis.experiments.registry import thesis_rows as thesis_rows
 from tf_dlthesis.experiments.registry import thesis_table as thesis_table
+from tf_dlthesis.experiments.report import archive_reads as archive_reads
 from tf_dlthesis.experiments.report import reproduce as reproduce
 from tf_dlthesis.experiments.report import write_report as write_report
+from tf_dlthesis.experiments.results_store import NotStoredError as NotStoredError
 from tf_dlthesis.experiments.results_store import ResultsStore as ResultsStore
 from tf_dlthesis.experiments.training import DataBundle as DataBundle
 from tf_dlthesis.experiments.training import Run as Run

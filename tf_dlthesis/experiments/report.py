@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -466,6 +467,17 @@ def _check_out_dir(out_dir) -> None:
                          f"out_dir={out_dir!r}")
 
 
+def _selected(scale: str, only) -> list:
+    """The items `only` names (None: all) at a known `scale`; a ValueError otherwise."""
+    if scale not in DEFAULT_DATASETS:
+        raise ValueError(f"`scale` must be one of {tuple(DEFAULT_DATASETS)}. Received: scale={scale!r}")
+    experiments = select(only)
+    if not experiments:
+        raise ValueError(f"`only` must name at least one table or figure id (e.g. ['2.1', 'fig4.1']), or be None "
+                         f"for all. Received: only={only!r}")
+    return experiments
+
+
 def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-dlthesis-out", only=None,
               tensorboard=None, progress: bool = True, data_dir=None, archive=None, jobs: int = 1):
     """Runs every registered table/figure and writes the report.
@@ -517,12 +529,7 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     from tf_dlthesis.experiments.results_store import ResultsStore
 
     jobs = _jobs(jobs, scale)
-    if scale not in DEFAULT_DATASETS:
-        raise ValueError(f"`scale` must be one of {tuple(DEFAULT_DATASETS)}. Received: scale={scale!r}")
-    experiments = select(only)
-    if not experiments:
-        raise ValueError(f"`only` must name at least one table or figure id (e.g. ['2.1', 'fig4.1']), or be None "
-                         f"for all. Received: only={only!r}")
+    experiments = _selected(scale, only)
     _check_out_dir(out_dir)
     chosen = {exp.id for exp in experiments}
     absent = [exp.id for exp in select() if exp.id not in chosen]
@@ -596,5 +603,62 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
     return path, sum(1 for s in sections if s[3])
 
 
-__all__ = ["ITEM_SECONDS", "Output", "auto_jobs", "item_seconds", "record_item_seconds", "reproduce", "save_figures",
+def archive_reads(archive, *, scale: str = "standard", dataset: str | None = None, only=None, data_dir=None) -> dict:
+    """Which files of an `export_rows` archive a rebuild of the report reads, and which none does.
+
+    Rebuilds the items (every one, or `only`) in this process from a temporary copy of the
+    archive, as `reproduce(archive=...)` would, but computing nothing the archive lacks
+    (`ResultsStore.reading_only`), and tracks the rows each item reads
+    (`ResultsStore.provenance`). The archive is not changed. Rows that no item reads are
+    left from earlier settings (a run no item asks for any more, or a retrain's replaced
+    draws): after a pass over every item, removing them changes no section or figure of the
+    report. With `only`, "unread" also lists the other items' rows. Item times
+    (`ITEM_SECONDS`) count as read.
+
+    Example (prune an archive; a pass over every item rebuilds the whole report: minutes):
+
+    >>> found = archive_reads("docs/standard-report/store", scale="standard")  # doctest: +SKIP
+    >>> for name in found["unread"]:  # doctest: +SKIP
+    ...     os.remove(os.path.join("docs/standard-report/store", name))
+
+    Returns:
+        `{"read": [...], "unread": [...]}`: sorted file names relative to `archive`.
+
+    Raises:
+        ValueError: `archive` is not a folder or holds a file `export_rows` did not write, an
+            unknown `scale` or id in `only`, or an item needs a run the archive lacks or fails
+            (the item is named).
+    """
+    from tf_dlthesis import runtime
+    from tf_dlthesis.experiments.results_store import NotStoredError, ResultsStore
+    from tf_dlthesis.experiments.training import data_dir as data_dir_context
+
+    if not isinstance(archive, (str, os.PathLike)) or not os.path.isdir(archive):
+        raise ValueError(f"`archive` must be a folder written by `export_rows`. Received: archive={archive!r}")
+    experiments = _selected(scale, only)
+    read = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultsStore(os.path.join(tmp, "results.sqlite"))
+        store.import_rows(archive)
+        with store.reading_only(), data_dir_context(data_dir):
+            for exp in experiments:
+                runtime.configure(seed=0, deterministic=True)  # as `_compute_item`
+                with store.provenance() as seen:
+                    try:
+                        exp(scale, dataset, store, out=tmp)
+                    except NotStoredError as err:
+                        raise ValueError(f"Item {exp.id} reads a run that the archive {os.fspath(archive)!r} lacks "
+                                         f"({err}) Run `reproduce(archive=...)` to complete it first.") from None
+                    except Exception as err:
+                        raise ValueError(f"Item {exp.id} failed while rebuilding from {os.fspath(archive)!r}: "
+                                         f"{type(err).__name__}: {err}") from err
+                read.update(ResultsStore._archive_name(*key) for key in seen)
+    times = os.path.dirname(ResultsStore._archive_name(ITEM_SECONDS, "", 0))
+    names = sorted(os.path.relpath(os.path.join(root, name), archive) for root, _, files in os.walk(archive)
+                   for name in files if name.endswith(".json.gz"))
+    return {"read": [n for n in names if n in read or os.path.dirname(n) == times],
+            "unread": [n for n in names if n not in read and os.path.dirname(n) != times]}
+
+
+__all__ = ["ITEM_SECONDS", "Output", "archive_reads", "auto_jobs", "item_seconds", "record_item_seconds", "reproduce", "save_figures",
            "write_report"]

@@ -133,6 +133,10 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class NotStoredError(LookupError):
+    """A run was needed that the store lacks while it computes nothing (`ResultsStore.reading_only`)."""
+
+
 class ResultsStore:
     """Experiment results in one SQLite file (WAL mode), keyed by run.
 
@@ -174,6 +178,7 @@ class ResultsStore:
         self.path = os.fspath(path)
         self.recorded, self.last_recorded = 0, None
         self._machine, self._trackers, self._tracker_lock = None, [], threading.Lock()
+        self._reading_only = 0  # open `reading_only()` contexts
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -259,6 +264,32 @@ class ResultsStore:
                         seen[(experiment, digest, int(run))] = source
                     seen[key] = machine
 
+    @contextlib.contextmanager
+    def reading_only(self):
+        """Within: this store computes nothing. It reads as usual, but `get_or_compute` of a run it
+        lacks, `record`, and `run_protocol` / `run_lm_protocol` with runs left to train raise
+        `NotStoredError` (naming the run) before anything is computed. `report.archive_reads` rebuilds
+        a report this way, so that an incomplete archive fails at once instead of training for hours.
+
+        Example:
+
+        >>> with store.reading_only():
+        ...     store.get_or_compute("2.1", {"method": "cutmix"}, 0, lambda: {"accuracy": 0.5})
+        Traceback (most recent call last):
+        NotStoredError: ...
+        """
+        self._reading_only += 1
+        try:
+            yield self
+        finally:
+            self._reading_only -= 1
+
+    def before_compute(self, what: str) -> None:
+        """Called before something is computed for this store (`what` names it): raises
+        `NotStoredError` within `reading_only()`, else does nothing."""
+        if self._reading_only:
+            raise NotStoredError(f"Not stored: {what}. The store computes nothing within `reading_only()`.")
+
     @staticmethod
     def _check(experiment, config, run):
         if not isinstance(experiment, str) or not experiment:
@@ -274,7 +305,10 @@ class ResultsStore:
             TypeError: non-JSON-able config/result (object or structured arrays included), or wrong
                 argument types.
             ValueError: a dict key is one the store reserves (`"__ndarray__"`, `"__float__"`), or a bad `run`.
+            NotStoredError: within `reading_only()`.
         """
+        self._check(experiment, config, run)
+        self.before_compute(f"Run {run} of {experiment!r} (config {config_hash(config)})")
         self._record(experiment, config, run, result, None)
 
     def _record(self, experiment, config, run, result, inputs) -> str:
@@ -342,11 +376,13 @@ class ResultsStore:
 
         Raises:
             TypeError: `fn` is not callable or returns something other than a dict.
+            NotStoredError: the run is not stored, within `reading_only()`.
         """
         if not callable(fn):
             raise TypeError(f"`fn` must be callable. Received: fn={fn!r}")
         result = self.get(experiment, config, run)
         if result is None:
+            self.before_compute(f"Run {run} of {experiment!r} (config {config_hash(config)})")
             with self.provenance() as used:
                 result = fn()
             if not isinstance(result, dict):

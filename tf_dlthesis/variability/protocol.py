@@ -887,6 +887,9 @@ class _Scheduler:
             tasks = self.tasks()
             if not tasks:
                 return
+            before = getattr(self.store, "before_compute", None)  # a ResultsStore's `reading_only` guard
+            if callable(before):
+                before(f"{len(tasks)} run(s) of {self.experiment!r}")
             # a transient bar: on a terminal only (in a log its redraws and cursor moves are noise)
             with tqdm(total=len(tasks), desc=f"{self.experiment} runs", leave=False,
                       disable=not progress or not sys.stderr.isatty()) as bar:
