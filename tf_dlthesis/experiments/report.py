@@ -660,5 +660,5 @@ def archive_reads(archive, *, scale: str = "standard", dataset: str | None = Non
             "unread": [n for n in names if n not in read and os.path.dirname(n) != times]}
 
 
-__all__ = ["ITEM_SECONDS", "Output", "archive_reads", "auto_jobs", "item_seconds", "record_item_seconds", "reproduce", "save_figures",
-           "write_report"]
+__all__ = ["ITEM_SECONDS", "Output", "archive_reads", "auto_jobs", "item_seconds", "record_item_seconds", "reproduce",
+           "save_figures", "write_report"]
