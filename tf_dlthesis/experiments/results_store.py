@@ -298,6 +298,11 @@ class ResultsStore:
             raise TypeError(f"`config` must be a dict. Received: config={config!r}")
         check_int("run", run, 0)
 
+    def _key(self, experiment, config, run) -> tuple:
+        """The checked row key `(experiment, config hash, run)`."""
+        self._check(experiment, config, run)
+        return experiment, config_hash(config), int(run)
+
     def record(self, experiment: str, config: dict, run: int, result: dict) -> None:
         """Stores one finished run atomically (replacing an earlier row with the same key).
 
@@ -307,20 +312,19 @@ class ResultsStore:
             ValueError: a dict key is one the store reserves (`"__ndarray__"`, `"__float__"`), or a bad `run`.
             NotStoredError: within `reading_only()`.
         """
-        self._check(experiment, config, run)
-        self.before_compute(f"Run {run} of {experiment!r} (config {config_hash(config)})")
-        self._record(experiment, config, run, result, None)
+        key = self._key(experiment, config, run)
+        self.before_compute(f"Run {run} of {experiment!r} (config {key[1]})")
+        self._record(key, config, result, None)
 
-    def _record(self, experiment, config, run, result, inputs) -> str:
-        """`record`, keeping `inputs` ({row key: machine} of the rows `result` was computed from).
+    def _record(self, key, config, result, inputs) -> str:
+        """`record` under the checked `key`, keeping `inputs` ({row key: machine} of the rows
+        `result` was computed from).
 
         Returns the stored JSON text of `result`.
         """
-        self._check(experiment, config, run)
         if not isinstance(result, dict):
             raise TypeError(f"`result` must be a dict. Received: result={type(result).__name__}")
-        created, digest = time.time(), config_hash(config)
-        key = (experiment, digest, int(run))
+        created = time.time()
         used = [[*k, m] for k, m in sorted((inputs or {}).items(), key=lambda item: item[0]) if k != key]
         text = json.dumps(_encode(result))
         self._insert((*key, json.dumps(_encode(config), sort_keys=True), text, created,
@@ -342,17 +346,15 @@ class ResultsStore:
 
     def has(self, experiment: str, config: dict, run: int) -> bool:
         """Whether this run has finished and been recorded."""
-        self._check(experiment, config, run)
         cur = self._connect().execute(
-            "SELECT 1 FROM results WHERE experiment=? AND config_hash=? AND run=?",
-            (experiment, config_hash(config), int(run)),
-        )
+            "SELECT 1 FROM results WHERE experiment=? AND config_hash=? AND run=?", self._key(experiment, config, run))
         return cur.fetchone() is not None
 
     def get(self, experiment: str, config: dict, run: int):
         """The recorded result dict of a run, or None."""
-        self._check(experiment, config, run)
-        key = (experiment, config_hash(config), int(run))
+        return self._get(self._key(experiment, config, run))
+
+    def _get(self, key):
         row = self._connect().execute(
             f"SELECT result, {_MACHINE_COLUMN}, {_INPUTS_COLUMN} FROM results WHERE experiment=? AND config_hash=? "
             "AND run=?", key).fetchone()
@@ -380,14 +382,15 @@ class ResultsStore:
         """
         if not callable(fn):
             raise TypeError(f"`fn` must be callable. Received: fn={fn!r}")
-        result = self.get(experiment, config, run)
+        key = self._key(experiment, config, run)
+        result = self._get(key)
         if result is None:
-            self.before_compute(f"Run {run} of {experiment!r} (config {config_hash(config)})")
+            self.before_compute(f"Run {run} of {experiment!r} (config {key[1]})")
             with self.provenance() as used:
                 result = fn()
             if not isinstance(result, dict):
                 raise TypeError(f"`fn` must return a dict of results. Received: {type(result).__name__}")
-            result = _decode(json.loads(self._record(experiment, config, run, result, used)))
+            result = _decode(json.loads(self._record(key, config, result, used)))
         return result
 
     def __len__(self) -> int:
