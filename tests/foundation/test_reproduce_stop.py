@@ -1,9 +1,11 @@
-"""Stopping `reproduce` part-way (Ctrl-C, SIGTERM) keeps the running item's finished runs,
-records its compute time up to its last finished run, writes the archive, ends the
-training workers at once, and a rerun resumes."""
+"""Stopping `reproduce` part-way keeps the running item's finished runs and its compute time
+up to its last finished run (Ctrl-C, SIGTERM and a hard kill alike); Ctrl-C and SIGTERM also
+write the archive and end the training workers at once, and a rerun resumes."""
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -56,6 +58,62 @@ def test_a_stopped_item_keeps_its_runs_and_its_time_up_to_the_last_run(tmp_path)
         assert report.item_seconds(store, "quick", None, experiments.get("T.s0")) == seconds  # nothing new trained
     finally:
         experiments.REGISTRY.pop("T.s0")
+
+
+def test_a_hard_kill_keeps_the_running_items_time_up_to_its_last_run(tmp_path, process_session):
+    """SIGKILL (no handler runs) while an item works after its second run: the store already
+    holds the item's time up to that run, and nothing of the work after it."""
+    marker, out = tmp_path / "second-run-stored", tmp_path / "out"
+    script = tmp_path / "hard.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from tf_dlthesis import cli, experiments
+
+        @experiments.register("T.kill", title="killed part-way", chapter="T", quick_minutes=0.0)
+        def item(scale, dataset, store, *, out=None):
+            store.record("T.kill.run", {{"x": 1}}, 0, {{"value": 0.0}})
+            time.sleep(0.5)  # the work of the second run
+            store.record("T.kill.run", {{"x": 1}}, 1, {{"value": 1.0}})
+            open({str(marker)!r}, "w").write("stored")
+            time.sleep(300)  # a third run, cut short by the kill
+
+        if __name__ == "__main__":
+            sys.exit(cli.main(["reproduce", "--only", "T.kill", "--out", {str(out)!r}, "--no-progress"]))
+    """))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = process_session.start([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+    process_session.wait_for(marker, proc, timeout=120)
+    time.sleep(1.0)  # work after the last run, which the kill loses
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    store = experiments.ResultsStore(out / "results.sqlite")
+    [time_row] = store.rows(report.ITEM_SECONDS)
+    assert [row["run"] for row in store.rows("T.kill.run")] == [0, 1] and time_row["config"]["item"] == "T.kill"
+    with contextlib.closing(sqlite3.connect(out / "results.sqlite")) as conn:
+        created = dict(conn.execute("SELECT experiment, MAX(created) FROM results GROUP BY experiment").fetchall())
+        first = conn.execute("SELECT created FROM results WHERE experiment='T.kill.run' AND run=0").fetchone()[0]
+    # from the item's start to its second run: the 0.5 s between the runs, not the 1 s after them
+    assert 0.5 <= time_row["result"]["seconds"] < 0.5 + (created["T.kill.run"] - first)
+    assert 0 <= created[report.ITEM_SECONDS] - created["T.kill.run"] < 0.5  # written right after that run
+
+
+def test_a_failed_item_keeps_its_time_up_to_its_last_run(tmp_path):
+    """The rerun reads the failed item's finished runs back, so their time is the item's cost;
+    the work after them is not."""
+    @experiments.register("T.fail", title="fails after a run", chapter="T", quick_minutes=0.0)
+    def _item(scale, dataset, store, *, out=None):
+        store.record("T.fail.run", {"x": 1}, 0, {"value": 0.0})
+        time.sleep(0.5)
+        raise RuntimeError("boom")
+
+    try:
+        path, failed = experiments.reproduce(out_dir=str(tmp_path), only=["T.fail"], progress=False)
+        store = experiments.ResultsStore(tmp_path / "results.sqlite")
+        assert failed == 1 and len(store.rows("T.fail.run")) == 1
+        assert 0.0 < report.item_seconds(store, "quick", None, experiments.get("T.fail")) < 0.5
+    finally:
+        experiments.REGISTRY.pop("T.fail")
 
 
 def test_an_item_stopped_before_its_first_run_records_no_time(tmp_path):

@@ -111,6 +111,29 @@ def test_get_or_compute_returns_the_stored_form_on_the_first_run_too(tmp_path):
     assert array[0] == 0 and store.get("e", {"k": 1}, 0)["x"][0] == 0
 
 
+def test_after_record_calls_back_with_each_recorded_key_inside_its_context_only(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    store.record("a", {"k": 0}, 0, {"v": 0})  # before: not seen
+    seen = []
+
+    def note(key):
+        seen.append(key)
+        if key[0] != "note":  # a row the callback records calls it again
+            store.record("note", {"of": key[0]}, 0, {"v": 1})
+
+    with store.after_record(note):
+        store.record("a", {"k": 1}, 3, {"v": 1})
+        store.get_or_compute("b", {"k": 2}, 0, lambda: {"v": 2})
+        store.get_or_compute("b", {"k": 2}, 0, lambda: {"v": 3})  # read back: nothing recorded
+        store.get("a", {"k": 0}, 0)
+    store.record("a", {"k": 4}, 0, {"v": 4})  # after: not seen
+    assert seen == [("a", config_hash({"k": 1}), 3), ("note", config_hash({"of": "a"}), 0),
+                    ("b", config_hash({"k": 2}), 0), ("note", config_hash({"of": "b"}), 0)]
+    with pytest.raises(TypeError, match="fn"):
+        with store.after_record("not a function"):
+            pass
+
+
 def test_export_import_rows_moves_every_run_to_a_fresh_store(tmp_path):
     store = ResultsStore(tmp_path / "a.sqlite")
     logits = np.random.default_rng(1).normal(size=(50, 10)).astype(np.float32)

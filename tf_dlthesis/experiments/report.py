@@ -339,34 +339,34 @@ def _output_lines(output, ensure_figure=None) -> list:
     return lines
 
 
-def _keep_stopped_item(store, scale, dataset, exp, t0: float, held: int) -> None:
-    """Records the compute time of an item stopped part-way: up to the last run this process
-    recorded for it (`held`: `store.recorded` when it started at `t0`). The runs cut short
-    are lost and will be trained again by the resuming process, so their time is not the
-    item's cost; an item stopped before its first run records none.
-    """
-    last = store.last_recorded
-    if store.recorded > held and last is not None and last > t0:
-        record_item_seconds(store, scale, dataset, exp, last - t0)
-
-
 def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir, warn=print) -> tuple:
     """Runs one item in this process: `(Output or None, compute seconds, error text or None)`.
 
     Every item starts from the same global state (`runtime.configure(seed=0,
     deterministic=True)`), so its numbers do not depend on what ran before it or
     where. Its figures are saved under `out_dir/figures`. Its compute time is
-    recorded in `store` when it trained or evaluated something; an item read back
-    entirely shows its recorded time. An item that raises is returned with its
-    error (the others must still run). Stopped (KeyboardInterrupt): the finished
-    runs' time is kept (`_keep_stopped_item`), then the stop propagates.
+    recorded in `store` when it trained or evaluated something: this process's share
+    is one `ITEM_SECONDS` row, rewritten after every run the item records (the time
+    up to that run) and once more when the item finishes. So an item stopped
+    part-way, by Ctrl-C, SIGTERM, a hard kill or an error, keeps its time up to its
+    last finished run: the runs cut short are trained again by the resuming process,
+    so their time is not the item's cost; the finished ones are read back, so theirs is. An item
+    read back entirely shows its recorded time. An item that raises is returned with
+    its error (the others must still run); KeyboardInterrupt propagates.
     """
     from tf_dlthesis import runtime
     from tf_dlthesis.experiments.training import data_dir as data_dir_context
 
     runtime.configure(seed=0, deterministic=True)
+    key = _item_key(scale, dataset, exp)
+    share = _recorded(store, key)[1]  # this process's row of the item's time
     t0, held = time.time(), store.recorded
-    try:
+
+    def keep_time(row_key) -> None:  # after each finished run of the item
+        if row_key[0] != ITEM_SECONDS:
+            store.record(ITEM_SECONDS, key, share, {"seconds": store.last_recorded - t0})
+
+    with store.after_record(keep_time):
         try:
             with data_dir_context(data_dir):
                 output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
@@ -375,13 +375,10 @@ def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir,
         except Exception:  # keep going: one failure must not lose the others' results
             output, error = None, _error_text()
             warn(f"[{exp.id}] failed: {error.strip().splitlines()[-1]}")
-    except KeyboardInterrupt:
-        _keep_stopped_item(store, scale, dataset, exp, t0, held)
-        raise
     seconds = time.time() - t0
-    if error is None and store.recorded > held:  # a failed item's time is not the item's cost
-        seconds = record_item_seconds(store, scale, dataset, exp, seconds)
-    elif error is None:  # read back: its recorded time
+    if error is None and store.recorded > held:
+        store.record(ITEM_SECONDS, key, share, {"seconds": seconds})
+    if error is None:  # trained, or read back: its recorded time
         seconds = item_seconds(store, scale, dataset, exp) or seconds
     return output, seconds, error
 

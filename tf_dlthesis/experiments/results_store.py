@@ -178,6 +178,7 @@ class ResultsStore:
         self.path = os.fspath(path)
         self.recorded, self.last_recorded = 0, None
         self._machine, self._trackers, self._tracker_lock = None, [], threading.Lock()
+        self._listeners: list = []  # `after_record` callbacks
         self._reading_only = 0  # open `reading_only()` contexts
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
@@ -255,6 +256,27 @@ class ResultsStore:
             with self._tracker_lock:  # by identity: two contexts' dicts may be equal
                 self._trackers = [t for t in self._trackers if t is not seen]
 
+    @contextlib.contextmanager
+    def after_record(self, fn):
+        """Within: `fn(key)` runs after every row this object records (`record`,
+        `get_or_compute`), with the row's key `(experiment, config hash, run)`, in the
+        thread that recorded it. Rows `fn` records itself call it again (it tells them by
+        their key). `reproduce` keeps each item's compute time up to date this way, so
+        that a hard kill loses none of it up to the last finished run.
+
+        Raises:
+            TypeError: if `fn` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"`fn` must be callable. Received: fn={fn!r}")
+        with self._tracker_lock:
+            self._listeners = [*self._listeners, fn]
+        try:
+            yield
+        finally:
+            with self._tracker_lock:
+                self._listeners = [f for f in self._listeners if f is not fn]
+
     def _seen(self, key: tuple, machine, inputs=None) -> None:
         """Marks row `key` (and the rows it was computed from: `[experiment, hash, run, machine]`s) as used."""
         if self._trackers:
@@ -331,6 +353,8 @@ class ResultsStore:
                       self.machine, json.dumps(used, separators=(",", ":")) if used else None))
         self._seen(key, self.machine)
         self.recorded, self.last_recorded = self.recorded + 1, created
+        for fn in self._listeners:  # a list replaced, never changed in place: safe to iterate
+            fn(key)
         return text
 
     def _insert(self, row) -> None:
