@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import sqlite3
@@ -132,6 +133,29 @@ def test_after_record_calls_back_with_each_recorded_key_inside_its_context_only(
     with pytest.raises(TypeError, match="fn"):
         with store.after_record("not a function"):
             pass
+
+
+def test_rows_an_after_record_callback_records_are_no_result_s_provenance_or_input(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+
+    def note(key):
+        if key[0] != "note":
+            store.record("note", {"of": key[0]}, 0, {"v": 1})
+
+    def outer():  # a result computed from a run recorded inside it
+        store.record("inner", {"k": 1}, 0, {"v": 1})
+        return {"v": 2}
+
+    with store.after_record(note), store.provenance() as seen:
+        store.get_or_compute("outer", {"k": 2}, 0, outer)
+    assert len(store.rows("note")) == 2  # the callback did record, after each of the two rows
+    assert sorted(seen) == sorted([("inner", config_hash({"k": 1}), 0), ("outer", config_hash({"k": 2}), 0)])
+    with sqlite3.connect(tmp_path / "r.sqlite") as conn:
+        [(inputs,)] = conn.execute("SELECT inputs FROM results WHERE experiment='outer'").fetchall()
+    assert [row[0] for row in json.loads(inputs)] == ["inner"]  # not the callback's row
+    with store.provenance() as later:  # outside the callback, the same rows are tracked again
+        store.record("note", {"of": "x"}, 0, {"v": 3})
+    assert list(later) == [("note", config_hash({"of": "x"}), 0)]
 
 
 def test_export_import_rows_moves_every_run_to_a_fresh_store(tmp_path):

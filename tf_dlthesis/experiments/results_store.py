@@ -261,8 +261,10 @@ class ResultsStore:
         """Within: `fn(key)` runs after every row this object records (`record`,
         `get_or_compute`), with the row's key `(experiment, config hash, run)`, in the
         thread that recorded it. Rows `fn` records itself call it again (it tells them by
-        their key). `reproduce` keeps each item's compute time up to date this way, so
-        that a hard kill loses none of it up to the last finished run.
+        their key). What `fn` reads or records is bookkeeping, not a result: no
+        `provenance()` context sees it, so it is neither a section's machine nor an input
+        of a result recorded around it. `reproduce` keeps each item's compute time up to
+        date this way, so that a hard kill loses none of it up to the last finished run.
 
         Raises:
             TypeError: if `fn` is not callable.
@@ -279,7 +281,7 @@ class ResultsStore:
 
     def _seen(self, key: tuple, machine, inputs=None) -> None:
         """Marks row `key` (and the rows it was computed from: `[experiment, hash, run, machine]`s) as used."""
-        if self._trackers:
+        if self._trackers and not getattr(self._local, "in_listener", False):
             with self._tracker_lock:
                 for seen in self._trackers:
                     for experiment, digest, run, source in inputs or ():
@@ -353,8 +355,13 @@ class ResultsStore:
                       self.machine, json.dumps(used, separators=(",", ":")) if used else None))
         self._seen(key, self.machine)
         self.recorded, self.last_recorded = self.recorded + 1, created
-        for fn in self._listeners:  # a list replaced, never changed in place: safe to iterate
-            fn(key)
+        if self._listeners:
+            outer, self._local.in_listener = getattr(self._local, "in_listener", False), True
+            try:  # what the callbacks read or record is not tracked
+                for fn in self._listeners:  # a list replaced, never changed in place: safe to iterate
+                    fn(key)
+            finally:
+                self._local.in_listener = outer
         return text
 
     def _insert(self, row) -> None:
