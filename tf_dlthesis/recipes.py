@@ -44,7 +44,8 @@ import numpy as np
 
 from tf_dlthesis._checks import check_int
 
-__all__ = ["CoupledSGD", "Recipe", "WarmupCosine", "WarmupPiecewiseConstant", "get", "names", "sgd"]
+__all__ = ["CoupledSGD", "DecayAdam", "DecaySGD", "Recipe", "WarmupCosine", "WarmupPiecewiseConstant", "adam", "get", "names",
+           "sgd"]
 
 _WARMUPS = ("constant", "linear", "log_linear")
 #: How weight decay enters the step: "l2" adds `wd * w` to the gradient (the thesis's TF-Slim and PyTorch
@@ -202,8 +203,41 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                 "name": self.name}
 
 
+class _SavesDecayExclusions:
+    """Keeps the names given to `exclude_from_weight_decay` through `get_config` / `from_config`.
+
+    Keras 3 saves neither the names nor the variables excluded from weight decay,
+    so a model saved and loaded again (`model.save`, `load_model`) would start
+    decaying the batch-norm gamma and beta a recipe excludes (Sec. 4.3.3).
+    Variables excluded by `var_list` cannot be saved by name and are not kept.
+    """
+
+    def __init__(self, *args, not_decayed=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.not_decayed = None
+        if not_decayed:
+            self.exclude_from_weight_decay(var_names=list(not_decayed))
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        self.not_decayed = list(var_names) if var_names else None
+
+    def get_config(self):
+        return {**super().get_config(), "not_decayed": self.not_decayed}
+
+
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
-class CoupledSGD(keras.optimizers.SGD):
+class DecaySGD(_SavesDecayExclusions, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` (decoupled `weight_decay`) whose decay exclusions survive saving."""
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class DecayAdam(_SavesDecayExclusions, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` (decoupled `weight_decay`) whose decay exclusions survive saving."""
+
+
+@keras.saving.register_keras_serializable(package="tf_dlthesis")
+class CoupledSGD(_SavesDecayExclusions, keras.optimizers.SGD):
     """SGD whose weight decay is L2 regularization: `l2 * w` joins the gradient before momentum.
 
     This is the convention of the thesis's TF-Slim runs (an L2 loss term) and of
@@ -211,7 +245,8 @@ class CoupledSGD(keras.optimizers.SGD):
     about `lr * l2 / (1 - m)` per step. Keras's own `weight_decay` is decoupled
     (`w -= lr * weight_decay * w` after the step), about `1 - m` times weaker
     with the same number. Variables excluded through `exclude_from_weight_decay`
-    get no decay.
+    get no decay, also after `model.save` and `keras.models.load_model` (Keras
+    itself does not save the exclusions).
 
     Example:
 
@@ -258,7 +293,9 @@ def sgd(learning_rate, *, momentum: float = 0.9, nesterov: bool = False, weight_
         **kwargs: other optimizer options (e.g. `global_clipnorm`).
 
     Returns:
-        A `keras.optimizers.SGD` (a `CoupledSGD` for a non-zero `"l2"` decay).
+        A `keras.optimizers.SGD`: a `CoupledSGD` for a non-zero `"l2"` decay, a
+        `DecaySGD` for a non-zero `"decoupled"` one (both keep gamma and beta out of
+        the decay through `model.save` / `load_model`).
 
     Raises:
         ValueError: unknown mode, or a decay that is not a finite number >= 0.
@@ -269,9 +306,10 @@ def sgd(learning_rate, *, momentum: float = 0.9, nesterov: bool = False, weight_
                          f"Received: weight_decay_mode={weight_decay_mode!r}")
     if wd and weight_decay_mode == "l2":
         opt = CoupledSGD(learning_rate, momentum=momentum, nesterov=nesterov, l2=wd, **kwargs)
+    elif wd:
+        opt = DecaySGD(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=wd, **kwargs)
     else:
-        opt = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=wd or None,
-                                   **kwargs)
+        opt = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
     return _norm_params_not_decayed(opt, wd)
 
 
@@ -287,7 +325,8 @@ def adam(learning_rate, *, weight_decay: float = 0.0, **kwargs):
         ValueError: a decay that is not a finite number >= 0.
     """
     wd = _check_decay("weight_decay", weight_decay)
-    return _norm_params_not_decayed(keras.optimizers.Adam(learning_rate, weight_decay=wd or None, **kwargs), wd)
+    opt = DecayAdam(learning_rate, weight_decay=wd, **kwargs) if wd else keras.optimizers.Adam(learning_rate, **kwargs)
+    return _norm_params_not_decayed(opt, wd)
 
 
 def _norm_params_not_decayed(opt, weight_decay):

@@ -114,6 +114,8 @@ EXAMPLES = {
     "PreciseBN": lambda: {"kind": "callback", "object": normalization.PreciseBN(X, epochs=[1, 3], steps=2)},
     # an optimizer: serialized and rebuilt from its config like the callbacks
     "CoupledSGD": lambda: {"kind": "callback", "object": recipes.CoupledSGD(0.1, momentum=0.9, nesterov=True, l2=5e-4)},
+    "DecaySGD": lambda: {"kind": "callback", "object": recipes.sgd(0.1, weight_decay=5e-4, weight_decay_mode="decoupled")},
+    "DecayAdam": lambda: {"kind": "callback", "object": recipes.adam(0.01, weight_decay=1e-4)},
 }
 _OPTIONAL = {  # registered by modules that may not exist in every checkout of this issue
     "SWASchedule": ("tf_dlthesis.variability.swa", lambda m: _schedule(m.SWASchedule(0.1, 0.01, 40), [0, 10, 25, 39, 40, 60])),

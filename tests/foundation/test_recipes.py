@@ -179,6 +179,29 @@ def test_gamma_and_beta_are_never_decayed_by_recipe_optimizers(mode):
     assert moved == {"kernel": True, "bias": False, "gamma": False, "beta": False}, moved  # bias is 0: nothing to decay
 
 
+@pytest.mark.parametrize("mode", ["l2", "decoupled", "adam"])
+def test_gamma_and_beta_stay_undecayed_after_save_and_load(mode, tmp_path):
+    # Keras 3 saves no weight-decay exclusions: a resumed model once decayed gamma and beta
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
+    model.layers[1].set_weights([np.full(2, 2.0, np.float32), np.full(2, 1.0, np.float32), np.zeros(2, np.float32),
+                                 np.ones(2, np.float32)])
+    if mode == "adam":
+        opt = recipes.adam(0.01, weight_decay=0.1)
+    else:
+        recipe = dataclasses.replace(recipes.get("ch3_cifar"), weight_decay_mode=mode)
+        opt = recipe.optimizer(steps_per_epoch=1, epochs=20, weight_decay=0.1)
+    model.compile(opt, "mse")
+    model.fit(np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32), epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is type(model.optimizer) and loaded.optimizer.not_decayed == ["gamma", "beta"]
+    for m in (model, loaded):  # zero gradients: momentum and decay alone move the weights
+        for _ in range(3):
+            m.optimizer.apply([keras.ops.zeros_like(v) for v in m.trainable_variables], m.trainable_variables)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
 def test_coupled_sgd_serializes_and_refuses_bad_settings():
     opt = recipes.get("ch5_cifar10").optimizer(steps_per_epoch=10, epochs=5)
     again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
