@@ -509,3 +509,28 @@ def test_smallest_difference_over_two_seeds_covers_the_minimum():
         e = stats.smallest_difference(pairs, what="min", n_boot=200, seed=s)
         hits += e.low <= 0 <= e.high
     assert hits >= 74  # binomial(80, 0.95): P(hits < 74) ~ 0.07 at exactly 95%; the bound is conservative
+
+
+def test_proportion_over_several_runs_at_0_or_100_percent_is_at_least_the_wilson_interval():
+    # every replicate ties at 0% or 100%: the crossed interval alone was [0, 0], narrower than one run's
+    for value in (0.0, 1.0):
+        one = stats.proportion(np.full(2000, value))
+        for runs in (2, 3):
+            several = stats.proportion(np.full((runs, 2000), value))
+            assert (several.low, several.high) == pytest.approx((one.low, one.high))
+            assert one.high - one.low > 0.15
+    assert stats.verdict(stats.proportion(np.zeros((2, 2000))), below=0.1) == "inconclusive"
+    # away from the ends the crossed interval is the wider one and is kept
+    rng = np.random.default_rng(0)
+    mixed = (rng.random((3, 2000)) < np.array([[0.7], [0.8], [0.9]])).astype(float)
+    crossed = stats.proportion(mixed)
+    wilson_half = 100 * 1.96 * np.sqrt(0.8 * 0.2 / 2000)
+    assert crossed.high - crossed.low > 4 * wilson_half
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_accuracy_differences_over_fewer_than_6_examples_give_no_interval(n):
+    effect = stats.accuracy_difference(np.ones(n), np.zeros(n))  # every example discordant for A
+    assert effect.estimate == 100 and (effect.low, effect.high) == (-np.inf, np.inf)
+    assert "no interval" in effect.statistic and stats.verdict(effect, above=0) == "inconclusive"
+    assert stats.accuracy_difference(np.ones(6), np.zeros(6)).high < np.inf

@@ -358,3 +358,8 @@ def test_sd_ratio_of_runs_whose_accuracies_tie_uses_the_test_sets_grid():
     assert "identical: exact" in exact.statistic and (exact.estimate, exact.low, exact.high) == (0.0, 0.0, 0.0)
     # cross-entropies are continuous: no grid
     assert "tied" not in c5._sd_ratio(tied, varied, labels, "cross_entropy", "x").statistic
+    # bit-identical runs against runs that differ but tie on the grid: 0 over a tied 0 is 0 / 0, not an
+    # exact 1 (once "both sides' runs identical: exact", 1 [1, 1], "within a factor of 2" reproduced)
+    mixed = c5._sd_ratio(base, tied, labels, "accuracy", "identical / tied")
+    assert "tied-values bound (grid 1/5)" in mixed.statistic and (mixed.low, mixed.high) == (0.0, math.inf)
+    assert c5._sd_ratio(base, base, labels, "accuracy", "x").statistic.endswith("identical: exact)")

@@ -307,11 +307,15 @@ def _sd_ratio(stack_a, stack_b, labels, metric: str, what: str) -> stats.Effect:
 
     Accuracies lie on a grid of step 1 / N, so runs that differ can still tie: their SD of 0
     is then bounded through that grid (`resolution`). A side whose runs are bit-identical has
-    an SD of exactly 0 with no rounding in it, and keeps `sd_ratio`'s exact treatment."""
-    identical = _bit_identical(stack_a) or _bit_identical(stack_b)
-    resolution = 1.0 / np.asarray(stack_a).shape[1] if metric == "accuracy" and not identical else None
-    return stats.sd_ratio(_values(stack_a, labels, metric), _values(stack_b, labels, metric),
-                          what=f"{metric} SD ratio, {what}", resolution=resolution)
+    an SD of exactly 0 with no rounding in it, and keeps `sd_ratio`'s exact treatment, unless
+    the other side's runs differ but tie on the grid: both are then bounded through it (the
+    identical side's bound holds too, only looser), since an exact 0 over a tied 0 is 0 / 0."""
+    a, b = _values(stack_a, labels, metric), _values(stack_b, labels, metric)
+    identical = [_bit_identical(stack_a), _bit_identical(stack_b)]
+    tied = [not same and np.all(v == v[0]) for same, v in zip(identical, (a, b))]
+    grid = metric == "accuracy" and (not any(identical) or any(tied))
+    resolution = 1.0 / np.asarray(stack_a).shape[1] if grid else None
+    return stats.sd_ratio(a, b, what=f"{metric} SD ratio, {what}", resolution=resolution)
 
 
 def _disagreement_matrix(stack) -> np.ndarray:

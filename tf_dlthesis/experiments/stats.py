@@ -278,6 +278,9 @@ def accuracy_differences(pairs, reduce, *, what: str, unit: str = "pts", scale: 
         unit, scale: the effect's unit and the factor from an accuracy difference to it.
         n_boot, seed, confidence: bootstrap replicates, its seed, the interval's coverage.
 
+    With fewer than `MIN_BOOTSTRAP_UNITS` (6) test examples there is nothing to
+    resample and the interval is infinite (as `bootstrap`'s).
+
     Raises:
         ValueError: no pairs, or matrices of different shapes.
     """
@@ -294,6 +297,9 @@ def accuracy_differences(pairs, reduce, *, what: str, unit: str = "pts", scale: 
     d = np.stack(mats)                       # (pairs, R, N)
     _, r, n = d.shape
     estimate, lo, hi = _interval(d, reduce, scale, n_boot, seed, confidence)
+    if n < MIN_BOOTSTRAP_UNITS:
+        return Effect(estimate, lo, hi, f"{what} ({unit}) over {n} test examples (fewer than "
+                      f"{MIN_BOOTSTRAP_UNITS}: no interval)", n, confidence)
     if r == 1:
         return Effect(estimate, lo, hi, f"{what} ({unit}), bootstrap over {n} test examples", n, confidence)
     return Effect(estimate, lo, hi, f"{what} ({unit}) over {r} paired runs x {n} test examples: {_CROSSED}", r,
@@ -353,6 +359,10 @@ def _interval(d: np.ndarray, reduce, scale: float, n_boot: int, seed: int, confi
     """
     _check_n_boot(n_boot)
     _, r, n = d.shape
+    _check_confidence(confidence)
+    if n < MIN_BOOTSTRAP_UNITS:  # as `bootstrap`: too few test examples to resample (3 of 3 discordant: 100 [100, 100])
+        effects = scale * d.mean(axis=(1, 2))
+        return float(reduce(effects)), -math.inf, math.inf
     per_example = d.mean(axis=1)             # (pairs, N): the runs' mean per test example
     rng = np.random.default_rng(seed)
     replicates = np.empty((n_boot, len(d)))  # every pair's effect per replicate
@@ -404,27 +414,38 @@ def proportion(correct, *, what: str = "accuracy", scale: float = 100.0, n_boot:
     One run: the Wilson score interval over the N test examples. R > 1 runs on the
     same test examples are not R x N independent predictions (pooling them in one
     Wilson interval would shrink it by up to sqrt(R)): the interval is then the one
-    `accuracy_differences` uses, seed and test-set parts in quadrature.
+    `accuracy_differences` uses, seed and test-set parts in quadrature, widened where
+    needed to the Wilson interval of N examples at the runs' mean accuracy (at 0% or
+    100% the crossed interval alone has width 0).
     """
     c = _as_matrix("correct", correct)
     if not np.all((c >= 0) & (c <= 1)):
         raise ValueError(f"`correct` must hold per-example correctness in [0, 1]. Received values such as "
                          f"{np.unique(c[(c < 0) | (c > 1)])[:5].tolist()}")
     if c.shape[0] > 1:
+        # never narrower than the Wilson interval of one run's N examples at the runs' mean accuracy: at
+        # 0% or 100% every bootstrap replicate and jackknife value ties, and the crossed interval has width 0
         estimate, lo, hi = _interval(c[None], lambda v: v[0], scale, n_boot, seed, confidence)
-        return Effect(estimate, max(0.0, lo), min(scale, hi),
-                      f"{what} (x{scale:g}) over {c.shape[0]} runs x {c.shape[1]} test examples: {_CROSSED}",
-                      c.shape[0], confidence)
+        w_lo, w_hi = _wilson(float(c.mean(axis=0).sum()), c.shape[1], confidence)
+        return Effect(estimate, max(0.0, min(lo, scale * w_lo)), min(scale, max(hi, scale * w_hi)),
+                      f"{what} (x{scale:g}) over {c.shape[0]} runs x {c.shape[1]} test examples: {_CROSSED} "
+                      f"(at least the Wilson interval of one run's {c.shape[1]})", c.shape[0], confidence)
     c = c.reshape(-1)
     n, k = c.size, float(c.sum())
+    low, high = _wilson(k, n, confidence)
+    return Effect(scale * k / n, scale * low, scale * high,
+                  f"{what} (x{scale:g}), Wilson interval over {n} predictions", n, confidence)
+
+
+def _wilson(k: float, n: int, confidence: float) -> tuple:
+    """The Wilson score interval (as fractions) of `k` successes in `n` trials."""
     z = _z(confidence)
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     low = 0.0 if k == 0 else max(0.0, centre - half)   # exact at the ends: round-off would exclude p itself
     high = 1.0 if k == n else min(1.0, centre + half)
-    return Effect(scale * p, scale * low, scale * high,
-                  f"{what} (x{scale:g}), Wilson interval over {n} predictions", n, confidence)
+    return low, high
 
 
 #: Fewest units in a sample for which `bootstrap` gives an interval.
