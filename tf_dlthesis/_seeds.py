@@ -6,8 +6,11 @@ stateless-op seed here:
 * an int >= 0 (or NumPy integer) -> `[seed, 0]`;
 * a shape-[2] integer tensor / sequence -> used as is (already a stateless seed);
   a scalar integer tensor `s` -> `[s, 0]`;
-* `None` -> fresh entropy from the operating system, drawn once per call: the
-  result is random and not reproducible, as with Keras's `seed=None`.
+* `None` -> fresh entropy, drawn once per call: the result is random and not
+  reproducible, as with Keras's `seed=None`. Eagerly the entropy comes from the
+  operating system; while tracing (`tf.function`, `tf.data` maps, XLA) an in-graph
+  op draws it at every execution, since a seed drawn at trace time would be frozen
+  into the graph and every call would draw the same numbers.
 
 Anything else (bools, floats, negative ints, wrong shapes) raises a `TypeError` /
 `ValueError` that names the argument.
@@ -48,7 +51,8 @@ def as_seed(seed, name: str = "seed") -> tf.Tensor:
     [3, 0]
 
     Args:
-        seed: int >= 0, shape-[2] integer tensor/sequence, or `None` (fresh entropy).
+        seed: int >= 0, shape-[2] integer tensor/sequence, or `None` (fresh entropy
+            per call, also per execution of a traced graph).
         name: the argument's name, for error messages.
 
     Returns:
@@ -57,8 +61,18 @@ def as_seed(seed, name: str = "seed") -> tf.Tensor:
     Raises:
         TypeError: bools, floats, non-integer tensors.
         ValueError: negative ints or ints >= 2**63, tensors of another shape.
+        RuntimeError: `None` while tracing under op determinism with no global seed.
     """
     if seed is None:
+        if not tf.executing_eagerly():
+            try:
+                return tf.random.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
+            except RuntimeError as error:  # op determinism without a global seed
+                raise RuntimeError(
+                    f"`{name}=None` inside a traced graph (tf.function, tf.data map) draws fresh entropy at "
+                    "every execution with a stateful random op, which op determinism refuses unless a global "
+                    f"seed is set (`tf.random.set_seed`). Pass an int `{name}` for reproducible numbers."
+                ) from error
         return tf.constant([fresh_seed(), fresh_seed()], tf.int64)
     if isinstance(seed, bool):
         raise TypeError(f"`{name}` must be an int, a shape-[2] integer tensor or None. Received: {name}={seed!r}")

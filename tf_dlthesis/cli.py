@@ -227,12 +227,15 @@ def _one_line(err: Exception) -> str:
 
 def _check_names(args, sub_parser) -> None:
     """Checks the names only the library knows; `sub_parser.error` (exit 2) for a bad one."""
+    import tensorflow as tf
+
     from tf_dlthesis import augment, data, experiments, models
 
     try:
         if args.command in ("reproduce", "table", "figure"):
             if args.dataset is not None:
                 data.info(args.dataset, data_dir=args.data_dir)
+                data.load(args.dataset, "test", data_dir=args.data_dir)  # its files are here (before any output)
             if args.command == "reproduce":
                 if args.only is not None:
                     experiments.registry.select(args.only)
@@ -256,8 +259,11 @@ def _check_names(args, sub_parser) -> None:
             models.build(args.model, shape, info.num_classes, norm=args.norm)  # a bad model or norm raises here
             with experiments.training.data_dir(args.data_dir):  # missing files, a subset or batch too big
                 args.data = experiments.load_data(args.spec)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as err:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError, MemoryError) as err:
         sub_parser.error(_one_line(err))
+    except tf.errors.ResourceExhaustedError as err:  # e.g. --image-size 100000: the resized set does not fit
+        oom = err.message[err.message.find("OOM"):].split(" on /")[0] if "OOM" in err.message else "OOM"
+        sub_parser.error(f"out of memory preparing the data ({oom}); try a smaller --image-size or --train-examples")
 
 
 def main(argv=None) -> int:

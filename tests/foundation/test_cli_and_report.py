@@ -89,6 +89,28 @@ def test_train_without_the_datasets_files_is_a_one_line_error_before_anything_is
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", [["table", "2.1"], ["reproduce", "--only", "2.1"]])
+def test_table_or_reproduce_without_the_datasets_files_is_a_one_line_error_before_anything_is_created(
+        command, capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as info:  # once: an output folder and a failed report, exit 1
+        cli.main([*command, "--dataset", "mnist", "--data-dir", str(empty), "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"tf-dlthesis {command[0]}: error: `data_dir` does not hold MNIST"), err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_size_too_large_for_memory_is_a_one_line_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:  # once: a ten-frame traceback ending in ResourceExhaustedError
+        cli.main(["train", "--image-size", "100000", "--epochs", "1", "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tf-dlthesis train: error: out of memory preparing the data (OOM"), err[-1]
+    assert "--image-size" in err[-1] and not (tmp_path / "out").exists()
+
+
 def test_version_flag(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])

@@ -306,17 +306,24 @@ _FASHION_FROM_FILES = """
     again = data.load_arrays("fashion_mnist", "train", data_dir=data_dir)[0]
     sliced = [(a.numpy(), int(b)) for a, b in data.load("fashion_mnist", "train[1:3]", data_dir=data_dir)]
     resized = next(iter(data.load("fashion_mnist", "test", data_dir=data_dir, image_size=32)))[0]
+    # files with other contents than Fashion-MNIST's are read directly: Keras's shared cache stays clean
+    import os
+    from keras.src.backend import config
+    cache = os.path.join(config.keras_home(), "datasets", "fashion-mnist")
+    clean = not os.path.isdir(cache) or not os.listdir(cache)
     # With data_dir=None the Debian package's files come first (its lookup pointed at a
-    # second tiny set here), replacing the differing files in Keras's cache.
+    # second tiny set here, taken for the original set: its contents' hashes stand in for
+    # Fashion-MNIST's), going through Keras's cache.
     _registry._debian_package_files = lambda package: {
         f: f"{debian_dir}/{f}" for f in %r} if package == "dataset-fashion-mnist" else {}
+    _registry._FASHION_CONTENT_SHA256 = {f: _registry._content_sha256(f"{debian_dir}/{f}", 0, 0) for f in %r}
     dx, dy = data.load_arrays("fashion_mnist", "train")
     np.savez(out, x=x, y=y, xt=xt, yt=yt, sx=np.stack([s[0] for s in sliced]), sy=[s[1] for s in sliced],
              dx=dx, dy=dy)
     print(json.dumps({"cached_is_shared": bool(np.shares_memory(again, x)),
                       "writeable": bool(x.flags.writeable or y.flags.writeable),
-                      "dtypes": [str(x.dtype), str(y.dtype)], "resized": list(resized.shape)}))
-""" % (IDX_FILES,)
+                      "dtypes": [str(x.dtype), str(y.dtype)], "resized": list(resized.shape), "clean": clean}))
+""" % (IDX_FILES, IDX_FILES)
 
 
 def test_fashion_mnist_from_idx_files_the_test_writes(tmp_path):
@@ -334,6 +341,8 @@ def test_fashion_mnist_from_idx_files_the_test_writes(tmp_path):
     assert result["resized"] == [32, 32, 3]
     # cached in-process, immutable
     assert result["cached_is_shared"] and not result["writeable"]
+    # a stand-in set never enters Keras's shared cache (keras.datasets.fashion_mnist.load_data() once returned it)
+    assert result["clean"]
     # data_dir=None: the (stand-in) Debian files, through Keras's cache
     np.testing.assert_array_equal(out["dx"][..., 0], debian_images.astype(np.float32) / np.float32(255))
     np.testing.assert_array_equal(out["dy"], debian_labels)
@@ -341,6 +350,16 @@ def test_fashion_mnist_from_idx_files_the_test_writes(tmp_path):
     for name in IDX_FILES:  # Keras's cache now holds exactly the last source's files
         assert (cached / name).read_bytes() == (tmp_path / "debian" / name).read_bytes()
     assert not (tmp_path / "home" / ".keras").exists()
+
+
+def test_other_files_left_in_keras_cache_are_not_taken_for_fashion_mnist(tmp_path, monkeypatch):
+    # once: without the Debian package, a stand-in set another program left in Keras's cache was
+    # returned as Fashion-MNIST (20 images while `info` said 60,000)
+    _tiny_idx_set(tmp_path / "cache" / "datasets" / "fashion-mnist", seed=0)
+    monkeypatch.setattr(_registry, "_debian_package_files", lambda package: {})
+    monkeypatch.setattr(_registry, "_keras_cache_dir", lambda: str(tmp_path / "cache"))
+    with pytest.raises(data.DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        data.load_arrays("fashion_mnist", "train")
 
 
 def test_fashion_mnist_without_files_is_one_clear_error(tmp_path, monkeypatch):
@@ -614,6 +633,67 @@ def test_as_arrays_accepts_every_form(form):
     np.testing.assert_array_equal(short_y, y[:3])
 
 
+@pytest.mark.parametrize("form", ["grey_batched", "grey_batched_full", "grey_unbatched", "features_batched",
+                                  "features_unbatched", "onehot_unbatched_square"])
+def test_as_arrays_reads_grey_and_feature_datasets_like_their_arrays(form):
+    # a batched dataset of grey (B, H, W) images once came back as B "images" of (H, W, B) with made-up labels
+    x = np.arange(6 * 3 * 3, dtype=np.uint8).reshape(6, 3, 3) * 4
+    y = np.array([2, 0, 1, 2, 1, 0])
+    ds = tf.data.Dataset.from_tensor_slices
+    flat = x.reshape(6, 9)
+    given, want = {
+        "grey_batched": (ds((x, y)).batch(4), x[..., None]),
+        "grey_batched_full": (ds((x, y)).batch(3, drop_remainder=True), x[..., None]),  # known batch size 3 = H
+        "grey_unbatched": (ds((x, y)), x[..., None]),
+        "features_batched": (ds((flat, y)).batch(4), flat),
+        "features_unbatched": (ds((flat, y)), flat),
+        # one (3, 3, 1) image per element with a one-hot label of 3 classes: leading axes 3 and 3, as a
+        # full batch of 3 grey images with sparse labels would have; float labels make it one example each
+        "onehot_unbatched_square": (ds((x[..., None], np.eye(3, dtype=np.float32)[y])), x[..., None]),
+    }[form]
+    got_x, got_y = data.as_arrays(given)
+    np.testing.assert_array_equal(got_x, want.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(got_y, y)
+
+
+def test_read_labelled_reports_the_one_hot_width_and_check_labels_uses_it():
+    from tf_dlthesis.data._arrays import check_labels, read_labelled
+
+    x = np.zeros((3, 2, 2, 1), np.float32)
+    assert read_labelled((x, np.array([0, 1, 2])))[2] is None
+    _, y, width = read_labelled(tf.data.Dataset.from_tensor_slices((x, np.eye(7)[[0, 1, 6]])).batch(2))
+    assert width == 7 and y.tolist() == [0, 1, 6]
+    check_labels(y, 7, width)
+    with pytest.raises(ValueError, match="7 columns for a model with 10 logits"):
+        check_labels(y, 10, width)
+    with pytest.raises(ValueError, match=r"outside \[0, 4\].*\[6\]"):
+        check_labels(y, 5)
+
+
+def test_as_images_reads_arrays_pairs_and_datasets_alike():
+    from tf_dlthesis.data._arrays import as_images
+
+    x = (np.arange(4 * 2 * 2) % 256).astype(np.uint8).reshape(4, 2, 2)
+    want = x[..., None].astype(np.float32) / np.float32(255)
+    y = np.arange(4)
+    for given in (x, x[..., None], (x, y), [x, y], {"image": x, "label": y},
+                  tf.data.Dataset.from_tensor_slices((x, y)).batch(3)):
+        np.testing.assert_array_equal(as_images(given), want)
+    floats = np.random.default_rng(0).random((2, 2, 2, 1))
+    np.testing.assert_array_equal(as_images(floats), floats.astype(np.float32))
+    with pytest.raises(TypeError, match="`images` must be an array"):
+        as_images([np.zeros((2, 2)), "a"])
+    with pytest.raises(ValueError, match=r"shape=\(3,\)"):
+        as_images(np.zeros(3))
+    with pytest.raises(ValueError, match="finite"):
+        as_images(np.full((1, 2, 2, 1), np.nan))
+    with pytest.raises(ValueError, match="empty batch"):
+        as_images(np.zeros((0, 2, 2, 1)))
+    # where only colour batches are meant, one (H, W, C) image does not pass for H grey images
+    with pytest.raises(ValueError, match=r"must have shape \(N, H, W, C\)\. Received: shape=\(2, 2, 1\)"):
+        as_images(np.zeros((2, 2, 1)), ranks=(4,))
+
+
 def test_as_arrays_reads_a_dataset_no_further_than_needed():
     x, y = _expected()
     endless = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
@@ -635,7 +715,13 @@ def test_as_arrays_reads_a_dataset_no_further_than_needed():
         ((np.zeros((4, 2, 2, 1)), np.zeros(3)), ValueError, "4 images, 3 labels"),
         ((np.zeros((0, 2, 2, 1)), np.zeros(0)), ValueError, "empty"),
         (tf.data.Dataset.from_tensor_slices((np.zeros((4, 2, 2, 1)), np.zeros(4))).take(0), ValueError, "empty"),
-        (tf.data.Dataset.from_tensor_slices((np.zeros((4, 2)), np.zeros(4))), ValueError, "element_spec="),
+        (tf.data.Dataset.from_tensor_slices((np.zeros((4, 2, 2, 1, 1)), np.zeros(4))), ValueError, "element_spec="),
+        (tf.data.Dataset.from_tensor_slices((np.zeros((4, 2, 2, 1)), np.zeros((4, 2, 2, 2)))), ValueError,
+         "element_spec="),
+        (tf.data.Dataset.from_tensor_slices((np.zeros((4, 3, 2, 2, 1)), np.zeros((4, 2, 5)))), ValueError,
+         "hold 3 images but 2 labels"),
+        ((np.full((4, 2, 2, 1), np.nan), np.zeros(4)), ValueError, "16 NaN or infinite"),
+        ((np.array([[0.5], [np.inf]]), np.zeros(2)), ValueError, "1 NaN or infinite"),
         ((np.zeros((4,)), np.zeros(4)), ValueError, r"images of shape \(4,\)"),
         ((np.zeros((4, 2, 2, 1, 1)), np.zeros(4)), ValueError, r"images of shape \(4, 2, 2, 1, 1\)"),
         ((np.zeros((4, 2, 2, 1)), np.zeros((4, 2, 2))), ValueError, r"labels of shape \(4, 2, 2\)"),
@@ -782,6 +868,9 @@ def test_info_checks_data_dir_and_per_class_split_checks_its_input(tfds_tempdir)
     # a registered tfds name that is not image classification (before: KeyError: 'image')
     with pytest.raises(ValueError, match=r"'imdb_reviews' is not a tensorflow-datasets image-classification"):
         data.info("imdb_reviews")
+    # and `load` says the same, before telling the user to prepare a set it cannot use
+    with pytest.raises(ValueError, match=r"'imdb_reviews' is not a tensorflow-datasets image-classification"):
+        data.load("imdb_reviews", "train", data_dir=str(tfds_tempdir))
     # a tfds set that is not prepared: its classes and shape are known, its split sizes are not (as in tfds)
     beans = data.info("beans", data_dir=str(tfds_tempdir))
     assert (beans.num_classes, beans.image_shape, beans.splits) == (3, (500, 500, 3), {})
@@ -882,3 +971,44 @@ def test_uint8_images_are_scaled_to_unit_range_in_both_pipelines():
     assert fb.dtype == tf.float32 and set(np.unique(fb.numpy())) <= set(np.unique(x[:64]))
     with pytest.raises(TypeError, match="real numbers"):
         data.training_dataset(raw.astype(complex), y[:256], batch_size=32, shuffle_seed=0)
+
+
+def test_a_store_refuses_to_read_back_a_run_trained_on_other_files(tmp_path):
+    # the store keys a run by its spec and seeds: another data_dir's files once read the first files' run back
+    from tf_dlthesis.experiments import ResultsStore, TrainSpec, train
+    from tf_dlthesis.experiments import training
+
+    _tiny_idx_set(tmp_path / "a", seed=0)
+    _tiny_idx_set(tmp_path / "b", seed=1)
+    spec = TrainSpec(dataset="mnist", model="linear", epochs=1, batch_size=4)
+    store = ResultsStore(tmp_path / "store.sqlite")
+    with training.data_dir(tmp_path / "a"):
+        first = train(spec, 0, store=store)[0]
+        assert first.info["data_files"] == _registry.source_fingerprint("mnist", tmp_path / "a")
+        assert train(spec, 0, store=store)[0].from_store  # the same files: read back
+    with training.data_dir(tmp_path / "b"), pytest.raises(ValueError, match="trained on other mnist files"):
+        train(spec, 0, store=store)
+    assert _registry.source_fingerprint("mnist", tmp_path / "a") != _registry.source_fingerprint("mnist", tmp_path / "b")
+    # a copy compressed differently holds the same data: the same fingerprint
+    os.makedirs(tmp_path / "c")
+    for name in IDX_FILES:
+        with gzip.open(tmp_path / "a" / name) as src, gzip.open(tmp_path / "c" / name, "wb", compresslevel=1) as dst:
+            dst.write(src.read())
+    assert _registry.source_fingerprint("mnist", tmp_path / "c") == _registry.source_fingerprint("mnist", tmp_path / "a")
+    assert _registry.source_fingerprint("digits") == "sklearn-digits"
+    assert _registry.source_fingerprint("mnist", tmp_path / "nowhere") is None
+
+
+def test_keras_home_naming_a_file_is_a_clear_error(tmp_path):
+    _tiny_idx_set(tmp_path / "idx", seed=0)
+    (tmp_path / "khfile").write_text("not a folder")
+    script = ("import sys\nfrom tf_dlthesis import data\n"
+              "try:\n    data.load_arrays('fashion_mnist', 'train', data_dir=sys.argv[1])\n"
+              "except ValueError as e:\n    print('ERR', e)\n")
+    # the Debian package's (original) files go through Keras's cache; stand the tiny set in for them
+    script = script.replace("from tf_dlthesis import data\n", "from tf_dlthesis import data\nfrom tf_dlthesis.data "
+                            "import _registry\n_registry._original_fashion = lambda files: True\n")
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "khfile"), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "idx")], capture_output=True, text=True,
+                         env=env, timeout=300).stdout  # once: NotADirectoryError from inside Keras
+    assert "ERR Keras's cache folder" in out and "KERAS_HOME" in out, out

@@ -57,6 +57,20 @@ def test_corpus_from_fortune_files(tmp_path):
     assert smaller.vocab[-1] == "says" and smaller.unk_rate("test") == pytest.approx(1 / 8)
 
 
+def test_the_cached_corpus_is_read_only_and_follows_its_files(tmp_path):
+    # one cached object serves every caller: an in-place edit once reached them all, an added file none
+    docs = [f"fortune number {i} says the cat sat" for i in range(20)]
+    _write_fortunes(tmp_path, {"alpha": docs})
+    corpus = corpus_mod.load_corpus(vocab_size=9, data_dir=tmp_path)
+    assert corpus_mod.load_corpus(vocab_size=9, data_dir=tmp_path) is corpus
+    for stream in (corpus.train, corpus.valid, corpus.test):
+        with pytest.raises(ValueError, match="read-only"):
+            stream[:1] = 0
+    _write_fortunes(tmp_path, {"beta": [f"another fortune {i} here" for i in range(20)]})
+    grown = corpus_mod.load_corpus(vocab_size=9, data_dir=tmp_path)
+    assert grown.files == ("alpha", "beta") and sum(grown.documents.values()) == 40
+
+
 def test_missing_corpus_names_the_install(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus_mod, "DEFAULT_DIRS", (str(tmp_path / "nowhere"),))
     assert not corpus_mod.corpus_available(data_dir=tmp_path)

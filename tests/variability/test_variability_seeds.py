@@ -102,12 +102,54 @@ def test_bit_change_layer_selection_and_errors():
     with pytest.raises(ValueError, match="No layer named"):
         bit_change(model, seed=0, layer="nope")
     with pytest.raises(TypeError, match="seed"):
-        bit_change(model, seed=None)
+        bit_change(model, seed=1.0)
     with pytest.raises(ValueError, match="seed=-1"):
         bit_change(model, seed=-1)
     empty = keras.Sequential([keras.Input((3,)), keras.layers.Flatten()])
     with pytest.raises(ValueError, match="no layer with trainable weights"):
         bit_change(empty, seed=0)
+
+
+def test_bit_change_takes_bfloat16_weights_and_keeps_the_largest_float_finite():
+    layer = keras.layers.Dense(2, dtype="bfloat16")
+    model = keras.Sequential([keras.Input((3,)), layer])
+    before = np.asarray(layer.kernel.numpy())
+    change = bit_change(model, seed=0)
+    after = np.asarray(layer.kernel.numpy())
+    assert after.dtype == before.dtype and int((after != before).sum()) == 1
+    assert after[change.index] == np.nextafter(before[change.index], np.array(np.inf * change.direction, before.dtype))
+    biggest = np.finfo(np.float32).max
+    for seed in range(12):  # half the seeds draw the upward direction, where the adjacent float is inf
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+        model.layers[0].kernel.assign(np.full((1, 1), biggest, np.float32))
+        change = bit_change(model, seed=seed)
+        assert change.direction == -1 and change.new == float(np.nextafter(biggest, np.float32(0)))
+        assert np.isfinite(model.layers[0].kernel.numpy()).all()
+
+
+def test_seed_none_draws_fresh_entropy_in_bit_change_weight_noise_and_reseeding():
+    # `seed=None` means fresh entropy here as everywhere (README, "One vocabulary")
+    from tf_dlthesis.variability import WeightNoise
+
+    changes = set()
+    for _ in range(6):
+        model = _model()
+        before = model.get_weights()
+        change = bit_change(model, seed=None)
+        changes.add((change.layer, change.index, change.direction))
+        moved = [not np.array_equal(a, b) for a, b in zip(model.get_weights(), before)]
+        assert sum(moved) == 1  # still exactly one weight moved, and the record names it
+        np.testing.assert_array_equal(
+            model.get_layer(change.layer).trainable_weights[0].numpy()[change.index], np.float32(change.new))
+    assert len(changes) > 1
+    assert len({WeightNoise(0.1, seed=None).seed for _ in range(4)}) > 1
+    x = np.ones((64, 6), np.float32)
+    outs = set()
+    for _ in range(4):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dropout(0.5)])
+        assert reseed_stochastic_layers(model, None) == 1
+        outs.add(np.asarray(model(x, training=True)).tobytes())
+    assert len(outs) > 1
 
 
 def test_reseed_stochastic_layers_controls_dropout():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis._seeds import as_seed
@@ -60,16 +59,6 @@ def _log_gamma_sample(seed, shape, concentration: float, dtype=tf.float32):
     return log_g
 
 
-def seed_per_call(seed, name: str = "seed"):
-    """`as_seed(seed)`, except that `seed=None` while tracing (`tf.function`, `tf.data`
-    maps, XLA) becomes fresh entropy drawn by an in-graph op at every execution: drawn
-    at trace time, one seed would be frozen into the graph and every call would mix
-    the same way, against "fresh entropy per call" (README, "One vocabulary")."""
-    if seed is None and not tf.executing_eagerly():
-        return tf.random.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
-    return as_seed(seed, name)
-
-
 def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.float32):
     """Stateless Beta(alpha, beta) samples that compile under XLA.
 
@@ -101,7 +90,7 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
                 f"Received: {name}={value!r}")
     alpha, beta = float(alpha), float(beta)
     if not tf.is_tensor(seed):          # tensors (and traced seeds) are used as given
-        seed = seed_per_call(seed)
+        seed = as_seed(seed)
     if alpha == 1.0 and beta == 1.0:
         return tf.random.stateless_uniform(shape, seed, dtype=dtype, alg="philox")
     seeds = tf.random.experimental.stateless_split(seed, num=2, alg="philox")

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis.augment import _masks as M
-from tf_dlthesis.augment._beta import seed_per_call
+from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment.methods import METHODS, get_method, resolve
 
 _PAIRINGS = ("permute", "reverse")
@@ -328,7 +328,7 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
                          f"{tf.convert_to_tensor(labels).shape}.")
     x1 = check_numerics(tf.cast(images, tf.float32), "images", numerics)
     soft = check_numerics(soft, "labels", numerics)
-    x, y = batch_core(x1, soft, names, full, seed_per_call(seed), pairing)
+    x, y = batch_core(x1, soft, names, full, as_seed(seed), pairing)
     return tf.cast(x, _out_dtype(images)), y
 
 
@@ -399,7 +399,7 @@ def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
     b = check_numerics(tf.cast(x2, tf.float32), "x2", numerics)
     s1 = check_numerics(s1, "y1", numerics)
     s2 = check_numerics(s2, "y2", numerics)
-    x, y = mix_pairs(a[None], s1[None], b[None], s2[None], names, full, seed_per_call(seed))
+    x, y = mix_pairs(a[None], s1[None], b[None], s2[None], names, full, as_seed(seed))
     return tf.cast(x[0], _out_dtype(x1)), y[0]
 
 

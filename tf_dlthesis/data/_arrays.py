@@ -28,6 +28,46 @@ def _pair_from_mapping(mapping, what):
     )
 
 
+def _is_batched(image_shape, label_spec, spec) -> bool:
+    """Whether a dataset's elements are batches, from the image and label ranks together.
+
+    Unbatched: images (H, W, C), (H, W) or (D,) with a scalar label (or a one-hot /
+    soft (K,) label). Batched: the same with a leading example axis, which images and
+    labels share. Rank-1 labels are the one ambiguous case (batched sparse labels, or
+    one unbatched one-hot label): rank-4 images, or a leading axis unknown in either,
+    make it a batch; leading axes of different sizes make it one example; where they
+    are equal, integer labels are a batch's sparse ones and float labels one example's
+    one-hot label.
+    """
+    label_shape = label_spec.shape
+    image_rank, label_rank = image_shape.rank, label_shape.rank
+    if image_rank is None or label_rank is None or label_rank > 2 or not 1 <= image_rank <= 4:
+        raise ValueError(
+            "`dataset` elements must be (image, label) with images of shape (H, W, C), (H, W) or (D,) and "
+            "sparse or one-hot labels, optionally batched (a leading example axis). "
+            f"Received: element_spec={spec}"
+        )
+    if label_rank == 0:
+        batched = False
+    elif label_rank == 2:
+        batched = True
+    else:  # (B,) sparse labels of a batch, or the (K,) one-hot label of one example
+        if image_rank == 4 or image_shape[0] is None or label_shape[0] is None:
+            batched = True
+        else:
+            batched = image_shape[0] == label_shape[0] and label_spec.dtype.is_integer
+    if (batched and image_rank < 2) or (not batched and image_rank > 3):
+        raise ValueError(
+            f"`dataset` images of rank {image_rank} do not fit its labels of rank {label_rank}: "
+            f"images must be (H, W, C), (H, W) or (D,), batched or not. Received: element_spec={spec}"
+        )
+    if batched and label_rank == 2 and None not in (image_shape[0], label_shape[0]) \
+            and image_shape[0] != label_shape[0]:
+        raise ValueError(f"`dataset` batches hold {image_shape[0]} images but {label_shape[0]} labels. "
+                         f"Received: element_spec={spec}")
+    return batched
+
+
 def _dataset_to_numpy(dataset: tf.data.Dataset, max_examples):
     spec = dataset.element_spec
     if isinstance(spec, Mapping):
@@ -44,13 +84,7 @@ def _dataset_to_numpy(dataset: tf.data.Dataset, max_examples):
         )
     if not isinstance(image_spec, tf.TensorSpec) or not isinstance(label_spec, tf.TensorSpec):
         raise TypeError(f"`dataset` images and labels must be dense tensors. Received: element_spec={spec}")
-    rank = image_spec.shape.rank
-    if rank not in (3, 4):
-        raise ValueError(
-            "`dataset` images must have rank 3 (H, W, C; an unbatched dataset) or 4 (B, H, W, C; "
-            f"a batched one). Received: element_spec={spec}"
-        )
-    if rank == 3:  # unbatched
+    if not _is_batched(image_spec.shape, label_spec, spec):
         if max_examples is not None:
             dataset = dataset.take(max_examples)
         dataset = dataset.batch(512)
@@ -108,8 +142,10 @@ def as_arrays(dataset, max_examples: int | None = None):
     - an `(x, y)` tuple or list of arrays (NumPy, tensors or nested lists);
     - a dict with keys `"image"`/`"label"` (or `"images"`/`"labels"`);
     - a `tf.data.Dataset` of `(image, label)` (extra tuple entries such as sample
-      weights are ignored) or of such dicts, batched or unbatched (decided by the
-      image rank: 4 is batched, 3 unbatched).
+      weights are ignored) or of such dicts, batched or unbatched (decided from the
+      image and label ranks together; where an element could be either a full batch
+      of grey images with sparse labels or one image with a one-hot label, integer
+      labels make it a batch and float labels one example).
 
     Integer images (e.g. uint8; values must lie in [0, 255]) are scaled by 1/255; bool images become 0/1; float images are passed
     through as float32 (they are assumed to be in [0, 1], as everywhere in this
@@ -141,8 +177,15 @@ def as_arrays(dataset, max_examples: int | None = None):
         ValueError: images and labels differ in length, a dataset or array is empty,
             images or labels have an unusable rank, labels are not whole numbers >= 0
             (or are too large to be class indices), integer images hold values
-            outside [0, 255], or `max_examples` is not a positive int.
+            outside [0, 255], images are not finite (NaN, inf), or `max_examples` is not
+            a positive int.
     """
+    x, y, _ = read_labelled(dataset, max_examples)
+    return x, y
+
+
+def read_labelled(dataset, max_examples: int | None = None):
+    """`as_arrays`, also returning the width of one-hot / soft labels (None for sparse ones)."""
     max_examples = _check_max_examples(max_examples)
     if isinstance(dataset, tf.data.Dataset):
         x, y = _dataset_to_numpy(dataset, max_examples)
@@ -184,11 +227,16 @@ def as_arrays(dataset, max_examples: int | None = None):
     if max_examples is not None:
         x, y = x[:max_examples], y[:max_examples]
     x = unit_images(x).astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise ValueError(f"Images must be finite. Received: {int(np.size(x) - np.isfinite(x).sum())} NaN or infinite "
+                         f"values in images of shape {x.shape}")
+    width = None
     if y.ndim == 2 and y.shape[1] == 0:
         raise ValueError(f"One-hot labels need at least one column (class). Received: labels of shape {y.shape}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2:
+        width = int(y.shape[1])
         y = y.argmax(-1)
     elif y.ndim != 1:
         raise ValueError(
@@ -204,4 +252,64 @@ def as_arrays(dataset, max_examples: int | None = None):
         raise ValueError(f"Labels must be >= 0. Received: a label of {y.min()}")
     if y.max() > np.iinfo(np.int64).max // 2:  # class ids this large are corrupt data; int64 would wrap them
         raise ValueError(f"Labels must be class indices. Received: a label of {y.max()}")
-    return x, y.astype(np.int64)
+    return x, y.astype(np.int64), width
+
+
+def check_labels(y, num_classes: int, width: int | None = None, what: str = "`dataset`") -> None:
+    """Raise a ValueError if labels do not fit `num_classes` logits.
+
+    Args:
+        y: sparse int labels, as `as_arrays` returns them.
+        num_classes: the model's number of logits.
+        width: the number of columns of one-hot / soft labels before `as_arrays`
+            took their argmax (None: the labels were sparse).
+        what: how the error names the data.
+    """
+    if width is not None and width != num_classes:
+        raise ValueError(f"{what} has one-hot (or soft) labels of {width} columns for a model with {num_classes} "
+                         f"logits: they must have {num_classes}.")
+    bad = np.unique(y[(y < 0) | (y >= num_classes)])
+    if bad.size:
+        raise ValueError(f"{what} has labels outside [0, {num_classes - 1}] for a model with {num_classes} logits. "
+                         f"Received out-of-range labels: {bad[:10].tolist()}")
+
+
+def _is_pair(value) -> bool:
+    """An `(x, y)` tuple or list: two entries with a shape, of equal length and different ranks."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return False
+    x, y = value
+    if not (hasattr(x, "shape") and hasattr(y, "shape")) or len(x.shape) == 0 or len(y.shape) == 0:
+        return False
+    return x.shape[0] == y.shape[0] and len(x.shape) != len(y.shape)
+
+
+def as_images(images, name: str = "images", *, ranks=(2, 3, 4)) -> np.ndarray:
+    """Images as `as_arrays` reads them, from an array or from the images of any dataset form it accepts.
+
+    An array (N, H, W, C), grey (N, H, W) or (N, D) goes through the same
+    conversion as `as_arrays`' images (integer images scaled by 1/255, a channel
+    axis for grey ones, finite values); an `(x, y)` pair, a dict or a `tf.data`
+    dataset gives its images. `ranks`: the array ranks accepted (`(4,)`: colour
+    images only, where a single (H, W, C) image could pass for grey ones).
+
+    Raises:
+        TypeError / ValueError: as `as_arrays`, naming `name`.
+    """
+    if isinstance(images, (tf.data.Dataset, Mapping)) or _is_pair(images):
+        return as_arrays(images)[0]
+    try:
+        x = np.asarray(images)
+    except (ValueError, TypeError) as err:
+        raise TypeError(f"`{name}` must be an array of images (N, H, W, C), an (x, y) pair or a tf.data "
+                        f"dataset: {err}. Received: {name} of type {type(images).__name__}") from None
+    if x.dtype == object:
+        raise TypeError(f"`{name}` must be an array of images (N, H, W, C), an (x, y) pair or a tf.data dataset. "
+                        f"Received: {name} of type {type(images).__name__}")
+    if x.ndim not in ranks:
+        shapes = {4: "(N, H, W, C)", 3: "(N, H, W)", 2: "(N, D)"}
+        raise ValueError(f"`{name}` must have shape {' or '.join(shapes[r] for r in sorted(ranks, reverse=True))}. "
+                         f"Received: shape={x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (N = 0): there is nothing to predict. Received: shape={x.shape}")
+    return as_arrays((x, np.zeros(len(x), np.int64)))[0]

@@ -189,6 +189,67 @@ _MNIST_CACHE_SUBDIR = "datasets"
 _KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
+# sha256 of the original Fashion-MNIST files' decompressed contents (the Debian package's and
+# Keras's download compress them differently; the contents are the same). Only files with these
+# contents enter Keras's shared cache: others (a subset, a stand-in) are read here, so that
+# `keras.datasets.fashion_mnist.load_data()` elsewhere never returns them as Fashion-MNIST.
+_FASHION_CONTENT_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+@functools.lru_cache(maxsize=16)
+def _content_sha256(path, size, mtime_ns):  # size and mtime_ns key the cache
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None  # not a readable gzip file: not the original (the IDX checks name the problem)
+    return digest.hexdigest()
+
+
+def _original_fashion(files) -> bool:
+    """Whether `files` ({IDX file name: path}) hold the original Fashion-MNIST's contents."""
+    for fname, want in _FASHION_CONTENT_SHA256.items():
+        stat = os.stat(files[fname])
+        if _content_sha256(os.path.realpath(files[fname]), stat.st_size, stat.st_mtime_ns) != want:
+            return False
+    return True
+
+
+def source_fingerprint(name: str, data_dir=None) -> str | None:
+    """A fingerprint of the data `load(name, data_dir=)` reads, or None where it cannot be told.
+
+    For Fashion-MNIST and MNIST: a sha256 over the contents of the files found (gzip
+    files decompressed, so differently compressed copies of one set agree); for
+    digits, which ships with scikit-learn, a constant. None for tfds datasets (not
+    fingerprinted) and where the files are not on this machine. `experiments.train`
+    stores it with every run and refuses to read a run back for other data.
+    """
+    name = _check_name(name)
+    if name == DIGITS:
+        return "sklearn-digits"
+    if name not in KERAS_DATASETS:
+        return None
+    try:
+        _, files = _keras_source(name, _check_data_dir(data_dir))
+    except (DatasetNotFoundError, ValueError, OSError):
+        return None
+    digest = hashlib.sha256()
+    for fname in sorted(files):
+        path = files[fname]
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        content = _content_sha256(*key) if fname.endswith(".gz") else _sha256(*key)
+        digest.update(f"{fname}:{content}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def _keras_cache_dir() -> str:
     """Keras's cache folder, by the rule `keras.utils.get_file` documents.
 
@@ -333,8 +394,10 @@ def holds(name: str, data_dir) -> bool:
 def _keras_source(name, data_dir):
     """Where `name`'s files come from: (route, {file name: path}).
 
-    route `"keras"`: handed to Keras's loader through its cache; `"idx"` / `"npz"`:
-    MNIST files Keras's loader cannot take, read here. `data_dir/<name>/` is used
+    route `"keras"`: handed to Keras's loader through its cache (Fashion-MNIST's
+    original files, and Keras's own mnist.npz); `"idx"` / `"npz"`: files read here
+    (MNIST's files Keras's loader cannot take, and IDX files with other contents than
+    the original Fashion-MNIST's, which never enter Keras's shared cache). `data_dir/<name>/` is used
     where it exists, so one folder can hold both sets (their IDX files share names).
     """
     if data_dir is not None:
@@ -346,7 +409,7 @@ def _keras_source(name, data_dir):
                 return ("keras" if _file_sha256(npz[_MNIST_NPZ]) == _KERAS_MNIST_SHA256 else "npz"), npz
         if len(idx) == len(_IDX_FILES):
             _check_idx_set(idx)
-            return ("keras" if name == "fashion_mnist" else "idx"), idx
+            return ("keras" if name == "fashion_mnist" and _original_fashion(idx) else "idx"), idx
         if not os.path.isdir(folder):
             where = "it is not a folder"
         elif not idx:
@@ -373,9 +436,9 @@ def _keras_source(name, data_dir):
         if all(f in debian for f in _IDX_FILES):
             files = {f: debian[f] for f in _IDX_FILES}
             _check_idx_set(files)
-            return "keras", files
+            return ("keras" if _original_fashion(files) else "idx"), files
         cached = _in_dir(os.path.join(cache, _FASHION_CACHE_SUBDIR), _IDX_FILES)
-        if len(cached) == len(_IDX_FILES):
+        if len(cached) == len(_IDX_FILES) and _original_fashion(cached):  # never another set left there
             return "keras", cached
         raise DatasetNotFoundError(
             f"Fashion-MNIST is not on this machine, and tf_dlthesis never downloads it. Install the "
@@ -455,13 +518,17 @@ def _through_keras(name, files):
     )
     with _cache_lock(), _quiet_keras():
         for fname, path in files.items():
-            keras.utils.get_file(
-                fname,
-                origin=pathlib.Path(path).resolve().as_uri(),
-                cache_subdir=subdir,
-                file_hash=_file_sha256(path),
-                hash_algorithm="sha256",
-            )
+            try:
+                keras.utils.get_file(
+                    fname,
+                    origin=pathlib.Path(path).resolve().as_uri(),
+                    cache_subdir=subdir,
+                    file_hash=_file_sha256(path),
+                    hash_algorithm="sha256",
+                )
+            except (NotADirectoryError, FileExistsError) as err:  # e.g. KERAS_HOME names a file
+                raise ValueError(f"Keras's cache folder {_keras_cache_dir()} (`KERAS_HOME`, else ~/.keras) cannot "
+                                 f"hold {name!r}'s files: {err}. Point KERAS_HOME at a folder.") from None
         try:
             return loader()
         except Exception as err:  # a download attempt: never expected, never let through
@@ -514,7 +581,11 @@ def _keras_arrays(name, route, files_key):
             keys = {"x_train", "y_train", "x_test", "y_test"}
             if not keys <= set(npz.files):
                 raise ValueError(f"{path} must hold the arrays {sorted(keys)}. Received: {sorted(npz.files)}")
-            x, y, xt, yt = (npz[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+            try:
+                x, y, xt, yt = (npz[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+            except (ValueError, OSError, EOFError, zlib.error) as err:
+                raise ValueError(f"{path} holds arrays that cannot be read like Keras's mnist.npz ({err}). "
+                                 f"Received: {path}") from None
         sources = {"train": (f"{path} (x_train)", f"{path} (y_train)"), "test": (f"{path} (x_test)", f"{path} (y_test)")}
     else:  # "idx"
         x, y, xt, yt = (_read_idx(files[f])[1] for f in _IDX_FILES)
@@ -629,9 +700,16 @@ def _tfds_builder(name, data_dir):
         raise _missing_module(err) from None
 
 
+def _check_image_classification(name, builder) -> None:
+    if not {"image", "label"} <= set(builder.info.features):
+        raise ValueError(f"{name!r} is not a tensorflow-datasets image-classification dataset (its features: "
+                         f"{sorted(builder.info.features)}; expected 'image' and 'label'). Received: name={name!r}")
+
+
 def _load_tfds(name, split, data_dir):
     """A prepared tfds dataset as (image, label); never downloads or prepares it."""
     builder = _tfds_builder(name, data_dir)
+    _check_image_classification(name, builder)
     try:
         # `as_dataset` only reads a prepared copy (like `tfds.load(..., download=False)`).
         ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
@@ -707,9 +785,7 @@ def info(name: str, *, image_size: int | None = None, data_dir: str | None = Non
     else:
         _check_tfds_name(name)
         builder = _tfds_builder(name, data_dir)
-        if not {"image", "label"} <= set(builder.info.features):
-            raise ValueError(f"{name!r} is not a tensorflow-datasets image-classification dataset (its features: "
-                             f"{sorted(builder.info.features)}; expected 'image' and 'label'). Received: name={name!r}")
+        _check_image_classification(name, builder)
         feature = builder.info.features["label"]
         k = feature.num_classes
         shape = tuple(builder.info.features["image"].shape)

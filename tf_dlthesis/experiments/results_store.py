@@ -101,8 +101,9 @@ def _machine_in(result) -> str | None:
     return None
 
 
-#: Result entries that time a run or name its machine: `confirm_rows` compares results without them.
-_TIMING_KEYS = frozenset({"seconds", "cpu_seconds", "process_cpu_seconds", "machine"})
+#: Result entries that time a run, name its machine or fingerprint its data files (runs stored before
+#: 2026-12-07 have no fingerprint): `confirm_rows` compares results without them.
+_TIMING_KEYS = frozenset({"seconds", "cpu_seconds", "process_cpu_seconds", "machine", "data_files"})
 
 
 def _without_timings(obj):

@@ -922,6 +922,15 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
     runs = []
     bundle = data
     log = RUN_LOG.get()
+    files = []  # the data's fingerprint, computed once
+
+    def data_files():
+        if not files:
+            from tf_dlthesis.data._registry import source_fingerprint
+
+            files.append(source_fingerprint(spec.dataset, _data_dir_of(spec.dataset)))
+        return files[0]
+
     for plan in plans:
         config = {"spec": spec.to_config(), "plan": plan.to_config()}
         fresh: dict = {}  # what this call trained: {"context": RunContext}
@@ -938,7 +947,8 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
             info = {"init_hash": init_hash, "order_hash": data_order_hash(spec, plan, len(bundle.train[1])),
                     "bit_change": None if change is None else change.to_config(),
                     "distinct_predictions": int(len(np.unique(test_pred))), "num_classes": bundle.num_classes,
-                    "machine": runtime.machine()["id"]}  # results are bit-exact on one machine only
+                    "machine": runtime.machine()["id"],  # results are bit-exact on one machine only
+                    "data_files": data_files()}
             fresh["context"] = RunContext(model, spec, plan, bundle, stage, snapshots, hist)
             record = {"metrics": metrics, "test_correct": test_correct.astype(np.int8),
                       "test_pred": test_pred.astype(np.int16), "info": info, "history": hist}
@@ -947,6 +957,8 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
             return record
 
         record = store.get_or_compute(RUNS, config, 0, train_now) if store is not None else train_now()
+        if "context" not in fresh:
+            _check_same_data(record, data_files, spec)
         evaluated = None
         if evaluate is not None:
             def evaluate_now():
@@ -976,6 +988,26 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
         if log is not None:
             log.append(run)
     return runs
+
+
+def _check_same_data(record, data_files, spec) -> None:
+    """Refuse a stored run trained on other data files than those this spec reads now.
+
+    The store key is the spec and the seeds, not the files: a `--data-dir` holding
+    another copy (a subset, another version) would otherwise read back the first
+    data's runs. Runs stored before the fingerprint (2026-12-07) and data that cannot
+    be fingerprinted here (tfds, files absent) are not checked.
+    """
+    stored = (record.get("info") or {}).get("data_files")
+    if stored is None:
+        return
+    now = data_files()
+    if now is not None and now != stored:
+        raise ValueError(
+            f"The results store holds a run of this spec ({spec.dataset}, {spec.model}) trained on other "
+            f"{spec.dataset} files (fingerprint {stored}) than those found now ({now}): the store keys a run by its "
+            "spec and seeds, not by its data files. Use another store (output folder) for these files, or the files "
+            "the store's runs were trained on.")
 
 
 def _weights(record):

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dlthesis import data
 from tf_dlthesis._checks import check_int
+from tf_dlthesis.data._arrays import check_labels, read_labelled
 
 from ._base import ExampleGroupNormalization, check_example_weight
 from .example_weighted_batch_normalization import ExampleWeightedBatchNormalization
@@ -334,7 +334,8 @@ def sweep_example_weight(
 
     Raises:
         ValueError / TypeError: bad alphas (or not an iterable), batch size
-            or dataset (empty, mismatched lengths, wrong structure); a model
+            or dataset (empty, mismatched lengths, wrong structure, labels that
+            do not fit the model's logits); not a Keras model; a model
             with no layer that alpha would change (e.g. only Group
             Normalization layers, which track no moving statistics).
 
@@ -348,11 +349,14 @@ def sweep_example_weight(
     if not alphas:
         raise ValueError("`alphas` must contain at least one value in [0, 1]. Received: alphas=[]")
     check_int("batch_size", batch_size, 1)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a Keras model. Received: model of type {type(model).__name__}")
     _check_pair_lengths(dataset)
     try:
-        x_all, y_all = data.as_arrays(dataset)
+        x_all, y_all, width = read_labelled(dataset)
     except ValueError as err:
         raise ValueError(f"`dataset`: {err}") from None
+    check_labels(y_all, int(model(x_all[:1], training=False).shape[-1]), width)
     if not normalization_layers(model):
         model = patch_model(model, 0.0)
         if not normalization_layers(model):  # nothing to sweep: every alpha would report the same numbers

@@ -85,9 +85,25 @@ def _xy_inputs(data):
     return data[0]
 
 
-def _batches(data, batch_size):
+def _check_batched(dataset, model):
+    """Raise a ValueError for a dataset of single examples (rank one below the model's one input)."""
+    inputs = getattr(model, "inputs", None)
+    spec = dataset.element_spec
+    if isinstance(spec, (tuple, list)) and spec:
+        spec = spec[0]
+    if not inputs or len(inputs) != 1 or not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
+        return
+    rank = len(inputs[0].shape)
+    if spec.shape.rank == rank - 1:
+        raise ValueError(f"`data` is a dataset of single examples (inputs of shape {spec.shape}) but the model "
+                         f"takes batches of shape {tuple(inputs[0].shape)}: batch it first, e.g. "
+                         "`data.batch(128)`.")
+
+
+def _batches(data, batch_size, model=None):
     """Iterates over the input batches of ``data`` (see `update_bn_statistics`)."""
     if isinstance(data, tf.data.Dataset):
+        _check_batched(data, model)
         for batch in data:
             yield _inputs_of(batch)
         return
@@ -172,7 +188,10 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
             batches (each ``x`` or ``(x, y, ...)``, used as it is). A tuple
             or list of at most 3 entries starting with an array is always
             read as ``(x, y[, sample_weight])``; pass 2 or 3 batches as
-            ``iter(batches)``. Labels are never used.
+            ``iter(batches)``. Labels are never used. Inputs reach the model
+            as given, as in Keras ``fit`` (uint8 images are not scaled: pass
+            the images the model was trained on). A dataset of single examples
+            is refused (batch it first).
         steps: Number of batches to use; ``None`` = all of ``data``.
         batch_size: Batch size for array ``data``.
         average: ``"batches"`` (each batch counts once, as fvcore) or
@@ -218,7 +237,7 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
                 layer.moving_update = "averaged"
         # a partial (not a closure): one tf.function per call, not counted as a retrace of one function
         step = tf.function(functools.partial(_forward_and_accumulate, model, layers, sums), autograph=False)
-        for x in _batches(data, int(batch_size)):
+        for x in _batches(data, int(batch_size), model):
             if steps is not None and count >= steps:
                 break
             weight = float(_examples_in(x)) if average == "examples" else 1.0

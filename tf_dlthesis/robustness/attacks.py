@@ -220,13 +220,19 @@ def _check_clip_range_values(x, clip_range, name="x"):
     :func:`as_images`'s scaling by 1/255.  Attacks clip ``x + perturbation``
     into ``clip_range``, so an image outside it (e.g. 0..255 floats with the
     default ``(0, 1)``) would move far beyond epsilon without an error.
+    NaN or infinite values are refused, whatever the clip range.
     Inside a ``tf.function`` (a compiled train step) nothing is checked.
     """
     lo, hi = _check_clip_range(clip_range)
-    if lo is None or (tf.is_tensor(x) and not (tf.executing_eagerly() and hasattr(x, "numpy"))):
+    if tf.is_tensor(x) and not (tf.executing_eagerly() and hasattr(x, "numpy")):
         return
     values = np.asarray(x.numpy() if tf.is_tensor(x) else x)
     if values.size == 0:
+        return
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"`{name}` must hold finite values. Received: {int(values.size - np.isfinite(values).sum())} "
+                         f"NaN or infinite values in `{name}` of shape {values.shape}")
+    if lo is None:
         return
     low, high = values.min(), values.max()
     if values.dtype.kind in "iu":  # as_images: integer images / 255 in float32 (bool ones are 0/1)
@@ -379,8 +385,8 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
         random_start: start uniformly in the epsilon ball (Madry et al.).
         clip_range: ``(min, max)`` or ``None``.
         seed: int, shape-[2] int tensor (stateless seed) or ``None`` (fresh
-            entropy drawn once per call; inside a ``tf.function`` once per trace,
-            so pass a seed tensor there).
+            entropy drawn once per call; inside a ``tf.function`` once per
+            execution).
         loss_fn: optional ``loss_fn(labels=..., logits=...)``.
 
     Returns:

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tf_dlthesis import data
 from tf_dlthesis._checks import check_int
 from tf_dlthesis._seeds import check_int_seed, fresh_seed
+from tf_dlthesis.data._arrays import check_labels, read_labelled
 
 from . import attacks as _attacks
 
@@ -31,6 +32,15 @@ def _columns(attacks):
         attacks = (attacks,)
     if isinstance(attacks, dict):
         return dict(attacks)
+    try:
+        attacks = list(attacks)
+    except TypeError:
+        raise TypeError("`attacks` must be an attack name, an Attack, or a list or dict of them. "
+                        f"Received: attacks={attacks!r}") from None
+    for a in attacks:
+        if not isinstance(a, (str, _attacks.Attack)):
+            raise TypeError("`attacks` given as a list must hold attack names or Attack objects (pass user "
+                            f"functions in a dict {{column: fn}}). Received: {a!r}")
     return {(a.name if isinstance(a, _attacks.Attack) else a): a for a in attacks}
 
 
@@ -83,23 +93,31 @@ def _model_width(model, x):
     return width
 
 
-def _check_label_range(model, x, y):
-    """Raise if any label is outside ``[0, C - 1]``, ``C`` the model's number of logits."""
-    width = _model_width(model, x)
-    bad = np.unique(y[(y < 0) | (y >= width)])
-    if bad.size:
-        raise ValueError(f"`dataset` has labels outside [0, {width - 1}] for a model with {width} logits. "
-                         f"Received out-of-range labels: {bad[:10].tolist()}")
+def _check_label_range(model, x, y, width=None):
+    """Raise if any label is outside ``[0, C - 1]`` (or one-hot labels are not ``C`` wide), ``C`` the model's logits."""
+    check_labels(y, _model_width(model, x), width)
 
 
 def _checked_data(model, dataset, max_examples, batch_size):
     """``(x, y)`` arrays, checked once at the API boundary: non-empty, labels within the model's logits."""
+    _check_model(model, "model")
     batch_size = _check_batch_size(batch_size)
-    x, y = to_arrays(dataset, max_examples)
-    if len(x) == 0:
-        raise ValueError("`dataset` is empty: there are no test examples to evaluate. Received: 0 examples")
-    _check_label_range(model, x, y)
-    return x, y, batch_size
+    x, y, width = read_labelled(dataset, max_examples)
+    _check_label_range(model, x, y, width)
+    return x, y, width, batch_size
+
+
+def _check_model(model, what):
+    if not callable(model):
+        raise TypeError(f"`{what}` must be a Keras model (a callable returning logits). "
+                        f"Received: {what} of type {type(model).__name__}")
+
+
+def _check_models(models, what):
+    if not isinstance(models, dict) or not models:
+        raise TypeError(f"`{what}` must be a non-empty dict {{name: model}}. Received: {what}={models!r:.200}")
+    for name, model in models.items():
+        _check_model(model, f"{what}[{name!r}]")
 
 
 def _base_seed(seed):
@@ -202,7 +220,7 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
     if store is not None and not store_key:
         raise ValueError(f"`store_key` (a name for the model) is required with `store`. Received: store_key={store_key!r}")
     seed = _base_seed(seed)
-    x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
+    x, y, _, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     specs = _columns(attacks)
     fns = {name: _build(spec, epsilon, step_size, clip_range, spsa_params) for name, spec in specs.items()}
     sample = dict(sample or {})
@@ -250,17 +268,17 @@ def black_box_matrix(models: dict, dataset, attack: str = "pgd10", *, targets: d
         in thesis Tables 3.2/3.4).
 
     Raises:
-        ValueError: empty ``models`` or unknown attack, an empty ``dataset``,
-            labels outside the logits of any source or target model,
-            ``batch_size < 1``.
+        TypeError: ``models`` or ``targets`` not a non-empty dict of models.
+        ValueError: an unknown attack, an empty ``dataset``, labels outside the
+            logits of any source or target model, ``batch_size < 1``.
     """
-    if not models:
-        raise ValueError("`models` must be a non-empty dict of source models.")
+    _check_models(models, "models")
     targets = models if targets is None else targets
+    _check_models(targets, "targets")
     seed = _base_seed(seed)
-    x, y, batch_size = _checked_data(next(iter(models.values())), dataset, max_examples, batch_size)
+    x, y, width, batch_size = _checked_data(next(iter(models.values())), dataset, max_examples, batch_size)
     for model in (*models.values(), *targets.values()):  # every source and target, not just the first
-        _check_label_range(model, x, y)
+        _check_label_range(model, x, y, width)
     fn = next(iter(_resolve_attacks((attack,), epsilon, step_size, clip_range, None).values()))
     table = {t: {} for t in targets}
     for s_name, source in models.items():
@@ -307,7 +325,7 @@ def logit_statistics(model, dataset, *, bins: int = 60, value_range=None, attack
                              f"Received: value_range={value_range!r}") from None
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise ValueError(f"`value_range` must satisfy min < max (finite). Received: value_range={value_range!r}")
-    x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
+    x, y, _, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     if attack is not None and attack != "natural":
         seed = _base_seed(seed)
         fn = next(iter(_resolve_attacks((attack,), epsilon, step_size, clip_range, None).values()))
@@ -421,7 +439,7 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
         lo, hi = clip_range
         large_epsilon = (hi - lo) / 2
     seed = _base_seed(seed)
-    x, y, batch_size = _checked_data(model, dataset, max_examples, batch_size)
+    x, y, _, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     epsilons = list(epsilons) if epsilons is not None else [epsilon / 2, epsilon, 2 * epsilon, 4 * epsilon]
     checks = []
     logits = _predict(model, x, batch_size)

@@ -193,7 +193,7 @@ def read_documents(folder: str) -> tuple[list[str], list[str]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(name: str, vocab_size: int, folder: str) -> Corpus:
+def _load(name: str, vocab_size: int, folder: str, stamp: tuple) -> Corpus:  # `stamp` keys the cache
     docs, files = read_documents(folder)
     order = np.random.default_rng(_ORDER_SEED).permutation(len(docs))
     splits = {"train": [], "valid": [], "test": []}
@@ -218,13 +218,15 @@ def _load(name: str, vocab_size: int, folder: str) -> Corpus:
     for split in ("train", "valid", "test"):
         h.update(streams[split].tobytes())
     h.update("\n".join(vocab).encode())
+    for stream in streams.values():  # one object is shared by every caller: read-only
+        stream.flags.writeable = False
     return Corpus(name=name, train=streams["train"], valid=streams["valid"], test=streams["test"], vocab=vocab,
                   source=folder, files=tuple(os.path.basename(f) for f in files),
                   documents={s: len(d) for s, d in splits.items()}, fingerprint=h.hexdigest()[:16])
 
 
 def load_corpus(name: str = "fortunes", *, vocab_size: int = 10_000, data_dir=None) -> Corpus:
-    """Loads, tokenizes and splits a word-level English corpus (cached per process).
+    """Loads, tokenizes and splits a word-level English corpus (cached per process, read-only arrays).
 
     Example:
 
@@ -261,4 +263,6 @@ def load_corpus(name: str = "fortunes", *, vocab_size: int = 10_000, data_dir=No
     if folder is None:
         raise FileNotFoundError(f"The {name!r} corpus is not installed (looked in {', '.join(DEFAULT_DIRS)}); "
                                 f"{INSTALL_HINT}.")
-    return _load(name, int(vocab_size), os.path.abspath(folder))
+    folder = os.path.abspath(folder)
+    stamp = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _fortune_files(folder))
+    return _load(name, int(vocab_size), folder, stamp)  # read again when a file is added, removed or changed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import numpy as np
 
 from tf_dlthesis._seeds import check_int_seed
@@ -26,7 +27,8 @@ class BitChange:
         index: Multi-index of the changed element.
         old: Value before.
         new: Value after (`np.nextafter(old, +-inf)` in the variable's dtype).
-        direction: +1 (toward +inf) or -1 (toward -inf).
+        direction: +1 (toward +inf) or -1 (toward -inf); a weight at the largest finite
+            float always moves toward 0, to stay finite.
     """
 
     layer: str
@@ -89,7 +91,8 @@ def bit_change(model, *, seed: int, layer=None) -> BitChange:
 
     Args:
         model: A built `keras.Model`.
-        seed: Seed choosing the element and the direction.
+        seed: Seed choosing the element and the direction (`None`: fresh entropy;
+            the record still names the element and direction chosen).
         layer: `None` (the first layer with trainable weights), a layer name,
             index or object.
 
@@ -101,20 +104,24 @@ def bit_change(model, *, seed: int, layer=None) -> BitChange:
             or `layer` is unknown.
         TypeError: if `seed` is not an int, or the variable is not floating point.
     """
-    check_int_seed(seed, allow_none=False)
+    seed = check_int_seed(seed)
     target = _resolve_layer(model, layer)
     if not target.trainable_weights:
         raise ValueError(f"Layer {target.name!r} has no trainable weights to change.")
     var = target.trainable_weights[0]
     values = np.array(var.numpy())
-    if not np.issubdtype(values.dtype, np.floating):
+    if not (np.issubdtype(values.dtype, np.floating) or keras.backend.is_float_dtype(str(values.dtype))):
         raise TypeError(f"Variable {var.path!r} has dtype {values.dtype}; a bit change needs floating point.")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)  # None: fresh entropy (the record still names the change)
     flat = int(rng.integers(values.size))
     direction = 1 if rng.integers(2) else -1
     index = np.unravel_index(flat, values.shape)
     old = values[index]
-    new = np.nextafter(old, np.array(np.inf if direction > 0 else -np.inf, dtype=values.dtype))
+    with np.errstate(over="ignore"):
+        new = np.nextafter(old, np.array(np.inf if direction > 0 else -np.inf, dtype=values.dtype))
+    if not np.isfinite(new):  # the largest finite float: the adjacent finite one lies the other way
+        direction = -direction
+        new = np.nextafter(old, np.array(np.inf if direction > 0 else -np.inf, dtype=values.dtype))
     values[index] = new
     var.assign(values)
     return BitChange(

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tf_dlthesis.data._arrays import as_images
 from tf_dlthesis.variability.metrics import real_array
 
 
@@ -141,7 +142,9 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
 
     Args:
         model: A built functional/sequential `keras.Model`.
-        images: (N, H, W, C) inputs.
+        images: (N, H, W, C) images (integer ones scaled by 1/255, grey (N, H, W)
+            ones given a channel axis, as everywhere in the library), or an `(x, y)`
+            pair or `tf.data` dataset whose images are used (`data.as_arrays`).
         layers: Layer names; `None` takes every layer with weights.
         batch_size: Prediction batch size.
 
@@ -160,7 +163,7 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
     from tf_dlthesis import runtime
 
     forward = runtime.inference_function(keras.Model(model.inputs, [model.get_layer(n).output for n in names]))
-    images = np.asarray(images)
+    images = as_images(images)
     chunks = [forward(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     chunks = [c if isinstance(c, (list, tuple)) else [c] for c in chunks]  # one layer: Keras returns a tensor
     return {n: np.concatenate([np.asarray(c[j], dtype=np.float64) for c in chunks]).reshape(len(images), -1)
@@ -175,7 +178,8 @@ def layer_cka(models: Sequence, images, layers: Sequence[str] | None = None, *, 
 
     Args:
         models: R >= 2 Keras models.
-        images: (N, H, W, C) probe inputs (the thesis uses test images).
+        images: (N, H, W, C) probe images (the thesis uses test images), in any
+            form `layer_activations` takes.
         layers: Layer names (default: every layer with weights).
         batch_size: Prediction batch size.
 

@@ -36,7 +36,7 @@ from typing import Iterable
 import numpy as np
 
 from tf_dlthesis._checks import check_bool, check_int
-from tf_dlthesis._seeds import check_int_seed
+from tf_dlthesis._seeds import check_int_seed, fresh_seed
 
 SOURCES = ("init", "shuffle", "augment", "stochastic", "ops", "bit_change")
 SEEDED_SOURCES = ("init", "shuffle", "augment", "stochastic")
@@ -233,14 +233,17 @@ def reseed_stochastic_layers(model, seed: int) -> int:
     """Re-seeds every Keras `SeedGenerator` held by the model's layers (dropout, noise), nested ones included.
 
     `tf_dlthesis.models.build(seed=...)` derives initializer and dropout seeds from
-    one seed; this decouples the "stochastic" source from "init".
+    one seed; this decouples the "stochastic" source from "init". `seed=None` draws
+    fresh entropy.
 
     Returns:
         The number of seed generators re-seeded.
     """
     import keras
 
-    seed = check_int_seed(seed, "seed", allow_none=False)
+    seed = check_int_seed(seed, "seed")
+    if seed is None:  # fresh entropy, as everywhere
+        seed = fresh_seed()
     layers = _all_layers(model)
     # then the sublayers Keras tracks outside `.layers` (an LSTM's cell, a custom layer's attributes),
     # numbered after the others so the seeds of models without them stay as they were

@@ -107,8 +107,12 @@ def recompute_batch_norm_statistics(model, batches) -> int:
 
     Args:
         model: a Keras model.
-        batches: an iterable of input batches (or (inputs, labels) pairs), a batched
-            `tf.data.Dataset`, or one array of inputs (split into batches of 32).
+        batches: a batched `tf.data.Dataset`, one array of inputs or `(x, y[,
+            sample_weight])` arrays as Keras `fit` takes them (split into batches of
+            32), or an iterable of input batches (or of `(inputs, labels)` pairs).
+            A tuple or list of 2 or 3 arrays of one length is `(x, y[,
+            sample_weight])` when its second entry's shape differs from the first's
+            (labels beside inputs), else a list of batches.
 
     Returns:
         The number of batches seen (0: the model has no layer with moving statistics).
@@ -117,8 +121,24 @@ def recompute_batch_norm_statistics(model, batches) -> int:
 
     if not bn_layers(model):
         return 0
-    whole = hasattr(batches, "shape") or isinstance(batches, tf.data.Dataset)  # else a list of batches, never (x, y)
+    if _is_xy(batches):
+        batches = batches[0]  # the inputs of (x, y[, sample_weight]) arrays
+    whole = hasattr(batches, "shape") or isinstance(batches, tf.data.Dataset)
     return update_bn_statistics(model, batches if whole else iter(batches), average="examples")
+
+
+def _is_xy(batches) -> bool:
+    """Whether `batches` is `(x, y[, sample_weight])` arrays rather than a list of 2 or 3 input batches.
+
+    Arrays of one length whose second entry differs in shape from the first (labels
+    beside images) are `(x, y[, sample_weight])`; batches of inputs share a shape.
+    """
+    if not isinstance(batches, (tuple, list)) or not 2 <= len(batches) <= 3:
+        return False
+    shapes = [tuple(getattr(b, "shape", ())) for b in batches]
+    if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
+        return False
+    return shapes[1][1:] != shapes[0][1:]
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -138,7 +158,8 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             step from `start_epoch` on, assign at the end of every epoch).
         start_epoch: the first epoch (0-based) whose weights are averaged.
         bn_data: optional training data for the final batch-norm recomputation
-            (what `recompute_batch_norm_statistics` takes: batches, a dataset or an array).
+            (what `recompute_batch_norm_statistics` takes: a dataset, an array, `(x, y)`
+            arrays or an iterable of batches).
 
     Raises:
         TypeError: a start epoch that is not an int.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from tf_dlthesis._checks import check_int
+from tf_dlthesis.data._arrays import as_images
 
 TTA_MODES = ("none", "flip", "crop", "flip_crop", "grid_crop", "flip_grid_crop")
 
@@ -77,7 +78,9 @@ def predict_tta(
 
     Args:
         model: A callable Keras model mapping (B, h, w, C) images to logits.
-        images: (N, H, W, C) float images.
+        images: (N, H, W, C) images (integer ones are scaled by 1/255, as everywhere
+            in the library), or an `(x, y)` pair or `tf.data` dataset whose images are
+            used (`data.as_arrays`; grey ones get a channel axis there).
         mode: One of `TTA_MODES`.
         pad: Zero padding of the crop modes (4 for CIFAR-10, 1 for MNIST).
         batch_size: Maximum number of view images per forward pass.
@@ -91,13 +94,13 @@ def predict_tta(
     Raises:
         TypeError: for `pad`, `batch_size` or (grid modes) `crop_size`, `grid`,
             `grid_spacing` that are not ints (`crop_size=None` included).
-        ValueError: for a bad mode, images that are not 4-D, an empty batch
+        ValueError: for a bad mode, images that are not 4-D, not finite, an empty batch
             (N = 0) or empty images, images whose channel count (or, for a model
             with a fixed input size, view size) differs from the model's input,
             a grid mode's `crop_size` / `grid` < 1 or `grid_spacing` < 0, or a
             grid that does not fit the image.
     """
-    x = np.asarray(images, dtype=np.float32)
+    x = as_images(images, ranks=(4,)).astype(np.float32, copy=False)
     if x.ndim != 4:
         raise ValueError(f"`images` must have shape (N, H, W, C). Received: shape={x.shape}")
     if x.shape[0] == 0:

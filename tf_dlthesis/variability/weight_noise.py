@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dlthesis._seeds import check_int_seed
+from tf_dlthesis._seeds import check_int_seed, fresh_seed
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -46,10 +46,11 @@ class WeightNoise(keras.callbacks.Callback):
     Args:
         stddev: standard deviation of the Gaussian offset added to every
             trainable weight (> 0).
-        seed: int seed of the offsets (step t, variable i: seed (seed, t, i)).
+        seed: int seed of the offsets (step t, variable i: seed (seed, t, i)); `None`
+            draws one fresh seed (readable afterwards as `.seed`).
 
     Raises:
-        TypeError: `seed` not an int.
+        TypeError: `seed` not an int or None.
         ValueError: `stddev` not > 0, `seed` < 0.
     """
 
@@ -58,9 +59,9 @@ class WeightNoise(keras.callbacks.Callback):
         if isinstance(stddev, bool) or not isinstance(stddev, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(stddev) or not stddev > 0:
             raise ValueError(f"`stddev` must be a number > 0. Received: stddev={stddev!r}")
-        check_int_seed(seed, allow_none=False)
+        seed = check_int_seed(seed)
         self.stddev = float(stddev)
-        self.seed = int(seed)
+        self.seed = fresh_seed() if seed is None else seed  # None: fresh entropy, kept for the record
         self.steps = 0
         self._begin = self._end = None
 
