@@ -534,3 +534,26 @@ def test_accuracy_differences_over_fewer_than_6_examples_give_no_interval(n):
     assert effect.estimate == 100 and (effect.low, effect.high) == (-np.inf, np.inf)
     assert "no interval" in effect.statistic and stats.verdict(effect, above=0) == "inconclusive"
     assert stats.accuracy_difference(np.ones(6), np.zeros(6)).high < np.inf
+
+
+def test_one_run_accuracy_difference_is_at_least_mcnemars_exact_interval():
+    # 4 of 4 discordant examples won by A: the bootstrap alone gave [0.1, 0.8] ("reproduced"); the exact
+    # conditional interval: Clopper-Pearson for b = 4 of m = 4, pi in [0.025 ** (1 / 4), 1] = [0.3976, 1],
+    # mapped to m (2 pi - 1) / N in points
+    a, b = np.zeros(1000), np.zeros(1000)
+    a[:4] = 1
+    effect = stats.accuracy_difference(a, b)
+    low = 100 * 4 * (2 * 0.025 ** 0.25 - 1) / 1000
+    assert effect.estimate == pytest.approx(0.4) and effect.low == pytest.approx(low) and effect.low < 0
+    assert stats.verdict(effect, above=0) == "inconclusive" and "McNemar" in effect.statistic
+    # no discordant example: bounded by the Clopper-Pearson bound on the discordance rate, not [0, 0]
+    same = stats.accuracy_difference(np.ones(1000), np.ones(1000))
+    bound = 100 * (1 - 0.025 ** (1 / 1000))
+    assert (same.low, same.high) == pytest.approx((-bound, bound))
+    # many discordant examples: the bootstrap's own interval, already as wide
+    a, b = np.zeros(1000), np.zeros(1000)
+    a[:40], b[40:50] = 1, 1
+    wide = stats.accuracy_difference(a, b)
+    assert 1.0 < wide.low < wide.high < 5.0
+    # soft correctness (not 0/1): no exact interval, the statistic does not claim one
+    assert "McNemar" not in stats.accuracy_difference(np.full(100, 0.5), np.zeros(100)).statistic
