@@ -557,3 +557,13 @@ def test_one_run_accuracy_difference_is_at_least_mcnemars_exact_interval():
     assert 1.0 < wide.low < wide.high < 5.0
     # soft correctness (not 0/1): no exact interval, the statistic does not claim one
     assert "McNemar" not in stats.accuracy_difference(np.full(100, 0.5), np.zeros(100)).statistic
+
+
+def test_mcnemars_floor_is_for_correctness_only_not_cross_entropies():
+    # identical per-example cross-entropies differ by exactly 0 (a value in {-1, 0, 1}): once given
+    # McNemar's [-1.01, 1.01]-point bound, scaled as nats
+    ce = np.random.default_rng(0).random(364) + 0.2
+    effect = stats.accuracy_difference(ce, ce, what="test cross-entropy", unit="nats", scale=1.0)
+    assert (effect.low, effect.high) == (0.0, 0.0) and "McNemar" not in effect.statistic
+    ones = np.ones(364)  # correctness that never disagrees: bounded by the discordance rate
+    assert stats.accuracy_difference(ones, ones).high > 0

@@ -192,8 +192,8 @@ def paired_difference(a, b, *, unit: str = "", what: str = "", confidence: float
 def _mcnemar_interval(diff: np.ndarray, confidence: float):
     """The exact (conditional) interval of McNemar's setting for a paired accuracy difference.
 
-    `diff`: per-example correctness of A minus B, in {-1, 0, 1} (None is returned for
-    other values). Given the m discordant examples, b of them won by A, b ~ Bin(m, pi);
+    `diff`: per-example correctness (0 / 1) of A minus B, in {-1, 0, 1} (None is
+    returned for other values). Given the m discordant examples, b of them won by A, b ~ Bin(m, pi);
     the Clopper-Pearson interval of pi maps to the difference `m (2 pi - 1) / N`. With no
     discordant example, the Clopper-Pearson bound on the discordance rate bounds the
     difference on both sides. With a handful of discordant examples all won by one side
@@ -313,22 +313,23 @@ def accuracy_differences(pairs, reduce, *, what: str, unit: str = "pts", scale: 
     """
     if not pairs:
         raise ValueError("`pairs` is empty: give at least one (correct_a, correct_b) pair.")
-    mats = []
+    mats, binary = [], True  # binary: per-example correctness (0 / 1), not e.g. cross-entropies
     for a, b in pairs:
         a, b = _as_matrix("correct_a", a), _as_matrix("correct_b", b)
         if a.shape != b.shape:
             raise ValueError(f"`correct_a` and `correct_b` must have the same shape. Received {a.shape} and {b.shape}")
         mats.append(a - b)
+        binary = binary and bool(np.all(np.isin(a, (0.0, 1.0))) and np.all(np.isin(b, (0.0, 1.0))))
     if len({m.shape for m in mats}) != 1:
         raise ValueError(f"Every pair must have the same shape. Received {sorted({m.shape for m in mats})}")
     d = np.stack(mats)                       # (pairs, R, N)
     _, r, n = d.shape
-    estimate, lo, hi = _interval(d, reduce, scale, n_boot, seed, confidence)
+    estimate, lo, hi = _interval(d, reduce, scale, n_boot, seed, confidence, exact=binary)
     if n < MIN_BOOTSTRAP_UNITS:
         return Effect(estimate, lo, hi, f"{what} ({unit}) over {n} test examples (fewer than "
                       f"{MIN_BOOTSTRAP_UNITS}: no interval)", n, confidence)
     if r == 1:
-        exact = " (at least McNemar's exact interval)" if len(pairs) == 1 and np.all(np.isin(d, (-1, 0, 1))) else ""
+        exact = " (at least McNemar's exact interval)" if len(pairs) == 1 and binary else ""
         return Effect(estimate, lo, hi, f"{what} ({unit}), bootstrap over {n} test examples{exact}", n, confidence)
     return Effect(estimate, lo, hi, f"{what} ({unit}) over {r} paired runs x {n} test examples: {_CROSSED}", r,
                   confidence)
@@ -376,10 +377,12 @@ def smallest_difference(pairs, *, what: str, unit: str = "pts", scale: float = 1
 _CROSSED = "t half-widths of a seed jackknife and an example bootstrap, added in quadrature"
 
 
-def _interval(d: np.ndarray, reduce, scale: float, n_boot: int, seed: int, confidence: float) -> tuple:
+def _interval(d: np.ndarray, reduce, scale: float, n_boot: int, seed: int, confidence: float,
+              exact: bool = False) -> tuple:
     """(estimate, low, high) of `reduce(scale * per-pair means)` for `d` of shape (pairs, R runs, N examples).
 
-    R = 1: percentile interval of the example bootstrap for one pair, `reduce` of
+    R = 1: percentile interval of the example bootstrap for one pair (with `exact`, d
+    a difference of 0 / 1 correctness, at least McNemar's exact interval), `reduce` of
     simultaneous per-pair intervals for several (`_simultaneous`). R > 1: the seed part (a
     delete-one-run jackknife, R - 1 df) and the test-set part (the example
     bootstrap with every run kept, N - 1 df), their t half-widths added in
@@ -402,7 +405,7 @@ def _interval(d: np.ndarray, reduce, scale: float, n_boot: int, seed: int, confi
     estimate = float(reduce(effects))
     if r == 1 and len(d) == 1:
         lo, hi = _percentile(out, confidence)
-        exact = _mcnemar_interval(d[0, 0], confidence)
+        exact = _mcnemar_interval(d[0, 0], confidence) if exact else None
         if exact is not None:  # never narrower than McNemar's exact interval (few discordant examples)
             lo, hi = min(lo, float(reduce(np.array([scale * exact[0]])))), max(hi, float(reduce(np.array([scale * exact[1]]))))
         return (estimate, lo, hi)
