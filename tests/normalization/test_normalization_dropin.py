@@ -19,6 +19,7 @@ from tf_dlthesis.normalization import (
     ExampleWeightedBatchNormalization,
     ExampleWeightedGroupNormalization,
     GhostBatchNormalization,
+    patch_model,
     sweep_example_weight,
 )
 
@@ -404,3 +405,21 @@ def test_sweep_example_weight_traces_once_per_shape_and_rejects_mismatched_lengt
     assert first["accuracy"][0] == pytest.approx(np.mean(logits.argmax(1) == y))
     with pytest.raises(ValueError, match=r"`dataset`.*37.*30"):
         sweep_example_weight(model, (x, y[:30]), [0.0])
+
+
+def test_sweep_example_weight_reaches_keras_bn_layers_beside_this_packages():
+    # a model with one package layer was taken as already example-weighted: its Keras BN stayed classical
+    rng = np.random.default_rng(5)
+    inputs = keras.Input((5,))
+    h = GhostBatchNormalization(2, name="gbn")(keras.layers.Dense(8)(inputs))
+    h = keras.layers.BatchNormalization(name="kbn")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    for name in ("gbn", "kbn"):
+        model.get_layer(name).set_weights([np.ones(8, np.float32), np.zeros(8, np.float32),
+                                           rng.normal(size=8).astype(np.float32),
+                                           rng.uniform(0.5, 2, 8).astype(np.float32)])
+    x, y = rng.normal(size=(20, 5)).astype(np.float32), rng.integers(0, 3, 20)
+    got = sweep_example_weight(model, (x, y), [0.0, 1.0])
+    want = sweep_example_weight(patch_model(model, 0.0), (x, y), [0.0, 1.0])
+    np.testing.assert_allclose(got["cross_entropy"], want["cross_entropy"], rtol=1e-6)
+    assert isinstance(model.get_layer("kbn"), keras.layers.BatchNormalization)  # the model itself is untouched

@@ -56,6 +56,13 @@ def normalization_layers(model) -> list[ExampleGroupNormalization]:
     return [layer for layer in _walk(model) if isinstance(layer, ExampleGroupNormalization)]
 
 
+def _stock_norm_layers(model) -> list:
+    """Keras's own BN / GN layers in ``model`` (nested ones included), which alpha cannot reach unpatched."""
+    stock = (keras.layers.BatchNormalization, keras.layers.GroupNormalization)
+    return [layer for layer in _walk(model) if isinstance(layer, stock)
+            and not isinstance(layer, ExampleGroupNormalization)]
+
+
 def _takes_example_weight(layer) -> bool:
     """Whether alpha acts on ``layer`` (a Keras BN, or one of this package's layers with moving statistics).
 
@@ -313,7 +320,8 @@ def sweep_example_weight(
 ) -> dict[str, np.ndarray]:
     """Accuracy and cross-entropy of ``model`` for each inference example weight alpha.
 
-    The model is patched once (if it is not already example-weighted); alpha
+    The model is patched once (if any of its BN / GN layers is Keras's own, not
+    yet example-weighted: a model mixing both once swept only this package's); alpha
     is then changed in place, so one compiled inference function serves the
     whole sweep. The model's alpha is restored afterwards.
 
@@ -357,7 +365,7 @@ def sweep_example_weight(
     except ValueError as err:
         raise ValueError(f"`dataset`: {err}") from None
     check_labels(y_all, int(model(x_all[:1], training=False).shape[-1]), width)
-    if not normalization_layers(model):
+    if not normalization_layers(model) or _stock_norm_layers(model):  # every BN / GN layer example-weighted
         model = patch_model(model, 0.0)
         if not normalization_layers(model):  # nothing to sweep: every alpha would report the same numbers
             raise ValueError(f"Model '{model.name}' has no example-weighted normalization layer after patching, so "
