@@ -221,3 +221,34 @@ def test_black_box_matrix_checks_every_models_width(data):
         R.black_box_matrix({"a": five, "b": three}, (x, y), "fgsm", epsilon=0.1)
     with pytest.raises(ValueError, match=r"outside \[0, 2\]"):
         R.black_box_matrix({"a": five}, (x, y), "fgsm", epsilon=0.1, targets={"t": three})
+
+
+def test_one_hot_labels_of_a_width_unknown_when_traced_follow_eq_3_8():
+    # read as sparse, a (B, C) one-hot matrix became B * C labels: a wrong loss at B = 1, a crash above
+    import tensorflow as tf
+
+    from tf_dlthesis.robustness import LabelSmoothingCrossEntropy, RobustModel
+
+    classes, s = 4, 0.2
+    loss = LabelSmoothingCrossEntropy(s)
+    logits = np.array([[2.0, 0.5, -1.0, 0.0]], np.float32)
+    labels = np.eye(classes, dtype=np.float32)[[1]]
+    traced = tf.function(loss, input_signature=[tf.TensorSpec([None, None], tf.float32),
+                                                tf.TensorSpec([None, classes], tf.float32)])
+    targets = np.full(classes, s / (classes - 1))
+    targets[1] = 1 - s
+    shifted = logits[0].astype(np.float64) - logits[0].max()
+    want = -(targets * (shifted - np.log(np.exp(shifted).sum()))).sum()  # Eq. 3.8 targets, by hand
+    assert float(traced(labels, logits)) == pytest.approx(want, rel=1e-6)
+    sparse = tf.function(loss, input_signature=[tf.TensorSpec([None, None], tf.int64),
+                                                tf.TensorSpec([None, classes], tf.float32)])
+    assert float(sparse(np.array([[1]]), logits)) == pytest.approx(want, rel=1e-6)  # (B, 1) sparse stays sparse
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 6)).astype(np.float32)
+    y = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, 8)]
+    ds = tf.data.Dataset.from_generator(lambda: iter([(x, y)]), output_signature=(
+        tf.TensorSpec([None, 6], tf.float32), tf.TensorSpec([None, None], tf.float32)))
+    inputs = keras.Input((6,))
+    model = RobustModel(keras.Model(inputs, keras.layers.Dense(classes)(inputs)), "label_smoothing", seed=0)
+    model.compile("sgd")
+    assert np.isfinite(model.fit(ds, epochs=1, verbose=0).history["loss"][0])

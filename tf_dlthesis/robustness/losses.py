@@ -216,6 +216,8 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
     width = y_true.shape[-1] if rank else None
     if rank == 2 and width == num_classes:
         return _smooth(tf.cast(y_true, dtype), num_classes, smoothing, dtype)
+    if rank is None or (rank == 2 and width is None):  # traced with an unknown width: one-hot or (B, 1)?
+        return _smooth_unknown_width(y_true, num_classes, smoothing, dtype)
     if rank is not None and (rank > 2 or (rank == 2 and width not in (None, 1))):
         raise ValueError(
             f"`y_true` must be sparse labels (B,) or one-hot/soft labels (B, {num_classes}) matching the "
@@ -232,6 +234,25 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
         y_true = tf.cast(y_true, tf.int64)
     onehot = tf.one_hot(tf.reshape(y_true, [-1]), num_classes, dtype=dtype)
     return _smooth(onehot, num_classes, smoothing, dtype)
+
+
+def _smooth_unknown_width(y_true, num_classes, smoothing, dtype):
+    """`smoothed_targets` for labels whose width is only known when the graph runs.
+
+    (B, C) labels are one-hot / soft, anything else sparse class indices: read as
+    sparse, a (B, C) one-hot matrix became B * C "labels" (a wrong loss at B = 1, a
+    shape error above).
+    """
+    def dense():
+        return _smooth(tf.cast(tf.reshape(y_true, [-1, num_classes]), dtype), num_classes, smoothing, dtype)
+
+    def sparse():
+        ids = tf.cast(tf.reshape(y_true, [-1]), tf.int64)
+        return _smooth(tf.one_hot(ids, num_classes, dtype=dtype), num_classes, smoothing, dtype)
+
+    shape = tf.shape(y_true)
+    is_dense = tf.logical_and(tf.equal(tf.size(shape), 2), tf.equal(tf.reduce_prod(shape[-1:]), num_classes))
+    return tf.cond(is_dense, dense, sparse)
 
 
 def _smooth(onehot, num_classes, smoothing, dtype):
