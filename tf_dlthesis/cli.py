@@ -22,6 +22,7 @@ import difflib
 import math
 import os
 import sys
+import tempfile
 
 from tf_dlthesis import __version__
 
@@ -42,11 +43,17 @@ def _writable_dir(path: str) -> str:
         while not os.path.exists(missing):
             created.append(missing)
             missing = os.path.dirname(missing)
-        os.makedirs(target, exist_ok=True)
-        probe = os.path.join(target, ".tf-dlthesis-write-test")
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.remove(probe)
+        for attempt in range(20):  # another process probing the same new folder may remove it meanwhile
+            try:  # a probe of its own: two processes starting on one folder never share (and remove) one
+                os.makedirs(target, exist_ok=True)
+                fd, probe = tempfile.mkstemp(prefix=".tf-dlthesis-write-test-", dir=target)
+            except FileNotFoundError:
+                if attempt == 19:
+                    raise
+                continue
+            os.close(fd)
+            os.remove(probe)
+            break
     except OSError as err:
         raise argparse.ArgumentTypeError(f"cannot write to output folder {path!r}: {err.strerror or err}")
     finally:

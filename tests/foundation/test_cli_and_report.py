@@ -593,3 +593,40 @@ def test_figure_with_a_bare_number_names_the_figure_where_a_table_shares_it(numb
         assert experiments.get(args.id, kind=command).id == expected
     with pytest.raises(ValueError, match="`kind` must be 'table', 'figure' or None. Received: kind='fig'"):
         experiments.get(number, kind="fig")
+
+
+def test_reproduce_checks_the_archive_first_and_refuses_a_second_run_on_one_folder(tmp_path):
+    from tf_dlthesis.experiments import report
+
+    (tmp_path / "archive").write_text("a file")
+    for archive in (tmp_path / "archive", 123):  # once: the item trained, then the export failed, no report
+        with pytest.raises(ValueError, match="`archive` must be"):
+            experiments.reproduce(only="fig2.2", out_dir=str(tmp_path / "out"), archive=archive, progress=False)
+    assert not (tmp_path / "out").exists()
+    out = tmp_path / "locked"
+    out.mkdir()
+    with report._run_lock(str(out)):  # another reproduce holds the folder: both would claim one time share
+        with pytest.raises(ValueError, match="Another `reproduce` is writing into"):
+            experiments.reproduce(only="fig2.2", out_dir=str(out), progress=False)
+    assert not (out / "report.md").exists()
+
+
+def test_writable_dir_probes_of_two_callers_at_once_never_collide(tmp_path):
+    # one fixed probe file name: one caller removed it under the other ("cannot write ... No such file")
+    import threading
+
+    failures = []
+
+    def hammer():
+        for _ in range(300):
+            try:
+                cli._writable_dir(str(tmp_path / "new" / "out"))
+            except Exception as err:  # noqa: BLE001 - any failure counts
+                failures.append(err)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]

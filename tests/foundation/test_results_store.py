@@ -574,3 +574,27 @@ def test_reading_only_reads_but_computes_and_records_nothing(tmp_path):
     assert calls == [] and len(store) == 1
     store.before_compute("anything")  # outside: no-op
     assert store.get_or_compute("5.1", {"source": "init"}, 1, lambda: {"acc": 0.7}) == {"acc": 0.7}
+
+
+def test_store_keeps_0d_arrays_and_refuses_colliding_keys_and_bad_arguments(tmp_path):
+    store = ResultsStore(tmp_path / "s.sqlite")
+    store.record("e", {"a": 1}, 0, {"scalar": np.array(2.5), "nested": {"x": np.zeros((2, 0))}})
+    got = store.get("e", {"a": 1}, 0)
+    assert got["scalar"].shape == () and got["scalar"] == 2.5  # once (1,): np.ascontiguousarray
+    assert got["nested"]["x"].shape == (2, 0)
+    with pytest.raises(TypeError, match="1 and '1' would both be '1'"):  # once: one silently replaced the other
+        store.record("e", {1: "int", "1": "str"}, 0, {})
+    with pytest.raises(TypeError, match="bytes under key 'inner'"):
+        store.record("e", {"a": 2}, 0, {"outer": {"inner": [b"abc"]}})
+    with pytest.raises(ValueError, match="run=9223372036854775808"):  # once: OverflowError from SQLite
+        store.record("e", {"a": 3}, 2**63, {})
+    for path in ("", None, 5):  # "": SQLite's private temporary database, every record lost
+        with pytest.raises(TypeError, match="`path` must be a non-empty file path"):
+            ResultsStore(path)
+    with pytest.raises(TypeError, match="`experiment` must be a string"):
+        store.rows(5)
+    with pytest.raises(TypeError, match="`experiment` must be a string"):
+        store.table(None)
+    for call in (store.export_rows, store.import_rows, store.confirm_rows):
+        with pytest.raises(TypeError, match="`folder` must be a folder path"):
+            call(None)

@@ -455,13 +455,37 @@ def _jobs(jobs, scale: str) -> int:
     return check_int("jobs", jobs, 1, why="processes running chapters side by side, or 'auto'")
 
 
-def _check_out_dir(out_dir) -> None:
+def _check_out_dir(out_dir, name: str = "out_dir") -> None:
     """`out_dir` must be a non-empty path that is not an existing file (raised before anything is created)."""
     if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
-        raise ValueError(f"`out_dir` must be a non-empty folder path. Received: out_dir={out_dir!r}")
+        raise ValueError(f"`{name}` must be a non-empty folder path. Received: {name}={out_dir!r}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"`out_dir` must be a folder, but {os.fspath(out_dir)!r} is a file. Received: "
-                         f"out_dir={out_dir!r}")
+        raise ValueError(f"`{name}` must be a folder, but {os.fspath(out_dir)!r} is a file. Received: "
+                         f"{name}={out_dir!r}")
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir):
+    """Holds `out_dir/.tf-dlthesis.lock` for the run: a second `reproduce` on the folder is refused.
+
+    Two processes on one folder would both count their time as the item's first share,
+    one replacing the other's. (POSIX `flock`; no lock where it is missing.)
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(os.path.join(out_dir, ".tf-dlthesis.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"Another `reproduce` is writing into {os.fspath(out_dir)!r}: wait for it, or use "
+                             "another output folder (`--out`).") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _selected(scale: str, only) -> list:
@@ -520,17 +544,28 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
 
     Raises:
         ValueError: `jobs` is not an int >= 1 or "auto", an unknown `scale`, an unknown id in
-            `only` or an `only` that names none, or an `out_dir` that is a file (all raised
-            before anything is created).
+            `only` or an `only` that names none, an `out_dir` or `archive` that is a file or
+            not a path (all raised before anything is created), or another `reproduce`
+            writing into `out_dir` (refused once the folder exists).
     """
-    from tf_dlthesis.experiments.results_store import ResultsStore
 
     jobs = _jobs(jobs, scale)
     experiments = _selected(scale, only)
     _check_out_dir(out_dir)
+    if archive is not None:
+        _check_out_dir(archive, "archive")
     chosen = {exp.id for exp in experiments}
     absent = [exp.id for exp in select() if exp.id not in chosen]
     os.makedirs(out_dir, exist_ok=True)
+    with _run_lock(out_dir):
+        return _reproduce(experiments, absent, scale, dataset, out_dir, archive, jobs, tensorboard, data_dir,
+                          progress)
+
+
+def _reproduce(experiments, absent, scale, dataset, out_dir, archive, jobs, tensorboard, data_dir, progress):
+    """`reproduce` once its arguments are checked and its output folder is locked."""
+    from tf_dlthesis.experiments.results_store import ResultsStore
+
     store = ResultsStore(os.path.join(out_dir, "results.sqlite"))
     if archive is not None and os.path.isdir(archive):
         store.import_rows(archive)

@@ -52,7 +52,7 @@ def _encode(obj, key=None):
         if obj.dtype.hasobject or obj.dtype.kind == "V":  # stored bytes would be pointers / lose the fields
             raise TypeError(f"Arrays must have a numeric, bool or string dtype (object and structured arrays "
                             f"cannot be stored). Received: key {key!r} with dtype={obj.dtype}")
-        arr = np.ascontiguousarray(obj)
+        arr = np.require(obj, requirements="C")  # (np.ascontiguousarray made a 0-d array 1-d)
         raw = arr.tobytes()
         packed = zlib.compress(raw, 6)
         if len(packed) < len(raw):  # lossless; per-example results and bools shrink several-fold
@@ -63,6 +63,13 @@ def _encode(obj, key=None):
         return _encode(obj.item(), key)
     if isinstance(obj, dict):
         encoded = {str(k): _encode(v, k) for k, v in obj.items()}
+        if len(encoded) < len(obj):  # e.g. 1 and "1": one would silently replace the other
+            seen: dict = {}
+            for k in obj:
+                if str(k) in seen:
+                    raise TypeError(f"Dict keys are stored as strings, and {seen[str(k)]!r} and {k!r} would both be "
+                                    f"{str(k)!r}. Use distinct string keys.")
+                seen[str(k)] = k
         for tag in _TAGS:
             if tag in encoded:
                 raise ValueError(f"The dict keys {_TAGS} are reserved by the results store. Received: a dict "
@@ -74,7 +81,9 @@ def _encode(obj, key=None):
         return {"__float__": repr(obj)}
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
-    raise TypeError(f"Results must be JSON-able (dicts, lists, numbers, strings, NumPy arrays). Received: {type(obj).__name__}")
+    where = "" if key is None else f" under key {key!r}"
+    raise TypeError(f"Results must be JSON-able (dicts, lists, numbers, strings, NumPy arrays). Received: "
+                    f"{type(obj).__name__}{where}")
 
 
 def _decode(obj):
@@ -128,8 +137,24 @@ def _checked_inputs(inputs):
     return inputs
 
 
+_MAX_RUN = 2**63 - 1
+
+
+def _folder(folder) -> str:
+    """An archive folder's path, or a TypeError naming `folder`."""
+    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
+        raise TypeError(f"`folder` must be a folder path. Received: folder={folder!r}")
+    return os.fspath(folder)
+
+
 def config_hash(config: dict) -> str:
-    """Stable hash of a JSON-able config (key order does not matter)."""
+    """Stable hash of a JSON-able config (key order does not matter).
+
+    The hash follows the JSON text, so it depends on each value's type: `{"lr": 1}`
+    and `{"lr": 1.0}` are two configs (`TrainSpec` stores its numbers as plain
+    `int` / `float` so that its own keys do not split this way). Normalising here
+    would change the keys of every stored run.
+    """
     text = json.dumps(_encode(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -172,10 +197,14 @@ class ResultsStore:
             or None.
 
     Raises:
+        TypeError: `path` is not a non-empty path.
         ValueError: if the path cannot be created or opened as a results store.
     """
 
     def __init__(self, path):
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise TypeError(f"`path` must be a non-empty file path (SQLite would keep an empty one in memory and "
+                            f"lose every record). Received: path={path!r}")
         self.path = os.fspath(path)
         self.recorded, self.last_recorded = 0, None
         self._machine, self._trackers, self._tracker_lock = None, [], threading.Lock()
@@ -322,6 +351,8 @@ class ResultsStore:
         if not isinstance(config, dict):
             raise TypeError(f"`config` must be a dict. Received: config={config!r}")
         check_int("run", run, 0)
+        if run > _MAX_RUN:
+            raise ValueError(f"`run` must fit SQLite's integers (<= 2**63 - 1). Received: run={run}")
 
     def _key(self, experiment, config, run) -> tuple:
         """The checked row key `(experiment, config hash, run)`."""
@@ -436,6 +467,8 @@ class ResultsStore:
             A list of dicts with keys `experiment`, `config`, `run`, `result` and `machine`
             (the id of the machine that computed the row; None where it was not recorded).
         """
+        if experiment is not None and not isinstance(experiment, str):
+            raise TypeError(f"`experiment` must be a string (or None for every row). Received: experiment={experiment!r}")
         query = f"SELECT experiment, config, run, result, {_MACHINE_COLUMN} FROM results"
         args: tuple = ()
         if experiment is not None:
@@ -451,6 +484,8 @@ class ResultsStore:
 
     def table(self, experiment: str) -> list[dict]:
         """One flat dict per run: config keys, `run`, and the result's scalar entries."""
+        if not isinstance(experiment, str):
+            raise TypeError(f"`experiment` must be a string. Received: experiment={experiment!r}")
         flat = []
         for row in self.rows(experiment):
             entry = dict(row["config"])
@@ -541,6 +576,7 @@ class ResultsStore:
         if experiment is not None and not isinstance(experiment, str):
             raise TypeError(f"`experiment` must be an experiment name (a string) or None. "
                             f"Received: experiment={experiment!r}")
+        folder = _folder(folder)
         written, conn = 0, self._connect()
         keys = [key for key in conn.execute("SELECT experiment, config_hash, run, created FROM results ORDER BY "
                                             "created, rowid").fetchall() if experiment in (None, key[0])]
@@ -593,7 +629,7 @@ class ResultsStore:
             ValueError: `folder` is not a folder, holds an unreadable file of one of this
                 store's runs, or cannot be written.
         """
-        folder = os.fspath(folder)
+        folder = _folder(folder)
         if not os.path.isdir(folder):
             raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
         found: dict = {"confirmed": [], "differing": [], "absent": [], "timings": []}
@@ -644,7 +680,7 @@ class ResultsStore:
                 (named in the message).
             TypeError: `machine` is not a string or None.
         """
-        folder = os.fspath(folder)
+        folder = _folder(folder)
         if not os.path.isdir(folder):
             raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
         if machine is not None and not isinstance(machine, str):
