@@ -548,7 +548,6 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
             not a path (all raised before anything is created), or another `reproduce`
             writing into `out_dir` (refused once the folder exists).
     """
-
     jobs = _jobs(jobs, scale)
     experiments = _selected(scale, only)
     _check_out_dir(out_dir)
