@@ -213,13 +213,15 @@ def _content_sha256(path, size, mtime_ns):  # size and mtime_ns key the cache
     return digest.hexdigest()
 
 
+def _file_content_sha256(path):
+    """`_file_sha256` of a gzip file's decompressed contents (None for a file gzip cannot read)."""
+    stat = os.stat(path)
+    return _content_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
 def _original_fashion(files) -> bool:
     """Whether `files` ({IDX file name: path}) hold the original Fashion-MNIST's contents."""
-    for fname, want in _FASHION_CONTENT_SHA256.items():
-        stat = os.stat(files[fname])
-        if _content_sha256(os.path.realpath(files[fname]), stat.st_size, stat.st_mtime_ns) != want:
-            return False
-    return True
+    return all(_file_content_sha256(files[fname]) == want for fname, want in _FASHION_CONTENT_SHA256.items())
 
 
 def source_fingerprint(name: str, data_dir=None) -> str | None:
@@ -242,10 +244,7 @@ def source_fingerprint(name: str, data_dir=None) -> str | None:
         return None
     digest = hashlib.sha256()
     for fname in sorted(files):
-        path = files[fname]
-        stat = os.stat(path)
-        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-        content = _content_sha256(*key) if fname.endswith(".gz") else _sha256(*key)
+        content = (_file_content_sha256 if fname.endswith(".gz") else _file_sha256)(files[fname])
         digest.update(f"{fname}:{content}\n".encode())
     return digest.hexdigest()[:16]
 

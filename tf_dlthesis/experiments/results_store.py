@@ -140,11 +140,11 @@ def _checked_inputs(inputs):
 _MAX_RUN = 2**63 - 1
 
 
-def _folder(folder) -> str:
-    """An archive folder's path, or a TypeError naming `folder`."""
-    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
-        raise TypeError(f"`folder` must be a folder path. Received: folder={folder!r}")
-    return os.fspath(folder)
+def _path(value, name: str = "folder", what: str = "a folder path") -> str:
+    """`value` as a path string, or a TypeError naming `name` when it is not a non-empty path."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise TypeError(f"`{name}` must be {what}. Received: {name}={value!r}")
+    return os.fspath(value)
 
 
 def config_hash(config: dict) -> str:
@@ -202,10 +202,8 @@ class ResultsStore:
     """
 
     def __init__(self, path):
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-            raise TypeError(f"`path` must be a non-empty file path (SQLite would keep an empty one in memory and "
-                            f"lose every record). Received: path={path!r}")
-        self.path = os.fspath(path)
+        self.path = _path(path, "path", "a non-empty file path (SQLite would keep an empty one in memory and lose "
+                                        "every record)")
         self.recorded, self.last_recorded = 0, None
         self._machine, self._trackers, self._tracker_lock = None, [], threading.Lock()
         self._listeners: list = []  # `after_record` callbacks
@@ -576,7 +574,7 @@ class ResultsStore:
         if experiment is not None and not isinstance(experiment, str):
             raise TypeError(f"`experiment` must be an experiment name (a string) or None. "
                             f"Received: experiment={experiment!r}")
-        folder = _folder(folder)
+        folder = _path(folder)
         written, conn = 0, self._connect()
         keys = [key for key in conn.execute("SELECT experiment, config_hash, run, created FROM results ORDER BY "
                                             "created, rowid").fetchall() if experiment in (None, key[0])]
@@ -629,7 +627,7 @@ class ResultsStore:
             ValueError: `folder` is not a folder, holds an unreadable file of one of this
                 store's runs, or cannot be written.
         """
-        folder = _folder(folder)
+        folder = _path(folder)
         if not os.path.isdir(folder):
             raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
         found: dict = {"confirmed": [], "differing": [], "absent": [], "timings": []}
@@ -680,7 +678,7 @@ class ResultsStore:
                 (named in the message).
             TypeError: `machine` is not a string or None.
         """
-        folder = _folder(folder)
+        folder = _path(folder)
         if not os.path.isdir(folder):
             raise ValueError(f"`folder` must be a folder written by `export_rows`. Received: {folder!r}")
         if machine is not None and not isinstance(machine, str):

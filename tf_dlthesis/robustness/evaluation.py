@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_dlthesis import data
 from tf_dlthesis._checks import check_int
 from tf_dlthesis._seeds import check_int_seed, fresh_seed
 from tf_dlthesis.data._arrays import check_labels, read_labelled
@@ -19,11 +18,6 @@ WHITE_BOX_ATTACKS = ("natural", "fgsm", "pgd5", "pgd10", "pgd20")
 #: Columns of thesis Table 3.6.
 STRONG_ATTACKS = ("pgd20", "pgd1000", "spsa")
 _EVAL_EXPERIMENT = "robustness/per_example"
-
-
-def to_arrays(dataset, max_examples: int | None = None):
-    """``(x float32 [0, 1], y int64)`` from anything `tf_dlthesis.data.as_arrays` accepts (the library's one reader)."""
-    return data.as_arrays(dataset, max_examples)
 
 
 def _columns(attacks):

@@ -264,5 +264,5 @@ def load_corpus(name: str = "fortunes", *, vocab_size: int = 10_000, data_dir=No
         raise FileNotFoundError(f"The {name!r} corpus is not installed (looked in {', '.join(DEFAULT_DIRS)}); "
                                 f"{INSTALL_HINT}.")
     folder = os.path.abspath(folder)
-    stamp = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _fortune_files(folder))
+    stamp = tuple((f, s.st_size, s.st_mtime_ns) for f, s in ((f, os.stat(f)) for f in _fortune_files(folder)))
     return _load(name, int(vocab_size), folder, stamp)  # read again when a file is added, removed or changed

@@ -103,8 +103,6 @@ def predict_tta(
     x = as_images(images, ranks=(4,)).astype(np.float32, copy=False)
     if x.ndim != 4:
         raise ValueError(f"`images` must have shape (N, H, W, C). Received: shape={x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"`images` is an empty batch (N = 0): there is nothing to predict. Received: shape={x.shape}")
     if 0 in x.shape[1:]:
         raise ValueError(f"`images` must have non-empty height, width and channels. Received: shape={x.shape}")
     views = tta_views(mode, pad=pad, grid=grid, grid_spacing=grid_spacing)
