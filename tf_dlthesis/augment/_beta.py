@@ -28,9 +28,18 @@ from tf_dlthesis._seeds import as_seed
 #: sample falls back to the distribution's central value d, a negligible bias).
 _ROUNDS = 8
 
+#: Concentrations below this take `_scaled_logit` (float32 overflows near 5e-38; far
+#: below any concentration used in practice, so ordinary draws are unchanged).
+_SCALED_BELOW = 1e-20
 
-def _log_gamma_sample(seed, shape, concentration: float, dtype=tf.float32):
-    """Log of a Gamma(concentration, 1) sample of the given shape (stateless, XLA-safe)."""
+
+def _log_gamma_parts(seed, shape, concentration: float, dtype=tf.float32):
+    """(log G, log U or None) with log Gamma(concentration, 1) = log G + log U / concentration.
+
+    G is the Marsaglia-Tsang Gamma(a) draw (a = concentration + 1 for a shape below 1,
+    the boost, else a = concentration) and U in (0, 1] the boost's uniform (None without
+    the boost).
+    """
     seeds = tf.random.experimental.stateless_split(seed, num=3, alg="philox")
     boost = concentration < 1.0
     a = concentration + 1.0 if boost else concentration
@@ -51,12 +60,39 @@ def _log_gamma_sample(seed, shape, concentration: float, dtype=tf.float32):
     any_accept = tf.reduce_any(accept, axis=-1)
     chosen_v = tf.where(any_accept, chosen_v, tf.ones_like(chosen_v))
     log_g = tf.math.log(tf.constant(d, dtype)) + tf.math.log(chosen_v)
-    if boost:
-        ub = tf.random.stateless_uniform(tf.shape(log_g), seeds[2], minval=0.0, maxval=1.0,
-                                         dtype=dtype, alg="philox")
-        # U in (0, 1]: 1 - U avoids log(0).
-        log_g = log_g + tf.math.log(1.0 - ub) / concentration
-    return log_g
+    if not boost:
+        return log_g, None
+    ub = tf.random.stateless_uniform(tf.shape(log_g), seeds[2], minval=0.0, maxval=1.0,
+                                     dtype=dtype, alg="philox")
+    # U in (0, 1]: 1 - U avoids log(0).
+    return log_g, tf.math.log(1.0 - ub)
+
+
+def _log_gamma_sample(seed, shape, concentration: float, dtype=tf.float32):
+    """Log of a Gamma(concentration, 1) sample of the given shape (stateless, XLA-safe)."""
+    log_g, log_u = _log_gamma_parts(seed, shape, concentration, dtype)
+    return log_g if log_u is None else log_g + log_u / concentration
+
+
+def _scaled_logit(seeds, shape, alpha: float, beta: float, dtype):
+    """log G_alpha - log G_beta for tiny concentrations, without inf - inf.
+
+    With s = min(alpha, beta), the boost terms log U / alpha overflow to -inf once
+    s * float_max < 17 (about 5e-38 in float32), and two infinite logs gave a NaN
+    lambda. Here the difference is formed scaled by s (every term finite) and only
+    then multiplied by 1 / s (capped at the largest float): a difference of either
+    sign saturates to +-inf, and the sigmoid of it is exactly 1 or 0, the limit of
+    Beta(alpha, beta) as the concentrations go to 0.
+    """
+    s = min(alpha, beta)
+    terms = []
+    for seed, conc in ((seeds[0], alpha), (seeds[1], beta)):
+        log_g, log_u = _log_gamma_parts(seed, shape, conc, dtype)
+        scaled = s * log_g if log_u is None else s * log_g + log_u * (s / conc)
+        terms.append(scaled)
+    top = float(dtype.max)
+    inverse = top if s < 1.0 / top else min(1.0 / s, top)
+    return (terms[0] - terms[1]) * inverse
 
 
 def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.float32):
@@ -72,7 +108,8 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
         shape: output shape (list or 1-D int tensor).
         alpha: first concentration, > 0.
         beta: second concentration, > 0; defaults to `alpha` (symmetric Beta).
-        dtype: floating output dtype.
+        dtype: floating output dtype (float16 / bfloat16 are drawn in float32 and
+            rounded).
 
     Returns:
         Tensor of `shape` with values in [0, 1]. Beta(1, 1) is drawn directly as a
@@ -80,6 +117,7 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
 
     Raises:
         ValueError: if a concentration is not a positive finite number.
+        TypeError: a `dtype` that is not floating.
     """
     beta = alpha if beta is None else beta
     for name, value in (("alpha", alpha), ("beta", beta)):
@@ -89,11 +127,21 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
                 f"Beta concentration `{name}` must be a positive finite number. "
                 f"Received: {name}={value!r}")
     alpha, beta = float(alpha), float(beta)
+    dtype = tf.as_dtype(dtype)
+    if not dtype.is_floating:
+        raise TypeError(f"`dtype` must be a floating dtype (Beta samples lie in [0, 1]). "
+                        f"Received: dtype={dtype.name}")
     if not tf.is_tensor(seed):          # tensors (and traced seeds) are used as given
         seed = as_seed(seed)
     if alpha == 1.0 and beta == 1.0:
         return tf.random.stateless_uniform(shape, seed, dtype=dtype, alg="philox")
+    # Half precision would overflow the boost term log U / alpha (float16 for alpha
+    # below ~1e-4: a NaN lambda); draw in float32 and round the result instead.
+    work = dtype if dtype in (tf.float32, tf.float64) else tf.float32
     seeds = tf.random.experimental.stateless_split(seed, num=2, alg="philox")
-    log_a = _log_gamma_sample(seeds[0], shape, alpha, dtype)
-    log_b = _log_gamma_sample(seeds[1], shape, beta, dtype)
-    return tf.math.sigmoid(log_a - log_b)
+    if min(alpha, beta) < _SCALED_BELOW:
+        logit = _scaled_logit(seeds, shape, alpha, beta, work)
+    else:
+        logit = (_log_gamma_sample(seeds[0], shape, alpha, work)
+                 - _log_gamma_sample(seeds[1], shape, beta, work))
+    return tf.cast(tf.math.sigmoid(logit), dtype)

@@ -352,6 +352,21 @@ def batch_core(x1, soft, names, full, seed, pairing):
     return mix_pairs(x1, soft, x2, y2, names, full, s_mix, partner=partner)
 
 
+def _same_shape(a, b, name_a, name_b):
+    """(a, b) after checking that they have one shape: statically where both shapes are
+    known, else (a traced tensor with unknown dimensions, e.g. from a `tf.data` map) with
+    an in-graph assert, so compatible static shapes such as (32, 32, 3) and
+    (None, None, 3) are accepted."""
+    what = f"{name_a} and {name_b} must have the same shape"
+    if not a.shape.is_compatible_with(b.shape):
+        raise ValueError(f"{what}. Received {a.shape} and {b.shape}.")
+    if a.shape.is_fully_defined() and b.shape.is_fully_defined():
+        return a, b
+    with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(a), tf.shape(b),
+                                                            message=what)]):
+        return tf.identity(a), tf.identity(b)
+
+
 def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
     """Mixes one pair of examples (Eq. 2.2): (x, y) = f((x1, y1), (x2, y2)).
 
@@ -381,14 +396,10 @@ def mix_pair(x1, y1, x2, y2, method, *, seed, num_classes=None, **params):
     names, full = resolve(method, params)
     x1 = _images(x1, 3, "x1")
     x2 = _images(x2, 3, "x2")
-    if x1.shape != x2.shape:
-        raise ValueError(f"x1 and x2 must have the same shape. Received {x1.shape} and "
-                         f"{x2.shape}.")
+    x1, x2 = _same_shape(x1, x2, "x1", "x2")
     s1 = labels_to_soft(y1, num_classes, 0, "y1")
     s2 = labels_to_soft(y2, num_classes, 0, "y2")
-    if s1.shape != s2.shape:
-        raise ValueError(f"y1 and y2 must have the same shape. Received {s1.shape} and "
-                         f"{s2.shape}.")
+    s1, s2 = _same_shape(s1, s2, "y1", "y2")
     if s1.dtype != s2.dtype:
         # e.g. float32 one-hot with float64 soft labels (or sparse ints, made float32):
         # mix in the wider float dtype, as NumPy would.

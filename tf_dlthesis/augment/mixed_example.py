@@ -207,6 +207,27 @@ class MixedExample(keras.layers.Layer):
             out["labels"] = labels + (self.num_classes,)
         return out
 
+    # Keras saves a layer's weights but no `SeedGenerator` position, so a model saved
+    # after some steps (`model.save`, `save_weights`, `ModelCheckpoint`) and loaded again
+    # would restart the layer's stream of seeds and repeat the mixing draws it already
+    # made. The position is saved with the layer's (otherwise empty) variables; files
+    # written before it was saved load as before (the stream starts from `seed`).
+    _SEED_STATE_KEY = "seed_generator_state"
+
+    def save_own_variables(self, store):
+        """Saves the layer's variables and the position of its `SeedGenerator`."""
+        super().save_own_variables(store)
+        store[self._SEED_STATE_KEY] = keras.ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        """Restores what `save_own_variables` saved (the seed position when present)."""
+        keys = list(store.keys())
+        if self._SEED_STATE_KEY in keys:
+            state = store[self._SEED_STATE_KEY]
+            self.seed_generator.state.assign(
+                keras.ops.cast(keras.ops.convert_to_tensor(state), self.seed_generator.state.dtype))
+        super().load_own_variables({k: store[k] for k in keys if k != self._SEED_STATE_KEY})
+
     def get_config(self):
         config = super().get_config()
         config.update({"method": self.method, "seed": self.seed,

@@ -70,9 +70,9 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=N
 
     Args:
         x1, x2: (H, W, C) images in [0, 1] (C = 1 or 3).
-        methods: method names to show (default: all of `METHODS`).
+        methods: method names to show (default: all of `METHODS`), or one name.
         seed: int seed; method i uses seed (seed, i).
-        columns: panels per row.
+        columns: panels per row (an int >= 1).
         path: if given, the figure is also saved there as a PNG.
         lam: None (each method's own draw with seed (seed, i)) or a target label
             weight of x1 in (0, 1): method i shows the one of `draws` pairs mixed
@@ -86,8 +86,9 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=N
 
     Raises:
         ValueError: unknown method or mismatched image shapes (from `mix_pair`),
-            `lam` outside (0, 1), `draws` < 1.
-        TypeError: a hyperparameter no method knows (e.g. a misspelled `alpah`).
+            `lam` outside (0, 1), `draws` or `columns` < 1.
+        TypeError: a hyperparameter no method knows (e.g. a misspelled `alpah`), a
+            non-int `columns`.
 
     Reference:
         Thesis Figure 2.2, Sec. 2.3.
@@ -95,6 +96,9 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=N
     import matplotlib.pyplot as plt
 
     lam = _check_lam(lam, draws)
+    columns = check_int("columns", columns, 1)
+    if isinstance(methods, str):          # one name, not a sequence of one-letter names
+        methods = [methods]
     names = [canonical_name(m) for m in methods]
     panels = [(np.asarray(x1), "x1"), (np.asarray(x2), "x2")]
     for i, name in enumerate(names):
