@@ -64,6 +64,7 @@ from __future__ import annotations
 import functools
 import types
 import weakref
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -202,8 +203,15 @@ def as_images(x):
 
     The same conversion as `tf_dlthesis.data.as_arrays` makes, so an attack sees
     the images a model was trained on.
+
+    Raises:
+        TypeError: images that are not real numbers (strings, complex numbers),
+            as `tf_dlthesis.data.as_arrays` refuses them.
     """
     x = tf.convert_to_tensor(x)
+    if not (x.dtype == tf.bool or x.dtype.is_integer or x.dtype.is_floating):
+        raise TypeError(f"Images must be real numbers (float, integer or bool). Received: images of dtype "
+                        f"{x.dtype.name}")
     if x.dtype == tf.bool:
         return tf.cast(x, tf.float32)
     if x.dtype.is_integer:
@@ -296,6 +304,9 @@ def _prepare_labels(model_fn, x, y, model=None):
     if y is None:
         return tf.argmax(model_fn(x), axis=-1), None
     y = tf.convert_to_tensor(y)
+    if not (y.dtype == tf.bool or y.dtype.is_integer or y.dtype.is_floating):
+        raise TypeError(f"Labels must be integer class ids or float one-hot / soft labels. Received: y of dtype "
+                        f"{y.dtype.name}")
     if x.shape[0] is not None and y.shape.rank and y.shape[0] is not None and y.shape[0] != x.shape[0]:
         raise ValueError(
             f"Labels and images must have the same batch size. Received: x.shape={x.shape}, y.shape={y.shape}"
@@ -344,6 +355,7 @@ def fgsm(model, x, y=None, *, epsilon: float, clip_range=(0.0, 1.0), loss_fn=Non
             an empty batch ``x``, images ``x`` outside ``clip_range``, labels
             ``y`` out of range for the model's logits, non-integer sparse
             labels or one-hot ``y`` of another width (checked once, eagerly).
+        TypeError: images or labels that are not real numbers (strings, complex).
 
     Reference:
         Thesis Sec. 3.2, Eq. 3.1; Goodfellow et al., https://arxiv.org/abs/1412.6572.
@@ -398,6 +410,8 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
             ``x``, images ``x`` outside ``clip_range``, labels ``y`` out of range
             for the model's logits, non-integer sparse labels or one-hot ``y`` of
             another width (checked once, eagerly).
+        TypeError: ``random_start`` not a bool (a string such as ``"no"`` would
+            read as True), images or labels that are not real numbers.
 
     Reference:
         Thesis Sec. 3.2 and 3.5.1 (eps 0.03, step 0.0078); https://arxiv.org/abs/1706.06083.
@@ -407,6 +421,7 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
     if not tf.is_tensor(epsilon) and not tf.is_tensor(step_size) and step_size > epsilon:
         raise ValueError(f"`step_size` must be <= `epsilon`. Received: step_size={step_size}, epsilon={epsilon}")
     num_steps = _check_steps(num_steps, allow_tensor=True)
+    random_start = check_bool("random_start", random_start)
     lo, hi = _check_clip_range(clip_range)
     model_fn = inference_fn(model)
     x = _images(x, clip_range)
@@ -714,10 +729,15 @@ class Attack:
                     f"`step_size` must be <= `epsilon`. Received: step_size={step_size}, epsilon={epsilon}")
         elif name == "spsa":
             kind = "spsa"
+            if spsa_params is not None and not isinstance(spsa_params, Mapping):
+                raise TypeError(f"`spsa_params` must be a dict of spsa() settings or None. "
+                                f"Received: spsa_params={spsa_params!r}")
             params = {"num_steps": 100, **(spsa_params or {})}
             unknown = set(params) - set(_SPSA_KEYS)
             if unknown:
                 raise ValueError(f"Unknown `spsa_params` {sorted(unknown)}. Expected some of {_SPSA_KEYS}.")
+            if "corrected_gradient" in params:
+                check_bool("corrected_gradient", params["corrected_gradient"])
             _spsa_args(epsilon, params["num_steps"], clip, params.get("spsa_samples", 128),
                        params.get("learning_rate", 0.01), params.get("delta", 0.01), params.get("spsa_iters", 1))
             num_steps = int(params["num_steps"])

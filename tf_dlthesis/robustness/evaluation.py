@@ -31,11 +31,18 @@ def _columns(attacks):
     except TypeError:
         raise TypeError("`attacks` must be an attack name, an Attack, or a list or dict of them. "
                         f"Received: attacks={attacks!r}") from None
+    columns = {}
     for a in attacks:
         if not isinstance(a, (str, _attacks.Attack)):
             raise TypeError("`attacks` given as a list must hold attack names or Attack objects (pass user "
                             f"functions in a dict {{column: fn}}). Received: {a!r}")
-    return {(a.name if isinstance(a, _attacks.Attack) else a): a for a in attacks}
+        name = a.name if isinstance(a, _attacks.Attack) else a
+        if name in columns and columns[name] != a:  # one would silently replace the other's column
+            raise ValueError(f"`attacks` holds two different attacks named {name!r} ({columns[name]!r} and {a!r}); "
+                             "each would fill the same column. Pass a dict {column name: attack} with distinct "
+                             f"names. Received: attacks={attacks!r}")
+        columns[name] = a
+    return columns
 
 
 def _build(spec, epsilon, step_size, clip_range, spsa_params):
@@ -59,7 +66,8 @@ def _store_config(column, spec, n, epsilon, step_size, clip_range, spsa_params):
     another function's, so storing them is refused).
     """
     if isinstance(spec, str):  # built from this call's settings
-        return {"attack": spec, "epsilon": float(epsilon), "step_size": float(step_size),
+        step = None if step_size is None else float(step_size)  # None: FGSM / natural columns need no step
+        return {"attack": spec, "epsilon": float(epsilon), "step_size": step,
                 "clip_range": list(clip_range) if clip_range else None, "sample": n,
                 "spsa": dict(spsa_params or {}) if spec == "spsa" else None}
     if isinstance(spec, _attacks.Attack):
@@ -130,18 +138,36 @@ def per_example_correct(model, x, y, attack, *, batch_size=128, seed=0, store=No
     """Per-example correctness (bool array) of ``model`` on ``attack(model, x, y, seed)``.
 
     Batch ``b`` is attacked with the stateless seed ``[seed, b]``; ``seed=None``
-    draws a fresh base seed once per call.  With ``store`` (a ``ResultsStore``)
-    each batch's result is recorded under
+    draws a fresh base seed once per call.  ``x`` and ``y`` take the forms of
+    :func:`tf_dlthesis.data.as_arrays` (labels sparse ``(N,)``, a ``(N, 1)``
+    column or one-hot ``(N, K)``, compared with the predictions as class ids).
+    With ``store`` (a ``ResultsStore``) each batch's result is recorded under
     ``("robustness/per_example", {model: store_key, **store_config}, batch_index)``
     and batches already recorded are skipped, so an interrupted long evaluation
-    (PGD-1000, SPSA) resumes where it stopped.
+    (PGD-1000, SPSA) resumes where it stopped.  Without ``store_config`` the key
+    holds the attack's own settings (an :class:`~.attacks.Attack`'s, or a user
+    function's ``get_config()``), so two attacks never share stored results.
 
     Raises:
-        TypeError / ValueError: a seed that is not an int >= 0 or None, ``batch_size < 1``.
+        TypeError / ValueError: a seed that is not an int >= 0 or None, ``batch_size < 1``,
+            an ``attack`` that is not callable, labels outside the model's logits,
+            ``store`` without ``store_key``, or ``store`` without ``store_config``
+            for a user function that has no ``get_config()``.
     """
     out = []
     seed = _base_seed(seed)
     batch_size = _check_batch_size(batch_size)
+    if not callable(attack):
+        raise TypeError(f"`attack` must be callable as attack(model, x, y, seed) (e.g. from make_attack). "
+                        f"Received: attack={attack!r}")
+    if store is not None and not store_key:
+        raise ValueError(f"`store_key` (a name for the model) is required with `store`. Received: store_key={store_key!r}")
+    if len(x) == 0:
+        return np.zeros([0], bool)
+    x, y, width = read_labelled((x, y))  # sparse int64 labels: `pred == y` is per example for any label form
+    _check_label_range(model, x, y, width)
+    if store is not None and store_config is None:
+        store_config = _store_config("attack", attack, int(len(x)), None, None, None, None)
     for b, i in enumerate(range(0, len(x), batch_size)):
         cfg = None
         if store is not None:
@@ -400,7 +426,8 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
         dataset: ``(x, y)`` arrays or a ``tf.data.Dataset``.
         epsilon, step_size, clip_range: the evaluated attack's settings
             (``epsilon > 0``; ``clip_range=None`` needs ``large_epsilon``).
-        epsilons: the epsilon sweep (default ``epsilon * [1/2, 1, 2, 4]``).
+        epsilons: the epsilon sweep (default ``epsilon * [1/2, 1, 2, 4]``), run and
+            checked in increasing order whatever order it is given in.
         large_epsilon, large_epsilon_max_accuracy: the full-success check.
         transfer_source: optional source model for the transfer check.
         spsa_params: run the SPSA check with these :func:`spsa` settings.
@@ -434,7 +461,10 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
         large_epsilon = (hi - lo) / 2
     seed = _base_seed(seed)
     x, y, _, batch_size = _checked_data(model, dataset, max_examples, batch_size)
-    epsilons = list(epsilons) if epsilons is not None else [epsilon / 2, epsilon, 2 * epsilon, 4 * epsilon]
+    if epsilons is None:
+        epsilons = [epsilon / 2, epsilon, 2 * epsilon, 4 * epsilon]
+    # checked in increasing order, whatever order they are given in
+    epsilons = sorted(_attacks._check_float("epsilons", e, minimum=0.0) for e in epsilons)
     checks = []
     logits = _predict(model, x, batch_size)
     probs = logits[:batch_size]
