@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ._base import ExampleGroupNormalization
+
 __all__ = ["output_bound", "measure_output_range"]
 
 
@@ -47,6 +49,24 @@ def output_bound(gamma, beta, values_per_statistic: int):
     return beta - half, beta + half
 
 
+_COUNTABLE = (keras.layers.BatchNormalization, keras.layers.GroupNormalization, ExampleGroupNormalization)
+
+
+def _values_per_statistic(layer, batch_size: int, spatial: int, channels: int) -> int:
+    """``B`` of Eq. 4.2 for ``layer``: examples x spatial positions x channels that one statistic averages.
+
+    BN: the batch; Ghost BN / Batch Group Norm: the ghost batch (at most the
+    batch); Group Normalization (Keras's, or this package's): one example and
+    the ``C / groups`` channels of its group.
+    """
+    if isinstance(layer, keras.layers.GroupNormalization):
+        groups = channels if layer.groups == -1 else layer.groups
+        return spatial * (channels // groups)
+    ghost = getattr(layer, "ghost_batch_size", None) or batch_size
+    groups = getattr(layer, "_groups", None) or channels
+    return min(ghost, batch_size) * spatial * (channels // groups)
+
+
 def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) -> dict:
     """Output range of a BN-type layer in training vs inference mode vs the Eq. 4.2 bound.
 
@@ -60,7 +80,8 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
 
     Args:
         model: A built Functional/Sequential model containing ``layer``.
-        layer: The layer (or its name); must have ``gamma``/``beta``.
+        layer: The layer (or its name): a Keras `BatchNormalization` or
+            `GroupNormalization`, or one of this package's layers.
         images: Array of inputs, at least ``batch_size`` of them.
         batch_size: Examples per training-mode statistic.
 
@@ -69,9 +90,19 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
         ``inference_min``/``inference_max``, ``bound_min``/``bound_max``
         (extremes over channels) and ``train_within_bound`` (per-channel check
         of every training output, with a 1e-5 relative float tolerance).
+
+    Raises:
+        TypeError: ``layer`` is not one of the layers above (e.g. a
+            `LayerNormalization`), whose ``B`` it cannot count.
+        ValueError: ``batch_size`` outside ``[1, len(images)]``.
     """
     if isinstance(layer, str):
         layer = model.get_layer(layer)
+    if not isinstance(layer, _COUNTABLE):
+        raise TypeError(
+            "`layer` must be a BatchNormalization-family layer (Keras BN or one of tf_dlthesis.normalization's) "
+            "or a keras.layers.GroupNormalization, whose values per statistic Eq. 4.2 can count. "
+            f"Received: layer={getattr(layer, 'name', layer)!r} of type {type(layer).__name__}")
     images = np.asarray(images)
     if batch_size < 1 or len(images) < batch_size:
         raise ValueError(f"`batch_size` must be in [1, {len(images)}]. Received: batch_size={batch_size}")
@@ -93,11 +124,7 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
     axis = axis[0] if isinstance(axis, (list, tuple)) else axis
     axis = axis % train_out.ndim
     spatial = int(np.prod([train_out.shape[i] for i in range(1, train_out.ndim) if i != axis]))
-    ghost = getattr(layer, "ghost_batch_size", None) or batch_size
-    per_stat = min(ghost, batch_size) * spatial
-    groups = getattr(layer, "_groups", None)
-    if groups is not None:
-        per_stat *= train_out.shape[axis] // groups
+    per_stat = _values_per_statistic(layer, batch_size, spatial, train_out.shape[axis])
     gamma = None if getattr(layer, "gamma", None) is None else layer.gamma.numpy()
     beta = None if getattr(layer, "beta", None) is None else layer.beta.numpy()
     lo, hi = output_bound(gamma, beta, per_stat)

@@ -12,6 +12,7 @@ the end of chosen epochs of `fit`.
 from __future__ import annotations
 
 import functools
+import itertools
 import numbers
 
 import keras
@@ -192,7 +193,9 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
             as given, as in Keras ``fit`` (uint8 images are not scaled: pass
             the images the model was trained on). A dataset of single examples
             is refused (batch it first).
-        steps: Number of batches to use; ``None`` = all of ``data``.
+        steps: Number of batches to use; ``None`` = all of ``data``. An
+            iterator passed as ``data`` is advanced by exactly ``steps``
+            batches.
         batch_size: Batch size for array ``data``.
         average: ``"batches"`` (each batch counts once, as fvcore) or
             ``"examples"`` (each batch counts by its size).
@@ -237,9 +240,8 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
                 layer.moving_update = "averaged"
         # a partial (not a closure): one tf.function per call, not counted as a retrace of one function
         step = tf.function(functools.partial(_forward_and_accumulate, model, layers, sums), autograph=False)
-        for x in _batches(data, int(batch_size), model):
-            if steps is not None and count >= steps:
-                break
+        # islice: a shared iterator loses no batch beyond the ``steps`` used
+        for x in itertools.islice(_batches(data, int(batch_size), model), steps):
             weight = float(_examples_in(x)) if average == "examples" else 1.0
             step(x, tf.constant(weight, tf.float64))
             count, total = count + 1, total + weight
@@ -365,3 +367,8 @@ class PreciseBN(keras.callbacks.Callback):
 
     def get_config(self):
         return {"epochs": self.epochs, "steps": self.steps, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuilds the callback from `get_config` (without ``data``: set ``callback.data`` before `fit`)."""
+        return cls(**config)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import itertools
 import sys
 
 import numpy as np
@@ -46,11 +45,19 @@ def install_legacy_layers_shim() -> None:
 
     TensorFlow's ``tensorflow.python.layers.normalization`` lazily imports
     ``tf_keras.legacy_tf_layers.normalization``, which tf_keras >= 2.16 moved
-    under ``src``; TF-Slim's ``batch_norm`` then fails. Idempotent.
+    under ``src``; TF-Slim's ``batch_norm`` then fails. Also restores
+    ``tensorflow.python.framework.ops.Tensor`` (an alias of `tf.Tensor` that
+    recent TF dropped), which TF-Slim's fused path reads: without it
+    ``slim.batch_norm`` on rank-2 inputs (``slim.fully_connected``), or with
+    ``updates_collections=None``, fails with ``AttributeError: ... has no
+    attribute 'Tensor'``. Idempotent.
 
     Raises:
         ImportError: tf_keras is not installed (``pip install tf_dlthesis[slim]``).
     """
+    framework_ops = importlib.import_module("tensorflow.python.framework.ops")
+    if not hasattr(framework_ops, "Tensor"):  # tf_slim.layers.utils.constant_value reads ops.Tensor
+        framework_ops.Tensor = tf.Tensor
     try:
         importlib.import_module("tf_keras.legacy_tf_layers")
         return
@@ -76,7 +83,6 @@ from tf_slim.layers import layers as _slim_layers  # noqa: E402
 from tf_slim.ops import arg_scope as _arg_scope  # noqa: E402
 
 _STOCK_BATCH_NORM = _slim_layers.batch_norm
-_COUNTER = itertools.count()
 
 
 def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, activation_fn=None,
@@ -90,20 +96,24 @@ def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, ac
     if is_training is not False:
         raise ValueError("example weighing (example_weight > 0) needs a Python bool `is_training`; "
                          f"Received: is_training={is_training!r}")
-    # Let the stock op create (or reuse) its variables with TF-Slim's names, and
-    # collect them through a private collection; its own output is unused.
-    key = f"_tf_dlthesis_bn_{next(_COUNTER)}"
+    # Let the stock op create (or reuse) its variables with TF-Slim's names and
+    # capture them with a custom getter (collections miss reused variables:
+    # TF-Slim's fused path adds a variable to them only when creating it);
+    # its own output is unused.
+    found = {}
+
+    def capture(getter, name, *args, **kwargs):
+        variable = getter(name, *args, **kwargs)
+        found.setdefault(name.rsplit("/", 1)[-1], variable)
+        return variable
+
     outputs_collections = common.pop("outputs_collections", None)  # for the example-weighted output, below
-    user = common.pop("variables_collections", None) or {}
-    cols = {}
-    for name in ("beta", "gamma", "moving_mean", "moving_variance"):
-        extra = user.get(name, []) if isinstance(user, dict) else list(user)
-        cols[name] = list(extra) + [f"{key}/{name}"]
-    _STOCK_BATCH_NORM(inputs, activation_fn=None, is_training=False, variables_collections=cols, **common)
+    with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), custom_getter=capture,
+                                     auxiliary_name_scope=False):
+        _STOCK_BATCH_NORM(inputs, activation_fn=None, is_training=False, **common)
 
     def get(name):
-        found = tf.compat.v1.get_collection(f"{key}/{name}")
-        return tf.cast(found[0], tf.float32) if found else None
+        return tf.cast(found[name], tf.float32) if name in found else None
 
     x = tf.cast(inputs, tf.float32)
     rank = x.shape.rank
@@ -119,7 +129,7 @@ def _batch_norm(inputs, decay=0.999, center=True, scale=False, epsilon=0.001, ac
     if activation_fn is not None:
         y = activation_fn(y)
     if outputs_collections:  # under the stock op's alias, its variable scope (".../BatchNorm")
-        scope = tf.compat.v1.get_collection(f"{key}/moving_mean")[0].op.name.rsplit("/", 1)[0]
+        scope = found["moving_mean"].op.name.rsplit("/", 1)[0]
         y = tf_slim.utils.collect_named_outputs(outputs_collections, scope, y)
     return y
 
