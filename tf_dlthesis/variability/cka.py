@@ -97,7 +97,8 @@ def linear_cka(x, y) -> float:
     norm_b = np.linalg.norm(b.T @ b)
     if norm_a == 0 or norm_b == 0:
         raise ValueError("CKA is undefined for a constant representation (all examples map to the same point).")
-    return float(cross / (norm_a * norm_b))
+    # CKA lies in [0, 1]; rounding can step past 1 by an ulp (x and y equal up to rotation and scale)
+    return float(min(cross / (norm_a * norm_b), 1.0))
 
 
 def _unit_centred_gram(features: np.ndarray) -> np.ndarray:
@@ -116,7 +117,7 @@ def cka_matrix(representations: Sequence) -> np.ndarray:
         representations: R arrays of shape (N, ...) (feature widths may differ).
 
     Returns:
-        (R, R) symmetric matrix with ones on the diagonal.
+        (R, R) symmetric matrix with entries in [0, 1] and ones on the diagonal.
     """
     reps = [_as_features(r, f"representations[{i}]") for i, r in enumerate(representations)]
     if len(reps) < 2:
@@ -127,7 +128,8 @@ def cka_matrix(representations: Sequence) -> np.ndarray:
     for i, r in enumerate(reps):
         _check_not_constant(r, f"representations[{i}]")
     grams = np.stack([_unit_centred_gram(r) for r in reps])  # (R, N*N) unit vectors
-    return grams @ grams.T
+    # entries lie in [0, 1] (inner products of unit PSD matrices); rounding can step past by an ulp
+    return np.clip(grams @ grams.T, 0.0, 1.0)
 
 
 def mean_pairwise_cka(representations: Sequence) -> float:
@@ -135,6 +137,17 @@ def mean_pairwise_cka(representations: Sequence) -> float:
     mat = cka_matrix(representations)
     iu = np.triu_indices(mat.shape[0], k=1)
     return float(mat[iu].mean())
+
+
+def _layer_names(layers) -> list:
+    """`layers` as a non-empty list of names; a single string is refused (it would be read letter by letter)."""
+    if isinstance(layers, str):
+        raise TypeError(f"`layers` must be a list of layer names, not a string. Received: layers={layers!r}")
+    names = list(layers)
+    if not names:
+        raise ValueError(f"`layers` must name at least one layer (None: every layer with weights). "
+                         f"Received: layers={layers!r}")
+    return names
 
 
 def layer_activations(model, images, layers: Sequence[str] | None = None, *, batch_size: int = 256) -> dict:
@@ -150,12 +163,16 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
 
     Returns:
         Dict layer name -> (N, D) float64 array.
+
+    Raises:
+        TypeError: `layers` given as one string instead of a list of names.
+        ValueError: an empty `layers`, or a name the model does not have.
     """
     import keras
 
     if layers is None:
         layers = [l.name for l in model.layers if l.weights]
-    names = list(layers)
+    names = _layer_names(layers)
     known = {l.name for l in model.layers}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -191,5 +208,6 @@ def layer_cka(models: Sequence, images, layers: Sequence[str] | None = None, *, 
         raise ValueError(f"`models` must hold at least 2 models. Received: {len(models)}")
     if layers is None:
         layers = [l.name for l in models[0].layers if l.weights]
+    layers = _layer_names(layers)
     acts = [layer_activations(m, images, layers, batch_size=batch_size) for m in models]
     return {name: mean_pairwise_cka([a[name] for a in acts]) for name in layers}

@@ -53,10 +53,24 @@ def real_array(values, name: str, shape: str) -> np.ndarray:
     try:
         raw = np.asarray(values)
     except (TypeError, ValueError) as exc:
+        parts = _part_shapes(values)
+        if parts is not None and len(set(parts)) > 1:  # e.g. runs evaluated on different test sets
+            raise ValueError(f"`{name}` must have shape {shape}: its entries (runs) differ in shape. "
+                             f"Received: entries of shapes {parts}") from exc
         raise TypeError(f"`{name}` must be a numeric array of shape {shape}. Received: {type(values).__name__}") from exc
     if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
         raise TypeError(f"`{name}` must hold real numbers (int or float), shape {shape}. Received: dtype {raw.dtype}")
     return raw.astype(np.float64)
+
+
+def _part_shapes(values) -> list | None:
+    """The shapes of a list's or tuple's entries (None when not a sequence, or an entry is no array)."""
+    if not isinstance(values, (list, tuple)):
+        return None
+    try:
+        return [tuple(np.shape(v)) for v in values]
+    except (TypeError, ValueError):
+        return None
 
 
 def _check_logits(logits, *, min_runs: int = 2, name: str = "logits") -> np.ndarray:

@@ -145,6 +145,10 @@ def _normalize_output(out, plan: SeedPlan) -> dict:
             "order_hash": out.get("order_hash"),
             "weights_hash": out.get("weights_hash"),
         }
+        for field in ("variants", "info"):
+            if not isinstance(out.get(field) or {}, Mapping):
+                raise TypeError(f"train_fn's {field!r} must be a dict (name -> value) or None; source "
+                                f"{plan.source!r} run {plan.run} returned {type(out[field]).__name__}.")
         for name, arr in (out.get("variants") or {}).items():
             result[_VARIANT_PREFIX + str(name)] = np.asarray(arr, dtype=np.float32)
         for key, val in (out.get("info") or {}).items():
@@ -214,6 +218,37 @@ def _validate_run(result: dict, labels: np.ndarray, num_classes: int | None, sou
             raise ValueError(f"train_fn returned NaN or infinite {key!r} for source {source!r} run {run} (diverged?).")
         if num_classes is not None and arr.shape[1] != num_classes:
             raise ValueError(f"{key!r} of source {source!r} run {run} has {arr.shape[1]} classes, expected {num_classes}.")
+        if labels.max() >= arr.shape[1]:
+            raise ValueError(f"`labels` must lie in [0, {arr.shape[1]}) for the {arr.shape[1]}-class {key!r} of source "
+                             f"{source!r} run {run}. Received: labels with max={labels.max()}")
+
+
+def _layout(result: dict) -> dict:
+    """The evaluations a run's record holds (`"logits"` and each variant) and their shapes."""
+    return {k: tuple(np.shape(v)) for k, v in result.items() if k == "logits" or k.startswith(_VARIANT_PREFIX)}
+
+
+def _check_same_layout(layouts: dict, result: dict, source: str, run: int) -> None:
+    """Every run of `source` must return the same variants, of the same shapes, as its first run seen.
+
+    A variant missing from some runs (or present in only some) cannot be stacked into
+    a row: without this check it would be a `KeyError` after training, or silently
+    dropped. `layouts` (source -> (run, layout)) remembers the first run of each source.
+    """
+    layout = _layout(result)
+    first_run, first = layouts.setdefault(source, (run, layout))
+    if layout == first:
+        return
+
+    def names(lay):
+        return sorted("logits" if k == "logits" else k[len(_VARIANT_PREFIX):] for k in lay)
+    if set(layout) != set(first):
+        raise ValueError(f"train_fn must return the same 'variants' in every run of a source: source {source!r} "
+                         f"run {run} returned {names(layout)}, run {first_run} returned {names(first)}.")
+    shapes = {k: (first[k], layout[k]) for k in layout if layout[k] != first[k]}
+    raise ValueError(f"train_fn must return logits of one shape (N, C) in every run of a source: source {source!r}: "
+                     + "; ".join(f"{k!r} has shape {b} in run {run} but {a} in run {first_run}"
+                                 for k, (a, b) in shapes.items()))
 
 
 def _check_controls(hashes: dict, onset_epoch: int, control: tuple | None = None) -> None:
@@ -1056,7 +1091,10 @@ def run_protocol(
     Raises:
         ValueError: for an unknown or repeated source, an unknown executor or
             start method, runs < 2, workers or num_classes < 1, labels that are
-            not (N,) integers (N >= 1), or logits of the wrong shape or with NaNs.
+            not (N,) integers (N >= 1) or lie outside [0, C) (negative labels, or
+            labels >= `num_classes`, before any run trains), logits of the wrong
+            shape or with NaNs, or runs of one source that return different
+            `"variants"` or logits of different shapes.
         TypeError: for a `store` that is neither a results store, a path nor
             None, a `config` that is not a dict, or `workers`, `num_classes`
             or `threads_per_run` that is not an int.
@@ -1087,6 +1125,10 @@ def run_protocol(
         raise ValueError(f"`labels` must hold at least one test example (the metrics compare runs on them). "
                          f"Received: labels of shape {lab.shape}")
     check_int("num_classes", num_classes, 1, allow_none=True)
+    # checked before any run trains (the class count of the logits is checked again on each run)
+    if lab.min() < 0 or (num_classes is not None and lab.max() >= num_classes):
+        expected = ">= 0" if num_classes is None else f"in [0, {num_classes})"
+        raise ValueError(f"`labels` must be class indices {expected}. Received: min={lab.min()}, max={lab.max()}")
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"`config` must be a dict (JSON-able) or None. Received: config={config!r}")
     base_plan = SeedPlan() if base_plan is None else base_plan
@@ -1098,6 +1140,12 @@ def run_protocol(
     if executor == "local":
         _check_main_guard()
     config = {**dict(config or {}), **_threads_key(executor, threads_per_run)}
+    layouts = {}  # source -> (run, layout) of its first run seen (`_check_same_layout`)
+
+    def validate(result, source, run):
+        _validate_run(result, lab, num_classes, source, run)
+        _check_same_layout(layouts, result, source, run)
+
     scheduler = _Scheduler(
         store, experiment, sources, counts,
         key=lambda source: {**config, "source": source, "onset_epoch": int(onset_epoch)},
@@ -1108,7 +1156,7 @@ def run_protocol(
                                          run=0),
         redraws=bit_change_redraws, ineffective=_ineffective,
         bit_change_of=lambda result: result.get("info:bit_change"), keep_replaced=True,
-        validate=lambda result, source, run: _validate_run(result, lab, num_classes, source, run))
+        validate=validate)
     try:
         scheduler.run(lambda plan: _run_one(train_fn, plan, None, global_seed=None),
                       _parallel_executor(executor, train_fn, threads_per_run, workers, start_method, ray_address),
@@ -1123,8 +1171,10 @@ def run_protocol(
         run_ids, results = scheduler.finished(source)
         if source in scheduler.bit_sources:
             bit_changes[source] = scheduler.bit_change_summary(source, run_ids)
+        stored_layouts = {}  # the runs as stored (some may come from an earlier call: a resume)
         for r, res in zip(run_ids, results):
             _validate_run(res, lab, num_classes, source, r)
+            _check_same_layout(stored_layouts, res, source, r)
         hashes[source] = [(res.get("init_hash"), res.get("order_hash")) for res in results]
         machines[source] = [res.get("machine") for res in results]
         infos[source] = [{k[len("info:"):]: v for k, v in res.items() if k.startswith("info:")} for res in results]

@@ -18,7 +18,10 @@ averaged over a Gaussian neighbourhood of ``w_t``.
 
 Randomness is stateless: the offset of step t for variable i is drawn from seed
 ``(seed, t, i)`` (`tf.random.stateless_normal`), so a run is reproducible and the
-"stochastic" source of `SeedPlan` controls it.
+"stochastic" source of `SeedPlan` controls it. t counts the steps this callback
+has seen over all its `fit` calls (`.steps`), so training continued by a second
+`fit` with the same callback (`initial_epoch`) draws new offsets rather than
+repeating the first `fit`'s; a fresh callback with the same seed starts again at t = 0.
 
 Reference: Thesis App. B.4; arXiv:2103.04514.
 """
@@ -89,7 +92,7 @@ class WeightNoise(keras.callbacks.Callback):
                 v.assign(c + (v - nz))
 
         self._begin, self._end = begin, end
-        self.steps = 0
+        # `steps` is not reset: a second fit continues the step count (new offsets, not the first fit's again)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._begin(tf.constant(self.steps, tf.int64))
