@@ -56,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import time
 
 import keras
@@ -80,10 +81,21 @@ STORE_KEY = "ch5.lm_runs"
 _MIN_SEGMENT = 5
 
 
+def _real(value) -> bool:
+    """Whether `value` is a real number (Python or NumPy, e.g. `np.float32(0.3)`), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _rate(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if not _real(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"`{name}` must be a float in [0, 1). Received: {name}={value!r}")
     return float(value)
+
+
+def _positive(name, value):
+    if not _real(value) or not 0.0 < value < math.inf:
+        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
+    return value if type(value) in (int, float) else float(value)  # NumPy floats as Python ones (JSON-able)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,12 +153,13 @@ class LanguageModelSpec:
                     "embedding_dim", "hidden", "layers", "epochs", "batch_size", "eval_batch")}}
         for name, (minimum, allow_none) in ints.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum, allow_none=allow_none))
-        _rate("dropout", self.dropout)
-        _rate("embedding_dropout", self.embedding_dropout)
-        for name in ("learning_rate", "clipnorm"):
+        for name in ("dropout", "embedding_dropout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"`{name}` must be > 0. Received: {name}={value!r}")
+            _rate(name, value)
+            if type(value) not in (int, float):  # NumPy floats as Python ones, so `to_config` is JSON-able
+                object.__setattr__(self, name, float(value))
+        for name in ("learning_rate", "clipnorm"):
+            object.__setattr__(self, name, _positive(name, getattr(self, name)))
         object.__setattr__(self, "variable_bptt", check_bool("variable_bptt", self.variable_bptt))
         if self.snapshots is not None:
             if self.epochs % self.snapshots:
@@ -193,7 +206,7 @@ def build_language_model(vocab_size: int, *, embedding_dim: int = 128, hidden: i
         embedding_dropout: Locked dropout rate on the embeddings.
         seed: Seeds every initializer (the "init" source); None: unseeded.
         stochastic_seed: Seeds the dropout masks (the "stochastic" source);
-            None: derived from `seed`.
+            None: derived from `seed` (unseeded too when `seed` is None).
 
     Returns:
         An uncompiled functional `keras.Model`.
@@ -209,16 +222,20 @@ def build_language_model(vocab_size: int, *, embedding_dim: int = 128, hidden: i
     _rate("embedding_dropout", embedding_dropout)
     if seed is not None:
         seed = check_int("seed", seed, 0)
-    base = 0 if seed is None else seed
+    if stochastic_seed is not None:
+        drop = derive_seed(check_int("stochastic_seed", stochastic_seed, 0))
+    else:  # no seed at all: unseeded masks, as the unseeded initializers (not one fixed mask sequence)
+        drop = None if seed is None else derive_seed(seed, 999)
 
     def init_seed(i):
-        return None if seed is None else derive_seed(base, i)
+        return None if seed is None else derive_seed(seed, i)
 
-    drop = derive_seed(base, 999) if stochastic_seed is None else derive_seed(check_int("stochastic_seed", stochastic_seed, 0))
+    def drop_seed(i):
+        return None if drop is None else derive_seed(drop, i)
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding",
                                embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1, seed=init_seed(0)))(tokens)
-    x = keras.layers.Dropout(embedding_dropout, noise_shape=(None, 1, embedding_dim), seed=derive_seed(drop, 0),
+    x = keras.layers.Dropout(embedding_dropout, noise_shape=(None, 1, embedding_dim), seed=drop_seed(0),
                              name="embedding_dropout")(x)
     for i in range(layers):
         x = keras.layers.LSTM(
@@ -226,7 +243,7 @@ def build_language_model(vocab_size: int, *, embedding_dim: int = 128, hidden: i
             kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed(3 * i + 1)),
             recurrent_initializer=keras.initializers.Orthogonal(seed=init_seed(3 * i + 2)),
         )(x)
-        x = keras.layers.Dropout(dropout, noise_shape=(None, 1, hidden), seed=derive_seed(drop, i + 1),
+        x = keras.layers.Dropout(dropout, noise_shape=(None, 1, hidden), seed=drop_seed(i + 1),
                                  name=f"dropout{i}")(x)
     logits = keras.layers.Dense(vocab_size, name="decoder",
                                 kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed(3 * layers + 1)))(x)
@@ -239,13 +256,44 @@ def _model_for(spec: LanguageModelSpec, plan: SeedPlan) -> keras.Model:
                                 seed=plan.init, stochastic_seed=plan.stochastic)
 
 
+def _token_stream(stream, vocab_size: int | None = None) -> np.ndarray:
+    """`stream` as a 1-D integer array, its ids checked against `vocab_size` (None: only >= 0).
+
+    An id outside the embedding's table is an error: TF's gather raises a graph error naming no
+    argument on CPU and silently reads zeros on GPU.
+    """
+    arr = np.asarray(stream)
+    if arr.ndim != 1:
+        raise ValueError(f"`stream` must be a 1-D sequence of token ids. Received: shape={arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)  # too short: the caller says for what
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"`stream` must hold integer token ids. Received: dtype={arr.dtype}")
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        bound = "" if vocab_size is None else f", {vocab_size}"
+        raise ValueError(f"`stream` holds token ids outside [0{bound}) (the model's vocabulary). "
+                         f"Received: ids from {low} to {high}")
+    return arr
+
+
+def _model_vocab(model) -> int | None:
+    """The number of tokens a model scores (its logits' last dimension), or None when unknown."""
+    try:
+        size = model.outputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return None if size is None else int(size)
+
+
 def batchify(stream, rows: int) -> np.ndarray:
     """Cuts a token stream into `rows` parallel rows (the remainder is dropped), shape (rows, len // rows).
 
     Raises:
-        ValueError: if the stream has fewer than 2 tokens per row.
+        TypeError: if the stream does not hold integer token ids.
+        ValueError: if the stream is not 1-D, holds a negative id or has fewer than 2 tokens per row.
     """
-    stream = np.asarray(stream)
+    stream = _token_stream(stream)
     rows = check_int("rows", rows, 1)
     cols = stream.shape[0] // rows
     if cols < 2:
@@ -316,8 +364,8 @@ def _make_eval_step(models):
                        input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2, autograph=False)
 
 
-def _windows(stream, window: int) -> tuple[np.ndarray, np.ndarray]:
-    stream = np.asarray(stream)
+def _windows(stream, window: int, vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    stream = _token_stream(stream, vocab_size)
     window = check_int("window", window, 1)
     count = (stream.shape[0] - 1) // window
     if count < 1:
@@ -343,11 +391,17 @@ def evaluate_stream(models, stream, *, window: int = 35, batch: int = 256) -> tu
     Returns:
         `(target_log_probs, predictions)`, each of shape
         ((len(stream) - 1) // window * window,), in `evaluation_labels` order.
+
+    Raises:
+        TypeError: a stream that does not hold integer token ids.
+        ValueError: no model, a stream that is not 1-D, too short for one window, or
+            holds ids outside the models' vocabulary.
     """
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     if not models:
         raise ValueError("`models` is empty: pass a model from `build_language_model` or a list of them.")
-    x, y = _windows(stream, window)
+    sizes = [v for v in map(_model_vocab, models) if v is not None]
+    x, y = _windows(stream, window, min(sizes) if sizes else None)
     batch = check_int("batch", batch, 1)
     step = _make_eval_step(models)
     targets, preds = [], []
@@ -401,6 +455,8 @@ def train_language_model(spec: LanguageModelSpec, plan=0, *, data_dir=None, corp
     """
     if not isinstance(spec, LanguageModelSpec):
         raise TypeError(f"`spec` must be a LanguageModelSpec. Received: {type(spec).__name__}")
+    if corpus is not None and not isinstance(corpus, Corpus):
+        raise TypeError(f"`corpus` must be a Corpus from `load_corpus`, or None. Received: {type(corpus).__name__}")
     plan = _as_plan(plan)
     corpus = corpus if corpus is not None else load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)
     if corpus.vocab_size != spec.vocab_size:
