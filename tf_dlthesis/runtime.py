@@ -67,8 +67,10 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
     True
 
     Args:
-        seed: Seeds Python's `random`, NumPy's legacy global RNG and TF's global
-            generator (`keras.utils.set_random_seed`). `None` leaves them alone.
+        seed: Seeds Python's `random`, NumPy's legacy global RNG, TF's and Keras's
+            global seeds (`keras.utils.set_random_seed`) and TF's global generator
+            (`tf.random.get_global_generator()`, reset in place). `None` leaves
+            them alone.
         deterministic: Enables TF op determinism and the XLA GPU flag above.
         jit: `True`/`False` forces XLA for the library's training loops and TF
             auto-clustering; `None` keeps the current choice.
@@ -96,6 +98,12 @@ def configure(seed: int | None = None, deterministic: bool = False, jit: bool | 
 
         keras.utils.set_random_seed(int(seed))
         random.seed(int(seed))
+        # `set_random_seed` sets TF's global *seed* (op seeds) only; the global `tf.random.Generator` keeps
+        # its state. Reset in place, so functions that captured it draw the reseeded stream too.
+        try:
+            tf.random.get_global_generator().reset_from_seed(int(seed))
+        except RuntimeError:  # op determinism is on and no global generator exists yet: create a seeded one
+            tf.random.set_global_generator(tf.random.Generator.from_seed(int(seed)))
         _STATE["seed"] = int(seed)
 
     flags = os.environ.get("XLA_FLAGS", "").split()

@@ -555,15 +555,28 @@ class Run:
     history: dict | None = None
     _model: object = None
     _weights: list | None = None
+    _retrain: Callable | None = dataclasses.field(default=None, repr=False)
 
     @property
     def model(self):
         """The trained Keras model (rebuilt from stored weights when read from the store).
 
+        A run that `train(..., keep_weights=True)` read from a row an earlier call
+        stored without weights is retrained here once and its row replaced by one with
+        them; the run's metrics, predictions, info and history become the retrained
+        run's (bit-identical on a machine like the one that stored it).
+
         Raises:
             RuntimeError: the run came from the store without weights
                 (train with `keep_weights=True` to keep them).
         """
+        if self._model is None and self._weights is None and self._retrain is not None:
+            record, context = self._retrain()
+            self._retrain = None
+            self.metrics, self.info, self.history = dict(record["metrics"]), dict(record["info"]), record["history"]
+            self.test_correct = np.asarray(record["test_correct"]).astype(bool)
+            self.test_pred = np.asarray(record["test_pred"]).astype(np.int64)
+            self.from_store, self._model, self._weights = False, context.model, _weights(record)
         if self._model is None:
             if self._weights is None:
                 raise RuntimeError("This run was read from the results store without its weights; "
@@ -876,7 +889,8 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
             model (e.g. an attack, an alpha sweep); stored under `"runs/<evaluation>"`.
         evaluation: the name of that evaluation (required with `store` and `evaluate`).
         keep_weights: store the final weights too, so `run.model` works after a
-            resume and other evaluations need no retraining.
+            resume and other evaluations need no retraining (a run an earlier call
+            stored without them is retrained once when `run.model` is first used).
         callbacks: extra Keras callbacks for `fit` (not with `store`: a callback
             can change a run, e.g. stop it early, and is not part of its key).
         verbose: Keras `fit` verbosity (1: progress bar).
@@ -936,24 +950,10 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
         fresh: dict = {}  # what this call trained: {"context": RunContext}
 
         def train_now():
-            from tf_dlthesis import runtime
-
             nonlocal bundle
             bundle = bundle or load_data(spec)
-            run_name = f"{spec.dataset}-{spec.model}-{plan.source}-{plan.run}-{spec.key()[:8]}"
-            model, stage, snapshots, hist, seconds, init_hash, change = _train_one(
-                spec, plan, bundle, callbacks=callbacks, verbose=verbose, run_name=run_name)
-            metrics, test_pred, test_correct = _metrics_of(model, spec, bundle, stage, snapshots, hist, seconds)
-            info = {"init_hash": init_hash, "order_hash": data_order_hash(spec, plan, len(bundle.train[1])),
-                    "bit_change": None if change is None else change.to_config(),
-                    "distinct_predictions": int(len(np.unique(test_pred))), "num_classes": bundle.num_classes,
-                    "machine": runtime.machine()["id"],  # results are bit-exact on one machine only
-                    "data_files": data_files()}
-            fresh["context"] = RunContext(model, spec, plan, bundle, stage, snapshots, hist)
-            record = {"metrics": metrics, "test_correct": test_correct.astype(np.int8),
-                      "test_pred": test_pred.astype(np.int16), "info": info, "history": hist}
-            if keep_weights:
-                record["weights"] = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+            record, fresh["context"] = _train_record(spec, plan, bundle, callbacks=callbacks, verbose=verbose,
+                                                     keep_weights=keep_weights, data_files=data_files)
             return record
 
         record = store.get_or_compute(RUNS, config, 0, train_now) if store is not None else train_now()
@@ -984,10 +984,45 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
                   from_store="context" not in fresh, history=record.get("history"),
                   _model=None if context is None else context.model,
                   _weights=_weights(record) if "weights" in record else None)
+        if keep_weights and context is None and "weights" not in record:
+            # stored by an earlier call without `keep_weights`: `run.model` retrains it once, keeping the weights
+            run._retrain = functools.partial(_retrain_with_weights, store, config, spec, plan, bundle, data_files)
         runs.append(run)
         if log is not None:
             log.append(run)
     return runs
+
+
+def _train_record(spec, plan, bundle, *, callbacks, verbose, keep_weights, data_files):
+    """Trains one run: its store record (metrics, predictions, info, history, weights) and its `RunContext`."""
+    from tf_dlthesis import runtime
+
+    run_name = f"{spec.dataset}-{spec.model}-{plan.source}-{plan.run}-{spec.key()[:8]}"
+    model, stage, snapshots, hist, seconds, init_hash, change = _train_one(
+        spec, plan, bundle, callbacks=callbacks, verbose=verbose, run_name=run_name)
+    metrics, test_pred, test_correct = _metrics_of(model, spec, bundle, stage, snapshots, hist, seconds)
+    info = {"init_hash": init_hash, "order_hash": data_order_hash(spec, plan, len(bundle.train[1])),
+            "bit_change": None if change is None else change.to_config(),
+            "distinct_predictions": int(len(np.unique(test_pred))), "num_classes": bundle.num_classes,
+            "machine": runtime.machine()["id"],  # results are bit-exact on one machine only
+            "data_files": data_files()}
+    record = {"metrics": metrics, "test_correct": test_correct.astype(np.int8),
+              "test_pred": test_pred.astype(np.int16), "info": info, "history": hist}
+    if keep_weights:
+        record["weights"] = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    return record, RunContext(model, spec, plan, bundle, stage, snapshots, hist)
+
+
+def _retrain_with_weights(store, config, spec, plan, bundle, data_files):
+    """Retrains a run stored without weights, replaces its row with one that keeps them: (record, context).
+
+    As `train(evaluate=...)` does for such a run: bit-identical on a machine like the
+    one that stored it, not on another (the run is then the retrained one).
+    """
+    record, context = _train_record(spec, plan, bundle or load_data(spec), callbacks=None, verbose=0,
+                                    keep_weights=True, data_files=data_files)
+    store.record(RUNS, config, 0, record)
+    return store.get(RUNS, config, 0), context
 
 
 def _check_same_data(record, data_files, spec) -> None:

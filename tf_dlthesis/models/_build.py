@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 
 import keras
 import numpy as np
@@ -56,9 +57,8 @@ def _is_int(value):
 
 
 def _check_count(name, value):
-    """A layer width / unit count: an int >= 1 (returned unchanged)."""
-    check_int(name, value, 1)
-    return value
+    """A layer width / unit count: an int >= 1, returned as a Python int (Keras's Dense refuses NumPy ints)."""
+    return check_int(name, value, 1)
 
 
 def _check_counts(name, values, length=None):
@@ -71,7 +71,7 @@ def _check_counts(name, values, length=None):
         raise ValueError(f"`{name}` needs {need} of ints >= 1. Received: {name}={values!r}")
     if not all(_is_int(v) and v >= 1 for v in values):
         raise ValueError(f"`{name}` must be a sequence of ints >= 1. Received: {name}={values!r}")
-    return values
+    return tuple(int(v) for v in values)
 
 
 def _check_rate(name, value):
@@ -104,7 +104,7 @@ def _linear(inputs, num_classes, make_norm, seeds):
 
 
 def _mlp(inputs, num_classes, make_norm, seeds, hidden=256, dropout=0.0):
-    _check_count("hidden", hidden)
+    hidden = _check_count("hidden", hidden)
     _check_rate("dropout", dropout)
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = keras.layers.Dense(hidden, kernel_initializer=seeds.he(), name="hidden")(x)
@@ -115,7 +115,7 @@ def _mlp(inputs, num_classes, make_norm, seeds, hidden=256, dropout=0.0):
 
 
 def _conv1(inputs, num_classes, make_norm, seeds, filters=64):
-    _check_count("filters", filters)
+    filters = _check_count("filters", filters)
     x = keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer=seeds.he(), name="conv")(inputs)
     x = _norm_act(x, make_norm, "conv")
     return _dense_head(keras.layers.Flatten(name="flatten")(x), num_classes, seeds)
@@ -291,7 +291,7 @@ def _mnist_2conv(inputs, num_classes, make_norm, seeds, filters=(32, 64), hidden
     filters, dropout = _check_counts("filters", filters, 2), tuple(dropout)
     _check_rate("dropout", dropout[0])
     _check_rate("dropout", dropout[1])
-    _check_count("hidden", hidden)
+    hidden = _check_count("hidden", hidden)
     if inputs.shape[1] is not None and inputs.shape[2] is not None and min(inputs.shape[1], inputs.shape[2]) < 6:
         raise ValueError(f"'mnist_2conv' needs images of at least 6x6 (two unpadded 3x3 convs, then a 2x2 "
                          f"max-pool). Received: input_shape={tuple(inputs.shape[1:])}")
@@ -443,15 +443,25 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
         raise ValueError(f"The depth of {name!r} is part of its name (e.g. 'preact_resnet8', 'resnet18'); it takes "
                          f"no `depth` option. Received: depth={kwargs['depth']!r}")
     if name.startswith("preact_resnet"):
-        builder = lambda *a, **k: _preact_resnet(*a, depth=int(name[len("preact_resnet"):]), **k)  # noqa: E731
+        builder, fixed = _preact_resnet, {"depth": int(name[len("preact_resnet"):])}
     elif name.startswith("resnet"):
-        builder = lambda *a, **k: _resnet(*a, depth=int(name[len("resnet"):]), **k)  # noqa: E731
+        builder, fixed = _resnet, {"depth": int(name[len("resnet"):])}
     else:
-        builder = _BUILDERS[name]
-    try:
-        outputs = builder(inputs, int(num_classes), make_norm, seeds, **kwargs)
-    except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise ValueError(f"Unknown option for model {name!r}: {err}") from None
-        raise
+        builder, fixed = _BUILDERS[name], {}
+    _check_options(name, builder, fixed, kwargs)
+    outputs = builder(inputs, int(num_classes), make_norm, seeds, **fixed, **kwargs)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _check_options(name, builder, fixed, kwargs):
+    """Refuses model options the builder does not take, before building.
+
+    Checked against the builder's signature rather than by catching a TypeError
+    from the call: a TypeError from inside (a `norm` callable refusing a
+    `norm_kwargs` keyword) is not an unknown model option.
+    """
+    options = [p for p in list(inspect.signature(builder).parameters)[4:] if p not in fixed]
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ValueError(f"Unknown option for model {name!r}: {', '.join(repr(u) for u in unknown)}. Expected "
+                         f"options: {options}. Received: {', '.join(f'{u}={kwargs[u]!r}' for u in unknown)}")

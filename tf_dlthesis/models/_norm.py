@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 
 import keras
 
 _FACTORIES: dict = {}
+#: How Python ("unexpected keyword") and Keras layers ("Unrecognized keyword ...") refuse an unknown keyword.
+_UNKNOWN_KEYWORD = ("unexpected keyword", "not recognized", "Unrecognized keyword")
 # Packages that register further kinds when imported (chapter 4's layers). They are
 # imported the first time an unknown kind is asked for, so `models` needs no import
 # of the higher-level package and `norm="ghost:16"` still works in a fresh process.
@@ -114,8 +117,11 @@ def norm_factory(norm, **layer_kwargs):
         )
     if callable(norm):
         params = inspect.signature(norm).parameters
-        if isinstance(norm, type) and issubclass(norm, keras.layers.Layer):
-            # A Keras layer class: its **kwargs go to `Layer.__init__`, which takes `name` but not `channels`.
+        # functools.partial flattens nested partials, so `.func` is the class or function itself
+        target = norm.func if isinstance(norm, functools.partial) else norm
+        if isinstance(target, type) and issubclass(target, keras.layers.Layer):
+            # A Keras layer class (or a partial of one): its **kwargs go to `Layer.__init__`, which takes
+            # `name` but not `channels`.
             takes = {"name"} | ({"channels"} if "channels" in params else set())
         else:
             takes = {k for k in ("channels", "name") if k in params} or (
@@ -125,7 +131,13 @@ def norm_factory(norm, **layer_kwargs):
 
         def make(channels, name):
             kwargs = {"channels": channels, "name": name}
-            layer = norm(**{k: v for k, v in kwargs.items() if k in takes}, **layer_kwargs)
+            try:
+                layer = norm(**{k: v for k, v in kwargs.items() if k in takes}, **layer_kwargs)
+            except (TypeError, ValueError) as err:  # a norm_kwargs keyword the callable (Keras layer) does not take
+                if layer_kwargs and any(text in str(err) for text in _UNKNOWN_KEYWORD):
+                    raise TypeError(f"norm={norm!r} does not take {sorted(layer_kwargs)} (`norm_kwargs`): "
+                                    f"{err}") from None
+                raise
             if not isinstance(layer, keras.layers.Layer):
                 raise TypeError(f"The `norm` callable must return a keras Layer. Received: {layer!r}")
             return layer
@@ -168,7 +180,7 @@ def norm_factory(norm, **layer_kwargs):
         try:
             return factory(channels, *int_args, name=name, **layer_kwargs)
         except (TypeError, ValueError) as err:  # Keras layers raise ValueError("Unrecognized keyword ...")
-            if any(text in str(err) for text in ("unexpected keyword", "not recognized", "Unrecognized keyword")):
+            if any(text in str(err) for text in _UNKNOWN_KEYWORD):
                 raise TypeError(f"norm={norm!r} does not take {sorted(layer_kwargs)}: {err}") from None
             raise
 
