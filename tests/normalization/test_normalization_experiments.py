@@ -142,15 +142,19 @@ def test_fig_4_5_regime_is_bns_drop_beyond_group_norms(tiny):
     out = registry.get("fig4.5")("quick", None, tiny)
     [table] = out.tables
     [check] = [c for c in out.checks if c.name.startswith("BN degrades at small batch size")]
-    assert check.regime and "Group Norm's" in check.name
+    # a report-only check: it gates the smallest-B finding alone (Sec. 4.4.2: the B >= 4 gains come from
+    # Ghost BN, example weighing and weight decay, not from BN's small-batch weakness)
+    assert not check.regime and "Group Norm's" in check.name
     rows = table.rows
     did = (rows["B=32"]["bn_pct"] - rows["B=2"]["bn_pct"]) - (rows["B=32"]["gn_pct"] - rows["B=2"]["gn_pct"])
     extra = float(check.detail.rsplit("BN's extra drop ", 1)[1].split(" [")[0])
     assert extra == pytest.approx(did, abs=5e-3 * max(1.0, abs(did)))
     low = float(check.detail.rsplit(" [", 1)[1].split(",")[0])
     assert check.passed == (low > 0)
-    if not check.passed:  # the regime gates every finding of the figure
-        assert {f.verdict for f in out.findings} == {"not comparable at this scale"}
+    small = [f for f in out.findings if "B = 2," in f.claim]
+    assert len(small) == 1
+    if not check.passed:  # the regime gates the B = 2 finding only
+        assert small[0].verdict == "not comparable at this scale"
 
 
 _FRESH = textwrap.dedent("""

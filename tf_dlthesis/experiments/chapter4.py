@@ -727,6 +727,24 @@ def _bound_evaluation(probe_batches: tuple, probe_images: int):
     return evaluate, "ch4_bound:" + ",".join(str(b) for b in probe_batches) + f":{probe_images}:clean"
 
 
+def _inference_excess(excess: float, b: int) -> stats.Effect:
+    """App. A.2's "inference outputs leave the training bound" at B values per statistic, from layer-wide extremes.
+
+    Eq. 4.2's bound is per channel, beta +/- gamma sqrt(B - 1) with that channel's gamma and beta, but the stored
+    measurement (`measure_output_range`) keeps only extremes over channels: the inference output's max and min, the
+    widest channel's upper bound (`bound_max`) and lowest lower bound (`bound_min`). `excess` = max(inference_max -
+    bound_max, bound_min - inference_min) is then a lower bound of the largest per-channel distance beyond the
+    bound: positive, some channel certainly leaves its own bound; negative, every output lies inside the widest
+    channel's bound, but a channel with a small gamma may still leave its own. The effect is that exact lower bound
+    with no upper bound, so a negative one is inconclusive rather than "not reproduced".
+    """
+    return stats.Effect(excess, excess, float("inf"),
+                        f"largest distance of an inference output beyond its channel's training bound at the smallest "
+                        f"B = {b}, bounded below by the layer-wide extremes (inference extreme minus the widest "
+                        f"channel's bound; negative: inside that bound) and not above (per-channel extremes not "
+                        f"recorded)", 0)
+
+
 @register("A.2", title="BN output range in training vs inference vs the sqrt(B-1) bound (App. A.2, Fig. A.1)",
           chapter="A", quick_minutes=0.15)
 def appendix_a2(scale, dataset, store, *, out=None):
@@ -755,8 +773,7 @@ def appendix_a2(scale, dataset, store, *, out=None):
                              "channel's bound, every output checked")
     excess = np.maximum(r["inference_max"] - r["bound_max"], r["bound_min"] - r["inference_min"])
     small = int(np.argmin(b_values))
-    leave = stats.exact(float(excess[small]), f"largest distance of an inference output beyond the training bound at "
-                                              f"the smallest B = {b_values[small]} (negative: inside)")
+    leave = _inference_excess(float(excess[small]), int(b_values[small]))
     findings = [
         Finding.test("Training-mode BN outputs never exceed beta +/- gamma sqrt(B-1) (App. A.1)", violations, below=0.5,
                      evidence="per-channel check at B = " + ", ".join(str(b) for b in b_values)
@@ -899,6 +916,31 @@ def _all_improvements_spec(s: Setting, spec: TrainSpec) -> TrainSpec:
     return spec.replace(norm=norm, norm_weight_decay=(s.norm_decay, 0.0))
 
 
+def _small_batch_check(runs: dict, small: int, large: int, s: Setting) -> Check:
+    """Fig. 4.5's small-batch regime: BN loses accuracy at B = `small` beyond what a batch-independent norm loses.
+
+    The B = small runs use another spec (Sec. 4.3.4's: fewer images, fewer epochs), so BN's drop from B = large
+    mixes batch size with data and length. Group Norm, which does not depend on the batch, is the control: the
+    check is the difference in differences, (BN - GN) at B = large minus at B = small, significantly > 0.
+
+    It is the regime of the B = small finding only (`regime=False`; `fig_4_5` marks that finding not comparable
+    when the check fails): the thesis attributes the small-batch gain to BN's small-batch weakness (Sec. 4.3.4,
+    "it still suffers when not enough examples are available"), but "for medium to large batch sizes (B >= 4),
+    improvements are driven by the combination of Ghost Batch Normalization, Inference Example Weighing, and
+    weight decay" (Sec. 4.4.2), regularizers whose regime is an overfitting model (`_overfit_check`).
+    """
+    bn_l, bn_s, gn_l, gn_s = (_off(runs[b][k]) for b, k in ((large, "bn"), (small, "bn"), (large, "gn"), (small, "gn")))
+    degrade = stats.accuracy_difference((bn_l + gn_s) / 2, (bn_s + gn_l) / 2, what=(
+        f"test accuracy, (BN - GN) at B = {large} minus (BN - GN) at B = {small}")).scaled(2.0)
+    return Check(f"BN degrades at small batch size beyond what the B = {small} setting costs a batch-independent "
+                 f"norm (BN's drop from B = {large} to B = {small} significantly larger than Group Norm's: the regime "
+                 f"of the small-batch improvements, i.e. of the B = {small} finding)", bool(degrade.low > 0),
+                 f"BN {_pct(bn_l):.2f}% -> {_pct(bn_s):.2f}%, GN {_pct(gn_l):.2f}% -> {_pct(gn_s):.2f}% from B = "
+                 f"{large} to B = {small} (B = {small} is Sec. 4.3.4's spec: {s.small_batch.train_examples or 'all'} "
+                 f"training images, {s.small_batch.epochs} epochs); BN's extra drop {degrade.text()} pts",
+                 regime=False)
+
+
 @register("fig4.5", title="All improvements vs BN vs GN across batch sizes (Fig. 4.5)", chapter=4, quick_minutes=1.1)
 def fig_4_5(scale, dataset, store, *, out=None):
     import matplotlib.pyplot as plt
@@ -911,9 +953,10 @@ def fig_4_5(scale, dataset, store, *, out=None):
         runs[b] = {"bn": _runs(spec.replace(norm="batch"), s.seeds, store),
                    "gn": _runs(spec.replace(norm=f"ew_group:{s.groups}"), s.seeds, store),
                    "ours": _runs(_all_improvements_spec(s, spec), s.seeds, store)}
+    small, large = min(sizes), max(sizes)
+    small_batch = _small_batch_check(runs, small, large, s)
     rows, findings = {}, []
-    ideal_b = max(sizes)
-    ideal = _off(runs[ideal_b]["bn"])
+    ideal = _off(runs[large]["bn"])
     for b in sizes:
         r = runs[b]
         acc = {"bn": _off(r["bn"]), "gn": _off(r["gn"]), "ours": _tuned_acc(r["ours"])}
@@ -927,27 +970,17 @@ def fig_4_5(scale, dataset, store, *, out=None):
                                          what=f"test accuracy at B = {b}, all improvements ({ours_spec.norm}, L2 on "
                                               f"gamma/beta, alpha tuned) minus {rival.upper()} (validation-best "
                                               "baseline)")
-        findings.append(Finding.test(
-            f"At batch size B = {b}, all improvements together beat the better of BN and GN", gain, above=0,
-            evidence=f"BN {rows[f'B={b}']['bn_pct']:.2f}%, GN {rows[f'B={b}']['gn_pct']:.2f}%, all improvements "
-                     f"{rows[f'B={b}']['ours_pct']:.2f}% ({ours_spec.norm}); thesis: CIFAR-100 improvements over the "
-                     "best baseline at every batch size; Caltech-256 +6.5% over BN and +5.9% over GN at B = 2"))
-    small, large = min(sizes), max(sizes)
-    # BN's own loss at small B: the B = small runs use another spec (Sec. 4.3.4's: fewer images, fewer epochs), so
-    # BN's drop from B = large mixes batch size with data and length. Group Norm, which does not depend on the
-    # batch, is the control: the check is the difference in differences, (BN - GN) at B = large minus at B = small.
-    bn_l, bn_s, gn_l, gn_s = (_off(runs[b][k]) for b, k in ((large, "bn"), (small, "bn"), (large, "gn"), (small, "gn")))
-    degrade = stats.accuracy_difference((bn_l + gn_s) / 2, (bn_s + gn_l) / 2, what=(
-        f"test accuracy, (BN - GN) at B = {large} minus (BN - GN) at B = {small}")).scaled(2.0)
-    checks = [
-        Check(f"BN degrades at small batch size beyond what the B = {small} setting costs a batch-independent norm "
-              f"(BN's drop from B = {large} to B = {small} significantly larger than Group Norm's: the regime of the "
-              "small-batch improvements)", degrade.low > 0,
-              f"BN {_pct(bn_l):.2f}% -> {_pct(bn_s):.2f}%, GN {_pct(gn_l):.2f}% -> {_pct(gn_s):.2f}% from B = {large} "
-              f"to B = {small} (B = {small} is Sec. 4.3.4's spec: {s.small_batch.train_examples or 'all'} training "
-              f"images, {s.small_batch.epochs} epochs); BN's extra drop {degrade.text()} pts", regime=True),
-        _overfit_check(f"The BN model at B = {large}", runs[large]["bn"]),
-    ]
+        claim = f"At batch size B = {b}, all improvements together beat the better of BN and GN"
+        evidence = (f"BN {rows[f'B={b}']['bn_pct']:.2f}%, GN {rows[f'B={b}']['gn_pct']:.2f}%, all improvements "
+                    f"{rows[f'B={b}']['ours_pct']:.2f}% ({ours_spec.norm}); thesis: CIFAR-100 improvements over the "
+                    "best baseline at every batch size; Caltech-256 +6.5% over BN and +5.9% over GN at B = 2")
+        if b == small and not small_batch.passed:  # only the small-batch finding assumes BN's small-batch loss
+            findings.append(Finding.not_comparable(
+                claim, f"the thesis's regime was not reached ({small_batch.name}: {small_batch.detail}); measured: "
+                       f"{evidence}", gain, above=0))
+        else:
+            findings.append(Finding.test(claim, gain, above=0, evidence=evidence))
+    checks = [small_batch, _overfit_check(f"The BN model at B = {large}", runs[large]["bn"])]
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for key, style, label in (("bn_pct", "o-C0", "Batch Norm"), ("gn_pct", "s-C2", "Group Norm"),
                               ("ours_pct", "^-C3", "all improvements")):

@@ -38,7 +38,7 @@ def _table_md(table) -> list:
         "",
         f"- ours: {table.setting}",
     ]
-    if thesis:
+    if thesis or table.thesis_setting:  # a table without thesis rows may still state the thesis's numbers in words
         lines.append(f"- thesis: {table.thesis_setting}")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = list(table.rows) + [k for k in thesis if k not in table.rows]
