@@ -181,3 +181,22 @@ def test_a2_inference_finding_is_reproduced_when_an_output_leaves_every_channels
     evaluation["inference_max"] = evaluation["bound_max"] + 0.5  # beyond the widest channel's bound: certain
     leave = _a2_with(monkeypatch, evaluation)["Inference outputs are not bounded"]
     assert leave.verdict == "reproduced" and leave.effect.low == pytest.approx(0.5)
+
+
+def test_b2_length_check_compares_mean_test_accuracy_with_the_baseline():
+    """App. B.4: runs of 50-2,000 epochs 'differed by up to ~2%' in accuracy; a length row outside that (e.g. too
+    short to converge) is outside the regime of its "does not reduce variability" finding."""
+    from tf_dlthesis.experiments import chapter5 as c5
+
+    labels = np.arange(100) % 2
+    right = np.stack([1.0 - labels, labels], axis=-1).astype(np.float32)  # (N, 2): argmax = label
+    wrong = right[:, ::-1]
+
+    def runs(correct_counts):  # (R, N, 2) logits with the given number of correct examples per run
+        return np.stack([np.concatenate([right[:k], wrong[k:]]) for k in correct_counts])
+
+    logits = {"base": runs([90, 86]), "close": runs([87, 85]), "far": runs([50, 60])}
+    close = c5._length_check("close", 8, "base", 20, logits, labels)
+    far = c5._length_check("far", 2, "base", 20, logits, labels)
+    assert close.passed and not close.regime and "-2.00 points" in close.detail  # 86% vs 88%: exactly 2 points
+    assert not far.passed and "55.00% vs 88.00%" in far.detail and "-33.00 points" in far.detail

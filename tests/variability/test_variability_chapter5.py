@@ -230,6 +230,11 @@ def test_table_b_2_crosses_sources_learning_rates_and_epochs(new_items):
     assert out.tables[0].thesis["all/.40/2000 (N=20)"]["correlation"] == 0.828
     claims = " | ".join(f.claim for f in out.findings)
     assert "learning rate" in claims and "shorter" in claims and "twice as long" in claims
+    # App. B.4's regime for the length finding ("differed by up to ~2%"): it gates that finding alone
+    [length] = [c for c in out.checks if "reaches the baseline's accuracy within" in c.name]
+    [shorter] = [f for f in out.findings if f.claim.startswith("Training shorter")]
+    assert not length.regime and length.name.startswith("all/.40/200 (1 epochs)")
+    assert (shorter.verdict == VERDICTS[3]) == (not length.passed)
     assert "the same runs here (their thesis lengths map to one length): all/.40/250 (N=20) = all/.40/200 (N=100)" \
         in out.tables[0].setting
     [collapse] = [c for c in out.checks if c.name == "no collapsed model"]
