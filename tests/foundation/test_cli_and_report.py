@@ -611,6 +611,23 @@ def test_reproduce_checks_the_archive_first_and_refuses_a_second_run_on_one_fold
     assert not (out / "report.md").exists()
 
 
+def test_writable_dir_retries_when_a_parent_vanishes_while_being_created(tmp_path, monkeypatch):
+    # os.makedirs raises FileExistsError when another caller creates a parent and removes it again before
+    # makedirs sees it as a folder (once in 600 probes of the test below, in CI): retried, not an error
+    real, calls = cli.os.makedirs, []
+
+    def makedirs(path, exist_ok=False):
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileExistsError(17, "File exists", path)
+        return real(path, exist_ok=exist_ok)
+
+    monkeypatch.setattr(cli.os, "makedirs", makedirs)
+    target = str(tmp_path / "new" / "out")
+    assert cli._writable_dir(target) == target and calls.count(target) == 2  # (makedirs recurses for parents)
+    assert not (tmp_path / "new").exists()  # the probe removes what it created
+
+
 def test_writable_dir_probes_of_two_callers_at_once_never_collide(tmp_path):
     # one fixed probe file name: one caller removed it under the other ("cannot write ... No such file")
     import threading
