@@ -71,7 +71,10 @@ def _all_layers(model):
 
 
 def apply_normalization_weight_decay(model: keras.layers.Layer, rate: float, gamma_center: float = 0.0) -> int:
-    """Adds L2 weight decay on gamma (toward ``gamma_center``) and beta of every normalization layer.
+    """Sets L2 weight decay on gamma (toward ``gamma_center``) and beta of every normalization layer.
+
+    It replaces any regularizer already on those variables (a second call with
+    another rate leaves only the second's penalty, not the sum).
 
     Works on already built models (the regularizer is attached to the
     variables, so ``model.losses`` and ``fit`` include it from the next
