@@ -1209,14 +1209,12 @@ def _length_check(row: str, epochs: int, base: str, base_epochs: int, logits: di
 
     A report-only check (`regime=False`): it gates that row's finding alone (`table_b_2`), not the item's others.
     """
-    def mean_acc(name):
-        return 100.0 * float(np.mean(np.argmax(logits[name], axis=-1) == np.asarray(labels)[None, :]))
-
-    gap = mean_acc(row) - mean_acc(base)
+    row_acc, base_acc = (100.0 * float(np.mean(per_run_accuracy(logits[name], labels))) for name in (row, base))
+    gap = row_acc - base_acc
     return Check(f"{row.split(' ')[0]} ({epochs} epochs) reaches the baseline's accuracy within "
                  f"{LENGTH_MAX_ACC_GAP_PTS:g} points (App. B.4: lengths of 50-2,000 epochs 'differed by up to ~2%'; "
                  f"the regime of its length finding)", bool(abs(gap) <= LENGTH_MAX_ACC_GAP_PTS),
-                 f"mean test accuracy {mean_acc(row):.2f}% vs {mean_acc(base):.2f}% ({base.split(' ')[0]}, "
+                 f"mean test accuracy {row_acc:.2f}% vs {base_acc:.2f}% ({base.split(' ')[0]}, "
                  f"{base_epochs} epochs): {gap:+.2f} points", regime=False)
 
 

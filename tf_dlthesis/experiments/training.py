@@ -972,8 +972,7 @@ def train(spec: TrainSpec, seeds, *, store=None, evaluate: Callable | None = Non
                                                       None, record.get("history"))
                     else:  # stored without weights: train again to evaluate; the run is the retrained one
                         # (bit-identical on a machine like the one that stored it, not on another)
-                        store.record(RUNS, config, 0, train_now())
-                        record = store.get(RUNS, config, 0)
+                        record = _rerecord(store, config, train_now())
                 return evaluate(fresh.get("context") or fresh["rebuilt"])
 
             evaluated = (store.get_or_compute(f"{RUNS}/{evaluation}", config, 0, evaluate_now) if store is not None
@@ -1021,8 +1020,13 @@ def _retrain_with_weights(store, config, spec, plan, bundle, data_files):
     """
     record, context = _train_record(spec, plan, bundle or load_data(spec), callbacks=None, verbose=0,
                                     keep_weights=True, data_files=data_files)
+    return _rerecord(store, config, record), context
+
+
+def _rerecord(store, config, record) -> dict:
+    """Replaces a run's stored row (one stored without weights, now retrained) by `record`: the row as stored."""
     store.record(RUNS, config, 0, record)
-    return store.get(RUNS, config, 0), context
+    return store.get(RUNS, config, 0)
 
 
 def _check_same_data(record, data_files, spec) -> None:

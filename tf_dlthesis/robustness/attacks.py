@@ -198,6 +198,11 @@ def _check_steps(num_steps, *, allow_tensor=False, name="num_steps", minimum=0):
     return check_int(name, num_steps, minimum)
 
 
+def _is_real(dtype) -> bool:
+    """Whether a tensor dtype holds real numbers (bool, integer or float; not strings or complex numbers)."""
+    return dtype == tf.bool or dtype.is_integer or dtype.is_floating
+
+
 def as_images(x):
     """Convert images to float32; integer images (e.g. uint8) are scaled by 1/255 into [0, 1], bool ones are 0/1.
 
@@ -209,7 +214,7 @@ def as_images(x):
             as `tf_dlthesis.data.as_arrays` refuses them.
     """
     x = tf.convert_to_tensor(x)
-    if not (x.dtype == tf.bool or x.dtype.is_integer or x.dtype.is_floating):
+    if not _is_real(x.dtype):
         raise TypeError(f"Images must be real numbers (float, integer or bool). Received: images of dtype "
                         f"{x.dtype.name}")
     if x.dtype == tf.bool:
@@ -304,7 +309,7 @@ def _prepare_labels(model_fn, x, y, model=None):
     if y is None:
         return tf.argmax(model_fn(x), axis=-1), None
     y = tf.convert_to_tensor(y)
-    if not (y.dtype == tf.bool or y.dtype.is_integer or y.dtype.is_floating):
+    if not _is_real(y.dtype):
         raise TypeError(f"Labels must be integer class ids or float one-hot / soft labels. Received: y of dtype "
                         f"{y.dtype.name}")
     if x.shape[0] is not None and y.shape.rank and y.shape[0] is not None and y.shape[0] != x.shape[0]:

@@ -92,10 +92,16 @@ def _rate(name, value):
     return float(value)
 
 
+def _plain(value):
+    """A Python int or float as given, a NumPy number as a Python float (so `to_config` stays JSON-able and
+    the store key of an int setting does not change)."""
+    return value if type(value) in (int, float) else float(value)
+
+
 def _positive(name, value):
     if not _real(value) or not 0.0 < value < math.inf:
         raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
-    return value if type(value) in (int, float) else float(value)  # NumPy floats as Python ones (JSON-able)
+    return _plain(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,10 +160,8 @@ class LanguageModelSpec:
         for name, (minimum, allow_none) in ints.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum, allow_none=allow_none))
         for name in ("dropout", "embedding_dropout"):
-            value = getattr(self, name)
-            _rate(name, value)
-            if type(value) not in (int, float):  # NumPy floats as Python ones, so `to_config` is JSON-able
-                object.__setattr__(self, name, float(value))
+            _rate(name, getattr(self, name))
+            object.__setattr__(self, name, _plain(getattr(self, name)))
         for name in ("learning_rate", "clipnorm"):
             object.__setattr__(self, name, _positive(name, getattr(self, name)))
         object.__setattr__(self, "variable_bptt", check_bool("variable_bptt", self.variable_bptt))
