@@ -103,6 +103,13 @@ def test_fig_4_3_ghost_rows_and_the_shared_bn_model(tiny):
     # fig4.1's BN model is fig4.3's B' = B model: the same test accuracy at alpha = 0
     mean_default = np.mean([r["test_acc_default"] for r in fig41.tables[0].rows.values()])
     assert table.rows["ghost_32"]["test_acc_alpha0"] == pytest.approx(mean_default)
+    # Sec. 4.3.2's "increasing gain from inference example weighing as B' is made smaller": the smallest B''s
+    # gain (tuned alpha minus alpha = 0, in points) minus plain BN's, read from the table's own columns
+    [growth] = [f for f in out.findings if f.claim.startswith("Inference example weighing gains more")]
+    gain = {g: table.rows[f"ghost_{g}"]["test_acc_tuned"] - table.rows[f"ghost_{g}"]["test_acc_alpha0"]
+            for g in (8, 32)}
+    assert growth.effect.estimate == pytest.approx(gain[8] - gain[32])
+    assert "B' = 8 minus B' = 32" in growth.effect.statistic
 
 
 def test_a3_precise_bn_rows_on_the_shared_bn_model(tiny):
