@@ -296,6 +296,9 @@ class TrainSpec:
         if self.non_iid_classes is not None and self.mixing is not None:
             raise ValueError("`non_iid_classes` and `mixing` cannot be combined.")
         if self.swa is not None:
+            # a start epoch derived from `epochs` (not given) is derived again by `replace(epochs=...)`
+            object.__setattr__(self, "_swa_start_derived",
+                               isinstance(self.swa, str) or (isinstance(self.swa, dict) and "start_epoch" not in self.swa))
             object.__setattr__(self, "swa", _swa_settings(self.swa, self.epochs))
             if self.stop_epoch is not None and self.swa["start_epoch"] >= self.stop_epoch:
                 raise ValueError(f"`swa['start_epoch']` must be < `stop_epoch`: averaging would never start. "
@@ -369,7 +372,13 @@ class TrainSpec:
         return hash(self.key())
 
     def replace(self, **changes) -> "TrainSpec":
-        """A copy with some fields changed (`dataclasses.replace`)."""
+        """A copy with some fields changed (`dataclasses.replace`).
+
+        A SWA start epoch that was derived from `epochs` (`swa` given without
+        `start_epoch`) is derived again from a changed `epochs`; a given one is kept.
+        """
+        if "epochs" in changes and "swa" not in changes and getattr(self, "_swa_start_derived", False):
+            changes["swa"] = {k: v for k, v in self.swa.items() if k != "start_epoch"}
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ derived settings
