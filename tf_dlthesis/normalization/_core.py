@@ -324,7 +324,10 @@ def _stat_weights(n_groups, count, moving_update: str, momentum: float):
     n = tf.reduce_sum(seen, axis=0, keepdims=True)
     j = tf.cumsum(seen, axis=0, exclusive=True)
     rho = tf.constant(momentum, tf.float32)
-    w = (1.0 - rho) * tf.pow(rho, n - 1.0 - j) * seen
+    # A group with no data after the last one that has some (an empty last
+    # ghost batch of an unknown-size batch, a fully masked one) has exponent
+    # -1: clamped, since at momentum 0 ``0 ** -1 * 0`` would be NaN.
+    w = (1.0 - rho) * tf.pow(rho, tf.maximum(n - 1.0 - j, 0.0)) * seen
     total_momentum = tf.pow(rho, n)
     return w / tf.maximum(1.0 - total_momentum, 1e-12), total_momentum[0]
 

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dlthesis._checks import check_int
+
 from ._base import ExampleGroupNormalization
 
 __all__ = ["output_bound", "measure_output_range"]
@@ -94,6 +96,7 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
     Raises:
         TypeError: ``layer`` is not one of the layers above (e.g. a
             `LayerNormalization`), whose ``B`` it cannot count.
+        TypeError: ``batch_size`` is not an int (a bool or a float such as ``2.0``).
         ValueError: ``batch_size`` outside ``[1, len(images)]``.
     """
     if isinstance(layer, str):
@@ -103,8 +106,9 @@ def measure_output_range(model: keras.Model, layer, images, *, batch_size: int) 
             "`layer` must be a BatchNormalization-family layer (Keras BN or one of tf_dlthesis.normalization's) "
             "or a keras.layers.GroupNormalization, whose values per statistic Eq. 4.2 can count. "
             f"Received: layer={getattr(layer, 'name', layer)!r} of type {type(layer).__name__}")
+    batch_size = check_int("batch_size", batch_size, 1)  # a bool or a float is a TypeError, not a batch size
     images = np.asarray(images)
-    if batch_size < 1 or len(images) < batch_size:
+    if len(images) < batch_size:
         raise ValueError(f"`batch_size` must be in [1, {len(images)}]. Received: batch_size={batch_size}")
     probe = keras.Model(model.inputs, layer.output)
     saved = [w.numpy() for w in model.non_trainable_weights]
