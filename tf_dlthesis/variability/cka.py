@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tf_dlthesis._checks import check_int
 from tf_dlthesis.data._arrays import as_images
 from tf_dlthesis.variability.metrics import real_array
 
@@ -165,14 +166,17 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
         Dict layer name -> (N, D) float64 array.
 
     Raises:
-        TypeError: `layers` given as one string instead of a list of names.
-        ValueError: an empty `layers`, or a name the model does not have.
+        TypeError: `layers` given as one string instead of a list of names, or a
+            `batch_size` that is not an int.
+        ValueError: an empty `layers`, a name the model does not have, or
+            `batch_size` < 1.
     """
     import keras
 
     if layers is None:
         layers = [l.name for l in model.layers if l.weights]
     names = _layer_names(layers)
+    batch_size = check_int("batch_size", batch_size, 1)
     known = {l.name for l in model.layers}
     unknown = [n for n in names if n not in known]
     if unknown:

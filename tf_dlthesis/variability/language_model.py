@@ -68,7 +68,7 @@ from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
 from tf_dlthesis.variability.metrics import language_model_metrics
-from tf_dlthesis.variability.protocol import _check_main_guard, _default_workers, _ineffective, \
+from tf_dlthesis.variability.protocol import _as_store, _check_main_guard, _default_workers, _ineffective, \
     _MemoryStore, _process_pool, _Scheduler, _source_list, _stamp_machine, _start_run, _threads_key
 from tf_dlthesis.variability.seed_plan import SeedPlan, derive_seed, order_hash, parse_source, \
     reseed_stochastic_layers, weights_hash
@@ -620,7 +620,8 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         sources: Source names: `"init"`, `"stochastic"`, `"ops"`, `"bit_change"`,
             `"all"` or `+`-combinations (`shuffle` and `augment` vary nothing here).
         runs: R >= 2 per source, or a mapping source -> R.
-        store: A `ResultsStore` (or has/get/record); None keeps results in memory.
+        store: A `ResultsStore`, a path (str or `os.PathLike`) to open one on, anything
+            with has/get/record, or None (results kept in memory: no resume).
         experiment: Namespace in the store.
         executor: `"local"` (a process pool, a fresh process per run) or `"serial"`.
         workers: Pool size (default: the usable cores, `runtime.usable_cores()`, at most 2).
@@ -636,7 +637,8 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
         An `LMProtocolResult`.
 
     Raises:
-        TypeError: a run count, `workers` or `threads_per_run` that is not an int.
+        TypeError: a run count, `workers` or `threads_per_run` that is not an int, or a
+            `store` that is neither a results store, a path nor None.
         ValueError: an unknown source or one the language model does not have,
             runs < 2, or an unknown executor.
         FileNotFoundError: the corpus is not installed.
@@ -661,9 +663,9 @@ def run_lm_protocol(spec: LanguageModelSpec, *, sources, runs, store=None, exper
     base_plan = SeedPlan() if base_plan is None else base_plan
     if not isinstance(base_plan, SeedPlan):
         raise TypeError(f"`base_plan` must be a SeedPlan. Received: {type(base_plan).__name__}")
+    store = _MemoryStore(default=str) if store is None else _as_store(store)  # a path opens a ResultsStore
     corpus = load_corpus(spec.corpus, vocab_size=spec.vocab_size, data_dir=data_dir)  # fails early when absent
     labels = evaluation_labels(corpus.test, spec.bptt)
-    store = _MemoryStore(default=str) if store is None else store
     workers = _default_workers() if workers is None else check_int("workers", workers, 1)
     config = {"spec": spec.to_config(), "corpus": corpus.fingerprint, "base": base_plan.to_config(),
               **threads_key}

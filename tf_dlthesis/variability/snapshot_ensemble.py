@@ -12,11 +12,13 @@ Huang et al., arXiv:1704.00109.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import keras
 import numpy as np
 
 from tf_dlthesis._checks import check_int
-from tf_dlthesis.variability.tta import predict_tta
+from tf_dlthesis.variability.tta import _model_input_shape, predict_tta
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -67,21 +69,65 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             self.snapshot_epochs.append(int(epoch))
 
     def predict_members(self, images, *, tta: str | None = None, pad: int = 4, batch_size: int = 512, **tta_kwargs):
-        """Logits of every snapshot, shape (M, N, C) (optionally with TTA)."""
+        """Logits of every snapshot, shape (M, N, C) (optionally with TTA).
+
+        Args:
+            images: What the model takes. For a model with one 4-D image input: (N, H,
+                W, C) images, an `(x, y)` pair or a `tf.data` dataset of images, read as
+                `predict_tta` reads them (integer images scaled by 1/255). Any other
+                model (an MLP's (N, D) features, token ids, several inputs) gets `images`
+                as `keras.Model.predict` takes them, a `tf.data` dataset included.
+            tta: None (or `"none"`), or a `predict_tta` mode (image models only).
+            pad: The crop modes' padding.
+            batch_size: Examples per forward pass (a dataset keeps its own batches).
+            **tta_kwargs: `predict_tta`'s grid-mode arguments.
+
+        Raises:
+            ValueError: before any snapshot was taken, or a TTA mode for a model
+                without a 4-D image input.
+        """
         if not self.snapshots:
             raise ValueError("SnapshotEnsemble holds no snapshots yet; train with it as a callback first.")
+        plain = self._plain_predict(images)
+        if plain and tta not in (None, "none"):
+            raise ValueError(f"Test-time augmentation needs a model with one (N, H, W, C) image input. Received: "
+                             f"tta={tta!r} for a model with input shape {_input_shape(self.model)}")
+        if plain:
+            check_int("batch_size", batch_size, 1)
         current = self.model.get_weights()
         out = []
         try:
             for weights in self.snapshots:
                 self.model.set_weights(weights)
-                out.append(predict_tta(self.model, images, mode=tta or "none", pad=pad, batch_size=batch_size, **tta_kwargs))
+                if plain:
+                    out.append(self._predict_plain(images, batch_size))
+                else:
+                    out.append(predict_tta(self.model, images, mode=tta or "none", pad=pad, batch_size=batch_size,
+                                           **tta_kwargs))
         finally:
             self.model.set_weights(current)
         return np.stack(out)
 
+    def _plain_predict(self, images) -> bool:
+        """Whether the snapshots predict through `keras.Model.predict` (a model without one 4-D image input)."""
+        if _model_input_shape(self.model) is not None:
+            return False  # one 4-D image input: the library's image convention (`predict_tta`)
+        if _input_shape(self.model) is not None:
+            return True  # a known input that is not one 4-D image batch
+        return not _image_data(images)  # unknown input (a subclassed model): judged by the data
+
+    def _predict_plain(self, inputs, batch_size: int) -> np.ndarray:
+        import tensorflow as tf
+
+        kwargs = {} if isinstance(inputs, tf.data.Dataset) else {"batch_size": batch_size}
+        logits = self.model.predict(inputs, verbose=0, **kwargs)
+        if isinstance(logits, (list, tuple, dict)):
+            raise ValueError(f"SnapshotEnsemble averages the logits of a model with one output. Received: a model "
+                             f"with {len(logits)} outputs")
+        return np.asarray(logits, dtype=np.float64)
+
     def predict(self, images, *, tta: str | None = None, pad: int = 4, batch_size: int = 512, **tta_kwargs):
-        """Ensemble logits: the mean of the snapshots' logits, shape (N, C)."""
+        """Ensemble logits: the mean of the snapshots' logits, shape (N, C) (inputs as `predict_members`)."""
         return self.predict_members(images, tta=tta, pad=pad, batch_size=batch_size, **tta_kwargs).mean(axis=0)
 
     def get_config(self):
@@ -90,3 +136,33 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _input_shape(model):
+    """A Keras model's `input_shape`, or None when it has none yet (a subclassed model)."""
+    try:
+        return model.input_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+
+
+def _image_data(images) -> bool:
+    """Whether `images` holds images as `predict_tta` reads them: a 4-D array, or an `(x, y)` pair, dict or
+    labelled `tf.data` dataset whose images have rank 3 or 4 (one image or a batch; grey ones included)."""
+    import tensorflow as tf
+
+    if isinstance(images, tf.data.Dataset):
+        spec = images.element_spec
+        if isinstance(spec, Mapping):
+            x = spec.get("image", spec.get("images"))
+        else:
+            x = spec[0] if isinstance(spec, (tuple, list)) and len(spec) >= 2 else None
+        return getattr(x, "shape", None) is not None and x.shape.rank in (3, 4)
+    if isinstance(images, Mapping):
+        return "image" in images or "images" in images
+    if isinstance(images, (tuple, list)) and 2 <= len(images) <= 3:
+        return np.ndim(images[0]) in (3, 4)
+    try:
+        return np.ndim(images) == 4
+    except (TypeError, ValueError):
+        return False

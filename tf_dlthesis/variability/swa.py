@@ -164,7 +164,8 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     Raises:
         TypeError: a start epoch that is not an int.
         ValueError: unknown mode, negative start epoch, or (at `fit`) a start
-            epoch at or after the last epoch.
+            epoch at or after the last epoch, or mode ``"aswa"`` for a model compiled
+            with `steps_per_execution` > 1.
     """
 
     def __init__(self, mode: str = "swa", start_epoch: int = 0, bn_data=None):
@@ -187,6 +188,11 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         epochs = self.params.get("epochs")
         if epochs is not None and self.start_epoch >= int(epochs):
             raise ValueError(f"`start_epoch`={self.start_epoch} leaves no epoch to average in a {epochs}-epoch run.")
+        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if self.mode == "aswa" and per_call != 1:  # Keras calls batch callbacks once per execution
+            raise ValueError(f"mode='aswa' averages the weights after every training step, which needs "
+                             f"`model.compile(steps_per_execution=1)` (Keras calls batch callbacks once per "
+                             f"execution). Received: steps_per_execution={per_call}")
         variables = self._variables()
         self._average = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
         self._count = tf.Variable(0.0, dtype=tf.float32, trainable=False)

@@ -54,7 +54,8 @@ class WeightNoise(keras.callbacks.Callback):
 
     Raises:
         TypeError: `seed` not an int or None.
-        ValueError: `stddev` not > 0, `seed` < 0.
+        ValueError: `stddev` not > 0, `seed` < 0, or (at `fit`) a model compiled with
+            `steps_per_execution` > 1.
     """
 
     def __init__(self, stddev: float, seed: int = 0):
@@ -69,6 +70,11 @@ class WeightNoise(keras.callbacks.Callback):
         self._begin = self._end = None
 
     def on_train_begin(self, logs=None):
+        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if per_call != 1:  # Keras calls batch callbacks once per execution: one offset for several steps
+            raise ValueError(f"WeightNoise draws a new offset before every training step, which needs "
+                             f"`model.compile(steps_per_execution=1)` (Keras calls batch callbacks once per "
+                             f"execution). Received: steps_per_execution={per_call}")
         variables = list(self.model.trainable_variables)
         clean = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
         noisy = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
