@@ -106,6 +106,22 @@ def _dataset_to_numpy(dataset: tf.data.Dataset, max_examples):
         ) from None
 
 
+def widen_ml_floats(a: np.ndarray) -> np.ndarray:
+    """`a` as float32 if its dtype is a float NumPy does not count as a number (bfloat16, float8), else `a`.
+
+    Tensors of those dtypes (mixed_bfloat16 pipelines) come out of `.numpy()` as `ml_dtypes` arrays,
+    whose dtype `np.issubdtype(..., np.number)` refuses.
+    """
+    if a.dtype.kind == "V":
+        try:
+            floating = tf.as_dtype(a.dtype).is_floating
+        except TypeError:
+            floating = False
+        if floating:
+            return a.astype(np.float32)
+    return a
+
+
 def _check_real_images(x: np.ndarray) -> None:
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.issubdtype(x.dtype, np.complexfloating):
         raise TypeError(f"Images must be real numbers. Received: images of dtype {x.dtype}")
@@ -118,6 +134,7 @@ def unit_images(x: np.ndarray) -> np.ndarray:
         TypeError: non-numeric or complex images.
         ValueError: integer images outside [0, 255].
     """
+    x = widen_ml_floats(x)  # bfloat16 / float8 -> float32
     _check_real_images(x)
     if np.issubdtype(x.dtype, np.integer):
         low, high = x.min(), x.max()
@@ -147,7 +164,7 @@ def as_arrays(dataset, max_examples: int | None = None):
       of grey images with sparse labels or one image with a one-hot label, integer
       labels make it a batch and float labels one example).
 
-    Integer images (e.g. uint8; values must lie in [0, 255]) are scaled by 1/255; bool images become 0/1; float images are passed
+    Integer images (e.g. uint8; values must lie in [0, 255]) are scaled by 1/255; bool images become 0/1; float images (float16, bfloat16, float64) are passed
     through as float32 (they are assumed to be in [0, 1], as everywhere in this
     library). Grey `(N, H, W)` arrays, as `keras.datasets` loaders return them,
     get a channel axis; `(N, D)` feature vectors pass through. One-hot (or soft) `(N, K)` labels become their argmax;
@@ -207,6 +224,7 @@ def read_labelled(dataset, max_examples: int | None = None):
         x, y = np.asarray(x), np.asarray(y)
     except (ValueError, TypeError) as err:
         raise TypeError(f"`dataset`'s images and labels must convert to NumPy arrays: {err}") from None
+    x, y = widen_ml_floats(x), widen_ml_floats(y)  # bfloat16 (e.g. a mixed_bfloat16 pipeline) -> float32
     if x.ndim == 0 or y.ndim == 0:
         raise ValueError(
             f"`dataset`'s images and labels must have a leading example axis. "

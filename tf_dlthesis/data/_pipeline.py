@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_dlthesis._checks import check_int
+from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis._seeds import as_seed
-from tf_dlthesis.data._arrays import as_arrays, unit_images
+from tf_dlthesis.data._arrays import as_arrays, unit_images, widen_ml_floats
 
 
 def _plain(fn):
@@ -52,8 +52,10 @@ def standard_augment(image, *, seed, pad: int = 4, flip: bool = True):
 
     Raises:
         ValueError: wrong rank or negative pad.
+        TypeError: a `flip` that is not a bool.
     """
     pad = _check_pad(pad)
+    flip = check_bool("flip", flip)
     image = tf.convert_to_tensor(image)
     if image.shape.rank not in (3, 4):
         raise ValueError(f"`image` must have rank 3 (H, W, C) or 4 (B, H, W, C). Received shape {image.shape}")
@@ -76,7 +78,15 @@ def standard_augment(image, *, seed, pad: int = 4, flip: bool = True):
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
-    """Number of batches `training_dataset` yields per epoch."""
+    """Number of batches `training_dataset` yields per epoch.
+
+    Raises:
+        ValueError: `num_examples` < 0 or `batch_size` < 1.
+        TypeError: sizes that are not ints, or a `drop_remainder` that is not a bool.
+    """
+    num_examples = check_int("num_examples", num_examples, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    drop_remainder = check_bool("drop_remainder", drop_remainder)
     return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
@@ -120,8 +130,30 @@ def epoch_permutation(num_examples: int, shuffle_seed, epoch: int, part: int | N
     >>> from tf_dlthesis import data
     >>> sorted(data.epoch_permutation(5, 0, 0).tolist())
     [0, 1, 2, 3, 4]
+
+    Args:
+        num_examples: N, the training set's size.
+        shuffle_seed: `training_dataset`'s `shuffle_seed` (an int, a shape-[2] seed or
+            `EpochSeeds`, whose entry `epoch` is used).
+        epoch: the epoch (an int >= 0).
+        part: None, or the pass (0 or 1) of pair-mode mixing.
+
+    Raises:
+        ValueError: a negative size or epoch, a `part` other than None, 0 or 1, or
+            `EpochSeeds` without a seed for `epoch`.
+        TypeError: sizes, epochs or seeds that are not ints.
     """
-    return _permutation(int(num_examples), as_seed(shuffle_seed, "shuffle_seed"), tf.constant(epoch, tf.int64),
+    num_examples = check_int("num_examples", num_examples, 0)
+    epoch = check_int("epoch", epoch, 0)
+    if part is not None and (isinstance(part, (bool, np.bool_)) or not isinstance(part, (int, np.integer))
+                             or part not in (0, 1)):
+        raise ValueError(f"`part` must be None, 0 or 1 (the pass of pair-mode mixing). Received: part={part!r}")
+    if isinstance(shuffle_seed, EpochSeeds):
+        if epoch >= len(shuffle_seed):
+            raise ValueError(f"`shuffle_seed` has {len(shuffle_seed)} per-epoch seeds, none for this epoch. "
+                             f"Received: epoch={epoch}")
+        shuffle_seed = shuffle_seed[epoch]  # as `training_dataset` uses it: [seed, 0], folded with the epoch
+    return _permutation(num_examples, as_seed(shuffle_seed, "shuffle_seed"), tf.constant(epoch, tf.int64),
                         None if part is None else tf.constant(part, tf.int64)).numpy()
 
 
@@ -140,7 +172,7 @@ def epoch_pairs(num_examples: int, shuffle_seed, epoch: int) -> np.ndarray:
     consecutive examples are paired, so within a pass every example is in exactly
     one pair (with an odd N one example sits out of each pass).
     """
-    n = int(num_examples)
+    n = check_int("num_examples", num_examples, 0)
     half = n // 2
     passes = [epoch_permutation(n, shuffle_seed, epoch, part)[: 2 * half].reshape(half, 2) for part in (0, 1)]
     return np.concatenate(passes)
@@ -193,9 +225,10 @@ def training_dataset(
     >>> ds = data.training_dataset(x, y, batch_size=128, shuffle_seed=0, augment_seed=1, pad=1, epochs=3, mix=stage)
 
     Args:
-        x: images (N, H, W, C) in [0, 1]; integer (uint8) images are scaled by 1/255,
-            as `as_arrays` does.
-        y: labels (N,) or (N, K).
+        x: images (N, H, W, C) in [0, 1]; integer (uint8) images are scaled by 1/255
+            and grey (N, H, W) images get a channel axis, as `as_arrays` does; (N, D)
+            feature vectors stream without augmentation.
+        y: sparse labels (N,) (whole numbers >= 0) or one-hot / soft labels (N, K).
         batch_size: examples per batch.
         shuffle_seed: seed of the per-epoch permutations (int, None for fresh
             entropy, or `EpochSeeds` with one int per epoch).
@@ -213,13 +246,19 @@ def training_dataset(
 
     Raises:
         ValueError: bad sizes, seeds or lengths; a `start_epoch` outside [0, epochs]; a
-            `batch_size` larger than an epoch with `drop_remainder` (no full batch).
+            `batch_size` larger than an epoch with `drop_remainder` (no full batch); images
+            of another rank, NaN or infinite images, or `augment_seed` with feature
+            vectors; labels that are not class indices (negative, fractional) or of
+            another rank.
         TypeError: a `mix` object without the stage interface; sizes or epochs that are
-            not ints.
+            not ints; `flip` / `drop_remainder` that are not bools; images or labels that
+            are not real numbers.
     """
     check_int("batch_size", batch_size, 1)
     check_int("epochs", epochs, 0, allow_none=True)
     check_int("start_epoch", start_epoch, 0)
+    drop_remainder = check_bool("drop_remainder", drop_remainder)
+    flip = check_bool("flip", flip)
     if epochs is not None and start_epoch > epochs:
         raise ValueError(f"`start_epoch` must be an int in [0, epochs]. Received: start_epoch={start_epoch!r}, "
                          f"epochs={epochs!r}")
@@ -227,12 +266,25 @@ def training_dataset(
         raise TypeError(f"`mix` must be an augment.MixStage (mode 'pair' or 'batch'). Received: mix={mix!r}")
     x = np.asarray(x)
     y = np.asarray(y)
-    if len(x) != len(y):
-        raise ValueError(f"`x` and `y` must have the same length. Received {len(x)} and {len(y)}")
+    if x.ndim == 3:  # grey (N, H, W), as keras.datasets loads them: a channel axis, as `as_arrays` adds
+        x = x[..., None]
+    if x.ndim not in (2, 4):
+        raise ValueError(f"`x` must have shape (N, H, W, C) or (N, H, W) (or (N, D) feature vectors). "
+                         f"Received: x of shape {x.shape}")
+    if x.ndim == 2 and augment_seed is not None:
+        raise ValueError(f"`augment_seed` pads and crops images; (N, D) feature vectors cannot be augmented: "
+                         f"pass augment_seed=None. Received: x of shape {x.shape}, augment_seed={augment_seed!r}")
+    if y.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"`x` and `y` must have the same length. Received {len(x)} and "
+                         f"{len(y) if y.ndim else 'a scalar'}")
     n = len(x)
     if n == 0:
         raise ValueError("`x` is empty: a training stream needs at least one example.")
+    _check_training_labels(widen_ml_floats(y))
     x = unit_images(x)  # uint8 images (as keras.datasets loads them) in [0, 1], as `as_arrays` gives them
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise ValueError(f"Images must be finite. Received: {int(np.size(x) - np.isfinite(x).sum())} NaN or "
+                         f"infinite values in x of shape {x.shape}")
     if mix is not None and mix.mode == "pair" and n < 2:
         raise ValueError(f"Pair-mode mixing needs at least 2 examples. Received {n}")
     per_epoch = 2 * (n // 2) if mix is not None and mix.mode == "pair" else n  # (pairs of) examples per epoch
@@ -287,9 +339,24 @@ def training_dataset(
                                                  deterministic=True).prefetch(2)
 
 
+def _check_training_labels(y):
+    """Sparse (N,) class indices (whole numbers >= 0) or one-hot / soft (N, K) labels, as `as_arrays` reads them."""
+    if y.ndim not in (1, 2):
+        raise ValueError(f"Labels must be sparse (N,) or one-hot (N, K). Received: y of shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise TypeError(f"Labels must be real numbers. Received: y of dtype {y.dtype}")
+    if y.ndim == 1:
+        if np.issubdtype(y.dtype, np.floating):
+            whole = np.isfinite(y) & (np.mod(y, 1, where=np.isfinite(y), out=np.ones_like(y)) == 0)
+            if not np.all(whole):
+                raise ValueError(f"Sparse labels must be whole numbers. Received: labels such as {y[~whole][:3]}")
+        if y.min() < 0:
+            raise ValueError(f"Labels must be >= 0. Received: a label of {y.min()}")
+
+
 def steps_per_epoch_of(num_examples: int, batch_size: int, *, drop_remainder: bool = False, mix=None) -> int:
     """Batches per epoch of `training_dataset` with these settings (pair mode: 2 x floor(N / 2) examples)."""
-    n = int(num_examples)
+    n = check_int("num_examples", num_examples, 0)
     if mix is not None and getattr(mix, "mode", None) == "pair":
         n = 2 * (n // 2)
     return steps_per_epoch(n, batch_size, drop_remainder)
@@ -330,10 +397,12 @@ def non_iid_batches(dataset, *, batch_size: int = 128, classes_per_batch: int = 
         ValueError: if `classes_per_batch` does not divide `batch_size`, sizes are not
             positive, or the examples are not usable (as `as_arrays`: lengths differ,
             labels are not whole numbers >= 0, ...).
-        TypeError: images or labels that are not real numbers; sizes that are not ints.
+        TypeError: images or labels that are not real numbers; sizes that are not ints; a
+            `flip` that is not a bool.
     """
     check_int("batch_size", batch_size, 1)
     check_int("classes_per_batch", classes_per_batch, 1)
+    flip = check_bool("flip", flip)
     if batch_size % classes_per_batch:
         raise ValueError(
             f"`classes_per_batch` must divide `batch_size`. Received: batch_size={batch_size}, "

@@ -707,6 +707,10 @@ def _check_image_classification(name, builder) -> None:
 
 def _load_tfds(name, split, data_dir):
     """A prepared tfds dataset as (image, label); never downloads or prepares it."""
+    if not isinstance(split, (str, _tfds().core.ReadInstruction)):
+        # tfds reads None (or a list) as every split (a dict or list of datasets), which fails later, unnamed
+        raise TypeError(f"`split` must be one split string of {name!r}, e.g. 'train', 'test[:10%]' or "
+                        f"'train[:80%]+extra[:80%]' (or a tfds.core.ReadInstruction). Received: split={split!r}")
     builder = _tfds_builder(name, data_dir)
     _check_image_classification(name, builder)
     try:

@@ -28,6 +28,9 @@ SHUFFLENET_V2_WIDTHS = {0.5: (24, 48, 96, 192, 1024), 1.0: (24, 116, 232, 464, 1
                         1.5: (24, 176, 352, 704, 1024), 2.0: (24, 244, 488, 976, 2048)}
 #: ShuffleNetV2 units per stage (the first of each stage downsamples).
 SHUFFLENET_V2_REPEATS = (4, 8, 4)
+#: Every model takes (H, W, C) images: its layers are channels-last whatever `keras.config.image_data_format()`
+#: says (a global "channels_first" would read (H, W, C) as (C, H, W) and normalize the wrong axis).
+_CHANNELS_LAST = "channels_last"
 MODEL_NAMES = (("linear", "mlp", "conv1", "cnn") + tuple(f"preact_resnet{n}" for n in RESNET_BLOCKS)
                + tuple(f"resnet{n}" for n in RESNET_BLOCKS) + ("vgg11", "shufflenet_v2_0.5", "mnist_2conv"))
 
@@ -84,7 +87,8 @@ def _check_rate(name, value):
 
 def _conv(x, filters, kernel, seeds, name, strides=1):
     return keras.layers.Conv2D(
-        filters, kernel, strides=strides, padding="same", use_bias=False, kernel_initializer=seeds.he(), name=name
+        filters, kernel, strides=strides, padding="same", use_bias=False, kernel_initializer=seeds.he(),
+        data_format=_CHANNELS_LAST, name=name
     )(x)
 
 
@@ -100,13 +104,13 @@ def _dense_head(x, num_classes, seeds, name="logits"):
 
 
 def _linear(inputs, num_classes, make_norm, seeds):
-    return _dense_head(keras.layers.Flatten(name="flatten")(inputs), num_classes, seeds)
+    return _dense_head(keras.layers.Flatten(data_format=_CHANNELS_LAST, name="flatten")(inputs), num_classes, seeds)
 
 
 def _mlp(inputs, num_classes, make_norm, seeds, hidden=256, dropout=0.0):
     hidden = _check_count("hidden", hidden)
     _check_rate("dropout", dropout)
-    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = keras.layers.Flatten(data_format=_CHANNELS_LAST, name="flatten")(inputs)
     x = keras.layers.Dense(hidden, kernel_initializer=seeds.he(), name="hidden")(x)
     x = _norm_act(x, make_norm, "hidden")
     if dropout:
@@ -116,9 +120,10 @@ def _mlp(inputs, num_classes, make_norm, seeds, hidden=256, dropout=0.0):
 
 def _conv1(inputs, num_classes, make_norm, seeds, filters=64):
     filters = _check_count("filters", filters)
-    x = keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer=seeds.he(), name="conv")(inputs)
+    x = keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer=seeds.he(), data_format=_CHANNELS_LAST,
+                            name="conv")(inputs)
     x = _norm_act(x, make_norm, "conv")
-    return _dense_head(keras.layers.Flatten(name="flatten")(x), num_classes, seeds)
+    return _dense_head(keras.layers.Flatten(data_format=_CHANNELS_LAST, name="flatten")(x), num_classes, seeds)
 
 
 def _cnn(inputs, num_classes, make_norm, seeds, filters=(32, 64), dropout=0.0):
@@ -130,8 +135,8 @@ def _cnn(inputs, num_classes, make_norm, seeds, filters=(32, 64), dropout=0.0):
             x = _conv(x, f, 3, seeds, f"block{s}_conv{j}")
             x = _norm_act(x, make_norm, f"block{s}_conv{j}")
         if s < len(filters) and min(x.shape[1], x.shape[2]) >= 4:
-            x = keras.layers.MaxPooling2D(2, name=f"block{s}_pool")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+            x = keras.layers.MaxPooling2D(2, data_format=_CHANNELS_LAST, name=f"block{s}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format=_CHANNELS_LAST, name="pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, seed=seeds(), name="dropout")(x)
     return _dense_head(x, num_classes, seeds)
@@ -158,7 +163,7 @@ def _preact_resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, wi
             y = _conv(y, w, 3, seeds, f"{name}_conv2")
             x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     x = _norm_act(x, make_norm, "final")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format=_CHANNELS_LAST, name="pool")(x)
     return _dense_head(x, num_classes, seeds)
 
 
@@ -201,7 +206,7 @@ def _resnet(inputs, num_classes, make_norm, seeds, depth, widths=None, width_mul
             y = layer(y) if layer is not None else y
             x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
             x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format=_CHANNELS_LAST, name="pool")(x)
     return _dense_head(x, num_classes, seeds)
 
 
@@ -215,15 +220,16 @@ def _vgg(inputs, num_classes, make_norm, seeds, depth=11, width_multiplier=1.0):
     for item in VGG_CONFIGS[depth]:
         if item == "M":
             if min(x.shape[1], x.shape[2]) >= 2:  # small inputs (8x8, 28x28) run out of pixels before 5 pools
-                x = keras.layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+                x = keras.layers.MaxPooling2D(2, data_format=_CHANNELS_LAST, name=f"pool{stage}")(x)
             stage += 1
             continue
         conv_index += 1
         name = f"conv{conv_index}"
         x = keras.layers.Conv2D(_scaled(item, multiplier), 3, padding="same", kernel_initializer=seeds.he(),
-                                name=name)(x)
+                                data_format=_CHANNELS_LAST, name=name)(x)
         x = _norm_act(x, make_norm, name)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # 1x1 at 32x32 input: the same as flattening
+    # 1x1 at 32x32 input: the same as flattening
+    x = keras.layers.GlobalAveragePooling2D(data_format=_CHANNELS_LAST, name="pool")(x)
     return _dense_head(x, num_classes, seeds)
 
 
@@ -232,7 +238,8 @@ def _shuffle_unit(x, out_channels, stride, make_norm, seeds, name):
     from tf_dlthesis.models._shuffle_layers import ChannelShuffle, ChannelSplit
 
     def pointwise(t, channels, label, act=True):
-        t = keras.layers.Conv2D(channels, 1, use_bias=False, kernel_initializer=seeds.he(), name=f"{name}_{label}")(t)
+        t = keras.layers.Conv2D(channels, 1, use_bias=False, kernel_initializer=seeds.he(), data_format=_CHANNELS_LAST,
+                                name=f"{name}_{label}")(t)
         if act:
             return _norm_act(t, make_norm, f"{name}_{label}")
         layer = make_norm(channels, f"{name}_{label}_norm")
@@ -240,7 +247,8 @@ def _shuffle_unit(x, out_channels, stride, make_norm, seeds, name):
 
     def depthwise(t, label):
         t = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
-                                         depthwise_initializer=seeds.he(), name=f"{name}_{label}")(t)
+                                         depthwise_initializer=seeds.he(), data_format=_CHANNELS_LAST,
+                                         name=f"{name}_{label}")(t)
         layer = make_norm(t.shape[-1], f"{name}_{label}_norm")
         return layer(t) if layer is not None else t
 
@@ -279,7 +287,7 @@ def _shufflenet_v2(inputs, num_classes, make_norm, seeds, width=0.5, width_multi
             x = _shuffle_unit(x, channels, 2 if u == 1 else 1, make_norm, seeds, f"stage{s}_unit{u}")
     x = _conv(x, _scaled(final, multiplier), 1, seeds, "final_conv")
     x = _norm_act(x, make_norm, "final")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format=_CHANNELS_LAST, name="pool")(x)
     return _dense_head(x, num_classes, seeds)
 
 
@@ -297,12 +305,13 @@ def _mnist_2conv(inputs, num_classes, make_norm, seeds, filters=(32, 64), hidden
                          f"max-pool). Received: input_shape={tuple(inputs.shape[1:])}")
     x = inputs
     for i, f in enumerate(filters, start=1):
-        x = keras.layers.Conv2D(f, 3, padding="valid", kernel_initializer=seeds.he(), name=f"conv{i}")(x)
+        x = keras.layers.Conv2D(f, 3, padding="valid", kernel_initializer=seeds.he(), data_format=_CHANNELS_LAST,
+                                name=f"conv{i}")(x)
         x = _norm_act(x, make_norm, f"conv{i}")
-    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.MaxPooling2D(2, data_format=_CHANNELS_LAST, name="pool")(x)
     if dropout[0]:
         x = keras.layers.Dropout(dropout[0], seed=seeds(), name="dropout1")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Flatten(data_format=_CHANNELS_LAST, name="flatten")(x)
     x = keras.layers.Dense(hidden, kernel_initializer=seeds.he(), name="hidden")(x)
     x = _norm_act(x, make_norm, "hidden")
     if dropout[1]:
@@ -397,7 +406,8 @@ def build(name: str, input_shape, num_classes: int, *, norm="batch", seed: int |
     Args:
         name: model name (see above).
         input_shape: (H, W, C). H and W may be None (any image size) only for
-            the `preact_resnetN`, `resnetN` and `shufflenet_v2_0.5` models.
+            the `preact_resnetN`, `resnetN` and `shufflenet_v2_0.5` models. Every
+            model is channels-last, whatever `keras.config.image_data_format()` says.
         num_classes: number of logits.
         norm: `"batch"` (Keras BatchNormalization), `"none"`, `"group:G"`, a kind
             registered with `register_norm` (e.g. `"ghost:16"`), or a callable
