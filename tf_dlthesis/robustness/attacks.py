@@ -166,8 +166,20 @@ def inference_fn(model):
 
 
 def _check_float(name, value, *, minimum=None, positive=False, allow_tensor=False):
-    """``float(value)``, finite and ``>= minimum`` (``> 0`` with ``positive=True``)."""
+    """``float(value)``, finite and ``>= minimum`` (``> 0`` with ``positive=True``).
+
+    With ``allow_tensor``, a scalar real tensor is returned as float32 (the
+    images' dtype), its value checked the same way when it is concrete (eager).
+    """
     if allow_tensor and tf.is_tensor(value):
+        if not (value.dtype.is_floating or value.dtype.is_integer):
+            raise TypeError(f"`{name}` must be a real number or a scalar real tensor. Received: {name}={value!r}")
+        if value.shape.rank not in (None, 0):
+            raise ValueError(f"`{name}` must be a scalar. Received: {name}.shape={value.shape}")
+        value = tf.cast(value, tf.float32)
+        concrete = _concrete(value)
+        if concrete is not None:
+            _check_float(name, concrete, minimum=minimum, positive=positive)
         return value
     value = _real(name, value)
     if not np.isfinite(value) or (positive and value <= 0) or (minimum is not None and value < minimum):
@@ -194,8 +206,20 @@ def _check_steps(num_steps, *, allow_tensor=False, name="num_steps", minimum=0):
             raise TypeError(f"`{name}` must be an int or a scalar integer tensor. Received: {num_steps!r}")
         if num_steps.shape.rank != 0:
             raise ValueError(f"`{name}` must be a scalar integer tensor. Received: {num_steps!r}")
-        return num_steps
+        concrete = _concrete(num_steps)
+        if concrete is not None:
+            check_int(name, int(concrete), minimum)
+        return tf.cast(num_steps, tf.int32)  # the loop counter's dtype (an int64 count failed its `Less`)
     return check_int(name, num_steps, minimum)
+
+
+def _concrete(value):
+    """The Python value of a number or an eager tensor; ``None`` for a traced tensor (checked only when it has one)."""
+    if not tf.is_tensor(value):
+        return value
+    if tf.executing_eagerly() and hasattr(value, "numpy"):
+        return value.numpy().item()
+    return None
 
 
 def _is_real(dtype) -> bool:
@@ -423,8 +447,10 @@ def pgd(model, x, y=None, *, epsilon: float, step_size: float, num_steps: int, r
     """
     epsilon = _check_float("epsilon", epsilon, minimum=0.0, allow_tensor=True)
     step_size = _check_float("step_size", step_size, minimum=0.0, allow_tensor=True)
-    if not tf.is_tensor(epsilon) and not tf.is_tensor(step_size) and step_size > epsilon:
-        raise ValueError(f"`step_size` must be <= `epsilon`. Received: step_size={step_size}, epsilon={epsilon}")
+    eps_value, step_value = _concrete(epsilon), _concrete(step_size)  # None when traced
+    # compared in float32, the tensors' precision: a float32 0.03 is not below the number 0.03
+    if eps_value is not None and step_value is not None and np.float32(step_value) > np.float32(eps_value):
+        raise ValueError(f"`step_size` must be <= `epsilon`. Received: step_size={step_value}, epsilon={eps_value}")
     num_steps = _check_steps(num_steps, allow_tensor=True)
     random_start = check_bool("random_start", random_start)
     lo, hi = _check_clip_range(clip_range)
@@ -528,7 +554,9 @@ class BatchedSPSAAdam(SPSAAdamAdapter):
 
 def _margin_loss(model_fn):
     def loss_fn(x, label):
-        logits = model_fn(x)
+        # float32: CleverHans's margin multiplies the logits with a float32 one-hot mask and subtracts 99999
+        # (beyond float16's range), so float16 / bfloat16 logits (mixed precision) failed with a TypeError
+        logits = tf.cast(model_fn(x), tf.float32)
         return -_ch_spsa.margin_logit_loss(logits, label, nb_classes=logits.shape[-1])
     return loss_fn
 

@@ -201,7 +201,11 @@ def smoothed_targets(y_true, num_classes: int, smoothing: float, dtype=tf.float3
         ValueError: ``smoothing`` out of range, ``num_classes < 2``, sparse
             ``y_true`` outside ``[0, C - 1]`` or not integers (eager), or float
             ``(B, K)`` labels whose width ``K`` is not ``C``.
+        TypeError: ``num_classes`` not an int (a float such as 2.9 is not truncated).
     """
+    if num_classes is not None and (isinstance(num_classes, (bool, np.bool_))
+                                    or not isinstance(num_classes, (int, np.integer))):  # int() would truncate 2.9
+        raise TypeError(f"`num_classes` must be an int >= 2. Received: num_classes={num_classes!r}")
     if num_classes is None or int(num_classes) < 2:
         raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
     num_classes = int(num_classes)
@@ -732,8 +736,14 @@ class DecoupledLogitPairing(_PairLoss):
         self.h_gradient = _check_h_gradient(h_gradient)
 
     def parts(self, clean_logits, adv_logits):
-        """Per-example ``(h, ||f(x)||^2 + ||f(g(x))||^2)`` with this loss's settings."""
+        """Per-example ``(h, ||f(x)||^2 + ||f(g(x))||^2)`` with this loss's settings, in the loss's dtype.
+
+        The logits are cast to ``self.dtype`` (float32 by default) as ``__call__``
+        casts them: :meth:`terms` calls this directly, and squared norms of
+        float16 logits (mixed precision) overflow past 65504.
+        """
         a, b = _logit_pair(clean_logits, adv_logits)
+        a, b = tf.cast(a, self.dtype), tf.cast(b, self.dtype)
         return decoupled_parts(a, b, h_gradient=self.h_gradient, class_reduction=self.class_reduction)
 
     def pair_loss(self, clean_logits, adv_logits):
