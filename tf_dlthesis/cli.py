@@ -350,6 +350,8 @@ def main(argv=None) -> int:
             archive=getattr(args, "archive", None),  # reproduce only
             jobs=getattr(args, "jobs", 1),  # reproduce only; `table`/`figure` run one item
         )
+    except ValueError as err:  # another `reproduce` on this --out, an --archive file it cannot read or write
+        return _fail(_one_line(err))
     except KeyboardInterrupt:
         kept = os.path.abspath(os.path.join(args.out, "results.sqlite"))
         if getattr(args, "archive", None):

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import numbers
+import re
 from importlib import resources
 from typing import Mapping
 
@@ -179,8 +180,9 @@ class Output:
     machines: dict = dataclasses.field(default_factory=dict)
 
     def validate(self, item: str = "") -> None:
-        """Raises `TypeError` for an entry the report cannot show (checked before the report is written,
-        so a malformed item fails alone instead of stopping the whole report).
+        """Raises `TypeError` for an entry the report cannot show, `ValueError` for a figure name that is
+        not a plain file name or is given twice (checked before the report is written, so a malformed item
+        fails alone instead of stopping the whole report).
 
         Args:
             item: The experiment id, for the message.
@@ -201,6 +203,14 @@ class Output:
                     and figure[0] and (figure[1] is None or callable(getattr(figure[1], "savefig", None)))):
                 raise TypeError(f"`figures[{i}]`{where} must be a (name, matplotlib figure) pair. "
                                 f"Received: {figure!r}")
+            # the name is the PNG's file name under figures/ and the report's link to it
+            if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", figure[0]):
+                raise ValueError(f"`figures[{i}]`{where}: a figure's name must be a plain file name of letters, "
+                                 f"digits, '_', '-' and '.' (it is saved as figures/<name>.png and linked from "
+                                 f"the report). Received: name={figure[0]!r}")
+            if any(other[0] == figure[0] for other in self.figures[:i]):
+                raise ValueError(f"`figures[{i}]`{where}: two figures are named {figure[0]!r}; the second would "
+                                 f"overwrite the first's figures/{figure[0]}.png. Give each figure its own name.")
 
 
 def _health_checks(runs) -> list:
@@ -374,10 +384,12 @@ def fmt(value) -> str:
     """Formats a table cell."""
     if value is None:
         return "—"
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return str(value)
-    if isinstance(value, int):
+    if isinstance(value, (int, np.integer)):
         return str(value)
+    if isinstance(value, np.floating):  # np.float32 / float16 (np.float64 is a float): formatted as a float
+        value = float(value)
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"

@@ -22,8 +22,8 @@ from tf_dlthesis.experiments.registry import DEFAULT_DATASETS, VERDICTS, Output,
 
 
 def _cell(text) -> str:
-    """Table-cell text: a literal `|` would end the cell, a newline the row."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Table-cell text: a literal `|` would end the cell, a line break (`\\n`, `\\r\\n` or `\\r`) the row."""
+    return str(text).replace("|", "\\|").replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
 
 
 def _table_md(table) -> list:
@@ -40,7 +40,7 @@ def _table_md(table) -> list:
     ]
     if thesis or table.thesis_setting:  # a table without thesis rows may still state the thesis's numbers in words
         lines.append(f"- thesis: {table.thesis_setting}")
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["", "| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     keys = list(table.rows) + [k for k in thesis if k not in table.rows]
     for key in keys:
         ours = table.rows.get(key, {})
@@ -227,7 +227,7 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
     ]
     for exp, output, seconds, error in sections:
         status = "failed" if error else "ok"
-        lines.append(f"| {exp.id} | {exp.title} | {seconds:.0f} | {status} |")
+        lines.append(f"| {_cell(exp.id)} | {_cell(exp.title)} | {seconds:.0f} | {status} |")
     lines.append("")
     for exp, output, seconds, error in sections:
         lines += [f"## {exp.id}: {exp.title}", ""]

@@ -49,6 +49,11 @@ _LATER_COLUMNS = (_MACHINE_COLUMN, _INPUTS_COLUMN)
 def _encode(obj, key=None):
     """JSON-able form of `obj`; `key` is the dict key above it (named in errors)."""
     if isinstance(obj, np.ndarray):
+        if isinstance(obj, np.ma.MaskedArray):  # its bytes are the data alone (masked entries filled in)
+            raise TypeError(f"Masked arrays cannot be stored: the mask would be lost and the masked entries read "
+                            f"back as their fill value. Store the data and the mask as two arrays (`arr.data`, "
+                            f"`np.ma.getmaskarray(arr)`), or `arr.filled(...)`. Received: key {key!r} with a "
+                            f"masked array of shape {obj.shape}")
         if obj.dtype.hasobject or obj.dtype.kind == "V":  # stored bytes would be pointers / lose the fields
             raise TypeError(f"Arrays must have a numeric, bool or string dtype (object and structured arrays "
                             f"cannot be stored). Received: key {key!r} with dtype={obj.dtype}")
@@ -170,7 +175,7 @@ class ResultsStore:
     written in a single transaction, so a process killed at any moment leaves a
     readable store holding every run that finished before it; a rerun asks `has`
     and skips them. Results may hold NumPy arrays (stored losslessly: dtype, shape
-    and bytes). Safe to use from several processes at once (each opens its own
+    and bytes; masked arrays are refused, since their bytes hold no mask). Safe to use from several processes at once (each opens its own
     connection; writers wait for each other).
 
     Each row also keeps the `runtime.machine()` id of the machine that computed it
@@ -361,8 +366,8 @@ class ResultsStore:
         """Stores one finished run atomically (replacing an earlier row with the same key).
 
         Raises:
-            TypeError: non-JSON-able config/result (object or structured arrays included), or wrong
-                argument types.
+            TypeError: non-JSON-able config/result (object, structured or masked arrays included), or
+                wrong argument types.
             ValueError: a dict key is one the store reserves (`"__ndarray__"`, `"__float__"`), or a bad `run`.
             NotStoredError: within `reading_only()`.
         """

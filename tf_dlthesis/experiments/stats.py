@@ -99,10 +99,18 @@ def verdict(effect: Effect, above: float | None = None, below: float | None = No
         "reproduced", "not reproduced" or "inconclusive".
 
     Raises:
-        ValueError: if neither bound is given or `above >= below`.
+        ValueError: if neither bound is given, a bound is not a number (or NaN), or `above >= below`.
+        TypeError: `effect` is not an `Effect`.
     """
     if above is None and below is None:
         raise ValueError("A claim needs a region: give `above`, `below` or both.")
+    for name, bound in (("above", above), ("below", below)):  # a NaN bound would make every verdict inconclusive
+        if bound is not None and (isinstance(bound, (bool, np.bool_)) or not isinstance(bound, (int, float, np.integer,
+                                                                                                  np.floating))
+                                  or math.isnan(bound)):
+            raise ValueError(f"`{name}` must be a number or None. Received: {name}={bound!r}")
+    if not isinstance(effect, Effect):
+        raise TypeError(f"`effect` must be an Effect (estimate and interval). Received: effect={effect!r}")
     if above is not None and below is not None and not above < below:
         raise ValueError(f"`above` must be < `below`. Received: above={above}, below={below}")
     lo, hi = effect.low, effect.high
@@ -182,9 +190,10 @@ def paired_difference(a, b, *, unit: str = "", what: str = "", confidence: float
     With one pair there is no interval (infinite bounds: every verdict is
     inconclusive), which is the honest answer for a single run.
     """
+    if np.shape(a) != np.shape(b):  # (before flattening: (2, 3) and (3, 2) would pair the wrong values)
+        raise ValueError(f"`a` and `b` must pair up (one value per seed each, the same shape). Received shapes "
+                         f"{np.shape(a)} and {np.shape(b)}")
     a, b = _vector("a", a), _vector("b", b)
-    if a.shape != b.shape:
-        raise ValueError(f"`a` and `b` must pair up. Received {a.size} and {b.size} values.")
     label = f"mean paired difference{' of ' + what if what else ''}{' (' + unit + ')' if unit else ''} over {a.size} seed(s)"
     return mean_interval(a - b, statistic=label, confidence=confidence)
 
@@ -289,7 +298,11 @@ def accuracy_differences(pairs, reduce, *, what: str, unit: str = "pts", scale: 
     with 2 seeds and 76% with 3: it sees at most 3 or 10 distinct seed sets and
     shrinks their spread by (R - 1) / R. Welch-Satterthwaite degrees of freedom
     for the sum covered 91% with 2 seeds. So with 2 seeds a seed-to-seed spread
-    that rivals the effect leaves the finding inconclusive.
+    that rivals the effect leaves the finding inconclusive. Runs whose per-example
+    differences are all identical (bit-identical seeds) are one run's evidence repeated:
+    where some example tells A and B apart, their interval is never narrower than that run's
+    McNemar exact interval, as with R = 1 (the crossed interval alone called 4 of 4
+    discordant examples significant there); where none does it is [0, 0] (inconclusive).
 
     Example:
 
@@ -331,8 +344,10 @@ def accuracy_differences(pairs, reduce, *, what: str, unit: str = "pts", scale: 
     if r == 1:
         exact = " (at least McNemar's exact interval)" if len(pairs) == 1 and binary else ""
         return Effect(estimate, lo, hi, f"{what} ({unit}), bootstrap over {n} test examples{exact}", n, confidence)
-    return Effect(estimate, lo, hi, f"{what} ({unit}) over {r} paired runs x {n} test examples: {_CROSSED}", r,
-                  confidence)
+    identical = " (the runs' differences identical: at least McNemar's exact interval of one)" if (
+        len(pairs) == 1 and binary and _repeated_discordance(d[0])) else ""
+    return Effect(estimate, lo, hi, f"{what} ({unit}) over {r} paired runs x {n} test examples: {_CROSSED}{identical}",
+                  r, confidence)
 
 
 def smallest_difference(pairs, *, what: str, unit: str = "pts", scale: float = 100.0, n_boot: int = N_BOOT,
@@ -386,7 +401,8 @@ def _interval(d: np.ndarray, reduce, scale: float, n_boot: int, seed: int, confi
     simultaneous per-pair intervals for several (`_simultaneous`). R > 1: the seed part (a
     delete-one-run jackknife, R - 1 df) and the test-set part (the example
     bootstrap with every run kept, N - 1 df), their t half-widths added in
-    quadrature (see `accuracy_differences`).
+    quadrature (see `accuracy_differences`); with `exact` and one pair whose runs all gave
+    the same differences, some discordant, at least McNemar's exact interval of that one.
     """
     _check_n_boot(n_boot)
     _, r, n = d.shape
@@ -416,7 +432,24 @@ def _interval(d: np.ndarray, reduce, scale: float, n_boot: int, seed: int, confi
     var_seeds = float((r - 1) / r * np.sum((leave_one_out - leave_one_out.mean()) ** 2))
     half = math.hypot(_t_quantile(r - 1, confidence) * math.sqrt(var_seeds),
                       _t_quantile(n - 1, confidence) * math.sqrt(float(out.var(ddof=1))))
-    return estimate, estimate - half, estimate + half
+    lo, hi = estimate - half, estimate + half
+    if exact and len(d) == 1 and _repeated_discordance(d[0]):
+        # every run gave the same per-example differences (e.g. bit-identical runs): one run's evidence,
+        # repeated, with no seed spread; never narrower than that run's McNemar interval, as with R = 1
+        mcnemar = _mcnemar_interval(d[0, 0], confidence)
+        if mcnemar is not None:
+            lo = min(lo, float(reduce(np.array([scale * mcnemar[0]]))))
+            hi = max(hi, float(reduce(np.array([scale * mcnemar[1]]))))
+    return estimate, lo, hi
+
+
+def _repeated_discordance(runs: np.ndarray) -> bool:
+    """Whether runs (R, N) of per-example differences all repeat the first and it has a discordant example.
+
+    Without one (no example told apart on any run) the crossed interval is [0, 0], a zero-width
+    interval at no effect, which every verdict already reads as inconclusive.
+    """
+    return bool(np.all(runs == runs[:1]) and np.any(runs[0] != 0))
 
 
 def _simultaneous(replicates: np.ndarray, effects: np.ndarray, reduce, confidence: float) -> tuple:
@@ -711,10 +744,14 @@ def sd_ratio(values_a, values_b, *, what: str = "SD ratio", confidence: float = 
 
 def mcnemar_counts(correct_a, correct_b) -> dict:
     """Discordant-pair counts of two classifiers on the same examples (pooled over runs)."""
-    a = _as_matrix("correct_a", correct_a).astype(bool).reshape(-1)
-    b = _as_matrix("correct_b", correct_b).astype(bool).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError("`correct_a` and `correct_b` must have the same shape.")
+    a, b = _as_matrix("correct_a", correct_a), _as_matrix("correct_b", correct_b)
+    for name, c in (("correct_a", a), ("correct_b", b)):
+        if not np.all(np.isin(c, (0.0, 1.0))):  # a score of 0.3 would count as correct
+            raise ValueError(f"`{name}` must hold per-example correctness (0 / 1 or bools). Received values such as "
+                             f"{np.unique(c[~np.isin(c, (0.0, 1.0))])[:5].tolist()}")
+    if a.shape != b.shape:  # (before flattening: (2, 3) and (3, 2) would pair the wrong examples)
+        raise ValueError(f"`correct_a` and `correct_b` must have the same shape. Received {a.shape} and {b.shape}")
+    a, b = a.astype(bool).reshape(-1), b.astype(bool).reshape(-1)
     return {"a_only": int((a & ~b).sum()), "b_only": int((~a & b).sum()), "n": int(a.size)}
 
 
