@@ -103,8 +103,10 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
     >>> lam = sample_beta(tf.constant([1, 2]), [4], alpha=0.4)
 
     Args:
-        seed: shape-[2] integer tensor (stateless seed), an int, or None (fresh
-            entropy per call, also inside `tf.function` / `tf.data`).
+        seed: shape-[2] integer tensor (stateless seed; any integer dtype, the same
+            samples as the same values given as a list), a scalar integer tensor `s`
+            (= `[s, 0]`), an int, or None (fresh entropy per call, also inside
+            `tf.function` / `tf.data`).
         shape: output shape (list or 1-D int tensor).
         alpha: first concentration, > 0.
         beta: second concentration, > 0; defaults to `alpha` (symmetric Beta).
@@ -116,8 +118,9 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
         uniform variate.
 
     Raises:
-        ValueError: if a concentration is not a positive finite number.
-        TypeError: a `dtype` that is not floating.
+        ValueError: if a concentration is not a positive finite number; a negative
+            int seed or a seed tensor of another shape than [2] or [].
+        TypeError: a `dtype` that is not floating; a float or bool seed.
     """
     beta = alpha if beta is None else beta
     for name, value in (("alpha", alpha), ("beta", beta)):
@@ -131,8 +134,11 @@ def sample_beta(seed, shape, alpha: float, beta: float | None = None, dtype=tf.f
     if not dtype.is_floating:
         raise TypeError(f"`dtype` must be a floating dtype (Beta samples lie in [0, 1]). "
                         f"Received: dtype={dtype.name}")
-    if not tf.is_tensor(seed):          # tensors (and traced seeds) are used as given
-        seed = as_seed(seed)
+    # Every seed, tensors (traced ones included) too, goes through `as_seed`: a scalar
+    # integer tensor is [s, 0], a float or wrongly shaped tensor is refused, and an int32
+    # tensor is widened to the int64 of an int seed (`stateless_split` draws in the seed's
+    # dtype, so [1, 2] as int32 gave other samples than [1, 2] as a list or int64).
+    seed = as_seed(seed)
     if alpha == 1.0 and beta == 1.0:
         return tf.random.stateless_uniform(shape, seed, dtype=dtype, alg="philox")
     # Half precision would overflow the boost term log U / alpha (float16 for alpha

@@ -66,7 +66,9 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         dataset: pair mode: unbatched elements (image (H, W, C), label); batch mode:
             batched elements (images (B, H, W, C), labels). Labels sparse int (with
             `num_classes`) or one-hot/soft float. Dict elements {"images", "labels"}
-            are accepted and returned as dicts.
+            are accepted and returned as dicts; in batch mode other keys (e.g.
+            sample weights) pass through unchanged, as in `MixedExample`, while pair
+            mode refuses them (an output mixes two elements).
         method: a name in `METHODS` or a list (each pair draws one).
         seed: int or shape-[2] integer tensor.
         mode: "pair" or "batch".
@@ -94,13 +96,16 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
 
     Raises:
         ValueError: unknown method/mode, bad hyperparameters or sizes, element shapes of
-            the wrong rank, sparse labels without `num_classes`, soft labels whose width
-            is not `num_classes` (all checked here, from `dataset.element_spec`).
+            the wrong rank, batch mode on batches of a static size of 1, sparse labels
+            without `num_classes`, soft labels whose width is not `num_classes` (all
+            checked here, from `dataset.element_spec`).
             Label *values* cannot be checked without reading the dataset: a sparse
             label outside [0, num_classes - 1] fails when the dataset is iterated, with
             a `tf.errors.InvalidArgumentError` whose message reads "`labels` must be
             in [0, K-1] (num_classes=K)".
-        TypeError: element structure other than (image, label) or a dict.
+        TypeError: element structure other than (image, label) or a dict, or images /
+            labels that are not dense tensors (nested structures, ragged or sparse).
+        ValueError: pair mode on dict elements with keys other than "images" and "labels".
 
     Reference:
         Thesis Sec. 2.3-2.4.1; https://arxiv.org/abs/1805.11272
@@ -118,6 +123,19 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     stage = MixStage(method, mode=mode, num_classes=num_classes, seed=seed, pairing=pairing,
                      jit_compile=jit_compile, **params)
     x_spec, y_spec, as_dict = _split_element(dataset.element_spec)
+    for what, spec in (("images", x_spec), ("labels", y_spec)):
+        if not isinstance(spec, tf.TensorSpec):   # a nested dict / tuple, a ragged or sparse tensor
+            raise TypeError(f"mix_dataset expects elements (image, label) or {{'images': ..., 'labels': ...}} whose "
+                            f"images and labels are dense tensors. Received {what} of structure {spec!r} in the "
+                            f"element structure {dataset.element_spec!r}")
+    extra = sorted((k for k in dataset.element_spec if k not in ("images", "labels")), key=str) if as_dict else []
+    if extra and mode == "pair":
+        # Each output mixes two input elements: a per-example entry (sample weight, id,
+        # ...) has no one value for it, and dropping it silently would lose it.
+        raise ValueError(f"mode='pair' mixes two elements into one, so dict elements may hold only 'images' and "
+                         f"'labels'. Received extra keys {extra}; drop them first (e.g. `ds.map(lambda d: "
+                         f"{{'images': d['images'], 'labels': d['labels']}})`), or mix batches with mode='batch', "
+                         f"which passes other keys through.")
     if not (x_spec.dtype.is_floating or x_spec.dtype.is_integer) or x_spec.dtype == tf.bool:
         raise TypeError(f"The dataset's `images` must be float or integer (e.g. uint8). Received: "
                         f"images of dtype {x_spec.dtype.name}.")
@@ -134,6 +152,11 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
     if x_spec.shape.rank != rank:
         raise ValueError(f"mode={mode!r} expects {'unbatched (H, W, C)' if rank == 3 else 'batched (B, H, W, C)'} "
                          f"images; the dataset's images have shape {x_spec.shape}.")
+    if mode == "batch" and x_spec.shape[0] is not None and x_spec.shape[0] < 2:
+        # As `mix_batch`: a batch of one would be mixed with itself, i.e. not mixed at all.
+        raise ValueError(f"mode='batch' mixes each batch with a permutation of itself, so it needs batches of at "
+                         f"least 2 examples to pair. Received: the dataset's images have shape {x_spec.shape} "
+                         f"(batch it with `.batch(B)`, B >= 2, or use mode='pair' on unbatched examples).")
     batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
     pairs_per_call = check_int("pairs_per_call", pairs_per_call, 1, allow_none=True)
     if y_spec.dtype.is_integer and num_classes is None:
@@ -152,15 +175,19 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
             raise ValueError(f"The dataset's one-hot/soft `labels` have {width} classes but "
                              f"num_classes={num_classes}. Received: labels shape {y_spec.shape}.")
 
-    def pack(x, y):
-        return {"images": x, "labels": y} if as_dict else (x, y)
+    def pack(x, y, element):
+        if not as_dict:
+            return x, y
+        out = dict(element)           # batch mode: other keys pass through, as in `MixedExample`
+        out.update(images=x, labels=y)
+        return out
 
     if mode == "batch":
         def mix_one_batch(index, element):
             x, y, _ = _split_element(element)
             x = _images(x, 4, "images")
             xm, ym = stage.batch(x, y, _as_int32(epoch), _as_int32(index))
-            return pack(tf.cast(xm, _out_dtype(x)), ym)
+            return pack(tf.cast(xm, _out_dtype(x)), ym, element)
         return dataset.enumerate().map(mix_one_batch, num_parallel_calls=num_parallel_calls,
                                        deterministic=True)
 
@@ -172,7 +199,7 @@ def mix_dataset(dataset, method, *, seed, mode="pair", num_classes=None, epoch=0
         x, y, _ = _split_element(element)
         x = _images(x, 4, "images")
         xm, ym = stage.interleaved(x, y, _as_int32(epoch), _as_int32(index))
-        return pack(tf.cast(xm, _out_dtype(x)), ym)
+        return pack(tf.cast(xm, _out_dtype(x)), ym, {})
 
     def has_pair(index, element):
         return tf.shape(_split_element(element)[0])[0] >= 2

@@ -264,8 +264,11 @@ def mix_batch(images, labels, method, *, seed, pairing="permute", num_classes=No
     fraction each input contributes (the realised mask mean for mask methods, lambda
     for mixup/BC/BC+/noisy mixup). Works in eager mode, inside `tf.function`,
     `tf.data` and XLA (`jit_compile=True`). A seed gives the same output in eager and
-    graph mode; under XLA the output is deterministic too but differs, because XLA's
-    Philox kernel orders its random stream differently.
+    graph mode up to float rounding: the random draws are the same, but values
+    computed from them in float (lambda from Beta(alpha, alpha) with alpha != 1, the
+    BC+ family's p and scale, noisy mixup's weights) can differ in the last bits, as
+    graph optimizations reorder float operations. Under XLA the output is deterministic
+    too but differs, because XLA's Philox kernel orders its random stream differently.
 
     BC+ and VH-BC+ zero-mean each image (and VH-BC+ does so before concatenating), so
     a model trained with them should also see per-image zero-mean images at test time,

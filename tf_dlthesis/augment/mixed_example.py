@@ -37,7 +37,11 @@ class MixedExample(keras.layers.Layer):
     dict elements, and inside a model or a compiled train step, including
     `jit_compile=True` for every method (Beta sampling avoids `stateless_gamma`, which
     XLA lacks). Every call draws a fresh stateless seed from a Keras `SeedGenerator`
-    (pass `seed=` to `get_random_transformation` to choose it). The library is
+    (pass `seed=` to `get_random_transformation` to choose it). In `dataset.map(layer)`
+    with `num_parallel_calls` > 1 the parallel calls take those seeds in a run-dependent
+    order, so the mixing is not reproducible (as with Keras's own `MixUp`); map
+    sequentially, or use `mix_dataset` / `MixStage`, whose seeds come from (seed,
+    epoch, call index) and are reproducible for any parallelism. The library is
     TensorFlow-only, so the layer subclasses `keras.layers.Layer` rather than Keras's
     private `BaseImagePreprocessingLayer`; the contract's methods and dict handling are
     the same.
@@ -63,8 +67,9 @@ class MixedExample(keras.layers.Layer):
 
     Call arguments:
         inputs: dict with "images" (a batch, B >= 2) and "labels".
-        training: mixes when True (default, like `keras.layers.MixUp`); identity when
-            False.
+        training: mixes when True (default, like `keras.layers.MixUp`); when False,
+            images and labels pass unmixed, as tensors (floats in the layer's compute
+            dtype; integer images and sparse labels keep their dtype).
 
     Returns:
         dict with the same keys.
@@ -186,10 +191,14 @@ class MixedExample(keras.layers.Layer):
 
     def call(self, inputs, training=True):
         images, labels = self._split(inputs)
-        if not training:
-            return dict(inputs)
         images = self._as_compute(images)
         labels = self._as_compute(labels)
+        if not training:
+            # Tensors in the compute dtype, as when training (and as `keras.layers.MixUp`
+            # returns them), not the caller's NumPy arrays.
+            out = dict(inputs)
+            out.update(images=images, labels=labels)
+            return out
         b, bl = images.shape[0] if images.shape.rank else None, labels.shape[0] if labels.shape.rank else None
         if b is not None and bl is not None and b != bl:
             raise ValueError(f"`images` and `labels` disagree on batch size: {images.shape} vs "

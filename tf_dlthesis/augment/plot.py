@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from tf_dlthesis._checks import check_int
-from tf_dlthesis._seeds import as_seed
+from tf_dlthesis._seeds import as_seed, check_int_seed, fresh_seed
 from tf_dlthesis.augment.methods import DISPLAY_NAMES, METHODS, canonical_name, resolve
 from tf_dlthesis.augment.mix import mix_pair, mix_pairs, pop_check_numerics
 
@@ -71,7 +71,8 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=N
     Args:
         x1, x2: (H, W, C) images in [0, 1] (C = 1 or 3).
         methods: method names to show (default: all of `METHODS`), or one name.
-        seed: int seed; method i uses seed (seed, i).
+        seed: int seed >= 0 (NumPy integers accepted); method i uses seed (seed, i).
+            None draws a fresh one (a different figure on every call).
         columns: panels per row (an int >= 1).
         path: if given, the figure is also saved there as a PNG.
         lam: None (each method's own draw with seed (seed, i)) or a target label
@@ -86,9 +87,9 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=N
 
     Raises:
         ValueError: unknown method or mismatched image shapes (from `mix_pair`),
-            `lam` outside (0, 1), `draws` or `columns` < 1.
+            `lam` outside (0, 1), `draws` or `columns` < 1, a negative `seed`.
         TypeError: a hyperparameter no method knows (e.g. a misspelled `alpah`), a
-            non-int `columns`.
+            non-int `columns` or `seed`.
 
     Reference:
         Thesis Figure 2.2, Sec. 2.3.
@@ -96,6 +97,9 @@ def plot_methods(x1, x2, methods=METHODS, *, seed=0, columns=6, path=None, lam=N
     import matplotlib.pyplot as plt
 
     lam = _check_lam(lam, draws)
+    # Method i mixes with the stateless seed [seed, i], so `seed` must be one int (None: a
+    # fresh one); checked here so an error names the value passed, not [seed, i].
+    seed = fresh_seed() if seed is None else check_int_seed(seed, allow_none=False)
     columns = check_int("columns", columns, 1)
     if isinstance(methods, str):          # one name, not a sequence of one-letter names
         methods = [methods]
