@@ -41,13 +41,17 @@ def _source(n):
     return tf.data.Dataset.from_tensor_slices((x, y)).cache()
 
 
-def _naive_mixup(ds):
-    """The per-pair pipeline the thesis's authors describe: zip two streams, map per pair."""
-    def mix(a, b):
-        (x1, y1), (x2, y2) = a, b
-        lam = tf.random.uniform([])
+def _naive_mixup(ds, seed=0):
+    """The per-pair pipeline the thesis's authors describe: zip two streams, map per pair.
+
+    Lambda ~ U(0, 1) = Beta(1, 1) per pair, stateless from (seed, pair index) as ours is, so the
+    stream is the same on every pass and for any `num_parallel_calls`.
+    """
+    def mix(i, pair):
+        (x1, y1), (x2, y2) = pair
+        lam = tf.random.stateless_uniform([], tf.stack([tf.constant(seed, tf.int64), i]))
         return lam * x1 + (1 - lam) * x2, lam * y1 + (1 - lam) * y2
-    return tf.data.Dataset.zip((ds, ds.skip(1))).map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip((ds, ds.skip(1))).enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def pipelines(n):

@@ -5,8 +5,9 @@ Prints ratios measured in one run (interleaved repeats, medians):
 1. train-step time of a small pre-activation ResNet with each of our layers /
    the same net with Keras 3 ``BatchNormalization`` (goal <= 1.10x), with
    ``jit_compile`` off and on; the peer ratio is tf_keras's Ghost BN
-   (``virtual_batch_size=16``) / tf_keras BN on the same net (if tf_keras is
-   installed);
+   (``virtual_batch_size=16``) / tf_keras BN on a 3-conv net (if tf_keras is
+   installed), printed beside ours on that same net (``GhostBatchNormalization(16)``
+   / Keras 3 BN, same initial weights), interleaved in one timing;
 2. inference with example weight alpha = 0.1 / Keras BN inference (goal <= 1.10x),
    with ``jit_compile`` off and on, on the realistic net (a pre-activation
    ResNet-18 at full width on 32x32 inputs, batch 128: normalization a
@@ -127,17 +128,21 @@ def _inference_ratios(rows, label, name, kwargs, size, batch, channels, iters, r
               f"{1e3 * t['floor']:.2f} ms -> {t['floor'] / t['keras_bn']:.3f}x", flush=True)
 
 
-def _tfk_net(norm, input_shape, classes):
-    import tf_keras
+def _three_conv_net(lib, norm, input_shape, classes):
+    """The tf_keras peer's net, built with `lib` (`keras` or `tf_keras`) and seeded initializers.
 
-    inp = tf_keras.Input(input_shape)
-    h = tf_keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(inp)
+    conv 32 -> (norm, ReLU, conv 32) -> (norm, ReLU, conv 64) -> global pool -> dense: the
+    same net and initial weights in both libraries, so ours and the peer are timed on one net.
+    """
+    init = lambda: lib.initializers.GlorotUniform(seed=0)  # noqa: E731
+    inp = lib.Input(input_shape)
+    h = lib.layers.Conv2D(32, 3, padding="same", use_bias=False, kernel_initializer=init())(inp)
     for filters in (32, 64):
         h = norm()(h)
-        h = tf_keras.layers.ReLU()(h)
-        h = tf_keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
-    h = tf_keras.layers.GlobalAveragePooling2D()(h)
-    return tf_keras.Model(inp, tf_keras.layers.Dense(classes)(h))
+        h = lib.layers.ReLU()(h)
+        h = lib.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init())(h)
+    h = lib.layers.GlobalAveragePooling2D()(h)
+    return lib.Model(inp, lib.layers.Dense(classes, kernel_initializer=init())(h))
 
 
 def _tfk_step(model):
@@ -146,6 +151,34 @@ def _tfk_step(model):
     opt = tf_keras.optimizers.SGD(0.01)
     loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return sgd_train_step(model, opt, loss_fn)
+
+
+def _peer_part(rows, x, y, iters, repeats):
+    """Ghost BN (B' = 16) / BN train steps on the 3-conv net: ours (Keras 3) and tf_keras's, interleaved.
+
+    Returns the median seconds per step by contender, or None without tf_keras.
+    """
+    try:
+        import tf_keras
+    except ImportError:
+        print("tf_keras not installed: peer ratio skipped")
+        return None
+    from tf_dlthesis.normalization import GhostBatchNormalization
+
+    shape, classes = tuple(x.shape[1:]), 10
+    fns = {"keras_bn": _step_fn(_three_conv_net(keras, keras.layers.BatchNormalization, shape, classes), False),
+           "ghost:16": _step_fn(_three_conv_net(keras, lambda: GhostBatchNormalization(16), shape, classes), False),
+           "tfk_bn": _tfk_step(_three_conv_net(tf_keras, tf_keras.layers.BatchNormalization, shape, classes)),
+           "tfk_ghost16": _tfk_step(_three_conv_net(
+               tf_keras, lambda: tf_keras.layers.BatchNormalization(virtual_batch_size=16), shape, classes))}
+    t = _interleaved(fns, (x, y), iters, repeats)
+    print(f"3-conv net, jit=False: ours ghost:16 / Keras BN {t['ghost:16'] / t['keras_bn']:.3f}x; peer tf_keras "
+          f"Ghost BN (virtual_batch_size=16) / tf_keras BN {t['tfk_ghost16'] / t['tfk_bn']:.3f}x")
+    rows.append(("train step ghost:16, 3-conv net (the peer's net, jit=False)", t["ghost:16"], t["keras_bn"],
+                 "(beside the peer)"))
+    rows.append(("peer: tf_keras virtual_batch_size=16 train step, 3-conv net", t["tfk_ghost16"], t["tfk_bn"],
+                  "(peer)"))
+    return t
 
 
 def main(argv=None):
@@ -184,18 +217,7 @@ def main(argv=None):
             rows.append((f"train step {k} (jit={jit})", t[k], t["keras_bn"], "<= 1.10x"))
             print(f"train step jit={jit!s:5} {k:18} {1e3 * t[k]:8.2f} ms vs Keras BN {1e3 * t['keras_bn']:8.2f} ms "
                   f"-> {t[k] / t['keras_bn']:.3f}x")
-    try:
-        import tf_keras
-
-        tfk = {"tfk_bn": _tfk_step(_tfk_net(lambda: tf_keras.layers.BatchNormalization(), (size, size, 3), 10)),
-               "tfk_ghost16": _tfk_step(_tfk_net(
-                   lambda: tf_keras.layers.BatchNormalization(virtual_batch_size=16), (size, size, 3), 10))}
-        t = _interleaved(tfk, (x, y), iters, repeats)
-        print(f"peer: tf_keras Ghost BN (virtual_batch_size=16) / tf_keras BN, 3-conv net: "
-              f"{t['tfk_ghost16'] / t['tfk_bn']:.3f}x")
-        rows.append(("peer: tf_keras virtual_batch_size=16 train step", t["tfk_ghost16"], t["tfk_bn"], "(peer)"))
-    except ImportError:
-        print("tf_keras not installed: peer ratio skipped")
+    _peer_part(rows, x, y, iters, repeats)
 
     _inference_part(rows, name, kwargs, size, batch, repeats)
     base = models.build(name, (size, size, 3), 10, norm="batch", seed=0, **kwargs)
