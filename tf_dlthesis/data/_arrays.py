@@ -260,17 +260,27 @@ def read_labelled(dataset, max_examples: int | None = None):
         raise ValueError(
             f"Labels must be sparse (N,) or one-hot (N, K). Received: labels of shape {y.shape}"
         )
+    check_class_indices(y)
+    if y.max() > np.iinfo(np.int64).max // 2:  # class ids this large are corrupt data; int64 would wrap them
+        raise ValueError(f"Labels must be class indices. Received: a label of {y.max()}")
+    return x, y.astype(np.int64), width
+
+
+def check_real_labels(y: np.ndarray) -> None:
+    """Labels of a real dtype (not strings, objects or complex numbers)."""
     if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
         raise TypeError(f"Labels must be real numbers. Received: labels of dtype {y.dtype}")
+
+
+def check_class_indices(y: np.ndarray) -> None:
+    """Sparse labels (a non-empty NumPy array): real, whole numbers >= 0."""
+    check_real_labels(y)
     if np.issubdtype(y.dtype, np.floating):
         whole = np.isfinite(y) & (np.mod(y, 1, where=np.isfinite(y), out=np.ones_like(y)) == 0)
         if not np.all(whole):
             raise ValueError(f"Sparse labels must be whole numbers. Received: labels such as {y[~whole][:3]}")
     if y.min() < 0:
         raise ValueError(f"Labels must be >= 0. Received: a label of {y.min()}")
-    if y.max() > np.iinfo(np.int64).max // 2:  # class ids this large are corrupt data; int64 would wrap them
-        raise ValueError(f"Labels must be class indices. Received: a label of {y.max()}")
-    return x, y.astype(np.int64), width
 
 
 def check_labels(y, num_classes: int, width: int | None = None, what: str = "`dataset`") -> None:

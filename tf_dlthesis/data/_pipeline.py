@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis._seeds import as_seed
-from tf_dlthesis.data._arrays import as_arrays, unit_images, widen_ml_floats
+from tf_dlthesis.data._arrays import as_arrays, check_class_indices, check_real_labels, unit_images, widen_ml_floats
 
 
 def _plain(fn):
@@ -343,15 +343,10 @@ def _check_training_labels(y):
     """Sparse (N,) class indices (whole numbers >= 0) or one-hot / soft (N, K) labels, as `as_arrays` reads them."""
     if y.ndim not in (1, 2):
         raise ValueError(f"Labels must be sparse (N,) or one-hot (N, K). Received: y of shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
-        raise TypeError(f"Labels must be real numbers. Received: y of dtype {y.dtype}")
     if y.ndim == 1:
-        if np.issubdtype(y.dtype, np.floating):
-            whole = np.isfinite(y) & (np.mod(y, 1, where=np.isfinite(y), out=np.ones_like(y)) == 0)
-            if not np.all(whole):
-                raise ValueError(f"Sparse labels must be whole numbers. Received: labels such as {y[~whole][:3]}")
-        if y.min() < 0:
-            raise ValueError(f"Labels must be >= 0. Received: a label of {y.min()}")
+        check_class_indices(y)
+    else:
+        check_real_labels(y)
 
 
 def steps_per_epoch_of(num_examples: int, batch_size: int, *, drop_remainder: bool = False, mix=None) -> int:
