@@ -393,12 +393,18 @@ class Recipe:
             return epochs / self.epochs
         return 1.0
 
+    @property
+    def _length_free(self) -> bool:
+        """Whether the schedule does not depend on the run's length (one constant rate: no warm-up, no milestones)."""
+        return self.schedule_kind != "cosine" and not self.milestones and not self.warmup
+
     def schedule(self, steps_per_epoch: int, epochs: int | None = None, *, learning_rate: float | None = None):
         """The Keras learning-rate schedule for a run of `epochs` x `steps_per_epoch` steps.
 
         Args:
             steps_per_epoch: optimizer steps per epoch.
-            epochs: run length; default the thesis's. Milestones scale with it, except
+            epochs: run length; default the thesis's (not needed for a constant rate, e.g.
+                recipe "constant"). Milestones scale with it, except
                 that a step-based recipe run within one epoch of the thesis's step
                 count keeps the thesis's step milestones.
             learning_rate: override the peak rate (the other rates scale with it).
@@ -409,8 +415,11 @@ class Recipe:
         steps_per_epoch = _check_steps("steps_per_epoch", steps_per_epoch, 1)
         if epochs is None:
             if self.epochs is None and not self.total_steps:
-                raise ValueError(f"Recipe {self.name!r} has no default length: pass `epochs`.")
-            epochs = self.epochs or max(1, round(self.total_steps / steps_per_epoch))
+                if not self._length_free:
+                    raise ValueError(f"Recipe {self.name!r} has no default length: pass `epochs`.")
+                epochs = 1  # a constant rate: the schedule is the same for any length
+            else:
+                epochs = self.epochs or max(1, round(self.total_steps / steps_per_epoch))
         epochs = _check_steps("epochs", epochs, 1)
         peak = self.learning_rate if learning_rate is None else _check_rate("learning_rate", learning_rate)
         ratio = peak / self.learning_rate

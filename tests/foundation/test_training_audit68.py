@@ -33,3 +33,15 @@ def test_replace_other_fields_keeps_the_swa_settings_and_the_key():
     other = spec.replace(batch_size=64)
     assert other.swa == spec.swa and other.replace(batch_size=spec.batch_size).key() == spec.key()
     assert spec.replace(epochs=20).key() == spec.key()  # same length: same store key
+
+
+def test_a_constant_rate_recipe_needs_no_length():
+    from tf_dlthesis import recipes
+
+    recipe = recipes.get("constant")
+    recipe.optimizer(10, learning_rate=3e-3)  # raised "has no default length: pass `epochs`"
+    schedule = recipe.schedule(10, learning_rate=3e-3)
+    assert [float(schedule(t)) for t in (0, 5, 10_000)] == pytest.approx([3e-3] * 3)
+    with pytest.raises(ValueError, match="no default length"):  # a recipe whose milestones need the length
+        recipes.Recipe(name="x", reference="r", schedule_kind="epochs", learning_rate=0.1, values=(0.1, 0.01),
+                       milestones=(5,)).schedule(10)
