@@ -127,3 +127,19 @@ def test_layer_activations_checks_batch_size(batch_size, error):
     with pytest.raises(error, match="`batch_size`"):
         layer_cka([model, model], x, batch_size=batch_size)
     assert layer_activations(model, x, batch_size=4)["h"].shape == (6, 3)
+
+
+def test_layer_activations_feeds_token_ids_to_an_integer_input_model_as_given():
+    import keras
+
+    from tf_dlthesis.variability import layer_activations
+
+    inputs = keras.Input((3,), dtype="int32")
+    emb = keras.layers.Embedding(600, 2, name="emb")
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(keras.layers.Flatten()(emb(inputs))))
+    ids = np.array([[0, 7, 599], [1, 2, 300]])  # ids above 255 were refused as "integer images", lower ones scaled
+    acts = layer_activations(model, ids, ["emb"])
+    table = emb.get_weights()[0]
+    np.testing.assert_allclose(acts["emb"], table[ids].reshape(2, -1), rtol=1e-6)
+    with pytest.raises(ValueError, match="integer input"):
+        layer_activations(model, ids.astype(np.float32), ["emb"])

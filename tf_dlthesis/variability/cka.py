@@ -158,7 +158,8 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
         model: A built functional/sequential `keras.Model`.
         images: (N, H, W, C) images (integer ones scaled by 1/255, grey (N, H, W)
             ones given a channel axis, as everywhere in the library), or an `(x, y)`
-            pair or `tf.data` dataset whose images are used (`data.as_arrays`).
+            pair or `tf.data` dataset whose images are used (`data.as_arrays`). For a
+            model with one integer input (token ids) an integer array, used as given.
         layers: Layer names; `None` takes every layer with weights.
         batch_size: Prediction batch size.
 
@@ -184,11 +185,31 @@ def layer_activations(model, images, layers: Sequence[str] | None = None, *, bat
     from tf_dlthesis import runtime
 
     forward = runtime.inference_function(keras.Model(model.inputs, [model.get_layer(n).output for n in names]))
-    images = as_images(images)
+    images = _token_ids(model, images) if _takes_ints(model) else as_images(images)
     chunks = [forward(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     chunks = [c if isinstance(c, (list, tuple)) else [c] for c in chunks]  # one layer: Keras returns a tensor
     return {n: np.concatenate([np.asarray(c[j], dtype=np.float64) for c in chunks]).reshape(len(images), -1)
             for j, n in enumerate(names)}
+
+
+def _takes_ints(model) -> bool:
+    """Whether the model has one integer input (token ids, e.g. a language model), which is no image."""
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        return False
+    try:
+        return bool(np.issubdtype(np.dtype(str(inputs[0].dtype)), np.integer))
+    except TypeError:
+        return False
+
+
+def _token_ids(model, ids) -> np.ndarray:
+    """`ids` for a model with an integer input, as given (never scaled by 1/255 like images)."""
+    ids = np.asarray(ids)
+    if ids.ndim < 1 or len(ids) == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"A model with an integer input ({model.inputs[0].dtype}) takes a non-empty integer array "
+                         f"(e.g. token ids). Received: an array of shape {ids.shape} and dtype {ids.dtype}")
+    return ids
 
 
 def layer_cka(models: Sequence, images, layers: Sequence[str] | None = None, *, batch_size: int = 256) -> dict:
