@@ -168,3 +168,18 @@ def test_smoothed_targets_still_takes_numpy_ints():
     np.testing.assert_allclose(smoothed_targets([2], np.int64(3), 0.2).numpy(), [[0.1, 0.1, 0.8]], rtol=1e-6)
     with pytest.raises(ValueError, match=r"`num_classes` must be >= 2. Received: num_classes=1"):
         smoothed_targets([0], 1, 0.1)
+
+
+def test_clean_logit_pairing_never_pairs_an_example_with_itself():
+    import keras
+
+    from tf_dlthesis.robustness import RobustModel
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    robust = RobustModel(inner, "clean_logit_pairing")
+    for b in (2, 3, 16, 128):
+        logits = tf.reshape(tf.range(b, dtype=tf.float32), (b, 1))  # row i holds i: the partner's index
+        for s in range(20):
+            partner = robust._partner(logits, tf.constant([s, 7], tf.int64)).numpy()[:, 0].astype(int)
+            assert sorted(partner.tolist()) == list(range(b))  # a permutation: every example is someone's partner
+            assert not np.any(partner == np.arange(b)), (b, s)  # a random permutation had ~1 fixed point per batch

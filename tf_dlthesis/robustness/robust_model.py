@@ -492,9 +492,16 @@ class RobustModel(keras.Model):
         return mix_batch(x, tf.cast(y, tf.float32), method, seed=seed)
 
     def _partner(self, logits, seed):
-        """Logits of a random partner per example (clean logit pairing)."""
-        perm = tf.argsort(tf.random.stateless_uniform([tf.shape(logits)[0]], seed))
-        return tf.gather(logits, perm)
+        """Logits of a random partner per example (clean logit pairing): another example of the batch.
+
+        Each example is paired with the next one in a random order of the batch (a random
+        cyclic derangement), so no example is its own partner (a random permutation pairs
+        about one example per batch with itself, which adds nothing to the pairing loss).
+        """
+        n = tf.shape(logits)[0]
+        order = tf.argsort(tf.random.stateless_uniform([n], seed))
+        partner = tf.scatter_nd(order[:, None], tf.roll(order, shift=-1, axis=0), [n])
+        return tf.gather(logits, partner)
 
     def _forward(self, x, y, step, training=True):
         """Mixing, attack and forward pass(es) of one training step.
