@@ -62,3 +62,15 @@ def test_measure_output_range_rejects_a_batch_size_that_is_not_an_int(batch_size
     model = keras.Model(inputs, bn(inputs))
     with pytest.raises(TypeError, match=r"`batch_size` must be an int >= 1\. Received: batch_size="):
         measure_output_range(model, bn, _x((8, 4)), batch_size=batch_size)
+
+
+def test_update_bn_statistics_keeps_a_shared_layers_last_call_as_documented():
+    from tf_dlthesis.normalization import update_bn_statistics
+
+    a, b = keras.Input((3,)), keras.Input((3,))
+    bn = keras.layers.BatchNormalization(name="bn")
+    model = keras.Model([a, b], keras.layers.Concatenate()([bn(a), bn(b)]))  # one BN layer, called twice
+    xa = np.random.default_rng(0).normal(0, 1, (8, 3)).astype("float32")
+    xb = xa + 5.0
+    update_bn_statistics(model, [((xa, xb),)], batch_size=8)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), xb.mean(0), rtol=1e-5)  # the last call's batch mean

@@ -167,7 +167,10 @@ def update_bn_statistics(model: keras.Model, data, steps: int | None = None, *, 
 
     Layers covered: Keras `BatchNormalization` and this package's four
     layers, nested models included, when built and trainable (a frozen BN
-    runs in inference mode, so it has no batch statistics to average).
+    runs in inference mode, so it has no batch statistics to average). A
+    layer called several times in one forward pass (a shared layer, e.g. in a
+    Siamese net) contributes the statistics of its last call on each batch,
+    as with fvcore, not an average over its calls.
 
     ``average="examples"`` weighs each batch by its number of examples
     instead (Izmailov et al.'s ``bn_update`` for SWA, which
