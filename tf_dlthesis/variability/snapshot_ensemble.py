@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from tf_dlthesis._checks import check_int
-from tf_dlthesis.variability.tta import _model_input_shape, predict_tta
+from tf_dlthesis.variability.tta import _input_shape, _model_input_shape, predict_tta
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -136,14 +136,6 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _input_shape(model):
-    """A Keras model's `input_shape`, or None when it has none yet (a subclassed model)."""
-    try:
-        return model.input_shape
-    except (AttributeError, ValueError, RuntimeError):
-        return None
 
 
 def _image_data(images) -> bool:

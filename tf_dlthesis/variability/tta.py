@@ -48,12 +48,17 @@ def tta_views(mode: str, *, pad: int = 4, grid: int = 3, grid_spacing: int = 16)
     return [(dy, dx, f) for dy, dx in offsets for f in flips]
 
 
-def _model_input_shape(model):
-    """(H, W, C) of a Keras model's single 4-D input (entries may be None), or None when unknown."""
+def _input_shape(model):
+    """A Keras model's `input_shape`, or None when it has none yet (a subclassed or unbuilt model)."""
     try:
-        shape = model.input_shape
+        return model.input_shape
     except (AttributeError, ValueError, RuntimeError):
         return None
+
+
+def _model_input_shape(model):
+    """(H, W, C) of a Keras model's single 4-D input (entries may be None), or None when unknown."""
+    shape = _input_shape(model)
     if isinstance(shape, tuple) and len(shape) == 4 and all(d is None or isinstance(d, int) for d in shape):
         return tuple(shape[1:])
     return None
