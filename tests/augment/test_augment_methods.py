@@ -96,12 +96,30 @@ def test_random_2x2_grid_lines_in_middle_half_and_cells_binary():
         col_changes = np.nonzero(np.any(m[:, 1:] != m[:, :-1], axis=0))[0] + 1
         assert len(row_changes) <= 1 and len(col_changes) <= 1
         for cut in row_changes:
-            assert bh <= cut < H - bh
+            assert bh <= cut <= H - bh
         for cut in col_changes:
-            assert bw <= cut < W - bw
+            assert bw <= cut <= W - bw
         seen.add(tuple(np.unique(m)))
         assert lam[b] == pytest.approx(m.mean(), abs=1e-6)
     assert (0.0, 1.0) in seen
+
+
+@pytest.mark.parametrize("n", [8, 12, 32])
+def test_random_2x2_grid_lines_reach_both_ends_of_the_middle_half(n):
+    """Sec. 2.3.3: "the intersection lines of the grid occur in the middle p fraction of the
+    image". With p = 0.5 a line after row k is allowed for n/4 <= k <= 3n/4, both ends: the
+    range is symmetric under a flip (k <-> n - k). It used to stop one short (8..23 of 32)."""
+    count = 3000
+    x = np.zeros((count, n, n, 1), np.float32)
+    x[::2] = 1.0                                   # reverse pairing mixes a 1-image with a 0-image
+    y = np.eye(2, dtype=np.float32)[np.arange(count) % 2]
+    out = mix_batch(x, y, "random_2x2", seed=3, pairing="reverse")[0].numpy()[..., 0]
+    rows, cols = set(), set()
+    for m in out:
+        rows.update((np.nonzero(np.any(m[1:] != m[:-1], axis=1))[0] + 1).tolist())
+        cols.update((np.nonzero(np.any(m[:, 1:] != m[:, :-1], axis=0))[0] + 1).tolist())
+    lo = round(0.25 * n)
+    assert rows == cols == set(range(lo, n - lo + 1))
 
 
 def test_vh_mixup_matches_eq_2_7():

@@ -255,9 +255,12 @@ def _random_2x2(seed, x1, x2, params):
     p, alpha = params["p"], params["alpha"]
 
     def constrained_cut(s, n):
-        buff = tf.cast(tf.round((1.0 - p) / 2.0 * M.as_float(n)), tf.int32)
-        span = tf.maximum(tf.cast(n, tf.int32) - 2 * buff, 1)
-        return buff + tf.minimum(_cut(_beta(s, b, alpha), span), span - 1)
+        # Sec. 2.3.3: the grid lines fall in the middle p of the axis: a line after row
+        # (column) k for k in [lo, n - lo], lo = round((1 - p) / 2 * n), both ends included,
+        # so the range is symmetric under flipping the image (k <-> n - k).
+        lo = tf.cast(tf.round((1.0 - p) / 2.0 * M.as_float(n)), tf.int32)
+        last = tf.maximum(tf.cast(n, tf.int32) - 2 * lo, 0)  # k - lo runs over 0..last
+        return lo + tf.minimum(_cut(_beta(s, b, alpha), last + 1), last)
 
     top = M.rows(M.cut_mask(constrained_cut(s1, h), h))
     left = M.cols(M.cut_mask(constrained_cut(s2, w), w))
