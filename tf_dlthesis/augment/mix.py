@@ -124,6 +124,12 @@ class PairStats(NamedTuple):
     row_col: Optional[tuple] = None
 
 
+def centre_images(x):
+    """Each image minus its mean over H, W and C: BC+'s test-time view of an image
+    (Sec. 2.3.2), used by `MixStage.test_transform` and `MixedExample` at inference."""
+    return x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+
+
 def _image_moments(x):
     mean, var = tf.nn.moments(x, axes=[1, 2, 3])
     return mean, tf.sqrt(var)

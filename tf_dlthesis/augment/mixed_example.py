@@ -8,10 +8,10 @@ import tensorflow as tf
 from tf_dlthesis._checks import check_bool
 from tf_dlthesis.augment import _masks as M
 from tf_dlthesis._seeds import as_seed, check_int_seed
-from tf_dlthesis.augment.methods import _PARAM_CHECKS, _RENAMED_PARAMS, resolve
-from tf_dlthesis.augment.mix import (_images, _out_dtype, batch_partner, centred_inputs,
-                                     check_num_classes, check_numerics, labels_to_soft,
-                                     plan_pairs)
+from tf_dlthesis.augment.methods import _PARAM_CHECKS, _RENAMED_PARAMS, get_method, resolve
+from tf_dlthesis.augment.mix import (_images, _out_dtype, batch_partner, centre_images,
+                                     centred_inputs, check_num_classes, check_numerics,
+                                     labels_to_soft, plan_pairs)
 
 _PAIRINGS = ("permute", "reverse")
 
@@ -65,11 +65,24 @@ class MixedExample(keras.layers.Layer):
             `noise_std`, `noisy_label`; see `mix_batch`) and base `Layer` arguments
             (`name`, `dtype`, ...).
 
+    Inference: BC+ and VH-BC+ mix per-image zero-mean images (Sec. 2.3.2), so a model
+    trained on them must see centred images at test time too (the authors'
+    preprocessing; `MixStage.test_transform` does the same for the `tf.data` stage).
+    With `training=False` a layer whose every method centres (`centers_images`)
+    therefore subtracts each image's mean over H, W and C, so a model with the layer
+    inside it evaluates and predicts on what it trained on. Where the layer mixes in a
+    `tf.data` map instead, pass the test set through it with `training=False` (or
+    `transform_images(images, None, training=False)`). Other methods, and lists that
+    mix centred and uncentred methods, pass images through unchanged; labels always
+    pass through unchanged.
+
     Call arguments:
-        inputs: dict with "images" (a batch, B >= 2) and "labels".
+        inputs: dict with "images" (a batch, B >= 2 when training) and "labels".
         training: mixes when True (default, like `keras.layers.MixUp`); when False,
             images and labels pass unmixed, as tensors (floats in the layer's compute
-            dtype; integer images and sparse labels keep their dtype).
+            dtype; integer images and sparse labels keep their dtype), images centred
+            per image when `centers_images` (then integer images become float32, as
+            mixed ones do).
 
     Returns:
         dict with the same keys.
@@ -110,6 +123,15 @@ class MixedExample(keras.layers.Layer):
         # float images and labels itself.
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
+
+    @property
+    def centers_images(self) -> bool:
+        """Whether every mixed output is per-image zero-mean (BC+ / VH-BC+ only).
+
+        Such a layer centres each image at inference (`training=False`), as
+        `MixStage.test_transform` does for the `tf.data` stage.
+        """
+        return all(get_method(n).center for n in self._names)
 
     # ------------------------------------------------------------------ the contract
     @staticmethod
@@ -161,13 +183,28 @@ class MixedExample(keras.layers.Layer):
         return {"partner": partner, "plan": pair_plan}
 
     def transform_images(self, images, transformation, training=True):
-        """Mixes images[b] with images[partner[b]] by the transformation's plan."""
-        if not training or transformation is None:
+        """Mixes images[b] with images[partner[b]] by the transformation's plan.
+
+        With `training=False`: each image minus its mean over H, W and C when
+        `centers_images` (BC+ / VH-BC+: test images centred like the training
+        mixtures), else the images unchanged.
+        """
+        if not training:
+            return self._test_images(images)
+        if transformation is None:
             return images
         x1 = self._float_images(images)
         x2 = tf.gather(x1, transformation["partner"])
         a, c = centred_inputs(x1, x2, transformation["plan"])
         out = M.mix_images(a, c, transformation["plan"].plan)
+        return tf.cast(out, _out_dtype(tf.convert_to_tensor(images)))
+
+    def _test_images(self, images):
+        """Inference images: per-image centred for BC+ / VH-BC+, else unchanged."""
+        if not self.centers_images:
+            return images
+        x = self._float_images(images)
+        out = centre_images(x)  # as `MixStage.test_transform`: test images centred like training inputs
         return tf.cast(out, _out_dtype(tf.convert_to_tensor(images)))
 
     def transform_labels(self, labels, transformation, training=True):
@@ -197,7 +234,7 @@ class MixedExample(keras.layers.Layer):
             # Tensors in the compute dtype, as when training (and as `keras.layers.MixUp`
             # returns them), not the caller's NumPy arrays.
             out = dict(inputs)
-            out.update(images=images, labels=labels)
+            out.update(images=self.transform_images(images, None, training=False), labels=labels)
             return out
         b, bl = images.shape[0] if images.shape.rank else None, labels.shape[0] if labels.shape.rank else None
         if b is not None and bl is not None and b != bl:

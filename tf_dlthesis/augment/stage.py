@@ -15,8 +15,8 @@ import tensorflow as tf
 from tf_dlthesis._checks import check_bool
 from tf_dlthesis._seeds import as_seed
 from tf_dlthesis.augment.methods import get_method, resolve
-from tf_dlthesis.augment.mix import (batch_core, check_num_classes, check_numerics, labels_to_soft, mix_pairs,
-                                     pop_check_numerics)
+from tf_dlthesis.augment.mix import (batch_core, centre_images, check_num_classes, check_numerics, labels_to_soft,
+                                     mix_pairs, pop_check_numerics)
 
 MODES = ("pair", "batch")
 _PAIRINGS = ("permute", "reverse")
@@ -117,8 +117,7 @@ class MixStage:
         images = tf.convert_to_tensor(images)
         if not self.centers_images:
             return images
-        x = tf.cast(images, tf.float32)
-        return x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        return centre_images(tf.cast(images, tf.float32))
 
     # ------------------------------------------------------------------ compiled cores
     def _soft(self, labels):
