@@ -99,8 +99,15 @@ def _norm_act(x, make_norm, name):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _head_dtype():
+    """The logits layer's dtype: float32 under a mixed policy (Keras's mixed-precision guidance: the output
+    layer computes in float32, so softmax / cross-entropy see float32 logits); else the global policy's."""
+    policy = keras.config.dtype_policy()
+    return "float32" if policy.compute_dtype != policy.variable_dtype else None
+
+
 def _dense_head(x, num_classes, seeds, name="logits"):
-    return keras.layers.Dense(num_classes, kernel_initializer=seeds.glorot(), name=name)(x)
+    return keras.layers.Dense(num_classes, kernel_initializer=seeds.glorot(), dtype=_head_dtype(), name=name)(x)
 
 
 def _linear(inputs, num_classes, make_norm, seeds):

@@ -64,6 +64,7 @@ import numpy as np
 
 from tf_dlthesis._checks import check_bool, check_int
 from tf_dlthesis._seeds import check_int_seed
+from tf_dlthesis.models._build import _head_dtype
 from tf_dlthesis.variability._lm_corpus import Corpus, load_corpus
 from tf_dlthesis.variability.bit_change import bit_change
 from tf_dlthesis.variability.cyclic_cosine_schedule import CyclicCosineSchedule
@@ -249,7 +250,7 @@ def build_language_model(vocab_size: int, *, embedding_dim: int = 128, hidden: i
         )(x)
         x = keras.layers.Dropout(dropout, noise_shape=(None, 1, hidden), seed=drop_seed(i + 1),
                                  name=f"dropout{i}")(x)
-    logits = keras.layers.Dense(vocab_size, name="decoder",
+    logits = keras.layers.Dense(vocab_size, name="decoder", dtype=_head_dtype(),  # float32 under a mixed policy
                                 kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed(3 * layers + 1)))(x)
     return keras.Model(tokens, logits, name="lstm_language_model")
 
@@ -338,13 +339,20 @@ def segment_lengths(num_positions: int, bptt: int, *, seed: int | None, variable
 def _make_train_step(model, optimizer):
     import tensorflow as tf
 
+    # float16 layers (a `mixed_float16` policy): scale the loss, as `Model.compile` does, so that small
+    # gradients of the float16 LSTM do not flush to zero; the wrapper unscales them before `optimizer`
+    # (whose learning rate the caller sets) applies them and skips a step whose gradients overflow
+    scaled = any(getattr(layer, "compute_dtype", None) == "float16" for layer in model.layers)
+    apply = keras.optimizers.LossScaleOptimizer(optimizer) if scaled else optimizer
+
     @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)] * 2, autograph=False)
     def step(x, y):
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            objective = apply.scale_loss(loss) if scaled else loss
         variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        apply.apply_gradients(zip(tape.gradient(objective, variables), variables))
         return loss
 
     return step
