@@ -16,16 +16,7 @@ import tensorflow as tf
 from tf_dlthesis import robustness as R
 from tf_dlthesis.experiments.results_store import ResultsStore
 
-from _tiny_model import log_softmax as _log_softmax, tiny_classifier
-
-
-def _threshold_model():
-    """One pixel v -> logits 10 (v - 0.5, 0.5 - v): class 0 iff v > 0.5 (an attack moves v toward 0.5 by eps)."""
-    inp = keras.Input((1, 1, 1))
-    dense = keras.layers.Dense(2)
-    out = dense(keras.layers.Flatten()(inp))
-    dense.set_weights([np.array([[10.0, -10.0]], np.float32), np.array([-5.0, 5.0], np.float32)])
-    return keras.Model(inp, out)
+from _tiny_model import log_softmax as _log_softmax, threshold_model as _threshold_model, tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,6 @@ def line():
 def images():
     rng = np.random.default_rng(0)
     return rng.random((8, 6, 6, 1)).astype("float32"), (np.arange(8) % 5).astype("int64")
-
 
 
 # --------------------------------------------------------------------------- D1

@@ -717,6 +717,9 @@ def spsa(model, x, y, *, epsilon: float, num_steps: int, learning_rate: float = 
 
 # --------------------------------------------------------------------------- named attacks
 _SPSA_KEYS = ("num_steps", "learning_rate", "delta", "spsa_samples", "spsa_iters", "corrected_gradient")
+#: Attacks without a step size, and what they do instead (``Attack`` refuses a ``step_size`` for them).
+_NO_STEP = {"natural": "it returns the images unchanged", "fgsm": "it takes one step of size `epsilon`",
+            "spsa": "its step is spsa_params['learning_rate']"}
 
 
 class Attack:
@@ -736,8 +739,10 @@ class Attack:
         name: ``"natural"``, ``"fgsm"``, ``"pgd<N>"`` or ``"spsa"``.
         kind: ``"natural"``, ``"fgsm"``, ``"pgd"`` or ``"spsa"``.
         num_steps: PGD / SPSA steps (``None`` otherwise).
-        epsilon, step_size, clip_range, random_start: the settings.
-        spsa_params: the :func:`spsa` settings (SPSA only).
+        epsilon, step_size, clip_range, random_start: the settings; ``step_size``
+            is ``None`` except for PGD, ``random_start`` is ``False`` for natural
+            and FGSM (they have none) and ``True`` for SPSA (it always has one).
+        spsa_params: the :func:`spsa` settings (SPSA only, ``None`` otherwise).
     """
 
     __slots__ = ("name", "kind", "num_steps", "epsilon", "step_size", "clip_range", "random_start", "spsa_params")
@@ -749,10 +754,21 @@ class Attack:
         epsilon = _check_float("epsilon", epsilon, minimum=0.0)
         lo, hi = _check_clip_range(clip_range)
         clip = None if lo is None else (lo, hi)
+        random_start = check_bool("random_start", random_start)
         num_steps, params = None, None
+        is_pgd = name.startswith("pgd") and name[3:].isdigit()
+        # a setting the kind does not use is refused (it would be stored and shown by get_config, yet do nothing)
+        if name in _NO_STEP and step_size is not None:
+            raise ValueError(f"Attack {name!r} does not use `step_size` ({_NO_STEP[name]}; only 'pgd<N>' attacks "
+                             f"take one). Received: step_size={step_size!r}")
+        no_spsa_params = spsa_params is None or (isinstance(spsa_params, Mapping) and not spsa_params)
+        if (is_pgd or name in ("natural", "fgsm")) and not no_spsa_params:
+            raise ValueError(f"Attack {name!r} does not use `spsa_params` (settings of the 'spsa' attack only). "
+                             f"Received: spsa_params={spsa_params!r}")
         if name in ("natural", "fgsm"):
             kind = name
-        elif name.startswith("pgd") and name[3:].isdigit():
+            random_start = False  # none (accepted: RobustModel(attack="fgsm") forwards its PGD flag)
+        elif is_pgd:
             kind, num_steps = "pgd", int(name[3:])
             if step_size is None:
                 raise ValueError(f"Attack {name!r} needs `step_size`. Received: step_size=None")
@@ -762,6 +778,9 @@ class Attack:
                     f"`step_size` must be <= `epsilon`. Received: step_size={step_size}, epsilon={epsilon}")
         elif name == "spsa":
             kind = "spsa"
+            if not random_start:
+                raise ValueError("Attack 'spsa' always starts at a uniform random point of the epsilon ball (as "
+                                 "CleverHans's SPSA); it has no `random_start` switch. Received: random_start=False")
             if spsa_params is not None and not isinstance(spsa_params, Mapping):
                 raise TypeError(f"`spsa_params` must be a dict of spsa() settings or None. "
                                 f"Received: spsa_params={spsa_params!r}")
@@ -779,7 +798,7 @@ class Attack:
         params = None if params is None else types.MappingProxyType(params)  # read-only, like the rest
         for attr, value in (("name", name), ("kind", kind), ("num_steps", num_steps), ("epsilon", epsilon),
                             ("step_size", None if step_size is None else float(step_size)), ("clip_range", clip),
-                            ("random_start", check_bool("random_start", random_start)), ("spsa_params", params)):
+                            ("random_start", random_start), ("spsa_params", params)):
             object.__setattr__(self, attr, value)
 
     def __setattr__(self, name, value):
@@ -793,8 +812,19 @@ class Attack:
 
     @classmethod
     def from_config(cls, config: dict) -> "Attack":
+        """Rebuild from :meth:`get_config`.
+
+        Configs of earlier releases, which stored a ``step_size`` that natural,
+        FGSM and SPSA attacks did not use (and SPSA's unused ``random_start``),
+        still load: those settings are dropped, as they had no effect.
+        """
         config = dict(config)
-        return cls(config.pop("name"), **config)
+        name = config.pop("name")
+        if name in _NO_STEP:
+            config.pop("step_size", None)
+        if name == "spsa":
+            config.pop("random_start", None)
+        return cls(name, **config)
 
     def __reduce__(self):  # copy / pickle through the public settings (instances are immutable)
         return (Attack.from_config, (self.get_config(),))
@@ -808,6 +838,7 @@ class Attack:
     def __repr__(self):
         extra = f", step_size={self.step_size}" if self.step_size is not None else ""
         extra += f", spsa_params={dict(self.spsa_params)}" if self.spsa_params else ""
+        extra += ", random_start=False" if self.kind == "pgd" and not self.random_start else ""
         return f"Attack({self.name!r}, epsilon={self.epsilon}{extra}, clip_range={self.clip_range})"
 
     def generate(self, model, x, y=None, seed=None):
@@ -929,12 +960,18 @@ def make_attack(name: str, *, epsilon: float, step_size: float | None = None, cl
         >>> attack = make_attack("pgd10", epsilon=0.03, step_size=0.0078)
         >>> x_adv = attack(model, images, labels, seed=0)
 
+    Each attack takes only the settings it uses: a ``step_size`` for anything
+    but PGD, ``spsa_params`` for anything but SPSA, or ``random_start=False``
+    for SPSA (which always starts at a random point) is a ``ValueError``, not a
+    setting stored unused.  ``random_start`` is accepted for natural / FGSM
+    and stored as ``False`` (they have no random start).
+
     Args:
         name: attack name.
         epsilon: L-inf radius.
-        step_size: PGD step (required for PGD, ``<= epsilon``).
+        step_size: PGD step (PGD only: required, ``<= epsilon``).
         clip_range: ``(min, max)`` valid input range, or ``None``.
-        spsa_params: :func:`spsa` keyword arguments (SPSA only).
+        spsa_params: :func:`spsa` keyword arguments (SPSA only; ``None`` or ``{}`` otherwise).
         random_start: PGD random start (Madry et al.).
 
     Returns:
@@ -942,8 +979,10 @@ def make_attack(name: str, *, epsilon: float, step_size: float | None = None, cl
 
     Raises:
         ValueError: unknown attack name, missing or too large ``step_size`` for
-            PGD, bad epsilon / clip range / SPSA settings.
-        TypeError: a non-string name.
+            PGD, a ``step_size`` for natural / FGSM / SPSA, ``spsa_params``
+            for another attack than SPSA, ``random_start=False`` for SPSA, bad
+            epsilon / clip range / SPSA settings.
+        TypeError: a non-string name, a non-bool ``random_start``.
     """
     return Attack(name, epsilon=epsilon, step_size=step_size, clip_range=clip_range, spsa_params=spsa_params,
                   random_start=random_start)

@@ -48,14 +48,28 @@ def _columns(attacks):
 
 
 def _build(spec, epsilon, step_size, clip_range, spsa_params):
+    """The attack of one column: ``spec`` itself if callable, else ``make_attack`` with the settings its kind uses.
+
+    The step size goes to PGD only and ``spsa_params`` to SPSA only (an
+    Attack refuses settings its kind does not use); the column's store key
+    (`_store_config`) still holds this call's shared settings, as before.
+    """
     if callable(spec):  # an Attack (reused as is) or a user function fn(model, x, y, seed)
         return spec
-    return _attacks.make_attack(spec, epsilon=epsilon, step_size=step_size, clip_range=clip_range,
-                                spsa_params=spsa_params if spec == "spsa" else None)
+    is_pgd = isinstance(spec, str) and spec.startswith("pgd") and spec[3:].isdigit()
+    return _attacks.make_attack(spec, epsilon=epsilon, step_size=step_size if is_pgd else None,
+                                clip_range=clip_range, spsa_params=spsa_params if spec == "spsa" else None)
+
+
+def _check_step_size(step_size):
+    """The shared PGD step size of the named columns: ``None`` or a finite number >= 0, checked whatever the columns."""
+    if step_size is not None:
+        _attacks._check_float("step_size", step_size, minimum=0.0)
 
 
 def _resolve_attacks(attacks, epsilon, step_size, clip_range, spsa_params):
     """``{column name: attack callable}`` from names, :class:`~.attacks.Attack` objects or a dict of either."""
+    _check_step_size(step_size)
     return {name: _build(spec, epsilon, step_size, clip_range, spsa_params) for name, spec in _columns(attacks).items()}
 
 
@@ -210,14 +224,16 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
             The compiled attack functions live on ``model``, so repeated calls
             on the same model and input shape do not retrace.
         epsilon, step_size, clip_range: attack settings for named attacks
-            (thesis: 0.03, 0.0078).
+            (thesis: 0.03, 0.0078); each named attack gets those it uses
+            (the step size goes to PGD columns only).
         batch_size: attack batch size.
         seed: base seed (batch b uses ``[seed, b]``); ``None`` draws fresh
             entropy once per call.
         max_examples: evaluate the first N examples only.
         sample: ``{attack_name: n}`` evaluates that attack on a fixed random
             subsample of n examples (SPSA on 1,000 images in the thesis).
-        spsa_params: passed to :func:`tf_dlthesis.robustness.spsa`.
+        spsa_params: passed to :func:`tf_dlthesis.robustness.spsa` for the
+            columns named ``"spsa"`` (refused when there is none).
         store, store_key: record per-example results (resumable); ``store_key``
             names the model and is required with ``store``.  Each column's
             results are keyed by its attack's settings (an ``Attack``'s own, a
@@ -234,7 +250,9 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
             ``dataset``, labels outside the model's logits (checked once, up
             front, on the arrays read from ``dataset``), ``batch_size < 1``,
             ``sample`` sizes < 1, images outside an attack's clip range, a user
-            attack function without ``get_config()`` when ``store`` is given.
+            attack function without ``get_config()`` when ``store`` is given,
+            a ``step_size`` that is not a finite number >= 0 (or None),
+            ``spsa_params`` without an ``"spsa"`` column.
 
     Reference:
         Thesis Sec. 3.5, Tables 3.1, 3.3, 3.5, 3.6.
@@ -244,6 +262,11 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
     seed = _base_seed(seed)
     x, y, _, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     specs = _columns(attacks)
+    _check_step_size(step_size)
+    if spsa_params is not None and not any(isinstance(spec, str) and spec == "spsa" for spec in specs.values()):
+        raise ValueError(f"`spsa_params` are the settings of the named 'spsa' attack, and `attacks` has no 'spsa' "
+                         f"column (an Attack column keeps its own settings). Received: spsa_params={spsa_params!r}, "
+                         f"attacks={list(specs.values())!r}")
     fns = {name: _build(spec, epsilon, step_size, clip_range, spsa_params) for name, spec in specs.items()}
     sample = dict(sample or {})
     unknown = set(sample) - set(fns)
@@ -454,6 +477,7 @@ def sanity_report(model, dataset, *, epsilon: float = 0.03, step_size: float = 0
     if _attacks._check_float("epsilon", epsilon, minimum=0.0) == 0:
         raise ValueError("`epsilon` must be > 0: the epsilon sweep and the step sizes are multiples of it. "
                          f"Received: epsilon={epsilon!r}")
+    _attacks._check_float("step_size", step_size, minimum=0.0)  # the PGD step (min(step, eps) below)
     _attacks._check_clip_range(clip_range)
     if large_epsilon is None:
         if clip_range is None:
