@@ -194,6 +194,9 @@ class Output:
                 if not isinstance(entry, kind):
                     raise TypeError(f"`{field}[{i}]`{where} must be a {kind.__name__}. Received: {entry!r}")
         for i, table in enumerate(self.tables):
+            if not isinstance(table.columns, (list, tuple)):  # a string would print one column per letter
+                raise TypeError(f"Table {table.id!r}{where}: `columns` must be a list of column names. "
+                                f"Received: columns={table.columns!r}")
             for name, rows in (("rows", table.rows), ("thesis", table.thesis or {})):
                 if not isinstance(rows, Mapping) or not all(isinstance(r, Mapping) for r in rows.values()):
                     raise TypeError(f"Table {table.id!r}{where}: `{name}` must map each row name to a dict "
@@ -284,12 +287,28 @@ def register(id: str, *, title: str, chapter, quick_minutes: float = 1.0, worker
     >>> @register("X.0", title="An example", chapter="X")
     ... def example(scale, dataset, store, *, out=None):
     ...     return Output()
+
+    Raises:
+        ValueError: an empty or taken `id`, a `quick_minutes` that is not finite and >= 0, `workers` < 1.
+        TypeError: a `title` that is not a non-empty string, a non-number `quick_minutes` or `workers`, or
+            a decorated `fn` that is not callable.
     """
     if not isinstance(id, str) or not id:
         raise ValueError(f"`id` must be a non-empty string. Received: id={id!r}")
+    if not isinstance(title, str) or not title:  # the report's heading; `reproduce` shows it as each item starts
+        raise TypeError(f"`title` must be a non-empty string. Received: title={title!r}")
+    if isinstance(quick_minutes, (bool, np.bool_)) or not isinstance(quick_minutes, numbers.Real):
+        raise TypeError(f"`quick_minutes` must be a finite number >= 0 (the item's estimated minutes at the quick "
+                        f"scale). Received: quick_minutes={quick_minutes!r}")
+    if not (math.isfinite(quick_minutes) and quick_minutes >= 0):  # `reproduce(jobs=N)` orders chapters by it
+        raise ValueError(f"`quick_minutes` must be a finite number >= 0 (the item's estimated minutes at the quick "
+                         f"scale). Received: quick_minutes={quick_minutes!r}")
     workers = check_int("workers", workers, 1)
 
     def decorator(fn):
+        if not callable(fn):
+            raise TypeError(f"`fn` of experiment {id!r} must be callable as fn(scale, dataset, store, *, out=None). "
+                            f"Received: fn={fn!r}")
         if id in REGISTRY and REGISTRY[id].fn is not fn:
             raise ValueError(f"Experiment id {id!r} is already registered by {REGISTRY[id].fn.__module__}")
         kind = "figure" if id.startswith("fig") else "table"

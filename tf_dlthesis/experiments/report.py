@@ -9,6 +9,7 @@ import datetime
 import functools
 import os
 import pickle
+import shutil
 import signal
 import sys
 import tempfile
@@ -67,6 +68,54 @@ def save_figures(output: Output, out_dir) -> list:
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+def _shared_figure_error(name: str, first: str, second: str) -> ValueError:
+    return ValueError(f"Items {first!r} and {second!r} both return a figure named {name!r} (saved as "
+                      f"figures/{name}.png and linked from both sections). Give each figure its own name.")
+
+
+def _check_figure_names(sections) -> None:
+    """A ValueError when two sections' outputs (failed ones aside) hold a figure of one name: the later
+    one's PNG would overwrite the earlier's (or, present already, be taken for it)."""
+    owners: dict = {}
+    for exp, output, _, error in sections:
+        for name, _ in (output.figures if output is not None and not error else ()):
+            if owners.setdefault(name, exp.id) != exp.id:
+                raise _shared_figure_error(name, owners[name], exp.id)
+
+
+def _claim_figures(output: Output, item: str, claims) -> None:
+    """Claims `output`'s figure names for `item` in folder `claims`: a file per name holding the id of the
+    item that claimed it, linked into place whole (the items of one `reproduce` may run in several
+    processes at once, so the first to link a name owns it).
+
+    Raises:
+        ValueError: another item claimed one of the names (naming both items and the figure); then this
+            call claims none of them, so nothing of the earlier item's is overwritten.
+    """
+    mine = os.path.join(claims, f".{os.getpid()}-{threading.get_ident()}.tmp")
+    with open(mine, "w") as fh:
+        fh.write(item)
+    made = []
+    try:
+        for name, _ in output.figures:
+            path = os.path.join(claims, name)
+            try:
+                os.link(mine, path)  # atomic, and fails where the name is claimed
+            except FileExistsError:
+                with open(path) as fh:
+                    owner = fh.read()
+                if owner != item:
+                    raise _shared_figure_error(name, owner, item) from None
+                continue
+            made.append(path)
+    except BaseException:
+        for path in made:
+            os.remove(path)
+        raise
+    finally:
+        os.remove(mine)
 
 
 #: The store's experiment name for the compute time of a `reproduce` item (one run per
@@ -179,7 +228,11 @@ def write_report(sections, out_dir, *, scale: str, dataset: str, total_seconds: 
 
     Returns:
         The report path.
+
+    Raises:
+        ValueError: two sections hold a figure of one name (raised before anything is written).
     """
+    _check_figure_names(sections)
     fig_dir = os.path.join(out_dir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
     verdicts = {}
@@ -339,7 +392,8 @@ def _output_lines(output, ensure_figure=None) -> list:
     return lines
 
 
-def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir, warn=print) -> tuple:
+def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir, figure_claims=None,
+                  warn=print) -> tuple:
     """Runs one item in this process: `(Output or None, compute seconds, error text or None)`.
 
     Every item starts from the same global state (`runtime.configure(seed=0,
@@ -352,7 +406,9 @@ def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir,
     last finished run: the runs cut short are trained again by the resuming process,
     so their time is not the item's cost; the finished ones are read back, so theirs is. An item
     read back entirely shows its recorded time. An item that raises is returned with
-    its error (the others must still run); KeyboardInterrupt propagates.
+    its error (the others must still run); KeyboardInterrupt propagates. With `figure_claims` (the
+    folder of a `reproduce` run's figure names, `_claim_figures`), an item returning a figure of a name
+    that another item of the run returned fails before its figures are saved.
     """
     from tf_dlthesis import runtime
     from tf_dlthesis.experiments.training import data_dir as data_dir_context
@@ -371,6 +427,8 @@ def _compute_item(exp, store, *, scale, dataset, out_dir, tensorboard, data_dir,
             with data_dir_context(data_dir):
                 output, error = exp(scale, dataset, store, out=out_dir, tensorboard=tensorboard), None
             _output_lines(output)  # an output the report cannot show fails its item here, not the report
+            if figure_claims is not None:  # a name another item's PNG holds fails this item, not the report
+                _claim_figures(output, exp.id, figure_claims)
             save_figures(output, out_dir)
         except Exception:  # keep going: one failure must not lose the others' results
             output, error = None, _error_text()
@@ -505,7 +563,8 @@ def reproduce(*, scale: str = "quick", dataset: str | None = None, out_dir="tf-d
 
     Finished training runs are recorded in `out_dir/results.sqlite`, so a rerun
     (after an interruption, say) skips them. An experiment that raises is reported
-    as failed and the others still run.
+    as failed and the others still run; so is one returning a figure of a name that
+    another item of the run returned (`figures/<name>.png` is the first one's).
 
     With `archive` (a folder), the runs it holds are read into the store first and
     every finished run is written to it after each item (`ResultsStore.export_rows`:
@@ -591,7 +650,9 @@ def _reproduce(experiments, absent, scale, dataset, out_dir, archive, jobs, tens
         write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
                      absent=absent + [exp.id for exp in experiments if exp.id not in done])
 
-    run = dict(scale=scale, dataset=dataset, out_dir=out_dir, tensorboard=tensorboard, data_dir=data_dir)
+    claims = tempfile.mkdtemp(prefix="tf-dlthesis-figures-")  # this run's figure names, by item
+    run = dict(scale=scale, dataset=dataset, out_dir=out_dir, tensorboard=tensorboard, data_dir=data_dir,
+               figure_claims=claims)
     chapters = _chapters(experiments)
     try:
         with _sigterm_as_interrupt():
@@ -628,6 +689,7 @@ def _reproduce(experiments, absent, scale, dataset, out_dir, archive, jobs, tens
         raise
     finally:
         bar.close()
+        shutil.rmtree(claims, ignore_errors=True)
     sections = [(exp, *done[exp.id]) for exp in experiments]
     path = write_report(sections, out_dir, scale=scale, dataset=dataset, total_seconds=time.time() - start,
                         absent=absent)

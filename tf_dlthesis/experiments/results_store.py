@@ -46,6 +46,22 @@ _INPUTS_COLUMN = "inputs"
 _LATER_COLUMNS = (_MACHINE_COLUMN, _INPUTS_COLUMN)
 
 
+def _ml_dtype(dtype) -> bool:
+    """Whether `dtype` is one of TensorFlow's `ml_dtypes` (bfloat16, float8_*, int4, ...): numeric, though
+    NumPy gives them the kind "V" of structured arrays."""
+    return dtype.kind == "V" and dtype.names is None and getattr(dtype.type, "__module__", "") == "ml_dtypes"
+
+
+def _dtype(text: str):
+    """The NumPy dtype a stored array names (`dtype.str`, or an `ml_dtypes` type's name)."""
+    try:
+        return np.dtype(text)
+    except TypeError:  # "bfloat16" & co. are known to NumPy once ml_dtypes (a TensorFlow dependency) is imported
+        import ml_dtypes  # noqa: F401
+
+        return np.dtype(text)
+
+
 def _encode(obj, key=None):
     """JSON-able form of `obj`; `key` is the dict key above it (named in errors)."""
     if isinstance(obj, np.ndarray):
@@ -54,16 +70,18 @@ def _encode(obj, key=None):
                             f"back as their fill value. Store the data and the mask as two arrays (`arr.data`, "
                             f"`np.ma.getmaskarray(arr)`), or `arr.filled(...)`. Received: key {key!r} with a "
                             f"masked array of shape {obj.shape}")
-        if obj.dtype.hasobject or obj.dtype.kind == "V":  # stored bytes would be pointers / lose the fields
+        extension = _ml_dtype(obj.dtype)
+        if obj.dtype.hasobject or (obj.dtype.kind == "V" and not extension):  # pointers / the fields lost
             raise TypeError(f"Arrays must have a numeric, bool or string dtype (object and structured arrays "
                             f"cannot be stored). Received: key {key!r} with dtype={obj.dtype}")
         arr = np.require(obj, requirements="C")  # (np.ascontiguousarray made a 0-d array 1-d)
         raw = arr.tobytes()
+        dtype = arr.dtype.name if extension else arr.dtype.str  # (a bfloat16's `str` is "<V2")
         packed = zlib.compress(raw, 6)
         if len(packed) < len(raw):  # lossless; per-example results and bools shrink several-fold
-            return {"__ndarray__": base64.b64encode(packed).decode("ascii"), "dtype": arr.dtype.str,
+            return {"__ndarray__": base64.b64encode(packed).decode("ascii"), "dtype": dtype,
                     "shape": list(arr.shape), "zlib": True}
-        return {"__ndarray__": base64.b64encode(raw).decode("ascii"), "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        return {"__ndarray__": base64.b64encode(raw).decode("ascii"), "dtype": dtype, "shape": list(arr.shape)}
     if isinstance(obj, np.generic):  # then as the Python value: np.float64("nan") is tagged as float("nan") is
         return _encode(obj.item(), key)
     if isinstance(obj, dict):
@@ -97,7 +115,7 @@ def _decode(obj):
             data = base64.b64decode(obj["__ndarray__"])
             if obj.get("zlib"):
                 data = zlib.decompress(data)
-            return np.frombuffer(data, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+            return np.frombuffer(data, dtype=_dtype(obj["dtype"])).reshape(obj["shape"]).copy()
         if "__float__" in obj:
             return float(obj["__float__"])
         return {k: _decode(v) for k, v in obj.items()}
@@ -152,6 +170,19 @@ def _path(value, name: str = "folder", what: str = "a folder path") -> str:
     return os.fspath(value)
 
 
+def _in_memory(path: str) -> bool:
+    """Whether SQLite would open `path` as an in-memory database: `":memory:"`, or a `file:` URI naming
+    `:memory:` or with `mode=memory` (SQLite builds with URI filenames on, as Debian's, read `file:` paths
+    as URIs even though `sqlite3.connect` is not given `uri=True`)."""
+    if path == ":memory:":
+        return True
+    if path[:5].lower() != "file:":
+        return False
+    name, _, query = path[5:].partition("?")
+    return name == ":memory:" or "memory" in [v for k, v in (p.partition("=")[::2] for p in query.split("&"))
+                                             if k == "mode"]
+
+
 def config_hash(config: dict) -> str:
     """Stable hash of a JSON-able config (key order does not matter).
 
@@ -193,7 +224,8 @@ class ResultsStore:
     True
 
     Args:
-        path: the SQLite file (created with its folder if missing).
+        path: the SQLite file (created with its folder if missing; a relative path is taken from the
+            working folder when the store is opened, for every thread and worker process after).
 
     Attributes:
         recorded: how many runs this object has recorded (`record`, `get_or_compute`;
@@ -203,12 +235,22 @@ class ResultsStore:
 
     Raises:
         TypeError: `path` is not a non-empty path.
-        ValueError: if the path cannot be created or opened as a results store.
+        ValueError: if the path names an in-memory database (`":memory:"`, or a `file:` URI
+            with `mode=memory`: each thread and process would see its own, empty one), or
+            cannot be created or opened as a results store.
     """
 
     def __init__(self, path):
         self.path = _path(path, "path", "a non-empty file path (SQLite would keep an empty one in memory and lose "
                                         "every record)")
+        if _in_memory(self.path):  # each thread's (and worker process's) connection would open its own, empty one
+            raise ValueError(f"`path` must be a file: an in-memory SQLite database is private to one connection, and "
+                             f"the store opens one per thread and per process, so records written in one would be "
+                             f"lost to the others. Use a file path, e.g. os.path.join(tempfile.mkdtemp(), "
+                             f"'results.sqlite'). Received: path={path!r}")
+        # the file every connection opens: a thread or worker process connecting after a `chdir` would
+        # otherwise open (and write into) another store (a `file:` URI is left to SQLite as given)
+        self._file = self.path if self.path[:5].lower() == "file:" else os.path.abspath(self.path)
         self.recorded, self.last_recorded = 0, None
         self._machine, self._trackers, self._tracker_lock = None, [], threading.Lock()
         self._listeners: list = []  # `after_record` callbacks
@@ -222,7 +264,7 @@ class ResultsStore:
             raise ValueError(f"Cannot open results store at {self.path!r}: {err}") from None
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {"path": self._file}
 
     def __setstate__(self, state):
         self.__init__(state["path"])
@@ -230,7 +272,7 @@ class ResultsStore:
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+            conn = sqlite3.connect(self._file, timeout=120, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_SCHEMA)
@@ -486,14 +528,25 @@ class ResultsStore:
         return rows
 
     def table(self, experiment: str) -> list[dict]:
-        """One flat dict per run: config keys, `run`, and the result's scalar entries."""
+        """One flat dict per run: config keys, `run`, and the result's scalar entries.
+
+        Raises:
+            ValueError: a result's scalar entry has the name of a config key or `run` (one would hide the
+                other; `rows()` keeps them apart).
+        """
         if not isinstance(experiment, str):
             raise TypeError(f"`experiment` must be a string. Received: experiment={experiment!r}")
         flat = []
         for row in self.rows(experiment):
             entry = dict(row["config"])
             entry["run"] = row["run"]
-            entry.update({k: v for k, v in row["result"].items() if not isinstance(v, (np.ndarray, list, dict))})
+            scalars = {k: v for k, v in row["result"].items() if not isinstance(v, (np.ndarray, list, dict))}
+            clash = sorted(set(scalars) & set(entry))
+            if clash:
+                raise ValueError(f"Run {row['run']} of {experiment!r} has result entries named as its config keys "
+                                 f"or `run`, which a flat table would merge: {clash}. Read them apart with "
+                                 f"`rows({experiment!r})` (each row's `config`, `run` and `result`).")
+            entry.update(scalars)
             flat.append(entry)
         return flat
 
