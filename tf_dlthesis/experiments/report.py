@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import math
 import os
 import pickle
 import shutil
@@ -146,8 +147,8 @@ def record_item_seconds(store, scale: str, dataset, exp, seconds: float) -> floa
     Each process's share is its own row (a recorded row never changes, so an
     exported archive only grows), and the total is their sum.
     """
-    if not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise ValueError(f"`seconds` must be a number >= 0. Received: seconds={seconds!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+        raise ValueError(f"`seconds` must be a finite number >= 0. Received: seconds={seconds!r}")
     key = _item_key(scale, dataset, exp)
     total, run = _recorded(store, key)
     store.record(ITEM_SECONDS, key, run, {"seconds": float(seconds)})

@@ -552,7 +552,11 @@ def _as_store(store):
         if _STORE_OPENER is None:  # only when tf_dlthesis's root was bypassed
             raise TypeError(f"`store` as a path needs `import tf_dlthesis` first; or pass "
                             f"tf_dlthesis.experiments.ResultsStore(path). Received: store={store!r}")
-        return _STORE_OPENER(os.fsdecode(store))
+        try:
+            return _STORE_OPENER(os.fsdecode(store))
+        except ValueError as err:  # e.g. ":memory:" (refused by the store): name this argument, not the store's
+            raise ValueError(f"`store` {store!r} cannot be opened as a results store: {err} `store=None` keeps "
+                             f"the results in this process's memory.") from None
     missing = [m for m in ("has", "get", "record") if not callable(getattr(store, m, None))]
     if missing:
         raise TypeError(f"`store` must be a ResultsStore, a path to one (str or os.PathLike), anything with "
