@@ -12,6 +12,7 @@ Huang et al., arXiv:1704.00109.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import keras
@@ -28,6 +29,14 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     Cycles are counted in epochs: with E training epochs and M cycles, a
     snapshot is taken after epochs E/M, 2E/M, ..., E. Pair it with a
     `CyclicCosineSchedule(lr, total_steps=E * steps_per_epoch, cycles=M)`.
+
+    A `fit` that starts at epoch 0 starts a new ensemble. One that starts at epoch
+    k > 0 (`initial_epoch=k`, or `keras.callbacks.BackupAndRestore` resuming)
+    continues it: this callback's snapshots of epochs before k are kept, those of
+    later epochs are taken again. Snapshots are not part of a Keras backup or
+    checkpoint, so a fresh callback resuming at epoch k cannot have the earlier
+    cycles' snapshots; it warns, naming them. Training stopped mid-cycle
+    (`EarlyStopping`) leaves the snapshots of the completed cycles only.
 
     Example:
 
@@ -51,6 +60,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         self.snapshots: list[list[np.ndarray]] = []
         self.snapshot_epochs: list[int] = []
         self._epochs_per_cycle = None
+        self._resume_checked = True
 
     def on_train_begin(self, logs=None):
         epochs = int(self.params.get("epochs") or 0)
@@ -60,8 +70,25 @@ class SnapshotEnsemble(keras.callbacks.Callback):
                 f"Received: epochs={epochs}"
             )
         self._epochs_per_cycle = epochs // self.cycles
-        self.snapshots = []
-        self.snapshot_epochs = []
+        self._resume_checked = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._resume_checked:
+            return
+        self._resume_checked = True
+        # The first epoch of this fit: 0 starts afresh; k > 0 (`initial_epoch`, `BackupAndRestore`) continues a
+        # run, keeping this callback's snapshots of this run's cycle ends before k (a second `fit` on the same
+        # instance)
+        ends = [c * self._epochs_per_cycle - 1 for c in range(1, self.cycles + 1)]
+        keep = [i for i, e in enumerate(self.snapshot_epochs) if e < epoch and e in ends]
+        self.snapshots = [self.snapshots[i] for i in keep]
+        self.snapshot_epochs = [self.snapshot_epochs[i] for i in keep]
+        missing = [e for e in ends if e < epoch and e not in self.snapshot_epochs]
+        if missing:
+            warnings.warn(f"SnapshotEnsemble: training resumes at epoch {epoch}, but this callback holds no snapshot "
+                          f"of the cycles that ended at epochs {missing} (0-based; a fresh callback after a restart, "
+                          f"or `initial_epoch` > 0). The ensemble will hold {self.cycles - len(missing)} of "
+                          f"{self.cycles} snapshots. Received: initial epoch {epoch}", stacklevel=2)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self._epochs_per_cycle == 0:

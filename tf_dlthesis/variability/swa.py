@@ -35,6 +35,8 @@ Stability as a Function of Random Seed", CoNLL 2019, arXiv:1909.10447.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -161,6 +163,11 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             (what `recompute_batch_norm_statistics` takes: a dataset, an array, `(x, y)`
             arrays or an iterable of batches).
 
+    Every `fit` starts a new average (`averaged` counts this fit's weight sets). A
+    `fit` resuming after `start_epoch` (`initial_epoch`, or a fresh callback under
+    `keras.callbacks.BackupAndRestore`) cannot average the epochs before it, since
+    the average is not part of a Keras backup or checkpoint; it warns, naming them.
+
     Raises:
         TypeError: a start epoch that is not an int.
         ValueError: unknown mode, negative start epoch, or (at `fit`) a start
@@ -180,6 +187,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self._average = None
         self._epoch = 0
         self._update = None
+        self._first_epoch = None
 
     def _variables(self):
         return list(self.model.trainable_variables)
@@ -211,8 +219,16 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
                 v.assign(tf.cast(avg, v.dtype))
 
         self._update, self._assign = update, assign
+        self._first_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = int(epoch)
+            if epoch > self.start_epoch:  # `initial_epoch` / `BackupAndRestore`: the average restarts with this fit
+                warnings.warn(f"StochasticWeightAveraging: training resumes at epoch {epoch}, after "
+                              f"start_epoch={self.start_epoch}; every `fit` starts a new average (the average is "
+                              f"not part of a Keras backup or checkpoint), so epochs {self.start_epoch}.."
+                              f"{int(epoch) - 1} are not in it. Received: initial epoch {epoch}", stacklevel=2)
         self._epoch = int(epoch)
 
     def on_train_batch_end(self, batch, logs=None):

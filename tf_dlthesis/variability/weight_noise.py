@@ -21,12 +21,18 @@ Randomness is stateless: the offset of step t for variable i is drawn from seed
 "stochastic" source of `SeedPlan` controls it. t counts the steps this callback
 has seen over all its `fit` calls (`.steps`), so training continued by a second
 `fit` with the same callback (`initial_epoch`) draws new offsets rather than
-repeating the first `fit`'s; a fresh callback with the same seed starts again at t = 0.
+repeating the first `fit`'s; a fresh callback with the same seed starts again at t = 0,
+unless its `fit` starts at epoch k > 0 (`initial_epoch=k`, or
+`keras.callbacks.BackupAndRestore` resuming a run): then t starts at k *
+steps_per_epoch, the step the uninterrupted run was at, so the resumed run draws
+that run's offsets (with an unknown number of steps per epoch it warns and starts at 0).
 
 Reference: Thesis App. B.4; arXiv:2103.04514.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import keras
 import numpy as np
@@ -68,6 +74,7 @@ class WeightNoise(keras.callbacks.Callback):
         self.seed = fresh_seed() if seed is None else seed  # None: fresh entropy, kept for the record
         self.steps = 0
         self._begin = self._end = None
+        self._resume_checked = True
 
     def on_train_begin(self, logs=None):
         per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
@@ -98,7 +105,22 @@ class WeightNoise(keras.callbacks.Callback):
                 v.assign(c + (v - nz))
 
         self._begin, self._end = begin, end
+        self._resume_checked = False
         # `steps` is not reset: a second fit continues the step count (new offsets, not the first fit's again)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._resume_checked:
+            return
+        self._resume_checked = True
+        if epoch > 0:  # `initial_epoch` / `BackupAndRestore`: continue at the step the uninterrupted run is at
+            per_epoch = self.params.get("steps")
+            if per_epoch:
+                self.steps = max(self.steps, int(epoch) * int(per_epoch))
+            elif not self.steps:
+                warnings.warn(f"WeightNoise: training resumes at epoch {epoch} with an unknown number of steps per "
+                              f"epoch, so this fresh callback's offsets start again at step 0 (they repeat the "
+                              f"first epochs' offsets). Pass `steps_per_epoch` to `fit` to continue at step "
+                              f"{epoch} * steps_per_epoch. Received: initial epoch {epoch}", stacklevel=2)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._begin(tf.constant(self.steps, tf.int64))
