@@ -765,12 +765,27 @@ class DecoupledLogitPairing(_PairLoss):
             "logit_norm_loss": beta * (||f(x)||^2 + ||f(g(x))||^2)}`` with ``h``
             and the norms reduced over the batch; ``pairing_loss`` equals
             ``adversarial_loss / ratio`` (or ``h`` when ``ratio`` is None).
+            In a replica of a distribution strategy (``MirroredStrategy``) the
+            coefficient is the whole batch's: ``h`` and ``adversarial_loss``
+            are summed over the replicas first, so the update is the one of a
+            single device.
         """
         with tf.name_scope(self.name):
             h, reg = self.parts(clean_logits, adv_logits)
             h = self._reduce(h, sample_weight)
             reg = self._reduce(reg, sample_weight)
-            pairing = h if self.ratio is None else scale_to_ratio(h, adversarial_loss, self.ratio)
+            if self.ratio is None:
+                pairing = h
+            else:
+                context = tf.distribute.get_replica_context()
+                if context is not None and context.num_replicas_in_sync > 1 and h.shape.rank == 0:
+                    # the coefficient of the whole batch, as on one device: each replica's (1 / replicas
+                    # scaled) h and adversarial loss summed over the replicas, not this replica's ratio
+                    total_h, total_loss = context.all_reduce(
+                        "sum", [tf.stop_gradient(h), tf.stop_gradient(tf.cast(adversarial_loss, h.dtype))])
+                    pairing = tf.math.divide_no_nan(total_loss, total_h) / tf.cast(self.ratio, h.dtype) * h
+                else:
+                    pairing = scale_to_ratio(h, adversarial_loss, self.ratio)
             return {"pairing_loss": pairing, "logit_norm_loss": tf.cast(self.beta, reg.dtype) * reg}
 
     def get_config(self):

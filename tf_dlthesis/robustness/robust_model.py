@@ -82,6 +82,24 @@ PRESETS = _freeze({
 })
 
 
+def _replica_share(value):
+    """``value / replicas`` under a distribution strategy (identity on one device).
+
+    What the Keras losses do to each replica's value (the replicas' gradients are summed).
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value * tf.cast(1.0 / replicas, value.dtype) if replicas > 1 else value
+
+
+def _unscaled(value):
+    """A replica's loss value as Keras logs it: times the number of replicas (identity on one device).
+
+    Keras's own train / test steps undo the Keras losses' ``1 / replicas`` before updating the loss metric.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value * tf.cast(replicas, value.dtype) if replicas > 1 else value
+
+
 def _number(name, value, lo, hi, *, lo_open=False, hi_open=False):
     value = _real(name, value)
     if not ((value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)):
@@ -191,7 +209,9 @@ class RobustModel(keras.Model):
         clip_range: valid input range.
         seed: base seed; the per-step mixing / attack / pairing seeds derive
             from ``fold_in(seed, optimizer.iterations)`` (stateless, resumes
-            exactly).  ``None`` draws a fresh seed once, at construction.
+            exactly; under a distribution strategy also folded with the
+            replica id, so replicas draw differently).  ``None`` draws a fresh
+            seed once, at construction.
         preset: ``None`` or a key of :data:`PRESETS`.
         check_numerics: fail with an error naming the tensor (input images,
             logits ``y_pred``, soft labels) when NaN or Inf enter a training
@@ -478,6 +498,10 @@ class RobustModel(keras.Model):
     def _step_seeds(self, step):
         """(mixing, attack, pairing) stateless seeds of training step ``step``."""
         base = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 0], tf.int64), step)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:  # each replica its own draws
+            replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+            base = tf.random.experimental.stateless_fold_in(base, replica)
         return tf.unstack(tf.random.experimental.stateless_split(base, 3))
 
     def _current_step(self):
@@ -563,7 +587,9 @@ class RobustModel(keras.Model):
         return {n: terms[n] for n in self._term_names}
 
     def _with_regularization(self, loss):
-        return loss + tf.add_n(self.losses) if self.losses else loss
+        # as in Keras's `compute_loss`: under a distribution strategy the regularization losses are scaled
+        # by 1 / replicas like the Loss objects' terms (the replicas' gradients are summed)
+        return loss + _replica_share(tf.add_n(self.losses)) if self.losses else loss
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The defense's loss (training) or the plain cross-entropy (evaluation).
@@ -605,7 +631,7 @@ class RobustModel(keras.Model):
         logits = y_pred["adversarial"] if y_pred.get("adversarial") is not None else y_pred["clean"]
         batch = tf.shape(logits)[0]
         for tracker in self._term_trackers:
-            tracker.update_state(terms[tracker.name], sample_weight=batch)
+            tracker.update_state(_unscaled(terms[tracker.name]), sample_weight=batch)
         return self._with_regularization(tf.add_n(list(terms.values())))
 
     def defense_loss(self, x, y, step, training=True):
@@ -637,7 +663,7 @@ class RobustModel(keras.Model):
     def _update_loss_metric(self, loss, batch):
         for metric in self.metrics:
             if metric.name == "loss":
-                metric.update_state(loss, sample_weight=batch)
+                metric.update_state(_unscaled(loss), sample_weight=batch)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
