@@ -289,8 +289,9 @@ class ExampleGroupNormalization(keras.layers.Layer):
             variance_init = self.moving_variance_initializer
             mean_init = self.moving_mean_initializer
 
-            def stddev_init(shape, dtype=None):
-                return tf.sqrt(tf.cast(variance_init(shape, dtype=dtype), tf.float32))
+            def stddev_init(shape, dtype=None):  # in the variable's dtype (a float16/float64 layer's weights)
+                stddev = tf.sqrt(tf.cast(variance_init(shape, dtype=dtype), tf.float32))
+                return stddev if dtype is None else tf.cast(stddev, dtype)
 
             self.moving_stddev = self.add_weight(shape=shape, name="moving_stddev", initializer=stddev_init,
                                                  trainable=False, autocast=False)
@@ -314,7 +315,16 @@ class ExampleGroupNormalization(keras.layers.Layer):
         return tf.cast(variable.value, tf.float32)
 
     def _train(self, x, mask=None, active=None):
-        """Training-mode output; updates the moving statistics (only where ``active``, a bool tensor, is true)."""
+        """Training-mode output; updates the moving statistics (only where ``active``, a bool tensor, is true).
+
+        An empty batch (a replica's share of a short last batch under
+        `tf.distribute`) has no statistics and leaves the moving statistics
+        unchanged (Keras BN sets them to NaN; its averaged ghost statistics
+        would pull them toward 0).
+        """
+        if x.shape[0] is None or x.shape[0] == 0:
+            nonempty = tf.size(x) > 0
+            active = nonempty if active is None else tf.logical_and(active, nonempty)
 
         def assign(variable, value):
             variable.assign(value if active is None else tf.where(active, value, self._read(variable)))

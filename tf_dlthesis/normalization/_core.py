@@ -253,8 +253,8 @@ def _normalize_view(xr: tf.Tensor, gamma, beta, view: _View, groups: int, epsilo
                 gamma_b = tf.reshape(gamma_t, view.param_shape)
                 g, g_sum, g_xhat_sum = dy * gamma_b, dy_sum * gamma_b, dy_xhat_sum * gamma_b
             correction = _group_sum(g_sum, groups, channels) + xhat * _group_sum(g_xhat_sum, groups, channels)
-            if count is None:
-                n = tf.cast(tf.size(x) // tf.size(mean), tf.float32) * (channels // groups)
+            if count is None:  # max(., 1): an empty part (a batch smaller than the ghost size) has no statistic
+                n = tf.cast(tf.size(x) // tf.maximum(tf.size(mean), 1), tf.float32) * (channels // groups)
             else:  # masked values do not move the statistics: no correction term there
                 n = tf.maximum(_group_sum(count, groups, channels), 1.0)
                 correction = correction * mask

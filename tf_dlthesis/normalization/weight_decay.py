@@ -92,11 +92,12 @@ def apply_normalization_weight_decay(model: keras.layers.Layer, rate: float, gam
         gamma_center: 0 or 1 typically: the value gamma is decayed toward.
 
     Returns:
-        The number of normalization layers regularized.
+        The number of normalization layers regularized (layers with neither
+        gamma nor beta, ``center=False`` and ``scale=False``, do not count).
 
     Raises:
         ValueError: negative, NaN or infinite rate (or gamma_center), unbuilt
-            model, or no normalization layer.
+            model, or no normalization layer with gamma or beta.
         TypeError: `gamma_center` is not a number.
 
     Reference:
@@ -110,17 +111,24 @@ def apply_normalization_weight_decay(model: keras.layers.Layer, rate: float, gam
     beta_reg = CenteredL2(rate, 0.0)
     if not getattr(model, "built", False):
         raise ValueError(f"apply_normalization_weight_decay needs a built model; '{model.name}' is not built.")
-    count = 0
+    count = without_parameters = 0
     for layer in _all_layers(model):
         if not isinstance(layer, _NORM_TYPES):
             continue
-        count += 1
+        regularized = False
         if getattr(layer, "gamma", None) is not None:
             layer.gamma.regularizer = gamma_reg
             layer.gamma_regularizer = gamma_reg
+            regularized = True
         if getattr(layer, "beta", None) is not None:
             layer.beta.regularizer = beta_reg
             layer.beta_regularizer = beta_reg
+            regularized = True
+        count += regularized
+        without_parameters += not regularized
     if count == 0:
-        raise ValueError(f"Model '{model.name}' has no normalization layer to apply weight decay to.")
+        detail = (f" ({without_parameters} normalization layer(s) without gamma and beta: center=False, scale=False)"
+                  if without_parameters else "")
+        raise ValueError(f"Model '{model.name}' has no normalization layer with gamma or beta to apply weight "
+                         f"decay to{detail}.")
     return count
