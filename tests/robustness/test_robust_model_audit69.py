@@ -135,3 +135,20 @@ def test_validation_metrics_are_clean_cross_entropy():
     log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
     np.testing.assert_allclose(history["val_loss"][0], -log_p[np.arange(8), y].mean(), rtol=1e-5)
     np.testing.assert_allclose(history["val_accuracy"][0], (z.argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize("form", ["dict", "list", "dataset_dict", "dataset_tuple"])
+def test_inputs_of_a_multi_input_model_are_refused_with_a_named_error(form):
+    """`fit({"a": x}, y)` failed inside Keras with `TypeError: Expected any non-tensor type, but got a tensor
+    instead.`; the attacks perturb one image tensor, so several inputs are refused up front."""
+    x = np.random.default_rng(0).uniform(size=(8, 6, 6, 1)).astype("float32")
+    y = np.arange(8) % 5
+    robust = RobustModel(tiny_classifier(), "pgd", epsilon=0.1, step_size=0.05, num_steps=1, seed=0)
+    robust.compile(keras.optimizers.SGD(0.1))
+    data = {"dict": ({"a": x}, y), "list": ([x, x], y),
+            "dataset_dict": (tf.data.Dataset.from_tensor_slices(({"a": x}, y)).batch(4), None),
+            "dataset_tuple": (tf.data.Dataset.from_tensor_slices(((x, x), y)).batch(4), None)}[form]
+    with pytest.raises(TypeError, match="one image input"):
+        robust.fit(*data, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="one image input"):
+        robust.evaluate(*data, verbose=0)

@@ -386,8 +386,27 @@ class RobustModel(keras.Model):
             width = self.model(_attacks.as_images(x[:1]), training=False).shape[-1]
         return width
 
+    @staticmethod
+    def _check_one_image_input(x):
+        """Refuses the inputs of a multi-input model (a dict, or a list / tuple of arrays, also as a dataset's
+        inputs): the attacks perturb one image tensor. Keras would fail later with an unnamed TypeError."""
+        images = x
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            images = spec[0] if isinstance(spec, tuple) and spec else spec
+        several = isinstance(images, dict) or (
+            isinstance(images, (list, tuple)) and any(isinstance(v, (np.ndarray, tf.TensorSpec)) or tf.is_tensor(v)
+                                                      for v in images))
+        if several:
+            kind = f"a dict with keys {sorted(map(str, images))}" if isinstance(images, dict) else \
+                f"a {type(images).__name__} of {len(images)} inputs"
+            raise TypeError(f"RobustModel trains and attacks a model with one image input: `x` must be images "
+                            f"(N, H, W, C) as an array or tensor, or a tf.data.Dataset of (images, labels). "
+                            f"Received: x as {kind}")
+
     def _check_labels(self, x, y):
         """Checks labels once at the API boundary (``fit`` / ``evaluate``), never per batch."""
+        self._check_one_image_input(x)
         if isinstance(x, tf.data.Dataset):
             spec = x.element_spec
             images, labels = spec[:2] if isinstance(spec, (tuple, list)) and len(spec) >= 2 else (spec, None)
