@@ -619,6 +619,9 @@ class _PairLoss(_LogitLoss, abc.ABC):
 class LogitSqueezing(_LogitLoss):
     """Keras loss for :func:`logit_squeezing` (``y_true`` is ignored, ``y_pred`` are logits).
 
+    Keras's ``Loss.__call__`` still needs a ``y_true`` tensor (``None`` fails
+    there): pass the labels, or the logits themselves as below.
+
     Example:
         >>> LogitSqueezing()(logits, logits)   # mean over the batch of ||logits||^2
 
