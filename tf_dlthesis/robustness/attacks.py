@@ -86,6 +86,11 @@ __all__ = [
 #: Named attacks understood by :func:`make_attack` (``"pgd<N>"`` for any N also works).
 ATTACK_NAMES = ("natural", "fgsm", "pgd5", "pgd10", "pgd20", "pgd1000", "spsa")
 
+
+def _is_pgd_name(name) -> bool:
+    """Whether `name` is a PGD attack name, ``"pgd<N>"``."""
+    return isinstance(name, str) and name.startswith("pgd") and name[3:].isdigit()
+
 #: PGD with a Python step count up to this is unrolled (as CleverHans does); more steps, or a step count
 #: given as a tensor (the compiled attacks of `make_attack`), run in a ``tf.while_loop``.
 _UNROLL_MAX_STEPS = 20
@@ -756,7 +761,7 @@ class Attack:
         clip = None if lo is None else (lo, hi)
         random_start = check_bool("random_start", random_start)
         num_steps, params = None, None
-        is_pgd = name.startswith("pgd") and name[3:].isdigit()
+        is_pgd = _is_pgd_name(name)
         # a setting the kind does not use is refused (it would be stored and shown by get_config, yet do nothing)
         if name in _NO_STEP and step_size is not None:
             raise ValueError(f"Attack {name!r} does not use `step_size` ({_NO_STEP[name]}; only 'pgd<N>' attacks "

@@ -56,8 +56,7 @@ def _build(spec, epsilon, step_size, clip_range, spsa_params):
     """
     if callable(spec):  # an Attack (reused as is) or a user function fn(model, x, y, seed)
         return spec
-    is_pgd = isinstance(spec, str) and spec.startswith("pgd") and spec[3:].isdigit()
-    return _attacks.make_attack(spec, epsilon=epsilon, step_size=step_size if is_pgd else None,
+    return _attacks.make_attack(spec, epsilon=epsilon, step_size=step_size if _attacks._is_pgd_name(spec) else None,
                                 clip_range=clip_range, spsa_params=spsa_params if spec == "spsa" else None)
 
 
@@ -262,12 +261,11 @@ def evaluate_white_box(model, dataset, attacks=WHITE_BOX_ATTACKS, *, epsilon: fl
     seed = _base_seed(seed)
     x, y, _, batch_size = _checked_data(model, dataset, max_examples, batch_size)
     specs = _columns(attacks)
-    _check_step_size(step_size)
     if spsa_params is not None and not any(isinstance(spec, str) and spec == "spsa" for spec in specs.values()):
         raise ValueError(f"`spsa_params` are the settings of the named 'spsa' attack, and `attacks` has no 'spsa' "
                          f"column (an Attack column keeps its own settings). Received: spsa_params={spsa_params!r}, "
                          f"attacks={list(specs.values())!r}")
-    fns = {name: _build(spec, epsilon, step_size, clip_range, spsa_params) for name, spec in specs.items()}
+    fns = _resolve_attacks(specs, epsilon, step_size, clip_range, spsa_params)
     sample = dict(sample or {})
     unknown = set(sample) - set(fns)
     if unknown:

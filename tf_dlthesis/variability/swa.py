@@ -187,7 +187,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self._average = None
         self._epoch = 0
         self._update = None
-        self._first_epoch = None
+        self._resume_checked = True
 
     def _variables(self):
         return list(self.model.trainable_variables)
@@ -219,11 +219,11 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
                 v.assign(tf.cast(avg, v.dtype))
 
         self._update, self._assign = update, assign
-        self._first_epoch = None
+        self._resume_checked = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._first_epoch is None:
-            self._first_epoch = int(epoch)
+        if not self._resume_checked:  # the first epoch of this fit
+            self._resume_checked = True
             if epoch > self.start_epoch:  # `initial_epoch` / `BackupAndRestore`: the average restarts with this fit
                 warnings.warn(f"StochasticWeightAveraging: training resumes at epoch {epoch}, after "
                               f"start_epoch={self.start_epoch}; every `fit` starts a new average (the average is "
