@@ -12,6 +12,7 @@ Huang et al., arXiv:1704.00109.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 
@@ -19,6 +20,7 @@ import keras
 import numpy as np
 
 from tf_dlthesis._checks import check_int
+from tf_dlthesis.variability.swa import _check_backup_dir, _read_backup, _remove_backups, _write_backup
 from tf_dlthesis.variability.tta import _input_shape, _model_input_shape, predict_tta
 
 
@@ -34,9 +36,17 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     k > 0 (`initial_epoch=k`, or `keras.callbacks.BackupAndRestore` resuming)
     continues it: this callback's snapshots of epochs before k are kept, those of
     later epochs are taken again. Snapshots are not part of a Keras backup or
-    checkpoint, so a fresh callback resuming at epoch k cannot have the earlier
-    cycles' snapshots; it warns, naming them. Training stopped mid-cycle
-    (`EarlyStopping`) leaves the snapshots of the completed cycles only.
+    checkpoint: without `backup_dir`, a fresh callback resuming at epoch k cannot
+    have the earlier cycles' snapshots; it warns, naming them. With `backup_dir`,
+    each snapshot is also written there (`snapshot_epoch<e>.npz`, atomically: a
+    temporary name, then `os.replace`) and a fresh callback resuming at epoch k
+    loads the snapshots of the cycles that ended before k, so under
+    `keras.callbacks.BackupAndRestore` the ensemble is the uninterrupted run's bit
+    for bit. Use a directory of its own (`BackupAndRestore` deletes its directory
+    at the end of `fit`). The snapshots are the deliverable, so the files are kept
+    after a successful `fit` (delete them yourself); a `fit` that starts at epoch 0
+    removes this callback's earlier files from `backup_dir`. Training stopped
+    mid-cycle (`EarlyStopping`) leaves the snapshots of the completed cycles only.
 
     Example:
 
@@ -47,16 +57,20 @@ class SnapshotEnsemble(keras.callbacks.Callback):
 
     Args:
         cycles: Number of cycles M (= snapshots), 5 in the thesis.
+        backup_dir: optional directory (str or os.PathLike) where each snapshot is
+            also written, for a restart (above). None: snapshots in memory only.
 
     Raises:
-        TypeError: if `cycles` is not an int.
+        TypeError: if `cycles` is not an int, or `backup_dir` not a path.
         ValueError: if `cycles` < 1, or (at `fit`) the epoch count is not a
-            multiple of `cycles`.
+            multiple of `cycles`, or a snapshot in `backup_dir` was written with
+            other `cycles` or epochs or for another model.
     """
 
-    def __init__(self, cycles: int = 5):
+    def __init__(self, cycles: int = 5, backup_dir=None):
         super().__init__()
         self.cycles = check_int("cycles", cycles, 1)
+        self.backup_dir = _check_backup_dir(backup_dir)
         self.snapshots: list[list[np.ndarray]] = []
         self.snapshot_epochs: list[int] = []
         self._epochs_per_cycle = None
@@ -83,17 +97,43 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         keep = [i for i, e in enumerate(self.snapshot_epochs) if e < epoch and e in ends]
         self.snapshots = [self.snapshots[i] for i in keep]
         self.snapshot_epochs = [self.snapshot_epochs[i] for i in keep]
+        if self.backup_dir is not None and epoch == 0:  # a new run: an earlier run's snapshots must not be loaded
+            _remove_backups(self.backup_dir, "snapshot_epoch")
         missing = [e for e in ends if e < epoch and e not in self.snapshot_epochs]
+        if self.backup_dir is not None and missing:
+            self._restore(missing)
+            missing = [e for e in ends if e < epoch and e not in self.snapshot_epochs]
         if missing:
+            hint = ("pass `backup_dir` to keep snapshots across restarts" if self.backup_dir is None
+                    else f"backup_dir={self.backup_dir!r} holds none of them")
             warnings.warn(f"SnapshotEnsemble: training resumes at epoch {epoch}, but this callback holds no snapshot "
                           f"of the cycles that ended at epochs {missing} (0-based; a fresh callback after a restart, "
-                          f"or `initial_epoch` > 0). The ensemble will hold {self.cycles - len(missing)} of "
+                          f"or `initial_epoch` > 0; {hint}). The ensemble will hold {self.cycles - len(missing)} of "
                           f"{self.cycles} snapshots. Received: initial epoch {epoch}", stacklevel=2)
+
+    def _backup_path(self, epoch):
+        return os.path.join(self.backup_dir, f"snapshot_epoch{int(epoch)}.npz")
+
+    def _restore(self, epochs) -> None:
+        """Loads the snapshots of cycle-end `epochs` that `backup_dir` holds, keeping the list in epoch order."""
+        like = self.model.get_weights()
+        for e in epochs:
+            if os.path.exists(self._backup_path(e)):
+                weights, _ = _read_backup(self._backup_path(e), "SnapshotEnsemble", like, cycles=self.cycles,
+                                          epochs=self._epochs_per_cycle * self.cycles, epoch=e)
+                self.snapshots.append(weights)
+                self.snapshot_epochs.append(e)
+        order = np.argsort(self.snapshot_epochs, kind="stable")
+        self.snapshots = [self.snapshots[i] for i in order]
+        self.snapshot_epochs = [self.snapshot_epochs[i] for i in order]
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self._epochs_per_cycle == 0:
             self.snapshots.append([np.array(w, copy=True) for w in self.model.get_weights()])
             self.snapshot_epochs.append(int(epoch))
+            if self.backup_dir is not None:
+                _write_backup(self._backup_path(epoch), self.snapshots[-1], cycles=self.cycles,
+                              epochs=self._epochs_per_cycle * self.cycles, epoch=int(epoch))
 
     def predict_members(self, images, *, tta: str | None = None, pad: int = 4, batch_size: int = 512, **tta_kwargs):
         """Logits of every snapshot, shape (M, N, C) (optionally with TTA).
@@ -158,7 +198,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         return self.predict_members(images, tta=tta, pad=pad, batch_size=batch_size, **tta_kwargs).mean(axis=0)
 
     def get_config(self):
-        return {"cycles": self.cycles}
+        return {"cycles": self.cycles, "backup_dir": self.backup_dir}
 
     @classmethod
     def from_config(cls, config):

@@ -35,6 +35,9 @@ Stability as a Function of Random Seed", CoNLL 2019, arXiv:1909.10447.
 
 from __future__ import annotations
 
+import glob
+import os
+import re
 import warnings
 
 import keras
@@ -54,6 +57,68 @@ def _number(name, value, *, minimum=None, positive=False):
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
     return value
+
+
+def _check_backup_dir(backup_dir):
+    """`backup_dir` as a str path (None stays None); the Chapter 5 callbacks' backup directory."""
+    if backup_dir is None:
+        return None
+    path = os.fspath(backup_dir) if isinstance(backup_dir, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(f"`backup_dir` must be a directory path (str or os.PathLike) or None. "
+                        f"Received: backup_dir={backup_dir!r}")
+    if not path:
+        raise ValueError(f"`backup_dir` must be a non-empty directory path or None. Received: backup_dir={path!r}")
+    return path
+
+
+def _write_backup(path, arrays, **meta) -> None:
+    """Writes `arrays` and `meta` to the .npz file `path` atomically (a temporary name, then `os.replace`)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **{f"w{i}": np.asarray(a) for i, a in enumerate(arrays)},
+                 **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_backup(path, owner: str, like, **expect) -> tuple[list, dict]:
+    """The arrays and metadata of a `_write_backup` file, checked against `expect` and the arrays `like`.
+
+    Raises:
+        ValueError: a backup written with other settings (`expect`) or for other
+            variables (count, shapes or dtypes of `like`).
+    """
+    with np.load(path, allow_pickle=False) as data:
+        meta = {k[len("meta_"):]: data[k].item() for k in data.files if k.startswith("meta_")}
+        arrays = [data[f"w{i}"] for i in range(sum(1 for k in data.files if re.fullmatch(r"w\d+", k)))]
+    for key, value in expect.items():
+        if meta.get(key) != value:
+            raise ValueError(f"{owner}: the backup {path} was written with {key}={meta.get(key)!r}, not "
+                             f"{key}={value!r}; it belongs to another run. Remove it or pass another `backup_dir`.")
+    like = [np.asarray(a) for a in like]
+    if len(arrays) != len(like) or any(a.shape != b.shape for a, b in zip(arrays, like)):
+        raise ValueError(f"{owner}: the backup {path} holds {len(arrays)} arrays of shapes "
+                         f"{[a.shape for a in arrays]}, but this model has {len(like)} of shapes "
+                         f"{[b.shape for b in like]}; it was written for another model.")
+    out = []
+    for a, b in zip(arrays, like):
+        if a.dtype != b.dtype and a.dtype.kind == "V" and a.dtype.itemsize == b.dtype.itemsize:
+            a = a.view(b.dtype)  # NumPy stores extension dtypes (bfloat16) as raw bytes
+        if a.dtype != b.dtype:
+            raise ValueError(f"{owner}: the backup {path} holds {a.dtype} arrays where this model has "
+                             f"{b.dtype}; it was written for another model.")
+        out.append(a)
+    return out, meta
+
+
+def _remove_backups(directory, prefix: str) -> None:
+    """Removes this callback's `<prefix><epoch>.npz` files (and leftover temporaries) from `directory`."""
+    for path in glob.glob(os.path.join(glob.escape(directory), f"{prefix}*")):
+        if re.fullmatch(rf"{re.escape(prefix)}\d+\.npz(\.tmp)?", os.path.basename(path)):
+            os.remove(path)
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -163,19 +228,40 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             (what `recompute_batch_norm_statistics` takes: a dataset, an array, `(x, y)`
             arrays or an iterable of batches).
 
-    Every `fit` starts a new average (`averaged` counts this fit's weight sets). A
-    `fit` resuming after `start_epoch` (`initial_epoch`, or a fresh callback under
-    `keras.callbacks.BackupAndRestore`) cannot average the epochs before it, since
-    the average is not part of a Keras backup or checkpoint; it warns, naming them.
+        backup_dir: optional directory (str or os.PathLike) for a backup of the
+            running average that survives a restart (below). None: no backup.
+
+    In mode ``"aswa"`` the model holds the average from the end of each epoch >=
+    `start_epoch` on, and `fit`'s validation of such an epoch (`val_*` logs, which
+    Keras computes before `on_epoch_end`) already sees the average (it is assigned
+    at `on_test_begin`), so `val_loss` is the loss of the weights training
+    continues from. A `model.evaluate` outside `fit` is not affected.
+
+    Every `fit` from epoch 0 starts a new average (`averaged` counts its weight
+    sets). Without `backup_dir`, a `fit` resuming after `start_epoch`
+    (`initial_epoch`, or a fresh callback under `keras.callbacks.BackupAndRestore`)
+    cannot average the epochs before it, since the average is not part of a Keras
+    backup or checkpoint; it warns, naming them. With `backup_dir`, the running
+    average, its count and `averaged` (in mode ``"aswa"`` the per-step average, all
+    it needs to continue) are written at the end of each epoch >= `start_epoch`
+    (`swa_epoch<e>.npz`, atomically: a temporary name, then `os.replace`; the two
+    latest are kept), and a `fit` resuming at epoch k > `start_epoch` loads the
+    average of epoch k - 1 (mode ``"aswa"`` also assigns it to the model, which
+    continued from it), so with `BackupAndRestore(save_freq="epoch")` the final
+    average and weights are the uninterrupted run's bit for bit. Use a directory
+    of its own: `BackupAndRestore` deletes its directory at the end of `fit`. The
+    files are kept after a successful `fit` (delete them yourself); a `fit` that
+    starts at epoch 0 removes this callback's earlier files from `backup_dir`.
 
     Raises:
-        TypeError: a start epoch that is not an int.
+        TypeError: a start epoch that is not an int, a `backup_dir` that is not a path.
         ValueError: unknown mode, negative start epoch, or (at `fit`) a start
             epoch at or after the last epoch, or mode ``"aswa"`` for a model compiled
-            with `steps_per_execution` > 1.
+            with `steps_per_execution` > 1, or a backup in `backup_dir` written with
+            another mode or start epoch or for another model.
     """
 
-    def __init__(self, mode: str = "swa", start_epoch: int = 0, bn_data=None):
+    def __init__(self, mode: str = "swa", start_epoch: int = 0, bn_data=None, backup_dir=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
@@ -183,11 +269,14 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self.mode = mode
         self.start_epoch = start_epoch
         self.bn_data = bn_data
+        self.backup_dir = _check_backup_dir(backup_dir)
         self.averaged = 0
         self._average = None
         self._epoch = 0
         self._update = None
         self._resume_checked = True
+        self._in_fit = False
+        self._assigned_epoch = None
 
     def _variables(self):
         return list(self.model.trainable_variables)
@@ -220,21 +309,52 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
 
         self._update, self._assign = update, assign
         self._resume_checked = False
+        self._in_fit = True
+        self._assigned_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._resume_checked:  # the first epoch of this fit
             self._resume_checked = True
-            if epoch > self.start_epoch:  # `initial_epoch` / `BackupAndRestore`: the average restarts with this fit
+            if self.backup_dir is not None and epoch == 0:  # a new run: an earlier run's backups must not be loaded
+                _remove_backups(self.backup_dir, "swa_epoch")
+            # `initial_epoch` / `BackupAndRestore`: without a backup the average restarts with this fit
+            if epoch > self.start_epoch and not self._restore(int(epoch)):
+                hint = ("pass `backup_dir` to keep it across restarts" if self.backup_dir is None else
+                        f"backup_dir={self.backup_dir!r} holds no average of epoch {int(epoch) - 1}")
                 warnings.warn(f"StochasticWeightAveraging: training resumes at epoch {epoch}, after "
                               f"start_epoch={self.start_epoch}; every `fit` starts a new average (the average is "
-                              f"not part of a Keras backup or checkpoint), so epochs {self.start_epoch}.."
+                              f"not part of a Keras backup or checkpoint; {hint}), so epochs {self.start_epoch}.."
                               f"{int(epoch) - 1} are not in it. Received: initial epoch {epoch}", stacklevel=2)
         self._epoch = int(epoch)
+
+    def _backup_path(self, epoch):
+        return os.path.join(self.backup_dir, f"swa_epoch{int(epoch)}.npz")
+
+    def _restore(self, epoch) -> bool:
+        """Loads the average of epoch `epoch` - 1 from `backup_dir`; False when there is none."""
+        if self.backup_dir is None or not os.path.exists(self._backup_path(epoch - 1)):
+            return False
+        arrays, meta = _read_backup(self._backup_path(epoch - 1), "StochasticWeightAveraging", self._average,
+                                    mode=self.mode, start_epoch=self.start_epoch, epoch=epoch - 1)
+        for avg, value in zip(self._average, arrays):
+            avg.assign(value)
+        self._count.assign(np.float32(meta["count"]))
+        self.averaged = int(meta["averaged"])
+        if self.mode == "aswa":  # the uninterrupted run continued from the average (a Keras backup may hold the
+            self._assign()       # SGD iterate, depending on the order of the callbacks)
+        return True
 
     def on_train_batch_end(self, batch, logs=None):
         if self.mode == "aswa" and self._epoch >= self.start_epoch:
             self._update()
             self.averaged += 1
+
+    def on_test_begin(self, logs=None):
+        # `fit` validates before `on_epoch_end`: ASWA's validation must see the average training continues from
+        if (self._in_fit and self.mode == "aswa" and self._epoch >= self.start_epoch
+                and self._assigned_epoch != self._epoch):
+            self._assign()
+            self._assigned_epoch = self._epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch < self.start_epoch:
@@ -242,10 +362,18 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         if self.mode == "swa":
             self._update()
             self.averaged += 1
-        else:
+        elif self._assigned_epoch != epoch:  # not yet assigned for a validation of this epoch
             self._assign()
+        if self.backup_dir is not None:
+            _write_backup(self._backup_path(epoch), self._average, mode=self.mode, start_epoch=self.start_epoch,
+                          epoch=int(epoch), count=np.asarray(self._count, dtype=np.float32),
+                          averaged=self.averaged)
+            stale = self._backup_path(epoch - 2)  # the previous epoch's stays: a Keras backup may lag this one
+            if os.path.exists(stale):
+                os.remove(stale)
 
     def on_train_end(self, logs=None):
+        self._in_fit = False
         if not self.averaged:
             return
         self._assign()
@@ -259,7 +387,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         return [np.asarray(a) for a in self._average]
 
     def get_config(self):
-        return {"mode": self.mode, "start_epoch": self.start_epoch}
+        return {"mode": self.mode, "start_epoch": self.start_epoch, "backup_dir": self.backup_dir}
 
     @classmethod
     def from_config(cls, config):
