@@ -9,8 +9,10 @@ stateless-op seed here:
 * `None` -> fresh entropy, drawn once per call: the result is random and not
   reproducible, as with Keras's `seed=None`. Eagerly the entropy comes from the
   operating system; while tracing (`tf.function`, `tf.data` maps, XLA) an in-graph
-  op draws it at every execution, since a seed drawn at trace time would be frozen
-  into the graph and every call would draw the same numbers.
+  generator (seeded once from the operating system) draws it at every execution,
+  every epoch of a `tf.data` pipeline included, since a seed drawn at trace time
+  would be frozen into the graph and every call would draw the same numbers. Under
+  op determinism TF's op seeds (from the global seed) draw it instead.
 
 Anything else (bools, floats, negative ints, wrong shapes) raises a `TypeError` /
 `ValueError` that names the argument.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import config as _tf_config  # no public getter (as in runtime.py)
 
 from tf_dlthesis._checks import check_int
 
@@ -27,6 +30,28 @@ from tf_dlthesis._checks import check_int
 def fresh_seed() -> int:
     """A random int seed in [0, 2**31 - 1) from OS entropy (for `seed=None`)."""
     return int(np.random.default_rng().integers(0, 2**31 - 1))
+
+
+_ENTROPY = []  # the one generator of traced `seed=None` draws, made on first use (as Keras's global seed generator)
+
+
+def _traced_entropy() -> tf.random.Generator | None:
+    """The generator that traced `seed=None` draws come from (OS entropy, made once, eagerly).
+
+    Its state is a variable, so it advances across executions of a graph *and* across
+    iterators of a `tf.data` pipeline (every epoch). A stateful `tf.random.uniform`
+    restarts its kernel with each new `tf.data` iterator, and once a global seed is set
+    (`keras.utils.set_random_seed`) its op seed comes from the global seed and TF's op
+    counter: every epoch then drew the same "fresh" numbers, and which numbers depended on
+    the random ops built before. `None` inside a TF1-style graph (no eager context).
+    """
+    with tf.init_scope():
+        if not tf.executing_eagerly():  # a TF1-style graph: no eager variable to keep the state in
+            return None
+        if not _ENTROPY:  # on the CPU: `tf.data` maps (CPU only) read it too, and a seed is two int64s
+            with tf.device("/CPU:0"):
+                _ENTROPY.append(tf.random.Generator.from_non_deterministic_state())
+    return _ENTROPY[0]
 
 
 def check_int_seed(seed, name: str = "seed", *, allow_none: bool = True):
@@ -65,7 +90,10 @@ def as_seed(seed, name: str = "seed") -> tf.Tensor:
     """
     if seed is None:
         if not tf.executing_eagerly():
-            try:
+            entropy = None if _tf_config.is_op_determinism_enabled() else _traced_entropy()
+            if entropy is not None:
+                return entropy.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
+            try:  # op determinism (or a TF1 graph): TF's op seeds, from the global seed when one is set
                 return tf.random.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
             except RuntimeError as error:  # op determinism without a global seed
                 raise RuntimeError(
