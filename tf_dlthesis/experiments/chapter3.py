@@ -59,8 +59,8 @@ was seen:
   with no attack run, had LRM fit 87.5-92.5% at 20 epochs, every model
   predicting all 10 classes (README, "Quick scale"). The
   thesis's epsilon 0.03 (~8/255) barely moves a digit whose pixels come in 1/16
-  steps, so epsilon is scaled to the data: 0.15, PGD step 0.0375 (the thesis's
-  step/epsilon ratio 0.26). Two seeds (the black-box targets are the seed-1
+  steps, so epsilon is scaled to the data: 0.15, PGD step 0.0375 (step/epsilon
+  0.25, near the thesis's 0.0078/0.03 = 0.26). Two seeds (the black-box targets are the seed-1
   models, which also serve as a second seed for the white-box comparisons).
   PGD-1000 and SPSA (100 steps x 128 samples, CleverHans's learning rate and
   delta) on the same 128 stratified test images. SPSA's steps and samples come
