@@ -423,3 +423,32 @@ def test_sweep_example_weight_reaches_keras_bn_layers_beside_this_packages():
     want = sweep_example_weight(patch_model(model, 0.0), (x, y), [0.0, 1.0])
     np.testing.assert_allclose(got["cross_entropy"], want["cross_entropy"], rtol=1e-6)
     assert isinstance(model.get_layer("kbn"), keras.layers.BatchNormalization)  # the model itself is untouched
+
+
+@pytest.mark.parametrize("keras_cls, ours_cls, kwargs", [
+    (keras.layers.BatchNormalization, ExampleWeightedBatchNormalization, {}),
+    (keras.layers.BatchNormalization, GhostBatchNormalization, {"ghost_batch_size": 2}),
+    (keras.layers.GroupNormalization, ExampleWeightedGroupNormalization, {"groups": 2}),
+])
+def test_keras_model_weights_copy_into_ours_but_a_weights_h5_file_does_not_load(tmp_path, keras_cls, ours_cls,
+                                                                                kwargs):
+    # README ("Weights of a Keras model"): set_weights and tf.train.Checkpoint copy a Keras BN / GN model's
+    # weights into the same model built with our layers; Keras 3's .weights.h5 keys layers by class name
+    def model(norm, **kw):
+        return keras.Sequential([keras.Input((4, 4, 4)), keras.layers.Conv2D(4, 3), norm(**kw),
+                                 keras.layers.Flatten(), keras.layers.Dense(2)])
+
+    source = model(keras_cls, **({"groups": 2} if keras_cls is keras.layers.GroupNormalization else {}))
+    for w in source.layers[1].weights:
+        w.assign(np.arange(1.0, 5.0, dtype="float32") * (3.0 if "variance" in w.name else 0.5))
+    expected = [w.numpy() for w in source.weights]
+    ours = model(ours_cls, **kwargs)
+    ours.set_weights(source.get_weights())
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(expected, ours.weights))
+    path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
+    restored = model(ours_cls, **kwargs)
+    tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(expected, restored.weights))
+    source.save_weights(str(tmp_path / "m.weights.h5"))
+    with pytest.raises(ValueError, match="could not be loaded"):
+        model(ours_cls, **kwargs).load_weights(str(tmp_path / "m.weights.h5"))

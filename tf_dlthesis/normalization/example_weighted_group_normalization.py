@@ -25,7 +25,10 @@ class ExampleWeightedGroupNormalization(ExampleGroupNormalization):
     the same outputs. The moving statistics (two non-trainable weights with
     Keras BN's names) exist when ``moving_statistics`` is true, by default
     exactly when ``example_weight < 1``: the default layer has Keras GN's
-    weights (``gamma``, ``beta``), so Keras GN checkpoints load into it, and
+    weights (``gamma``, ``beta``), so Keras GN weights copy into it
+    (``set_weights``, ``tf.train.Checkpoint``; a Keras ``.weights.h5`` file keys
+    each layer by its class name, so load that into the Keras model and
+    `patch_model` it), and
     a layer meant for an alpha sweep is built with ``moving_statistics=True``
     (the ``norm="ew_group:G"`` models do, as does `patch_model`).
 
