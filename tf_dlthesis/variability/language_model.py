@@ -221,8 +221,9 @@ def build_language_model(vocab_size: int, *, embedding_dim: int = 128, hidden: i
         ValueError: a size < 1, a rate outside [0, 1) or a negative seed.
     """
     vocab_size = check_int("vocab_size", vocab_size, 2)
-    for name, value in (("embedding_dim", embedding_dim), ("hidden", hidden), ("layers", layers)):
-        check_int(name, value, 1)
+    # as Python ints: Keras's layers refuse NumPy ints (`output_dim=4 (of type int64)`)
+    embedding_dim, hidden, layers = (check_int(name, value, 1) for name, value in (
+        ("embedding_dim", embedding_dim), ("hidden", hidden), ("layers", layers)))
     _rate("dropout", dropout)
     _rate("embedding_dropout", embedding_dropout)
     if seed is not None:
@@ -405,15 +406,22 @@ def evaluate_stream(models, stream, *, window: int = 35, batch: int = 256) -> tu
         ((len(stream) - 1) // window * window,), in `evaluation_labels` order.
 
     Raises:
-        TypeError: a stream that does not hold integer token ids.
-        ValueError: no model, a stream that is not 1-D, too short for one window, or
-            holds ids outside the models' vocabulary.
+        TypeError: a stream that does not hold integer token ids, or a model that is not one.
+        ValueError: no model, models with different vocabularies, a stream that is not
+            1-D, too short for one window, or holds ids outside the models' vocabulary.
     """
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     if not models:
         raise ValueError("`models` is empty: pass a model from `build_language_model` or a list of them.")
+    for model in models:
+        if not callable(model):
+            raise TypeError(f"`models` must be a model from `build_language_model` or a list or tuple of them. "
+                            f"Received: {type(model).__name__}")
     sizes = [v for v in map(_model_vocab, models) if v is not None]
-    x, y = _windows(stream, window, min(sizes) if sizes else None)
+    if len(set(sizes)) > 1:  # a mixture needs one vocabulary (else a graph error in the stack of their outputs)
+        raise ValueError(f"The models must score one vocabulary to be ensembled. Received: models with "
+                         f"{sorted(set(sizes))} tokens")
+    x, y = _windows(stream, window, sizes[0] if sizes else None)
     batch = check_int("batch", batch, 1)
     step = _make_eval_step(models)
     targets, preds = [], []
@@ -464,6 +472,9 @@ def train_language_model(spec: LanguageModelSpec, plan=0, *, data_dir=None, corp
 
     Raises:
         FileNotFoundError: the corpus is not installed (the message says how to install it).
+        TypeError: a corpus stream that does not hold integer token ids.
+        ValueError: a corpus stream with ids outside [0, spec.vocab_size), or a test or validation
+            stream too short for one window of `spec.bptt` + 1 tokens.
     """
     if not isinstance(spec, LanguageModelSpec):
         raise TypeError(f"`spec` must be a LanguageModelSpec. Received: {type(spec).__name__}")
@@ -474,7 +485,15 @@ def train_language_model(spec: LanguageModelSpec, plan=0, *, data_dir=None, corp
     if corpus.vocab_size != spec.vocab_size:
         raise ValueError(f"`corpus` has {corpus.vocab_size} words but spec.vocab_size={spec.vocab_size}.")
     start_cpu, start = time.process_time(), time.time()
-    stream = corpus.train if spec.train_tokens is None else corpus.train[: spec.train_tokens]
+    # every id inside the vocabulary (an id outside it is a graph error in training on CPU, zeros on GPU),
+    # and the test and validation streams long enough, checked before training rather than after it
+    stream = _token_stream(corpus.train if spec.train_tokens is None else corpus.train[: spec.train_tokens],
+                           spec.vocab_size)
+    for split in ("test", "valid"):
+        try:
+            _windows(getattr(corpus, split), spec.bptt, spec.vocab_size)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"corpus.{split}: {err}") from None
     data = batchify(stream, spec.batch_size).astype(np.int32)
     positions = data.shape[1] - 1
     model = _model_for(spec, plan)
