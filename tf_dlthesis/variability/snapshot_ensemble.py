@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from tf_dlthesis._checks import check_int
-from tf_dlthesis.variability.swa import _check_backup_dir, _read_backup, _remove_backups, _write_backup
+from tf_dlthesis.variability._backup import check_backup_dir, read_backup, remove_backups, write_backup
 from tf_dlthesis.variability.tta import _input_shape, _model_input_shape, predict_tta
 
 
@@ -70,7 +70,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     def __init__(self, cycles: int = 5, backup_dir=None):
         super().__init__()
         self.cycles = check_int("cycles", cycles, 1)
-        self.backup_dir = _check_backup_dir(backup_dir)
+        self.backup_dir = check_backup_dir(backup_dir)
         self.snapshots: list[list[np.ndarray]] = []
         self.snapshot_epochs: list[int] = []
         self._epochs_per_cycle = None
@@ -98,7 +98,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         self.snapshots = [self.snapshots[i] for i in keep]
         self.snapshot_epochs = [self.snapshot_epochs[i] for i in keep]
         if self.backup_dir is not None and epoch == 0:  # a new run: an earlier run's snapshots must not be loaded
-            _remove_backups(self.backup_dir, "snapshot_epoch")
+            remove_backups(self.backup_dir, "snapshot_epoch")
         missing = [e for e in ends if e < epoch and e not in self.snapshot_epochs]
         if self.backup_dir is not None and missing:
             self._restore(missing)
@@ -119,7 +119,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         like = self.model.get_weights()
         for e in epochs:
             if os.path.exists(self._backup_path(e)):
-                weights, _ = _read_backup(self._backup_path(e), "SnapshotEnsemble", like, cycles=self.cycles,
+                weights, _ = read_backup(self._backup_path(e), "SnapshotEnsemble", like, cycles=self.cycles,
                                           epochs=self._epochs_per_cycle * self.cycles, epoch=e)
                 self.snapshots.append(weights)
                 self.snapshot_epochs.append(e)
@@ -132,7 +132,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             self.snapshots.append([np.array(w, copy=True) for w in self.model.get_weights()])
             self.snapshot_epochs.append(int(epoch))
             if self.backup_dir is not None:
-                _write_backup(self._backup_path(epoch), self.snapshots[-1], cycles=self.cycles,
+                write_backup(self._backup_path(epoch), self.snapshots[-1], cycles=self.cycles,
                               epochs=self._epochs_per_cycle * self.cycles, epoch=int(epoch))
 
     def predict_members(self, images, *, tta: str | None = None, pad: int = 4, batch_size: int = 512, **tta_kwargs):

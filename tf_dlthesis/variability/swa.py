@@ -35,9 +35,7 @@ Stability as a Function of Random Seed", CoNLL 2019, arXiv:1909.10447.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 import warnings
 
 import keras
@@ -45,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis._checks import check_int
+from tf_dlthesis.variability._backup import check_backup_dir, read_backup, remove_backups, write_backup
 
 MODES = ("swa", "aswa")
 
@@ -57,68 +56,6 @@ def _number(name, value, *, minimum=None, positive=False):
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
     return value
-
-
-def _check_backup_dir(backup_dir):
-    """`backup_dir` as a str path (None stays None); the Chapter 5 callbacks' backup directory."""
-    if backup_dir is None:
-        return None
-    path = os.fspath(backup_dir) if isinstance(backup_dir, (str, os.PathLike)) else None
-    if not isinstance(path, str):
-        raise TypeError(f"`backup_dir` must be a directory path (str or os.PathLike) or None. "
-                        f"Received: backup_dir={backup_dir!r}")
-    if not path:
-        raise ValueError(f"`backup_dir` must be a non-empty directory path or None. Received: backup_dir={path!r}")
-    return path
-
-
-def _write_backup(path, arrays, **meta) -> None:
-    """Writes `arrays` and `meta` to the .npz file `path` atomically (a temporary name, then `os.replace`)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **{f"w{i}": np.asarray(a) for i, a in enumerate(arrays)},
-                 **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_backup(path, owner: str, like, **expect) -> tuple[list, dict]:
-    """The arrays and metadata of a `_write_backup` file, checked against `expect` and the arrays `like`.
-
-    Raises:
-        ValueError: a backup written with other settings (`expect`) or for other
-            variables (count, shapes or dtypes of `like`).
-    """
-    with np.load(path, allow_pickle=False) as data:
-        meta = {k[len("meta_"):]: data[k].item() for k in data.files if k.startswith("meta_")}
-        arrays = [data[f"w{i}"] for i in range(sum(1 for k in data.files if re.fullmatch(r"w\d+", k)))]
-    for key, value in expect.items():
-        if meta.get(key) != value:
-            raise ValueError(f"{owner}: the backup {path} was written with {key}={meta.get(key)!r}, not "
-                             f"{key}={value!r}; it belongs to another run. Remove it or pass another `backup_dir`.")
-    like = [np.asarray(a) for a in like]
-    if len(arrays) != len(like) or any(a.shape != b.shape for a, b in zip(arrays, like)):
-        raise ValueError(f"{owner}: the backup {path} holds {len(arrays)} arrays of shapes "
-                         f"{[a.shape for a in arrays]}, but this model has {len(like)} of shapes "
-                         f"{[b.shape for b in like]}; it was written for another model.")
-    out = []
-    for a, b in zip(arrays, like):
-        if a.dtype != b.dtype and a.dtype.kind == "V" and a.dtype.itemsize == b.dtype.itemsize:
-            a = a.view(b.dtype)  # NumPy stores extension dtypes (bfloat16) as raw bytes
-        if a.dtype != b.dtype:
-            raise ValueError(f"{owner}: the backup {path} holds {a.dtype} arrays where this model has "
-                             f"{b.dtype}; it was written for another model.")
-        out.append(a)
-    return out, meta
-
-
-def _remove_backups(directory, prefix: str) -> None:
-    """Removes this callback's `<prefix><epoch>.npz` files (and leftover temporaries) from `directory`."""
-    for path in glob.glob(os.path.join(glob.escape(directory), f"{prefix}*")):
-        if re.fullmatch(rf"{re.escape(prefix)}\d+\.npz(\.tmp)?", os.path.basename(path)):
-            os.remove(path)
 
 
 @keras.saving.register_keras_serializable(package="tf_dlthesis")
@@ -269,7 +206,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self.mode = mode
         self.start_epoch = start_epoch
         self.bn_data = bn_data
-        self.backup_dir = _check_backup_dir(backup_dir)
+        self.backup_dir = check_backup_dir(backup_dir)
         self.averaged = 0
         self._average = None
         self._epoch = 0
@@ -316,7 +253,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         if not self._resume_checked:  # the first epoch of this fit
             self._resume_checked = True
             if self.backup_dir is not None and epoch == 0:  # a new run: an earlier run's backups must not be loaded
-                _remove_backups(self.backup_dir, "swa_epoch")
+                remove_backups(self.backup_dir, "swa_epoch")
             # `initial_epoch` / `BackupAndRestore`: without a backup the average restarts with this fit
             if epoch > self.start_epoch and not self._restore(int(epoch)):
                 hint = ("pass `backup_dir` to keep it across restarts" if self.backup_dir is None else
@@ -334,7 +271,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         """Loads the average of epoch `epoch` - 1 from `backup_dir`; False when there is none."""
         if self.backup_dir is None or not os.path.exists(self._backup_path(epoch - 1)):
             return False
-        arrays, meta = _read_backup(self._backup_path(epoch - 1), "StochasticWeightAveraging", self._average,
+        arrays, meta = read_backup(self._backup_path(epoch - 1), "StochasticWeightAveraging", self._average,
                                     mode=self.mode, start_epoch=self.start_epoch, epoch=epoch - 1)
         for avg, value in zip(self._average, arrays):
             avg.assign(value)
@@ -365,7 +302,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         elif self._assigned_epoch != epoch:  # not yet assigned for a validation of this epoch
             self._assign()
         if self.backup_dir is not None:
-            _write_backup(self._backup_path(epoch), self._average, mode=self.mode, start_epoch=self.start_epoch,
+            write_backup(self._backup_path(epoch), self._average, mode=self.mode, start_epoch=self.start_epoch,
                           epoch=int(epoch), count=np.asarray(self._count, dtype=np.float32),
                           averaged=self.averaged)
             stale = self._backup_path(epoch - 2)  # the previous epoch's stays: a Keras backup may lag this one
