@@ -26,6 +26,11 @@ def check_backup_dir(backup_dir):
     return path
 
 
+def backup_path(directory, prefix: str, epoch) -> str:
+    """The backup file of `epoch` in `directory`: `<prefix><epoch>.npz` (what `remove_backups` matches)."""
+    return os.path.join(directory, f"{prefix}{int(epoch)}.npz")
+
+
 def write_backup(path, arrays, **meta) -> None:
     """Writes `arrays` and `meta` to the .npz file `path` atomically (a temporary name, then `os.replace`)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

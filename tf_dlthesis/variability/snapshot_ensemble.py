@@ -20,7 +20,8 @@ import keras
 import numpy as np
 
 from tf_dlthesis._checks import check_int
-from tf_dlthesis.variability._backup import check_backup_dir, read_backup, remove_backups, write_backup
+from tf_dlthesis.variability._backup import (backup_path, check_backup_dir, read_backup, remove_backups,
+                                               write_backup)
 from tf_dlthesis.variability.tta import _input_shape, _model_input_shape, predict_tta
 
 
@@ -67,6 +68,8 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             other `cycles` or epochs or for another model.
     """
 
+    _BACKUP_PREFIX = "snapshot_epoch"  # its files in `backup_dir`: snapshot_epoch<epoch>.npz
+
     def __init__(self, cycles: int = 5, backup_dir=None):
         super().__init__()
         self.cycles = check_int("cycles", cycles, 1)
@@ -98,7 +101,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         self.snapshots = [self.snapshots[i] for i in keep]
         self.snapshot_epochs = [self.snapshot_epochs[i] for i in keep]
         if self.backup_dir is not None and epoch == 0:  # a new run: an earlier run's snapshots must not be loaded
-            remove_backups(self.backup_dir, "snapshot_epoch")
+            remove_backups(self.backup_dir, self._BACKUP_PREFIX)
         missing = [e for e in ends if e < epoch and e not in self.snapshot_epochs]
         if self.backup_dir is not None and missing:
             self._restore(missing)
@@ -112,7 +115,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
                           f"{self.cycles} snapshots. Received: initial epoch {epoch}", stacklevel=2)
 
     def _backup_path(self, epoch):
-        return os.path.join(self.backup_dir, f"snapshot_epoch{int(epoch)}.npz")
+        return backup_path(self.backup_dir, self._BACKUP_PREFIX, epoch)
 
     def _restore(self, epochs) -> None:
         """Loads the snapshots of cycle-end `epochs` that `backup_dir` holds, keeping the list in epoch order."""

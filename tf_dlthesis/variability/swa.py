@@ -43,7 +43,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dlthesis._checks import check_int
-from tf_dlthesis.variability._backup import check_backup_dir, read_backup, remove_backups, write_backup
+from tf_dlthesis.variability._backup import (backup_path, check_backup_dir, read_backup, remove_backups,
+                                               write_backup)
 
 MODES = ("swa", "aswa")
 
@@ -198,6 +199,8 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             another mode or start epoch or for another model.
     """
 
+    _BACKUP_PREFIX = "swa_epoch"  # its files in `backup_dir`: swa_epoch<epoch>.npz
+
     def __init__(self, mode: str = "swa", start_epoch: int = 0, bn_data=None, backup_dir=None):
         super().__init__()
         if mode not in MODES:
@@ -253,7 +256,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         if not self._resume_checked:  # the first epoch of this fit
             self._resume_checked = True
             if self.backup_dir is not None and epoch == 0:  # a new run: an earlier run's backups must not be loaded
-                remove_backups(self.backup_dir, "swa_epoch")
+                remove_backups(self.backup_dir, self._BACKUP_PREFIX)
             # `initial_epoch` / `BackupAndRestore`: without a backup the average restarts with this fit
             if epoch > self.start_epoch and not self._restore(int(epoch)):
                 hint = ("pass `backup_dir` to keep it across restarts" if self.backup_dir is None else
@@ -265,7 +268,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self._epoch = int(epoch)
 
     def _backup_path(self, epoch):
-        return os.path.join(self.backup_dir, f"swa_epoch{int(epoch)}.npz")
+        return backup_path(self.backup_dir, self._BACKUP_PREFIX, epoch)
 
     def _restore(self, epoch) -> bool:
         """Loads the average of epoch `epoch` - 1 from `backup_dir`; False when there is none."""
