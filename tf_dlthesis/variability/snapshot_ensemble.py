@@ -43,8 +43,11 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     temporary name, then `os.replace`) and a fresh callback resuming at epoch k
     loads the snapshots of the cycles that ended before k, so under
     `keras.callbacks.BackupAndRestore` the ensemble is the uninterrupted run's bit
-    for bit. Use a directory of its own (`BackupAndRestore` deletes its directory
-    at the end of `fit`). The snapshots are the deliverable, so the files are kept
+    for bit. Use a directory of its own, one per run (`BackupAndRestore` deletes
+    its directory at the end of `fit`; two runs sharing one remove and overwrite
+    each other's files, and a resuming run could load the other's snapshots where
+    the models' shapes agree: as with `BackupAndRestore`, nothing can tell them
+    apart). The snapshots are the deliverable, so the files are kept
     after a successful `fit` (delete them yourself); a `fit` that starts at epoch 0
     removes this callback's earlier files from `backup_dir`. Training stopped
     mid-cycle (`EarlyStopping`) leaves the snapshots of the completed cycles only.

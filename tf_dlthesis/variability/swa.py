@@ -187,7 +187,9 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     average of epoch k - 1 (mode ``"aswa"`` also assigns it to the model, which
     continued from it), so with `BackupAndRestore(save_freq="epoch")` the final
     average and weights are the uninterrupted run's bit for bit. Use a directory
-    of its own: `BackupAndRestore` deletes its directory at the end of `fit`. The
+    of its own, one per run: `BackupAndRestore` deletes its directory at the end of
+    `fit`, and two runs sharing one remove and overwrite each other's files (a
+    resuming run could load the other's average where the models' shapes agree). The
     files are kept after a successful `fit` (delete them yourself); a `fit` that
     starts at epoch 0 removes this callback's earlier files from `backup_dir`.
 
