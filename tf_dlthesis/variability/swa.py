@@ -223,6 +223,13 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     def _variables(self):
         return list(self.model.trainable_variables)
 
+    def set_params(self, params):
+        # Keras wraps callbacks in a new `CallbackList` (which calls this) for every `fit`, `evaluate` and
+        # `predict`, but `fit`'s own validation reuses fit's list: so `_in_fit` is cleared here, and set again by
+        # `on_train_begin`, also when an earlier `fit` died before `on_train_end` (Keras has no `finally` there)
+        super().set_params(params)
+        self._in_fit = False
+
     def on_train_begin(self, logs=None):
         epochs = self.params.get("epochs")
         if epochs is not None and self.start_epoch >= int(epochs):
