@@ -12,7 +12,10 @@ stateless-op seed here:
   generator (seeded once from the operating system) draws it at every execution,
   every epoch of a `tf.data` pipeline included, since a seed drawn at trace time
   would be frozen into the graph and every call would draw the same numbers. Under
-  op determinism TF's op seeds (from the global seed) draw it instead.
+  op determinism (which refuses OS entropy) a generator seeded from TF's global
+  seed draws it instead: reproducible, still fresh at every execution and epoch,
+  and made anew by each `tf.random.set_seed` / `keras.utils.set_random_seed`, as
+  Keras's own `seed=None` layers behave there.
 
 Anything else (bools, floats, negative ints, wrong shapes) raises a `TypeError` /
 `ValueError` that names the argument.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context as _tf_context  # no public getter of the global seed
 from tensorflow.python.framework import config as _tf_config  # no public getter (as in runtime.py)
 
 from tf_dlthesis._checks import check_int
@@ -33,6 +37,7 @@ def fresh_seed() -> int:
 
 
 _ENTROPY = []  # the one generator of traced `seed=None` draws, made on first use (as Keras's global seed generator)
+_SEEDED = []  # under op determinism: (the global seed's state object, the seed, the generator seeded from it)
 
 
 def _traced_entropy() -> tf.random.Generator | None:
@@ -48,10 +53,33 @@ def _traced_entropy() -> tf.random.Generator | None:
     with tf.init_scope():
         if not tf.executing_eagerly():  # a TF1-style graph: no eager variable to keep the state in
             return None
+        if _tf_config.is_op_determinism_enabled():
+            return _seeded_entropy()
         if not _ENTROPY:  # on the CPU: `tf.data` maps (CPU only) read it too, and a seed is two int64s
             with tf.device("/CPU:0"):
                 _ENTROPY.append(tf.random.Generator.from_non_deterministic_state())
     return _ENTROPY[0]
+
+
+def _seeded_entropy() -> tf.random.Generator | None:
+    """Under op determinism: a generator seeded from TF's global seed; `None` without one.
+
+    Made anew whenever the global seed is set (`tf.random.set_seed` gives TF's eager
+    context a new seed state object each time, even for the same seed), so a script
+    that sets the seed and then runs draws the same numbers in any process, whatever
+    ran before it. Before, TF's stateful op seeds drew the entropy: they restart with
+    each `tf.data` iterator, so every epoch drew the same "fresh" crops and mixes
+    (Keras's own `seed=None` layers draw new ones every epoch there).
+    """
+    ctx = _tf_context.context()
+    seed = getattr(ctx, "_seed", None)
+    if seed is None:
+        return None
+    state = getattr(ctx, "_rng", None)  # a new object at each set_seed
+    if not _SEEDED or _SEEDED[0][0] is not state or _SEEDED[0][1] != seed:
+        with tf.device("/CPU:0"):
+            _SEEDED[:] = [(state, seed, tf.random.Generator.from_seed(int(seed), alg="philox"))]
+    return _SEEDED[0][2]
 
 
 def check_int_seed(seed, name: str = "seed", *, allow_none: bool = True):
@@ -90,7 +118,7 @@ def as_seed(seed, name: str = "seed") -> tf.Tensor:
     """
     if seed is None:
         if not tf.executing_eagerly():
-            entropy = None if _tf_config.is_op_determinism_enabled() else _traced_entropy()
+            entropy = _traced_entropy()
             if entropy is not None:
                 return entropy.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
             try:  # op determinism (or a TF1 graph): TF's op seeds, from the global seed when one is set
