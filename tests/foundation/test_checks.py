@@ -86,14 +86,20 @@ def test_norm_layers_take_numpy_bools_and_serialize_them():
 def test_runtime_configure_takes_numpy_bools():
     from tf_dlthesis import runtime
 
-    before = runtime.configure()
+    import tensorflow as tf
+
+    before, tf_jit = runtime.configure(), tf.config.optimizer.get_jit()
     try:
         settings = runtime.configure(deterministic=np.bool_(False), jit=np.bool_(False))
         assert settings["deterministic"] is False and settings["jit"] is False
         with pytest.raises(TypeError, match=r"`jit` must be a bool or None. Received: jit='auto'"):
             runtime.configure(jit="auto")
     finally:
+        # configure(jit=None) keeps the current choice: the default (None: XLA on GPU) is restored by hand, or
+        # every later test of this worker would run with jit=False
         runtime.configure(deterministic=before["deterministic"], jit=before["jit"])
+        runtime._STATE["jit"] = before["jit"]
+        tf.config.optimizer.set_jit(tf_jit)
 
 
 def test_mixing_layer_and_options_take_numpy_bools():

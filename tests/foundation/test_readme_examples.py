@@ -143,7 +143,7 @@ def test_example_runs(source, tmp_path):
         from tf_dlthesis import data
         try:
             data.load_arrays("fashion_mnist", "test")
-        except ValueError as err:
+        except (ValueError, data.DatasetNotFoundError) as err:  # (a FileNotFoundError, not a ValueError)
             pytest.skip(f"Fashion-MNIST files absent: {err}")
     path = tmp_path / "example.py"
     path.write_text(_script(source))

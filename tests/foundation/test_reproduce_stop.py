@@ -95,7 +95,9 @@ def test_a_hard_kill_keeps_the_running_items_time_up_to_its_last_run(tmp_path, p
         created = dict(conn.execute("SELECT experiment, MAX(created) FROM results GROUP BY experiment").fetchall())
     # from the item's start to its second run (the 0.5 s between the runs included), not the 1 s after it
     up_to_second_run = created["T.kill.run"] - float(started.read_text())
-    assert up_to_second_run >= 0.5 and abs(time_row["result"]["seconds"] - up_to_second_run) < 0.2
+    # (the tolerance is the time between the item's start stamp and its first line, ms here, under the 1 s lost
+    # after the run that the time must leave out)
+    assert up_to_second_run >= 0.5 and abs(time_row["result"]["seconds"] - up_to_second_run) < 0.5
     assert 0 <= created[report.ITEM_SECONDS] - created["T.kill.run"] < 1.0  # written after that run, before the kill
 
 
@@ -265,15 +267,18 @@ def test_sigterm_stops_the_cli_at_once_and_keeps_the_finished_runs(jobs, tmp_pat
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = process_session.start([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
-    process_session.wait_for(marker, proc, timeout=90)  # a worker started a run
+    # the start (the CLI, a forkserver and its worker each import TensorFlow): 7 s / 14 s with --jobs 1 / 2 on a
+    # loaded 2-core machine
+    process_session.wait_for(marker, proc, timeout=300)  # a worker started a run
     sent = time.time()
     os.kill(proc.pid, signal.SIGTERM)  # the reproduce process only, as `kill PID` would
-    _, err = proc.communicate(timeout=30)
-    assert time.time() - sent < 30
+    # 1-3 s measured; the bound only has to tell "at once" from waiting for the 300 s run to end
+    _, err = proc.communicate(timeout=150)
+    assert time.time() - sent < 150
     err = err.decode()
     assert proc.returncode == 130, err[-3000:]
     assert "stopped" in err and "run the same command again to resume" in err, err[-3000:]
-    assert not process_session.wait_gone(proc.pid)  # no worker, forkserver or tracker left behind
+    assert not process_session.wait_gone(proc.pid, timeout=60)  # no worker, forkserver or tracker left behind
     fresh = experiments.ResultsStore(tmp_path / "fresh.sqlite")
     fresh.import_rows(tmp_path / "rows")
     rows = sorted((row["experiment"], row["config"].get("item", "")) for row in fresh.rows())

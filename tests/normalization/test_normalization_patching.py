@@ -111,10 +111,17 @@ def test_patch_errors():
         set_example_weight(plain, 0.1)
 
 
+def _seeded(seed):
+    return keras.initializers.GlorotUniform(seed=seed)
+
+
 def test_sweep_matches_manual_evaluation():
+    # Seeded weights: the sweep (traced, batches of 16) and predict (batches of 32) may round the logits
+    # differently on some CPUs, and random weights could give a near-tie that flips an argmax.
     rng = np.random.default_rng(0)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
-                              keras.layers.ReLU(), keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, kernel_initializer=_seeded(1)),
+                              keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                              keras.layers.Dense(3, kernel_initializer=_seeded(2))])
     _randomize_bn(model, 4)
     x = rng.normal(size=(40, 5)).astype("float32")
     y = rng.integers(0, 3, 40)
@@ -188,14 +195,17 @@ def test_inference_range_is_the_trained_models_own():
     """The training-mode passes moved the moving statistics before each inference pass (restored only at the end),
     so the "inference" range was another model's and changed with the batch size."""
     rng = np.random.default_rng(1)
-    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(6, 3, padding="same"),
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(6, 3, padding="same",
+                                                                          kernel_initializer=_seeded(3)),
                               keras.layers.BatchNormalization(name="bn", momentum=0.5)])
     _randomize_bn(model, 2)
     x = (3 * rng.standard_normal((32, 4, 4, 1)) + 2).astype("float32")  # far from the moving statistics
     expected = model(x, training=False).numpy()
     for batch in (1, 4, 32):
         r = measure_output_range(model, "bn", x, batch_size=batch)
-        assert (r["inference_min"], r["inference_max"]) == (expected.min(), expected.max()), batch
+        # up to float rounding: eager on 32 images vs a tf.function on `batch` (other kernels on some CPUs)
+        assert (r["inference_min"], r["inference_max"]) == pytest.approx((expected.min(), expected.max()),
+                                                                         rel=1e-5, abs=1e-5), batch
 
 
 @keras.saving.register_keras_serializable(package="tests_patching")
@@ -263,12 +273,13 @@ def test_weight_decay_names_gamma_center_when_it_is_not_a_number():
 
 
 def _conv_bn_gn_model():
+    # seeded: the sweep's accuracy is compared with the eager model's argmax (a near-tie could round either way)
     inputs = keras.Input((6, 6, 3))
-    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", kernel_initializer=_seeded(4))(inputs)
     h = keras.layers.BatchNormalization(name="bn")(h)
     h = keras.layers.GroupNormalization(groups=4, name="gn")(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
-    return keras.Model(inputs, keras.layers.Dense(3)(h))
+    return keras.Model(inputs, keras.layers.Dense(3, kernel_initializer=_seeded(5))(h))
 
 
 def test_patch_keeps_keras_group_norm_plain_so_alpha0_equals_the_original():

@@ -53,13 +53,15 @@ def test_nothing_of_the_protocol_outlives_a_kill_9_of_its_process(tmp_path, proc
     """))
     proc = process_session.start([sys.executable, str(script)], env=dict(_env(), TMPDIR=str(short_tmp)),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    process_session.wait_for(marker, proc, timeout=60)  # a worker started a run
+    # two TF imports in a row (the script, then the forkserver's preload): ~7 s here, up to ~30 s on a
+    # loaded 2-core CI machine
+    process_session.wait_for(marker, proc, timeout=180)  # a worker started a run
     time.sleep(0.5)
     family = process_session.members(proc.pid)
     assert len(family) >= 4, family  # the protocol, its forkserver, resource tracker and >= 1 worker
     os.kill(proc.pid, signal.SIGKILL)  # the protocol's process only, as an OOM killer or `kill -9` would
     proc.wait(timeout=10)
-    left = process_session.wait_gone(proc.pid)
+    left = process_session.wait_gone(proc.pid, timeout=30)  # ~1 s here
     assert not left, [pathlib.Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
     assert "the protocol's process" in proc.stderr.read().decode()  # the workers said why they stopped
     # each worker removed its own temporary folder (the killed pool could not); before: one empty folder each
@@ -219,7 +221,7 @@ def test_pool_stop_waits_for_a_task_that_stops_cleanly_and_the_process_exits(tmp
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = process_session.start([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=240)  # ~15 s here (4 s of it the script's own sleeps)
     assert proc.returncode == 130, err.decode()[-3000:]
     assert (tmp_path / "stopped").exists()  # the slow task ran its clean-up
     assert not process_session.wait_gone(proc.pid)

@@ -60,8 +60,13 @@ def test_table_5_1_rows_and_the_cpu_ops_source(outputs):
     for source in ("shuffle", "augment", "all"):
         assert claims[source].region == "in (0.5, 2.00)" and "SD ratio" in claims[source].effect.statistic
     ops = [f for f in out.findings if "cudnn" in f.claim][0]
-    # on this CPU the kernels are deterministic: the runs with op determinism off are bit-identical
-    assert ops.verdict == VERDICTS[3] and "bit-identical" in ops.evidence
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        # on a CPU the kernels are deterministic: the runs with op determinism off are bit-identical
+        assert ops.verdict == VERDICTS[3] and "bit-identical" in ops.evidence
+    else:  # a GPU's kernels (cuDNN) may or may not differ between runs: the verdict must say which it found
+        assert (ops.verdict == VERDICTS[3]) == ("bit-identical to each other" in ops.evidence), ops.evidence
     names = [c.name for c in out.checks]
     assert any("bit changes took effect" in n for n in names) and any("instability" in n for n in names)
     assert any("runs per source" in n for n in names) and any("convergence" in n for n in names)

@@ -36,5 +36,11 @@ def test_counted_bit_changes_took_effect_and_cpu_ops_source_is_absent(outputs):
     for item in ("5.3", "B.1"):
         took = [c for c in outputs[item].checks if "took effect" in c.name]
         assert took and all(c.passed for c in took), [c.detail for c in took]
+    import tensorflow as tf
+
     ops = [f for f in outputs["5.1"].findings if "cudnn" in f.claim]
-    assert ops and ops[0].verdict == "not comparable at this scale" and "bit-identical" in ops[0].evidence
+    assert ops
+    if not tf.config.list_physical_devices("GPU"):  # a CPU's kernels are deterministic
+        assert ops[0].verdict == "not comparable at this scale" and "bit-identical" in ops[0].evidence
+    else:  # a GPU's (cuDNN) may or may not differ between runs: the verdict must say which it found
+        assert (ops[0].verdict == "not comparable at this scale") == ("bit-identical to each other" in ops[0].evidence)
