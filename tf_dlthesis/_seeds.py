@@ -121,7 +121,7 @@ def as_seed(seed, name: str = "seed") -> tf.Tensor:
             entropy = _traced_entropy()
             if entropy is not None:
                 return entropy.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
-            try:  # op determinism (or a TF1 graph): TF's op seeds, from the global seed when one is set
+            try:  # a TF1 graph, or op determinism without a global seed (TF refuses: the error below)
                 return tf.random.uniform([2], 0, np.iinfo(np.int64).max, dtype=tf.int64)
             except RuntimeError as error:  # op determinism without a global seed
                 raise RuntimeError(
